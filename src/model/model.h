@@ -1,0 +1,62 @@
+/* Architectures: hyperparameters from GGUF metadata and tensor binding. */
+#ifndef KV_MODEL_H
+#define KV_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gguf/gguf.h"
+#include "kvlm.h"
+#include "tokenizer/vocab.h"
+
+typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158 } kv_arch;
+typedef enum kv_rope_type { KV_ROPE_NORM = 0, KV_ROPE_NEOX = 2 } kv_rope_type;
+typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
+
+/* A weight matrix: ne0 columns (the reduction length), ne1 rows. */
+typedef struct kv_weight {
+    const void *data;
+    uint32_t type;
+    int64_t ne0, ne1;
+    uint64_t row_bytes;
+    float scale; /* per-tensor scale (I2_S); 1 otherwise */
+} kv_weight;
+
+/* A 1-D f32 tensor (norm weights, biases); NULL data when absent. */
+typedef struct kv_vec {
+    const float *data;
+    int64_t n;
+} kv_vec;
+
+typedef struct kv_layer {
+    kv_vec attn_norm, attn_sub_norm, ffn_norm, ffn_sub_norm;
+    kv_weight wq, wk, wv, wo;
+    kv_vec bq, bk, bv;
+    kv_weight w_gate, w_up, w_down;
+} kv_layer;
+
+typedef struct kv_hparams {
+    kv_arch arch;
+    char arch_name[32];
+    int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
+    float rope_freq_base, rope_freq_scale, norm_eps;
+    kv_rope_type rope_type;
+    kv_ffn_act ffn_act;
+} kv_hparams;
+
+struct kvlm_model {
+    gguf_ctx *gguf;
+    kv_hparams hp;
+    kv_weight tok_embd, output;
+    kv_vec output_norm;
+    bool tied_output;
+    kv_layer *layers;
+    kv_vocab *vocab;
+    int n_threads;
+    uint64_t n_params, weight_bytes;
+};
+
+/* Binds an opened GGUF (takes ownership on success and on failure). */
+kvlm_status kv_model_from_gguf(gguf_ctx *g, kvlm_model **out, kvlm_error *err);
+
+#endif

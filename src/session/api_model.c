@@ -1,0 +1,73 @@
+/* kvlm.h: model and tokenizer entry points. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "kvlm.h"
+#include "model/model.h"
+#include "tokenizer/vocab.h"
+
+kvlm_model_params kvlm_model_default_params(void) {
+    kvlm_model_params p = {.n_threads = 1};
+    return p;
+}
+
+kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params, kvlm_model **out, kvlm_error *err) {
+    kv_error_clear(err);
+    if (!path || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "model_load: NULL argument");
+    *out = NULL;
+    gguf_ctx *g;
+    kvlm_status st = gguf_open(path, &g, err);
+    if (st) return st;
+    kvlm_model *m;
+    st = kv_model_from_gguf(g, &m, err);
+    if (st) return st;
+    kvlm_model_params p = params ? *params : kvlm_model_default_params();
+    m->n_threads = p.n_threads > 0 ? p.n_threads : 1;
+    *out = m;
+    return KVLM_OK;
+}
+
+void kvlm_model_free(kvlm_model *m) {
+    if (!m) return;
+    kv_vocab_free(m->vocab);
+    free(m->layers);
+    gguf_close(m->gguf);
+    free(m);
+}
+
+void kvlm_model_get_info(const kvlm_model *m, kvlm_model_info *info) {
+    const kv_hparams *hp = &m->hp;
+    memset(info, 0, sizeof *info);
+    snprintf(info->arch, sizeof info->arch, "%s", hp->arch_name);
+    info->n_vocab = hp->n_vocab;
+    info->n_ctx_train = hp->n_ctx_train;
+    info->n_embd = hp->n_embd;
+    info->n_layer = hp->n_layer;
+    info->n_head = hp->n_head;
+    info->n_head_kv = hp->n_head_kv;
+    info->n_ff = hp->n_ff;
+    info->n_rot = hp->n_rot;
+    info->rope_freq_base = hp->rope_freq_base;
+    info->rope_freq_scale = hp->rope_freq_scale;
+    info->norm_eps = hp->norm_eps;
+    info->tied_output = m->tied_output;
+    info->n_params = m->n_params;
+    info->weight_bytes = m->weight_bytes;
+}
+
+int32_t kvlm_n_vocab(const kvlm_model *m) { return m->hp.n_vocab; }
+kvlm_token kvlm_token_bos(const kvlm_model *m) { return kv_vocab_bos(m->vocab); }
+kvlm_token kvlm_token_eos(const kvlm_model *m) { return kv_vocab_eos(m->vocab); }
+bool kvlm_token_is_eog(const kvlm_model *m, kvlm_token t) { return kv_vocab_is_eog(m->vocab, t); }
+bool kvlm_add_bos(const kvlm_model *m) { return kv_vocab_add_bos(m->vocab); }
+
+int32_t kvlm_tokenize(const kvlm_model *m, const char *text, size_t len, kvlm_token *out, int32_t n_max,
+                      bool add_special, bool parse_special) {
+    return kv_vocab_tokenize(m->vocab, text, len, out, n_max, add_special, parse_special);
+}
+
+int32_t kvlm_token_to_piece(const kvlm_model *m, kvlm_token t, char *buf, int32_t size, bool special) {
+    return kv_vocab_token_to_piece(m->vocab, t, buf, size, special);
+}

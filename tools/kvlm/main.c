@@ -1,0 +1,31 @@
+/* kvlm: the command-line tool. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *fp) {
+    fprintf(fp,
+            "usage: kvlm COMMAND [options]\n"
+            "commands:\n"
+            "  run       -m MODEL -p PROMPT [-n N] [-t T] [-c CTX]   generate text (greedy)\n"
+            "  eval      -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [--greedy N] [--dump-logits OUT]\n"
+            "            evaluate a prompt as one batch, then N greedy tokens one at a time\n"
+            "  tokenize  -m MODEL (-p TEXT | -f FILE) [--no-bos] [--no-parse-special] [--ids]\n"
+            "  inspect   -m MODEL                                  GGUF metadata and hyperparameters\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "run") == 0) return cmd_run(argc, argv);
+    if (strcmp(cmd, "eval") == 0) return cmd_eval(argc, argv);
+    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc, argv);
+    if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc, argv);
+    fprintf(stderr, "error: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
