@@ -40,6 +40,7 @@ typedef struct kvlm_model kvlm_model;
 
 typedef struct kvlm_model_params {
     int n_threads;      /* threads for evaluation; <= 0 means 1 */
+    bool vocab_only;    /* load only the tokenizer (no weights, no sessions) */
 } kvlm_model_params;
 
 kvlm_model_params kvlm_model_default_params(void);

@@ -229,7 +229,7 @@ static kvlm_status bind_llama(kvlm_model *m, kvlm_error *err) {
     return KVLM_OK;
 }
 
-kvlm_status kv_model_from_gguf(gguf_ctx *g, kvlm_model **out, kvlm_error *err) {
+kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err) {
     *out = NULL;
     kvlm_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -238,7 +238,18 @@ kvlm_status kv_model_from_gguf(gguf_ctx *g, kvlm_model **out, kvlm_error *err) {
     }
     m->gguf = g;
     m->n_threads = 1;
-    kvlm_status st = read_hparams(g, &m->hp, err);
+    m->vocab_only = vocab_only;
+    kvlm_status st;
+    if (vocab_only) {
+        gguf_str arch = {0, ""};
+        gguf_get_str(g, "general.architecture", &arch);
+        snprintf(m->hp.arch_name, sizeof m->hp.arch_name, "%.*s", (int)(arch.len > 31 ? 31 : arch.len), arch.data);
+        if ((st = kv_vocab_load(g, &m->vocab, err))) goto fail;
+        m->hp.n_vocab = kv_vocab_n_tokens(m->vocab);
+        *out = m;
+        return KVLM_OK;
+    }
+    st = read_hparams(g, &m->hp, err);
     if (st) goto fail;
     if ((st = kv_vocab_load(g, &m->vocab, err))) goto fail;
     m->hp.n_vocab = kv_vocab_n_tokens(m->vocab);

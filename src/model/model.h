@@ -53,10 +53,12 @@ struct kvlm_model {
     kv_layer *layers;
     kv_vocab *vocab;
     int n_threads;
+    bool vocab_only;
     uint64_t n_params, weight_bytes;
 };
 
-/* Binds an opened GGUF (takes ownership on success and on failure). */
-kvlm_status kv_model_from_gguf(gguf_ctx *g, kvlm_model **out, kvlm_error *err);
+/* Binds an opened GGUF (takes ownership on success and on failure). With
+ * vocab_only, only the tokenizer is loaded. */
+kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err);
 
 #endif

@@ -9,7 +9,7 @@
 #include "tokenizer/vocab.h"
 
 kvlm_model_params kvlm_model_default_params(void) {
-    kvlm_model_params p = {.n_threads = 1};
+    kvlm_model_params p = {.n_threads = 1, .vocab_only = false};
     return p;
 }
 
@@ -20,10 +20,10 @@ kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params, k
     gguf_ctx *g;
     kvlm_status st = gguf_open(path, &g, err);
     if (st) return st;
-    kvlm_model *m;
-    st = kv_model_from_gguf(g, &m, err);
-    if (st) return st;
     kvlm_model_params p = params ? *params : kvlm_model_default_params();
+    kvlm_model *m;
+    st = kv_model_from_gguf(g, p.vocab_only, &m, err);
+    if (st) return st;
     m->n_threads = p.n_threads > 0 ? p.n_threads : 1;
     *out = m;
     return KVLM_OK;

@@ -30,6 +30,7 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
     kv_error_clear(err);
     if (!model || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: NULL argument");
     *out = NULL;
+    if (model->vocab_only) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: the model was loaded vocab-only");
     kvlm_session_params p = params ? *params : kvlm_session_default_params();
     const kv_hparams *hp = &model->hp;
     int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp->n_ctx_train;

@@ -111,13 +111,14 @@ char *cli_prompt_text(const cli_args *a, size_t *len) {
     return NULL;
 }
 
-kvlm_model *cli_load_model(const cli_args *a) {
+static kvlm_model *load(const cli_args *a, bool vocab_only) {
     if (!a->model) {
         fprintf(stderr, "error: give a model with -m FILE\n");
         return NULL;
     }
     kvlm_model_params mp = kvlm_model_default_params();
     mp.n_threads = a->n_threads;
+    mp.vocab_only = vocab_only;
     kvlm_model *m = NULL;
     kvlm_error err;
     if (kvlm_model_load(a->model, &mp, &m, &err) != KVLM_OK) {
@@ -126,6 +127,9 @@ kvlm_model *cli_load_model(const cli_args *a) {
     }
     return m;
 }
+
+kvlm_model *cli_load_model(const cli_args *a) { return load(a, false); }
+kvlm_model *cli_load_vocab(const cli_args *a) { return load(a, true); }
 
 kvlm_token *cli_tokenize(const kvlm_model *m, const char *text, size_t len, bool add_special, bool parse_special,
                          int32_t *n_out) {

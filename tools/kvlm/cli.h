@@ -31,6 +31,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a);
 char *cli_prompt_text(const cli_args *a, size_t *len);
 /* Loads the model named by -m, printing the error on failure. */
 kvlm_model *cli_load_model(const cli_args *a);
+kvlm_model *cli_load_vocab(const cli_args *a);
 /* Tokenizes text; returns a malloc'd array and its length, or NULL. */
 kvlm_token *cli_tokenize(const kvlm_model *m, const char *text, size_t len, bool add_special, bool parse_special,
                          int32_t *n_out);

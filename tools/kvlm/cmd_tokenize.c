@@ -14,7 +14,7 @@ int cmd_tokenize(int argc, char **argv) {
     size_t len;
     char *text = cli_prompt_text(&a, &len);
     if (!text) return 2;
-    kvlm_model *m = cli_load_model(&a);
+    kvlm_model *m = cli_load_vocab(&a);
     if (!m) {
         free(text);
         return 1;

@@ -1,0 +1,179 @@
+/* End-to-end tests of the kvlm command-line tool. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "golden.h"
+
+#define KVLM KVLM_BIN_DIR "/kvlm"
+#define MODELS KVLM_MODELS_DIR
+
+/* Runs cmd, captures stdout (and stderr when merge), returns the exit status. */
+static int run(const char *cmd, char *out, size_t cap) {
+    FILE *fp = popen(cmd, "r");
+    assert_non_null(fp);
+    size_t n = fread(out, 1, cap - 1, fp);
+    out[n] = '\0';
+    int st = pclose(fp);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char buf[1 << 20];
+
+static void join_ids(const int32_t *ids, int n, char *dst, size_t cap) {
+    size_t o = 0;
+    for (int i = 0; i < n && o + 16 < cap; i++) o += (size_t)snprintf(dst + o, cap - o, i ? " %d" : "%d", ids[i]);
+}
+
+/* eval --tokens teacher-forces a golden's sequence and reproduces its logits. */
+static void test_eval_dump_logits(void **state) {
+    (void)state;
+    const char *stem = MODELS "/goldens/aidreams260K-f32.robot.g32.mainline";
+    char txt[512], lg[512];
+    snprintf(txt, sizeof txt, "%s.txt", stem);
+    snprintf(lg, sizeof lg, "%s.lgts", stem);
+    int32_t ids[256];
+    int np = golden_ids(txt, "# prompt tokens:", ids, 256);
+    int ng = golden_ids(txt, "# generated tokens:", ids + np, 256 - np);
+    assert_true(np > 0 && ng > 0);
+    char seq[4096], cmd[8192];
+    join_ids(ids, np + ng, seq, sizeof seq);
+    char out[] = "/tmp/kvlm-test-cli-XXXXXX";
+    int fd = mkstemp(out);
+    assert_true(fd >= 0);
+    close(fd);
+    snprintf(cmd, sizeof cmd, "%s eval -m %s/llama/aidreams260K-f32.gguf --tokens \"%s\" --dump-logits %s", KVLM,
+             MODELS, seq, out);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    lgts ours, gold;
+    assert_true(lgts_load(out, &ours));
+    assert_true(lgts_load(lg, &gold));
+    assert_int_equal(ours.n_vocab, gold.n_vocab);
+    assert_int_equal(ours.n_rows, np + ng);
+    for (int32_t r = 0; r < gold.n_rows; r++) {
+        const lgts_row *g = &gold.rows[r], *o = &ours.rows[g->pos];
+        assert_int_equal(o->pos, g->pos);
+        assert_int_equal(o->token, g->token);
+        for (int32_t i = 0; i < gold.n_vocab; i++)
+            if (!(fabsf(o->logits[i] - g->logits[i]) <= 1e-3f))
+                fail_msg("pos %d token %d: %g vs %g", g->pos, i, o->logits[i], g->logits[i]);
+    }
+    lgts_free(&ours);
+    lgts_free(&gold);
+    unlink(out);
+}
+
+/* eval from text: tokenization + free-running greedy equal llama.cpp's ids. */
+static void test_eval_greedy_from_text(void **state) {
+    (void)state;
+    const char *cases[][3] = {
+        {"aidreams260K-f32.robot.g32.mainline", "Once upon a time, there was a little robot", "f32"},
+        {"aidreams260K-f16.fox.g32.mainline", "The quick brown fox jumps over the lazy dog.", "f16"},
+    };
+    for (size_t c = 0; c < 2; c++) {
+        char txt[512], cmd[2048], want[4096];
+        snprintf(txt, sizeof txt, MODELS "/goldens/%s.txt", cases[c][0]);
+        int32_t ids[256];
+        int ng = golden_ids(txt, "# generated tokens:", ids, 256);
+        assert_int_equal(ng, 32);
+        join_ids(ids, ng, want, sizeof want);
+        snprintf(cmd, sizeof cmd, "%s eval -m %s/llama/aidreams260K-%s.gguf -p '%s' --greedy 32", KVLM, MODELS,
+                 cases[c][2], cases[c][1]);
+        assert_int_equal(run(cmd, buf, sizeof buf), 0);
+        buf[strcspn(buf, "\n")] = '\0';
+        assert_string_equal(buf, want);
+    }
+}
+
+/* tokenize --ids reproduces the golden's prompt tokens (BOS included). */
+static void test_tokenize_ids(void **state) {
+    (void)state;
+    char txt[512], cmd[2048], want[4096];
+    snprintf(txt, sizeof txt, MODELS "/goldens/synth15M-q8_0.fox.g32.mainline.txt");
+    int32_t ids[64];
+    int np = golden_ids(txt, "# prompt tokens:", ids, 64);
+    assert_int_equal(np, 13);
+    join_ids(ids, np, want, sizeof want);
+    snprintf(cmd, sizeof cmd, "%s tokenize -m %s/llama/synth15M-q8_0.gguf -p 'The quick brown fox jumps over the lazy dog.' --ids",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    buf[strcspn(buf, "\n")] = '\0';
+    assert_string_equal(buf, want);
+    /* special-token text: parsed by default, plain text with --no-parse-special */
+    snprintf(cmd, sizeof cmd, "%s tokenize -m %s/vocab/ggml-vocab-llama-spm.gguf -p '<s>' --no-bos --ids", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_string_equal(buf, "1\n");
+    snprintf(cmd, sizeof cmd, "%s tokenize -m %s/vocab/ggml-vocab-llama-spm.gguf -p '<s>' --no-bos --no-parse-special --ids",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_string_not_equal(buf, "1\n");
+    assert_non_null(strchr(buf, ' ')); /* several pieces */
+}
+
+static void test_run_generates(void **state) {
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Echoes of' -n 24 2>&1", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_true(strncmp(buf, "Echoes of", 9) == 0);
+    assert_true(strlen(buf) > 40);
+    assert_non_null(strstr(buf, "prompt:"));
+    assert_non_null(strstr(buf, "tokens/s"));
+    /* two threads give the same text */
+    char one[4096];
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/synth15M-q8_0.gguf -p 'Hello' -n 16 -t 1 2>/dev/null", KVLM, MODELS);
+    assert_int_equal(run(cmd, one, sizeof one), 0);
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/synth15M-q8_0.gguf -p 'Hello' -n 16 -t 2 2>/dev/null", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_string_equal(one, buf);
+}
+
+static void test_inspect(void **state) {
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s inspect -m %s/llama/synth15M-gqa-q8_0.gguf", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "architecture   llama"));
+    assert_non_null(strstr(buf, "vocabulary     32000"));
+    assert_non_null(strstr(buf, "layers         6"));
+    assert_non_null(strstr(buf, "heads          6 (kv 2, head dim 48)"));
+    assert_non_null(strstr(buf, "q8_0"));
+    assert_non_null(strstr(buf, "tied to token embedding"));
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s run -m /nonexistent.gguf -p hi 2>&1", KVLM);
+    assert_int_not_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "error: cannot open '/nonexistent.gguf'"));
+    snprintf(cmd, sizeof cmd, "%s eval -m %s/llama/aidreams260K-f32.gguf --tokens '1 99999' 2>&1", KVLM, MODELS);
+    assert_int_not_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "outside the vocabulary"));
+    snprintf(cmd, sizeof cmd, "%s eval -m %s/llama/aidreams260K-f32.gguf --tokens '1 2 3' -c 2 2>&1", KVLM, MODELS);
+    assert_int_not_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "exceed the context"));
+    snprintf(cmd, sizeof cmd, "%s run --bogus 2>&1", KVLM);
+    assert_int_equal(run(cmd, buf, sizeof buf), 2);
+    assert_non_null(strstr(buf, "unknown flag '--bogus'"));
+    /* a vocabulary-only GGUF is not a model */
+    snprintf(cmd, sizeof cmd, "%s run -m %s/vocab/ggml-vocab-llama-spm.gguf -p hi 2>&1", KVLM, MODELS);
+    assert_int_not_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "error: "));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_eval_dump_logits), cmocka_unit_test(test_eval_greedy_from_text),
+        cmocka_unit_test(test_tokenize_ids),     cmocka_unit_test(test_run_generates),
+        cmocka_unit_test(test_inspect),          cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
