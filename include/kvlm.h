@@ -89,12 +89,90 @@ int32_t kvlm_tokenize(const kvlm_model *model, const char *text, size_t len,
 int32_t kvlm_token_to_piece(const kvlm_model *model, kvlm_token t, char *buf,
                             int32_t size, bool special);
 
+/* ------------------------------------------------------------ KV cache */
+/* Storage types for K and V (values are GGUF type ids). */
+typedef enum kvlm_kv_type {
+    KVLM_KV_F32 = 0,
+    KVLM_KV_F16 = 1,
+    KVLM_KV_Q4_0 = 2,
+    KVLM_KV_Q8_0 = 8,
+} kvlm_kv_type;
+
+typedef enum kvlm_growth {
+    KVLM_GROWTH_FACTOR = 0,   /* capacity *= growth_factor */
+    KVLM_GROWTH_LINEAR = 1,   /* capacity += growth_tokens */
+    KVLM_GROWTH_ADAPTIVE = 2, /* x2 while under 1/4 of the maximum, x1.5 under 1/2, then x1.25 */
+} kvlm_growth;
+
+/* A page pool: K/V storage in fixed-size pages, shared by any number of
+ * sessions of one model; full pages are content-addressed so that sessions
+ * with a common prefix share them. */
+typedef struct kvlm_cache kvlm_cache;
+
+typedef struct kvlm_cache_params {
+    kvlm_kv_type type_k, type_v; /* default F16, F16 (as llama.cpp) */
+    int32_t page_tokens;         /* tokens per page: 16..256, default 32 */
+    int64_t initial_tokens;      /* capacity allocated up front; default 256 */
+    int64_t max_tokens;          /* capacity limit; default 1<<20 */
+    kvlm_growth growth;
+    float growth_factor;         /* default 1.5 */
+    int64_t growth_tokens;       /* for KVLM_GROWTH_LINEAR; default 1024 */
+    int64_t cached_bytes_budget; /* most bytes kept in unreferenced cached pages; <0: no limit; default 256 MiB */
+    bool prefix_sharing;         /* default true */
+    bool prefetch;               /* software prefetch of the next page during attention */
+} kvlm_cache_params;
+
+kvlm_cache_params kvlm_cache_default_params(void);
+kvlm_status kvlm_cache_new(const kvlm_model *model, const kvlm_cache_params *params, kvlm_cache **out,
+                           kvlm_error *err);
+/* Frees the pool; every session using it must be freed first. */
+void kvlm_cache_free(kvlm_cache *cache);
+
+typedef struct kvlm_kv_stats {
+    int64_t tokens;               /* tokens stored (the session's, or all sessions' for a cache) */
+    int64_t capacity;             /* tokens the pool can hold without growing */
+    double utilization;           /* pages in use / pages allocated */
+    int64_t bytes;                /* K/V bytes currently allocated */
+    int64_t bytes_f32_equivalent; /* what the stored tokens would take in F32 */
+    int64_t bytes_by_type[4];     /* allocated bytes in pages whose K type is F32, F16, Q8_0, Q4_0 */
+    int64_t hits;                 /* tokens whose K/V were reused instead of computed */
+    int64_t misses;               /* tokens computed */
+    double hit_rate;              /* hits / (hits + misses) */
+    int64_t recomputed;           /* tokens dropped because the history differed, then computed */
+    int64_t pages_shared;         /* pages referenced by more than one session */
+    int64_t pages_cached;         /* unreferenced pages kept for reuse */
+    int64_t evictions;
+    int64_t compressions;         /* pages re-quantized by tiered compression */
+    int64_t bytes_saved;          /* bytes freed by those */
+    int64_t shifts;               /* context shifts / sliding evictions */
+    int64_t growth_events;
+    double growth_ms_total, growth_ms_max;
+} kvlm_kv_stats;
+
+void kvlm_cache_get_stats(const kvlm_cache *cache, kvlm_kv_stats *stats);
+
 /* ------------------------------------------------------------ sessions */
 typedef struct kvlm_session kvlm_session;
 
+typedef enum kvlm_overflow {
+    KVLM_OVERFLOW_ERROR = 0,   /* the eval that would overflow fails; nothing changes */
+    KVLM_OVERFLOW_SHIFT = 1,   /* keep n_keep, drop the oldest half of the rest, re-rotate keys */
+    KVLM_OVERFLOW_SLIDING = 2, /* StreamingLLM: n_sink sink tokens + the most recent tokens */
+    KVLM_OVERFLOW_RING = 3,    /* the last `window` tokens with absolute positions (SWA) */
+} kvlm_overflow;
+
 typedef struct kvlm_session_params {
-    int32_t n_ctx;      /* context length in tokens; <= 0: the model's */
+    int32_t n_ctx;      /* most tokens held at once; <= 0: the model's context length */
     int n_threads;      /* <= 0: the model's */
+    kvlm_cache *cache;  /* a shared page pool; NULL: the session makes its own from `cache_params` */
+    kvlm_cache_params cache_params;
+    kvlm_overflow overflow;
+    int32_t n_keep;     /* SHIFT: tokens kept at the start */
+    int32_t n_sink;     /* SLIDING: attention-sink tokens kept at the start (default 4) */
+    int32_t window;     /* RING: attention window in tokens (<= 0: n_ctx) */
+    int32_t compress_after;     /* tiered compression: pages older than this many tokens are
+                                   re-quantized; 0 = off */
+    kvlm_kv_type compress_type; /* the type they become (default Q8_0) */
 } kvlm_session_params;
 
 kvlm_session_params kvlm_session_default_params(void);
@@ -107,17 +185,42 @@ void kvlm_session_free(kvlm_session *s);
 int32_t kvlm_session_n_past(const kvlm_session *s);
 int32_t kvlm_session_n_ctx(const kvlm_session *s);
 
-/* Evaluates tokens[n_past..n_tokens) on top of the n_past tokens the session
- * holds (n_past must equal what it holds). Writes the logits of the last
- * position to logits (n_vocab floats), or of every evaluated position when
- * all_logits is true ((n_tokens - n_past) * n_vocab floats). logits may be
- * NULL. On error the session is unchanged. */
+#define KVLM_AUTO (-1)
+
+/* The n_past contract: tokens[0..n_past) are taken as already in the
+ * session's cache and only tokens[n_past..n_tokens) are computed.
+ * - n_past larger than what the session holds: error, nothing changes.
+ * - The session holds more than n_past: it rolls back to n_past.
+ * - The session's history differs from tokens[0..n_past): it rolls back to
+ *   the longest common prefix and recomputes from there (counted in the
+ *   statistics as `recomputed`).
+ * - n_past = KVLM_AUTO: the session finds the common prefix itself.
+ * Full pages of the rest that another sequence already computed (same prefix)
+ * are reused from the shared cache. Results are bit-identical to evaluating
+ * the whole sequence at once, whatever the chunking or thread count.
+ * logits (may be NULL): the last position's n_vocab logits, or with
+ * all_logits the rows of positions n_past..n_tokens-1 ((n_tokens - n_past) *
+ * n_vocab floats; in auto mode, from the common prefix on).
+ * Validation errors leave the session unchanged; a failure while computing
+ * (pool exhausted) leaves it holding a prefix of the tokens. */
 kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens,
                       int32_t n_past, float *logits, bool all_logits,
                       kvlm_error *err);
 
-/* Drops everything after the first n tokens. */
+/* The reference path: evaluates tokens from scratch in a private cache with
+ * no reuse; logits as kvlm_eval with n_past = 0. */
+kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,
+                           float *logits, bool all_logits, kvlm_error *err);
+
+/* Drops everything after the first n tokens, in time proportional to the pages dropped. */
 kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
+
+/* The session's view of the cache statistics (hits/misses/tokens are the
+ * session's; capacity, bytes, evictions and growth are the pool's). */
+void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *stats);
+/* Writes the statistics as one JSON object (no newline); returns its length
+ * or minus the size needed. */
+int32_t kvlm_kv_stats_json(const kvlm_kv_stats *stats, char *buf, int32_t size);
 
 int32_t kvlm_n_vocab(const kvlm_model *model);
 

@@ -140,8 +140,9 @@ static void test_valid_tiny_model(void **state) {
     float logits[NV];
     assert_int_equal(kvlm_eval(s, toks, 4, 0, logits, false, &err), KVLM_OK);
     for (int i = 0; i < NV; i++) assert_true(isfinite(logits[i]));
-    /* wrong n_past and bad tokens are errors that leave the session as it was */
-    assert_int_equal(kvlm_eval(s, toks, 4, 2, logits, false, &err), KVLM_ERR_INVALID_ARG);
+    /* n_past beyond what the session holds and bad tokens are errors that leave the session as it was */
+    kvlm_token more[6] = {1, 4, 5, 7, 4, 4};
+    assert_int_equal(kvlm_eval(s, more, 6, 5, logits, false, &err), KVLM_ERR_INVALID_ARG);
     kvlm_token bad[5] = {1, 4, 5, 7, NV};
     assert_int_equal(kvlm_eval(s, bad, 5, 4, logits, false, &err), KVLM_ERR_INVALID_ARG);
     kvlm_token neg[5] = {1, 4, 5, 7, -3};

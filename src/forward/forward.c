@@ -4,22 +4,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/dtype.h"
 #include "core/error.h"
+#include "core/rope.h"
 #include "quant/fp16.h"
 #include "quant/quant.h"
+#include "quant/quant_types.h"
 
 struct kv_forward {
     const kvlm_model *m;
-    kv_cache *cache;
-    kv_pool *pool;
+    kv_seq *seq;
+    kv_tpool *pool;
     int32_t ubatch;
     int nth;
+    bool prefetch;
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     uint8_t *actq;     /* activations converted to a weight's vec_dot_type */
-    float *scores;     /* per thread: n_ctx */
-    float *vtmp;       /* per thread: head_dim */
-    uint8_t *qconv;    /* per thread: one head of q in the K cache's dot type */
-    uint64_t qconv_stride;
+    float *scores;     /* per thread: scores_cap */
+    int64_t scores_cap;
+    float *rowtmp;     /* per thread: kv_dim (dequantized K or V rows) */
+    kv_f16 *q16;       /* per thread: one head of q in f16 */
+    int32_t *slots;    /* the slots of the current pass */
 };
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
@@ -27,29 +32,26 @@ static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63)
 void kv_forward_free(kv_forward *f) {
     if (!f) return;
     free(f->x); free(f->xb); free(f->q); free(f->k); free(f->v); free(f->att);
-    free(f->hb); free(f->hb2); free(f->actq); free(f->scores); free(f->vtmp); free(f->qconv);
+    free(f->hb); free(f->hb2); free(f->actq); free(f->scores); free(f->rowtmp); free(f->q16); free(f->slots);
     free(f);
 }
 
-kvlm_status kv_forward_new(const kvlm_model *m, kv_cache *cache, kv_pool *pool, int32_t ubatch, kv_forward **out,
-                           kvlm_error *err) {
+kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int32_t ubatch, bool prefetch,
+                           kv_forward **out, kvlm_error *err) {
     *out = NULL;
     const kv_hparams *hp = &m->hp;
     kv_forward *f = calloc(1, sizeof *f);
     if (!f) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory");
     f->m = m;
-    f->cache = cache;
+    f->seq = seq;
     f->pool = pool;
     f->ubatch = ubatch;
-    f->nth = kv_pool_size(pool);
+    f->prefetch = prefetch;
+    f->nth = kv_tpool_size(pool);
     const size_t B = (size_t)ubatch, E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * (size_t)hp->head_dim;
     const size_t KV = (size_t)hp->n_head_kv * (size_t)hp->head_dim, F = (size_t)hp->n_ff;
     size_t maxd = E > Q ? E : Q;
     if (F > maxd) maxd = F;
-    const kv_quant_traits *tk = kv_quant_get(cache->type_k);
-    uint64_t qb = 0;
-    kv_dtype_row_bytes(tk->vec_dot_type, (uint64_t)hp->head_dim, &qb);
-    f->qconv_stride = (qb + 63) & ~(uint64_t)63;
     f->x = xalloc(B * E * 4);
     f->xb = xalloc(B * maxd * 4);
     f->q = xalloc(B * Q * 4);
@@ -59,11 +61,13 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_cache *cache, kv_pool *pool, 
     f->hb = xalloc(B * F * 4);
     f->hb2 = xalloc(B * F * 4);
     f->actq = xalloc(B * maxd * 4 + 64);
-    f->scores = xalloc((size_t)f->nth * (size_t)cache->n_ctx * 4);
-    f->vtmp = xalloc((size_t)f->nth * (size_t)hp->head_dim * 4);
-    f->qconv = xalloc((size_t)f->nth * (size_t)f->qconv_stride);
+    f->scores_cap = 4096;
+    f->scores = xalloc((size_t)f->nth * (size_t)f->scores_cap * 4);
+    f->rowtmp = xalloc((size_t)f->nth * KV * 4);
+    f->q16 = xalloc((size_t)f->nth * (size_t)hp->head_dim * 2);
+    f->slots = xalloc(B * 4);
     if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 || !f->actq || !f->scores ||
-        !f->vtmp || !f->qconv) {
+        !f->rowtmp || !f->q16 || !f->slots) {
         kv_forward_free(f);
         return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for activations");
     }
@@ -116,7 +120,7 @@ static void matmul(kv_forward *f, const kv_weight *w, const float *x, int32_t T,
     const kv_quant_traits *tr = kv_quant_get(w->type);
     mm_job j = {.w = w, .dot = tr->vec_dot, .T = T, .y = y, .ldy = w->ne1};
     j.xq = convert_rows(f, x, T, w->ne0, tr->vec_dot_type, &j.xrow);
-    kv_pool_run(f->pool, mm_worker, &j);
+    kv_tpool_run(f->pool, mm_worker, &j);
 }
 
 /* Several weights applied to the same input (q/k/v, gate/up) share one conversion. */
@@ -134,7 +138,7 @@ static void matmul_shared(kv_forward *f, const kv_weight *const *ws, float *cons
         j.dot = tr->vec_dot;
         j.y = ys[i];
         j.ldy = ws[i]->ne1;
-        kv_pool_run(f->pool, mm_worker, &j);
+        kv_tpool_run(f->pool, mm_worker, &j);
     }
 }
 
@@ -149,104 +153,139 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float e
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
 
-/* Rotates n_rot dims of each head of x in place (NORM: adjacent pairs; NEOX:
- * pairs (i, i + n_rot/2)). theta_i = pos * base^(-2i/n_rot), with the power
- * built by repeated multiplication as ggml does. */
-static void rope(float *x, int n_heads, int head_dim, int n_rot, int32_t pos, float base, float freq_scale,
-                 kv_rope_type type) {
-    const float theta_scale = powf(base, -2.0f / (float)n_rot);
-    float theta = (float)pos;
-    for (int i = 0; i < n_rot / 2; i++) {
-        const float th = freq_scale * theta;
-        const float c = cosf(th), s = sinf(th);
-        for (int h = 0; h < n_heads; h++) {
-            float *xh = x + (int64_t)h * head_dim;
-            const int a = type == KV_ROPE_NEOX ? i : 2 * i;
-            const int b = type == KV_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
-            const float x0 = xh[a], x1 = xh[b];
-            xh[a] = x0 * c - x1 * s;
-            xh[b] = x0 * s + x1 * c;
-        }
-        theta *= theta_scale;
-    }
-}
-
 /* ------------------------------------------------------------ attention */
 
 typedef struct att_job {
     kv_forward *f;
     int layer;
-    int32_t T, p0;
+    int32_t T;
+    int32_t n_slots; /* slots attention may read in this pass */
 } att_job;
+
+/* One head of a cached K or V row as floats (quantized types). */
+static const float *head_floats(const uint8_t *row, uint32_t type, int h, int hd, int kv_dim, float *tmp) {
+    const kv_quant_traits *tr = kv_quant_get(type);
+    const kv_dtype_info *di = kv_dtype_get(type);
+    const int bs = di->block_size;
+    if (hd % bs == 0) {
+        tr->to_float(row + (uint64_t)(h * hd / bs) * (uint64_t)di->type_size, tmp, hd);
+        return tmp;
+    }
+    tr->to_float(row, tmp, kv_dim); /* heads straddle blocks: the whole row */
+    return tmp + (int64_t)h * hd;
+}
+
+static void prefetch_page(const kv_seq *s, int layer, int32_t slot, int kvh, int hd) {
+    if (slot >= s->n_pages * s->P) return;
+    for (int32_t t = 0; t < s->P; t++) {
+        kv_row r = kv_seq_row(s, layer, slot + t);
+        uint64_t ko = (uint64_t)kvh * (r.layout->k_row / (uint64_t)s->n_head_kv);
+        uint64_t vo = (uint64_t)kvh * (r.layout->v_row / (uint64_t)s->n_head_kv);
+        __builtin_prefetch(r.k + ko, 0, 1);
+        __builtin_prefetch(r.v + vo, 0, 1);
+        (void)hd;
+    }
+}
 
 static void att_worker(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
     kv_forward *f = j->f;
     const kv_hparams *hp = &f->m->hp;
-    const kv_cache *c = f->cache;
-    const int hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv;
+    const kv_seq *s = f->seq;
+    const int hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv, kv_dim = s->kv_dim;
     const int64_t Q = (int64_t)hp->n_head * hd;
-    const kv_quant_traits *tk = kv_quant_get(c->type_k), *tv = kv_quant_get(c->type_v);
-    const kv_quant_traits *tq = kv_quant_get(tk->vec_dot_type);
     const float scale = 1.0f / sqrtf((float)hd);
-    float *sc = f->scores + (int64_t)ith * c->n_ctx;
-    float *vt = f->vtmp + (int64_t)ith * hd;
-    uint8_t *qc = f->qconv + (uint64_t)ith * f->qconv_stride;
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
+    float *sc = f->scores + (int64_t)ith * f->scores_cap;
+    float *tmp = f->rowtmp + (int64_t)ith * kv_dim;
+    kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
 
     int64_t b, e;
     kv_split((int64_t)j->T * hp->n_head, ith, nth, &b, &e);
     for (int64_t it = b; it < e; it++) {
         const int32_t t = (int32_t)(it / hp->n_head);
         const int h = (int)(it % hp->n_head), kvh = h / gqa;
-        const int32_t pos = j->p0 + t, n_kv = pos + 1;
+        const int32_t p = s->pos[f->slots[t]];
+        /* non-ring slots hold positions 0..n in order: read those up to p */
+        const int32_t n_read = ring ? j->n_slots : p + 1;
         const float *qh = f->q + (int64_t)t * Q + (int64_t)h * hd;
-        tq->from_float(qh, qc, hd);
+        for (int d = 0; d < hd; d++) q16[d] = kv_f32_to_f16(qh[d]);
 
         float mx = -INFINITY;
-        for (int32_t p = 0; p < n_kv; p++) {
-            float s;
-            tk->vec_dot(hd, &s, kv_cache_k_row(c, j->layer, p) + (uint64_t)kvh * c->k_head_bytes, qc);
-            s *= scale;
-            sc[p] = s;
-            mx = s > mx ? s : mx;
+        for (int32_t sl = 0; sl < n_read; sl++) {
+            if (ring && (s->pos[sl] > p || s->pos[sl] <= p - s->window)) {
+                sc[sl] = -INFINITY;
+                continue;
+            }
+            if (f->prefetch && sl % s->P == 0) prefetch_page(s, j->layer, sl + s->P, kvh, hd);
+            const kv_row r = kv_seq_row(s, j->layer, sl);
+            const uint32_t tk = r.layout->type_k;
+            float d;
+            if (tk == KV_F16) {
+                kv_vec_dot_f16_ref(hd, &d, r.k + (uint64_t)kvh * hd * 2, q16);
+            } else if (tk == KV_F32) {
+                kv_vec_dot_f32_ref(hd, &d, r.k + (uint64_t)kvh * hd * 4, qh);
+            } else {
+                kv_vec_dot_f32_ref(hd, &d, head_floats(r.k, tk, kvh, hd, kv_dim, tmp), qh);
+            }
+            d *= scale;
+            sc[sl] = d;
+            mx = d > mx ? d : mx;
         }
         double sum = 0.0;
-        for (int32_t p = 0; p < n_kv; p++) {
-            sc[p] = expf(sc[p] - mx);
-            sum += (double)sc[p];
+        for (int32_t sl = 0; sl < n_read; sl++) {
+            sc[sl] = expf(sc[sl] - mx); /* exp(-inf) = 0 for masked slots */
+            sum += (double)sc[sl];
         }
         const float inv = (float)(1.0 / sum);
 
         float *out = f->att + (int64_t)t * Q + (int64_t)h * hd;
         for (int d = 0; d < hd; d++) out[d] = 0.0f;
-        for (int32_t p = 0; p < n_kv; p++) {
-            float w = sc[p] * inv;
-            /* the weights meet V in V's dot type, as llama.cpp's kq x v does */
-            if (c->type_v == KV_F16) w = kv_f16_to_f32(kv_f32_to_f16(w));
-            else if (c->type_v == KV_BF16) w = kv_bf16_to_f32(kv_f32_to_bf16(w));
-            const uint8_t *vr = kv_cache_v_row(c, j->layer, p) + (uint64_t)kvh * c->v_head_bytes;
-            if (c->type_v == KV_F32) {
-                const float *vf = (const float *)vr;
-                for (int d = 0; d < hd; d++) out[d] = fmaf(w, vf[d], out[d]);
+        for (int32_t sl = 0; sl < n_read; sl++) {
+            if (sc[sl] == 0.0f) continue;
+            float w = sc[sl] * inv;
+            const kv_row r = kv_seq_row(s, j->layer, sl);
+            const uint32_t tv = r.layout->type_v;
+            const float *vf;
+            if (tv == KV_F32) {
+                vf = (const float *)r.v + (int64_t)kvh * hd;
+            } else if (tv == KV_F16) {
+                /* the weights meet V in f16, as llama.cpp's kq x v does */
+                w = kv_f16_to_f32(kv_f32_to_f16(w));
+                const kv_f16 *vh = (const kv_f16 *)r.v + (int64_t)kvh * hd;
+                for (int d = 0; d < hd; d++) tmp[d] = kv_f16_to_f32(vh[d]);
+                vf = tmp;
             } else {
-                tv->to_float(vr, vt, hd);
-                for (int d = 0; d < hd; d++) out[d] = fmaf(w, vt[d], out[d]);
+                vf = head_floats(r.v, tv, kvh, hd, kv_dim, tmp);
             }
+            for (int d = 0; d < hd; d++) out[d] = fmaf(w, vf[d], out[d]);
         }
     }
 }
 
 /* ------------------------------------------------------------ the graph */
 
-static void eval_ubatch(kv_forward *f, const int32_t *tokens, int32_t T, float *logits, bool all_logits) {
+static bool ensure_scores(kv_forward *f, int64_t n) {
+    if (n <= f->scores_cap) return true;
+    int64_t cap = f->scores_cap;
+    while (cap < n) cap *= 2;
+    float *sc = xalloc((size_t)f->nth * (size_t)cap * 4);
+    if (!sc) return false;
+    free(f->scores);
+    f->scores = sc;
+    f->scores_cap = cap;
+    return true;
+}
+
+/* One pass of T <= ubatch tokens whose slots are reserved. */
+static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, int32_t n_slots, float *logits,
+                      bool all_logits) {
     const kvlm_model *m = f->m;
     const kv_hparams *hp = &m->hp;
-    kv_cache *c = f->cache;
+    kv_seq *s = f->seq;
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
     const int64_t F = hp->n_ff;
-    const int32_t p0 = c->n;
     const kv_quant_traits *te = kv_quant_get(m->tok_embd.type);
-    const kv_quant_traits *tk = kv_quant_get(c->type_k), *tv = kv_quant_get(c->type_v);
 
     for (int32_t t = 0; t < T; t++)
         te->to_float((const uint8_t *)m->tok_embd.data + (uint64_t)tokens[t] * m->tok_embd.row_bytes, f->x + t * E, E);
@@ -261,20 +300,16 @@ static void eval_ubatch(kv_forward *f, const int32_t *tokens, int32_t T, float *
             if (L->bq.data) for (int64_t i = 0; i < Q; i++) f->q[t * Q + i] += L->bq.data[i];
             if (L->bk.data) for (int64_t i = 0; i < KV; i++) f->k[t * KV + i] += L->bk.data[i];
             if (L->bv.data) for (int64_t i = 0; i < KV; i++) f->v[t * KV + i] += L->bv.data[i];
-            rope(f->q + t * Q, hp->n_head, hp->head_dim, hp->n_rot, p0 + t, hp->rope_freq_base, hp->rope_freq_scale,
-                 hp->rope_type);
-            rope(f->k + t * KV, hp->n_head_kv, hp->head_dim, hp->n_rot, p0 + t, hp->rope_freq_base,
-                 hp->rope_freq_scale, hp->rope_type);
+            const int32_t pos = s->pos[f->slots[t]];
+            kv_rope(f->q + t * Q, hp->n_head, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base, hp->rope_freq_scale,
+                    hp->rope_type);
+            kv_rope(f->k + t * KV, hp->n_head_kv, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base,
+                    hp->rope_freq_scale, hp->rope_type);
             /* quantize-on-write: the cache holds the only copy attention reads */
-            for (int h = 0; h < hp->n_head_kv; h++) {
-                tk->from_float(f->k + t * KV + (int64_t)h * hp->head_dim,
-                               kv_cache_k_row(c, l, p0 + t) + (uint64_t)h * c->k_head_bytes, hp->head_dim);
-                tv->from_float(f->v + t * KV + (int64_t)h * hp->head_dim,
-                               kv_cache_v_row(c, l, p0 + t) + (uint64_t)h * c->v_head_bytes, hp->head_dim);
-            }
+            kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }
-        att_job aj = {f, l, T, p0};
-        kv_pool_run(f->pool, att_worker, &aj);
+        att_job aj = {f, l, T, n_slots};
+        kv_tpool_run(f->pool, att_worker, &aj);
         matmul(f, &L->wo, f->att, T, f->xb);
         for (int64_t i = 0; i < T * E; i++) f->x[i] += f->xb[i];
 
@@ -290,9 +325,6 @@ static void eval_ubatch(kv_forward *f, const int32_t *tokens, int32_t T, float *
         for (int64_t i = 0; i < T * E; i++) f->x[i] += f->xb[i];
     }
 
-    for (int32_t t = 0; t < T; t++) c->tokens[p0 + t] = tokens[t];
-    c->n = p0 + T;
-
     if (!logits) return;
     const int32_t first = all_logits ? 0 : T - 1;
     for (int32_t t = first; t < T; t++)
@@ -300,14 +332,31 @@ static void eval_ubatch(kv_forward *f, const int32_t *tokens, int32_t T, float *
     matmul(f, &m->output, f->xb, T - first, logits);
 }
 
-void kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, float *logits, bool all_logits) {
+kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, float *logits, bool all_logits,
+                            int32_t *n_done, kvlm_error *err) {
+    *n_done = 0;
     const int64_t V = f->m->hp.n_vocab;
-    for (int32_t i = 0; i < n; i += f->ubatch) {
-        const int32_t T = n - i < f->ubatch ? n - i : f->ubatch;
+    kv_seq *s = f->seq;
+    int32_t step = f->ubatch;
+    /* a ring pass must not overwrite slots its own queries still read */
+    if (s->overflow == KVLM_OVERFLOW_RING && step > s->n_ctx - s->window) step = s->n_ctx - s->window;
+    for (int32_t i = 0; i < n; i += step) {
+        const int32_t T = n - i < step ? n - i : step;
         const bool last = i + T == n;
         float *out = NULL;
         if (logits && all_logits) out = logits + (int64_t)i * V;
         else if (logits && last) out = logits;
-        eval_ubatch(f, tokens + i, T, out, all_logits);
+        kvlm_status st = kv_seq_prepare(s, T, err);
+        if (st) return st;
+        if ((st = kv_seq_reserve(s, tokens + i, T, err))) return st;
+        for (int32_t t = 0; t < T; t++) f->slots[t] = kv_seq_slot(s, t);
+        int32_t n_slots = s->overflow == KVLM_OVERFLOW_RING
+                              ? (s->next_pos + T < s->n_ctx ? s->next_pos + T : s->n_ctx)
+                              : s->n + T;
+        if (!ensure_scores(f, n_slots)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
+        eval_pass(f, tokens + i, T, n_slots, out, all_logits);
+        kv_seq_commit(s, T);
+        *n_done += T;
     }
+    return KVLM_OK;
 }

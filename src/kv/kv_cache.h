@@ -1,35 +1,168 @@
-/* The KV cache of one sequence: per layer, one K row and one V row per token
- * position, stored in the cache's types (quantize-on-write). This simple
- * contiguous layout is the foundation's; the paged cache replaces it. */
+/* The KV cache: a pool of fixed-size pages (kv_pool.c) shared by the
+ * sequences of one model, and per-sequence page tables (kv_seq.c).
+ *
+ * A page holds `page_tokens` consecutive token slots for every layer: for
+ * layer l, K rows then V rows, each row one token's K (or V) over all kv heads
+ * in the page's storage type. Pages are allocated one by one and never move,
+ * so growing the pool copies nothing. Full pages are content-addressed by a
+ * hash chain over their tokens (key_j = H(key_{j-1}, tokens of page j)) so
+ * sequences with a common prefix share them read-only, with reference
+ * counts; unreferenced pages stay cached and are evicted LRU. */
 #ifndef KV_KV_CACHE_H
 #define KV_KV_CACHE_H
 
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kvlm.h"
 
-typedef struct kv_cache {
-    int32_t n_layer, n_ctx, kv_dim, head_dim;
+typedef struct kv_page kv_page;
+typedef struct kv_page_pool kv_page_pool;
+
+typedef struct kv_layout kv_layout;
+
+struct kv_page {
+    uint8_t *data;
+    const kv_layout *layout;
+    int32_t refs;          /* sequences holding it (pool mutex) */
+    bool indexed;          /* in the prefix index */
+    uint64_t key, parent_key;
+    int32_t *tokens;       /* page_tokens ids, for verifying index hits */
+    kv_page *hnext;        /* index bucket chain */
+    kv_page *lru_prev, *lru_next; /* unreferenced indexed pages */
+    kv_page *free_next;
+};
+
+/* Byte geometry of a page for one (type_k, type_v) pair. */
+struct kv_layout {
     uint32_t type_k, type_v;
-    uint64_t k_row_bytes, v_row_bytes;     /* one token, all kv heads */
-    uint64_t k_head_bytes, v_head_bytes;   /* one token, one kv head */
-    uint8_t **k, **v;                      /* [n_layer] -> n_ctx rows */
-    int32_t n;                             /* tokens stored */
-    int32_t *tokens;                       /* the token at each position */
-} kv_cache;
+    uint64_t k_row, v_row;   /* bytes of one token's K / V row */
+    uint64_t layer_bytes;    /* P * (k_row + v_row) */
+    uint64_t page_bytes;
+    int index;               /* class number in the pool */
+};
 
-kvlm_status kv_cache_new(int32_t n_layer, int32_t n_ctx, int32_t n_head_kv, int32_t head_dim, uint32_t type_k,
-                         uint32_t type_v, kv_cache **out, kvlm_error *err);
-void kv_cache_free(kv_cache *c);
+#define KV_MAX_CLASSES 8
 
-static inline uint8_t *kv_cache_k_row(const kv_cache *c, int layer, int32_t pos) {
-    return c->k[layer] + (uint64_t)pos * c->k_row_bytes;
+struct kv_page_pool {
+    pthread_mutex_t mu;
+    int32_t P, n_layer, kv_dim;
+    kvlm_cache_params params;
+    kv_layout classes[KV_MAX_CLASSES];
+    kv_page *free_list[KV_MAX_CLASSES];
+    int n_classes;
+    int64_t pages_allocated, pages_free, capacity_pages, max_pages;
+    /* prefix index */
+    kv_page **buckets;
+    uint64_t n_buckets, n_indexed;
+    kv_page *lru_head, *lru_tail; /* head = least recently used */
+    int64_t lru_pages, lru_bytes;
+    /* statistics */
+    atomic_llong st_bytes, st_evictions, st_growth_events, st_compressions, st_bytes_saved, st_shifts;
+    atomic_llong st_hits, st_misses, st_recomputed, st_tokens;
+    atomic_llong st_bytes_by_type[4];
+    double growth_ms_total, growth_ms_max; /* under mu */
+};
+
+kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_params *params, kv_page_pool **out,
+                           kvlm_error *err);
+void kv_pool_destroy(kv_page_pool *p);
+/* The class of (type_k, type_v), registering it if new; NULL if the types do
+ * not divide kv_dim into whole blocks. */
+const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_v);
+/* A private page of that layout (refs = 1), growing the pool or evicting a
+ * cached page when needed; NULL when the pool is at its maximum. */
+kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l);
+/* Drops one reference; an unreferenced indexed page is kept in the LRU,
+ * anything else goes back to the free list. */
+void kv_pool_release(kv_page_pool *p, kv_page *pg);
+/* Looks up a full page by key and verifies its tokens and parent; on a hit
+ * takes a reference and returns it. */
+kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, const int32_t *tokens,
+                        uint32_t type_k, uint32_t type_v);
+/* Puts a full page in the index (no-op if an entry with the key exists). */
+void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens);
+/* Takes a page out of the index (its contents are about to change). */
+void kv_pool_unindex(kv_page_pool *p, kv_page *pg);
+uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n);
+void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
+int kv_type_slot(uint32_t type); /* index into bytes_by_type, -1 if none */
+
+/* ------------------------------------------------------------ sequences */
+
+typedef struct kv_seq {
+    kv_page_pool *pool;
+    const kv_layout *layout; /* of newly written pages */
+    int32_t P, n_layer, kv_dim, head_dim, n_head_kv;
+    int32_t n_ctx;           /* most slots */
+    kvlm_overflow overflow;
+    int32_t n_keep, n_sink, window;
+    int32_t compress_after;
+    const kv_layout *compress_layout;
+    float rope_base, rope_scale;
+    int rope_type, n_rot;
+    kv_page **pages;
+    int32_t n_pages, cap_pages;
+    int32_t n;               /* slots in use */
+    int32_t *tokens;         /* per slot */
+    int32_t *pos;            /* per slot: the position its K was rotated for */
+    int32_t next_pos;        /* position of the next token */
+    uint64_t *keys;          /* hash-chain key of each full page */
+    bool shareable;          /* contents still a pure function of the token prefix */
+    int64_t hits, misses, recomputed;
+} kv_seq;
+
+typedef struct kv_seq_config {
+    int32_t n_ctx, n_layer, n_head_kv, head_dim;
+    uint32_t type_k, type_v;
+    kvlm_overflow overflow;
+    int32_t n_keep, n_sink, window, compress_after;
+    uint32_t compress_type;
+    float rope_base, rope_scale;
+    int rope_type, n_rot;
+    int32_t max_batch; /* most tokens written in one pass (ring sizing) */
+} kv_seq_config;
+
+kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err);
+void kv_seq_destroy(kv_seq *s);
+
+/* Makes room for n_new tokens, applying the overflow policy; on error the
+ * sequence is unchanged. */
+kvlm_status kv_seq_prepare(kv_seq *s, int32_t n_new, kvlm_error *err);
+/* Allocates pages for slots [n, n + n_new) and records their tokens and
+ * positions (does not advance n). On error nothing changes. */
+kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm_error *err);
+/* The slot the i-th reserved token goes to. */
+int32_t kv_seq_slot(const kv_seq *s, int32_t i);
+/* Marks the reserved tokens as stored; indexes newly full pages; compresses. */
+void kv_seq_commit(kv_seq *s, int32_t n_new);
+/* Drops slots past n (non-ring sequences). */
+kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err);
+/* Attaches cached pages for tokens[s->n .. n_tokens - 1) (leaving at least one
+ * token to compute); returns how many tokens were attached. */
+int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens);
+/* Number of slots attention may read (n, or the ring's fill). */
+static inline int32_t kv_seq_slots(const kv_seq *s) { return s->n; }
+
+/* Row pointers for one slot, in the page's types. */
+typedef struct kv_row {
+    const uint8_t *k, *v;
+    const kv_layout *layout;
+} kv_row;
+
+static inline kv_row kv_seq_row(const kv_seq *s, int layer, int32_t slot) {
+    const kv_page *pg = s->pages[slot / s->P];
+    const kv_layout *l = pg->layout;
+    const uint8_t *base = pg->data + (uint64_t)layer * l->layer_bytes;
+    const uint64_t off = (uint64_t)(slot % s->P);
+    kv_row r = {base + off * l->k_row, base + (uint64_t)s->P * l->k_row + off * l->v_row, l};
+    return r;
 }
-static inline uint8_t *kv_cache_v_row(const kv_cache *c, int layer, int32_t pos) {
-    return c->v[layer] + (uint64_t)pos * c->v_row_bytes;
-}
-
-/* Bytes allocated for K and V. */
-uint64_t kv_cache_bytes(const kv_cache *c);
+/* Quantizes one token's K and V (f32, kv_dim each) into a slot (the page's types). */
+void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const float *v);
+/* Bytes held by the sequence's pages. */
+uint64_t kv_seq_bytes(const kv_seq *s);
 
 #endif

@@ -10,7 +10,9 @@
 #include "tokenizer/vocab.h"
 
 typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158 } kv_arch;
-typedef enum kv_rope_type { KV_ROPE_NORM = 0, KV_ROPE_NEOX = 2 } kv_rope_type;
+#include "core/rope.h"
+
+typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
 typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
 
 /* A weight matrix: ne0 columns (the reduction length), ne1 rows. */

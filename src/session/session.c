@@ -1,10 +1,13 @@
-/* kvlm.h: sessions — a KV cache, scratch and a thread pool over a shared model. */
+/* kvlm.h: caches and sessions — a page table over a (possibly shared) page
+ * pool, scratch and a thread pool, over a shared read-only model. */
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/pool.h"
+#include "core/tpool.h"
 #include "forward/forward.h"
 #include "kv/kv_cache.h"
 #include "kvlm.h"
@@ -12,16 +15,73 @@
 
 #define KV_UBATCH 256
 
-struct kvlm_session {
-    kvlm_model *model;
-    kv_cache *cache;
-    kv_pool *pool;
-    kv_forward *fwd;
-    atomic_int busy; /* one call at a time */
+struct kvlm_cache {
+    const kvlm_model *model;
+    kv_page_pool *pool;
 };
 
+struct kvlm_session {
+    kvlm_model *model;
+    kvlm_cache *cache;
+    bool own_cache;
+    kv_seq seq;
+    kv_tpool *tpool;
+    kv_forward *fwd;
+    int32_t n_consumed; /* tokens evaluated since the start (differs from seq.n after a shift) */
+    atomic_int busy;    /* one call at a time */
+};
+
+kvlm_cache_params kvlm_cache_default_params(void) {
+    kvlm_cache_params p = {
+        .type_k = KVLM_KV_F16,
+        .type_v = KVLM_KV_F16,
+        .page_tokens = 32,
+        .initial_tokens = 256,
+        .max_tokens = 1 << 20,
+        .growth = KVLM_GROWTH_FACTOR,
+        .growth_factor = 1.5f,
+        .growth_tokens = 1024,
+        .cached_bytes_budget = 256ll << 20,
+        .prefix_sharing = true,
+        .prefetch = false,
+    };
+    return p;
+}
+
+kvlm_status kvlm_cache_new(const kvlm_model *model, const kvlm_cache_params *params, kvlm_cache **out,
+                           kvlm_error *err) {
+    kv_error_clear(err);
+    if (!model || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "cache_new: NULL argument");
+    *out = NULL;
+    if (model->vocab_only) return kv_fail(err, KVLM_ERR_INVALID_ARG, "cache_new: the model was loaded vocab-only");
+    kvlm_cache_params p = params ? *params : kvlm_cache_default_params();
+    kvlm_cache *c = calloc(1, sizeof *c);
+    if (!c) return kv_fail(err, KVLM_ERR_NOMEM, "cache_new: out of memory");
+    c->model = model;
+    kvlm_status st = kv_pool_create(model->hp.n_layer, model->hp.n_head_kv * model->hp.head_dim, &p, &c->pool, err);
+    if (st) {
+        free(c);
+        return st;
+    }
+    *out = c;
+    return KVLM_OK;
+}
+
+void kvlm_cache_free(kvlm_cache *c) {
+    if (!c) return;
+    kv_pool_destroy(c->pool);
+    free(c);
+}
+
+void kvlm_cache_get_stats(const kvlm_cache *c, kvlm_kv_stats *st) { kv_pool_stats(c->pool, st); }
+
 kvlm_session_params kvlm_session_default_params(void) {
-    kvlm_session_params p = {.n_ctx = 0, .n_threads = 0};
+    kvlm_session_params p;
+    memset(&p, 0, sizeof p);
+    p.cache_params = kvlm_cache_default_params();
+    p.overflow = KVLM_OVERFLOW_ERROR;
+    p.n_sink = 4;
+    p.compress_type = KVLM_KV_Q8_0;
     return p;
 }
 
@@ -33,15 +93,39 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
     if (model->vocab_only) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: the model was loaded vocab-only");
     kvlm_session_params p = params ? *params : kvlm_session_default_params();
     const kv_hparams *hp = &model->hp;
-    int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp->n_ctx_train;
+    const int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp->n_ctx_train;
     if (n_ctx > (1 << 24)) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: n_ctx %d is too large", n_ctx);
-    int nth = p.n_threads > 0 ? p.n_threads : model->n_threads;
+    if (p.cache && p.cache->model != model)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: the cache belongs to another model");
+    const int nth = p.n_threads > 0 ? p.n_threads : model->n_threads;
     kvlm_session *s = calloc(1, sizeof *s);
     if (!s) return kv_fail(err, KVLM_ERR_NOMEM, "session_new: out of memory");
     s->model = model;
-    kvlm_status st = kv_cache_new(hp->n_layer, n_ctx, hp->n_head_kv, hp->head_dim, KV_F16, KV_F16, &s->cache, err);
-    if (!st) st = kv_pool_new(nth, &s->pool, err);
-    if (!st) st = kv_forward_new(model, s->cache, s->pool, n_ctx < KV_UBATCH ? n_ctx : KV_UBATCH, &s->fwd, err);
+    kvlm_status st = KVLM_OK;
+    if (p.cache) {
+        s->cache = p.cache;
+    } else {
+        kvlm_cache_params cp = p.cache_params;
+        if (cp.page_tokens == 0) cp = kvlm_cache_default_params();
+        if (cp.max_tokens < n_ctx) cp.max_tokens = n_ctx + cp.page_tokens;
+        st = kvlm_cache_new(model, &cp, &s->cache, err);
+        s->own_cache = st == KVLM_OK;
+    }
+    const kvlm_cache_params *cp = st ? NULL : &s->cache->pool->params;
+    const int32_t ubatch = n_ctx < KV_UBATCH ? n_ctx : KV_UBATCH;
+    if (!st) {
+        kv_seq_config sc = {
+            .n_ctx = n_ctx, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+            .type_k = (uint32_t)cp->type_k, .type_v = (uint32_t)cp->type_v, .overflow = p.overflow,
+            .n_keep = p.n_keep, .n_sink = p.n_sink, .window = p.window, .compress_after = p.compress_after,
+            .compress_type = (uint32_t)p.compress_type, .rope_base = hp->rope_freq_base,
+            .rope_scale = hp->rope_freq_scale, .rope_type = hp->rope_type, .n_rot = hp->n_rot,
+            .max_batch = ubatch < 32 ? ubatch : 32,
+        };
+        st = kv_seq_init(&s->seq, s->cache->pool, &sc, err);
+    }
+    if (!st) st = kv_tpool_new(nth, &s->tpool, err);
+    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, cp->prefetch, &s->fwd, err);
     if (st) {
         kvlm_session_free(s);
         return st;
@@ -53,13 +137,14 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
 void kvlm_session_free(kvlm_session *s) {
     if (!s) return;
     kv_forward_free(s->fwd);
-    kv_pool_free(s->pool);
-    kv_cache_free(s->cache);
+    kv_tpool_free(s->tpool);
+    if (s->seq.pool) kv_seq_destroy(&s->seq);
+    if (s->own_cache) kvlm_cache_free(s->cache);
     free(s);
 }
 
-int32_t kvlm_session_n_past(const kvlm_session *s) { return s->cache->n; }
-int32_t kvlm_session_n_ctx(const kvlm_session *s) { return s->cache->n_ctx; }
+int32_t kvlm_session_n_past(const kvlm_session *s) { return s->n_consumed; }
+int32_t kvlm_session_n_ctx(const kvlm_session *s) { return s->seq.n_ctx; }
 
 static bool acquire(kvlm_session *s) {
     int expected = 0;
@@ -67,33 +152,100 @@ static bool acquire(kvlm_session *s) {
 }
 static void release(kvlm_session *s) { atomic_store(&s->busy, 0); }
 
+/* Whether the session may roll back (its slots are still the token history). */
+static bool rewindable(const kvlm_session *s) {
+    return s->seq.overflow != KVLM_OVERFLOW_RING && s->seq.n == s->n_consumed;
+}
+
+static kvlm_status eval_locked(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens, int32_t n_past,
+                               float *logits, bool all_logits, kvlm_error *err) {
+    kv_seq *q = &s->seq;
+    const int32_t n_vocab = s->model->hp.n_vocab;
+    if (n_tokens <= 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: no tokens");
+    if (n_past != KVLM_AUTO && (n_past < 0 || n_past > s->n_consumed))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: n_past %d is outside 0..%d (the tokens the session holds)",
+                       n_past, s->n_consumed);
+    if (n_past != KVLM_AUTO && n_past >= n_tokens)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: n_past %d leaves no token to evaluate out of %d", n_past,
+                       n_tokens);
+    for (int32_t i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: token %d at index %d is outside the vocabulary (0..%d)",
+                           tokens[i], i, n_vocab - 1);
+
+    int32_t start; /* first token to compute */
+    if (!rewindable(s)) {
+        /* after a shift (or in a ring) the cache no longer mirrors the history: append only */
+        int32_t want = n_past == KVLM_AUTO ? s->n_consumed : n_past;
+        if (want != s->n_consumed || n_tokens <= s->n_consumed)
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                           "eval: this session's cache was shifted or is a ring; it can only append (n_past must be %d)",
+                           s->n_consumed);
+        start = s->n_consumed;
+    } else {
+        /* the longest common prefix of the history and the new tokens */
+        const int32_t limit = n_past == KVLM_AUTO ? (q->n < n_tokens - 1 ? q->n : n_tokens - 1) : n_past;
+        int32_t lcp = 0;
+        while (lcp < limit && q->tokens[lcp] == tokens[lcp]) lcp++;
+        if (q->overflow == KVLM_OVERFLOW_ERROR && n_tokens > q->n_ctx)
+            return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", n_tokens,
+                           q->n_ctx);
+        if (n_past != KVLM_AUTO && lcp < n_past) {
+            q->recomputed += n_past - lcp;
+            atomic_fetch_add(&q->pool->st_recomputed, (long long)(n_past - lcp));
+        }
+        kvlm_status st = kv_seq_truncate(q, lcp, err);
+        if (st) return st;
+        s->n_consumed = lcp;
+        start = lcp;
+        /* reuse cached pages beyond the common prefix (not when every row's logits are wanted) */
+        if (!all_logits) {
+            start += kv_seq_attach_prefix(q, tokens, n_tokens);
+            s->n_consumed = start;
+        }
+    }
+    const int32_t first_row = n_past == KVLM_AUTO ? start : n_past;
+    float *out = logits;
+    float *tmp = NULL;
+    if (logits && all_logits && first_row != start) {
+        /* rows before `start` were not computed this call (possible only in auto mode) */
+        tmp = malloc((size_t)(n_tokens - start) * (size_t)n_vocab * sizeof *tmp);
+        if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "eval: out of memory");
+        out = tmp;
+    }
+    int32_t done = 0;
+    kvlm_status st = kv_forward_eval(s->fwd, tokens + start, n_tokens - start, out, all_logits, &done, err);
+    s->n_consumed = start + done;
+    if (tmp) {
+        if (st == KVLM_OK) memcpy(logits, tmp, (size_t)(n_tokens - start) * (size_t)n_vocab * sizeof *tmp);
+        free(tmp);
+    }
+    return st;
+}
+
 kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens, int32_t n_past, float *logits,
                       bool all_logits, kvlm_error *err) {
     kv_error_clear(err);
     if (!s || (!tokens && n_tokens > 0)) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: NULL argument");
     if (!acquire(s)) return kv_fail(err, KVLM_ERR_BUSY, "eval: the session is in use by another call");
-    kvlm_status st = KVLM_OK;
-    const int32_t n_vocab = s->model->hp.n_vocab;
-    if (n_past < 0 || n_past > n_tokens) {
-        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: n_past %d is outside 0..%d", n_past, n_tokens);
-    } else if (n_past != s->cache->n) {
-        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: n_past %d differs from the %d tokens the session holds", n_past,
-                     s->cache->n);
-    } else if (n_tokens == n_past) {
-        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: no new tokens to evaluate");
-    } else if (n_tokens > s->cache->n_ctx) {
-        st = kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", n_tokens,
-                     s->cache->n_ctx);
-    } else {
-        for (int32_t i = n_past; i < n_tokens; i++)
-            if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-                st = kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: token %d at index %d is outside the vocabulary (0..%d)",
-                             tokens[i], i, n_vocab - 1);
-                break;
-            }
-    }
-    if (st == KVLM_OK) kv_forward_eval(s->fwd, tokens + n_past, n_tokens - n_past, logits, all_logits);
+    kvlm_status st = eval_locked(s, tokens, n_tokens, n_past, logits, all_logits, err);
     release(s);
+    return st;
+}
+
+kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens, float *logits,
+                           bool all_logits, kvlm_error *err) {
+    kv_error_clear(err);
+    if (!model) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval_full: NULL model");
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = n_tokens > 0 ? n_tokens : 1;
+    p.cache_params.prefix_sharing = false;
+    p.cache_params.initial_tokens = p.n_ctx;
+    kvlm_session *s;
+    kvlm_status st = kvlm_session_new(model, &p, &s, err);
+    if (st) return st;
+    st = kvlm_eval(s, tokens, n_tokens, 0, logits, all_logits, err);
+    kvlm_session_free(s);
     return st;
 }
 
@@ -101,11 +253,43 @@ kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err) {
     kv_error_clear(err);
     if (!s) return kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: NULL session");
     if (!acquire(s)) return kv_fail(err, KVLM_ERR_BUSY, "truncate: the session is in use by another call");
-    kvlm_status st = KVLM_OK;
-    if (n < 0 || n > s->cache->n)
-        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->cache->n);
-    else
-        s->cache->n = n;
+    kvlm_status st;
+    if (n < 0 || n > s->n_consumed)
+        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->n_consumed);
+    else if (!rewindable(s))
+        st = n == s->n_consumed ? KVLM_OK
+                                : kv_fail(err, KVLM_ERR_UNSUPPORTED, "truncate: the cache was shifted or is a ring");
+    else if ((st = kv_seq_truncate(&s->seq, n, err)) == KVLM_OK)
+        s->n_consumed = n;
     release(s);
     return st;
+}
+
+void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *st) {
+    kv_pool_stats(s->cache->pool, st);
+    st->tokens = s->seq.n;
+    st->bytes_f32_equivalent = (int64_t)s->seq.n * s->seq.kv_dim * 2 * 4 * s->seq.n_layer;
+    st->hits = s->seq.hits;
+    st->misses = s->seq.misses;
+    st->recomputed = s->seq.recomputed;
+    st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
+}
+
+int32_t kvlm_kv_stats_json(const kvlm_kv_stats *st, char *buf, int32_t size) {
+    int n = snprintf(buf, size > 0 ? (size_t)size : 0,
+                     "{\"tokens\":%lld,\"capacity\":%lld,\"utilization\":%.4f,\"bytes\":%lld,"
+                     "\"bytes_f32_equivalent\":%lld,\"bytes_f32\":%lld,\"bytes_f16\":%lld,\"bytes_q8_0\":%lld,"
+                     "\"bytes_q4_0\":%lld,\"hits\":%lld,\"misses\":%lld,\"hit_rate\":%.4f,\"recomputed\":%lld,"
+                     "\"pages_shared\":%lld,\"pages_cached\":%lld,\"evictions\":%lld,\"compressions\":%lld,"
+                     "\"bytes_saved\":%lld,\"shifts\":%lld,\"growth_events\":%lld,\"growth_ms_total\":%.3f,"
+                     "\"growth_ms_max\":%.3f}",
+                     (long long)st->tokens, (long long)st->capacity, st->utilization, (long long)st->bytes,
+                     (long long)st->bytes_f32_equivalent, (long long)st->bytes_by_type[0],
+                     (long long)st->bytes_by_type[1], (long long)st->bytes_by_type[2], (long long)st->bytes_by_type[3],
+                     (long long)st->hits, (long long)st->misses, st->hit_rate, (long long)st->recomputed,
+                     (long long)st->pages_shared, (long long)st->pages_cached, (long long)st->evictions,
+                     (long long)st->compressions, (long long)st->bytes_saved, (long long)st->shifts,
+                     (long long)st->growth_events, st->growth_ms_total, st->growth_ms_max);
+    if (n < 0) return 0;
+    return n < size ? n : -(n + 1);
 }

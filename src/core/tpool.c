@@ -1,16 +1,16 @@
-#include "pool.h"
+#include "tpool.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 
 #include "error.h"
 
-struct kv_pool {
+struct kv_tpool {
     int n;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t work_cv, done_cv;
-    kv_pool_fn fn;
+    kv_tpool_fn fn;
     void *ctx;
     unsigned long generation; /* bumped per job */
     int pending;              /* workers still running the current job */
@@ -18,14 +18,14 @@ struct kv_pool {
 };
 
 typedef struct worker_arg {
-    kv_pool *p;
+    kv_tpool *p;
     int ith;
 } worker_arg;
 
 static void *worker(void *arg) {
     worker_arg wa = *(worker_arg *)arg;
     free(arg);
-    kv_pool *p = wa.p;
+    kv_tpool *p = wa.p;
     unsigned long seen = 0;
     for (;;) {
         pthread_mutex_lock(&p->mu);
@@ -35,7 +35,7 @@ static void *worker(void *arg) {
             return NULL;
         }
         seen = p->generation;
-        kv_pool_fn fn = p->fn;
+        kv_tpool_fn fn = p->fn;
         void *ctx = p->ctx;
         pthread_mutex_unlock(&p->mu);
 
@@ -47,11 +47,11 @@ static void *worker(void *arg) {
     }
 }
 
-kvlm_status kv_pool_new(int n_threads, kv_pool **out, kvlm_error *err) {
+kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err) {
     *out = NULL;
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 256) return kv_fail(err, KVLM_ERR_INVALID_ARG, "threads: %d is more than 256", n_threads);
-    kv_pool *p = calloc(1, sizeof *p);
+    kv_tpool *p = calloc(1, sizeof *p);
     if (!p) return kv_fail(err, KVLM_ERR_NOMEM, "threads: out of memory");
     p->n = n_threads;
     pthread_mutex_init(&p->mu, NULL);
@@ -60,7 +60,7 @@ kvlm_status kv_pool_new(int n_threads, kv_pool **out, kvlm_error *err) {
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads, sizeof *p->threads);
         if (!p->threads) {
-            kv_pool_free(p);
+            kv_tpool_free(p);
             return kv_fail(err, KVLM_ERR_NOMEM, "threads: out of memory");
         }
         for (int i = 1; i < n_threads; i++) {
@@ -68,7 +68,7 @@ kvlm_status kv_pool_new(int n_threads, kv_pool **out, kvlm_error *err) {
             if (!wa || pthread_create(&p->threads[i], NULL, worker, (wa->p = p, wa->ith = i, wa)) != 0) {
                 free(wa);
                 p->n = i; /* only threads 1..i-1 exist */
-                kv_pool_free(p);
+                kv_tpool_free(p);
                 return kv_fail(err, KVLM_ERR_INTERNAL, "threads: cannot start thread %d", i);
             }
         }
@@ -77,7 +77,7 @@ kvlm_status kv_pool_new(int n_threads, kv_pool **out, kvlm_error *err) {
     return KVLM_OK;
 }
 
-void kv_pool_free(kv_pool *p) {
+void kv_tpool_free(kv_tpool *p) {
     if (!p) return;
     if (p->threads) {
         pthread_mutex_lock(&p->mu);
@@ -93,9 +93,9 @@ void kv_pool_free(kv_pool *p) {
     free(p);
 }
 
-int kv_pool_size(const kv_pool *p) { return p->n; }
+int kv_tpool_size(const kv_tpool *p) { return p->n; }
 
-void kv_pool_run(kv_pool *p, kv_pool_fn fn, void *ctx) {
+void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx) {
     if (p->n == 1) {
         fn(ctx, 0, 1);
         return;

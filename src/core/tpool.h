@@ -1,0 +1,23 @@
+/* A persistent pthread pool: kv_tpool_run() calls fn(ctx, ith, nth) once on
+ * each of nth threads (the caller is thread 0) and returns when all are done. */
+#ifndef KV_CORE_TPOOL_H
+#define KV_CORE_TPOOL_H
+
+#include "kvlm.h"
+
+typedef struct kv_tpool kv_tpool;
+typedef void (*kv_tpool_fn)(void *ctx, int ith, int nth);
+
+kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err);
+void kv_tpool_free(kv_tpool *p);
+int kv_tpool_size(const kv_tpool *p);
+void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx);
+
+/* The [begin, end) share of n items for thread ith of nth. */
+static inline void kv_split(int64_t n, int ith, int nth, int64_t *begin, int64_t *end) {
+    int64_t per = (n + nth - 1) / nth;
+    *begin = per * ith < n ? per * ith : n;
+    *end = *begin + per < n ? *begin + per : n;
+}
+
+#endif

@@ -1,0 +1,360 @@
+/* The page pool: allocation by class, growth, the prefix index and LRU. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "kv_cache.h"
+
+int kv_type_slot(uint32_t type) {
+    switch (type) {
+    case KV_F32: return 0;
+    case KV_F16: return 1;
+    case KV_Q8_0: return 2;
+    case KV_Q4_0: return 3;
+    default: return -1;
+    }
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_params *params, kv_page_pool **out,
+                           kvlm_error *err) {
+    *out = NULL;
+    const kvlm_cache_params *cp = params;
+    if (cp->page_tokens < 16 || cp->page_tokens > 256)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: page_tokens %d is outside 16..256", cp->page_tokens);
+    if (cp->max_tokens < cp->page_tokens || cp->initial_tokens < 0 || cp->initial_tokens > cp->max_tokens)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: need page_tokens <= max_tokens and 0 <= initial <= max");
+    if (cp->growth == KVLM_GROWTH_FACTOR && !(cp->growth_factor > 1.0f && cp->growth_factor <= 16.0f))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: growth factor %g must be in (1, 16]", cp->growth_factor);
+    if (cp->growth == KVLM_GROWTH_LINEAR && cp->growth_tokens <= 0)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: linear growth needs growth_tokens > 0");
+    if ((unsigned)cp->growth > KVLM_GROWTH_ADAPTIVE)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: unknown growth policy %d", (int)cp->growth);
+    kv_page_pool *p = calloc(1, sizeof *p);
+    if (!p) return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+    pthread_mutex_init(&p->mu, NULL);
+    p->P = cp->page_tokens;
+    p->n_layer = n_layer;
+    p->kv_dim = kv_dim;
+    p->params = *cp;
+    p->max_pages = cp->max_tokens / cp->page_tokens;
+    p->capacity_pages = (cp->initial_tokens + cp->page_tokens - 1) / cp->page_tokens;
+    if (p->capacity_pages < 1) p->capacity_pages = 1;
+    if (p->capacity_pages > p->max_pages) p->capacity_pages = p->max_pages;
+    p->n_buckets = 256;
+    p->buckets = calloc(p->n_buckets, sizeof *p->buckets);
+    if (!p->buckets) {
+        kv_pool_destroy(p);
+        return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+    }
+    *out = p;
+    return KVLM_OK;
+}
+
+static void page_free_memory(kv_page_pool *p, kv_page *pg) {
+    atomic_fetch_sub(&p->st_bytes, (long long)pg->layout->page_bytes);
+    int ts = kv_type_slot(pg->layout->type_k);
+    if (ts >= 0) atomic_fetch_sub(&p->st_bytes_by_type[ts], (long long)pg->layout->page_bytes);
+    free(pg->data);
+    free(pg->tokens);
+    free(pg);
+    p->pages_allocated--;
+}
+
+void kv_pool_destroy(kv_page_pool *p) {
+    if (!p) return;
+    for (int c = 0; c < p->n_classes; c++)
+        while (p->free_list[c]) {
+            kv_page *pg = p->free_list[c];
+            p->free_list[c] = pg->free_next;
+            page_free_memory(p, pg);
+        }
+    /* cached pages are in the index */
+    for (uint64_t b = 0; p->buckets && b < p->n_buckets; b++)
+        while (p->buckets[b]) {
+            kv_page *pg = p->buckets[b];
+            p->buckets[b] = pg->hnext;
+            page_free_memory(p, pg);
+        }
+    free(p->buckets);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_v) {
+    pthread_mutex_lock(&p->mu);
+    const kv_layout *found = NULL;
+    for (int c = 0; c < p->n_classes && !found; c++)
+        if (p->classes[c].type_k == type_k && p->classes[c].type_v == type_v) found = &p->classes[c];
+    if (!found && p->n_classes < KV_MAX_CLASSES) {
+        kv_layout l = {.type_k = type_k, .type_v = type_v, .index = p->n_classes};
+        if (kv_dtype_row_bytes(type_k, (uint64_t)p->kv_dim, &l.k_row) &&
+            kv_dtype_row_bytes(type_v, (uint64_t)p->kv_dim, &l.v_row)) {
+            l.layer_bytes = (uint64_t)p->P * (l.k_row + l.v_row);
+            l.page_bytes = l.layer_bytes * (uint64_t)p->n_layer;
+            p->classes[p->n_classes] = l;
+            found = &p->classes[p->n_classes++];
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return found;
+}
+
+/* mu held */
+static kv_page *page_new(kv_page_pool *p, const kv_layout *l) {
+    kv_page *pg = calloc(1, sizeof *pg);
+    if (!pg) return NULL;
+    pg->data = aligned_alloc(64, (l->page_bytes + 63) & ~(uint64_t)63);
+    pg->tokens = malloc((size_t)p->P * sizeof *pg->tokens);
+    if (!pg->data || !pg->tokens) {
+        free(pg->data);
+        free(pg->tokens);
+        free(pg);
+        return NULL;
+    }
+    pg->layout = l;
+    p->pages_allocated++;
+    atomic_fetch_add(&p->st_bytes, (long long)l->page_bytes);
+    int ts = kv_type_slot(l->type_k);
+    if (ts >= 0) atomic_fetch_add(&p->st_bytes_by_type[ts], (long long)l->page_bytes);
+    return pg;
+}
+
+/* mu held */
+static void lru_remove(kv_page_pool *p, kv_page *pg) {
+    if (pg->lru_prev) pg->lru_prev->lru_next = pg->lru_next;
+    else p->lru_head = pg->lru_next;
+    if (pg->lru_next) pg->lru_next->lru_prev = pg->lru_prev;
+    else p->lru_tail = pg->lru_prev;
+    pg->lru_prev = pg->lru_next = NULL;
+    p->lru_pages--;
+    p->lru_bytes -= (int64_t)pg->layout->page_bytes;
+}
+
+/* mu held */
+static void lru_push(kv_page_pool *p, kv_page *pg) {
+    pg->lru_prev = p->lru_tail;
+    pg->lru_next = NULL;
+    if (p->lru_tail) p->lru_tail->lru_next = pg;
+    else p->lru_head = pg;
+    p->lru_tail = pg;
+    p->lru_pages++;
+    p->lru_bytes += (int64_t)pg->layout->page_bytes;
+}
+
+/* mu held */
+static void index_remove(kv_page_pool *p, kv_page *pg) {
+    kv_page **pp = &p->buckets[pg->key & (p->n_buckets - 1)];
+    while (*pp && *pp != pg) pp = &(*pp)->hnext;
+    if (*pp) *pp = pg->hnext;
+    pg->hnext = NULL;
+    pg->indexed = false;
+    p->n_indexed--;
+}
+
+/* mu held: removes the least recently used cached page from the index and LRU */
+static kv_page *evict_one(kv_page_pool *p) {
+    kv_page *pg = p->lru_head;
+    if (!pg) return NULL;
+    lru_remove(p, pg);
+    index_remove(p, pg);
+    atomic_fetch_add(&p->st_evictions, 1);
+    return pg;
+}
+
+/* mu held */
+static void to_free_list(kv_page_pool *p, kv_page *pg) {
+    pg->refs = 0;
+    pg->free_next = p->free_list[pg->layout->index];
+    p->free_list[pg->layout->index] = pg;
+    p->pages_free++;
+}
+
+/* mu held: the next capacity under the growth policy */
+static int64_t next_capacity(const kv_page_pool *p) {
+    const int64_t cap = p->capacity_pages, max = p->max_pages;
+    int64_t next;
+    switch (p->params.growth) {
+    case KVLM_GROWTH_LINEAR: next = cap + (p->params.growth_tokens + p->P - 1) / p->P; break;
+    case KVLM_GROWTH_ADAPTIVE: {
+        double f = cap < max / 4 ? 2.0 : (cap < max / 2 ? 1.5 : 1.25);
+        next = (int64_t)((double)cap * f);
+        break;
+    }
+    default: next = (int64_t)((double)cap * (double)p->params.growth_factor); break;
+    }
+    if (next <= cap) next = cap + 1;
+    return next > max ? max : next;
+}
+
+kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
+    pthread_mutex_lock(&p->mu);
+    kv_page *pg = p->free_list[l->index];
+    if (pg) {
+        p->free_list[l->index] = pg->free_next;
+        p->pages_free--;
+    } else if (p->pages_allocated < p->capacity_pages) {
+        pg = page_new(p, l);
+    } else if (p->capacity_pages < p->max_pages) {
+        /* grow: reserve the new pages up front; nothing stored moves */
+        double t0 = now_ms();
+        int64_t next = next_capacity(p);
+        int64_t want = next - p->pages_allocated;
+        p->capacity_pages = next;
+        pg = page_new(p, l);
+        for (int64_t i = 1; pg && i < want; i++) {
+            kv_page *extra = page_new(p, l);
+            if (!extra) break;
+            to_free_list(p, extra);
+        }
+        double ms = now_ms() - t0;
+        atomic_fetch_add(&p->st_growth_events, 1);
+        p->growth_ms_total += ms;
+        if (ms > p->growth_ms_max) p->growth_ms_max = ms;
+    } else {
+        /* at the maximum: reuse a free page of another class, or evict a cached one */
+        kv_page *victim = NULL;
+        for (int c = 0; c < p->n_classes && !victim; c++)
+            if (p->free_list[c]) {
+                victim = p->free_list[c];
+                p->free_list[c] = victim->free_next;
+                p->pages_free--;
+            }
+        if (!victim) victim = evict_one(p);
+        if (victim) {
+            if (victim->layout == l) {
+                pg = victim;
+            } else {
+                page_free_memory(p, victim);
+                pg = page_new(p, l);
+            }
+        }
+    }
+    if (pg) {
+        pg->refs = 1;
+        pg->indexed = false;
+        pg->free_next = NULL;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return pg;
+}
+
+void kv_pool_release(kv_page_pool *p, kv_page *pg) {
+    if (!pg) return;
+    pthread_mutex_lock(&p->mu);
+    if (--pg->refs <= 0) {
+        pg->refs = 0;
+        if (pg->indexed && p->params.cached_bytes_budget != 0) {
+            lru_push(p, pg);
+            while (p->params.cached_bytes_budget > 0 && p->lru_bytes > p->params.cached_bytes_budget) {
+                kv_page *v = evict_one(p);
+                if (!v) break;
+                to_free_list(p, v);
+            }
+        } else {
+            if (pg->indexed) index_remove(p, pg);
+            to_free_list(p, pg);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n) {
+    return XXH3_64bits_withSeed(tokens, (size_t)n * sizeof *tokens, parent_key);
+}
+
+kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, const int32_t *tokens, uint32_t type_k,
+                        uint32_t type_v) {
+    pthread_mutex_lock(&p->mu);
+    kv_page *pg = p->buckets[key & (p->n_buckets - 1)];
+    while (pg && !(pg->key == key && pg->parent_key == parent_key && pg->layout->type_k == type_k &&
+                   pg->layout->type_v == type_v && memcmp(pg->tokens, tokens, (size_t)p->P * sizeof *tokens) == 0))
+        pg = pg->hnext;
+    if (pg) {
+        if (pg->refs == 0) lru_remove(p, pg);
+        pg->refs++;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return pg;
+}
+
+/* mu held */
+static void index_grow(kv_page_pool *p) {
+    uint64_t nb = p->n_buckets * 2;
+    kv_page **b = calloc(nb, sizeof *b);
+    if (!b) return; /* keep the old table: longer chains, still correct */
+    for (uint64_t i = 0; i < p->n_buckets; i++)
+        while (p->buckets[i]) {
+            kv_page *pg = p->buckets[i];
+            p->buckets[i] = pg->hnext;
+            pg->hnext = b[pg->key & (nb - 1)];
+            b[pg->key & (nb - 1)] = pg;
+        }
+    free(p->buckets);
+    p->buckets = b;
+    p->n_buckets = nb;
+}
+
+void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens) {
+    pthread_mutex_lock(&p->mu);
+    if (!pg->indexed) {
+        kv_page *q = p->buckets[key & (p->n_buckets - 1)];
+        while (q && q->key != key) q = q->hnext;
+        if (!q) {
+            if (p->n_indexed >= p->n_buckets) index_grow(p);
+            pg->key = key;
+            pg->parent_key = parent_key;
+            memcpy(pg->tokens, tokens, (size_t)p->P * sizeof *tokens);
+            pg->hnext = p->buckets[key & (p->n_buckets - 1)];
+            p->buckets[key & (p->n_buckets - 1)] = pg;
+            pg->indexed = true;
+            p->n_indexed++;
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void kv_pool_unindex(kv_page_pool *p, kv_page *pg) {
+    pthread_mutex_lock(&p->mu);
+    if (pg->indexed) index_remove(p, pg);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st) {
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&p->mu);
+    const int64_t in_use = p->pages_allocated - p->pages_free - p->lru_pages;
+    st->capacity = p->capacity_pages * p->P;
+    st->utilization = p->pages_allocated > 0 ? (double)in_use / (double)p->capacity_pages : 0.0;
+    st->pages_cached = p->lru_pages;
+    int64_t shared = 0;
+    for (uint64_t b = 0; b < p->n_buckets; b++)
+        for (kv_page *pg = p->buckets[b]; pg; pg = pg->hnext) shared += pg->refs > 1;
+    st->pages_shared = shared;
+    st->growth_ms_total = p->growth_ms_total;
+    st->growth_ms_max = p->growth_ms_max;
+    pthread_mutex_unlock(&p->mu);
+    st->bytes = atomic_load(&p->st_bytes);
+    for (int i = 0; i < 4; i++) st->bytes_by_type[i] = atomic_load(&p->st_bytes_by_type[i]);
+    st->tokens = atomic_load(&p->st_tokens);
+    st->bytes_f32_equivalent = st->tokens * (int64_t)p->kv_dim * 2 * 4 * p->n_layer;
+    st->hits = atomic_load(&p->st_hits);
+    st->misses = atomic_load(&p->st_misses);
+    st->recomputed = atomic_load(&p->st_recomputed);
+    st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
+    st->evictions = atomic_load(&p->st_evictions);
+    st->compressions = atomic_load(&p->st_compressions);
+    st->bytes_saved = atomic_load(&p->st_bytes_saved);
+    st->shifts = atomic_load(&p->st_shifts);
+    st->growth_events = atomic_load(&p->st_growth_events);
+}

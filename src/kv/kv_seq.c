@@ -1,0 +1,380 @@
+/* A sequence's page table: reserve/commit, overflow policies, rollback,
+ * prefix attach and tiered compression. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/rope.h"
+#include "kv_cache.h"
+#include "quant/quant.h"
+
+static uint64_t root_key(const kv_seq *s) {
+    const int32_t meta[4] = {(int32_t)s->layout->type_k, (int32_t)s->layout->type_v, s->P, 0x6b766c6d};
+    return kv_page_key(0x9e3779b97f4a7c15ull, meta, 4);
+}
+
+static int32_t ring_capacity(int32_t window, int32_t max_batch, int32_t P) {
+    int64_t c = (int64_t)window + max_batch;
+    return (int32_t)((c + P - 1) / P * P);
+}
+
+/* Grows the per-slot arrays to hold at least n slots. */
+static bool ensure_slots(kv_seq *s, int32_t n) {
+    int32_t need_pages = (n + s->P - 1) / s->P;
+    if (need_pages <= s->cap_pages) return true;
+    int32_t cap = s->cap_pages ? s->cap_pages : 8;
+    while (cap < need_pages) cap = cap > (1 << 28) ? need_pages : cap * 2;
+    kv_page **pages = realloc(s->pages, (size_t)cap * sizeof *pages);
+    if (!pages) return false;
+    s->pages = pages;
+    uint64_t *keys = realloc(s->keys, (size_t)cap * sizeof *keys);
+    if (!keys) return false;
+    s->keys = keys;
+    int32_t *tokens = realloc(s->tokens, (size_t)cap * (size_t)s->P * sizeof *tokens);
+    if (!tokens) return false;
+    s->tokens = tokens;
+    int32_t *pos = realloc(s->pos, (size_t)cap * (size_t)s->P * sizeof *pos);
+    if (!pos) return false;
+    s->pos = pos;
+    s->cap_pages = cap;
+    return true;
+}
+
+kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err) {
+    memset(s, 0, sizeof *s);
+    s->pool = pool;
+    s->P = pool->P;
+    s->n_layer = c->n_layer;
+    s->n_head_kv = c->n_head_kv;
+    s->head_dim = c->head_dim;
+    s->kv_dim = c->n_head_kv * c->head_dim;
+    s->n_ctx = c->n_ctx;
+    s->overflow = c->overflow;
+    s->n_keep = c->n_keep;
+    s->n_sink = c->n_sink;
+    s->window = c->window > 0 ? c->window : c->n_ctx;
+    s->compress_after = c->compress_after;
+    s->rope_base = c->rope_base;
+    s->rope_scale = c->rope_scale;
+    s->rope_type = c->rope_type;
+    s->n_rot = c->n_rot;
+    if ((unsigned)c->overflow > KVLM_OVERFLOW_RING)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: unknown overflow policy %d", (int)c->overflow);
+    if (c->overflow == KVLM_OVERFLOW_SHIFT && (c->n_keep < 0 || c->n_keep >= c->n_ctx - 1))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: n_keep %d must be in 0..n_ctx-2", c->n_keep);
+    if (c->overflow == KVLM_OVERFLOW_SLIDING && (c->n_sink < 0 || c->n_sink + s->P >= c->n_ctx))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: n_sink %d plus a page must fit in n_ctx %d", c->n_sink,
+                       c->n_ctx);
+    if (c->compress_after < 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: compress_after is negative");
+    s->layout = kv_pool_layout(pool, c->type_k, c->type_v);
+    if (!s->layout)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
+                       kv_dtype_name(c->type_k), kv_dtype_name(c->type_v), s->kv_dim);
+    if (!kv_quant_get(c->type_k) || !kv_quant_get(c->type_v))
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: unsupported storage type");
+    if (c->compress_after > 0) {
+        s->compress_layout = kv_pool_layout(pool, c->compress_type, c->compress_type);
+        if (!s->compress_layout || !kv_quant_get(c->compress_type))
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
+                           kv_dtype_name(c->compress_type), s->kv_dim);
+    }
+    s->shareable = c->overflow != KVLM_OVERFLOW_RING && pool->params.prefix_sharing;
+    if (c->overflow == KVLM_OVERFLOW_RING) {
+        s->n_ctx = ring_capacity(s->window, c->max_batch, s->P);
+        if (!ensure_slots(s, s->n_ctx)) {
+            kv_seq_destroy(s);
+            return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        }
+        for (int32_t j = 0; j < s->n_ctx / s->P; j++) {
+            s->pages[j] = kv_pool_alloc(pool, s->layout);
+            if (!s->pages[j]) {
+                kv_seq_destroy(s);
+                return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool cannot hold a ring of %d tokens", s->n_ctx);
+            }
+            s->n_pages = j + 1;
+        }
+    } else if (!ensure_slots(s, s->P)) {
+        kv_seq_destroy(s);
+        return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+    }
+    return KVLM_OK;
+}
+
+void kv_seq_destroy(kv_seq *s) {
+    for (int32_t j = 0; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
+    if (s->pool) atomic_fetch_sub(&s->pool->st_tokens, (long long)s->n);
+    free(s->pages);
+    free(s->keys);
+    free(s->tokens);
+    free(s->pos);
+    memset(s, 0, sizeof *s);
+}
+
+uint64_t kv_seq_bytes(const kv_seq *s) {
+    uint64_t b = 0;
+    for (int32_t j = 0; j < s->n_pages; j++) b += s->pages[j]->layout->page_bytes;
+    return b;
+}
+
+/* ------------------------------------------------------------ row copies */
+
+/* One token's K (or V) row of kv_dim values, converted between types. */
+static void convert_row(const uint8_t *src, uint32_t st, uint8_t *dst, uint32_t dt, int32_t n, uint64_t bytes,
+                        float *tmp) {
+    if (st == dt) {
+        memcpy(dst, src, bytes);
+        return;
+    }
+    kv_quant_get(st)->to_float(src, tmp, n);
+    kv_quant_get(dt)->from_float(tmp, dst, n);
+}
+
+/* Copies slot `from` of page a into slot `to` of page b for every layer,
+ * re-rotating K by `delta` positions when it is not 0. */
+static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *b, int32_t to, int32_t delta,
+                      float *tmp) {
+    const kv_layout *la = a->layout, *lb = b->layout;
+    for (int l = 0; l < s->n_layer; l++) {
+        const uint8_t *ka = a->data + (uint64_t)l * la->layer_bytes + (uint64_t)from * la->k_row;
+        const uint8_t *va = a->data + (uint64_t)l * la->layer_bytes + (uint64_t)s->P * la->k_row + (uint64_t)from * la->v_row;
+        uint8_t *kb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)to * lb->k_row;
+        uint8_t *vb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)s->P * lb->k_row + (uint64_t)to * lb->v_row;
+        if (delta != 0) {
+            kv_quant_get(la->type_k)->to_float(ka, tmp, s->kv_dim);
+            kv_rope(tmp, s->n_head_kv, s->head_dim, s->n_rot, delta, s->rope_base, s->rope_scale, s->rope_type);
+            kv_quant_get(lb->type_k)->from_float(tmp, kb, s->kv_dim);
+        } else {
+            convert_row(ka, la->type_k, kb, lb->type_k, s->kv_dim, la->k_row, tmp);
+        }
+        convert_row(va, la->type_v, vb, lb->type_v, s->kv_dim, la->v_row, tmp);
+    }
+}
+
+/* ------------------------------------------------------------ policies */
+
+/* Removes slots [k, k + d) and moves the rest down, re-rotating their keys by
+ * -d so positions stay contiguous. Rewritten pages are fresh private pages;
+ * the old ones are released (and stay cached for their original prefix). */
+static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
+    const int32_t P = s->P, n_new = s->n - d;
+    const int32_t first = k / P, last = (n_new + P - 1) / P; /* new pages [first, last) */
+    const int32_t count = last - first;
+    kv_page **fresh = calloc((size_t)(count > 0 ? count : 1), sizeof *fresh);
+    float *tmp = malloc((size_t)s->kv_dim * sizeof *tmp);
+    if (!fresh || !tmp) {
+        free(fresh);
+        free(tmp);
+        return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory for a context shift");
+    }
+    for (int32_t i = 0; i < count; i++) {
+        fresh[i] = kv_pool_alloc(s->pool, s->layout);
+        if (!fresh[i]) {
+            for (int32_t j = 0; j < i; j++) kv_pool_release(s->pool, fresh[j]);
+            free(fresh);
+            free(tmp);
+            return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool has no room for a context shift");
+        }
+    }
+    for (int32_t t = first * P; t < n_new; t++) {
+        const int32_t src = t < k ? t : t + d;
+        copy_slot(s, s->pages[src / P], src % P, fresh[t / P - first], t % P, t < k ? 0 : -d, tmp);
+    }
+    for (int32_t j = first; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
+    for (int32_t i = 0; i < count; i++) s->pages[first + i] = fresh[i];
+    s->n_pages = last;
+    memmove(s->tokens + k, s->tokens + k + d, (size_t)(s->n - k - d) * sizeof *s->tokens);
+    for (int32_t t = 0; t < n_new; t++) s->pos[t] = t;
+    s->n = n_new;
+    s->next_pos = n_new;
+    s->shareable = false;
+    atomic_fetch_sub(&s->pool->st_tokens, (long long)d);
+    atomic_fetch_add(&s->pool->st_shifts, 1);
+    free(fresh);
+    free(tmp);
+    return KVLM_OK;
+}
+
+kvlm_status kv_seq_prepare(kv_seq *s, int32_t n_new, kvlm_error *err) {
+    if (n_new <= 0) return KVLM_OK;
+    if (s->overflow == KVLM_OVERFLOW_RING) {
+        if (n_new > s->n_ctx - s->window)
+            return kv_fail(err, KVLM_ERR_INTERNAL, "kv cache: a ring pass of %d tokens exceeds its slack", n_new);
+        return KVLM_OK;
+    }
+    if ((int64_t)s->n + n_new <= s->n_ctx) return KVLM_OK;
+    switch (s->overflow) {
+    case KVLM_OVERFLOW_SHIFT:
+        while ((int64_t)s->n + n_new > s->n_ctx) {
+            int32_t d = (s->n - s->n_keep) / 2;
+            if (d < 1 || (int64_t)s->n_keep + n_new > s->n_ctx)
+                return kv_fail(err, KVLM_ERR_CONTEXT_FULL,
+                               "eval: %d new tokens do not fit in the context of %d even after a shift (n_keep %d)",
+                               n_new, s->n_ctx, s->n_keep);
+            kvlm_status st = shift(s, s->n_keep, d, err);
+            if (st) return st;
+        }
+        return KVLM_OK;
+    case KVLM_OVERFLOW_SLIDING: {
+        int32_t need = (int32_t)((int64_t)s->n + n_new - s->n_ctx);
+        int32_t d = (need + s->P - 1) / s->P * s->P; /* evict a page's worth at a time */
+        if (d > s->n - s->n_sink) d = s->n - s->n_sink;
+        if (d < need)
+            return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d new tokens do not fit next to %d sink tokens in %d",
+                           n_new, s->n_sink, s->n_ctx);
+        return shift(s, s->n_sink, d, err);
+    }
+    default:
+        return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens would exceed the context of %d (%d held, %d new)",
+                       s->n + n_new, s->n_ctx, s->n, n_new);
+    }
+}
+
+int32_t kv_seq_slot(const kv_seq *s, int32_t i) {
+    if (s->overflow == KVLM_OVERFLOW_RING) return (s->next_pos + i) % s->n_ctx;
+    return s->n + i;
+}
+
+kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm_error *err) {
+    if (s->overflow != KVLM_OVERFLOW_RING) {
+        const int32_t end = s->n + n_new;
+        if (!ensure_slots(s, end)) return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        const int32_t need = (end + s->P - 1) / s->P, had = s->n_pages;
+        for (int32_t j = had; j < need; j++) {
+            s->pages[j] = kv_pool_alloc(s->pool, s->layout);
+            if (!s->pages[j]) {
+                for (int32_t i = had; i < j; i++) kv_pool_release(s->pool, s->pages[i]);
+                s->n_pages = had;
+                return kv_fail(err, KVLM_ERR_NOMEM,
+                               "kv cache: the page pool is full (%lld tokens at most) and nothing can be evicted",
+                               (long long)s->pool->params.max_tokens);
+            }
+            s->n_pages = j + 1;
+        }
+    }
+    for (int32_t i = 0; i < n_new; i++) {
+        const int32_t slot = kv_seq_slot(s, i);
+        s->tokens[slot] = tokens[i];
+        s->pos[slot] = s->next_pos + i;
+    }
+    return KVLM_OK;
+}
+
+void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const float *v) {
+    kv_page *pg = s->pages[slot / s->P];
+    const kv_layout *l = pg->layout;
+    uint8_t *base = pg->data + (uint64_t)layer * l->layer_bytes;
+    const uint64_t off = (uint64_t)(slot % s->P);
+    kv_quant_get(l->type_k)->from_float(k, base + off * l->k_row, s->kv_dim);
+    kv_quant_get(l->type_v)->from_float(v, base + (uint64_t)s->P * l->k_row + off * l->v_row, s->kv_dim);
+}
+
+/* Re-quantizes pages older than compress_after into the compression type. */
+static void compress_old_pages(kv_seq *s) {
+    const int32_t limit = s->n - s->compress_after; /* slots below this are old */
+    float *tmp = NULL;
+    for (int32_t j = 0; (j + 1) * s->P <= limit; j++) {
+        kv_page *old = s->pages[j];
+        if (old->layout == s->compress_layout) continue;
+        if (!tmp && !(tmp = malloc((size_t)s->kv_dim * sizeof *tmp))) return;
+        kv_page *pg = kv_pool_alloc(s->pool, s->compress_layout);
+        if (!pg) break; /* no room: try again after the next eval */
+        for (int32_t t = 0; t < s->P; t++) copy_slot(s, old, t, pg, t, 0, tmp);
+        s->pages[j] = pg;
+        atomic_fetch_add(&s->pool->st_compressions, 1);
+        atomic_fetch_add(&s->pool->st_bytes_saved,
+                         (long long)old->layout->page_bytes - (long long)pg->layout->page_bytes);
+        kv_pool_release(s->pool, old); /* stays cached for others if indexed */
+    }
+    free(tmp);
+}
+
+void kv_seq_commit(kv_seq *s, int32_t n_new) {
+    s->misses += n_new;
+    atomic_fetch_add(&s->pool->st_misses, (long long)n_new);
+    if (s->overflow == KVLM_OVERFLOW_RING) {
+        int32_t before = s->n;
+        s->next_pos += n_new;
+        s->n = s->next_pos < s->n_ctx ? s->next_pos : s->n_ctx;
+        atomic_fetch_add(&s->pool->st_tokens, (long long)(s->n - before));
+        return;
+    }
+    const int32_t old_full = s->n / s->P;
+    s->n += n_new;
+    s->next_pos = s->n;
+    atomic_fetch_add(&s->pool->st_tokens, (long long)n_new);
+    if (s->shareable) {
+        for (int32_t j = old_full; j < s->n / s->P; j++) {
+            const uint64_t parent = j ? s->keys[j - 1] : root_key(s);
+            s->keys[j] = kv_page_key(parent, s->tokens + (int64_t)j * s->P, s->P);
+            kv_pool_index(s->pool, s->pages[j], s->keys[j], parent, s->tokens + (int64_t)j * s->P);
+        }
+    }
+    if (s->compress_layout) compress_old_pages(s);
+}
+
+kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
+    if (n < 0 || n > s->n) return kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->n);
+    if (n == s->n) return KVLM_OK;
+    if (s->overflow == KVLM_OVERFLOW_RING)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "truncate: a ring cache cannot roll back");
+    const int32_t keep = (n + s->P - 1) / s->P;
+    if (n % s->P != 0) {
+        /* the kept part of a shared or indexed page is copied, not written over */
+        kv_page *pg = s->pages[keep - 1];
+        bool shared;
+        pthread_mutex_lock(&s->pool->mu);
+        shared = pg->refs > 1 || pg->indexed;
+        pthread_mutex_unlock(&s->pool->mu);
+        if (shared) {
+            kv_page *cp = kv_pool_alloc(s->pool, pg->layout);
+            if (!cp) return kv_fail(err, KVLM_ERR_NOMEM, "truncate: the pool has no room to copy a shared page");
+            const kv_layout *l = pg->layout;
+            const uint64_t m = (uint64_t)(n % s->P);
+            for (int li = 0; li < s->n_layer; li++) {
+                const uint64_t o = (uint64_t)li * l->layer_bytes;
+                memcpy(cp->data + o, pg->data + o, m * l->k_row);
+                memcpy(cp->data + o + (uint64_t)s->P * l->k_row, pg->data + o + (uint64_t)s->P * l->k_row,
+                       m * l->v_row);
+            }
+            kv_pool_release(s->pool, pg);
+            s->pages[keep - 1] = cp;
+        }
+    }
+    for (int32_t j = keep; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
+    s->n_pages = keep;
+    atomic_fetch_sub(&s->pool->st_tokens, (long long)(s->n - n));
+    s->n = n;
+    s->next_pos = n;
+    return KVLM_OK;
+}
+
+int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens) {
+    if (!s->shareable || s->n % s->P != 0) return 0;
+    int32_t attached = 0;
+    while ((int64_t)s->n + s->P <= (int64_t)n_tokens - 1 && s->n + s->P <= s->n_ctx) {
+        const int32_t j = s->n / s->P;
+        const uint64_t parent = j ? s->keys[j - 1] : root_key(s);
+        const int32_t *pt = tokens + s->n;
+        const uint64_t key = kv_page_key(parent, pt, s->P);
+        if (!ensure_slots(s, s->n + s->P)) break;
+        kv_page *pg = kv_pool_lookup(s->pool, key, parent, pt, s->layout->type_k, s->layout->type_v);
+        if (!pg) break;
+        s->pages[j] = pg;
+        s->n_pages = j + 1;
+        s->keys[j] = key;
+        for (int32_t i = 0; i < s->P; i++) {
+            s->tokens[s->n + i] = pt[i];
+            s->pos[s->n + i] = s->n + i;
+        }
+        s->n += s->P;
+        s->next_pos = s->n;
+        attached += s->P;
+    }
+    if (attached) {
+        s->hits += attached;
+        atomic_fetch_add(&s->pool->st_hits, (long long)attached);
+        atomic_fetch_add(&s->pool->st_tokens, (long long)attached);
+    }
+    return attached;
+}
