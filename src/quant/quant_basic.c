@@ -68,6 +68,18 @@ void kv_vec_dot_bf16_ref(int64_t n, float *s, const void *vx, const void *vy) {
 }
 
 /* ---- Q8_0: blocks of 32 int8 with an f16 scale */
+
+/* Rounded and clamped to int8 without undefined behaviour for NaN or huge values. */
+static inline int8_t q8_even(float v) {
+    if (!(v == v)) return 0;
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    return (int8_t)nearbyintf(v);
+}
+static inline int8_t q8_away(float v) {
+    if (!(v == v)) return 0;
+    v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+    return (int8_t)roundf(v);
+}
 void kv_dequantize_q8_0(const void *src, float *dst, int64_t n) {
     const kv_block_q8_0 *b = src;
     for (int64_t i = 0; i < n / KV_QK8_0; i++) {
@@ -87,7 +99,7 @@ void kv_quantize_q8_0(const float *src, void *dst, int64_t n) {
         const float d = amax / 127.0f;
         const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
         b[i].d = kv_f32_to_f16(d);
-        for (int j = 0; j < KV_QK8_0; j++) b[i].qs[j] = (int8_t)nearbyintf(x[j] * id);
+        for (int j = 0; j < KV_QK8_0; j++) b[i].qs[j] = q8_even(x[j] * id);
     }
 }
 
@@ -101,7 +113,7 @@ void kv_quantize_q8_0_ref(const float *src, void *dst, int64_t n) {
         const float d = amax / 127.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         b[i].d = kv_f32_to_f16(d);
-        for (int j = 0; j < KV_QK8_0; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id);
+        for (int j = 0; j < KV_QK8_0; j++) b[i].qs[j] = q8_away(x[j] * id);
     }
 }
 

@@ -1,0 +1,165 @@
+/* The exactness contract: logits are a pure function of the token sequence.
+ * The reference path (kvlm_eval_full), one batch, one token at a time, chunks
+ * of 3, 7 and 64, 1 and 2 threads, and rollback + re-evaluation must all give
+ * memcmp-equal logits, on every llama model in the shared models folder, with
+ * F32 and with Q8_0 KV storage. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "kvlm.h"
+
+static const char *k_models[] = {
+    "aidreams260K-f32.gguf", "aidreams260K-f16.gguf", "aidreams260K-q8_0-ffndown-f16.gguf",
+    "llama-2-tiny-random.gguf", "synth15M-f16.gguf", "synth15M-q8_0.gguf", "synth15M-gqa-q8_0.gguf",
+    "synth15M-q4_0.gguf", "synth15M-q4_k_m.gguf", "synth15M-tq1_0.gguf", "synth15M-tq2_0.gguf",
+};
+
+typedef struct fixture {
+    kvlm_model *m;
+    int32_t V, n;
+    kvlm_token toks[80];
+    float *ref;
+    kvlm_kv_type kv;
+} fixture;
+
+static kvlm_session *new_session(fixture *fx, int threads) {
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 128;
+    p.n_threads = threads;
+    p.cache_params.type_k = fx->kv;
+    p.cache_params.type_v = fx->kv;
+    kvlm_session *s = NULL;
+    kvlm_error err;
+    if (kvlm_session_new(fx->m, &p, &s, &err) != KVLM_OK) fail_msg("session: %s", err.msg);
+    return s;
+}
+
+/* Evaluates the sequence in chunks of `chunk`, collecting every row. */
+static void eval_chunked(fixture *fx, int chunk, int threads, float *out) {
+    kvlm_session *s = new_session(fx, threads);
+    kvlm_error err;
+    for (int i = 0; i < fx->n; i += chunk) {
+        int end = i + chunk < fx->n ? i + chunk : fx->n;
+        if (kvlm_eval(s, fx->toks, end, i, out + (size_t)i * fx->V, true, &err) != KVLM_OK)
+            fail_msg("eval: %s", err.msg);
+    }
+    kvlm_session_free(s);
+}
+
+static void expect_same(const fixture *fx, const float *got, const char *what, const char *model) {
+    for (int r = 0; r < fx->n; r++)
+        if (memcmp(got + (size_t)r * fx->V, fx->ref + (size_t)r * fx->V, (size_t)fx->V * sizeof(float)) != 0)
+            fail_msg("%s (%s KV %d): row %d differs from the reference", model, what, fx->kv, r);
+}
+
+static void run_model(const char *name, kvlm_kv_type kv) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/llama/%s", KVLM_MODELS_DIR, name);
+    fixture fx = {.kv = kv};
+    kvlm_error err;
+    if (kvlm_model_load(path, NULL, &fx.m, &err) != KVLM_OK) fail_msg("%s: %s", path, err.msg);
+    fx.V = kvlm_n_vocab(fx.m);
+    /* a fixed pseudo-random sequence starting with BOS */
+    fx.n = fx.V > 1000 ? 40 : 72;
+    uint32_t x = 12345;
+    fx.toks[0] = 1;
+    for (int i = 1; i < fx.n; i++) {
+        x = x * 1103515245u + 12345u;
+        fx.toks[i] = (kvlm_token)(3 + (x >> 8) % (uint32_t)(fx.V - 3));
+    }
+    const size_t bytes = (size_t)fx.n * (size_t)fx.V * sizeof(float);
+    fx.ref = malloc(bytes);
+    float *got = malloc(bytes);
+    assert_non_null(fx.ref);
+    assert_non_null(got);
+
+    /* storage types that cannot hold a row of this model are refused cleanly */
+    kvlm_session_params p = kvlm_session_default_params();
+    p.cache_params.type_k = p.cache_params.type_v = kv;
+    kvlm_session *probe = NULL;
+    kvlm_status st = kvlm_session_new(fx.m, &p, &probe, &err);
+    kvlm_model_info mi;
+    kvlm_model_get_info(fx.m, &mi);
+    const int kv_dim = mi.n_head_kv * (mi.n_embd / mi.n_head);
+    if (kv == KVLM_KV_Q8_0 && kv_dim % 32 != 0) {
+        assert_int_equal(st, KVLM_ERR_UNSUPPORTED);
+        printf("# %-36s Q8_0 KV: kv_dim %d is not a multiple of 32, refused as expected\n", name, kv_dim);
+        goto out;
+    }
+    assert_int_equal(st, KVLM_OK);
+    kvlm_session_free(probe);
+
+    /* the reference path */
+    if (kv == KVLM_KV_F16) {
+        assert_int_equal(kvlm_eval_full(fx.m, fx.toks, fx.n, fx.ref, true, &err), KVLM_OK);
+    } else {
+        /* eval_full uses the default (F16) storage; for other types the reference is one batch */
+        eval_chunked(&fx, fx.n, 1, fx.ref);
+    }
+    const int chunks[] = {fx.n, 1, 3, 7, 64};
+    for (int threads = 1; threads <= 2; threads++)
+        for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
+            memset(got, 0xff, bytes);
+            eval_chunked(&fx, chunks[c], threads, got);
+            char what[64];
+            snprintf(what, sizeof what, "chunk %d, %d threads", chunks[c], threads);
+            expect_same(&fx, got, what, name);
+        }
+    /* rollback and re-evaluation: evaluate a different tail, roll back, redo */
+    {
+        kvlm_session *s = new_session(&fx, 2);
+        kvlm_token alt[80];
+        memcpy(alt, fx.toks, sizeof alt);
+        for (int i = fx.n / 2; i < fx.n; i++) alt[i] = (kvlm_token)((alt[i] + 7) % fx.V);
+        float *tmp = malloc(bytes);
+        assert_int_equal(kvlm_eval(s, alt, fx.n, 0, tmp, true, &err), KVLM_OK);
+        assert_int_equal(kvlm_session_truncate(s, fx.n / 3, &err), KVLM_OK);
+        memcpy(got, fx.ref, (size_t)(fx.n / 3) * (size_t)fx.V * sizeof(float));
+        assert_int_equal(kvlm_eval(s, fx.toks, fx.n, fx.n / 3, got + (size_t)(fx.n / 3) * fx.V, true, &err), KVLM_OK);
+        expect_same(&fx, got, "truncate + re-eval", name);
+        /* and through the n_past contract: a differing history rolls back by itself */
+        assert_int_equal(kvlm_eval(s, alt, fx.n, fx.n - 1, tmp, false, &err), KVLM_OK);
+        float last[32000];
+        assert_int_equal(kvlm_eval(s, fx.toks, fx.n, fx.n - 1, last, false, &err), KVLM_OK);
+        assert_memory_equal(last, fx.ref + (size_t)(fx.n - 1) * fx.V, (size_t)fx.V * sizeof(float));
+        kvlm_kv_stats ks;
+        kvlm_session_get_stats(s, &ks);
+        assert_true(ks.recomputed > 0);
+        free(tmp);
+        kvlm_session_free(s);
+    }
+    printf("# %-36s %s KV: %d rows memcmp-equal over 5 chunkings x 2 thread counts, rollback, n_past rollback\n",
+           name, kv == KVLM_KV_F32 ? "F32" : (kv == KVLM_KV_F16 ? "F16" : "Q8_0"), fx.n);
+out:
+    free(fx.ref);
+    free(got);
+    kvlm_model_free(fx.m);
+}
+
+static void test_f32(void **state) { run_model((const char *)*state, KVLM_KV_F32); }
+static void test_q8_0(void **state) { run_model((const char *)*state, KVLM_KV_Q8_0); }
+static void test_f16(void **state) { run_model((const char *)*state, KVLM_KV_F16); }
+
+int main(void) {
+    enum { N = sizeof k_models / sizeof k_models[0] };
+    struct CMUnitTest tests[2 * N + 2];
+    int n = 0;
+    for (int i = 0; i < N; i++) {
+        struct CMUnitTest a = {k_models[i], test_f32, NULL, NULL, (void *)k_models[i]};
+        struct CMUnitTest b = {k_models[i], test_q8_0, NULL, NULL, (void *)k_models[i]};
+        tests[n++] = a;
+        tests[n++] = b;
+    }
+    /* the default F16 storage, against kvlm_eval_full, on two models */
+    struct CMUnitTest c = {k_models[0], test_f16, NULL, NULL, (void *)k_models[0]};
+    struct CMUnitTest d = {k_models[5], test_f16, NULL, NULL, (void *)k_models[5]};
+    tests[n++] = c;
+    tests[n++] = d;
+    return _cmocka_run_group_tests("exactness", tests, (size_t)n, NULL, NULL);
+}
