@@ -215,6 +215,17 @@ kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t 
 /* Drops everything after the first n tokens, in time proportional to the pages dropped. */
 kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
 
+/* Saves the session (token history and K/V pages, zstd-compressed, with the
+ * model's fingerprint and a checksum) to path, through a temporary file that
+ * is flushed and renamed, so a crash never leaves a half-written file. */
+kvlm_status kvlm_session_save(kvlm_session *s, const char *path, kvlm_error *err);
+/* Replaces the session's contents with a saved session. A file made for
+ * another model or other KV settings, a truncated or corrupted file: a clear
+ * error, and the session is untouched. */
+kvlm_status kvlm_session_load(kvlm_session *s, const char *path, kvlm_error *err);
+/* Copies up to n_max tokens of the session's history; returns how many it holds. */
+int32_t kvlm_session_tokens(const kvlm_session *s, kvlm_token *out, int32_t n_max);
+
 /* The session's view of the cache statistics (hits/misses/tokens are the
  * session's; capacity, bytes, evictions and growth are the pool's). */
 void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *stats);

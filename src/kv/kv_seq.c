@@ -313,6 +313,15 @@ void kv_seq_commit(kv_seq *s, int32_t n_new) {
     if (s->compress_layout) compress_old_pages(s);
 }
 
+void kv_seq_reindex(kv_seq *s) {
+    if (!s->shareable) return;
+    for (int32_t j = 0; j < s->n / s->P; j++) {
+        const uint64_t parent = j ? s->keys[j - 1] : root_key(s);
+        s->keys[j] = kv_page_key(parent, s->tokens + (int64_t)j * s->P, s->P);
+        kv_pool_index(s->pool, s->pages[j], s->keys[j], parent, s->tokens + (int64_t)j * s->P);
+    }
+}
+
 kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     if (n < 0 || n > s->n) return kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->n);
     if (n == s->n) return KVLM_OK;

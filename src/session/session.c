@@ -15,21 +15,7 @@
 
 #define KV_UBATCH 256
 
-struct kvlm_cache {
-    const kvlm_model *model;
-    kv_page_pool *pool;
-};
-
-struct kvlm_session {
-    kvlm_model *model;
-    kvlm_cache *cache;
-    bool own_cache;
-    kv_seq seq;
-    kv_tpool *tpool;
-    kv_forward *fwd;
-    int32_t n_consumed; /* tokens evaluated since the start (differs from seq.n after a shift) */
-    atomic_int busy;    /* one call at a time */
-};
+#include "session_impl.h"
 
 kvlm_cache_params kvlm_cache_default_params(void) {
     kvlm_cache_params p = {
@@ -122,6 +108,7 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
             .rope_scale = hp->rope_freq_scale, .rope_type = hp->rope_type, .n_rot = hp->n_rot,
             .max_batch = ubatch < 32 ? ubatch : 32,
         };
+        s->seq_config = sc;
         st = kv_seq_init(&s->seq, s->cache->pool, &sc, err);
     }
     if (!st) st = kv_tpool_new(nth, &s->tpool, err);
@@ -146,14 +133,16 @@ void kvlm_session_free(kvlm_session *s) {
 int32_t kvlm_session_n_past(const kvlm_session *s) { return s->n_consumed; }
 int32_t kvlm_session_n_ctx(const kvlm_session *s) { return s->seq.n_ctx; }
 
-static bool acquire(kvlm_session *s) {
+bool kv_session_acquire(kvlm_session *s) {
     int expected = 0;
     return atomic_compare_exchange_strong(&s->busy, &expected, 1);
 }
-static void release(kvlm_session *s) { atomic_store(&s->busy, 0); }
+void kv_session_release(kvlm_session *s) { atomic_store(&s->busy, 0); }
+#define acquire kv_session_acquire
+#define release kv_session_release
 
 /* Whether the session may roll back (its slots are still the token history). */
-static bool rewindable(const kvlm_session *s) {
+bool kv_session_rewindable(const kvlm_session *s) {
     return s->seq.overflow != KVLM_OVERFLOW_RING && s->seq.n == s->n_consumed;
 }
 
@@ -174,7 +163,7 @@ static kvlm_status eval_locked(kvlm_session *s, const kvlm_token *tokens, int32_
                            tokens[i], i, n_vocab - 1);
 
     int32_t start; /* first token to compute */
-    if (!rewindable(s)) {
+    if (!kv_session_rewindable(s)) {
         /* after a shift (or in a ring) the cache no longer mirrors the history: append only */
         int32_t want = n_past == KVLM_AUTO ? s->n_consumed : n_past;
         if (want != s->n_consumed || n_tokens <= s->n_consumed)
@@ -256,7 +245,7 @@ kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err) {
     kvlm_status st;
     if (n < 0 || n > s->n_consumed)
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->n_consumed);
-    else if (!rewindable(s))
+    else if (!kv_session_rewindable(s))
         st = n == s->n_consumed ? KVLM_OK
                                 : kv_fail(err, KVLM_ERR_UNSUPPORTED, "truncate: the cache was shifted or is a ring");
     else if ((st = kv_seq_truncate(&s->seq, n, err)) == KVLM_OK)

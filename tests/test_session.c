@@ -1,0 +1,385 @@
+/* Sessions over a shared model: save/restore, corrupted and foreign files,
+ * one call at a time, concurrent sessions, shared prefix pages, overflow
+ * policies and tiered compression through the public API. */
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "kvlm.h"
+
+#define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
+#define AIDREAMS16 KVLM_MODELS_DIR "/llama/aidreams260K-f16.gguf"
+#define SYNTH KVLM_MODELS_DIR "/llama/synth15M-q8_0.gguf"
+
+static kvlm_model *load(const char *path) {
+    kvlm_model *m = NULL;
+    kvlm_error err;
+    if (kvlm_model_load(path, NULL, &m, &err) != KVLM_OK) fail_msg("%s: %s", path, err.msg);
+    return m;
+}
+
+static void seq(kvlm_token *t, int n, int vocab, uint32_t seed) {
+    t[0] = 1;
+    for (int i = 1; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        t[i] = (kvlm_token)(3 + (seed >> 8) % (uint32_t)(vocab - 3));
+    }
+}
+
+static kvlm_session *session(kvlm_model *m, int32_t n_ctx) {
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = n_ctx;
+    kvlm_session *s = NULL;
+    kvlm_error err;
+    if (kvlm_session_new(m, &p, &s, &err) != KVLM_OK) fail_msg("session: %s", err.msg);
+    return s;
+}
+
+static void tmp_path(char *buf, const char *tag) {
+    snprintf(buf, 128, "/tmp/kvlm-test-%s-%d.ses", tag, (int)getpid());
+}
+
+static void test_save_restore(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    const int V = kvlm_n_vocab(m);
+    kvlm_token t[100];
+    seq(t, 100, V, 7);
+    float *ref = malloc((size_t)100 * V * sizeof(float)), *got = malloc((size_t)V * sizeof(float));
+    kvlm_error err;
+    assert_int_equal(kvlm_eval_full(m, t, 100, ref, true, &err), KVLM_OK);
+
+    kvlm_session *a = session(m, 128);
+    assert_int_equal(kvlm_eval(a, t, 70, 0, NULL, false, &err), KVLM_OK);
+    char path[128];
+    tmp_path(path, "save");
+    assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    /* no temporary file left beside it */
+    char tmp[160];
+    snprintf(tmp, sizeof tmp, "ls %s.tmp.* 2>/dev/null | wc -l", path);
+    FILE *fp = popen(tmp, "r");
+    int left = -1;
+    assert_int_equal(fscanf(fp, "%d", &left), 1);
+    pclose(fp);
+    assert_int_equal(left, 0);
+
+    /* a restored session continues exactly */
+    kvlm_session *b = session(m, 128);
+    assert_int_equal(kvlm_session_load(b, path, &err), KVLM_OK);
+    assert_int_equal(kvlm_session_n_past(b), 70);
+    kvlm_token hist[128];
+    assert_int_equal(kvlm_session_tokens(b, hist, 128), 70);
+    assert_memory_equal(hist, t, 70 * sizeof(kvlm_token));
+    for (int i = 70; i < 100; i++) {
+        assert_int_equal(kvlm_eval(b, t, i + 1, i, got, false, &err), KVLM_OK);
+        assert_memory_equal(got, ref + (size_t)i * V, (size_t)V * sizeof(float));
+    }
+    /* loading replaces what a session held */
+    assert_int_equal(kvlm_session_load(b, path, &err), KVLM_OK);
+    assert_int_equal(kvlm_session_n_past(b), 70);
+    assert_int_equal(kvlm_eval(b, t, 71, 70, got, false, &err), KVLM_OK);
+    assert_memory_equal(got, ref + (size_t)70 * V, (size_t)V * sizeof(float));
+
+    /* corrupted files: every flipped byte (sampled) and every truncation is rejected, b untouched */
+    FILE *f = fopen(path, "rb");
+    size_t size = (size_t)st.st_size;
+    unsigned char *bytes = malloc(size);
+    assert_int_equal(fread(bytes, 1, size, f), size);
+    fclose(f);
+    char bad[128];
+    tmp_path(bad, "bad");
+    const int32_t before = kvlm_session_n_past(b);
+    for (size_t off = 0; off < size; off += size / 97 + 1) {
+        bytes[off] ^= 0x20;
+        f = fopen(bad, "wb");
+        fwrite(bytes, 1, size, f);
+        fclose(f);
+        bytes[off] ^= 0x20;
+        kvlm_status s2 = kvlm_session_load(b, bad, &err);
+        if (s2 == KVLM_OK) fail_msg("a flipped byte at %zu was accepted", off);
+        assert_int_equal(kvlm_session_n_past(b), before);
+    }
+    for (size_t cut = 0; cut < size; cut += size / 31 + 1) {
+        f = fopen(bad, "wb");
+        fwrite(bytes, 1, cut, f);
+        fclose(f);
+        assert_int_not_equal(kvlm_session_load(b, bad, &err), KVLM_OK);
+        assert_int_equal(kvlm_session_n_past(b), before);
+    }
+    assert_int_equal(kvlm_session_load(b, "/nonexistent/x.ses", &err), KVLM_ERR_IO);
+    /* b still works */
+    assert_int_equal(kvlm_eval(b, t, 72, 71, got, false, &err), KVLM_OK);
+    assert_memory_equal(got, ref + (size_t)71 * V, (size_t)V * sizeof(float));
+
+    /* a file made for another model */
+    kvlm_model *m16 = load(AIDREAMS16);
+    kvlm_session *c = session(m16, 128);
+    assert_int_equal(kvlm_session_load(c, path, &err), KVLM_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.msg, "another model"));
+    assert_int_equal(kvlm_session_n_past(c), 0);
+    /* other KV settings */
+    kvlm_session_params p = kvlm_session_default_params();
+    p.cache_params.type_k = KVLM_KV_F32;
+    kvlm_session *d = NULL;
+    assert_int_equal(kvlm_session_new(m, &p, &d, &err), KVLM_OK);
+    assert_int_equal(kvlm_session_load(d, path, &err), KVLM_ERR_INVALID_ARG);
+    assert_non_null(strstr(err.msg, "cache settings"));
+
+    unlink(path);
+    unlink(bad);
+    free(bytes);
+    free(ref);
+    free(got);
+    kvlm_session_free(a);
+    kvlm_session_free(b);
+    kvlm_session_free(c);
+    kvlm_session_free(d);
+    kvlm_model_free(m16);
+    kvlm_model_free(m);
+}
+
+typedef struct job {
+    kvlm_session *s;
+    const kvlm_token *t;
+    int n;
+    float *out;
+    kvlm_status st;
+} job;
+
+static void *run_job(void *arg) {
+    job *j = arg;
+    kvlm_error err;
+    do j->st = kvlm_eval(j->s, j->t, j->n, 0, j->out, false, &err);
+    while (j->st == KVLM_ERR_BUSY); /* the main thread may hold it for a moment */
+    return NULL;
+}
+
+/* A second call on a busy session is refused; the first completes correctly. */
+static void test_busy(void **state) {
+    (void)state;
+    kvlm_model *m = load(SYNTH);
+    const int V = kvlm_n_vocab(m);
+    kvlm_token t[200];
+    seq(t, 200, V, 3);
+    kvlm_session *s = session(m, 256);
+    float *out = malloc((size_t)V * sizeof(float)), *ref = malloc((size_t)V * sizeof(float));
+    job j = {s, t, 200, out, KVLM_ERR_INTERNAL};
+    pthread_t th;
+    pthread_create(&th, NULL, run_job, &j);
+    kvlm_error err;
+    int busy = 0;
+    for (int i = 0; i < 20000 && !busy; i++) {
+        kvlm_status st = kvlm_eval(s, t, 2, 0, NULL, false, &err);
+        if (st == KVLM_ERR_BUSY) busy = 1;
+        else usleep(50);
+    }
+    pthread_join(th, NULL);
+    assert_int_equal(j.st, KVLM_OK);
+    assert_true(busy);
+    assert_int_equal(kvlm_eval_full(m, t, 200, ref, false, &err), KVLM_OK);
+    assert_memory_equal(out, ref, (size_t)V * sizeof(float));
+    free(out);
+    free(ref);
+    kvlm_session_free(s);
+    kvlm_model_free(m);
+}
+
+/* Sessions on one model run in parallel and match sequential references. */
+static void test_concurrent_sessions(void **state) {
+    (void)state;
+    kvlm_model *m = load(SYNTH);
+    const int V = kvlm_n_vocab(m);
+    enum { NS = 3 };
+    kvlm_token t[NS][60];
+    job jobs[NS];
+    pthread_t th[NS];
+    for (int i = 0; i < NS; i++) {
+        seq(t[i], 60, V, 100 + (uint32_t)i);
+        jobs[i] = (job){session(m, 64), t[i], 60, malloc((size_t)V * sizeof(float)), KVLM_ERR_INTERNAL};
+        pthread_create(&th[i], NULL, run_job, &jobs[i]);
+    }
+    float *ref = malloc((size_t)V * sizeof(float));
+    kvlm_error err;
+    for (int i = 0; i < NS; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(jobs[i].st, KVLM_OK);
+        assert_int_equal(kvlm_eval_full(m, t[i], 60, ref, false, &err), KVLM_OK);
+        assert_memory_equal(jobs[i].out, ref, (size_t)V * sizeof(float));
+        free(jobs[i].out);
+        kvlm_session_free(jobs[i].s);
+    }
+    free(ref);
+    kvlm_model_free(m);
+}
+
+/* Sessions on a shared cache reuse each other's prefix pages, bit-exactly. */
+static void test_shared_prefix(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    const int V = kvlm_n_vocab(m);
+    kvlm_error err;
+    kvlm_cache *cache = NULL;
+    assert_int_equal(kvlm_cache_new(m, NULL, &cache, &err), KVLM_OK);
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 128;
+    p.cache = cache;
+    kvlm_session *a = NULL, *b = NULL;
+    assert_int_equal(kvlm_session_new(m, &p, &a, &err), KVLM_OK);
+    assert_int_equal(kvlm_session_new(m, &p, &b, &err), KVLM_OK);
+    kvlm_token ta[110], tb[110];
+    seq(ta, 110, V, 9);
+    memcpy(tb, ta, sizeof tb);
+    tb[100] = (tb[100] + 1) % V; /* diverges at 100 */
+    float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4), *ref = malloc((size_t)V * 4);
+    assert_int_equal(kvlm_eval(a, ta, 110, 0, la, false, &err), KVLM_OK);
+    assert_int_equal(kvlm_eval(b, tb, 110, 0, lb, false, &err), KVLM_OK);
+    kvlm_kv_stats sb, sc;
+    kvlm_session_get_stats(b, &sb);
+    assert_int_equal(sb.hits, 96); /* three full pages of 32 */
+    assert_int_equal(sb.misses, 14);
+    assert_true(sb.hit_rate > 0.87 && sb.hit_rate < 0.88);
+    assert_int_equal(sb.pages_shared, 3);
+    kvlm_cache_get_stats(cache, &sc);
+    assert_int_equal(sc.hits, 96);
+    assert_int_equal(sc.misses, 110 + 14);
+    assert_int_equal(kvlm_eval_full(m, tb, 110, ref, false, &err), KVLM_OK);
+    assert_memory_equal(lb, ref, (size_t)V * 4);
+    /* a session's own rollback also finds its pages again */
+    assert_int_equal(kvlm_session_truncate(a, 0, &err), KVLM_OK);
+    assert_int_equal(kvlm_eval(a, ta, 110, 0, la, false, &err), KVLM_OK);
+    kvlm_kv_stats sa;
+    kvlm_session_get_stats(a, &sa);
+    assert_int_equal(sa.hits, 96);
+    assert_int_equal(kvlm_eval_full(m, ta, 110, ref, false, &err), KVLM_OK);
+    assert_memory_equal(la, ref, (size_t)V * 4);
+    kvlm_session_free(a);
+    kvlm_session_free(b);
+    kvlm_cache_free(cache);
+    free(la);
+    free(lb);
+    free(ref);
+    kvlm_model_free(m);
+}
+
+static void test_policies(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    const int V = kvlm_n_vocab(m);
+    kvlm_error err;
+    kvlm_token t[600];
+    seq(t, 600, V, 11);
+    float *l = malloc((size_t)600 * V * 4), *l2 = malloc((size_t)600 * V * 4);
+
+    /* error: the eval that would overflow fails and leaves the session as it was */
+    kvlm_session *s = session(m, 64);
+    assert_int_equal(kvlm_eval(s, t, 60, 0, l, false, &err), KVLM_OK);
+    assert_int_equal(kvlm_eval(s, t, 70, 60, l, false, &err), KVLM_ERR_CONTEXT_FULL);
+    assert_int_equal(kvlm_session_n_past(s), 60);
+    assert_int_equal(kvlm_eval(s, t, 64, 60, l, false, &err), KVLM_OK);
+    kvlm_session_free(s);
+
+    /* shift and sliding: generation continues past n_ctx, append-only */
+    const kvlm_overflow pols[2] = {KVLM_OVERFLOW_SHIFT, KVLM_OVERFLOW_SLIDING};
+    for (int k = 0; k < 2; k++) {
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_ctx = 96;
+        p.overflow = pols[k];
+        p.n_keep = 8;
+        assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+        for (int i = 0; i < 300; i += 10) {
+            assert_int_equal(kvlm_eval(s, t, i + 10, i, l, false, &err), KVLM_OK);
+            for (int v = 0; v < V; v++) assert_true(isfinite(l[v]));
+        }
+        assert_int_equal(kvlm_session_n_past(s), 300);
+        kvlm_kv_stats st;
+        kvlm_session_get_stats(s, &st);
+        assert_true(st.tokens <= 96);
+        assert_true(st.shifts > 0);
+        /* rolling back after a shift is refused (the cache no longer mirrors the history) */
+        assert_int_equal(kvlm_eval(s, t, 301, 200, l, false, &err), KVLM_ERR_UNSUPPORTED);
+        assert_int_equal(kvlm_session_n_past(s), 300);
+        kvlm_session_free(s);
+    }
+
+    /* ring: one batch and one token at a time give identical logits, memory is constant */
+    for (int pass = 0; pass < 2; pass++) {
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_ctx = 600;
+        p.overflow = KVLM_OVERFLOW_RING;
+        p.window = 48;
+        assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+        float *out = pass ? l2 : l;
+        if (pass == 0) {
+            assert_int_equal(kvlm_eval(s, t, 400, 0, out, true, &err), KVLM_OK);
+        } else {
+            for (int i = 0; i < 400; i++)
+                assert_int_equal(kvlm_eval(s, t, i + 1, i, out + (size_t)i * V, true, &err), KVLM_OK);
+        }
+        kvlm_kv_stats st;
+        kvlm_session_get_stats(s, &st);
+        assert_true(st.tokens <= 48 + 64);
+        kvlm_session_free(s);
+    }
+    assert_memory_equal(l, l2, (size_t)400 * V * 4);
+    /* while the window holds every token, a ring equals an ordinary cache */
+    float *ref = malloc((size_t)101 * V * 4);
+    assert_int_equal(kvlm_eval_full(m, t, 101, ref, true, &err), KVLM_OK);
+    assert_memory_equal(l, ref, (size_t)48 * V * 4);
+    /* after, it differs: the oldest tokens are out of the window */
+    assert_true(memcmp(l + (size_t)100 * V, ref + (size_t)100 * V, (size_t)V * 4) != 0);
+    free(ref);
+    free(l);
+    free(l2);
+    kvlm_model_free(m);
+}
+
+/* Tiered compression through a session: old pages become Q8_0, logits stay close. */
+static void test_tiered_session(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    const int V = kvlm_n_vocab(m);
+    kvlm_error err;
+    kvlm_token t[120];
+    seq(t, 120, V, 5);
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 128;
+    p.compress_after = 32;
+    kvlm_session *s = NULL;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+    float *a = malloc((size_t)V * 4), *ref = malloc((size_t)V * 4);
+    for (int i = 0; i < 120; i += 8)
+        assert_int_equal(kvlm_eval(s, t, i + 8, i, a, false, &err), KVLM_OK);
+    kvlm_kv_stats st;
+    kvlm_session_get_stats(s, &st);
+    assert_int_equal(st.compressions, 2); /* pages 0 and 1 are older than 32 tokens at n = 120 */
+    assert_true(st.bytes_saved > 0);
+    assert_int_equal(kvlm_eval_full(m, t, 120, ref, false, &err), KVLM_OK);
+    float worst = 0;
+    for (int v = 0; v < V; v++) worst = fmaxf(worst, fabsf(a[v] - ref[v]));
+    printf("# tiered compression (aidreams, 120 tokens, Q8_0 after 32): max |logit diff| %.4f\n", worst);
+    assert_true(worst > 0.0f && worst < 0.5f);
+    free(a);
+    free(ref);
+    kvlm_session_free(s);
+    kvlm_model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_save_restore),    cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_concurrent_sessions), cmocka_unit_test(test_shared_prefix),
+        cmocka_unit_test(test_policies),        cmocka_unit_test(test_tiered_session),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
