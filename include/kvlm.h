@@ -235,6 +235,94 @@ int32_t kvlm_kv_stats_json(const kvlm_kv_stats *stats, char *buf, int32_t size);
 
 int32_t kvlm_n_vocab(const kvlm_model *model);
 
+/* ------------------------------------------------------------ sampling */
+typedef struct kvlm_logit_bias {
+    kvlm_token token;
+    float bias; /* added to the logit; -INFINITY bans the token */
+} kvlm_logit_bias;
+
+typedef struct kvlm_sampling_params {
+    float temperature;       /* <= 0: greedy */
+    int32_t top_k;           /* <= 0: off */
+    float top_p;             /* >= 1: off */
+    float min_p;             /* <= 0: off */
+    float repeat_penalty;    /* 1: off */
+    float frequency_penalty; /* 0: off */
+    float presence_penalty;  /* 0: off */
+    int32_t penalty_last_n;  /* window of recent tokens for the penalties; 0 off, -1 all */
+    uint64_t seed;           /* seeded multinomial: same seed, same tokens, any platform */
+    const kvlm_logit_bias *logit_bias;
+    int32_t n_logit_bias;
+} kvlm_sampling_params;
+
+/* llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
+ * no penalties (window 64), seed 0. */
+kvlm_sampling_params kvlm_sampling_default_params(void);
+
+/* A standalone sampler chain (bias, penalties, top-k, top-p, min-p, temperature, draw). */
+typedef struct kvlm_sampler kvlm_sampler;
+kvlm_status kvlm_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab, kvlm_sampler **out,
+                             kvlm_error *err);
+void kvlm_sampler_free(kvlm_sampler *s);
+/* Picks a token from one row of logits (does not accept it). */
+kvlm_status kvlm_sampler_sample(kvlm_sampler *s, const float *logits, kvlm_token *out, kvlm_error *err);
+/* Adds a token to the penalty history. */
+kvlm_status kvlm_sampler_accept(kvlm_sampler *s, kvlm_token t, kvlm_error *err);
+/* Clears the history and reseeds. */
+void kvlm_sampler_reset(kvlm_sampler *s);
+
+/* ------------------------------------------------------------ generation */
+typedef enum kvlm_finish_reason {
+    KVLM_FINISH_STOP = 0,      /* end-of-generation token, stop string, or the callback asked */
+    KVLM_FINISH_LENGTH = 1,    /* max_tokens or the context is full */
+    KVLM_FINISH_CANCELLED = 2, /* kvlm_session_cancel */
+    KVLM_FINISH_DEADLINE = 3,  /* timeout_s passed */
+    KVLM_FINISH_ERROR = 4,
+} kvlm_finish_reason;
+
+const char *kvlm_finish_reason_name(kvlm_finish_reason r); /* "stop", "length", ... */
+
+typedef struct kvlm_generate_params {
+    kvlm_sampling_params sampling;
+    int32_t max_tokens;       /* < 0: until the context is full */
+    const char *const *stop;  /* stop strings: matched across token boundaries, never emitted */
+    int32_t n_stop;
+    bool ignore_eos;
+    double timeout_s;         /* > 0: a deadline this many seconds after the call starts */
+    bool append;              /* true: the prompt continues the session's history (no BOS);
+                                 false: the prompt is the whole context (BOS as the vocab asks),
+                                 reusing the longest common prefix the session holds */
+    bool parse_special;       /* special-token text in the prompt maps to the token (default true) */
+} kvlm_generate_params;
+
+kvlm_generate_params kvlm_generate_default_params(void);
+
+/* Called once per generated token with the text it completes (valid UTF-8,
+ * possibly empty when bytes are held back for a multi-byte character or a
+ * possible stop string). Return non-zero to stop (finish reason "stop"). */
+typedef int (*kvlm_token_callback)(const char *text, size_t len, kvlm_token token, void *user_data);
+
+typedef struct kvlm_generate_result {
+    int32_t n_prompt;         /* prompt tokens (the whole context in non-append mode) */
+    int32_t n_prompt_cached;  /* of those, reused from the cache */
+    int32_t n_completion;     /* tokens generated */
+    kvlm_finish_reason finish;
+    double prompt_ms, generate_ms;
+    char *text;               /* the completion (valid UTF-8, NUL-terminated); free with kvlm_generate_result_free */
+    size_t text_len;
+    kvlm_token *tokens;       /* the completion's tokens */
+} kvlm_generate_result;
+
+void kvlm_generate_result_free(kvlm_generate_result *r);
+
+kvlm_status kvlm_generate(kvlm_session *s, const char *prompt, const kvlm_generate_params *params,
+                          kvlm_token_callback callback, void *user_data, kvlm_generate_result *result,
+                          kvlm_error *err);
+
+/* Asks the generation running on s (from any thread) to stop within one
+ * decode step; it finishes with KVLM_FINISH_CANCELLED. */
+void kvlm_session_cancel(kvlm_session *s);
+
 #ifdef __cplusplus
 }
 #endif

@@ -146,8 +146,24 @@ bool kv_session_rewindable(const kvlm_session *s) {
     return s->seq.overflow != KVLM_OVERFLOW_RING && s->seq.n == s->n_consumed;
 }
 
-static kvlm_status eval_locked(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens, int32_t n_past,
-                               float *logits, bool all_logits, kvlm_error *err) {
+kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, int32_t n, float *logits,
+                                     bool all_logits, kvlm_error *err) {
+    const int32_t n_vocab = s->model->hp.n_vocab;
+    for (int32_t i = 0; i < n; i++)
+        if (toks[i] < 0 || toks[i] >= n_vocab)
+            return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: token %d is outside the vocabulary (0..%d)", toks[i],
+                           n_vocab - 1);
+    if (s->seq.overflow == KVLM_OVERFLOW_ERROR && (int64_t)s->seq.n + n > s->seq.n_ctx)
+        return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", s->seq.n + n,
+                       s->seq.n_ctx);
+    int32_t done = 0;
+    kvlm_status st = kv_forward_eval(s->fwd, toks, n, logits, all_logits, &done, err);
+    s->n_consumed += done;
+    return st;
+}
+
+kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens, int32_t n_past,
+                                   float *logits, bool all_logits, kvlm_error *err) {
     kv_seq *q = &s->seq;
     const int32_t n_vocab = s->model->hp.n_vocab;
     if (n_tokens <= 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: no tokens");
@@ -217,7 +233,7 @@ kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_token
     kv_error_clear(err);
     if (!s || (!tokens && n_tokens > 0)) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: NULL argument");
     if (!acquire(s)) return kv_fail(err, KVLM_ERR_BUSY, "eval: the session is in use by another call");
-    kvlm_status st = eval_locked(s, tokens, n_tokens, n_past, logits, all_logits, err);
+    kvlm_status st = kv_session_eval_locked(s, tokens, n_tokens, n_past, logits, all_logits, err);
     release(s);
     return st;
 }

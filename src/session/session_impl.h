@@ -31,6 +31,12 @@ struct kvlm_session {
 
 bool kv_session_acquire(kvlm_session *s);
 void kv_session_release(kvlm_session *s);
+/* kvlm_eval's body (the caller holds the session). */
+kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens, int32_t n_past,
+                                   float *logits, bool all_logits, kvlm_error *err);
+/* Evaluates n new tokens after everything the session consumed. */
+kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, int32_t n, float *logits,
+                                     bool all_logits, kvlm_error *err);
 /* Whether the session may roll back (its slots are still the token history). */
 bool kv_session_rewindable(const kvlm_session *s);
 

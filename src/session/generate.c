@@ -1,0 +1,250 @@
+/* kvlm_generate: prompt evaluation, sampling loop, streaming text with
+ * UTF-8 hold-back and stop strings, cancellation and deadlines. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/error.h"
+#include "sampler/sampler.h"
+#include "session_impl.h"
+#include "textstream.h"
+#include "tokenizer/vocab.h"
+
+kv_sampler_params kv_sampler_params_from(const kvlm_sampling_params *p);
+
+#define PROMPT_CHUNK 256
+
+const char *kvlm_finish_reason_name(kvlm_finish_reason r) {
+    switch (r) {
+    case KVLM_FINISH_STOP: return "stop";
+    case KVLM_FINISH_LENGTH: return "length";
+    case KVLM_FINISH_CANCELLED: return "cancelled";
+    case KVLM_FINISH_DEADLINE: return "deadline";
+    case KVLM_FINISH_ERROR: return "error";
+    }
+    return "unknown";
+}
+
+kvlm_generate_params kvlm_generate_default_params(void) {
+    kvlm_generate_params p;
+    memset(&p, 0, sizeof p);
+    p.sampling = kvlm_sampling_default_params();
+    p.max_tokens = 128;
+    p.parse_special = true;
+    return p;
+}
+
+void kvlm_generate_result_free(kvlm_generate_result *r) {
+    if (!r) return;
+    free(r->text);
+    free(r->tokens);
+    r->text = NULL;
+    r->tokens = NULL;
+}
+
+void kvlm_session_cancel(kvlm_session *s) {
+    if (s) atomic_store(&s->cancel, 1);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------ generation */
+
+static kvlm_status fill_result(kvlm_generate_result *r, kv_stream *st, kvlm_token *gen, int32_t n_gen,
+                               kvlm_finish_reason fin, kvlm_error *err) {
+    r->finish = fin;
+    r->n_completion = n_gen;
+    r->tokens = gen;
+    if (!st->emitted.p && !kv_sb_put(&st->emitted, "", 0))
+        return kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+    r->text = st->emitted.p;
+    r->text_len = st->emitted.n;
+    st->emitted.p = NULL;
+    return KVLM_OK;
+}
+
+static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kvlm_generate_params *gp,
+                                   kvlm_token_callback cb, void *ud, kvlm_generate_result *res, kvlm_error *err) {
+    const kvlm_model *m = s->model;
+    const kv_vocab *v = m->vocab;
+    const int32_t n_vocab = m->hp.n_vocab, n_ctx = s->seq.n_ctx;
+    const double t0 = now_s();
+    const double deadline = gp->timeout_s > 0 ? t0 + gp->timeout_s : 0;
+    kvlm_status st = KVLM_OK;
+    kvlm_token *ctx = NULL, *gen = NULL;
+    float *logits = NULL;
+    kv_sampler *smp = NULL;
+    kv_stream str = {.stop = gp->stop, .n_stop = gp->n_stop};
+    for (int32_t i = 0; i < gp->n_stop; i++)
+        if (!gp->stop[i] || !gp->stop[i][0])
+            return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: stop string %d is empty", i);
+
+    /* the token context: history + prompt (append) or the prompt alone */
+    const size_t plen = strlen(prompt);
+    const bool append = gp->append;
+    int32_t n_hist = append ? s->seq.n : 0;
+    if (append && !kv_session_rewindable(s)) n_hist = 0; /* shifted: continue from what it holds */
+    if (plen > (size_t)INT32_MAX / 2) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: the prompt is too long");
+    int32_t cap = n_hist + (int32_t)plen + 8;
+    int32_t max_gen = gp->max_tokens < 0 ? n_ctx : gp->max_tokens;
+    ctx = malloc(((size_t)cap + (size_t)max_gen + 1) * sizeof *ctx);
+    gen = malloc(((size_t)max_gen + 1) * sizeof *gen);
+    logits = malloc((size_t)n_vocab * sizeof *logits);
+    if (!ctx || !gen || !logits) {
+        st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+        goto fail;
+    }
+    if (n_hist) kvlm_session_tokens(s, ctx, n_hist);
+    int32_t np = kv_vocab_tokenize(v, prompt, plen, ctx + n_hist, cap - n_hist, !append, gp->parse_special);
+    if (np < 0) {
+        st = kv_fail(err, KVLM_ERR_CONTEXT_FULL, "generate: the prompt has %d tokens, more than the context of %d",
+                     -np, n_ctx);
+        goto fail;
+    }
+    int32_t n = n_hist + np;
+    res->n_prompt = n;
+    if (n == 0) {
+        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: empty prompt and empty session");
+        goto fail;
+    }
+    if (s->seq.overflow == KVLM_OVERFLOW_ERROR && n > n_ctx) {
+        st = kv_fail(err, KVLM_ERR_CONTEXT_FULL, "generate: the prompt has %d tokens, more than the context of %d", n,
+                     n_ctx);
+        goto fail;
+    }
+    kv_sampler_params sp = kv_sampler_params_from(&gp->sampling);
+    if ((st = kv_sampler_new(&sp, n_vocab, &smp, err))) goto fail;
+    /* the penalties see the context, as llama.cpp's CLI does */
+    for (int32_t i = 0; i < n; i++) kv_sampler_accept(smp, ctx[i], NULL);
+
+    /* prompt: reuse what the session holds, evaluate the rest in chunks (cancellable) */
+    kvlm_finish_reason fin = KVLM_FINISH_LENGTH;
+    const int64_t misses_before = s->seq.misses;
+    int32_t done;
+    if (kv_session_rewindable(s)) {
+        int32_t lcp = 0;
+        const int32_t limit = s->seq.n < n - 1 ? s->seq.n : n - 1;
+        while (lcp < limit && s->seq.tokens[lcp] == ctx[lcp]) lcp++;
+        done = lcp;
+        bool first = true;
+        while (!st && (first || done < n)) {
+            int32_t end = done + PROMPT_CHUNK < n ? done + PROMPT_CHUNK : n;
+            /* the first call rolls back to the common prefix and picks up cached pages */
+            st = first ? kv_session_eval_locked(s, ctx, end, done, logits, false, err)
+                       : kv_session_append_locked(s, ctx + done, end - done, logits, false, err);
+            first = false;
+            done = end;
+            if (done < n && atomic_load(&s->cancel)) fin = KVLM_FINISH_CANCELLED;
+            if (done < n && deadline && now_s() > deadline) fin = KVLM_FINISH_DEADLINE;
+            if (fin != KVLM_FINISH_LENGTH) break;
+        }
+    } else {
+        if (!append) {
+            st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                         "generate: this session's cache was shifted or is a ring; it can only continue (append mode)");
+            goto fail;
+        }
+        done = n_hist;
+        while (!st && done < n) {
+            int32_t end = done + PROMPT_CHUNK < n ? done + PROMPT_CHUNK : n;
+            st = kv_session_append_locked(s, ctx + done, end - done, logits, false, err);
+            done = end;
+            if (done < n && atomic_load(&s->cancel)) fin = KVLM_FINISH_CANCELLED;
+            if (done < n && deadline && now_s() > deadline) fin = KVLM_FINISH_DEADLINE;
+            if (fin != KVLM_FINISH_LENGTH) break;
+        }
+    }
+    res->n_prompt_cached = n - (int32_t)(s->seq.misses - misses_before);
+    if (res->n_prompt_cached < 0) res->n_prompt_cached = 0;
+    if (st) goto fail;
+    res->prompt_ms = (now_s() - t0) * 1e3;
+    const double t1 = now_s();
+    int32_t n_gen = 0;
+    if (done == n && fin == KVLM_FINISH_LENGTH) {
+        while (n_gen < max_gen) {
+            if (atomic_load(&s->cancel)) {
+                fin = KVLM_FINISH_CANCELLED;
+                break;
+            }
+            if (deadline && now_s() > deadline) {
+                fin = KVLM_FINISH_DEADLINE;
+                break;
+            }
+            kvlm_token t;
+            if ((st = kv_sampler_sample(smp, logits, &t, err))) goto fail;
+            kv_sampler_accept(smp, t, NULL);
+            if (!gp->ignore_eos && kv_vocab_is_eog(v, t)) {
+                fin = KVLM_FINISH_STOP;
+                break;
+            }
+            gen[n_gen++] = t;
+            char piece[256];
+            int32_t pl = kv_vocab_token_to_piece(v, t, piece, sizeof piece, false);
+            if (pl < 0) pl = 0;
+            int r = kv_stream_push(&str, piece, (size_t)pl, false);
+            if (r < 0) {
+                st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+                goto fail;
+            }
+            if (cb && cb(str.chunk.p ? str.chunk.p : "", str.chunk.n, t, ud)) {
+                fin = KVLM_FINISH_STOP;
+                break;
+            }
+            if (r == 1) {
+                fin = KVLM_FINISH_STOP;
+                str.pending.n = 0;
+                break;
+            }
+            if (n_gen == max_gen) break;
+            /* feed it back */
+            ctx[n] = t;
+            if (s->seq.overflow == KVLM_OVERFLOW_ERROR && s->seq.n + 1 > n_ctx) break; /* context full: length */
+            st = kv_session_append_locked(s, &t, 1, logits, false, err);
+            if (st) goto fail;
+            n++;
+        }
+    }
+    /* flush what was held back (an incomplete character becomes U+FFFD) */
+    if (fin != KVLM_FINISH_STOP || str.pending.n) {
+        if (str.pending.n) {
+            if (kv_stream_push(&str, "", 0, true) < 0) {
+                st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+                goto fail;
+            }
+            if (cb && str.chunk.n) cb(str.chunk.p, str.chunk.n, -1, ud);
+        }
+    }
+    res->generate_ms = (now_s() - t1) * 1e3;
+    st = fill_result(res, &str, gen, n_gen, fin, err);
+    gen = NULL;
+fail:
+    free(ctx);
+    free(gen);
+    free(logits);
+    kv_sampler_free(smp);
+    free(str.pending.p);
+    free(str.emitted.p);
+    free(str.chunk.p);
+    if (st) res->finish = KVLM_FINISH_ERROR;
+    return st;
+}
+
+kvlm_status kvlm_generate(kvlm_session *s, const char *prompt, const kvlm_generate_params *params,
+                          kvlm_token_callback callback, void *user_data, kvlm_generate_result *result,
+                          kvlm_error *err) {
+    kv_error_clear(err);
+    if (!result) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: NULL result");
+    memset(result, 0, sizeof *result);
+    result->finish = KVLM_FINISH_ERROR;
+    if (!s || !prompt) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: NULL argument");
+    kvlm_generate_params p = params ? *params : kvlm_generate_default_params();
+    if (!kv_session_acquire(s)) return kv_fail(err, KVLM_ERR_BUSY, "generate: the session is in use");
+    atomic_store(&s->cancel, 0);
+    kvlm_status st = generate_locked(s, prompt, &p, callback, user_data, result, err);
+    kv_session_release(s);
+    return st;
+}
