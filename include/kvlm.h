@@ -235,6 +235,24 @@ int32_t kvlm_kv_stats_json(const kvlm_kv_stats *stats, char *buf, int32_t size);
 
 int32_t kvlm_n_vocab(const kvlm_model *model);
 
+/* ------------------------------------------------------------ chat templates */
+typedef struct kvlm_chat_message {
+    const char *role;    /* "system", "user", "assistant" */
+    const char *content;
+} kvlm_chat_message;
+
+/* The chat format: tmpl names one ("chatml", "llama2", "llama2-sys", "llama3",
+ * "phi3", "bitnet", "plain"), or NULL to recognize the model's
+ * tokenizer.chat_template the way llama.cpp does ("plain" — "User: ...\n
+ * Assistant: ..." — when there is none or it is not recognized). Writes the
+ * prompt (NUL-terminated) and returns its length, or minus the size needed
+ * (terminator included); an unknown template name returns 0 and writes
+ * nothing. add_assistant: end with the opening of the assistant's turn. */
+int32_t kvlm_chat_apply(const kvlm_model *model, const char *tmpl, const kvlm_chat_message *msgs, int32_t n,
+                        bool add_assistant, char *buf, int32_t size);
+/* The name of the format kvlm_chat_apply(model, NULL, ...) uses. */
+const char *kvlm_chat_template(const kvlm_model *model);
+
 /* ------------------------------------------------------------ sampling */
 typedef struct kvlm_logit_bias {
     kvlm_token token;

@@ -138,6 +138,8 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
 int32_t kv_seq_slot(const kv_seq *s, int32_t i);
 /* Marks the reserved tokens as stored; indexes newly full pages; compresses. */
 void kv_seq_commit(kv_seq *s, int32_t n_new);
+/* Counts n tokens as reused (a request's common prefix with what the sequence held). */
+void kv_seq_count_hits(kv_seq *s, int32_t n);
 /* Recomputes the hash chain of the full pages and indexes them (after a load). */
 void kv_seq_reindex(kv_seq *s);
 /* Drops slots past n (non-ring sequences). */

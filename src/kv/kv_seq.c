@@ -313,6 +313,12 @@ void kv_seq_commit(kv_seq *s, int32_t n_new) {
     if (s->compress_layout) compress_old_pages(s);
 }
 
+void kv_seq_count_hits(kv_seq *s, int32_t n) {
+    if (n <= 0) return;
+    s->hits += n;
+    atomic_fetch_add(&s->pool->st_hits, (long long)n);
+}
+
 void kv_seq_reindex(kv_seq *s) {
     if (!s->shareable) return;
     for (int32_t j = 0; j < s->n / s->P; j++) {
@@ -381,8 +387,7 @@ int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens)
         attached += s->P;
     }
     if (attached) {
-        s->hits += attached;
-        atomic_fetch_add(&s->pool->st_hits, (long long)attached);
+        kv_seq_count_hits(s, attached);
         atomic_fetch_add(&s->pool->st_tokens, (long long)attached);
     }
     return attached;

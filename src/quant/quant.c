@@ -3,32 +3,28 @@
 #include <stddef.h>
 
 #include "quant_types.h"
+#include "simd.h"
 
-/* The registry of types with compute support. */
-static const kv_quant_traits *const k_registry[] = {
-    &kv_traits_f32,
-    &kv_traits_f16,
-    &kv_traits_bf16,
-    &kv_traits_q8_0,
-    &kv_traits_q4_0,
-    &kv_traits_q4_1,
-    &kv_traits_q5_0,
-    &kv_traits_q5_1,
-    &kv_traits_q8_1,
-    &kv_traits_q2_K,
-    &kv_traits_q3_K,
-    &kv_traits_q4_K,
-    &kv_traits_q5_K,
-    &kv_traits_q6_K,
-    &kv_traits_q8_K,
-    &kv_traits_tq1_0,
-    &kv_traits_tq2_0,
-    &kv_traits_i2_s,
-    &kv_traits_i8_s, /* KV_I8_S (40): I2_S activations, not a file type */
-};
-
-const kv_quant_traits *kv_quant_get(uint32_t type) {
-    for (size_t i = 0; i < sizeof k_registry / sizeof k_registry[0]; i++)
-        if (k_registry[i]->type == type) return k_registry[i];
+/* The registry (kv_quant_entries) lives in quant_dispatch.c, next to the
+ * per-ISA tables. */
+static const kv_quant_entry *find(uint32_t type) {
+    for (size_t i = 0; i < kv_quant_n_entries; i++)
+        if (kv_quant_entries[i].t[0]->type == type) return &kv_quant_entries[i];
     return NULL;
 }
+
+const kv_quant_traits *kv_quant_get_isa(uint32_t type, int isa) {
+    if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
+    const kv_quant_entry *e = find(type);
+    return e ? e->t[isa] : NULL;
+}
+
+const kv_quant_traits *kv_quant_get(uint32_t type) { return kv_quant_get_isa(type, kv_quant_best_isa()); }
+
+const kv_quant_gemm *kv_quant_get_gemm_isa(uint32_t type, int isa) {
+    if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
+    const kv_quant_entry *e = find(type);
+    return e ? e->g[isa] : NULL;
+}
+
+const kv_quant_gemm *kv_quant_get_gemm(uint32_t type) { return kv_quant_get_gemm_isa(type, kv_quant_best_isa()); }

@@ -38,7 +38,54 @@ typedef struct kv_quant_traits {
 float kv_dot_reduce16(float acc[16]);
 float kv_dot_reduce8(float acc[8]);
 
-/* NULL when the type has no compute support. */
+/* NULL when the type has no compute support. The function pointers are the
+ * fastest implementation the running CPU supports (see kv_quant_best_isa);
+ * every one of them gives the same bits as the scalar reference. */
 const kv_quant_traits *kv_quant_get(uint32_t type);
+
+/* ---- instruction-set dispatch (src/quant/quant_dispatch.c) */
+
+enum {
+    KV_ISA_SCALAR = 0, /* the scalar references (any CPU) */
+    KV_ISA_AVX2 = 1,   /* x86-64 with AVX2, FMA and F16C */
+    KV_ISA_AVX512 = 2, /* + AVX-512 F/BW/DQ/VL/VNNI */
+};
+
+/* The best ISA this CPU (and OS) supports; KV_ISA_SCALAR on non-x86 builds.
+ * Cheap (a few loads): it is evaluated on every call, nothing is cached. */
+int kv_quant_best_isa(void);
+const char *kv_quant_isa_name(int isa); /* "scalar", "avx2", "avx512" or "?" */
+
+/* The traits of one ISA, for tests and benchmarks: NULL when the type has no
+ * compute support or the CPU cannot run that ISA. Kernels an ISA has no
+ * special version of fall back to the next lower ISA's (ultimately the
+ * scalar reference), so every table is complete. isa 0 is the scalar
+ * reference itself. */
+const kv_quant_traits *kv_quant_get_isa(uint32_t type, int isa);
+
+/* Matrix-matrix microkernel, for prefill (several tokens) and for decode
+ * (nc = 1, several rows at a time):
+ *     y[c * ldy + r] = vec_dot(n, w + r * w_stride, x + c * x_stride)
+ * for 0 <= r < nr, 0 <= c < nc, with 1 <= nr <= gemm->nr and
+ * 1 <= nc <= gemm->nc (w: rows of the weight type, x: rows of its
+ * vec_dot_type; strides in bytes, ldy in floats). Each output is bit-identical
+ * to the vec_dot of the same ISA, hence to the scalar reference: the tile
+ * shape never changes a result. Weight blocks are loaded once for the nc
+ * columns and activation blocks once for the nr rows. */
+typedef void (*kv_gemm_fn)(int64_t n, const void *w, uint64_t w_stride, int nr, const void *x, uint64_t x_stride,
+                           int nc, float *y, int64_t ldy);
+
+typedef struct kv_quant_gemm {
+    uint32_t type;  /* the weight type */
+    int32_t isa;    /* the ISA of this kernel (a fallback reports its own) */
+    kv_gemm_fn gemm;
+    int32_t nr, nc; /* the largest tile (rows x columns) one call takes */
+} kv_quant_gemm;
+
+/* Best for the running CPU / for one ISA (NULL as for kv_quant_get_isa).
+ * Types without a dedicated kernel get a loop over vec_dot (nr = nc = 1
+ * would be legal but they report 4 x 4, so callers need no special case). */
+const kv_quant_gemm *kv_quant_get_gemm(uint32_t type);
+const kv_quant_gemm *kv_quant_get_gemm_isa(uint32_t type, int isa);
 
 #endif

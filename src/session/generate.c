@@ -129,6 +129,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
         int32_t lcp = 0;
         const int32_t limit = s->seq.n < n - 1 ? s->seq.n : n - 1;
         while (lcp < limit && s->seq.tokens[lcp] == ctx[lcp]) lcp++;
+        kv_seq_count_hits(&s->seq, lcp);
         done = lcp;
         bool first = true;
         while (!st && (first || done < n)) {

@@ -202,6 +202,8 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
         kvlm_status st = kv_seq_truncate(q, lcp, err);
         if (st) return st;
         s->n_consumed = lcp;
+        /* in auto mode the caller did not say what was cached: the common prefix counts as reuse */
+        if (n_past == KVLM_AUTO) kv_seq_count_hits(q, lcp);
         start = lcp;
         /* reuse cached pages beyond the common prefix (not when every row's logits are wanted) */
         if (!all_logits) {

@@ -7,28 +7,45 @@
 
 #include "kvlm.h"
 
+#define CLI_MAX_STOP 16
+
 typedef struct cli_args {
     const char *model;
     const char *prompt;
     const char *file;
     const char *tokens;      /* --tokens "1 2 3" */
     const char *dump_logits; /* --dump-logits OUT */
+    const char *session;     /* --session FILE */
+    const char *chat_template;
+    const char *system;      /* chat: system prompt */
     int n_predict;           /* -n */
     int n_threads;           /* -t */
     int n_ctx;               /* -c */
     int greedy;              /* --greedy N */
-    bool no_bos;
-    bool no_parse_special;
-    bool ids;
-    bool help;
-    int n_pos;               /* positional arguments */
+    int chunk;               /* --chunk K */
+    int n_prompt_bench;      /* bench -p */
+    int reps;                /* bench -r */
+    int n_chunks;            /* perplexity --chunks */
+    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose;
+    /* sampling */
+    kvlm_sampling_params sampling;
+    bool seed_set, temp_set;
+    const char *stop[CLI_MAX_STOP];
+    int n_stop;
+    double timeout_s;
+    /* kv cache */
+    kvlm_session_params sp;
+    int n_pos;
     const char *pos[8];
 } cli_args;
 
 /* Parses argv[first..argc). Returns false (after printing why) on a bad flag. */
 bool cli_parse(int argc, char **argv, int first, cli_args *a);
+/* Session parameters from the flags (n_ctx, threads, KV settings). */
+kvlm_session_params cli_session_params(const cli_args *a);
 /* The prompt text from -p or -f (malloc'd, NUL-terminated; *len set). NULL with a message if neither. */
 char *cli_prompt_text(const cli_args *a, size_t *len);
+char *cli_read_file(const char *path, size_t *len);
 /* Loads the model named by -m, printing the error on failure. */
 kvlm_model *cli_load_model(const cli_args *a);
 kvlm_model *cli_load_vocab(const cli_args *a);
@@ -38,10 +55,16 @@ kvlm_token *cli_tokenize(const kvlm_model *m, const char *text, size_t len, bool
 /* Index of the largest logit (the first on ties). */
 int32_t cli_argmax(const float *logits, int32_t n);
 double cli_now_s(void);
+/* Prints the session's KV statistics as one JSON line on stderr. */
+void cli_print_kv_stats(const kvlm_session *s);
+const char *cli_kv_help(void);
 
 int cmd_run(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

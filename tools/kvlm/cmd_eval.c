@@ -48,7 +48,7 @@ int cmd_eval(int argc, char **argv) {
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
         printf("usage: kvlm eval -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [--greedy N] [--dump-logits OUT]"
-               " [-t T] [-c CTX]\n");
+               " [--chunk K] [-t T] [-c CTX]\n%s", cli_kv_help());
         return 0;
     }
     kvlm_model *m = cli_load_model(&a);
@@ -76,9 +76,8 @@ int cmd_eval(int argc, char **argv) {
     const int32_t n_vocab = kvlm_n_vocab(m);
     const int32_t n_gen = a.greedy > 0 ? a.greedy : 0;
     const int32_t n_total = n_prompt + n_gen;
-    kvlm_session_params sp = kvlm_session_default_params();
+    kvlm_session_params sp = cli_session_params(&a);
     sp.n_ctx = a.n_ctx > 0 ? a.n_ctx : (n_total > 0 ? n_total : 1);
-    sp.n_threads = a.n_threads;
     if (kvlm_session_new(m, &sp, &s, &err) != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
@@ -90,9 +89,14 @@ int cmd_eval(int argc, char **argv) {
         goto out;
     }
     memcpy(toks, prompt, (size_t)n_prompt * sizeof *toks);
-    if (kvlm_eval(s, toks, n_prompt, 0, logits, true, &err) != KVLM_OK) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        goto out;
+    /* the prompt as one batch, or in chunks of --chunk tokens: the logits are the same bits either way */
+    const int32_t step = a.chunk > 0 ? a.chunk : n_prompt;
+    for (int32_t i = 0; i < n_prompt; i += step) {
+        const int32_t end = i + step < n_prompt ? i + step : n_prompt;
+        if (kvlm_eval(s, toks, end, i, logits + (size_t)i * (size_t)n_vocab, true, &err) != KVLM_OK) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            goto out;
+        }
     }
     for (int32_t i = 0; i < n_gen; i++) {
         const int32_t n = n_prompt + i;

@@ -1,14 +1,39 @@
-/* kvlm run: greedy generation, streaming to stdout, timings to stderr. */
+/* kvlm run: generate text, streaming to stdout, timings to stderr. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
+
+static kvlm_session *volatile g_running;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    kvlm_session *s = g_running;
+    if (s) kvlm_session_cancel(s); /* an atomic store: safe in a handler */
+}
+
+static int print_token(const char *text, size_t len, kvlm_token tok, void *ud) {
+    (void)tok;
+    (void)ud;
+    if (len) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
 
 int cmd_run(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
-        printf("usage: kvlm run -m MODEL -p PROMPT [-n N] [-t THREADS] [-c CTX]\n");
+        printf("usage: kvlm run -m MODEL -p PROMPT [-n N] [-t THREADS] [-c CTX] [--session FILE] [--kv-stats]\n"
+               "  sampling (greedy unless --temp > 0): --temp T --top-k K --top-p P --min-p P --repeat-penalty R\n"
+               "  --repeat-last-n N --frequency-penalty F --presence-penalty P --seed S --stop STR (repeatable)\n"
+               "  --ignore-eos --timeout SEC\n%s",
+               cli_kv_help());
         return 0;
     }
     size_t len;
@@ -20,74 +45,57 @@ int cmd_run(int argc, char **argv) {
         return 1;
     }
     int rc = 1;
-    int32_t n_prompt = 0;
-    kvlm_token *prompt = cli_tokenize(m, text, len, !a.no_bos, true, &n_prompt);
     kvlm_session *s = NULL;
-    kvlm_token *toks = NULL;
-    float *logits = NULL;
     kvlm_error err;
-    if (!prompt || n_prompt == 0) {
-        fprintf(stderr, "error: the prompt tokenized to nothing\n");
-        goto out;
-    }
-    kvlm_session_params sp = kvlm_session_default_params();
-    sp.n_ctx = a.n_ctx;
-    sp.n_threads = a.n_threads;
+    kvlm_session_params sp = cli_session_params(&a);
     if (kvlm_session_new(m, &sp, &s, &err) != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
-    const int32_t n_ctx = kvlm_session_n_ctx(s), n_vocab = kvlm_n_vocab(m);
-    int n_predict = a.n_predict < 0 ? n_ctx : a.n_predict;
-    toks = malloc(((size_t)n_prompt + (size_t)n_predict + 1) * sizeof *toks);
-    logits = malloc((size_t)n_vocab * sizeof *logits);
-    if (!toks || !logits) {
-        fprintf(stderr, "error: out of memory\n");
-        goto out;
+    struct stat stt;
+    if (a.session && stat(a.session, &stt) == 0) {
+        if (kvlm_session_load(s, a.session, &err) != KVLM_OK)
+            fprintf(stderr, "warning: not using the session file: %s\n", err.msg);
+        else if (a.verbose)
+            fprintf(stderr, "loaded %d tokens from %s\n", kvlm_session_n_past(s), a.session);
     }
-    for (int32_t i = 0; i < n_prompt; i++) toks[i] = prompt[i];
-
+    kvlm_generate_params gp = kvlm_generate_default_params();
+    gp.sampling = a.sampling;
+    gp.max_tokens = a.n_predict;
+    gp.stop = a.stop;
+    gp.n_stop = a.n_stop;
+    gp.ignore_eos = a.ignore_eos;
+    gp.timeout_s = a.timeout_s;
+    gp.parse_special = !a.no_parse_special;
     fwrite(text, 1, len, stdout);
     fflush(stdout);
-    double t0 = cli_now_s();
-    if (kvlm_eval(s, toks, n_prompt, 0, logits, false, &err) != KVLM_OK) {
-        fprintf(stderr, "\nerror: %s\n", err.msg);
+    g_running = s;
+    signal(SIGINT, on_sigint);
+    kvlm_generate_result r;
+    kvlm_status st = kvlm_generate(s, text, &gp, print_token, NULL, &r, &err);
+    signal(SIGINT, SIG_DFL);
+    g_running = NULL;
+    printf("\n");
+    if (st != KVLM_OK) {
+        fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
-    double t1 = cli_now_s();
-    int32_t n = n_prompt, n_gen = 0;
-    char piece[256];
-    while (n_gen < n_predict) {
-        kvlm_token t = cli_argmax(logits, n_vocab);
-        if (kvlm_token_is_eog(m, t)) break;
-        int32_t pl = kvlm_token_to_piece(m, t, piece, sizeof piece, false);
-        if (pl > 0) fwrite(piece, 1, (size_t)pl, stdout);
-        fflush(stdout);
-        toks[n] = t;
-        n_gen++;
-        if (n + 1 > n_ctx) {
-            fprintf(stderr, "\n[context of %d tokens is full]\n", n_ctx);
-            break;
-        }
-        if (n_gen == n_predict) break;
-        if (kvlm_eval(s, toks, n + 1, n, logits, false, &err) != KVLM_OK) {
-            fprintf(stderr, "\nerror: %s\n", err.msg);
-            goto out;
-        }
-        n++;
+    const int computed = r.n_prompt - r.n_prompt_cached;
+    fprintf(stderr, "\nprompt: %d tokens (%d cached, %d computed) in %.2f ms (%.2f tokens/s)\n", r.n_prompt,
+            r.n_prompt_cached, computed, r.prompt_ms, computed > 0 ? computed / (r.prompt_ms * 1e-3) : 0.0);
+    /* the first token comes from the prompt's logits: n-1 decode steps */
+    const int steps = r.n_completion > 0 ? r.n_completion - 1 : 0;
+    fprintf(stderr, "generation: %d tokens in %.2f ms (%.2f tokens/s), finish: %s\n", r.n_completion, r.generate_ms,
+            steps > 0 && r.generate_ms > 0 ? steps / (r.generate_ms * 1e-3) : 0.0, kvlm_finish_reason_name(r.finish));
+    if (a.sampling.temperature > 0) fprintf(stderr, "seed: %llu\n", (unsigned long long)a.sampling.seed);
+    kvlm_generate_result_free(&r);
+    if (a.session && kvlm_session_save(s, a.session, &err) != KVLM_OK) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        goto out;
     }
-    double t2 = cli_now_s();
-    printf("\n");
-    fprintf(stderr, "\nprompt: %d tokens in %.2f ms (%.2f tokens/s)\n", n_prompt, (t1 - t0) * 1e3,
-            n_prompt / (t1 - t0));
-    int n_decoded = n_gen > 0 ? n_gen - 1 : 0; /* the first token came from the prompt's logits */
-    fprintf(stderr, "generation: %d tokens, %d decode steps in %.2f ms (%.2f tokens/s)\n", n_gen, n_decoded,
-            (t2 - t1) * 1e3, n_decoded > 0 ? n_decoded / (t2 - t1) : 0.0);
     rc = 0;
+    if (a.kv_stats) cli_print_kv_stats(s);
 out:
-    free(logits);
-    free(toks);
-    free(prompt);
     free(text);
     kvlm_session_free(s);
     kvlm_model_free(m);

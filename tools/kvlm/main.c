@@ -8,11 +8,15 @@ static void usage(FILE *fp) {
     fprintf(fp,
             "usage: kvlm COMMAND [options]\n"
             "commands:\n"
-            "  run       -m MODEL -p PROMPT [-n N] [-t T] [-c CTX]   generate text (greedy)\n"
+            "  run       -m MODEL -p PROMPT [-n N] [-t T] [-c CTX]   generate text (greedy unless --temp)\n"
+            "  chat      -m MODEL                                  interactive multi-turn chat\n"
             "  eval      -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [--greedy N] [--dump-logits OUT]\n"
             "            evaluate a prompt as one batch, then N greedy tokens one at a time\n"
             "  tokenize  -m MODEL (-p TEXT | -f FILE) [--no-bos] [--no-parse-special] [--ids]\n"
-            "  inspect   -m MODEL                                  GGUF metadata and hyperparameters\n");
+            "  inspect   -m MODEL                                  GGUF metadata and hyperparameters\n"
+            "  perplexity -m MODEL -f TEXT [-c CTX]                perplexity of a text\n"
+            "  bench     -m MODEL [-p 128] [-n 64] [-r 5] [--json] [--incremental]\n"
+            "Every command takes -h for its options.\n");
 }
 
 int main(int argc, char **argv) {
@@ -25,6 +29,9 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc, argv);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc, argv);
     if (strcmp(cmd, "inspect") == 0) return cmd_inspect(argc, argv);
+    if (strcmp(cmd, "chat") == 0) return cmd_chat(argc, argv);
+    if (strcmp(cmd, "perplexity") == 0) return cmd_perplexity(argc, argv);
+    if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
     fprintf(stderr, "error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

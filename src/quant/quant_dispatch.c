@@ -1,0 +1,185 @@
+/* Per-ISA kernel tables. Everything here is const: the running CPU is asked
+ * (__builtin_cpu_supports, a few loads from libgcc's cpu model) on every
+ * lookup, and the answer only selects one of these tables.
+ *
+ * The scalar column is the reference traits of quant_basic.c,
+ * quant_q4_5.c, quant_kquants.c and quant_ternary.c themselves. The SIMD
+ * columns take a SIMD kernel where there is one and otherwise forward to
+ * the scalar one (the reference functions are static in their files, so a
+ * constant table reaches them through one-line forwarders). */
+#include <stddef.h>
+
+#include "quant.h"
+#include "quant_types.h"
+#include "simd.h"
+
+#define KV_AVX512_TODO 1
+
+int kv_quant_best_isa(void) {
+#if KV_X86_SIMD
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+        return KV_ISA_SCALAR;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512vnni"))
+        return KV_ISA_AVX512;
+    return KV_ISA_AVX2;
+#else
+    return KV_ISA_SCALAR;
+#endif
+}
+
+const char *kv_quant_isa_name(int isa) {
+    switch (isa) {
+    case KV_ISA_SCALAR: return "scalar";
+    case KV_ISA_AVX2: return "avx2";
+    case KV_ISA_AVX512: return "avx512";
+    default: return "?";
+    }
+}
+
+/* y[c * ldy + r] = dot(row r, column c), columns outer */
+static inline void gemm_loop(kv_vec_dot_fn dot, int64_t n, const void *w, uint64_t ws, int nr, const void *x,
+                             uint64_t xs, int nc, float *y, int64_t ldy) {
+    for (int c = 0; c < nc; c++)
+        for (int r = 0; r < nr; r++)
+            dot(n, &y[(int64_t)c * ldy + r], (const uint8_t *)w + (uint64_t)r * ws, (const uint8_t *)x + (uint64_t)c * xs);
+}
+
+#define UNUSED __attribute__((unused))
+
+/* forwarders to the scalar reference of type T, and its gemm (a loop) */
+#define SCALAR(T, ID)                                                                                          \
+    static UNUSED void fwd_to_float_##T(const void *s, float *d, int64_t n) { kv_traits_##T.to_float(s, d, n); } \
+    static UNUSED void fwd_from_float_##T(const float *s, void *d, int64_t n) {                                \
+        kv_traits_##T.from_float(s, d, n);                                                                     \
+    }                                                                                                          \
+    static UNUSED void fwd_from_float_ref_##T(const float *s, void *d, int64_t n) {                            \
+        kv_traits_##T.from_float_ref(s, d, n);                                                                 \
+    }                                                                                                          \
+    static void gemm_scalar_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs,     \
+                                int nc, float *y, int64_t ldy) {                                               \
+        gemm_loop(kv_traits_##T.vec_dot, n, w, ws, nr, x, xs, nc, y, ldy);                                     \
+    }                                                                                                          \
+    static const kv_quant_gemm g0_##T = {ID, KV_ISA_SCALAR, gemm_scalar_##T, 4, 4};
+
+SCALAR(f32, KV_F32)
+SCALAR(f16, KV_F16)
+SCALAR(bf16, KV_BF16)
+SCALAR(q8_0, KV_Q8_0)
+SCALAR(q4_0, KV_Q4_0)
+SCALAR(q4_1, KV_Q4_1)
+SCALAR(q5_0, KV_Q5_0)
+SCALAR(q5_1, KV_Q5_1)
+SCALAR(q8_1, KV_Q8_1)
+SCALAR(q2_K, KV_Q2_K)
+SCALAR(q3_K, KV_Q3_K)
+SCALAR(q4_K, KV_Q4_K)
+SCALAR(q5_K, KV_Q5_K)
+SCALAR(q6_K, KV_Q6_K)
+SCALAR(q8_K, KV_Q8_K)
+SCALAR(tq1_0, KV_TQ1_0)
+SCALAR(tq2_0, KV_TQ2_0)
+SCALAR(i2_s, KV_I2_S)
+SCALAR(i8_s, KV_I8_S)
+
+#if KV_X86_SIMD
+
+/* TRAITS(isa, T, id, vec_dot_type, to_float, from_float, from_float_ref, vec_dot) */
+#define TRAITS(P, T, ID, VT, TO, FROM, REF, DOT) \
+    static const kv_quant_traits P##_##T = {     \
+        .type = ID, .to_float = TO, .from_float = FROM, .from_float_ref = REF, .vec_dot_type = VT, .vec_dot = DOT};
+#define GEMM(P, T, ID, ISA, FN, NR, NC) static const kv_quant_gemm g_##P##_##T = {ID, ISA, FN, NR, NC};
+
+/* weight types whose quantizers stay scalar */
+#define W_AVX2(T, ID, VT, NR, NC)                                                                        \
+    TRAITS(avx2, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T, kv_avx2_vec_dot_##T) \
+    GEMM(avx2, T, ID, KV_ISA_AVX2, kv_avx2_gemm_##T, NR, NC)
+
+/* ---- AVX2 */
+TRAITS(avx2, f32, KV_F32, KV_F32, fwd_to_float_f32, fwd_from_float_f32, fwd_from_float_ref_f32, kv_avx2_vec_dot_f32)
+TRAITS(avx2, f16, KV_F16, KV_F16, kv_avx2_to_float_f16, kv_avx2_from_float_f16, kv_avx2_from_float_f16,
+       kv_avx2_vec_dot_f16)
+TRAITS(avx2, bf16, KV_BF16, KV_BF16, kv_avx2_to_float_bf16, kv_avx2_from_float_bf16, kv_avx2_from_float_bf16,
+       kv_avx2_vec_dot_bf16)
+TRAITS(avx2, q8_0, KV_Q8_0, KV_Q8_0, kv_avx2_to_float_q8_0, kv_avx2_from_float_q8_0, fwd_from_float_ref_q8_0,
+       kv_avx2_vec_dot_q8_0)
+TRAITS(avx2, q8_1, KV_Q8_1, KV_Q8_1, fwd_to_float_q8_1, kv_avx2_from_float_q8_1, fwd_from_float_ref_q8_1,
+       kv_avx2_vec_dot_q8_1)
+TRAITS(avx2, q8_K, KV_Q8_K, KV_Q8_K, fwd_to_float_q8_K, kv_avx2_from_float_q8_K, kv_avx2_from_float_q8_K,
+       kv_avx2_vec_dot_q8_K)
+TRAITS(avx2, i8_s, KV_I8_S, KV_I8_S, fwd_to_float_i8_s, kv_avx2_from_float_i8_s, kv_avx2_from_float_i8_s,
+       kv_avx2_vec_dot_i8_s)
+GEMM(avx2, f32, KV_F32, KV_ISA_AVX2, kv_avx2_gemm_f32, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT)
+GEMM(avx2, f16, KV_F16, KV_ISA_AVX2, kv_avx2_gemm_f16, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT)
+GEMM(avx2, bf16, KV_BF16, KV_ISA_AVX2, kv_avx2_gemm_bf16, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT)
+GEMM(avx2, q8_0, KV_Q8_0, KV_ISA_AVX2, kv_avx2_gemm_q8_0, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+GEMM(avx2, q8_1, KV_Q8_1, KV_ISA_AVX2, kv_avx2_gemm_q8_1, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+GEMM(avx2, q8_K, KV_Q8_K, KV_ISA_AVX2, kv_avx2_gemm_q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+GEMM(avx2, i8_s, KV_I8_S, KV_ISA_AVX2, kv_avx2_gemm_i8_s, KV_AVX2_NR_I8S, KV_AVX2_NC_I8S)
+W_AVX2(q4_0, KV_Q4_0, KV_Q8_0, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+W_AVX2(q4_1, KV_Q4_1, KV_Q8_1, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+W_AVX2(q5_0, KV_Q5_0, KV_Q8_0, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+W_AVX2(q5_1, KV_Q5_1, KV_Q8_1, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+W_AVX2(q2_K, KV_Q2_K, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(q3_K, KV_Q3_K, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(q4_K, KV_Q4_K, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(q5_K, KV_Q5_K, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(q6_K, KV_Q6_K, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(tq1_0, KV_TQ1_0, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(tq2_0, KV_TQ2_0, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
+W_AVX2(i2_s, KV_I2_S, KV_I8_S, KV_AVX2_NR_I2S, KV_AVX2_NC_I2S)
+
+#ifndef KV_AVX512_TODO
+/* ---- AVX-512: its own kernels where they pay, the AVX2 ones elsewhere */
+#define W_AVX512(T, ID, VT, NR, NC)                                                                      \
+    TRAITS(avx512, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T,               \
+           kv_avx512_vec_dot_##T)                                                                        \
+    GEMM(avx512, T, ID, KV_ISA_AVX512, kv_avx512_gemm_##T, NR, NC)
+
+TRAITS(avx512, f32, KV_F32, KV_F32, fwd_to_float_f32, fwd_from_float_f32, fwd_from_float_ref_f32,
+       kv_avx512_vec_dot_f32)
+TRAITS(avx512, f16, KV_F16, KV_F16, kv_avx512_to_float_f16, kv_avx512_from_float_f16, kv_avx512_from_float_f16,
+       kv_avx512_vec_dot_f16)
+TRAITS(avx512, bf16, KV_BF16, KV_BF16, kv_avx2_to_float_bf16, kv_avx2_from_float_bf16, kv_avx2_from_float_bf16,
+       kv_avx512_vec_dot_bf16)
+TRAITS(avx512, q8_0, KV_Q8_0, KV_Q8_0, kv_avx2_to_float_q8_0, kv_avx2_from_float_q8_0, fwd_from_float_ref_q8_0,
+       kv_avx512_vec_dot_q8_0)
+GEMM(avx512, f32, KV_F32, KV_ISA_AVX512, kv_avx512_gemm_f32, KV_AVX512_NR_FLOAT, KV_AVX512_NC_FLOAT)
+GEMM(avx512, f16, KV_F16, KV_ISA_AVX512, kv_avx512_gemm_f16, KV_AVX512_NR_FLOAT, KV_AVX512_NC_FLOAT)
+GEMM(avx512, bf16, KV_BF16, KV_ISA_AVX512, kv_avx512_gemm_bf16, KV_AVX512_NR_FLOAT, KV_AVX512_NC_FLOAT)
+GEMM(avx512, q8_0, KV_Q8_0, KV_ISA_AVX512, kv_avx512_gemm_q8_0, KV_AVX512_NR_B32, KV_AVX512_NC_B32)
+W_AVX512(q4_0, KV_Q4_0, KV_Q8_0, KV_AVX512_NR_B32, KV_AVX512_NC_B32)
+W_AVX512(q4_K, KV_Q4_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
+W_AVX512(q5_K, KV_Q5_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
+W_AVX512(q6_K, KV_Q6_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
+W_AVX512(tq2_0, KV_TQ2_0, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
+W_AVX512(i2_s, KV_I2_S, KV_I8_S, KV_AVX512_NR_I2S, KV_AVX512_NC_I2S)
+
+#define T3(T) {&kv_traits_##T, &avx2_##T, &avx512_##T}
+#define G3(T) {&g0_##T, &g_avx2_##T, &g_avx512_##T}
+#else
+#define T3(T) {&kv_traits_##T, &avx2_##T, &avx2_##T}
+#define G3(T) {&g0_##T, &g_avx2_##T, &g_avx2_##T}
+#endif
+#define T3_2(T) {&kv_traits_##T, &avx2_##T, &avx2_##T} /* AVX-512 runs the AVX2 kernels */
+#define G3_2(T) {&g0_##T, &g_avx2_##T, &g_avx2_##T}
+
+#else /* no SIMD on this architecture: the scalar column only */
+
+#define T3(T) {&kv_traits_##T, NULL, NULL}
+#define T3_2(T) T3(T)
+#define G3(T) {&g0_##T, NULL, NULL}
+#define G3_2(T) G3(T)
+
+#endif
+
+/* The registry of types with compute support, one row per type. */
+const kv_quant_entry kv_quant_entries[] = {
+    {T3(f32), G3(f32)},       {T3(f16), G3(f16)},       {T3(bf16), G3(bf16)},     {T3(q8_0), G3(q8_0)},
+    {T3(q4_0), G3(q4_0)},     {T3_2(q4_1), G3_2(q4_1)}, {T3_2(q5_0), G3_2(q5_0)}, {T3_2(q5_1), G3_2(q5_1)},
+    {T3_2(q8_1), G3_2(q8_1)}, {T3_2(q2_K), G3_2(q2_K)}, {T3_2(q3_K), G3_2(q3_K)}, {T3(q4_K), G3(q4_K)},
+    {T3(q5_K), G3(q5_K)},     {T3(q6_K), G3(q6_K)},     {T3_2(q8_K), G3_2(q8_K)}, {T3_2(tq1_0), G3_2(tq1_0)},
+    {T3(tq2_0), G3(tq2_0)},   {T3(i2_s), G3(i2_s)},     {T3_2(i8_s), G3_2(i8_s)},
+};
+const size_t kv_quant_n_entries = sizeof kv_quant_entries / sizeof kv_quant_entries[0];

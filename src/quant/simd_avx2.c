@@ -1,0 +1,1040 @@
+/* AVX2 + FMA + F16C kernels, bit-identical to the scalar references.
+ *
+ * How each canonical order is met:
+ *   F32/F16/BF16: the 16 lanes are two ymm accumulators (lanes 0..7, 8..15);
+ *     a tail of n % 16 elements updates only its lanes (blend), the tree is
+ *     lo + hi, then the 8-lane tree (hsum8).
+ *   Block types: the 8 int32 lanes of a 32-element chunk are formed with
+ *     maddubs (u8 x s8 -> int16 pairs) and madd (pairs -> int32), which is
+ *     exact whenever the pairs fit in int16:
+ *     - unsigned weight codes (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K, TQ*, I2_S) go
+ *       straight in (pairs <= 63 * 128 * 2);
+ *     - offset codes (Q4_0 -8, Q5_0 -16, Q3_K -4, Q6_K -32) are dotted as
+ *       unsigned and the offset's maddubs against the same activations is
+ *       subtracted in int16 before the madd, which stays exact;
+ *     - int8 x int8 (Q8_0, Q8_1, Q8_K, I8_S) uses |x| and sign(y, x); that is
+ *       exact unless y holds -128 (which our activation quantizers never
+ *       write), so such an activation is detected and the call falls back to
+ *       the scalar reference.
+ *     Sub-block scales multiply the pair sums in the madd (int16 x int16,
+ *     exact). Float steps are the reference's, one fma per lane and block.
+ *   gemm: the same per-output sequence, with a weight block unpacked once for
+ *     all columns and an activation block (and its offset correction) once
+ *     for all rows. Rows beyond nr repeat the last row and are not stored. */
+#include "simd.h"
+
+#if KV_X86_SIMD
+
+#include <immintrin.h>
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "fp16.h"
+#include "quant_types.h"
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((target("avx2,fma,f16c"), always_inline))
+
+/* ------------------------------------------------------------ helpers */
+
+INL float h2f(const void *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h); /* exact; a signalling NaN comes out quiet, which no
+                            result can tell apart once it is multiplied */
+}
+
+INL float rdf(const void *p) {
+    float f;
+    memcpy(&f, p, 4);
+    return f;
+}
+
+/* the 8-lane tree of kv_dot_reduce8: j += j+4, j += j+2, j += j+1 */
+INL float hsum8(__m256 a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* (m0 + m2) + (m1 + m3) */
+INL float hsum4(__m128 m) {
+    __m128 s = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INL int32_t hsum_i32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+INL float fma1(float a, float b, float c) {
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
+INL __m256i ld256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+INL __m128i ld128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+/* int16 pairs -> int32 sums of 4 consecutive products */
+INL __m256i sum4(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
+
+/* int16 vector: a in elements 0..7 (lanes 0..3), b in 8..15 (lanes 4..7) */
+INL __m256i sc2(int a, int b) { return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a)); }
+
+/* byte j = 0xff where bit j of v is set */
+INL __m256i bits_to_bytes(uint32_t v) {
+    const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3,
+                                          3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    const __m256i b = _mm256_shuffle_epi8(_mm256_set1_epi32((int)v), shuf);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(b, bit), bit);
+}
+
+/* lanes j with j + off < rem */
+INL __m256 lane_mask(int rem, int off) {
+    return _mm256_castsi256_ps(
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(rem - off), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+}
+
+/* ------------------------------------------------------------ float types */
+
+enum { E_F32, E_F16, E_BF16 };
+
+INL __m256 ld8(const void *p, int64_t i, const int e) {
+    if (e == E_F32) return _mm256_loadu_ps((const float *)p + i);
+    const __m128i h = ld128((const uint16_t *)p + i);
+    if (e == E_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+/* elements i .. i+rem-1 (rem < 16) as two vectors, zero beyond */
+INL void ld16_tail(const void *p, int64_t i, int rem, const int e, __m256 *lo, __m256 *hi) {
+    const size_t es = e == E_F32 ? 4 : 2;
+    _Alignas(32) uint8_t buf[64] = {0};
+    memcpy(buf, (const uint8_t *)p + (size_t)i * es, (size_t)rem * es);
+    *lo = ld8(buf, 0, e);
+    *hi = ld8(buf, 8, e);
+}
+
+INL void dot_float(int64_t n, float *s, const void *x, const void *y, const int e) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(ld8(x, i, e), ld8(y, i, e), a0);
+        a1 = _mm256_fmadd_ps(ld8(x, i + 8, e), ld8(y, i + 8, e), a1);
+    }
+    if (i < n) {
+        const int rem = (int)(n - i);
+        __m256 xl, xh, yl, yh;
+        ld16_tail(x, i, rem, e, &xl, &xh);
+        ld16_tail(y, i, rem, e, &yl, &yh);
+        a0 = _mm256_blendv_ps(a0, _mm256_fmadd_ps(xl, yl, a0), lane_mask(rem, 0));
+        a1 = _mm256_blendv_ps(a1, _mm256_fmadd_ps(xh, yh, a1), lane_mask(rem, 8));
+    }
+    *s = hsum8(_mm256_add_ps(a0, a1));
+}
+
+TGT void kv_avx2_vec_dot_f32(int64_t n, float *s, const void *x, const void *y) { dot_float(n, s, x, y, E_F32); }
+TGT void kv_avx2_vec_dot_f16(int64_t n, float *s, const void *x, const void *y) { dot_float(n, s, x, y, E_F16); }
+TGT void kv_avx2_vec_dot_bf16(int64_t n, float *s, const void *x, const void *y) { dot_float(n, s, x, y, E_BF16); }
+
+/* gemm for float types: x columns are converted to f32 one chunk of FCH
+ * elements at a time (a multiple of 16, so the lanes are unchanged) and
+ * read from there by every row. */
+#define FCH 256
+
+INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *x, uint64_t xs, float *y,
+               int64_t ldy, const int e, const int NR, const int NC) {
+    const size_t es = e == E_F32 ? 4 : 2;
+    const uint8_t *W[NR];
+    for (int r = 0; r < NR; r++) W[r] = w + (uint64_t)(r < nr ? r : nr - 1) * ws;
+    __m256 a[NR][NC][2];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) a[r][c][0] = a[r][c][1] = _mm256_setzero_ps();
+    _Alignas(32) float xb[NC][FCH];
+    for (int64_t i0 = 0; i0 < n; i0 += FCH) {
+        const int len = (int)(n - i0 < FCH ? n - i0 : FCH);
+        const int full = len & ~15;
+        const float *xp[NC];
+        for (int c = 0; c < NC; c++) {
+            const uint8_t *xc = x + (uint64_t)c * xs + (size_t)i0 * es;
+            if (e == E_F32 && full == len) {
+                xp[c] = (const float *)xc;
+                continue;
+            }
+            int i = 0;
+            for (; i < full; i += 8) _mm256_store_ps(xb[c] + i, ld8(xc, i, e));
+            if (full < len) {
+                __m256 lo, hi;
+                ld16_tail(xc, full, len - full, e, &lo, &hi);
+                _mm256_store_ps(xb[c] + full, lo);
+                _mm256_store_ps(xb[c] + full + 8, hi);
+            }
+            xp[c] = xb[c];
+        }
+        for (int i = 0; i < full; i += 16) {
+            for (int r = 0; r < NR; r++) {
+                const __m256 wl = ld8(W[r], i0 + i, e), wh = ld8(W[r], i0 + i + 8, e);
+                for (int c = 0; c < NC; c++) {
+                    a[r][c][0] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xp[c] + i), a[r][c][0]);
+                    a[r][c][1] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xp[c] + i + 8), a[r][c][1]);
+                }
+            }
+        }
+        if (full < len) {
+            const int rem = len - full;
+            const __m256 m0 = lane_mask(rem, 0), m1 = lane_mask(rem, 8);
+            for (int r = 0; r < NR; r++) {
+                __m256 wl, wh;
+                ld16_tail(W[r], i0 + full, rem, e, &wl, &wh);
+                for (int c = 0; c < NC; c++) {
+                    const __m256 xl = _mm256_loadu_ps(xp[c] + full), xh = _mm256_loadu_ps(xp[c] + full + 8);
+                    a[r][c][0] = _mm256_blendv_ps(a[r][c][0], _mm256_fmadd_ps(wl, xl, a[r][c][0]), m0);
+                    a[r][c][1] = _mm256_blendv_ps(a[r][c][1], _mm256_fmadd_ps(wh, xh, a[r][c][1]), m1);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(_mm256_add_ps(a[r][c][0], a[r][c][1]));
+}
+
+/* nc == 1: four rows at once; otherwise two rows by nc columns, twice */
+INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+               int64_t ldy, const int e) {
+    const uint8_t *w = vw, *x = vx;
+    if (nc <= 1) {
+        ftile(n, w, ws, nr, x, xs, y, ldy, e, 4, 1);
+        return;
+    }
+    for (int r0 = 0; r0 < nr; r0 += 2) {
+        const int rr = nr - r0 < 2 ? nr - r0 : 2;
+        const uint8_t *wr = w + (uint64_t)r0 * ws;
+        if (nc == 2)
+            ftile(n, wr, ws, rr, x, xs, y + r0, ldy, e, 2, 2);
+        else
+            ftile(n, wr, ws, rr, x, xs, y + r0, ldy, e, 2, 3);
+    }
+}
+
+TGT KV_AVX2_GEMM_PROTO(f32) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32); }
+TGT KV_AVX2_GEMM_PROTO(f16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16); }
+TGT KV_AVX2_GEMM_PROTO(bf16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16); }
+
+/* ---- conversions */
+
+TGT void kv_avx2_to_float_f16(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i hv = ld128(h + i);
+        __m256 f = _mm256_cvtph_ps(hv);
+        const __m256i h32 = _mm256_cvtepu16_epi32(hv);
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(h32, _mm256_set1_epi32(0x7fff)),
+                                               _mm256_set1_epi32(0x7c00));
+        if (!_mm256_testz_si256(nan, nan)) {
+            /* the reference keeps a NaN's payload bits as they are (a
+               signalling NaN stays signalling); the instruction quiets it */
+            const __m256i bits = _mm256_or_si256(
+                _mm256_slli_epi32(_mm256_and_si256(h32, _mm256_set1_epi32(0x8000)), 16),
+                _mm256_or_si256(_mm256_set1_epi32(0x7f800000),
+                                _mm256_slli_epi32(_mm256_and_si256(h32, _mm256_set1_epi32(0x3ff)), 13)));
+            f = _mm256_blendv_ps(f, _mm256_castsi256_ps(bits), _mm256_castsi256_ps(nan));
+        }
+        _mm256_storeu_ps(dst + i, f);
+    }
+    for (; i < n; i++) dst[i] = kv_f16_to_f32(h[i]);
+}
+
+/* vcvtps2ph with round-to-nearest-even matches kv_f32_to_f16 for every
+ * input, NaN (quiet bit set, top payload bits kept), subnormal and overflow
+ * included (checked exhaustively over all 2^32 floats). */
+TGT void kv_avx2_from_float_f16(const float *src, void *dst, int64_t n) {
+    uint16_t *h = dst;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(h + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) h[i] = kv_f32_to_f16(src[i]);
+}
+
+TGT void kv_avx2_to_float_bf16(const void *src, float *dst, int64_t n) {
+    const uint16_t *h = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, ld8(h, i, E_BF16));
+    for (; i < n; i++) dst[i] = kv_bf16_to_f32(h[i]);
+}
+
+/* the integer rounding of kv_f32_to_bf16 (no vcvtneps2bf16: it flushes subnormals) */
+TGT void kv_avx2_from_float_bf16(const float *src, void *dst, int64_t n) {
+    uint16_t *h = dst;
+    int64_t i = 0;
+    const __m256i one = _mm256_set1_epi32(1), r7 = _mm256_set1_epi32(0x7fff);
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
+    for (; i + 8 <= n; i += 8) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(src + i));
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+        const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(r7, lsb)), 16);
+        const __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(64));
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        const __m256i v = _mm256_blendv_epi8(r, q, nan);
+        _mm_storeu_si128((__m128i *)(h + i),
+                         _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+    }
+    for (; i < n; i++) h[i] = kv_f32_to_bf16(src[i]);
+}
+
+/* ------------------------------------------------------------ Q8_0 / Q8_1 activations */
+
+TGT void kv_avx2_to_float_q8_0(const void *src, float *dst, int64_t n) {
+    const kv_block_q8_0 *b = src;
+    for (int64_t i = 0; i < n / KV_QK8_0; i++, dst += KV_QK8_0) {
+        const __m256 d = _mm256_set1_ps(h2f(&b[i].d));
+        for (int k = 0; k < 4; k++) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * k)));
+            _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
+        }
+    }
+}
+
+INL float amax32(const float *x) {
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 m = _mm256_setzero_ps();
+    /* max_ps returns its second operand when the first is NaN: NaNs are skipped, as by fmaxf */
+    for (int k = 0; k < 4; k++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), abs), m);
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 4 vectors of 8 int32 (each within int8 range) -> 32 int8 in order */
+INL __m256i pack32(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
+    const __m256i a = _mm256_packs_epi32(q0, q1), b = _mm256_packs_epi32(q2, q3);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* round(x * id) to nearest even, NaN -> 0, clamped to [lo, hi] */
+INL __m256i q8_round32(const float *x, float id, float lo, float hi) {
+    __m256i q[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), _mm256_set1_ps(id));
+        v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+        v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+        q[k] = _mm256_cvtps_epi32(v);
+    }
+    return pack32(q[0], q[1], q[2], q[3]);
+}
+
+TGT void kv_avx2_from_float_q8_0(const float *src, void *dst, int64_t n) {
+    kv_block_q8_0 *b = dst;
+    for (int64_t i = 0; i < n / KV_QK8_0; i++) {
+        const float *x = src + i * KV_QK8_0;
+        const float amax = amax32(x);
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        b[i].d = kv_f32_to_f16(d);
+        _mm256_storeu_si256((__m256i *)b[i].qs, q8_round32(x, id, -127.0f, 127.0f));
+    }
+}
+
+/* sat_i8(nearbyintf(v)) == nearbyint of v clamped to [-128, 127] first */
+TGT void kv_avx2_from_float_q8_1(const float *src, void *dst, int64_t n) {
+    kv_block_q8_1 *b = dst;
+    for (int64_t i = 0; i < n / KV_QK8_1; i++) {
+        const float *x = src + i * KV_QK8_1;
+        const float amax = amax32(x);
+        const float d = amax / 127.0f;
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        b[i].d = kv_f32_to_f16(d);
+        const __m256i q = q8_round32(x, id, -128.0f, 127.0f);
+        _mm256_storeu_si256((__m256i *)b[i].qs, q);
+        const int32_t sum = hsum_i32(sum4(_mm256_maddubs_epi16(_mm256_set1_epi8(1), q)));
+        b[i].s = kv_f32_to_f16(d * (float)sum);
+    }
+}
+
+TGT void kv_avx2_from_float_q8_K(const float *src, void *dst, int64_t n) {
+    kv_block_q8_K *b = dst;
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n / KV_QK_K; i++) {
+        const float *x = src + i * KV_QK_K;
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 32; k++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), abs), m);
+        __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_max_ss(s, _mm_movehdup_ps(s));
+        const float amax = _mm_cvtss_f32(s);
+        if (amax == 0.0f) {
+            memset(&b[i], 0, sizeof b[i]);
+            continue;
+        }
+        /* the first element of largest magnitude, with its sign */
+        const __m256 av = _mm256_set1_ps(amax);
+        int j = 0;
+        for (int k = 0; k < 32; k++) {
+            const int mask =
+                _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), abs), av, _CMP_EQ_OQ));
+            if (mask) {
+                j = 8 * k + __builtin_ctz((unsigned)mask);
+                break;
+            }
+        }
+        const float iscale = -127.f / x[j];
+        const __m256 is = _mm256_set1_ps(iscale), magic = _mm256_set1_ps(12582912.0f);
+        const __m256i mant = _mm256_set1_epi32(0x007fffff), half = _mm256_set1_epi32(0x00400000);
+        const __m256i c127 = _mm256_set1_epi32(127), lowb = _mm256_set1_epi32(0xff);
+        for (int k = 0; k < 8; k++) {
+            __m256i q[4];
+            for (int t = 0; t < 4; t++) {
+                const __m256 v = _mm256_mul_ps(is, _mm256_loadu_ps(x + 32 * k + 8 * t));
+                /* kv_nearest_int, then imin(127, .) and the int8_t cast (low byte) */
+                const __m256i bits = _mm256_castps_si256(_mm256_add_ps(v, magic));
+                __m256i r = _mm256_sub_epi32(_mm256_and_si256(bits, mant), half);
+                q[t] = _mm256_and_si256(_mm256_min_epi32(r, c127), lowb);
+            }
+            const __m256i a = _mm256_packus_epi32(q[0], q[1]), c = _mm256_packus_epi32(q[2], q[3]);
+            const __m256i v = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(a, c),
+                                                          _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(b[i].qs + 32 * k), v);
+        }
+        for (int k = 0; k < KV_QK_K / 16; k++) {
+            int sum = 0;
+            for (int t = 0; t < 16; t++) sum += b[i].qs[16 * k + t];
+            b[i].bsums[k] = (int16_t)sum;
+        }
+        b[i].d = 1 / iscale;
+    }
+}
+
+TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 mv = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(src + i), abs), mv);
+    __m128 s4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    s4 = _mm_max_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_max_ss(s4, _mm_movehdup_ps(s4));
+    float m = _mm_cvtss_f32(s4);
+    for (; i < n; i++) {
+        const float a = src[i] < 0 ? -src[i] : src[i];
+        if (a > m) m = a;
+    }
+    /* max(1e-5, max |x|) in double, as the reference's running maximum */
+    const double max = (double)m > 0.00001 ? (double)m : 0.00001;
+    kv_i8_s_head head = {(float)(127 / max), 0};
+    int8_t *q = (int8_t *)dst + sizeof head;
+    const __m256 sc = _mm256_set1_ps(head.scale), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32((int)0x80000000u));
+    const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+    __m256i acc = _mm256_setzero_si256();
+    for (i = 0; i + 32 <= n; i += 32) {
+        __m256i qv[4];
+        for (int k = 0; k < 4; k++) {
+            const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(src + i + 8 * k), sc);
+            /* round half away from zero: trunc, plus copysign(1, v) when |v - trunc| >= 0.5 */
+            const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            const __m256 f = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+            const __m256 adj = _mm256_and_ps(_mm256_cmp_ps(f, half, _CMP_GE_OQ), _mm256_or_ps(one, _mm256_and_ps(v, sign)));
+            __m256 r = _mm256_add_ps(t, adj);
+            r = _mm256_and_ps(r, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+            r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+            qv[k] = _mm256_cvttps_epi32(r);
+            acc = _mm256_add_epi32(acc, qv[k]);
+        }
+        _mm256_storeu_si256((__m256i *)(q + i), pack32(qv[0], qv[1], qv[2], qv[3]));
+    }
+    head.sum = hsum_i32(acc);
+    for (; i < n; i++) {
+        double t = round((double)(src[i] * head.scale));
+        if (t > 127)
+            t = 127;
+        else if (t < -128)
+            t = -128;
+        else if (t != t)
+            t = 0;
+        q[i] = (int8_t)t;
+        head.sum += q[i];
+    }
+    memcpy(dst, &head, sizeof head);
+}
+
+/* ------------------------------------------------------------ gemm entry points */
+
+/* NAME(n, w, ws, nr, x, xs, y, ldy, NR, NC) computes one tile of exactly NC
+ * columns; the entry point picks NC = nc. */
+#define DEF_GEMM_NC2(T, TILE, NR)                                     \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                       \
+        if (nc <= 1)                                                  \
+            TILE(n, w, ws, nr, x, xs, y, ldy, NR, 1);                 \
+        else                                                          \
+            TILE(n, w, ws, nr, x, xs, y, ldy, NR, 2);                 \
+    }                                                                 \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+
+#define DEF_GEMM_NC4(T, TILE, NR)                                     \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                       \
+        switch (nc) {                                                 \
+        case 4: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 4); break;      \
+        case 3: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 3); break;      \
+        case 2: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 2); break;      \
+        default: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 1); break;     \
+        }                                                             \
+    }                                                                 \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+
+#define ROWS(T, W, NR)                                                                           \
+    const T *W[NR];                                                                              \
+    for (int r_ = 0; r_ < NR; r_++) W[r_] = (const T *)((const uint8_t *)w + (uint64_t)(r_ < nr ? r_ : nr - 1) * ws)
+#define COLS(T, X, NC)                                                     \
+    const T *X[NC];                                                        \
+    for (int c_ = 0; c_ < NC; c_++) X[c_] = (const T *)((const uint8_t *)x + (uint64_t)c_ * xs)
+
+/* ------------------------------------------------------------ int8 x int8: Q8_0, Q8_1 */
+
+/* BS: block bytes, QO: offset of qs in a block (same for both operands) */
+INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                  const int NR, const int NC, const int BS, const int QO, kv_vec_dot_fn ref) {
+    const int64_t nb = n / 32;
+    ROWS(uint8_t, W, NR);
+    COLS(uint8_t, X, NC);
+    __m256 acc[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
+    __m256i bad = _mm256_setzero_si256();
+    const __m256i m128 = _mm256_set1_epi8(-128);
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i qy[NC];
+        __m256 dy[NC];
+        for (int c = 0; c < NC; c++) {
+            const uint8_t *b = X[c] + i * BS;
+            qy[c] = ld256(b + QO);
+            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(qy[c], m128));
+            dy[c] = _mm256_set1_ps(h2f(b));
+        }
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *a = W[r] + i * BS;
+            const __m256i qx = ld256(a + QO);
+            const __m256i ux = _mm256_sign_epi8(qx, qx);
+            const __m256 dx = _mm256_set1_ps(h2f(a));
+            for (int c = 0; c < NC; c++) {
+                const __m256i p = sum4(_mm256_maddubs_epi16(ux, _mm256_sign_epi8(qy[c], qx)));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy[c]), _mm256_cvtepi32_ps(p), acc[r][c]);
+            }
+        }
+    }
+    if (!_mm256_testz_si256(bad, bad)) {
+        for (int r = 0; r < NR && r < nr; r++)
+            for (int c = 0; c < NC; c++) ref(n, &y[c * ldy + r], W[r], X[c]);
+        return;
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
+}
+
+INL void tile_q8_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                   const int NR, const int NC) {
+    tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, sizeof(kv_block_q8_0), offsetof(kv_block_q8_0, qs),
+             kv_vec_dot_q8_0_q8_0_ref);
+}
+INL void tile_q8_1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                   const int NR, const int NC) {
+    tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, sizeof(kv_block_q8_1), offsetof(kv_block_q8_1, qs),
+             kv_traits_q8_1.vec_dot);
+}
+DEF_GEMM_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
+DEF_GEMM_NC2(q8_1, tile_q8_1, KV_AVX2_NR_B32)
+
+/* ------------------------------------------------------------ Q4_0, Q4_1, Q5_0, Q5_1 */
+
+enum { T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1 };
+
+/* the 32 unsigned codes of a block, in element order */
+INL __m256i unpack_b32(const uint8_t *blk, const int t) {
+    const size_t qo = t == T_Q4_0   ? offsetof(kv_block_q4_0, qs)
+                      : t == T_Q4_1 ? offsetof(kv_block_q4_1, qs)
+                      : t == T_Q5_0 ? offsetof(kv_block_q5_0, qs)
+                                    : offsetof(kv_block_q5_1, qs);
+    const __m128i q = ld128(blk + qo);
+    __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+    if (t == T_Q5_0 || t == T_Q5_1) {
+        uint32_t qh;
+        memcpy(&qh, blk + (t == T_Q5_0 ? offsetof(kv_block_q5_0, qh) : offsetof(kv_block_q5_1, qh)), 4);
+        u = _mm256_or_si256(u, _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10)));
+    }
+    return u;
+}
+
+INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                  const int NR, const int NC, const int t) {
+    const int64_t nb = n / 32;
+    const int with_min = t == T_Q4_1 || t == T_Q5_1;
+    const int off = t == T_Q4_0 ? 8 : t == T_Q5_0 ? 16 : 0;
+    const size_t BW = t == T_Q4_0   ? sizeof(kv_block_q4_0)
+                      : t == T_Q4_1 ? sizeof(kv_block_q4_1)
+                      : t == T_Q5_0 ? sizeof(kv_block_q5_0)
+                                    : sizeof(kv_block_q5_1);
+    const size_t BX = with_min ? sizeof(kv_block_q8_1) : sizeof(kv_block_q8_0);
+    const size_t XO = with_min ? offsetof(kv_block_q8_1, qs) : offsetof(kv_block_q8_0, qs);
+    ROWS(uint8_t, W, NR);
+    COLS(uint8_t, X, NC);
+    __m256 acc[NR][NC];
+    float accm[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            accm[r][c] = 0.0f;
+        }
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i qy[NC], qo[NC];
+        __m256 dy[NC];
+        float sy[NC];
+        for (int c = 0; c < NC; c++) {
+            const uint8_t *b = X[c] + i * BX;
+            qy[c] = ld256(b + XO);
+            if (off) qo[c] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), qy[c]);
+            dy[c] = _mm256_set1_ps(h2f(b));
+            if (with_min) sy[c] = h2f(b + offsetof(kv_block_q8_1, s));
+        }
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *a = W[r] + i * BW;
+            const __m256i u = unpack_b32(a, t);
+            const __m256 dx = _mm256_set1_ps(h2f(a));
+            const float mx = with_min ? h2f(a + 2) : 0.0f; /* m follows d in Q4_1 and Q5_1 */
+            for (int c = 0; c < NC; c++) {
+                __m256i p = _mm256_maddubs_epi16(u, qy[c]);
+                if (off) p = _mm256_sub_epi16(p, qo[c]);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy[c]), _mm256_cvtepi32_ps(sum4(p)), acc[r][c]);
+                if (with_min) accm[r][c] = fma1(mx, sy[c], accm[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) y[c * ldy + r] = with_min ? hsum8(acc[r][c]) + accm[r][c] : hsum8(acc[r][c]);
+}
+
+#define B32_TILE(T, ID)                                                                                         \
+    INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
+                      int64_t ldy, const int NR, const int NC) {                                               \
+        tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, ID);                                                      \
+    }                                                                                                          \
+    DEF_GEMM_NC2(T, tile_##T, KV_AVX2_NR_B32)
+B32_TILE(q4_0, T_Q4_0)
+B32_TILE(q4_1, T_Q4_1)
+B32_TILE(q5_0, T_Q5_0)
+B32_TILE(q5_1, T_Q5_1)
+
+/* ------------------------------------------------------------ K-quants */
+
+/* One weight super-block, unpacked: U[k] the 32 unsigned codes of chunk k
+ * (elements 32k..32k+31), SC[k] the int16 sub-block scales for its lanes
+ * 0..3 and 4..7, MX the mins as the int16 vector that madd pairs with
+ * bsums. */
+typedef struct {
+    __m256i U[8], SC[8], MX;
+    float dx, dmx;
+} krow;
+
+INL void k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = q[j] & 63;
+        mn[j] = q[j + 4] & 63;
+    }
+    for (int j = 4; j < 8; j++) {
+        sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        mn[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+INL void prep_q2_K(const kv_block_q2_K *b, krow *k) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = ld256(b->qs + 32 * h);
+        for (int j = 0; j < 4; j++) k->U[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
+    }
+    for (int c = 0; c < 8; c++) k->SC[c] = sc2(b->scales[2 * c] & 0xF, b->scales[2 * c + 1] & 0xF);
+    k->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(ld128(b->scales), 4), _mm_set1_epi8(0x0f)));
+    k->dx = h2f(&b->d);
+    k->dmx = h2f(&b->dmin);
+}
+
+INL void prep_q3_K(const kv_block_q3_K *b, krow *k) {
+    const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    const __m256i hm = ld256(b->hmask);
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = ld256(b->qs + 32 * h);
+        for (int j = 0; j < 4; j++) {
+            const int c = 4 * h + j; /* its high bits: bit c of hmask[l] */
+            const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, c), one);
+            k->U[c] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3), _mm256_slli_epi16(hb, 2));
+        }
+    }
+    int sc[16];
+    for (int j = 0; j < 16; j++) {
+        const int lo = j < 8 ? b->scales[j] & 0xF : b->scales[j - 8] >> 4;
+        const int hi = (b->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+        sc[j] = (lo | hi << 4) - 32;
+    }
+    for (int c = 0; c < 8; c++) k->SC[c] = sc2(sc[2 * c], sc[2 * c + 1]);
+    k->dx = h2f(&b->d);
+}
+
+INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    uint8_t sc[8], mn[8];
+    k4_scales(b->scales, sc, mn);
+    for (int c = 0; c < 4; c++) {
+        const __m256i q = ld256(b->qs + 32 * c);
+        k->U[2 * c] = _mm256_and_si256(q, m4);
+        k->U[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+        k->SC[2 * c] = _mm256_set1_epi16(sc[2 * c]);
+        k->SC[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1]);
+    }
+    k->MX = _mm256_setr_epi16(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3], mn[4], mn[4], mn[5], mn[5],
+                              mn[6], mn[6], mn[7], mn[7]);
+    k->dx = h2f(&b->d);
+    k->dmx = h2f(&b->dmin);
+}
+
+INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    uint8_t sc[8], mn[8];
+    k4_scales(b->scales, sc, mn);
+    const __m256i hb = ld256(b->qh);
+    for (int c = 0; c < 4; c++) {
+        const __m256i q = ld256(b->qs + 32 * c);
+        const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one);
+        const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one);
+        k->U[2 * c] = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
+        k->U[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
+        k->SC[2 * c] = _mm256_set1_epi16(sc[2 * c]);
+        k->SC[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1]);
+    }
+    k->MX = _mm256_setr_epi16(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3], mn[4], mn[4], mn[5], mn[5],
+                              mn[6], mn[6], mn[7], mn[7]);
+    k->dx = h2f(&b->d);
+    k->dmx = h2f(&b->dmin);
+}
+
+INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i l0 = ld256(b->ql + 64 * h), l1 = ld256(b->ql + 64 * h + 32), qh = ld256(b->qh + 32 * h);
+        const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
+        const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
+        const __m256i h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4);
+        const __m256i h3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4);
+        k->U[4 * h + 0] = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
+        k->U[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
+        k->U[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2);
+        k->U[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3);
+    }
+    for (int c = 0; c < 8; c++) k->SC[c] = sc2(b->scales[2 * c], b->scales[2 * c + 1]);
+    k->dx = h2f(&b->d);
+}
+
+/* exact int32 lane sums: sum_k sc * ((u - off) . y) over the 8 chunks;
+ * yo[k] = maddubs(off, y_k) when off != 0 */
+INL __m256i k_isum(const krow *k, const int8_t *qy, const __m256i *yo, const int has_off) {
+    __m256i is = _mm256_setzero_si256();
+    for (int c = 0; c < 8; c++) {
+        __m256i p = _mm256_maddubs_epi16(k->U[c], ld256(qy + 32 * c));
+        if (has_off) p = _mm256_sub_epi16(p, yo[c]);
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(p, k->SC[c]));
+    }
+    return is;
+}
+
+enum { K_Q2, K_Q3, K_Q4, K_Q5, K_Q6 };
+
+INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                const int NR, const int NC, const int t) {
+    const int64_t nb = n / KV_QK_K;
+    const size_t BW = t == K_Q2   ? sizeof(kv_block_q2_K)
+                      : t == K_Q3 ? sizeof(kv_block_q3_K)
+                      : t == K_Q4 ? sizeof(kv_block_q4_K)
+                      : t == K_Q5 ? sizeof(kv_block_q5_K)
+                                  : sizeof(kv_block_q6_K);
+    const int off = t == K_Q3 ? 4 : t == K_Q6 ? 32 : 0;
+    ROWS(uint8_t, W, NR);
+    COLS(kv_block_q8_K, X, NC);
+    __m256 acc[NR][NC];
+    __m128 accm4[NR][NC];
+    float accm[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) {
+            acc[r][c] = _mm256_setzero_ps();
+            accm4[r][c] = _mm_setzero_ps();
+            accm[r][c] = 0.0f;
+        }
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i yo[NC][8];
+        if (off)
+            for (int c = 0; c < NC; c++)
+                for (int k = 0; k < 8; k++)
+                    yo[c][k] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), ld256(X[c][i].qs + 32 * k));
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *blk = W[r] + i * BW;
+            krow k;
+            if (t == K_Q2) prep_q2_K((const kv_block_q2_K *)blk, &k);
+            if (t == K_Q3) prep_q3_K((const kv_block_q3_K *)blk, &k);
+            if (t == K_Q4) prep_q4_K((const kv_block_q4_K *)blk, &k);
+            if (t == K_Q5) prep_q5_K((const kv_block_q5_K *)blk, &k);
+            if (t == K_Q6) prep_q6_K((const kv_block_q6_K *)blk, &k);
+            for (int c = 0; c < NC; c++) {
+                const kv_block_q8_K *a = &X[c][i];
+                const __m256i is = k_isum(&k, a->qs, yo[c], off != 0);
+                const float d = a->d * k.dx;
+                if (t == K_Q2) {
+                    const float nd = -(a->d * k.dmx);
+                    const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);
+                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);
+                } else if (t == K_Q4) {
+                    const float nd = -(a->d * k.dmx);
+                    const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);
+                    const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));
+                    accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);
+                } else if (t == K_Q5) {
+                    const float nd = -(a->d * k.dmx);
+                    const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));
+                    accm[r][c] = fma1(nd, (float)summ, accm[r][c]);
+                }
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) {
+            float v = hsum8(acc[r][c]);
+            if (t == K_Q4) v += hsum4(accm4[r][c]);
+            if (t == K_Q5) v += accm[r][c];
+            y[c * ldy + r] = v;
+        }
+}
+
+#define K_TILE(T, ID)                                                                                           \
+    INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
+                      int64_t ldy, const int NR, const int NC) {                                               \
+        tile_k(n, w, ws, nr, x, xs, y, ldy, NR, NC, ID);                                                        \
+    }                                                                                                          \
+    DEF_GEMM_NC4(T, tile_##T, KV_AVX2_NR_K)
+K_TILE(q2_K, K_Q2)
+K_TILE(q3_K, K_Q3)
+K_TILE(q4_K, K_Q4)
+K_TILE(q5_K, K_Q5)
+K_TILE(q6_K, K_Q6)
+
+/* ---- Q8_K x Q8_K (int8 both sides, the sign trick as for Q8_0) */
+
+INL void tile_q8_K(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                   const int NR, const int NC) {
+    const int64_t nb = n / KV_QK_K;
+    ROWS(kv_block_q8_K, W, NR);
+    COLS(kv_block_q8_K, X, NC);
+    __m256 acc[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
+    __m256i bad = _mm256_setzero_si256();
+    const __m256i m128 = _mm256_set1_epi8(-128);
+    for (int64_t i = 0; i < nb; i++) {
+        for (int c = 0; c < NC; c++)
+            for (int k = 0; k < 8; k++)
+                bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(ld256(X[c][i].qs + 32 * k), m128));
+        for (int r = 0; r < NR; r++)
+            for (int c = 0; c < NC; c++) {
+                __m256i is = _mm256_setzero_si256();
+                for (int k = 0; k < 8; k++) {
+                    const __m256i qx = ld256(W[r][i].qs + 32 * k), qy = ld256(X[c][i].qs + 32 * k);
+                    is = _mm256_add_epi32(is,
+                                          sum4(_mm256_maddubs_epi16(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))));
+                }
+                const float d = W[r][i].d * X[c][i].d;
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
+            }
+    }
+    if (!_mm256_testz_si256(bad, bad)) {
+        for (int r = 0; r < NR && r < nr; r++)
+            for (int c = 0; c < NC; c++) kv_traits_q8_K.vec_dot(n, &y[c * ldy + r], W[r], X[c]);
+        return;
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
+}
+DEF_GEMM_NC4(q8_K, tile_q8_K, KV_AVX2_NR_K)
+
+/* ------------------------------------------------------------ TQ1_0, TQ2_0 */
+
+/* trit = ((uint8_t)(b * m) * 3) >> 8 for each byte b and multiplier m (<= 81) */
+INL __m256i trits(__m256i b, __m256i m) {
+    const __m256i z = _mm256_setzero_si256(), lowb = _mm256_set1_epi16(0xff);
+    const __m256i bl = _mm256_unpacklo_epi8(b, z), bh = _mm256_unpackhi_epi8(b, z);
+    const __m256i ml = _mm256_unpacklo_epi8(m, z), mh = _mm256_unpackhi_epi8(m, z);
+    __m256i tl = _mm256_and_si256(_mm256_mullo_epi16(bl, ml), lowb);
+    __m256i th = _mm256_and_si256(_mm256_mullo_epi16(bh, mh), lowb);
+    tl = _mm256_srli_epi16(_mm256_add_epi16(tl, _mm256_add_epi16(tl, tl)), 8);
+    th = _mm256_srli_epi16(_mm256_add_epi16(th, _mm256_add_epi16(th, th)), 8);
+    return _mm256_packus_epi16(tl, th);
+}
+
+INL void prep_tq1_0(const kv_block_tq1_0 *b, __m256i U[8]) {
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    const __m256i q = ld256(b->qs);
+    for (int k = 0; k < 5; k++) U[k] = trits(q, _mm256_set1_epi8((char)pow3[k]));
+    const __m128i q2 = ld128(b->qs + 32); /* 16 bytes: elements 160 + 16k + m */
+    const __m256i qq = _mm256_set_m128i(q2, q2);
+    U[5] = trits(qq, _mm256_set_m128i(_mm_set1_epi8(3), _mm_set1_epi8(1)));
+    U[6] = trits(qq, _mm256_set_m128i(_mm_set1_epi8(27), _mm_set1_epi8(9)));
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    /* elements 224..239: trit 4 of qs[32..47]; 240 + 4k + m: trit k of qh[m] */
+    const __m256i src = _mm256_set_m128i(_mm_set1_epi32((int)qh), q2);
+    const __m256i mul = _mm256_set_m128i(_mm_setr_epi8(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27),
+                                         _mm_set1_epi8(81));
+    U[7] = trits(src, mul);
+}
+
+INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i q = ld256(b->qs + 32 * h);
+        for (int l = 0; l < 4; l++) U[4 * h + l] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * l), m3);
+    }
+}
+
+/* isum[l] = sum t * q over the lane - (bsums[2l] + bsums[2l+1]); the int16
+ * sum of the 8 chunks' pairs stays below 8 * 3 * 128 * 2 in magnitude */
+INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                 const int NR, const int NC, const int tq1) {
+    const int64_t nb = n / KV_QK_K;
+    const size_t BW = tq1 ? sizeof(kv_block_tq1_0) : sizeof(kv_block_tq2_0);
+    ROWS(uint8_t, W, NR);
+    COLS(kv_block_q8_K, X, NC);
+    __m256 acc[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        __m256i bs[NC];
+        for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
+        for (int r = 0; r < NR; r++) {
+            const uint8_t *blk = W[r] + i * BW;
+            __m256i U[8];
+            float dx;
+            if (tq1) {
+                prep_tq1_0((const kv_block_tq1_0 *)blk, U);
+                dx = h2f(&((const kv_block_tq1_0 *)blk)->d);
+            } else {
+                prep_tq2_0((const kv_block_tq2_0 *)blk, U);
+                dx = h2f(&((const kv_block_tq2_0 *)blk)->d);
+            }
+            for (int c = 0; c < NC; c++) {
+                const kv_block_q8_K *a = &X[c][i];
+                __m256i s16 = _mm256_maddubs_epi16(U[0], ld256(a->qs));
+                for (int k = 1; k < 8; k++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(U[k], ld256(a->qs + 32 * k)));
+                const __m256i is = _mm256_sub_epi32(sum4(s16), bs[c]);
+                const float d = a->d * dx;
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
+            }
+        }
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
+}
+
+INL void tile_tq1_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,
+                    int64_t ldy, const int NR, const int NC) {
+    tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, 1);
+}
+INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,
+                    int64_t ldy, const int NR, const int NC) {
+    tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, 0);
+}
+DEF_GEMM_NC4(tq1_0, tile_tq1_0, KV_AVX2_NR_K)
+DEF_GEMM_NC4(tq2_0, tile_tq2_0, KV_AVX2_NR_K)
+
+/* ------------------------------------------------------------ I2_S x I8_S */
+
+INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                   const int NR, const int NC) {
+    const int64_t nb = n / KV_QK_I2_S;
+    ROWS(uint8_t, W, NR);
+    COLS(uint8_t, X, NC);
+    const __m256i m3 = _mm256_set1_epi8(3);
+    __m256i acc[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
+    for (int64_t i = 0; i < nb; i++) {
+        for (int r = 0; r < NR; r++) {
+            const __m256i b = ld256(W[r] + 32 * i);
+            const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(b, 6), m3);
+            const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m3);
+            const __m256i u2 = _mm256_and_si256(_mm256_srli_epi16(b, 2), m3);
+            const __m256i u3 = _mm256_and_si256(b, m3);
+            for (int c = 0; c < NC; c++) {
+                const int8_t *q = (const int8_t *)(X[c] + sizeof(kv_i8_s_head)) + KV_QK_I2_S * i;
+                __m256i s = _mm256_maddubs_epi16(u0, ld256(q));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u1, ld256(q + 32)));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u2, ld256(q + 64)));
+                s = _mm256_add_epi16(s, _mm256_maddubs_epi16(u3, ld256(q + 96)));
+                acc[r][c] = _mm256_add_epi32(acc[r][c], sum4(s));
+            }
+        }
+    }
+    for (int c = 0; c < NC; c++) {
+        kv_i8_s_head head;
+        memcpy(&head, X[c], sizeof head);
+        for (int r = 0; r < NR && r < nr; r++) {
+            const int32_t raw = hsum_i32(acc[r][c]);
+            y[c * ldy + r] = ((float)raw - (float)head.sum) / head.scale;
+        }
+    }
+}
+DEF_GEMM_NC4(i2_s, tile_i2_s, KV_AVX2_NR_I2S)
+
+/* ---- I8_S x I8_S: *s = (float)sum(qx * qy) / x.scale / y.scale */
+
+INL void tile_i8_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                   const int NR, const int NC) {
+    ROWS(uint8_t, W, NR);
+    COLS(uint8_t, X, NC);
+    const int64_t n32 = n & ~(int64_t)31;
+    const size_t H = sizeof(kv_i8_s_head);
+    __m256i acc[NR][NC];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
+    __m256i bad = _mm256_setzero_si256();
+    const __m256i m128 = _mm256_set1_epi8(-128);
+    for (int64_t i = 0; i < n32; i += 32) {
+        __m256i qy[NC];
+        for (int c = 0; c < NC; c++) {
+            qy[c] = ld256(X[c] + H + i);
+            bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(qy[c], m128));
+        }
+        for (int r = 0; r < NR; r++) {
+            const __m256i qx = ld256(W[r] + H + i), ux = _mm256_sign_epi8(qx, qx);
+            for (int c = 0; c < NC; c++)
+                acc[r][c] = _mm256_add_epi32(acc[r][c], sum4(_mm256_maddubs_epi16(ux, _mm256_sign_epi8(qy[c], qx))));
+        }
+    }
+    if (!_mm256_testz_si256(bad, bad)) {
+        for (int r = 0; r < NR && r < nr; r++)
+            for (int c = 0; c < NC; c++) kv_traits_i8_s.vec_dot(n, &y[c * ldy + r], W[r], X[c]);
+        return;
+    }
+    for (int r = 0; r < NR && r < nr; r++)
+        for (int c = 0; c < NC; c++) {
+            kv_i8_s_head hx, hy;
+            memcpy(&hx, W[r], H);
+            memcpy(&hy, X[c], H);
+            int32_t raw = hsum_i32(acc[r][c]);
+            const int8_t *qx = (const int8_t *)(W[r] + H), *qy = (const int8_t *)(X[c] + H);
+            for (int64_t i = n32; i < n; i++) raw += (int32_t)qx[i] * qy[i];
+            y[c * ldy + r] = (float)raw / hx.scale / hy.scale;
+        }
+}
+DEF_GEMM_NC2(i8_s, tile_i8_s, KV_AVX2_NR_I8S)
+
+#endif /* KV_X86_SIMD */
