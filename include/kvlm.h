@@ -41,6 +41,9 @@ typedef struct kvlm_model kvlm_model;
 typedef struct kvlm_model_params {
     int n_threads;      /* threads for evaluation; <= 0 means 1 */
     bool vocab_only;    /* load only the tokenizer (no weights, no sessions) */
+    bool ternary_float_activations; /* I2_S matmuls with float activations (the reference
+                                       semantics; default: 8-bit per-token activations as
+                                       bitnet.cpp does) */
 } kvlm_model_params;
 
 kvlm_model_params kvlm_model_default_params(void);

@@ -9,6 +9,7 @@
 #include "core/rope.h"
 #include "quant/fp16.h"
 #include "quant/quant.h"
+#include "quant/quant_i2s_float.h"
 #include "quant/quant_types.h"
 
 struct kv_forward {
@@ -110,16 +111,30 @@ static const uint8_t *convert_rows(kv_forward *f, const float *x, int32_t T, int
         return (const uint8_t *)x;
     }
     const kv_quant_traits *tr = kv_quant_get(type);
-    kv_dtype_row_bytes(type, (uint64_t)K, row_bytes);
+    if (type == KV_I8_S) *row_bytes = (uint64_t)kv_i8_s_row_bytes(K);
+    else kv_dtype_row_bytes(type, (uint64_t)K, row_bytes);
     for (int32_t t = 0; t < T; t++) tr->from_float(x + (int64_t)t * K, f->actq + (uint64_t)t * *row_bytes, K);
     return f->actq;
 }
 
+/* The dot product and activation type a weight is used with. */
+static void dot_of(const kv_forward *f, const kv_weight *w, kv_vec_dot_fn *dot, uint32_t *act) {
+    if (w->type == KV_I2_S && f->m->ternary_f32) {
+        *dot = kv_vec_dot_i2_s_f32;
+        *act = KV_F32;
+        return;
+    }
+    const kv_quant_traits *tr = kv_quant_get(w->type);
+    *dot = tr->vec_dot;
+    *act = tr->vec_dot_type;
+}
+
 /* y[t][0..N) = W x[t] for T rows of x (each w->ne0 floats). */
 static void matmul(kv_forward *f, const kv_weight *w, const float *x, int32_t T, float *y) {
-    const kv_quant_traits *tr = kv_quant_get(w->type);
-    mm_job j = {.w = w, .dot = tr->vec_dot, .T = T, .y = y, .ldy = w->ne1};
-    j.xq = convert_rows(f, x, T, w->ne0, tr->vec_dot_type, &j.xrow);
+    uint32_t act;
+    mm_job j = {.w = w, .T = T, .y = y, .ldy = w->ne1};
+    dot_of(f, w, &j.dot, &act);
+    j.xq = convert_rows(f, x, T, w->ne0, act, &j.xrow);
     kv_tpool_run(f->pool, mm_worker, &j);
 }
 
@@ -129,13 +144,15 @@ static void matmul_shared(kv_forward *f, const kv_weight *const *ws, float *cons
     uint32_t conv = UINT32_MAX;
     mm_job j = {.T = T};
     for (int i = 0; i < nw; i++) {
-        const kv_quant_traits *tr = kv_quant_get(ws[i]->type);
-        if (tr->vec_dot_type != conv) {
-            j.xq = convert_rows(f, x, T, ws[i]->ne0, tr->vec_dot_type, &j.xrow);
-            conv = tr->vec_dot_type;
+        uint32_t act;
+        kv_vec_dot_fn dot;
+        dot_of(f, ws[i], &dot, &act);
+        if (act != conv) {
+            j.xq = convert_rows(f, x, T, ws[i]->ne0, act, &j.xrow);
+            conv = act;
         }
         j.w = ws[i];
-        j.dot = tr->vec_dot;
+        j.dot = dot;
         j.y = ys[i];
         j.ldy = ws[i]->ne1;
         kv_tpool_run(f->pool, mm_worker, &j);
@@ -310,6 +327,8 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, int32_t n
         }
         att_job aj = {f, l, T, n_slots};
         kv_tpool_run(f->pool, att_worker, &aj);
+        if (L->attn_sub_norm.data) /* bitnet: normalize the attention output before its projection */
+            for (int32_t t = 0; t < T; t++) rmsnorm(f->att + t * Q, f->att + t * Q, L->attn_sub_norm.data, Q, hp->norm_eps);
         matmul(f, &L->wo, f->att, T, f->xb);
         for (int64_t i = 0; i < T * E; i++) f->x[i] += f->xb[i];
 
@@ -317,10 +336,19 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, int32_t n
         const kv_weight *gu[2] = {&L->w_gate, &L->w_up};
         float *const gu_out[2] = {f->hb, f->hb2};
         matmul_shared(f, gu, gu_out, 2, f->xb, T);
-        for (int64_t i = 0; i < T * F; i++) {
-            const float g = f->hb[i];
-            f->hb[i] = (g / (1.0f + expf(-g))) * f->hb2[i];
+        if (hp->ffn_act == KV_FFN_RELU2) {
+            for (int64_t i = 0; i < T * F; i++) {
+                const float g = f->hb[i] > 0.0f ? f->hb[i] : 0.0f;
+                f->hb[i] = (g * g) * f->hb2[i];
+            }
+        } else {
+            for (int64_t i = 0; i < T * F; i++) {
+                const float g = f->hb[i];
+                f->hb[i] = (g / (1.0f + expf(-g))) * f->hb2[i];
+            }
         }
+        if (L->ffn_sub_norm.data)
+            for (int32_t t = 0; t < T; t++) rmsnorm(f->hb + t * F, f->hb + t * F, L->ffn_sub_norm.data, F, hp->norm_eps);
         matmul(f, &L->w_down, f->hb, T, f->xb);
         for (int64_t i = 0; i < T * E; i++) f->x[i] += f->xb[i];
     }

@@ -7,6 +7,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "quant/quant.h"
+#include "quant/quant_types.h"
 
 typedef struct arch_desc {
     const char *name;
@@ -17,6 +18,9 @@ typedef struct arch_desc {
 
 static const arch_desc k_archs[] = {
     {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU},
+    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU},
+    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU},
+    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2},
 };
 
 /* "<arch>.<suffix>" */
@@ -170,7 +174,7 @@ static kvlm_status bind_weight(const gguf_ctx *g, const char *name, int64_t ne0,
     if (!q || !q->vec_dot)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: tensor '%s' has type %s, which has no compute support", name,
                        kv_dtype_name(t->type));
-    const kv_dtype_info *adt = kv_dtype_get(q->vec_dot_type);
+    const kv_dtype_info *adt = kv_dtype_get(q->vec_dot_type); /* NULL for activation-only types */
     if (adt && ne0 % adt->block_size != 0)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: tensor '%s': row length %lld is not a multiple of %d", name,
                        (long long)ne0, adt->block_size);
@@ -181,6 +185,28 @@ static kvlm_status bind_weight(const gguf_ctx *g, const char *name, int64_t ne0,
     w->scale = 1.0f;
     if (!kv_dtype_row_bytes(t->type, (uint64_t)ne0, &w->row_bytes))
         return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s': bad row size", name);
+    if (t->type == KV_I2_S) {
+        /* one f32 scale per tensor, after the packed values */
+        w->scale = kv_i2_s_scale(t->data, (int64_t)t->n_elements);
+        if (!(w->scale == w->scale) || w->scale == 1.0f / 0.0f || w->scale == -1.0f / 0.0f)
+            return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s': its I2_S scale is not finite", name);
+    }
+    return KVLM_OK;
+}
+
+/* An optional "<name>.scale" tensor (one f32) multiplies a weight (the "bitnet" layout). */
+static kvlm_status bind_scale(const gguf_ctx *g, const char *wname, kv_weight *w, kvlm_error *err) {
+    char name[96];
+    size_t n = strlen(wname);
+    if (n < 7 || n + 1 > sizeof name) return KVLM_OK;
+    snprintf(name, sizeof name, "%.*sscale", (int)(n - 6), wname); /* "x.weight" -> "x.scale" */
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    if (!t) return KVLM_OK;
+    if (t->type != KV_F32 || t->n_elements != 1)
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s' must be one f32", name);
+    float v;
+    memcpy(&v, t->data, 4);
+    w->scale *= v;
     return KVLM_OK;
 }
 
@@ -221,6 +247,18 @@ static kvlm_status bind_llama(kvlm_model *m, kvlm_error *err) {
         if ((st = bind_vec(g, NM("attn_q.bias"), Q, false, &L->bq, err))) return st;
         if ((st = bind_vec(g, NM("attn_k.bias"), KV, false, &L->bk, err))) return st;
         if ((st = bind_vec(g, NM("attn_v.bias"), KV, false, &L->bv, err))) return st;
+        const bool bitnet = hp->arch == KV_ARCH_BITNET || hp->arch == KV_ARCH_BITNET_B158;
+        if ((st = bind_vec(g, NM("attn_sub_norm.weight"), Q, bitnet, &L->attn_sub_norm, err))) return st;
+        if ((st = bind_vec(g, NM("ffn_sub_norm.weight"), F, bitnet, &L->ffn_sub_norm, err))) return st;
+        if (hp->arch == KV_ARCH_QWEN2 && (!L->bq.data || !L->bk.data || !L->bv.data))
+            return kv_fail(err, KVLM_ERR_FORMAT, "model: qwen2 layer %d lacks its q/k/v biases", l);
+        const char *wn[7] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                             "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+        kv_weight *wp[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) {
+            snprintf(n, sizeof n, "blk.%d.%s", l, wn[i]);
+            if ((st = bind_scale(g, n, wp[i], err))) return st;
+        }
 #undef NM
         const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);

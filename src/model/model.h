@@ -56,6 +56,7 @@ struct kvlm_model {
     kv_vocab *vocab;
     int n_threads;
     bool vocab_only;
+    bool ternary_f32; /* I2_S x float activations */
     uint64_t n_params, weight_bytes;
 };
 

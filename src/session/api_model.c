@@ -9,7 +9,7 @@
 #include "tokenizer/vocab.h"
 
 kvlm_model_params kvlm_model_default_params(void) {
-    kvlm_model_params p = {.n_threads = 1, .vocab_only = false};
+    kvlm_model_params p = {.n_threads = 1, .vocab_only = false, .ternary_float_activations = false};
     return p;
 }
 
@@ -25,6 +25,7 @@ kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params, k
     st = kv_model_from_gguf(g, p.vocab_only, &m, err);
     if (st) return st;
     m->n_threads = p.n_threads > 0 ? p.n_threads : 1;
+    m->ternary_f32 = p.ternary_float_activations;
     *out = m;
     return KVLM_OK;
 }
