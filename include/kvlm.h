@@ -210,6 +210,14 @@ kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_token
                       int32_t n_past, float *logits, bool all_logits,
                       kvlm_error *err);
 
+/* Batched decoding: appends tokens[i] to sessions[i] for n distinct sessions
+ * of one model in a single forward pass (the weights are read once for all of
+ * them; this is what continuous batching builds on). logits: n * n_vocab, row
+ * i for session i, bit-identical to what kvlm_eval would give that session.
+ * Every session must be free (else KVLM_ERR_BUSY, nothing done). */
+kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *tokens, int32_t n, float *logits,
+                              kvlm_error *err);
+
 /* The reference path: evaluates tokens from scratch in a private cache with
  * no reuse; logits as kvlm_eval with n_past = 0. */
 kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,

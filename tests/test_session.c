@@ -375,11 +375,58 @@ static void test_tiered_session(void **state) {
     kvlm_model_free(m);
 }
 
+/* Decoding several sessions in one pass equals decoding each alone, bit for bit. */
+static void test_decode_batch(void **state) {
+    (void)state;
+    kvlm_model *m = load(SYNTH);
+    const int V = kvlm_n_vocab(m);
+    kvlm_error err;
+    enum { NS = 4, STEPS = 6 };
+    kvlm_session *bs[NS], *ref[NS];
+    kvlm_token hist[NS][64];
+    float *lb = malloc((size_t)NS * V * 4), *lr = malloc((size_t)V * 4);
+    for (int i = 0; i < NS; i++) {
+        seq(hist[i], 64, V, 200 + (uint32_t)i);
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_ctx = 64;
+        p.n_threads = 1 + i % 2;
+        if (i == 3) p.cache_params.type_k = p.cache_params.type_v = KVLM_KV_Q8_0; /* mixed storage types */
+        assert_int_equal(kvlm_session_new(m, &p, &bs[i], &err), KVLM_OK);
+        assert_int_equal(kvlm_session_new(m, &p, &ref[i], &err), KVLM_OK);
+        int n0 = 10 + 7 * i; /* different lengths */
+        assert_int_equal(kvlm_eval(bs[i], hist[i], n0, 0, NULL, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_eval(ref[i], hist[i], n0, 0, NULL, false, &err), KVLM_OK);
+    }
+    for (int step = 0; step < STEPS; step++) {
+        kvlm_token t[NS];
+        for (int i = 0; i < NS; i++) t[i] = hist[i][10 + 7 * i + step];
+        assert_int_equal(kvlm_decode_batch(bs, t, NS, lb, &err), KVLM_OK);
+        for (int i = 0; i < NS; i++) {
+            int n = 10 + 7 * i + step;
+            assert_int_equal(kvlm_eval(ref[i], hist[i], n + 1, n, lr, false, &err), KVLM_OK);
+            assert_memory_equal(lb + (size_t)i * V, lr, (size_t)V * 4);
+            assert_int_equal(kvlm_session_n_past(bs[i]), n + 1);
+        }
+    }
+    /* the same session twice, or a busy one, is refused */
+    kvlm_session *dup[2] = {bs[0], bs[0]};
+    kvlm_token t2[2] = {5, 6};
+    assert_int_equal(kvlm_decode_batch(dup, t2, 2, lb, &err), KVLM_ERR_INVALID_ARG);
+    for (int i = 0; i < NS; i++) {
+        kvlm_session_free(bs[i]);
+        kvlm_session_free(ref[i]);
+    }
+    free(lb);
+    free(lr);
+    kvlm_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_save_restore),    cmocka_unit_test(test_busy),
         cmocka_unit_test(test_concurrent_sessions), cmocka_unit_test(test_shared_prefix),
         cmocka_unit_test(test_policies),        cmocka_unit_test(test_tiered_session),
+        cmocka_unit_test(test_decode_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,7 +25,9 @@ struct kv_forward {
     int64_t scores_cap;
     float *rowtmp;     /* per thread: kv_dim (dequantized K or V rows) */
     kv_f16 *q16;       /* per thread: one head of q in f16 */
-    int32_t *slots;    /* the slots of the current pass */
+    int32_t *slots;    /* the slot of each token of the current pass */
+    kv_seq **seqs;     /* the sequence of each token (one, or several when batching sessions) */
+    int32_t *n_read;   /* ring sequences: slots attention may read, per token */
 };
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
@@ -33,7 +35,7 @@ static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63)
 void kv_forward_free(kv_forward *f) {
     if (!f) return;
     free(f->x); free(f->xb); free(f->q); free(f->k); free(f->v); free(f->att);
-    free(f->hb); free(f->hb2); free(f->actq); free(f->scores); free(f->rowtmp); free(f->q16); free(f->slots);
+    free(f->hb); free(f->hb2); free(f->actq); free(f->scores); free(f->rowtmp); free(f->q16); free(f->slots); free(f->seqs); free(f->n_read);
     free(f);
 }
 
@@ -67,7 +69,9 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int
     f->rowtmp = xalloc((size_t)f->nth * KV * 4);
     f->q16 = xalloc((size_t)f->nth * (size_t)hp->head_dim * 2);
     f->slots = xalloc(B * 4);
-    if (!f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 || !f->actq || !f->scores ||
+    f->seqs = calloc(B, sizeof *f->seqs);
+    f->n_read = xalloc(B * 4);
+    if (!f->seqs || !f->n_read || !f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 || !f->actq || !f->scores ||
         !f->rowtmp || !f->q16 || !f->slots) {
         kv_forward_free(f);
         return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for activations");
@@ -176,7 +180,6 @@ typedef struct att_job {
     kv_forward *f;
     int layer;
     int32_t T;
-    int32_t n_slots; /* slots attention may read in this pass */
 } att_job;
 
 /* One head of a cached K or V row as floats (quantized types). */
@@ -208,11 +211,9 @@ static void att_worker(void *ctx, int ith, int nth) {
     const att_job *j = ctx;
     kv_forward *f = j->f;
     const kv_hparams *hp = &f->m->hp;
-    const kv_seq *s = f->seq;
-    const int hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv, kv_dim = s->kv_dim;
+    const int hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv, kv_dim = hp->n_head_kv * hd;
     const int64_t Q = (int64_t)hp->n_head * hd;
     const float scale = 1.0f / sqrtf((float)hd);
-    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
     float *sc = f->scores + (int64_t)ith * f->scores_cap;
     float *tmp = f->rowtmp + (int64_t)ith * kv_dim;
     kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
@@ -222,9 +223,11 @@ static void att_worker(void *ctx, int ith, int nth) {
     for (int64_t it = b; it < e; it++) {
         const int32_t t = (int32_t)(it / hp->n_head);
         const int h = (int)(it % hp->n_head), kvh = h / gqa;
+        const kv_seq *s = f->seqs[t];
+        const bool ring = s->overflow == KVLM_OVERFLOW_RING;
         const int32_t p = s->pos[f->slots[t]];
         /* non-ring slots hold positions 0..n in order: read those up to p */
-        const int32_t n_read = ring ? j->n_slots : p + 1;
+        const int32_t n_read = ring ? f->n_read[t] : p + 1;
         const float *qh = f->q + (int64_t)t * Q + (int64_t)h * hd;
         for (int d = 0; d < hd; d++) q16[d] = kv_f32_to_f16(qh[d]);
 
@@ -294,12 +297,10 @@ static bool ensure_scores(kv_forward *f, int64_t n) {
     return true;
 }
 
-/* One pass of T <= ubatch tokens whose slots are reserved. */
-static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, int32_t n_slots, float *logits,
-                      bool all_logits) {
+/* One pass of T <= ubatch tokens whose slots (f->slots, f->seqs, f->n_read) are reserved. */
+static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *logits, bool all_logits) {
     const kvlm_model *m = f->m;
     const kv_hparams *hp = &m->hp;
-    kv_seq *s = f->seq;
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
     const int64_t F = hp->n_ff;
     const kv_quant_traits *te = kv_quant_get(m->tok_embd.type);
@@ -317,6 +318,7 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, int32_t n
             if (L->bq.data) for (int64_t i = 0; i < Q; i++) f->q[t * Q + i] += L->bq.data[i];
             if (L->bk.data) for (int64_t i = 0; i < KV; i++) f->k[t * KV + i] += L->bk.data[i];
             if (L->bv.data) for (int64_t i = 0; i < KV; i++) f->v[t * KV + i] += L->bv.data[i];
+            kv_seq *s = f->seqs[t];
             const int32_t pos = s->pos[f->slots[t]];
             kv_rope(f->q + t * Q, hp->n_head, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base, hp->rope_freq_scale,
                     hp->rope_type);
@@ -325,7 +327,7 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, int32_t n
             /* quantize-on-write: the cache holds the only copy attention reads */
             kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }
-        att_job aj = {f, l, T, n_slots};
+        att_job aj = {f, l, T};
         kv_tpool_run(f->pool, att_worker, &aj);
         if (L->attn_sub_norm.data) /* bitnet: normalize the attention output before its projection */
             for (int32_t t = 0; t < T; t++) rmsnorm(f->att + t * Q, f->att + t * Q, L->attn_sub_norm.data, Q, hp->norm_eps);
@@ -377,14 +379,40 @@ kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, flo
         kvlm_status st = kv_seq_prepare(s, T, err);
         if (st) return st;
         if ((st = kv_seq_reserve(s, tokens + i, T, err))) return st;
-        for (int32_t t = 0; t < T; t++) f->slots[t] = kv_seq_slot(s, t);
         int32_t n_slots = s->overflow == KVLM_OVERFLOW_RING
                               ? (s->next_pos + T < s->n_ctx ? s->next_pos + T : s->n_ctx)
                               : s->n + T;
+        for (int32_t t = 0; t < T; t++) {
+            f->slots[t] = kv_seq_slot(s, t);
+            f->seqs[t] = s;
+            f->n_read[t] = n_slots;
+        }
         if (!ensure_scores(f, n_slots)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
-        eval_pass(f, tokens + i, T, n_slots, out, all_logits);
+        eval_pass(f, tokens + i, T, out, all_logits);
         kv_seq_commit(s, T);
         *n_done += T;
     }
+    return KVLM_OK;
+}
+
+kvlm_status kv_forward_eval_multi(kv_forward *f, kv_seq *const *seqs, const int32_t *tokens, int32_t n, float *logits,
+                                  kvlm_error *err) {
+    if (n > f->ubatch) return kv_fail(err, KVLM_ERR_INVALID_ARG, "decode_batch: %d sequences exceed the batch of %d", n,
+                                      f->ubatch);
+    int64_t most = 0;
+    for (int32_t i = 0; i < n; i++) {
+        kv_seq *s = seqs[i];
+        kvlm_status st = kv_seq_prepare(s, 1, err);
+        if (!st) st = kv_seq_reserve(s, tokens + i, 1, err);
+        if (st) return st; /* earlier sequences reserved a slot but did not commit it: harmless */
+        f->slots[i] = kv_seq_slot(s, 0);
+        f->seqs[i] = s;
+        f->n_read[i] = s->overflow == KVLM_OVERFLOW_RING ? (s->next_pos + 1 < s->n_ctx ? s->next_pos + 1 : s->n_ctx)
+                                                         : s->n + 1;
+        if (f->n_read[i] > most) most = f->n_read[i];
+    }
+    if (!ensure_scores(f, most)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
+    eval_pass(f, tokens, n, logits, true);
+    for (int32_t i = 0; i < n; i++) kv_seq_commit(seqs[i], 1);
     return KVLM_OK;
 }

@@ -26,4 +26,10 @@ void kv_forward_free(kv_forward *f);
 kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, float *logits, bool all_logits,
                             int32_t *n_done, kvlm_error *err);
 
+/* One new token for each of n distinct sequences, in one pass: the weights
+ * are read once for all. logits: n rows. Each row equals the single-sequence
+ * result bit for bit (every output has its own fixed reduction). */
+kvlm_status kv_forward_eval_multi(kv_forward *f, kv_seq *const *seqs, const int32_t *tokens, int32_t n, float *logits,
+                                  kvlm_error *err);
+
 #endif

@@ -240,6 +240,43 @@ kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_token
     return st;
 }
 
+kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *tokens, int32_t n, float *logits,
+                              kvlm_error *err) {
+    kv_error_clear(err);
+    if (!sessions || !tokens || n <= 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "decode_batch: bad arguments");
+    if (n > KV_UBATCH) return kv_fail(err, KVLM_ERR_INVALID_ARG, "decode_batch: at most %d sessions", KV_UBATCH);
+    const kvlm_model *m = sessions[0] ? sessions[0]->model : NULL;
+    for (int32_t i = 0; i < n; i++) {
+        if (!sessions[i] || sessions[i]->model != m)
+            return kv_fail(err, KVLM_ERR_INVALID_ARG, "decode_batch: session %d is NULL or of another model", i);
+        for (int32_t j = 0; j < i; j++)
+            if (sessions[j] == sessions[i])
+                return kv_fail(err, KVLM_ERR_INVALID_ARG, "decode_batch: session %d appears twice", i);
+        if (tokens[i] < 0 || tokens[i] >= m->hp.n_vocab)
+            return kv_fail(err, KVLM_ERR_INVALID_ARG, "decode_batch: token %d is outside the vocabulary", tokens[i]);
+    }
+    int32_t got = 0;
+    while (got < n && acquire(sessions[got])) got++;
+    kvlm_status st = KVLM_OK;
+    if (got < n) {
+        st = kv_fail(err, KVLM_ERR_BUSY, "decode_batch: session %d is in use by another call", got);
+    } else {
+        kv_seq *seqs[KV_UBATCH];
+        for (int32_t i = 0; i < n && !st; i++) {
+            seqs[i] = &sessions[i]->seq;
+            if (seqs[i]->overflow == KVLM_OVERFLOW_ERROR && seqs[i]->n + 1 > seqs[i]->n_ctx)
+                st = kv_fail(err, KVLM_ERR_CONTEXT_FULL, "decode_batch: session %d's context of %d is full", i,
+                             seqs[i]->n_ctx);
+        }
+        /* the first session's scratch and threads serve the batch */
+        if (!st) st = kv_forward_eval_multi(sessions[0]->fwd, seqs, tokens, n, logits, err);
+        if (!st)
+            for (int32_t i = 0; i < n; i++) sessions[i]->n_consumed++;
+    }
+    for (int32_t i = 0; i < got; i++) release(sessions[i]);
+    return st;
+}
+
 kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens, float *logits,
                            bool all_logits, kvlm_error *err) {
     kv_error_clear(err);

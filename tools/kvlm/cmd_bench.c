@@ -136,12 +136,58 @@ static int bench_incremental(kvlm_model *m, const cli_args *a) {
     return 0;
 }
 
+/* Aggregate decode throughput for 1, 2, 4, 8 sessions decoded together. */
+static int bench_batch(kvlm_model *m, const cli_args *a) {
+    const int V = kvlm_n_vocab(m);
+    const int steps = a->n_predict == 32 ? 32 : a->n_predict, reps = a->reps > 0 ? a->reps : 3;
+    kvlm_error err;
+    double base = 0;
+    printf("| sessions | decode steps | tokens/s (median of %d) | per session | vs 1 session |\n"
+           "|---:|---:|---:|---:|---:|\n", reps);
+    for (int B = 1; B <= 8; B *= 2) {
+        double *tps = malloc((size_t)reps * sizeof(double));
+        for (int r = 0; r < reps; r++) {
+            kvlm_session *ss[8];
+            kvlm_session_params sp = cli_session_params(a);
+            sp.n_ctx = 16 + steps + 1;
+            kvlm_token prompt[16];
+            for (int i = 0; i < B; i++) {
+                if (kvlm_session_new(m, &sp, &ss[i], &err) != KVLM_OK) {
+                    fprintf(stderr, "error: %s\n", err.msg);
+                    return 1;
+                }
+                random_tokens(prompt, 16, V, 31 + (uint32_t)i);
+                kvlm_eval(ss[i], prompt, 16, 0, NULL, false, &err);
+            }
+            float *logits = malloc((size_t)B * V * sizeof(float));
+            kvlm_token t[8];
+            double t0 = cli_now_s();
+            for (int k = 0; k < steps; k++) {
+                random_tokens(t, B, V, 1000 + (uint32_t)k);
+                if (kvlm_decode_batch(ss, t, B, logits, &err) != KVLM_OK) {
+                    fprintf(stderr, "error: %s\n", err.msg);
+                    return 1;
+                }
+            }
+            tps[r] = B * steps / (cli_now_s() - t0);
+            free(logits);
+            for (int i = 0; i < B; i++) kvlm_session_free(ss[i]);
+        }
+        double med = median(tps, reps);
+        if (B == 1) base = med;
+        printf("| %d | %d | %.1f | %.1f | %.2fx |\n", B, steps, med, med / B, med / base);
+        free(tps);
+    }
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
         printf("usage: kvlm bench -m MODEL [-p N_PROMPT (128)] [-n N_GEN (64)] [-t T] [-r REPS (5)] [--json | -o json]\n"
-               "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n");
+               "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
+               "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n");
         return 0;
     }
     /* -p is the prompt length here, as in llama-bench */
@@ -150,8 +196,8 @@ int cmd_bench(int argc, char **argv) {
     kvlm_model *m = cli_load_model(&a);
     if (!m) return 1;
     int rc = 0;
-    if (a.incremental) {
-        rc = bench_incremental(m, &a);
+    if (a.incremental || a.batch) {
+        rc = a.batch ? bench_batch(m, &a) : bench_incremental(m, &a);
         kvlm_model_free(m);
         return rc;
     }
