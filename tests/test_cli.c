@@ -169,11 +169,163 @@ static void test_errors(void **state) {
     assert_non_null(strstr(buf, "error: "));
 }
 
+static bool files_equal(const char *a, const char *b) {
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    bool eq = fa && fb;
+    while (eq) {
+        int ca = fgetc(fa), cb = fgetc(fb);
+        if (ca != cb) eq = false;
+        if (ca == EOF || cb == EOF) break;
+    }
+    if (fa) fclose(fa);
+    if (fb) fclose(fb);
+    return eq;
+}
+
+/* eval --chunk K writes byte-identical logit files for K = 1, 7 and the whole prompt, at 1 and 2 threads. */
+static void test_eval_chunk_identical(void **state) {
+    (void)state;
+    const char *models[] = {"aidreams260K-f32.gguf", "synth15M-q8_0.gguf"};
+    for (int mi = 0; mi < 2; mi++) {
+        char first[64] = "", cmd[1024], out[64];
+        const int chunks[3] = {0, 1, 7};
+        for (int t = 1; t <= 2; t++)
+            for (int c = 0; c < 3; c++) {
+                snprintf(out, sizeof out, "/tmp/kvlm-chunk-%d-%d-%d.lgts", mi, t, chunks[c]);
+                snprintf(cmd, sizeof cmd,
+                         "%s eval -m %s/llama/%s -p 'Once upon a time, there was a little robot who' --greedy 8 "
+                         "--chunk %d -t %d --dump-logits %s",
+                         KVLM, MODELS, models[mi], chunks[c], t, out);
+                assert_int_equal(run(cmd, buf, sizeof buf), 0);
+                if (!first[0]) snprintf(first, sizeof first, "%s", out);
+                else if (!files_equal(first, out)) fail_msg("%s differs from %s", out, first);
+            }
+        for (int t = 1; t <= 2; t++)
+            for (int c = 0; c < 3; c++) {
+                snprintf(out, sizeof out, "/tmp/kvlm-chunk-%d-%d-%d.lgts", mi, t, chunks[c]);
+                unlink(out);
+            }
+    }
+}
+
+/* The last line of stderr is one JSON object with the statistics. */
+static const char *last_line(char *s) {
+    size_t n = strlen(s);
+    while (n && s[n - 1] == '\n') s[--n] = '\0';
+    char *nl = strrchr(s, '\n');
+    return nl ? nl + 1 : s;
+}
+
+static long json_int(const char *json, const char *key) {
+    char k[64];
+    snprintf(k, sizeof k, "\"%s\":", key);
+    const char *p = strstr(json, k);
+    if (!p) fail_msg("no key %s in %s", key, json);
+    return strtol(p + strlen(k), NULL, 10);
+}
+
+static void test_run_session_and_stats(void **state) {
+    (void)state;
+    char cmd[1024], ses[64];
+    snprintf(ses, sizeof ses, "/tmp/kvlm-test-run-%d.ses", (int)getpid());
+    unlink(ses);
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Echoes of vectors' -n 8 --session %s --kv-stats 2>&1 >/dev/null",
+             KVLM, MODELS, ses);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    const char *js = last_line(buf);
+    assert_true(js[0] == '{');
+    const char *keys[] = {"tokens", "capacity", "bytes", "bytes_f32_equivalent", "hits", "misses", "hit_rate",
+                          "pages_shared", "evictions", "compressions", "bytes_saved", "growth_events", "growth_ms_max"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char k[64];
+        snprintf(k, sizeof k, "\"%s\":", keys[i]);
+        if (!strstr(js, k)) fail_msg("--kv-stats lacks %s: %s", keys[i], js);
+    }
+    assert_int_equal(json_int(js, "hits"), 0);
+    /* the second run loads the session and reuses the common prefix */
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Echoes of vectors unfold' -n 8 --session %s --kv-stats 2>&1 >/dev/null",
+             KVLM, MODELS, ses);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "cached"));
+    js = last_line(buf);
+    assert_true(json_int(js, "hits") >= 5);
+    unlink(ses);
+}
+
+/* Seeded sampling is reproducible across processes; stop strings are never printed. */
+static void test_run_sampling(void **state) {
+    (void)state;
+    char cmd[1024], a[4096];
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Echoes' -n 40 --temp 0.9 --top-k 40 --top-p 0.95 --seed 7 2>/dev/null",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, a, sizeof a), 0);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_string_equal(a, buf);
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Echoes' -n 40 --temp 0.9 --seed 8 2>/dev/null",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_string_not_equal(a, buf);
+    /* greedy text, then the same with a stop string taken from its middle */
+    char full[4096];
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Once upon a time, there was a little robot' -n 32 2>/dev/null",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, full, sizeof full), 0);
+    const char *at = strstr(full, "sification");
+    assert_non_null(at);
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Once upon a time, there was a little robot' -n 32 --stop sification 2>&1",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_true(strncmp(buf, full, (size_t)(at - full)) == 0);
+    assert_null(strstr(buf, "sific"));
+    assert_non_null(strstr(buf, "finish: stop"));
+}
+
+/* kvlm chat through a pipe: two turns, the second reuses the first turn's cache. */
+static void test_chat_pipe(void **state) {
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "printf 'Hello there\\nHow are you\\n/quit\\n' | %s chat -m %s/llama/aidreams260K-f32.gguf -n 16 --kv-stats 2>&1",
+             KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    /* two stats lines, one per turn */
+    char *first = strstr(buf, "{\"tokens\"");
+    assert_non_null(first);
+    char *second = strstr(first + 1, "{\"tokens\"");
+    assert_non_null(second);
+    assert_int_equal(json_int(first, "hits"), 0);
+    assert_true(json_int(second, "hits") > 10); /* the first turn's prompt and answer were reused */
+}
+
+static void test_perplexity_and_bench(void **state) {
+    (void)state;
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s perplexity -m %s/llama/aidreams260K-f32.gguf -f %s/bench/data/aidreams-sample.txt -c 128 --chunks 4 2>/dev/null",
+             KVLM, MODELS, KVLM_SOURCE_DIR);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    const char *p = strstr(buf, "PPL = ");
+    assert_non_null(p);
+    double ppl = strtod(p + 6, NULL);
+    assert_true(ppl > 1.5 && ppl < 20.0); /* a trained model on its own samples */
+    snprintf(cmd, sizeof cmd, "%s bench -m %s/llama/aidreams260K-f32.gguf -p 32 -n 8 -r 2 -o json", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_true(buf[0] == '[');
+    const char *keys[] = {"\"n_prompt\": 32", "\"n_gen\": 8", "\"n_threads\": 1", "\"avg_ts\":", "\"stddev_ts\":"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!strstr(buf, keys[i])) fail_msg("bench json lacks %s: %s", keys[i], buf);
+    snprintf(cmd, sizeof cmd, "%s bench -m %s/llama/aidreams260K-f32.gguf -p 32 -n 8 -r 2", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, "| pp32 |"));
+    assert_non_null(strstr(buf, "| tg8 |"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_eval_dump_logits), cmocka_unit_test(test_eval_greedy_from_text),
         cmocka_unit_test(test_tokenize_ids),     cmocka_unit_test(test_run_generates),
         cmocka_unit_test(test_inspect),          cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_eval_chunk_identical), cmocka_unit_test(test_run_session_and_stats),
+        cmocka_unit_test(test_run_sampling),     cmocka_unit_test(test_chat_pipe),
+        cmocka_unit_test(test_perplexity_and_bench),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
