@@ -7,6 +7,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rope.h"
+#include "ops.h"
 #include "quant/fp16.h"
 #include "quant/quant.h"
 #include "quant/quant_i2s_float.h"
@@ -217,6 +218,7 @@ static void att_worker(void *ctx, int ith, int nth) {
     float *sc = f->scores + (int64_t)ith * f->scores_cap;
     float *tmp = f->rowtmp + (int64_t)ith * kv_dim;
     kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
+    const kv_quant_traits *tf16 = kv_quant_get(KV_F16), *tf32 = kv_quant_get(KV_F32);
 
     int64_t b, e;
     kv_split((int64_t)j->T * hp->n_head, ith, nth, &b, &e);
@@ -229,7 +231,7 @@ static void att_worker(void *ctx, int ith, int nth) {
         /* non-ring slots hold positions 0..n in order: read those up to p */
         const int32_t n_read = ring ? f->n_read[t] : p + 1;
         const float *qh = f->q + (int64_t)t * Q + (int64_t)h * hd;
-        for (int d = 0; d < hd; d++) q16[d] = kv_f32_to_f16(qh[d]);
+        tf16->from_float(qh, q16, hd);
 
         float mx = -INFINITY;
         for (int32_t sl = 0; sl < n_read; sl++) {
@@ -242,11 +244,11 @@ static void att_worker(void *ctx, int ith, int nth) {
             const uint32_t tk = r.layout->type_k;
             float d;
             if (tk == KV_F16) {
-                kv_vec_dot_f16_ref(hd, &d, r.k + (uint64_t)kvh * hd * 2, q16);
+                tf16->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 2, q16);
             } else if (tk == KV_F32) {
-                kv_vec_dot_f32_ref(hd, &d, r.k + (uint64_t)kvh * hd * 4, qh);
+                tf32->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 4, qh);
             } else {
-                kv_vec_dot_f32_ref(hd, &d, head_floats(r.k, tk, kvh, hd, kv_dim, tmp), qh);
+                tf32->vec_dot(hd, &d, head_floats(r.k, tk, kvh, hd, kv_dim, tmp), qh);
             }
             d *= scale;
             sc[sl] = d;
@@ -272,13 +274,12 @@ static void att_worker(void *ctx, int ith, int nth) {
             } else if (tv == KV_F16) {
                 /* the weights meet V in f16, as llama.cpp's kq x v does */
                 w = kv_f16_to_f32(kv_f32_to_f16(w));
-                const kv_f16 *vh = (const kv_f16 *)r.v + (int64_t)kvh * hd;
-                for (int d = 0; d < hd; d++) tmp[d] = kv_f16_to_f32(vh[d]);
+                tf16->to_float((const kv_f16 *)r.v + (int64_t)kvh * hd, tmp, hd);
                 vf = tmp;
             } else {
                 vf = head_floats(r.v, tv, kvh, hd, kv_dim, tmp);
             }
-            for (int d = 0; d < hd; d++) out[d] = fmaf(w, vf[d], out[d]);
+            kv_axpy(hd, w, vf, out);
         }
     }
 }
