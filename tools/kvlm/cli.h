@@ -66,5 +66,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_synth(int, char **);
+int cmd_quantize(int, char **);
 
 #endif

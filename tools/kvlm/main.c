@@ -16,6 +16,8 @@ static void usage(FILE *fp) {
             "  inspect   -m MODEL                                  GGUF metadata and hyperparameters\n"
             "  perplexity -m MODEL -f TEXT [-c CTX]                perplexity of a text\n"
             "  bench     -m MODEL [-p 128] [-n 64] [-r 5] [--json] [--incremental]\n"
+            "  synth     OUT --arch A --dim D --layers L --heads H --ff F --vocab V --type T   random-weight model\n"
+            "  quantize  IN OUT TYPE [--embd-type T] [--output-type T]   quantize an F32/F16/BF16 GGUF\n"
             "Every command takes -h for its options.\n");
 }
 
@@ -32,6 +34,8 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "chat") == 0) return cmd_chat(argc, argv);
     if (strcmp(cmd, "perplexity") == 0) return cmd_perplexity(argc, argv);
     if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
+    if (strcmp(cmd, "synth") == 0) return cmd_synth(argc, argv);
+    if (strcmp(cmd, "quantize") == 0) return cmd_quantize(argc, argv);
     fprintf(stderr, "error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;
