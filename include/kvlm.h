@@ -82,7 +82,8 @@ bool kvlm_add_bos(const kvlm_model *model);
 /* Tokenizes text[0..len). add_special: add BOS (and EOS) as the vocab asks.
  * parse_special: text spelling a special/control token maps to that token.
  * Returns the number of tokens, written to out when it fits in n_max; when it
- * does not fit, returns minus the number needed and writes nothing useful. */
+ * does not fit, returns minus the number needed and writes nothing useful.
+ * INT32_MIN: invalid arguments, out of memory, or more than INT32_MAX tokens. */
 int32_t kvlm_tokenize(const kvlm_model *model, const char *text, size_t len,
                       kvlm_token *out, int32_t n_max, bool add_special,
                       bool parse_special);

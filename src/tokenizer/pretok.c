@@ -16,9 +16,15 @@
  *  - "$" (end of the piece) is \z;
  *  - llama.cpp replaces non-ASCII whitespace by U+000B before matching, so
  *    the explicit ranges of the deepseek patterns leave those characters out.
+ * With PCRE2 10.42 the classes below agree with llama.cpp's tables on every
+ * codepoint; a PCRE2 built on Unicode 16 or later would also classify the
+ * characters added after 15.1, which llama.cpp treats as unassigned.
  * Invalid UTF-8 is replaced by U+FFFD per bad byte before splitting, as in
  * llama.cpp; surrogates encoded in UTF-8 are kept as they are but matched as a
- * private-use character (both are "other" to every class used here). */
+ * private-use character (both are "other" to every class used here).
+ * Long pieces: llama.cpp's std::regex overflows its stack on some patterns
+ * (e.g. 100k letters); here the JIT retries with a big stack and then the
+ * interpreter, so they only cost time and memory. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,7 +114,7 @@ static const char *const re_deepseek3[] = {
     "[\\x{4E00}-\\x{9FA5}\\x{3040}-\\x{309F}\\x{30A0}-\\x{30FF}]+",
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+"
     "|(?:~|[^\\r\\n" PL PP PS "])?[" PL PM "]+"
-    "| ?(?:(?!~)[" PP PS "])+[\\r\\n]*"
+    "| ?(?:(?!~)[" PP PS "])++[\\r\\n]*" /* possessive: same matches, no JIT stack per char */
     "|" S_ "*[\\r\\n]+|" SPACES_NOT_BEFORE_TEXT "|" S_ "+",
     NULL};
 static const char *const re_falcon[] = {"[" PP "\\$\\+<=>\\^~\\|`]+", RE_GPT2, "[0-9][0-9][0-9]", NULL};
@@ -290,15 +296,53 @@ static bool spans_push(kv_spans *s, size_t off, size_t len) {
     return true;
 }
 
+/* Per-call matching state. The JIT runs first with PCRE2's small default
+ * stack; when a very long piece exhausts it, the match is redone with a big
+ * JIT stack, and if that is not enough (or there is no JIT), by the
+ * interpreter with generous limits. */
+typedef struct matcher {
+    pcre2_match_data *md;
+    pcre2_match_context *big;  /* with big_stack; created on first need */
+    pcre2_jit_stack *big_stack;
+    pcre2_match_context *slow; /* interpreter limits; created on first need */
+} matcher;
+
+static bool limit_error(int rc) {
+    return rc == PCRE2_ERROR_JIT_STACKLIMIT || rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+           rc == PCRE2_ERROR_HEAPLIMIT;
+}
+
+static int match_at(matcher *mt, const pcre2_code *re, PCRE2_SPTR subj, size_t len, size_t pos, uint32_t opts) {
+    opts |= PCRE2_NO_UTF_CHECK;
+    int rc = pcre2_match(re, subj, len, pos, opts, mt->md, NULL);
+    if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
+        if (!mt->big) {
+            mt->big = pcre2_match_context_create(NULL);
+            mt->big_stack = pcre2_jit_stack_create(64 * 1024, 512 * 1024 * 1024, NULL);
+            if (!mt->big || !mt->big_stack) return PCRE2_ERROR_NOMEMORY;
+            pcre2_jit_stack_assign(mt->big, NULL, mt->big_stack);
+        }
+        rc = pcre2_match(re, subj, len, pos, opts, mt->md, mt->big);
+    }
+    if (!limit_error(rc)) return rc;
+    if (!mt->slow) {
+        mt->slow = pcre2_match_context_create(NULL);
+        if (!mt->slow) return PCRE2_ERROR_NOMEMORY;
+        pcre2_set_match_limit(mt->slow, 1000000000u);
+        pcre2_set_depth_limit(mt->slow, 1000000000u);
+        pcre2_set_heap_limit(mt->slow, 4u * 1024u * 1024u); /* KiB: 4 GiB */
+    }
+    return pcre2_match(re, subj, len, pos, opts | PCRE2_NO_JIT, mt->md, mt->slow);
+}
+
 /* Splits piece [off, off+len) of m with re, appending the matches and the
  * text between them to out. */
-static bool split_piece(const pcre2_code *re, pcre2_match_data *md, const char *m, size_t off, size_t len,
-                        kv_spans *out) {
+static bool split_piece(const pcre2_code *re, matcher *mt, const char *m, size_t off, size_t len, kv_spans *out) {
     PCRE2_SPTR subj = (PCRE2_SPTR)(m + off);
     size_t pos = 0, last = 0;
     uint32_t opts = 0;
     while (pos <= len) {
-        int rc = pcre2_match(re, subj, len, pos, opts | PCRE2_NO_UTF_CHECK, md, NULL);
+        int rc = match_at(mt, re, subj, len, pos, opts);
         if (rc == PCRE2_ERROR_NOMATCH) {
             if (opts == 0) break;
             /* no non-empty match where the empty one was: step one char */
@@ -309,7 +353,7 @@ static bool split_piece(const pcre2_code *re, pcre2_match_data *md, const char *
             continue;
         }
         if (rc < 0) return false;
-        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(mt->md);
         size_t ms = ov[0], me = ov[1];
         if (ms > last && !spans_push(out, off + last, ms - last)) return false;
         if (me > ms && !spans_push(out, off + ms, me - ms)) return false;
@@ -353,18 +397,21 @@ bool kv_pre_split(const kv_vocab *v, const char *text, size_t len, kv_buf *scrat
     if (n == 0) return true;
     kv_spans other = {0};
     if (!spans_push(words, 0, n)) return false;
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    if (!md) return false;
+    matcher mt = {pcre2_match_data_create(1, NULL), NULL, NULL, NULL};
+    if (!mt.md) return false;
     bool ok = true;
     for (int r = 0; r < v->n_re && ok; r++) {
         other.n = 0;
         for (size_t i = 0; i < words->n && ok; i++)
-            ok = split_piece(v->re[r], md, m, words->data[i].off, words->data[i].len, &other);
+            ok = split_piece(v->re[r], &mt, m, words->data[i].off, words->data[i].len, &other);
         kv_spans tmp = *words;
         *words = other;
         other = tmp;
     }
-    pcre2_match_data_free(md);
+    pcre2_match_data_free(mt.md);
+    pcre2_match_context_free(mt.slow);
+    pcre2_match_context_free(mt.big);
+    pcre2_jit_stack_free(mt.big_stack);
     free(other.data);
     return ok && !words->oom;
 }

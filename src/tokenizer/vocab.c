@@ -5,7 +5,18 @@
  *
  * kv_vocab_tokenize returns INT32_MIN when it cannot work at all (bad
  * arguments, out of memory, a regex engine failure, or more than INT32_MAX
- * tokens); the contract of kvlm_tokenize has no other error channel. */
+ * tokens); the contract of kvlm_tokenize has no other error channel.
+ *
+ * Where llama.cpp aborts or throws, we do something defined instead:
+ *  - two tokens with the same text: KVLM_ERR_FORMAT at load (llama.cpp asserts);
+ *  - SPM, a byte with neither a <0xNN> nor a one-byte token: the UNK token
+ *    (llama.cpp throws);
+ *  - BPE input with a 4-byte sequence above U+10FFFF: read as U+FFFD
+ *    (llama.cpp throws);
+ *  - several candidate texts for the EOT / EOM / FIM tokens: the first in our
+ *    list order wins (llama.cpp: whichever its hash map yields first);
+ *  - special tokens of equal length are tried in id order (llama.cpp's
+ *    std::sort leaves that order unspecified). */
 #define _GNU_SOURCE /* memmem */
 #include <stdio.h>
 #include <stdlib.h>

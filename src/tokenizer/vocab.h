@@ -32,7 +32,8 @@ bool kv_vocab_is_eog(const kv_vocab *v, int32_t tok);
 /* The token's raw text as stored in the vocab (e.g. "\xe2\x96\x81the"). */
 const char *kv_vocab_token_text(const kv_vocab *v, int32_t tok, size_t *len);
 
-/* Same contract as kvlm_tokenize in kvlm.h. */
+/* Same contract as kvlm_tokenize in kvlm.h (INT32_MIN on invalid arguments,
+ * out of memory, a regex failure or more than INT32_MAX tokens). */
 int32_t kv_vocab_tokenize(const kv_vocab *v, const char *text, size_t len, int32_t *out,
                           int32_t n_max, bool add_special, bool parse_special);
 /* Same contract as kvlm_token_to_piece in kvlm.h. */
