@@ -26,7 +26,7 @@ typedef struct cli_args {
     int n_prompt_bench;      /* bench -p */
     int reps;                /* bench -r */
     int n_chunks;            /* perplexity --chunks */
-    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch;
+    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize;
     /* sampling */
     kvlm_sampling_params sampling;
     bool seed_set, temp_set;

@@ -181,21 +181,60 @@ static int bench_batch(kvlm_model *m, const cli_args *a) {
     return 0;
 }
 
+/* Tokenization throughput on 1 MB of text (-f FILE repeated, or a built-in mix). */
+static int bench_tokenize(kvlm_model *m, const cli_args *a) {
+    size_t slen = 0;
+    char *sample = a->file ? cli_read_file(a->file, &slen) : NULL;
+    static const char mix[] = "The quick brown fox jumps over the lazy dog. 1234 5678, don't stop!\n"
+                              "Ünïcödé, 日本語のテキスト, emojis \xf0\x9f\x98\x80 and   spaces\t\ttabs.\n";
+    if (!sample) {
+        slen = sizeof mix - 1;
+        sample = malloc(slen + 1);
+        memcpy(sample, mix, slen + 1);
+    }
+    const size_t size = 1 << 20;
+    char *text = malloc(size + 1);
+    for (size_t i = 0; i < size; i++) text[i] = sample[i % slen];
+    text[size] = '\0';
+    const int reps = a->reps > 0 ? a->reps : 5;
+    double *t = malloc((size_t)reps * sizeof(double));
+    int32_t n = 0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = cli_now_s();
+        kvlm_token *toks = cli_tokenize(m, text, size, false, false, &n);
+        t[r] = cli_now_s() - t0;
+        free(toks);
+    }
+    double med = median(t, reps);
+    printf("tokenize %s: 1 MiB -> %d tokens in %.1f ms (median of %d) = %.2f MB/s\n", basename_of(a->model), n,
+           med * 1e3, reps, size / 1e6 / med);
+    free(t);
+    free(text);
+    free(sample);
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
         printf("usage: kvlm bench -m MODEL [-p N_PROMPT (128)] [-n N_GEN (64)] [-t T] [-r REPS (5)] [--json | -o json]\n"
                "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
-               "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n");
+               "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
+               "       kvlm bench -m MODEL --tokenize [-f FILE]   tokenization MB/s on 1 MiB of text\n");
         return 0;
     }
     /* -p is the prompt length here, as in llama-bench */
     int n_prompt = a.prompt ? atoi(a.prompt) : 128;
     int n_gen = a.n_predict == 32 ? 64 : a.n_predict;
-    kvlm_model *m = cli_load_model(&a);
+    kvlm_model *m = a.tokenize ? cli_load_vocab(&a) : cli_load_model(&a);
     if (!m) return 1;
     int rc = 0;
+    if (a.tokenize) {
+        rc = bench_tokenize(m, &a);
+        kvlm_model_free(m);
+        return rc;
+    }
     if (a.incremental || a.batch) {
         rc = a.batch ? bench_batch(m, &a) : bench_incremental(m, &a);
         kvlm_model_free(m);
