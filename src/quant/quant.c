@@ -9,7 +9,7 @@
  * per-ISA tables. */
 static const kv_quant_entry *find(uint32_t type) {
     for (size_t i = 0; i < kv_quant_n_entries; i++)
-        if (kv_quant_entries[i].t[0]->type == type) return &kv_quant_entries[i];
+        if (kv_quant_entries[i].type == type) return &kv_quant_entries[i];
     return NULL;
 }
 
@@ -28,3 +28,12 @@ const kv_quant_gemm *kv_quant_get_gemm_isa(uint32_t type, int isa) {
 }
 
 const kv_quant_gemm *kv_quant_get_gemm(uint32_t type) { return kv_quant_get_gemm_isa(type, kv_quant_best_isa()); }
+
+kv_vec_mad_fn kv_quant_get_mad_isa(uint32_t type, int isa) {
+    if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
+    if (type == KV_F32) return kv_quant_mad_f32[isa];
+    if (type == KV_F16) return kv_quant_mad_f16[isa];
+    return NULL;
+}
+
+kv_vec_mad_fn kv_quant_get_mad(uint32_t type) { return kv_quant_get_mad_isa(type, kv_quant_best_isa()); }

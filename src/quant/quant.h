@@ -63,15 +63,18 @@ const char *kv_quant_isa_name(int isa); /* "scalar", "avx2", "avx512" or "?" */
  * reference itself. */
 const kv_quant_traits *kv_quant_get_isa(uint32_t type, int isa);
 
-/* Matrix-matrix microkernel, for prefill (several tokens) and for decode
+/* Matrix-matrix kernel, for prefill (several tokens) and for decode
  * (nc = 1, several rows at a time):
  *     y[c * ldy + r] = vec_dot(n, w + r * w_stride, x + c * x_stride)
- * for 0 <= r < nr, 0 <= c < nc, with 1 <= nr <= gemm->nr and
- * 1 <= nc <= gemm->nc (w: rows of the weight type, x: rows of its
- * vec_dot_type; strides in bytes, ldy in floats). Each output is bit-identical
- * to the vec_dot of the same ISA, hence to the scalar reference: the tile
- * shape never changes a result. Weight blocks are loaded once for the nc
- * columns and activation blocks once for the nr rows. */
+ * for 0 <= r < nr, 0 <= c < nc (w: rows of the weight type, x: rows of its
+ * vec_dot_type; strides in bytes, rows aligned as vec_dot needs them; ldy
+ * in floats). Each output is bit-identical to vec_dot (hence to the scalar
+ * reference): the shape of the call never changes a result. Any nr, nc >= 0
+ * is accepted; the kernel walks register tiles of up to gemm->nr rows by
+ * gemm->nc columns, row tiles outer, so a weight tile is loaded once for all
+ * nc columns (it stays in L1) and an activation block once per row tile.
+ * Passing a thread's whole row range and all tokens in one call is the
+ * intended use. */
 typedef void (*kv_gemm_fn)(int64_t n, const void *w, uint64_t w_stride, int nr, const void *x, uint64_t x_stride,
                            int nc, float *y, int64_t ldy);
 
@@ -79,13 +82,20 @@ typedef struct kv_quant_gemm {
     uint32_t type;  /* the weight type */
     int32_t isa;    /* the ISA of this kernel (a fallback reports its own) */
     kv_gemm_fn gemm;
-    int32_t nr, nc; /* the largest tile (rows x columns) one call takes */
+    int32_t nr, nc; /* its register tile (rows x columns), for information */
 } kv_quant_gemm;
 
 /* Best for the running CPU / for one ISA (NULL as for kv_quant_get_isa).
- * Types without a dedicated kernel get a loop over vec_dot (nr = nc = 1
- * would be legal but they report 4 x 4, so callers need no special case). */
+ * The scalar ISA's gemm is a loop over the scalar vec_dot. */
 const kv_quant_gemm *kv_quant_get_gemm(uint32_t type);
 const kv_quant_gemm *kv_quant_get_gemm_isa(uint32_t type, int isa);
+
+/* y[i] = fmaf(a, x[i], y[i]) for 0 <= i < n, x of type KV_F32 or KV_F16
+ * (converted exactly first): attention's weighted sum of values. Each
+ * element is one fma, so every ISA gives the same bits. NULL for other
+ * types or an ISA the CPU lacks. Look it up once, outside the loops. */
+typedef void (*kv_vec_mad_fn)(int64_t n, float a, const void *x, float *y);
+kv_vec_mad_fn kv_quant_get_mad(uint32_t type);
+kv_vec_mad_fn kv_quant_get_mad_isa(uint32_t type, int isa);
 
 #endif

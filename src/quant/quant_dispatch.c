@@ -7,18 +7,25 @@
  * columns take a SIMD kernel where there is one and otherwise forward to
  * the scalar one (the reference functions are static in their files, so a
  * constant table reaches them through one-line forwarders). */
+#include <math.h>
 #include <stddef.h>
 
+#include "fp16.h"
 #include "quant.h"
 #include "quant_types.h"
 #include "simd.h"
 
-#define KV_AVX512_TODO 1
-
 int kv_quant_best_isa(void) {
 #if KV_X86_SIMD
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+    /* Only __builtin_cpu_supports (loads from the runtime's cpu model, filled
+       in once by its constructor): no CPUID here, which traps to the
+       hypervisor in a VM and costs tens of microseconds. Clang has no
+       "f16c" name; every CPU with AVX2 has F16C. */
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
         return KV_ISA_SCALAR;
+#if !defined(__clang__)
+    if (!__builtin_cpu_supports("f16c")) return KV_ISA_SCALAR;
+#endif
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512vnni"))
@@ -45,6 +52,23 @@ static inline void gemm_loop(kv_vec_dot_fn dot, int64_t n, const void *w, uint64
         for (int r = 0; r < nr; r++)
             dot(n, &y[(int64_t)c * ldy + r], (const uint8_t *)w + (uint64_t)r * ws, (const uint8_t *)x + (uint64_t)c * xs);
 }
+
+/* ---- y[i] = fmaf(a, x[i], y[i]) */
+static void mad_f32_scalar(int64_t n, float a, const void *vx, float *y) {
+    const float *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+static void mad_f16_scalar(int64_t n, float a, const void *vx, float *y) {
+    const kv_f16 *x = vx;
+    for (int64_t i = 0; i < n; i++) y[i] = fmaf(a, kv_f16_to_f32(x[i]), y[i]);
+}
+#if KV_X86_SIMD
+const kv_vec_mad_fn kv_quant_mad_f32[3] = {mad_f32_scalar, kv_avx2_mad_f32, kv_avx2_mad_f32};
+const kv_vec_mad_fn kv_quant_mad_f16[3] = {mad_f16_scalar, kv_avx2_mad_f16, kv_avx2_mad_f16};
+#else
+const kv_vec_mad_fn kv_quant_mad_f32[3] = {mad_f32_scalar, NULL, NULL};
+const kv_vec_mad_fn kv_quant_mad_f16[3] = {mad_f16_scalar, NULL, NULL};
+#endif
 
 #define UNUSED __attribute__((unused))
 
@@ -130,7 +154,6 @@ W_AVX2(tq1_0, KV_TQ1_0, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
 W_AVX2(tq2_0, KV_TQ2_0, KV_Q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
 W_AVX2(i2_s, KV_I2_S, KV_I8_S, KV_AVX2_NR_I2S, KV_AVX2_NC_I2S)
 
-#ifndef KV_AVX512_TODO
 /* ---- AVX-512: its own kernels where they pay, the AVX2 ones elsewhere */
 #define W_AVX512(T, ID, VT, NR, NC)                                                                      \
     TRAITS(avx512, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T,               \
@@ -158,10 +181,6 @@ W_AVX512(i2_s, KV_I2_S, KV_I8_S, KV_AVX512_NR_I2S, KV_AVX512_NC_I2S)
 
 #define T3(T) {&kv_traits_##T, &avx2_##T, &avx512_##T}
 #define G3(T) {&g0_##T, &g_avx2_##T, &g_avx512_##T}
-#else
-#define T3(T) {&kv_traits_##T, &avx2_##T, &avx2_##T}
-#define G3(T) {&g0_##T, &g_avx2_##T, &g_avx2_##T}
-#endif
 #define T3_2(T) {&kv_traits_##T, &avx2_##T, &avx2_##T} /* AVX-512 runs the AVX2 kernels */
 #define G3_2(T) {&g0_##T, &g_avx2_##T, &g_avx2_##T}
 
@@ -176,10 +195,15 @@ W_AVX512(i2_s, KV_I2_S, KV_I8_S, KV_AVX512_NR_I2S, KV_AVX512_NC_I2S)
 
 /* The registry of types with compute support, one row per type. */
 const kv_quant_entry kv_quant_entries[] = {
-    {T3(f32), G3(f32)},       {T3(f16), G3(f16)},       {T3(bf16), G3(bf16)},     {T3(q8_0), G3(q8_0)},
-    {T3(q4_0), G3(q4_0)},     {T3_2(q4_1), G3_2(q4_1)}, {T3_2(q5_0), G3_2(q5_0)}, {T3_2(q5_1), G3_2(q5_1)},
-    {T3_2(q8_1), G3_2(q8_1)}, {T3_2(q2_K), G3_2(q2_K)}, {T3_2(q3_K), G3_2(q3_K)}, {T3(q4_K), G3(q4_K)},
-    {T3(q5_K), G3(q5_K)},     {T3(q6_K), G3(q6_K)},     {T3_2(q8_K), G3_2(q8_K)}, {T3_2(tq1_0), G3_2(tq1_0)},
-    {T3(tq2_0), G3(tq2_0)},   {T3(i2_s), G3(i2_s)},     {T3_2(i8_s), G3_2(i8_s)},
+    {KV_F32, T3(f32), G3(f32)},          {KV_F16, T3(f16), G3(f16)},
+    {KV_BF16, T3(bf16), G3(bf16)},       {KV_Q8_0, T3(q8_0), G3(q8_0)},
+    {KV_Q4_0, T3(q4_0), G3(q4_0)},       {KV_Q4_1, T3_2(q4_1), G3_2(q4_1)},
+    {KV_Q5_0, T3_2(q5_0), G3_2(q5_0)},   {KV_Q5_1, T3_2(q5_1), G3_2(q5_1)},
+    {KV_Q8_1, T3_2(q8_1), G3_2(q8_1)},   {KV_Q2_K, T3_2(q2_K), G3_2(q2_K)},
+    {KV_Q3_K, T3_2(q3_K), G3_2(q3_K)},   {KV_Q4_K, T3(q4_K), G3(q4_K)},
+    {KV_Q5_K, T3(q5_K), G3(q5_K)},       {KV_Q6_K, T3(q6_K), G3(q6_K)},
+    {KV_Q8_K, T3_2(q8_K), G3_2(q8_K)},   {KV_TQ1_0, T3_2(tq1_0), G3_2(tq1_0)},
+    {KV_TQ2_0, T3(tq2_0), G3(tq2_0)},    {KV_I2_S, T3(i2_s), G3(i2_s)},
+    {KV_I8_S, T3_2(i8_s), G3_2(i8_s)},
 };
 const size_t kv_quant_n_entries = sizeof kv_quant_entries / sizeof kv_quant_entries[0];

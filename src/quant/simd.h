@@ -19,7 +19,8 @@
 
 #include "quant.h"
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+/* -DKV_NO_SIMD builds the scalar references only (as on other architectures). */
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__)) && !defined(KV_NO_SIMD)
 #define KV_X86_SIMD 1
 #else
 #define KV_X86_SIMD 0
@@ -28,11 +29,15 @@
 /* One row of the registry (quant_dispatch.c): the traits and gemm of each
  * ISA (NULL where the build has no such kernels). */
 typedef struct kv_quant_entry {
+    uint32_t type;
     const kv_quant_traits *t[3];
     const kv_quant_gemm *g[3];
 } kv_quant_entry;
 extern const kv_quant_entry kv_quant_entries[];
 extern const size_t kv_quant_n_entries;
+
+/* the kv_vec_mad_fn kernels of each ISA for F32 and F16 values */
+extern const kv_vec_mad_fn kv_quant_mad_f32[3], kv_quant_mad_f16[3];
 
 #if KV_X86_SIMD
 
@@ -85,6 +90,8 @@ void kv_avx2_from_float_q8_0(const float *src, void *dst, int64_t n);
 void kv_avx2_from_float_q8_1(const float *src, void *dst, int64_t n);
 void kv_avx2_from_float_q8_K(const float *src, void *dst, int64_t n);
 void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n);
+void kv_avx2_mad_f32(int64_t n, float a, const void *x, float *y);
+void kv_avx2_mad_f16(int64_t n, float a, const void *x, float *y);
 
 /* ---- simd_avx512.c */
 #define KV_AVX512_GEMM_PROTO(T) \

@@ -36,6 +36,19 @@
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define INL static inline __attribute__((target("avx2,fma,f16c"), always_inline))
 
+/* constant-trip loops over tile rows/columns/chunks: fully unrolled so
+ * that accumulators stay in registers */
+#define UNR _Pragma("GCC unroll 16")
+
+/* Largest register tile: arrays are sized by these constants (sized by the
+ * tile's NR/NC parameters they would be VLAs, kept on the stack) */
+#define MR 8
+#define MC 4
+_Static_assert(KV_AVX2_NR_FLOAT <= MR && KV_AVX2_NR_B32 <= MR && KV_AVX2_NR_K <= MR && KV_AVX2_NR_I2S <= MR &&
+                   KV_AVX2_NR_I8S <= MR && KV_AVX2_NC_FLOAT <= MC && KV_AVX2_NC_B32 <= MC && KV_AVX2_NC_K <= MC &&
+                   KV_AVX2_NC_I2S <= MC && KV_AVX2_NC_I8S <= MC,
+               "tile sizes");
+
 /* ------------------------------------------------------------ helpers */
 
 INL float h2f(const void *p) {
@@ -43,12 +56,6 @@ INL float h2f(const void *p) {
     memcpy(&h, p, 2);
     return _cvtsh_ss(h); /* exact; a signalling NaN comes out quiet, which no
                             result can tell apart once it is multiplied */
-}
-
-INL float rdf(const void *p) {
-    float f;
-    memcpy(&f, p, 4);
-    return f;
 }
 
 /* the 8-lane tree of kv_dot_reduce8: j += j+4, j += j+2, j += j+1 */
@@ -82,9 +89,6 @@ INL __m128i ld128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
 /* int16 pairs -> int32 sums of 4 consecutive products */
 INL __m256i sum4(__m256i p16) { return _mm256_madd_epi16(p16, _mm256_set1_epi16(1)); }
-
-/* int16 vector: a in elements 0..7 (lanes 0..3), b in 8..15 (lanes 4..7) */
-INL __m256i sc2(int a, int b) { return _mm256_set_m128i(_mm_set1_epi16((short)b), _mm_set1_epi16((short)a)); }
 
 /* byte j = 0xff where bit j of v is set */
 INL __m256i bits_to_bytes(uint32_t v) {
@@ -151,16 +155,21 @@ TGT void kv_avx2_vec_dot_bf16(int64_t n, float *s, const void *x, const void *y)
 INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *x, uint64_t xs, float *y,
                int64_t ldy, const int e, const int NR, const int NC) {
     const size_t es = e == E_F32 ? 4 : 2;
-    const uint8_t *W[NR];
+    const uint8_t *W[MR];
+    UNR
     for (int r = 0; r < NR; r++) W[r] = w + (uint64_t)(r < nr ? r : nr - 1) * ws;
-    __m256 a[NR][NC][2];
-    for (int r = 0; r < NR; r++)
+    __m256 a[MR][MC][2];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) a[r][c][0] = a[r][c][1] = _mm256_setzero_ps();
-    _Alignas(32) float xb[NC][FCH];
+    }
+    _Alignas(32) float xb[MC][FCH];
     for (int64_t i0 = 0; i0 < n; i0 += FCH) {
         const int len = (int)(n - i0 < FCH ? n - i0 : FCH);
         const int full = len & ~15;
-        const float *xp[NC];
+        const float *xp[MC];
+        UNR
         for (int c = 0; c < NC; c++) {
             const uint8_t *xc = x + (uint64_t)c * xs + (size_t)i0 * es;
             if (e == E_F32 && full == len) {
@@ -178,8 +187,10 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             xp[c] = xb[c];
         }
         for (int i = 0; i < full; i += 16) {
+            UNR
             for (int r = 0; r < NR; r++) {
                 const __m256 wl = ld8(W[r], i0 + i, e), wh = ld8(W[r], i0 + i + 8, e);
+                UNR
                 for (int c = 0; c < NC; c++) {
                     a[r][c][0] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xp[c] + i), a[r][c][0]);
                     a[r][c][1] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(xp[c] + i + 8), a[r][c][1]);
@@ -189,9 +200,11 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
         if (full < len) {
             const int rem = len - full;
             const __m256 m0 = lane_mask(rem, 0), m1 = lane_mask(rem, 8);
+            UNR
             for (int r = 0; r < NR; r++) {
                 __m256 wl, wh;
                 ld16_tail(W[r], i0 + full, rem, e, &wl, &wh);
+                UNR
                 for (int c = 0; c < NC; c++) {
                     const __m256 xl = _mm256_loadu_ps(xp[c] + full), xh = _mm256_loadu_ps(xp[c] + full + 8);
                     a[r][c][0] = _mm256_blendv_ps(a[r][c][0], _mm256_fmadd_ps(wl, xl, a[r][c][0]), m0);
@@ -200,31 +213,55 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             }
         }
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(_mm256_add_ps(a[r][c][0], a[r][c][1]));
+    }
 }
 
-/* nc == 1: four rows at once; otherwise two rows by nc columns, twice */
+/* nc == 1: four rows at a time; otherwise tiles of two rows by three (or
+ * fewer) columns, rows outer */
 INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
                int64_t ldy, const int e) {
     const uint8_t *w = vw, *x = vx;
-    if (nc <= 1) {
-        ftile(n, w, ws, nr, x, xs, y, ldy, e, 4, 1);
+    if (nc == 1) {
+        for (int r0 = 0; r0 < nr; r0 += 4)
+            ftile(n, w + (uint64_t)r0 * ws, ws, nr - r0 < 4 ? nr - r0 : 4, x, xs, y + r0, ldy, e, 4, 1);
         return;
     }
     for (int r0 = 0; r0 < nr; r0 += 2) {
         const int rr = nr - r0 < 2 ? nr - r0 : 2;
         const uint8_t *wr = w + (uint64_t)r0 * ws;
-        if (nc == 2)
-            ftile(n, wr, ws, rr, x, xs, y + r0, ldy, e, 2, 2);
-        else
-            ftile(n, wr, ws, rr, x, xs, y + r0, ldy, e, 2, 3);
+        int c0 = 0;
+        for (; c0 + 3 <= nc; c0 += 3) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 2, 3);
+        if (nc - c0 == 2) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 2, 2);
+        if (nc - c0 == 1) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 2, 1);
     }
 }
 
 TGT KV_AVX2_GEMM_PROTO(f32) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32); }
 TGT KV_AVX2_GEMM_PROTO(f16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16); }
 TGT KV_AVX2_GEMM_PROTO(bf16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16); }
+
+/* ---- y += a * x, one fma per element (attention's weighted sum of values) */
+
+TGT void kv_avx2_mad_f32(int64_t n, float a, const void *vx, float *y) {
+    const float *x = vx;
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fma1(a, x[i], y[i]);
+}
+
+TGT void kv_avx2_mad_f16(int64_t n, float a, const void *vx, float *y) {
+    const uint16_t *x = vx;
+    const __m256 av = _mm256_set1_ps(a);
+    int64_t i = 0;
+    /* vcvtph2ps quiets a signalling NaN, which the fma would do anyway */
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_cvtph_ps(ld128(x + i)), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fma1(a, kv_f16_to_f32(x[i]), y[i]);
+}
 
 /* ---- conversions */
 
@@ -294,6 +331,7 @@ TGT void kv_avx2_to_float_q8_0(const void *src, float *dst, int64_t n) {
     const kv_block_q8_0 *b = src;
     for (int64_t i = 0; i < n / KV_QK8_0; i++, dst += KV_QK8_0) {
         const __m256 d = _mm256_set1_ps(h2f(&b[i].d));
+        UNR
         for (int k = 0; k < 4; k++) {
             const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * k)));
             _mm256_storeu_ps(dst + 8 * k, _mm256_mul_ps(d, _mm256_cvtepi32_ps(q)));
@@ -305,6 +343,7 @@ INL float amax32(const float *x) {
     const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 m = _mm256_setzero_ps();
     /* max_ps returns its second operand when the first is NaN: NaNs are skipped, as by fmaxf */
+    UNR
     for (int k = 0; k < 4; k++) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + 8 * k), abs), m);
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
@@ -321,6 +360,7 @@ INL __m256i pack32(__m256i q0, __m256i q1, __m256i q2, __m256i q3) {
 /* round(x * id) to nearest even, NaN -> 0, clamped to [lo, hi] */
 INL __m256i q8_round32(const float *x, float id, float lo, float hi) {
     __m256i q[4];
+    UNR
     for (int k = 0; k < 4; k++) {
         __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), _mm256_set1_ps(id));
         v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
@@ -388,8 +428,10 @@ TGT void kv_avx2_from_float_q8_K(const float *src, void *dst, int64_t n) {
         const __m256 is = _mm256_set1_ps(iscale), magic = _mm256_set1_ps(12582912.0f);
         const __m256i mant = _mm256_set1_epi32(0x007fffff), half = _mm256_set1_epi32(0x00400000);
         const __m256i c127 = _mm256_set1_epi32(127), lowb = _mm256_set1_epi32(0xff);
+        UNR
         for (int k = 0; k < 8; k++) {
             __m256i q[4];
+            UNR
             for (int t = 0; t < 4; t++) {
                 const __m256 v = _mm256_mul_ps(is, _mm256_loadu_ps(x + 32 * k + 8 * t));
                 /* kv_nearest_int, then imin(127, .) and the int8_t cast (low byte) */
@@ -404,6 +446,7 @@ TGT void kv_avx2_from_float_q8_K(const float *src, void *dst, int64_t n) {
         }
         for (int k = 0; k < KV_QK_K / 16; k++) {
             int sum = 0;
+            UNR
             for (int t = 0; t < 16; t++) sum += b[i].qs[16 * k + t];
             b[i].bsums[k] = (int16_t)sum;
         }
@@ -434,6 +477,7 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
     __m256i acc = _mm256_setzero_si256();
     for (i = 0; i + 32 <= n; i += 32) {
         __m256i qv[4];
+        UNR
         for (int k = 0; k < 4; k++) {
             const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(src + i + 8 * k), sc);
             /* round half away from zero: trunc, plus copysign(1, v) when |v - trunc| >= 0.5 */
@@ -465,33 +509,48 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 
 /* ------------------------------------------------------------ gemm entry points */
 
-/* NAME(n, w, ws, nr, x, xs, y, ldy, NR, NC) computes one tile of exactly NC
- * columns; the entry point picks NC = nc. */
-#define DEF_GEMM_NC2(T, TILE, NR)                                     \
-    TGT KV_AVX2_GEMM_PROTO(T) {                                       \
-        if (nc <= 1)                                                  \
-            TILE(n, w, ws, nr, x, xs, y, ldy, NR, 1);                 \
-        else                                                          \
-            TILE(n, w, ws, nr, x, xs, y, ldy, NR, 2);                 \
-    }                                                                 \
+/* TILE(n, w, ws, nr, x, xs, y, ldy, NR, NC) computes one register tile of
+ * nr <= NR rows and exactly NC columns. The entry points take any nr and
+ * nc: row tiles outer (a weight tile stays in L1 while every column goes
+ * by), column tiles inner. */
+#define TILE_AT(TILE, NR, NC, r0, rr, c0) \
+    TILE(n, (const uint8_t *)w + (uint64_t)(r0) * ws, ws, rr, (const uint8_t *)x + (uint64_t)(c0) * xs, xs, \
+         y + (int64_t)(c0) * ldy + (r0), ldy, NR, NC)
+
+#define DEF_GEMM_NC2(T, TILE, NR)                                       \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                         \
+        for (int r0 = 0; r0 < nr; r0 += NR) {                           \
+            const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
+            int c0 = 0;                                                 \
+            for (; c0 + 2 <= nc; c0 += 2) TILE_AT(TILE, NR, 2, r0, rr, c0); \
+            if (c0 < nc) TILE_AT(TILE, NR, 1, r0, rr, c0);              \
+        }                                                               \
+    }                                                                   \
     TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1); }
 
-#define DEF_GEMM_NC4(T, TILE, NR)                                     \
-    TGT KV_AVX2_GEMM_PROTO(T) {                                       \
-        switch (nc) {                                                 \
-        case 4: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 4); break;      \
-        case 3: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 3); break;      \
-        case 2: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 2); break;      \
-        default: TILE(n, w, ws, nr, x, xs, y, ldy, NR, 1); break;     \
-        }                                                             \
-    }                                                                 \
+#define DEF_GEMM_NC4(T, TILE, NR)                                       \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                         \
+        for (int r0 = 0; r0 < nr; r0 += NR) {                           \
+            const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
+            int c0 = 0;                                                 \
+            for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0); \
+            switch (nc - c0) {                                          \
+            case 3: TILE_AT(TILE, NR, 3, r0, rr, c0); break;            \
+            case 2: TILE_AT(TILE, NR, 2, r0, rr, c0); break;            \
+            case 1: TILE_AT(TILE, NR, 1, r0, rr, c0); break;            \
+            default: break;                                             \
+            }                                                           \
+        }                                                               \
+    }                                                                   \
     TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1); }
 
 #define ROWS(T, W, NR)                                                                           \
-    const T *W[NR];                                                                              \
+    const T *W[MR];                                                                              \
+    UNR                                                                                          \
     for (int r_ = 0; r_ < NR; r_++) W[r_] = (const T *)((const uint8_t *)w + (uint64_t)(r_ < nr ? r_ : nr - 1) * ws)
 #define COLS(T, X, NC)                                                     \
-    const T *X[NC];                                                        \
+    const T *X[MC];                                                        \
+    UNR                                                                \
     for (int c_ = 0; c_ < NC; c_++) X[c_] = (const T *)((const uint8_t *)x + (uint64_t)c_ * xs)
 
 /* ------------------------------------------------------------ int8 x int8: Q8_0, Q8_1 */
@@ -502,25 +561,31 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     const int64_t nb = n / 32;
     ROWS(uint8_t, W, NR);
     COLS(uint8_t, X, NC);
-    __m256 acc[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
+    }
     __m256i bad = _mm256_setzero_si256();
     const __m256i m128 = _mm256_set1_epi8(-128);
     for (int64_t i = 0; i < nb; i++) {
-        __m256i qy[NC];
-        __m256 dy[NC];
+        __m256i qy[MC];
+        __m256 dy[MC];
+        UNR
         for (int c = 0; c < NC; c++) {
             const uint8_t *b = X[c] + i * BS;
             qy[c] = ld256(b + QO);
             bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(qy[c], m128));
             dy[c] = _mm256_set1_ps(h2f(b));
         }
+        UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *a = W[r] + i * BS;
             const __m256i qx = ld256(a + QO);
             const __m256i ux = _mm256_sign_epi8(qx, qx);
             const __m256 dx = _mm256_set1_ps(h2f(a));
+            UNR
             for (int c = 0; c < NC; c++) {
                 const __m256i p = sum4(_mm256_maddubs_epi16(ux, _mm256_sign_epi8(qy[c], qx)));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dx, dy[c]), _mm256_cvtepi32_ps(p), acc[r][c]);
@@ -528,12 +593,16 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         }
     }
     if (!_mm256_testz_si256(bad, bad)) {
-        for (int r = 0; r < NR && r < nr; r++)
+        for (int r = 0; r < NR && r < nr; r++) {
+            UNR
             for (int c = 0; c < NC; c++) ref(n, &y[c * ldy + r], W[r], X[c]);
+        }
         return;
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
+    }
 }
 
 INL void tile_q8_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
@@ -582,17 +651,21 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     const size_t XO = with_min ? offsetof(kv_block_q8_1, qs) : offsetof(kv_block_q8_0, qs);
     ROWS(uint8_t, W, NR);
     COLS(uint8_t, X, NC);
-    __m256 acc[NR][NC];
-    float accm[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[MR][MC];
+    float accm[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) {
             acc[r][c] = _mm256_setzero_ps();
             accm[r][c] = 0.0f;
         }
+    }
     for (int64_t i = 0; i < nb; i++) {
-        __m256i qy[NC], qo[NC];
-        __m256 dy[NC];
-        float sy[NC];
+        __m256i qy[MC], qo[MC];
+        __m256 dy[MC];
+        float sy[MC];
+        UNR
         for (int c = 0; c < NC; c++) {
             const uint8_t *b = X[c] + i * BX;
             qy[c] = ld256(b + XO);
@@ -600,11 +673,13 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
             dy[c] = _mm256_set1_ps(h2f(b));
             if (with_min) sy[c] = h2f(b + offsetof(kv_block_q8_1, s));
         }
+        UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *a = W[r] + i * BW;
             const __m256i u = unpack_b32(a, t);
             const __m256 dx = _mm256_set1_ps(h2f(a));
             const float mx = with_min ? h2f(a + 2) : 0.0f; /* m follows d in Q4_1 and Q5_1 */
+            UNR
             for (int c = 0; c < NC; c++) {
                 __m256i p = _mm256_maddubs_epi16(u, qy[c]);
                 if (off) p = _mm256_sub_epi16(p, qo[c]);
@@ -613,8 +688,10 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
             }
         }
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) y[c * ldy + r] = with_min ? hsum8(acc[r][c]) + accm[r][c] : hsum8(acc[r][c]);
+    }
 }
 
 #define B32_TILE(T, ID)                                                                                         \
@@ -639,25 +716,55 @@ typedef struct {
     float dx, dmx;
 } krow;
 
-INL void k4_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8]) {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-    }
-    for (int j = 4; j < 8; j++) {
-        sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-        mn[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
+/* The 12-byte 6-bit scales/mins of Q4_K and Q5_K as int16
+ * [sc0..sc7 | mn0..mn7] (get_scale_min_k4 on 32-bit words). */
+INL __m256i k4_scales(const uint8_t *q) {
+    uint32_t u[3];
+    memcpy(u, q, 12);
+    const uint32_t m6 = 0x3f3f3f3fu, m4 = 0x0f0f0f0fu, hi2 = 0xc0c0c0c0u;
+    const __m128i v = _mm_setr_epi32((int)(u[0] & m6), (int)((u[2] & m4) | ((u[0] & hi2) >> 2)), (int)(u[1] & m6),
+                                     (int)(((u[2] >> 4) & m4) | ((u[1] & hi2) >> 2)));
+    return _mm256_cvtepu8_epi16(v);
+}
+
+/* from int16 [s0..s15] (both 128-bit lanes may differ): the vector with
+ * s[2c] in its low lane and s[2c+1] in its high lane (one scale per
+ * 16-element sub-block, as a chunk's lanes 0..3 and 4..7 need) */
+INL __m256i sc_pair(__m256i s16, int c) {
+    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(c));
+    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3,
+                                                   2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+}
+
+/* from int16 [s0..s7 | ...]: s[j] in every element */
+INL __m256i sc_bcast(__m256i s16, int j) {
+    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(j >> 1));
+    const int b = 2 * (j & 1);
+    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                   b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                   b + 1, b, b + 1, b, b + 1));
+}
+
+/* [m0, m0, m1, m1, .., m7, m7] from [sc | mn] */
+INL __m256i mins_pairs(__m256i v16) {
+    const __m256i m = _mm256_permute4x64_epi64(v16, 0xee); /* [mn | mn] */
+    return _mm256_shuffle_epi8(m, _mm256_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9, 8, 9, 10, 11,
+                                                   10, 11, 12, 13, 12, 13, 14, 15, 14, 15));
 }
 
 INL void prep_q2_K(const kv_block_q2_K *b, krow *k) {
     const __m256i m3 = _mm256_set1_epi8(3);
+    UNR
     for (int h = 0; h < 2; h++) {
         const __m256i q = ld256(b->qs + 32 * h);
+        UNR
         for (int j = 0; j < 4; j++) k->U[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
     }
-    for (int c = 0; c < 8; c++) k->SC[c] = sc2(b->scales[2 * c] & 0xF, b->scales[2 * c + 1] & 0xF);
-    k->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(ld128(b->scales), 4), _mm_set1_epi8(0x0f)));
+    const __m128i sb = ld128(b->scales);
+    const __m256i s16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f)));
+    UNR
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    k->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
     k->dx = h2f(&b->d);
     k->dmx = h2f(&b->dmin);
 }
@@ -665,63 +772,68 @@ INL void prep_q2_K(const kv_block_q2_K *b, krow *k) {
 INL void prep_q3_K(const kv_block_q3_K *b, krow *k) {
     const __m256i m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
     const __m256i hm = ld256(b->hmask);
+    UNR
     for (int h = 0; h < 2; h++) {
         const __m256i q = ld256(b->qs + 32 * h);
+        UNR
         for (int j = 0; j < 4; j++) {
             const int c = 4 * h + j; /* its high bits: bit c of hmask[l] */
             const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(hm, c), one);
             k->U[c] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3), _mm256_slli_epi16(hb, 2));
         }
     }
-    int sc[16];
-    for (int j = 0; j < 16; j++) {
-        const int lo = j < 8 ? b->scales[j] & 0xF : b->scales[j - 8] >> 4;
-        const int hi = (b->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
-        sc[j] = (lo | hi << 4) - 32;
-    }
-    for (int c = 0; c < 8; c++) k->SC[c] = sc2(sc[2 * c], sc[2 * c + 1]);
+    /* the 6-bit scales: low 4 bits in the nibbles of scales[0..7], top 2 bits
+       at shift 2(j / 4) of scales[8 + j % 4]; as 32-bit words */
+    uint32_t u[3];
+    memcpy(u, b->scales, 12);
+    const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+    const __m128i lo = _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
+    const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2), (int)((u[2] >> 6) & m2));
+    const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+    const __m256i s16 = _mm256_cvtepi8_epi16(s8);
+    UNR
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
     k->dx = h2f(&b->d);
 }
 
 INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    uint8_t sc[8], mn[8];
-    k4_scales(b->scales, sc, mn);
+    const __m256i v16 = k4_scales(b->scales);
+    UNR
     for (int c = 0; c < 4; c++) {
         const __m256i q = ld256(b->qs + 32 * c);
         k->U[2 * c] = _mm256_and_si256(q, m4);
         k->U[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        k->SC[2 * c] = _mm256_set1_epi16(sc[2 * c]);
-        k->SC[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1]);
+        k->SC[2 * c] = sc_bcast(v16, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
     }
-    k->MX = _mm256_setr_epi16(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3], mn[4], mn[4], mn[5], mn[5],
-                              mn[6], mn[6], mn[7], mn[7]);
+    k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
     k->dmx = h2f(&b->dmin);
 }
 
 INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
-    uint8_t sc[8], mn[8];
-    k4_scales(b->scales, sc, mn);
+    const __m256i v16 = k4_scales(b->scales);
     const __m256i hb = ld256(b->qh);
+    UNR
     for (int c = 0; c < 4; c++) {
         const __m256i q = ld256(b->qs + 32 * c);
         const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c), one);
         const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one);
         k->U[2 * c] = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
         k->U[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
-        k->SC[2 * c] = _mm256_set1_epi16(sc[2 * c]);
-        k->SC[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1]);
+        k->SC[2 * c] = sc_bcast(v16, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
     }
-    k->MX = _mm256_setr_epi16(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3], mn[4], mn[4], mn[5], mn[5],
-                              mn[6], mn[6], mn[7], mn[7]);
+    k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
     k->dmx = h2f(&b->dmin);
 }
 
 INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3);
+    UNR
     for (int h = 0; h < 2; h++) {
         const __m256i l0 = ld256(b->ql + 64 * h), l1 = ld256(b->ql + 64 * h + 32), qh = ld256(b->qh + 32 * h);
         const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
@@ -733,7 +845,9 @@ INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
         k->U[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2);
         k->U[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3);
     }
-    for (int c = 0; c < 8; c++) k->SC[c] = sc2(b->scales[2 * c], b->scales[2 * c + 1]);
+    const __m256i s16 = _mm256_cvtepi8_epi16(ld128(b->scales));
+    UNR
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
     k->dx = h2f(&b->d);
 }
 
@@ -741,6 +855,7 @@ INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
  * yo[k] = maddubs(off, y_k) when off != 0 */
 INL __m256i k_isum(const krow *k, const int8_t *qy, const __m256i *yo, const int has_off) {
     __m256i is = _mm256_setzero_si256();
+    UNR
     for (int c = 0; c < 8; c++) {
         __m256i p = _mm256_maddubs_epi16(k->U[c], ld256(qy + 32 * c));
         if (has_off) p = _mm256_sub_epi16(p, yo[c]);
@@ -762,21 +877,28 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
     const int off = t == K_Q3 ? 4 : t == K_Q6 ? 32 : 0;
     ROWS(uint8_t, W, NR);
     COLS(kv_block_q8_K, X, NC);
-    __m256 acc[NR][NC];
-    __m128 accm4[NR][NC];
-    float accm[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[MR][MC];
+    __m128 accm4[MR][MC];
+    float accm[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) {
             acc[r][c] = _mm256_setzero_ps();
             accm4[r][c] = _mm_setzero_ps();
             accm[r][c] = 0.0f;
         }
+    }
     for (int64_t i = 0; i < nb; i++) {
-        __m256i yo[NC][8];
+        __m256i yo[MC][8];
         if (off)
-            for (int c = 0; c < NC; c++)
+            UNR
+            for (int c = 0; c < NC; c++) {
+                UNR
                 for (int k = 0; k < 8; k++)
                     yo[c][k] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), ld256(X[c][i].qs + 32 * k));
+            }
+        UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * BW;
             krow k;
@@ -785,6 +907,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             if (t == K_Q4) prep_q4_K((const kv_block_q4_K *)blk, &k);
             if (t == K_Q5) prep_q5_K((const kv_block_q5_K *)blk, &k);
             if (t == K_Q6) prep_q6_K((const kv_block_q6_K *)blk, &k);
+            UNR
             for (int c = 0; c < NC; c++) {
                 const kv_block_q8_K *a = &X[c][i];
                 const __m256i is = k_isum(&k, a->qs, yo[c], off != 0);
@@ -807,13 +930,15 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             }
         }
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) {
             float v = hsum8(acc[r][c]);
             if (t == K_Q4) v += hsum4(accm4[r][c]);
             if (t == K_Q5) v += accm[r][c];
             y[c * ldy + r] = v;
         }
+    }
 }
 
 #define K_TILE(T, ID)                                                                                           \
@@ -835,18 +960,27 @@ INL void tile_q8_K(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     const int64_t nb = n / KV_QK_K;
     ROWS(kv_block_q8_K, W, NR);
     COLS(kv_block_q8_K, X, NC);
-    __m256 acc[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
+    }
     __m256i bad = _mm256_setzero_si256();
     const __m256i m128 = _mm256_set1_epi8(-128);
     for (int64_t i = 0; i < nb; i++) {
-        for (int c = 0; c < NC; c++)
+        UNR
+        for (int c = 0; c < NC; c++) {
+            UNR
             for (int k = 0; k < 8; k++)
                 bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(ld256(X[c][i].qs + 32 * k), m128));
-        for (int r = 0; r < NR; r++)
+        }
+        UNR
+        for (int r = 0; r < NR; r++) {
+            UNR
             for (int c = 0; c < NC; c++) {
                 __m256i is = _mm256_setzero_si256();
+                UNR
                 for (int k = 0; k < 8; k++) {
                     const __m256i qx = ld256(W[r][i].qs + 32 * k), qy = ld256(X[c][i].qs + 32 * k);
                     is = _mm256_add_epi32(is,
@@ -855,14 +989,19 @@ INL void tile_q8_K(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
                 const float d = W[r][i].d * X[c][i].d;
                 acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
             }
+        }
     }
     if (!_mm256_testz_si256(bad, bad)) {
-        for (int r = 0; r < NR && r < nr; r++)
+        for (int r = 0; r < NR && r < nr; r++) {
+            UNR
             for (int c = 0; c < NC; c++) kv_traits_q8_K.vec_dot(n, &y[c * ldy + r], W[r], X[c]);
+        }
         return;
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
+    }
 }
 DEF_GEMM_NC4(q8_K, tile_q8_K, KV_AVX2_NR_K)
 
@@ -883,6 +1022,7 @@ INL __m256i trits(__m256i b, __m256i m) {
 INL void prep_tq1_0(const kv_block_tq1_0 *b, __m256i U[8]) {
     static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
     const __m256i q = ld256(b->qs);
+    UNR
     for (int k = 0; k < 5; k++) U[k] = trits(q, _mm256_set1_epi8((char)pow3[k]));
     const __m128i q2 = ld128(b->qs + 32); /* 16 bytes: elements 160 + 16k + m */
     const __m256i qq = _mm256_set_m128i(q2, q2);
@@ -899,6 +1039,7 @@ INL void prep_tq1_0(const kv_block_tq1_0 *b, __m256i U[8]) {
 
 INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {
     const __m256i m3 = _mm256_set1_epi8(3);
+    UNR
     for (int h = 0; h < 2; h++) {
         const __m256i q = ld256(b->qs + 32 * h);
         for (int l = 0; l < 4; l++) U[4 * h + l] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * l), m3);
@@ -913,12 +1054,17 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
     const size_t BW = tq1 ? sizeof(kv_block_tq1_0) : sizeof(kv_block_tq2_0);
     ROWS(uint8_t, W, NR);
     COLS(kv_block_q8_K, X, NC);
-    __m256 acc[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256 acc[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
+    }
     for (int64_t i = 0; i < nb; i++) {
-        __m256i bs[NC];
+        __m256i bs[MC];
+        UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
+        UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * BW;
             __m256i U[8];
@@ -930,6 +1076,7 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
                 prep_tq2_0((const kv_block_tq2_0 *)blk, U);
                 dx = h2f(&((const kv_block_tq2_0 *)blk)->d);
             }
+            UNR
             for (int c = 0; c < NC; c++) {
                 const kv_block_q8_K *a = &X[c][i];
                 __m256i s16 = _mm256_maddubs_epi16(U[0], ld256(a->qs));
@@ -940,8 +1087,10 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
             }
         }
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
+    }
 }
 
 INL void tile_tq1_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,
@@ -963,16 +1112,21 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     ROWS(uint8_t, W, NR);
     COLS(uint8_t, X, NC);
     const __m256i m3 = _mm256_set1_epi8(3);
-    __m256i acc[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256i acc[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
+    }
     for (int64_t i = 0; i < nb; i++) {
+        UNR
         for (int r = 0; r < NR; r++) {
             const __m256i b = ld256(W[r] + 32 * i);
             const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(b, 6), m3);
             const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m3);
             const __m256i u2 = _mm256_and_si256(_mm256_srli_epi16(b, 2), m3);
             const __m256i u3 = _mm256_and_si256(b, m3);
+            UNR
             for (int c = 0; c < NC; c++) {
                 const int8_t *q = (const int8_t *)(X[c] + sizeof(kv_i8_s_head)) + KV_QK_I2_S * i;
                 __m256i s = _mm256_maddubs_epi16(u0, ld256(q));
@@ -983,6 +1137,7 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
             }
         }
     }
+    UNR
     for (int c = 0; c < NC; c++) {
         kv_i8_s_head head;
         memcpy(&head, X[c], sizeof head);
@@ -1002,29 +1157,38 @@ INL void tile_i8_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     COLS(uint8_t, X, NC);
     const int64_t n32 = n & ~(int64_t)31;
     const size_t H = sizeof(kv_i8_s_head);
-    __m256i acc[NR][NC];
-    for (int r = 0; r < NR; r++)
+    __m256i acc[MR][MC];
+    UNR
+    for (int r = 0; r < NR; r++) {
+        UNR
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
+    }
     __m256i bad = _mm256_setzero_si256();
     const __m256i m128 = _mm256_set1_epi8(-128);
     for (int64_t i = 0; i < n32; i += 32) {
-        __m256i qy[NC];
+        __m256i qy[MC];
+        UNR
         for (int c = 0; c < NC; c++) {
             qy[c] = ld256(X[c] + H + i);
             bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(qy[c], m128));
         }
+        UNR
         for (int r = 0; r < NR; r++) {
             const __m256i qx = ld256(W[r] + H + i), ux = _mm256_sign_epi8(qx, qx);
+            UNR
             for (int c = 0; c < NC; c++)
                 acc[r][c] = _mm256_add_epi32(acc[r][c], sum4(_mm256_maddubs_epi16(ux, _mm256_sign_epi8(qy[c], qx))));
         }
     }
     if (!_mm256_testz_si256(bad, bad)) {
-        for (int r = 0; r < NR && r < nr; r++)
+        for (int r = 0; r < NR && r < nr; r++) {
+            UNR
             for (int c = 0; c < NC; c++) kv_traits_i8_s.vec_dot(n, &y[c * ldy + r], W[r], X[c]);
+        }
         return;
     }
-    for (int r = 0; r < NR && r < nr; r++)
+    for (int r = 0; r < NR && r < nr; r++) {
+        UNR
         for (int c = 0; c < NC; c++) {
             kv_i8_s_head hx, hy;
             memcpy(&hx, W[r], H);
@@ -1034,6 +1198,7 @@ INL void tile_i8_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
             for (int64_t i = n32; i < n; i++) raw += (int32_t)qx[i] * qy[i];
             y[c * ldy + r] = (float)raw / hx.scale / hy.scale;
         }
+    }
 }
 DEF_GEMM_NC2(i8_s, tile_i8_s, KV_AVX2_NR_I8S)
 
