@@ -7,7 +7,6 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rope.h"
-#include "ops.h"
 #include "quant/fp16.h"
 #include "quant/quant.h"
 #include "quant/quant_i2s_float.h"
@@ -85,7 +84,8 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int
 
 typedef struct mm_job {
     const kv_weight *w;
-    kv_vec_dot_fn dot;
+    kv_vec_dot_fn dot;   /* used when gemm is NULL */
+    kv_gemm_fn gemm;
     const uint8_t *xq;
     uint64_t xrow;
     int32_t T;
@@ -98,6 +98,16 @@ static void mm_worker(void *ctx, int ith, int nth) {
     const kv_weight *w = j->w;
     int64_t r0, r1;
     kv_split(w->ne1, ith, nth, &r0, &r1);
+    if (r0 >= r1) return;
+    if (j->gemm) {
+        /* a register-tiled block of rows x tokens; each output equals vec_dot's bits */
+        j->gemm(w->ne0, (const uint8_t *)w->data + (uint64_t)r0 * w->row_bytes, w->row_bytes, (int)(r1 - r0), j->xq,
+                j->xrow, j->T, j->y + r0, j->ldy);
+        if (w->scale != 1.0f)
+            for (int32_t t = 0; t < j->T; t++)
+                for (int64_t r = r0; r < r1; r++) j->y[t * j->ldy + r] *= w->scale;
+        return;
+    }
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = (const uint8_t *)w->data + (uint64_t)r * w->row_bytes;
         for (int32_t t = 0; t < j->T; t++) {
@@ -122,15 +132,18 @@ static const uint8_t *convert_rows(kv_forward *f, const float *x, int32_t T, int
     return f->actq;
 }
 
-/* The dot product and activation type a weight is used with. */
-static void dot_of(const kv_forward *f, const kv_weight *w, kv_vec_dot_fn *dot, uint32_t *act) {
+/* The dot product (or gemm kernel) and activation type a weight is used with. */
+static void dot_of(const kv_forward *f, const kv_weight *w, kv_vec_dot_fn *dot, kv_gemm_fn *gemm, uint32_t *act) {
+    *gemm = NULL;
     if (w->type == KV_I2_S && f->m->ternary_f32) {
         *dot = kv_vec_dot_i2_s_f32;
         *act = KV_F32;
         return;
     }
     const kv_quant_traits *tr = kv_quant_get(w->type);
+    const kv_quant_gemm *g = kv_quant_get_gemm(w->type);
     *dot = tr->vec_dot;
+    *gemm = g ? g->gemm : NULL;
     *act = tr->vec_dot_type;
 }
 
@@ -138,7 +151,7 @@ static void dot_of(const kv_forward *f, const kv_weight *w, kv_vec_dot_fn *dot, 
 static void matmul(kv_forward *f, const kv_weight *w, const float *x, int32_t T, float *y) {
     uint32_t act;
     mm_job j = {.w = w, .T = T, .y = y, .ldy = w->ne1};
-    dot_of(f, w, &j.dot, &act);
+    dot_of(f, w, &j.dot, &j.gemm, &act);
     j.xq = convert_rows(f, x, T, w->ne0, act, &j.xrow);
     kv_tpool_run(f->pool, mm_worker, &j);
 }
@@ -151,13 +164,15 @@ static void matmul_shared(kv_forward *f, const kv_weight *const *ws, float *cons
     for (int i = 0; i < nw; i++) {
         uint32_t act;
         kv_vec_dot_fn dot;
-        dot_of(f, ws[i], &dot, &act);
+        kv_gemm_fn gemm;
+        dot_of(f, ws[i], &dot, &gemm, &act);
         if (act != conv) {
             j.xq = convert_rows(f, x, T, ws[i]->ne0, act, &j.xrow);
             conv = act;
         }
         j.w = ws[i];
         j.dot = dot;
+        j.gemm = gemm;
         j.y = ys[i];
         j.ldy = ws[i]->ne1;
         kv_tpool_run(f->pool, mm_worker, &j);
@@ -219,6 +234,7 @@ static void att_worker(void *ctx, int ith, int nth) {
     float *tmp = f->rowtmp + (int64_t)ith * kv_dim;
     kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
     const kv_quant_traits *tf16 = kv_quant_get(KV_F16), *tf32 = kv_quant_get(KV_F32);
+    const kv_vec_mad_fn mad16 = kv_quant_get_mad(KV_F16), mad32 = kv_quant_get_mad(KV_F32);
 
     int64_t b, e;
     kv_split((int64_t)j->T * hp->n_head, ith, nth, &b, &e);
@@ -268,18 +284,15 @@ static void att_worker(void *ctx, int ith, int nth) {
             float w = sc[sl] * inv;
             const kv_row r = kv_seq_row(s, j->layer, sl);
             const uint32_t tv = r.layout->type_v;
-            const float *vf;
             if (tv == KV_F32) {
-                vf = (const float *)r.v + (int64_t)kvh * hd;
+                mad32(hd, w, (const float *)r.v + (int64_t)kvh * hd, out);
             } else if (tv == KV_F16) {
                 /* the weights meet V in f16, as llama.cpp's kq x v does */
                 w = kv_f16_to_f32(kv_f32_to_f16(w));
-                tf16->to_float((const kv_f16 *)r.v + (int64_t)kvh * hd, tmp, hd);
-                vf = tmp;
+                mad16(hd, w, (const kv_f16 *)r.v + (int64_t)kvh * hd, out);
             } else {
-                vf = head_floats(r.v, tv, kvh, hd, kv_dim, tmp);
+                mad32(hd, w, head_floats(r.v, tv, kvh, hd, kv_dim, tmp), out);
             }
-            kv_axpy(hd, w, vf, out);
         }
     }
 }
