@@ -1,20 +1,29 @@
+/* A persistent thread pool with low dispatch latency: workers spin on an
+ * atomic job counter for a while (a decode step dispatches dozens of small
+ * jobs), then sleep on a condition variable; the caller runs share 0 and
+ * spins until the others are done. */
 #include "tpool.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "error.h"
+
+#define SPIN_ROUNDS 50000 /* roughly 0.1-0.5 ms of polling before a worker sleeps */
 
 struct kv_tpool {
     int n;
     pthread_t *threads;
     pthread_mutex_t mu;
-    pthread_cond_t work_cv, done_cv;
+    pthread_cond_t cv;
     kv_tpool_fn fn;
     void *ctx;
-    unsigned long generation; /* bumped per job */
-    int pending;              /* workers still running the current job */
-    int stop;
+    atomic_ulong generation; /* bumped per job; fn/ctx are published before it */
+    atomic_int pending;      /* workers still running the current job */
+    atomic_int sleepers;
+    atomic_int stop;
 };
 
 typedef struct worker_arg {
@@ -22,28 +31,37 @@ typedef struct worker_arg {
     int ith;
 } worker_arg;
 
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static void *worker(void *arg) {
     worker_arg wa = *(worker_arg *)arg;
     free(arg);
     kv_tpool *p = wa.p;
     unsigned long seen = 0;
     for (;;) {
-        pthread_mutex_lock(&p->mu);
-        while (!p->stop && p->generation == seen) pthread_cond_wait(&p->work_cv, &p->mu);
-        if (p->stop) {
-            pthread_mutex_unlock(&p->mu);
-            return NULL;
+        unsigned long g = atomic_load(&p->generation);
+        for (int i = 0; g == seen && i < SPIN_ROUNDS && !atomic_load_explicit(&p->stop, memory_order_relaxed); i++) {
+            cpu_relax();
+            g = atomic_load(&p->generation);
         }
-        seen = p->generation;
-        kv_tpool_fn fn = p->fn;
-        void *ctx = p->ctx;
-        pthread_mutex_unlock(&p->mu);
-
-        fn(ctx, wa.ith, p->n);
-
-        pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done_cv);
-        pthread_mutex_unlock(&p->mu);
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while ((g = atomic_load(&p->generation)) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) return NULL;
+        seen = g;
+        p->fn(p->ctx, wa.ith, p->n);
+        atomic_fetch_sub(&p->pending, 1);
     }
 }
 
@@ -53,10 +71,9 @@ kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err) {
     if (n_threads > 256) return kv_fail(err, KVLM_ERR_INVALID_ARG, "threads: %d is more than 256", n_threads);
     kv_tpool *p = calloc(1, sizeof *p);
     if (!p) return kv_fail(err, KVLM_ERR_NOMEM, "threads: out of memory");
-    p->n = n_threads;
+    p->n = 1;
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->work_cv, NULL);
-    pthread_cond_init(&p->done_cv, NULL);
+    pthread_cond_init(&p->cv, NULL);
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads, sizeof *p->threads);
         if (!p->threads) {
@@ -65,12 +82,18 @@ kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err) {
         }
         for (int i = 1; i < n_threads; i++) {
             worker_arg *wa = malloc(sizeof *wa);
-            if (!wa || pthread_create(&p->threads[i], NULL, worker, (wa->p = p, wa->ith = i, wa)) != 0) {
+            if (!wa) {
+                kv_tpool_free(p);
+                return kv_fail(err, KVLM_ERR_NOMEM, "threads: out of memory");
+            }
+            wa->p = p;
+            wa->ith = i;
+            if (pthread_create(&p->threads[i], NULL, worker, wa) != 0) {
                 free(wa);
-                p->n = i; /* only threads 1..i-1 exist */
                 kv_tpool_free(p);
                 return kv_fail(err, KVLM_ERR_INTERNAL, "threads: cannot start thread %d", i);
             }
+            p->n = i + 1; /* threads 1..i exist */
         }
     }
     *out = p;
@@ -81,15 +104,14 @@ void kv_tpool_free(kv_tpool *p) {
     if (!p) return;
     if (p->threads) {
         pthread_mutex_lock(&p->mu);
-        p->stop = 1;
-        pthread_cond_broadcast(&p->work_cv);
+        atomic_store(&p->stop, 1);
+        pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
         for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
         free(p->threads);
     }
     pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->work_cv);
-    pthread_cond_destroy(&p->done_cv);
+    pthread_cond_destroy(&p->cv);
     free(p);
 }
 
@@ -100,17 +122,18 @@ void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx) {
         fn(ctx, 0, 1);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
-    p->pending = p->n - 1;
-    p->generation++;
-    pthread_cond_broadcast(&p->work_cv);
-    pthread_mutex_unlock(&p->mu);
-
+    atomic_store(&p->pending, p->n - 1);
+    atomic_fetch_add(&p->generation, 1); /* seq_cst: pairs with the sleepers check below */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
     fn(ctx, 0, p->n);
-
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->done_cv, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (long i = 0; atomic_load(&p->pending) > 0; i++) {
+        if (i < SPIN_ROUNDS) cpu_relax();
+        else sched_yield();
+    }
 }
