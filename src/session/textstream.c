@@ -121,7 +121,7 @@ int kv_stream_push(kv_stream *st, const char *piece, size_t n, bool final) {
     }
     if (!kv_utf8_sanitize(&st->chunk, p, emit)) return -1;
     if (st->chunk.n && !kv_sb_put(&st->emitted, st->chunk.p, st->chunk.n)) return -1;
-    memmove(st->pending.p, st->pending.p + emit, pn - emit);
+    if (pn > emit) memmove(st->pending.p, st->pending.p + emit, pn - emit);
     st->pending.n = pn - emit;
     return stopped;
 }
