@@ -4,7 +4,11 @@
  * forward would tile it), reported as GB/s of weight bytes streamed per
  * matmul (and Gop/s, 2 ops per multiply-add, for prefill).
  *
- *   bench_kernels [-r rows] [-k cols] [-t tokens] [-s seconds] [type...]
+ *   bench_kernels [-r rows] [-k cols] [-t tokens] [-s seconds] [-S slice] [type...]
+ *
+ * -S: rows per timed prefill call (default 64; 0 = the whole matrix in one
+ * call, as one forward thread makes it). Types whose block does not divide
+ * the row length are skipped.
  *
  * Weights are random bytes with sane scales (the speed of the kernels does
  * not depend on the values); activations come from the type's own
@@ -97,6 +101,7 @@ typedef struct {
     size_t wb, xb;
     int T;
     float *y;
+    int64_t slice; /* rows per timed prefill call (0: all) */
 } job;
 
 static void run_dot(const job *j) {
@@ -116,7 +121,7 @@ static double best_time(const job *j, int kind, double secs) {
     double best = 1e30, start = now();
     int reps = 0;
     job s = *j;
-    const int64_t slice = 64;
+    const int64_t slice = j->slice > 0 ? j->slice : j->rows;
     do {
         double scale = 1.0;
         if (kind == 2 && j->rows > slice) {
@@ -136,9 +141,9 @@ static double best_time(const job *j, int kind, double secs) {
 }
 
 static result bench(uint32_t t, int isa, const uint8_t *w, int64_t R, int64_t K, const uint8_t *x, int T,
-                    double secs, float *y) {
+                    double secs, float *y, int64_t slice) {
     const kv_quant_traits *q = kv_quant_get_isa(t, isa);
-    job j = {t, isa, w, x, R, K, row_bytes(t, K), row_bytes(q->vec_dot_type, K), T, y};
+    job j = {t, isa, w, x, R, K, row_bytes(t, K), row_bytes(q->vec_dot_type, K), T, y, slice};
     result res;
     /* the scalar references only get a slice of the rows (they are slow) */
     if (isa == KV_ISA_SCALAR) j.rows = R < 256 ? R : 256;
@@ -157,6 +162,7 @@ static result bench(uint32_t t, int isa, const uint8_t *w, int64_t R, int64_t K,
 int main(int argc, char **argv) {
     int64_t R = 4096, K = 4096;
     int T = 64;
+    int64_t slice = 64;
     double secs = 0.5;
     uint32_t types[32];
     int nt = 0;
@@ -165,6 +171,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-k") && i + 1 < argc) K = atoll(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) T = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-s") && i + 1 < argc) secs = atof(argv[++i]);
+        else if (!strcmp(argv[i], "-S") && i + 1 < argc) slice = atoll(argv[++i]);
         else {
             uint32_t id = UINT32_MAX;
             for (uint32_t k = 0; k < KV_DTYPE_COUNT; k++)
@@ -192,6 +199,10 @@ int main(int argc, char **argv) {
         const uint32_t t = types[k];
         const kv_quant_traits *q0 = kv_quant_get_isa(t, 0);
         const size_t wb = row_bytes(t, K), xb = row_bytes(q0->vec_dot_type, K);
+        if (!wb || !xb || K % kv_dtype_get(t)->block_size) {
+            printf("%-6s (row length %lld is not a multiple of its block)\n", kv_dtype_name(t), (long long)K);
+            continue;
+        }
         uint8_t *w = aligned_alloc(64, (wb * (size_t)R + 64 + 63) & ~(size_t)63);
         uint8_t *x = aligned_alloc(64, (xb * (size_t)T + 64 + 63) & ~(size_t)63);
         if (!w || !x || !xf || !y) return 1;
@@ -200,7 +211,7 @@ int main(int argc, char **argv) {
         for (int c = 0; c < T; c++) kv_quant_get(q0->vec_dot_type)->from_float(xf + (size_t)c * K, x + (size_t)c * xb, K);
         double base[3] = {0, 0, 0};
         for (int isa = 0; isa <= best; isa++) {
-            const result r = bench(t, isa, w, R, K, x, T, secs, y);
+            const result r = bench(t, isa, w, R, K, x, T, secs, y, slice);
             if (isa == 0) base[0] = r.dot_gbs, base[1] = r.gemv_gbs, base[2] = r.gemm_gbs;
             printf("%-6s %-7s %10.2f %10.2f %10.2f %10.1f", kv_dtype_name(t), kv_quant_isa_name(isa), r.dot_gbs,
                    r.gemv_gbs, r.gemm_gbs, r.gemm_gops);
