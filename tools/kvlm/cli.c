@@ -89,6 +89,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         INT("--chunk", chunk)
         INT("-r", reps) INT("--repetitions", reps)
         INT("--chunks", n_chunks)
+        INT("-d", depth) INT("--depth", depth)
         FLT("--top-p", sampling.top_p)
         FLT("--min-p", sampling.min_p)
         FLT("--repeat-penalty", sampling.repeat_penalty)

@@ -26,6 +26,7 @@ typedef struct cli_args {
     int n_prompt_bench;      /* bench -p */
     int reps;                /* bench -r */
     int n_chunks;            /* perplexity --chunks */
+    int depth;               /* bench -d: context already held before the test */
     bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize;
     /* sampling */
     kvlm_sampling_params sampling;

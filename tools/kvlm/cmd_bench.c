@@ -40,10 +40,10 @@ static void random_tokens(kvlm_token *t, int n, int V, uint32_t seed) {
 }
 
 /* Seconds for one pp (n_prompt tokens as one batch) or tg (n_gen single-token steps) run. */
-static double run_once(kvlm_model *m, const kvlm_session_params *sp, int n_prompt, int n_gen, uint32_t seed,
+static double run_once(kvlm_model *m, const kvlm_session_params *sp, int depth, int n_prompt, int n_gen, uint32_t seed,
                        kvlm_error *err, bool *ok) {
     const int V = kvlm_n_vocab(m);
-    const int n = n_prompt + n_gen;
+    const int n = depth + n_prompt + n_gen;
     kvlm_token *t = malloc((size_t)(n > 0 ? n : 1) * sizeof *t);
     float *logits = malloc((size_t)V * sizeof *logits);
     kvlm_session *s = NULL;
@@ -53,11 +53,12 @@ static double run_once(kvlm_model *m, const kvlm_session_params *sp, int n_promp
     *ok = false;
     if (t && logits && kvlm_session_new(m, &p, &s, err) == KVLM_OK) {
         random_tokens(t, n, V, seed);
-        double t0 = cli_now_s();
         bool good = true;
-        if (n_prompt > 0) good = kvlm_eval(s, t, n_prompt, 0, logits, false, err) == KVLM_OK;
-        for (int i = 0; good && i < n_gen; i++)
-            good = kvlm_eval(s, t, n_prompt + i + 1, n_prompt + i, logits, false, err) == KVLM_OK;
+        if (depth > 0) good = kvlm_eval(s, t, depth, 0, NULL, false, err) == KVLM_OK; /* untimed context */
+        double t0 = cli_now_s();
+        if (good && n_prompt > 0) good = kvlm_eval(s, t, depth + n_prompt, depth, logits, false, err) == KVLM_OK;
+        for (int i = depth + n_prompt; good && i < n; i++)
+            good = kvlm_eval(s, t, i + 1, i, logits, false, err) == KVLM_OK;
         dt = cli_now_s() - t0;
         *ok = good;
     }
@@ -129,7 +130,7 @@ static int bench_incremental(kvlm_model *m, const cli_args *a) {
     double us = kv_sampler_bench_us(V, 200);
     bool ok;
     kvlm_session_params sp = cli_session_params(a);
-    double tg = run_once(m, &sp, 0, 32, 5, &err, &ok) / 32 * 1e6;
+    double tg = run_once(m, &sp, 0, 0, 32, 5, &err, &ok) / 32 * 1e6;
     printf("\nsampling (temp 0.8, top-k 40, top-p 0.95, min-p 0.05, repeat 1.1/64) over %d tokens: %.1f us per token"
            " = %.2f%% of a %.0f us decode step\n",
            V, us, 100.0 * us / tg, tg);
@@ -218,7 +219,7 @@ int cmd_bench(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
-        printf("usage: kvlm bench -m MODEL [-p N_PROMPT (128)] [-n N_GEN (64)] [-t T] [-r REPS (5)] [--json | -o json]\n"
+        printf("usage: kvlm bench -m MODEL [-p N_PROMPT (128)] [-n N_GEN (64)] [-d DEPTH] [-t T] [-r REPS (5)] [--json | -o json]\n"
                "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
                "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
                "       kvlm bench -m MODEL --tokenize [-f FILE]   tokenization MB/s on 1 MiB of text\n");
@@ -256,9 +257,9 @@ int cmd_bench(int argc, char **argv) {
         double *ts = malloc((size_t)reps * sizeof(double)), *ns = malloc((size_t)reps * sizeof(double));
         kvlm_error err;
         bool ok = true;
-        run_once(m, &sp, np, ng, 1, &err, &ok); /* warm-up */
+        run_once(m, &sp, a.depth, np, ng, 1, &err, &ok); /* warm-up */
         for (int r = 0; r < reps && ok; r++) {
-            double dt = run_once(m, &sp, np, ng, 2 + (uint32_t)r, &err, &ok);
+            double dt = run_once(m, &sp, a.depth, np, ng, 2 + (uint32_t)r, &err, &ok);
             ns[r] = dt * 1e9;
             ts[r] = (np + ng) / dt;
         }
@@ -271,7 +272,8 @@ int cmd_bench(int argc, char **argv) {
         }
         stats st = summarize(ts, reps), sn = summarize(ns, reps);
         char test[32];
-        snprintf(test, sizeof test, np ? "pp%d" : "tg%d", np ? np : ng);
+        if (a.depth > 0) snprintf(test, sizeof test, np ? "pp%d @ d%d" : "tg%d @ d%d", np ? np : ng, a.depth);
+        else snprintf(test, sizeof test, np ? "pp%d" : "tg%d", np ? np : ng);
         if (a.json) {
             printf("%s  {\"build_commit\": \"kvlm\", \"model_filename\": \"%s\", \"model_type\": \"%s\", "
                    "\"model_size\": %llu, \"model_n_params\": %llu, \"n_batch\": 256, \"n_threads\": %d, "
