@@ -235,6 +235,8 @@ static void att_worker(void *ctx, int ith, int nth) {
     kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
     const kv_quant_traits *tf16 = kv_quant_get(KV_F16), *tf32 = kv_quant_get(KV_F32);
     const kv_vec_mad_fn mad16 = kv_quant_get_mad(KV_F16), mad32 = kv_quant_get_mad(KV_F32);
+    const kv_quant_gemm *g16 = kv_quant_get_gemm(KV_F16), *g32 = kv_quant_get_gemm(KV_F32);
+    const kv_gemm_fn gemm16 = g16 ? g16->gemm : NULL, gemm32 = g32 ? g32->gemm : NULL;
 
     int64_t b, e;
     kv_split((int64_t)j->T * hp->n_head, ith, nth, &b, &e);
@@ -250,25 +252,51 @@ static void att_worker(void *ctx, int ith, int nth) {
         tf16->from_float(qh, q16, hd);
 
         float mx = -INFINITY;
-        for (int32_t sl = 0; sl < n_read; sl++) {
-            if (ring && (s->pos[sl] > p || s->pos[sl] <= p - s->window)) {
-                sc[sl] = -INFINITY;
-                continue;
+        if (!ring) {
+            /* page by page: one gemm call scores a page's keys (each score is still one vec_dot's bits) */
+            for (int32_t start = 0; start < n_read; start += s->P) {
+                const int32_t cnt = n_read - start < s->P ? n_read - start : s->P;
+                if (f->prefetch) prefetch_page(s, j->layer, start + s->P, kvh, hd);
+                const kv_page *pg = s->pages[start / s->P];
+                const kv_layout *l = pg->layout;
+                const uint8_t *kb = pg->data + (uint64_t)j->layer * l->layer_bytes;
+                if (l->type_k == KV_F16 && gemm16) {
+                    gemm16(hd, kb + (uint64_t)kvh * hd * 2, l->k_row, cnt, q16, 0, 1, sc + start, cnt);
+                } else if (l->type_k == KV_F32 && gemm32) {
+                    gemm32(hd, kb + (uint64_t)kvh * hd * 4, l->k_row, cnt, qh, 0, 1, sc + start, cnt);
+                } else {
+                    for (int32_t o = 0; o < cnt; o++) {
+                        const uint8_t *kr = kb + (uint64_t)o * l->k_row;
+                        if (l->type_k == KV_F16) tf16->vec_dot(hd, &sc[start + o], kr + (uint64_t)kvh * hd * 2, q16);
+                        else if (l->type_k == KV_F32) tf32->vec_dot(hd, &sc[start + o], kr + (uint64_t)kvh * hd * 4, qh);
+                        else tf32->vec_dot(hd, &sc[start + o], head_floats(kr, l->type_k, kvh, hd, kv_dim, tmp), qh);
+                    }
+                }
+                for (int32_t o = start; o < start + cnt; o++) {
+                    sc[o] *= scale;
+                    mx = sc[o] > mx ? sc[o] : mx;
+                }
             }
-            if (f->prefetch && sl % s->P == 0) prefetch_page(s, j->layer, sl + s->P, kvh, hd);
-            const kv_row r = kv_seq_row(s, j->layer, sl);
-            const uint32_t tk = r.layout->type_k;
-            float d;
-            if (tk == KV_F16) {
-                tf16->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 2, q16);
-            } else if (tk == KV_F32) {
-                tf32->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 4, qh);
-            } else {
-                tf32->vec_dot(hd, &d, head_floats(r.k, tk, kvh, hd, kv_dim, tmp), qh);
+        } else {
+            for (int32_t sl = 0; sl < n_read; sl++) {
+                if (s->pos[sl] > p || s->pos[sl] <= p - s->window) {
+                    sc[sl] = -INFINITY;
+                    continue;
+                }
+                const kv_row r = kv_seq_row(s, j->layer, sl);
+                const uint32_t tk = r.layout->type_k;
+                float d;
+                if (tk == KV_F16) {
+                    tf16->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 2, q16);
+                } else if (tk == KV_F32) {
+                    tf32->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 4, qh);
+                } else {
+                    tf32->vec_dot(hd, &d, head_floats(r.k, tk, kvh, hd, kv_dim, tmp), qh);
+                }
+                d *= scale;
+                sc[sl] = d;
+                mx = d > mx ? d : mx;
             }
-            d *= scale;
-            sc[sl] = d;
-            mx = d > mx ? d : mx;
         }
         double sum = 0.0;
         for (int32_t sl = 0; sl < n_read; sl++) {
@@ -282,16 +310,19 @@ static void att_worker(void *ctx, int ith, int nth) {
         for (int32_t sl = 0; sl < n_read; sl++) {
             if (sc[sl] == 0.0f) continue;
             float w = sc[sl] * inv;
-            const kv_row r = kv_seq_row(s, j->layer, sl);
-            const uint32_t tv = r.layout->type_v;
+            const kv_page *pg = s->pages[sl / s->P];
+            const kv_layout *l = pg->layout;
+            const uint8_t *vr = pg->data + (uint64_t)j->layer * l->layer_bytes + (uint64_t)s->P * l->k_row +
+                                (uint64_t)(sl % s->P) * l->v_row;
+            const uint32_t tv = l->type_v;
             if (tv == KV_F32) {
-                mad32(hd, w, (const float *)r.v + (int64_t)kvh * hd, out);
+                mad32(hd, w, (const float *)vr + (int64_t)kvh * hd, out);
             } else if (tv == KV_F16) {
                 /* the weights meet V in f16, as llama.cpp's kq x v does */
                 w = kv_f16_to_f32(kv_f32_to_f16(w));
-                mad16(hd, w, (const kv_f16 *)r.v + (int64_t)kvh * hd, out);
+                mad16(hd, w, (const kv_f16 *)vr + (int64_t)kvh * hd, out);
             } else {
-                mad32(hd, w, head_floats(r.v, tv, kvh, hd, kv_dim, tmp), out);
+                mad32(hd, w, head_floats(vr, tv, kvh, hd, kv_dim, tmp), out);
             }
         }
     }
