@@ -629,6 +629,90 @@ static void test_gemm_tiled(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* The prefill paths (several columns: packed operands, bigger tiles, panels
+ * over long rows): row counts around the 8-row tile, column counts around
+ * the column tiles, lengths with partial chunks and several panels, on
+ * realistic, raw and special data; outputs at an offset in a padded matrix,
+ * nothing written outside. */
+static void test_gemm_packed(void **state) {
+    (void)state;
+    static const uint32_t tt[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0};
+    static const int64_t n32[] = {32, 288, 800}, nf[] = {5, 16, 17, 300, 513, 1040};
+    static const int nrs[] = {1, 7, 8, 9, 16, 19}, ncs[] = {4, 5, 6, 7, 12, 13};
+    enum { R = 19, C = 13 };
+    int bad = 0;
+    rng r = {4242};
+    for (size_t k = 0; k < sizeof tt / sizeof tt[0]; k++) {
+        const uint32_t t = tt[k];
+        const kv_quant_traits *s = kv_quant_get_isa(t, 0);
+        const int b32 = block_of(t) == 32;
+        const int64_t *ns = b32 ? n32 : nf;
+        const size_t nn = b32 ? sizeof n32 / sizeof n32[0] : sizeof nf / sizeof nf[0];
+        for (size_t li = 0; li < nn; li++) {
+            const int64_t n = ns[li];
+            const size_t ws = row_bytes(t, n) + 4, xs = row_bytes(s->vec_dot_type, n) + 12; /* padded, aligned as vec_dot needs */
+            uint8_t *w = xmalloc(ws * R), *x = xmalloc(xs * C);
+            for (int mode = 0; mode < N_MODES; mode++) {
+                make_rows(&r, t, n, mode, 0, w, ws, R);
+                make_rows(&r, s->vec_dot_type, n, mode, 1, x, xs, C);
+                float ref[C][R];
+                for (int c = 0; c < C; c++)
+                    for (int rr = 0; rr < R; rr++) s->vec_dot(n, &ref[c][rr], w + rr * ws, x + c * xs);
+                for (int isa = 1; isa <= 2; isa++) {
+                    if (!isa_ok(isa)) continue;
+                    const kv_quant_gemm *g = kv_quant_get_gemm_isa(t, isa);
+                    for (size_t a = 0; a < sizeof nrs / sizeof nrs[0]; a++)
+                        for (size_t b = 0; b < sizeof ncs / sizeof ncs[0]; b++) {
+                            const int nr = nrs[a], nc = ncs[b], r0 = R - nr, c0 = C - nc;
+                            const int64_t ldy = nr + 2;
+                            float y[(C + 1) * (R + 2) + 2];
+                            const int ny = (int)(nc * ldy + 2);
+                            for (int i = 0; i < ny; i++) y[i] = -7.0f;
+                            g->gemm(n, w + (size_t)r0 * ws, ws, nr, x + (size_t)c0 * xs, xs, nc, y + 1, ldy);
+                            for (int i = 0; i < ny; i++) {
+                                const int64_t q = i - 1;
+                                const int rr = (int)(q % ldy), cc = (int)(q / ldy);
+                                const int in = q >= 0 && rr < nr && cc < nc;
+                                const float want = in ? ref[c0 + cc][r0 + rr] : -7.0f;
+                                if (!same(y[i], want) && bad++ < 5)
+                                    print_message("%s %s packed gemm %dx%d n=%lld mode %d at %d: 0x%08x want 0x%08x\n",
+                                                  tname(t), isa_name(isa), nr, nc, (long long)n, mode, i, fbits(y[i]),
+                                                  fbits(want));
+                            }
+                        }
+                }
+            }
+            free(w);
+            free(x);
+        }
+    }
+    /* -0 lanes (see test_dot_negative_zero_lanes) through the several-column path */
+    static const uint32_t ft[] = {KV_F32, KV_BF16};
+    for (size_t k = 0; k < 2; k++) {
+        const kv_quant_traits *s = kv_quant_get_isa(ft[k], 0);
+        for (int64_t n = 1; n <= 40; n++) {
+            float a[40], b[40];
+            uint8_t qa[160], qb[4][160];
+            for (int i = 0; i < n; i++) {
+                a[i] = -1e-30f;
+                b[i] = 1e-30f;
+            }
+            s->from_float(a, qa, n);
+            for (int c = 0; c < 4; c++) s->from_float(b, qb[c], n);
+            float ref;
+            s->vec_dot(n, &ref, qa, qb[0]);
+            for (int isa = 1; isa <= 2; isa++) {
+                if (!isa_ok(isa)) continue;
+                float y[4] = {1, 1, 1, 1};
+                kv_quant_get_gemm_isa(ft[k], isa)->gemm(n, qa, 0, 1, qb, 160, 4, y, 1);
+                for (int c = 0; c < 4; c++)
+                    if (fbits(y[c]) != fbits(ref)) bad++;
+            }
+        }
+    }
+    assert_int_equal(bad, 0);
+}
+
 /* the attention value update: elementwise fma, F32 and F16 values */
 static void test_mad(void **state) {
     (void)state;
@@ -690,6 +774,7 @@ int main(void) {
         cmocka_unit_test(test_to_float_raw),
         cmocka_unit_test(test_half_from_float_sweep),
         cmocka_unit_test(test_gemm_tiled),
+        cmocka_unit_test(test_gemm_packed),
         cmocka_unit_test(test_mad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,6 +2,11 @@
  *
  *   F32/F16/BF16: the 16 canonical lanes are exactly one zmm; a tail
  *     updates only its lanes (mask3 fma).
+ *   Gemm with 4 or more columns (prefill): operands packed once per call
+ *     (activations) and once per tile of rows (weights), then register
+ *     tiles of 8 rows x 3 columns (float types: 16-lane fmas) or 8 rows x 4
+ *     columns (Q8_0, Q4_0: vpdpbusd on interleaved row pairs); see "packed"
+ *     below. Fewer columns (decode) take the kernels described next.
  *   Q8_0, Q4_0 gemm: two weight rows share a zmm (row a in lanes 0..7, row b
  *     in 8..15) against the activation block broadcast to both halves.
  *     vpdpbusd takes unsigned x signed bytes, so the weight codes go in as
@@ -20,6 +25,7 @@
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fp16.h"
@@ -205,9 +211,177 @@ INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, u
     }
 }
 
-TGT KV_AVX512_GEMM_PROTO(f32) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32); }
-TGT KV_AVX512_GEMM_PROTO(f16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16); }
-TGT KV_AVX512_GEMM_PROTO(bf16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16); }
+/* Prefetch (into L2) rows [r0, r0 + cnt) of w, row_bytes each: the next
+ * row tile's weights, fetched while the current one is being computed (a
+ * tile's packing would otherwise wait on memory for each of its rows). */
+INL void prefetch_rows(const uint8_t *w, uint64_t ws, int64_t r0, int cnt, size_t row_bytes) {
+    for (int r = 0; r < cnt; r++) {
+        const char *p = (const char *)w + (uint64_t)(r0 + r) * ws;
+        for (size_t o = 0; o < row_bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
+    }
+}
+
+/* ---- packed float gemm (prefill): both operands converted to f32 once
+ *
+ * Activations are converted once per call into a chunk-major scratch
+ * (16-element chunk k of column c at xa + (k * nc + c) * 16); weights once
+ * per tile of FR rows and FK elements (a panel that stays in L1 while every
+ * column goes past it). The register tile is FR rows x FC columns of
+ * 16-lane accumulators, saved between the FK-element panels. Each lane
+ * does the reference's fma in increasing i; a partial last chunk updates
+ * only its lanes (mask3); the final 16-lane tree is f_reduce16. */
+
+#define FR KV_AVX512_NR_FPK
+#define FC KV_AVX512_NC_FPK
+#define FK 512
+#define F_MIN_COLS 4 /* fewer columns: fgemm */
+
+/* v[0..15] -> lane m = the reduce16 tree of v[m] (j += j+8, j += j+4,
+ * j += j+2, j += j+1; adds commute, so only which values meet matters) */
+INL __m512 f_reduce16(const __m512 *v) {
+    __m512 s[8], t[4], u[2];
+    UNR
+    for (int i = 0; i < 8; i++)
+        s[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xee));
+    UNR
+    for (int i = 0; i < 4; i++)
+        t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(s[2 * i], s[2 * i + 1], 0xdd));
+    UNR
+    for (int i = 0; i < 2; i++)
+        u[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], 0xee));
+    /* lane 4q + j holds v[4j + q] */
+    const __m512 r = _mm512_add_ps(_mm512_shuffle_ps(u[0], u[1], 0x88), _mm512_shuffle_ps(u[0], u[1], 0xdd));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), r);
+}
+
+/* FR rows x NC columns over chunks [k0, k1) of the panel wa (chunk k0 first);
+ * acc kept in ab between panels; last: reduce and store */
+INL void fp_tile(const float *wa, const float *xa, int nc, int64_t k0, int64_t k1, int rem, int first, int last,
+                 __m512 *ab, float *y, int64_t ldy, int nr, const int NC) {
+    __m512 acc[FR][FC];
+    UNR
+    for (int r = 0; r < FR; r++) {
+        UNR
+        for (int c = 0; c < NC; c++) acc[r][c] = first ? _mm512_setzero_ps() : ab[r * FC + c];
+    }
+    const int64_t kf = rem ? k1 - 1 : k1; /* full chunks */
+    const float *xk = xa + (size_t)k0 * (size_t)nc * 16;
+    for (int64_t k = k0; k < kf; k++, wa += FR * 16, xk += (size_t)nc * 16) {
+        __m512 xv[FC];
+        UNR
+        for (int c = 0; c < NC; c++) xv[c] = _mm512_load_ps(xk + 16 * c);
+        UNR
+        for (int r = 0; r < FR; r++) {
+            __m512 wv = _mm512_load_ps(wa + 16 * r);
+            /* one load per weight vector: keeps the compiler from folding
+               it into each fma (loads are the tighter port here) */
+            __asm__("" : "+v"(wv));
+            UNR
+            for (int c = 0; c < NC; c++) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+        }
+    }
+    if (rem) {
+        const __mmask16 m = (__mmask16)((1u << rem) - 1);
+        UNR
+        for (int r = 0; r < FR; r++) {
+            const __m512 wv = _mm512_load_ps(wa + 16 * r);
+            UNR
+            for (int c = 0; c < NC; c++)
+                acc[r][c] = _mm512_mask3_fmadd_ps(wv, _mm512_load_ps(xk + 16 * c), acc[r][c], m);
+        }
+    }
+    if (!last) {
+        UNR
+        for (int r = 0; r < FR; r++) {
+            UNR
+            for (int c = 0; c < NC; c++) ab[r * FC + c] = acc[r][c];
+        }
+        return;
+    }
+    /* columns in pairs: lanes 0..7 rows of column c, 8..15 of column c+1 */
+    const __mmask16 m = (__mmask16)((1u << nr) - 1);
+    UNR
+    for (int c = 0; c < NC; c += 2) {
+        __m512 v[16];
+        UNR
+        for (int r = 0; r < FR; r++) {
+            v[r] = acc[r][c];
+            v[FR + r] = acc[r][c + 1 < NC ? c + 1 : c];
+        }
+        const __m512 o = f_reduce16(v);
+        _mm256_mask_storeu_ps(y + (int64_t)c * ldy, (__mmask8)m, _mm512_castps512_ps256(o));
+        if (c + 1 < NC) _mm256_mask_storeu_ps(y + (int64_t)(c + 1) * ldy, (__mmask8)m, _mm512_extractf32x8_ps(o, 1));
+    }
+}
+
+_Static_assert(FR == 8 && FC <= 4, "fp_tile's reduction pairs columns of 8 rows");
+
+INL int fp_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                int64_t ldy, const int e) {
+    const int64_t nk = (n + 15) / 16, np = (nk + FK / 16 - 1) / (FK / 16);
+    const int64_t kp = (nk + np - 1) / np; /* chunks in all, per panel (<= FK / 16, balanced) */
+    const int rem = (int)(n % 16);
+    const int nct = (nc + FC - 1) / FC;
+    const size_t s_xa = (size_t)nk * (size_t)nc * 64, s_wa = (size_t)kp * FR * 64,
+                 s_ab = nk > kp ? (size_t)nct * FR * FC * 64 : 0;
+    uint8_t *buf = aligned_alloc(64, s_xa + s_wa + s_ab);
+    if (!buf) return 0;
+    float *xa = (float *)buf, *wa = (float *)(buf + s_xa);
+    __m512 *ab = (__m512 *)(buf + s_xa + s_wa);
+    prefetch_rows(vw, ws, 0, nr < FR ? nr : FR, (size_t)n * (e == E_F32 ? 4 : 2));
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *xc = (const uint8_t *)vx + (uint64_t)c * xs;
+        float *o = xa + (size_t)c * 16;
+        int64_t k = 0;
+        for (; k < n / 16; k++) _mm512_store_ps(o + (size_t)k * (size_t)nc * 16, ld16(xc, 16 * k, e));
+        if (rem) _mm512_store_ps(o + (size_t)k * (size_t)nc * 16, ld16m(xc, 16 * k, rem, e));
+    }
+    for (int r0 = 0; r0 < nr; r0 += FR) {
+        const int rr = nr - r0 < FR ? nr - r0 : FR;
+        const uint8_t *W[FR];
+        for (int r = 0; r < FR; r++) W[r] = (const uint8_t *)vw + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws;
+        if (r0 + FR < nr)
+            prefetch_rows(vw, ws, r0 + FR, nr - r0 - FR < FR ? nr - r0 - FR : FR, (size_t)n * (e == E_F32 ? 4 : 2));
+        for (int64_t k0 = 0; k0 < nk; k0 += kp) {
+            const int64_t k1 = nk - k0 < kp ? nk : k0 + kp;
+            const int last = k1 == nk;
+            for (int64_t k = k0; k < k1; k++)
+                for (int r = 0; r < FR; r++) {
+                    const __m512 v = (rem && k == nk - 1) ? ld16m(W[r], 16 * k, rem, e) : ld16(W[r], 16 * k, e);
+                    _mm512_store_ps(wa + ((size_t)(k - k0) * FR + (size_t)r) * 16, v);
+                }
+            const int rm = last ? rem : 0;
+            int c0 = 0, t = 0;
+            for (; c0 + FC <= nc; c0 += FC, t++)
+                fp_tile(wa, xa + (size_t)c0 * 16, nc, k0, k1, rm, k0 == 0, last, ab + (size_t)t * FR * FC,
+                        y + (int64_t)c0 * ldy + r0, ldy, rr, FC);
+            if (nc - c0 == 2)
+                fp_tile(wa, xa + (size_t)c0 * 16, nc, k0, k1, rm, k0 == 0, last, ab + (size_t)t * FR * FC,
+                        y + (int64_t)c0 * ldy + r0, ldy, rr, 2);
+            if (nc - c0 == 1)
+                fp_tile(wa, xa + (size_t)c0 * 16, nc, k0, k1, rm, k0 == 0, last, ab + (size_t)t * FR * FC,
+                        y + (int64_t)c0 * ldy + r0, ldy, rr, 1);
+        }
+    }
+    free(buf);
+    return 1;
+}
+
+TGT KV_AVX512_GEMM_PROTO(f32) {
+    if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32)) return;
+    fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32);
+}
+TGT KV_AVX512_GEMM_PROTO(f16) {
+    if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16)) return;
+    fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16);
+}
+TGT KV_AVX512_GEMM_PROTO(bf16) {
+    if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16)) return;
+    fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16);
+}
 
 /* ---- F16 conversions (see simd_avx2.c: the instruction matches the reference
  * except that it quiets signalling NaNs on the way to f32) */
@@ -342,8 +516,185 @@ INL void tile_q4_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
                    const int NR, const int NC) {
     tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, 1);
 }
-DEF_GEMM(q8_0, tile_q8_0, KV_AVX512_NR_B32)
-DEF_GEMM(q4_0, tile_q4_0, KV_AVX512_NR_B32)
+static DEF_GEMM(pair_q8_0, tile_q8_0, KV_AVX512_NR_B32)
+static DEF_GEMM(pair_q4_0, tile_q4_0, KV_AVX512_NR_B32)
+
+/* ------------------------------------------------------------ Q8_0, Q4_0 packed (prefill)
+ *
+ * With several columns the work is reorganised so that the inner loop is
+ * three vector instructions per (2 outputs x 1 block): vpdpbusd, cvt, fma.
+ *
+ *   Activations, once per call: each Q8_0 block becomes 64 bytes, its eight
+ *     4-byte groups each written twice (g0 g0 g1 g1 .. g7 g7) and offset by
+ *     128 (unsigned for vpdpbusd), plus its scale as a float.
+ *   Weights, once per tile of 8 rows (4 row pairs): the signed values of rows
+ *     2p and 2p+1 with their 4-byte groups interleaved (a0 b0 a1 b1 .. a7 b7)
+ *     so that lane 2g + k of a vpdpbusd is group g of row 2p + k; next to it
+ *     -128 * (the group sums) in the same lanes, the starting value of the
+ *     vpdpbusd, which makes its result the exact isum; and the 8 row scales.
+ *   Per block and column, one ymm multiply gives dx[r] * dy (the reference's
+ *     float product) for the 8 rows; it is stored and each row pair's two
+ *     products are broadcast back as a 64-bit pattern (a load, no shuffle),
+ *     which matches the interleaved lanes.
+ * Each lane is then acc = fma(dx * dy, (float)isum, acc), block after block,
+ * and the lane-wise tree at the end is the reference's (see pk_reduce). */
+
+#define PK_R KV_AVX512_NR_PK /* rows per packed tile (4 pairs) */
+#define PK_C KV_AVX512_NC_PK /* columns per register tile */
+#define PK_MIN_COLS 4 /* fewer columns: the pair kernel above */
+_Static_assert(PK_R == 8, "pk_reduce takes 4 row pairs");
+
+typedef struct {
+    __m512i w[PK_R / 2];    /* interleaved signed values of the row pairs */
+    __m512i corr[PK_R / 2]; /* -128 * group sums (int32), same lanes */
+    float dx[PK_R];
+} pk_blk;
+
+/* 8 rows (from row pointers W, block i) into one packed block */
+INL void pk_weights(const uint8_t *const *W, int64_t i, pk_blk *o, const int q4) {
+    const __m512i ilv = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    UNR
+    for (int p = 0; p < PK_R / 2; p++) {
+        __m256i v[2];
+        UNR
+        for (int k = 0; k < 2; k++) {
+            const uint8_t *b = W[2 * p + k];
+            if (q4) {
+                b += i * sizeof(kv_block_q4_0);
+                const __m128i q = ld128(b + 2);
+                const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+                v[k] = _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+            } else {
+                b += i * sizeof(kv_block_q8_0);
+                v[k] = ld256(b + 2);
+            }
+            o->dx[2 * p + k] = h2f(b);
+        }
+        const __m512i w = _mm512_permutexvar_epi32(ilv, _mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1));
+        o->w[p] = w;
+        o->corr[p] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, w));
+    }
+}
+
+/* one activation row (nb Q8_0 blocks) into the block-major scratch: block i
+ * of this column at ya + i * nc * 64 (64 bytes), its scale at dy[i * nc] */
+INL void pk_acts(const uint8_t *x, int64_t nb, int nc, uint8_t *ya, float *dy) {
+    const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *b = x + i * sizeof(kv_block_q8_0);
+        const __m512i v = _mm512_permutexvar_epi32(dup, _mm512_castsi256_si512(ld256(b + 2)));
+        _mm512_store_si512(ya + (size_t)i * (size_t)nc * 64, _mm512_xor_si512(v, c128));
+        dy[i * nc] = h2f(b);
+    }
+}
+
+/* a[p] (p = 0..3): lanes 2g + k = lane g of output row 2p + k. Returns the 8
+ * outputs, row order, each reduced as kv_dot_reduce8 does: (g + g+4), then
+ * (h + h+2), then (t0 + t1); float adds are commutative, so only which
+ * values meet matters. */
+INL __m256 pk_reduce(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 s01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xee));
+    const __m512 s23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xee));
+    /* quarter p: pair p's [r h0+h2, r' h0+h2, r h1+h3, r' h1+h3] */
+    const __m512 t = _mm512_add_ps(_mm512_shuffle_f32x4(s01, s23, 0x88), _mm512_shuffle_f32x4(s01, s23, 0xdd));
+    const __m512 u = _mm512_add_ps(t, _mm512_permute_ps(t, 0x4e));
+    return _mm512_castps512_ps256(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13), u));
+}
+
+/* [p0 p1 p0 p1 ..] from memory: one load-port uop. Written as asm so that
+ * the compiler does not forward the just-stored products through
+ * registers with shuffles (port 5, which the inner loop needs). */
+INL __m512 bcast_pair(const float *p) {
+    __m512 r;
+    __asm__("vbroadcastsd %1, %0" : "=v"(r) : "m"(*(const float(*)[2])p));
+    return r;
+}
+
+/* NC columns against one packed row tile (nr <= 8 rows valid); ya, dy: the
+ * first column's block 0 in the block-major scratch of nc columns */
+INL void pk_tile(const pk_blk *pk, int64_t nb, const uint8_t *ya, const float *dy, int nc, float *y, int64_t ldy,
+                 int nr, const int NC) {
+    __m512 acc[PK_R / 2][PK_C];
+    UNR
+    for (int p = 0; p < PK_R / 2; p++) {
+        UNR
+        for (int c = 0; c < NC; c++) acc[p][c] = _mm512_setzero_ps();
+    }
+    _Alignas(64) float D[PK_C][PK_R];
+    const size_t ystep = (size_t)nc * 64;
+    for (int64_t i = 0; i < nb; i++, ya += ystep, dy += nc) {
+        const pk_blk *b = pk + i;
+        const __m256 dx = _mm256_load_ps(b->dx);
+        __m512i a[PK_C];
+        UNR
+        for (int c = 0; c < NC; c++) {
+            _mm256_store_ps(D[c], _mm256_mul_ps(dx, _mm256_set1_ps(dy[c])));
+            a[c] = _mm512_load_si512(ya + 64 * c);
+        }
+        UNR
+        for (int p = 0; p < PK_R / 2; p++) {
+            const __m512i w = _mm512_load_si512(&b->w[p]), cr = _mm512_load_si512(&b->corr[p]);
+            UNR
+            for (int c = 0; c < NC; c++) {
+                const __m512i is = _mm512_dpbusd_epi32(cr, a[c], w);
+                const __m512 d = bcast_pair(&D[c][2 * p]);
+                acc[p][c] = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(is), acc[p][c]);
+            }
+        }
+    }
+    const __mmask8 m = (__mmask8)((1u << nr) - 1);
+    UNR
+    for (int c = 0; c < NC; c++)
+        _mm256_mask_storeu_ps(y + (int64_t)c * ldy, m, pk_reduce(acc[0][c], acc[1][c], acc[2][c], acc[3][c]));
+}
+
+/* returns 0 (nothing done) when the scratch cannot be had */
+INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, float *y,
+                int64_t ldy, const int q4) {
+    const int64_t nb = n / 32;
+    const size_t s_pk = (size_t)nb * sizeof(pk_blk), s_ya = (size_t)nc * (size_t)nb * 64,
+                 s_dy = ((size_t)nc * (size_t)nb * 4 + 63) & ~(size_t)63;
+    uint8_t *buf = aligned_alloc(64, s_pk + s_ya + s_dy);
+    if (!buf) return 0;
+    pk_blk *pk = (pk_blk *)buf;
+    uint8_t *ya = buf + s_pk;
+    float *dy = (float *)(buf + s_pk + s_ya);
+    prefetch_rows(w, ws, 0, nr < PK_R ? nr : PK_R, (size_t)nb * (q4 ? sizeof(kv_block_q4_0) : sizeof(kv_block_q8_0)));
+    for (int c = 0; c < nc; c++) pk_acts((const uint8_t *)x + (uint64_t)c * xs, nb, nc, ya + (size_t)c * 64, dy + c);
+    for (int r0 = 0; r0 < nr; r0 += PK_R) {
+        const int rr = nr - r0 < PK_R ? nr - r0 : PK_R;
+        const uint8_t *W[PK_R];
+        for (int r = 0; r < PK_R; r++) W[r] = (const uint8_t *)w + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws;
+        for (int64_t i = 0; i < nb; i++) pk_weights(W, i, pk + i, q4);
+        if (r0 + PK_R < nr)
+            prefetch_rows(w, ws, r0 + PK_R, nr - r0 - PK_R < PK_R ? nr - r0 - PK_R : PK_R,
+                          (size_t)nb * (q4 ? sizeof(kv_block_q4_0) : sizeof(kv_block_q8_0)));
+        float *yr = y + r0;
+        int c0 = 0;
+        for (; c0 + PK_C <= nc; c0 += PK_C)
+            pk_tile(pk, nb, ya + (size_t)c0 * 64, dy + c0, nc, yr + (int64_t)c0 * ldy, ldy, rr, PK_C);
+        switch (nc - c0) {
+        case 3: pk_tile(pk, nb, ya + (size_t)c0 * 64, dy + c0, nc, yr + (int64_t)c0 * ldy, ldy, rr, 3); break;
+        case 2: pk_tile(pk, nb, ya + (size_t)c0 * 64, dy + c0, nc, yr + (int64_t)c0 * ldy, ldy, rr, 2); break;
+        case 1: pk_tile(pk, nb, ya + (size_t)c0 * 64, dy + c0, nc, yr + (int64_t)c0 * ldy, ldy, rr, 1); break;
+        default: break;
+        }
+    }
+    free(buf);
+    return 1;
+}
+
+TGT KV_AVX512_GEMM_PROTO(q8_0) {
+    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, 0)) return;
+    kv_avx512_gemm_pair_q8_0(n, w, ws, nr, x, xs, nc, y, ldy);
+}
+TGT KV_AVX512_GEMM_PROTO(q4_0) {
+    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, 1)) return;
+    kv_avx512_gemm_pair_q4_0(n, w, ws, nr, x, xs, nc, y, ldy);
+}
 /* a single row: the pair kernel would do its integer work twice */
 TGT KV_AVX512_DOT_PROTO(q8_0) { kv_avx2_vec_dot_q8_0(n, s, x, y); }
 TGT KV_AVX512_DOT_PROTO(q4_0) { kv_avx2_vec_dot_q4_0(n, s, x, y); }
