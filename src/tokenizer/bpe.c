@@ -21,60 +21,19 @@ typedef struct bpe_bigram {
     uint32_t size;
 } bpe_bigram;
 
-typedef struct bpe_heap {
-    bpe_bigram *d;
-    size_t n, cap;
-    bool oom;
-} bpe_heap;
 
 static bool bpe_before(const bpe_bigram *a, const bpe_bigram *b) {
     return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
 }
 
-static void heap_push(bpe_heap *h, bpe_bigram x) {
-    if (h->oom) return;
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        bpe_bigram *d = cap > SIZE_MAX / sizeof(bpe_bigram) ? NULL : realloc(h->d, cap * sizeof(bpe_bigram));
-        if (!d) {
-            h->oom = true;
-            return;
-        }
-        h->d = d;
-        h->cap = cap;
-    }
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!bpe_before(&x, &h->d[p])) break;
-        h->d[i] = h->d[p];
-        i = p;
-    }
-    h->d[i] = x;
-}
-
-static bpe_bigram heap_pop(bpe_heap *h) {
-    bpe_bigram top = h->d[0];
-    bpe_bigram last = h->d[--h->n];
-    size_t i = 0, n = h->n;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && bpe_before(&h->d[c + 1], &h->d[c])) c++;
-        if (!bpe_before(&h->d[c], &last)) break;
-        h->d[i] = h->d[c];
-        i = c;
-    }
-    if (n) h->d[i] = last;
-    return top;
-}
+static bool bpe_before_any(const void *a, const void *b) { return bpe_before(a, b); }
 
 typedef struct bpe_ctx {
     const kv_vocab *v;
     const char *s; /* the byte-encoded word */
     bpe_sym *sym;
     size_t sym_cap;
-    bpe_heap heap;
+    kv_heap heap;
     kv_buf enc;
 } bpe_ctx;
 
@@ -83,7 +42,7 @@ static void add_bigram(bpe_ctx *c, int32_t l, int32_t r) {
     int32_t rank = kv_bpe_rank(c->v, c->s + c->sym[l].start, c->sym[l].n, c->sym[r].n);
     if (rank < 0) return;
     bpe_bigram b = {rank, l, r, c->sym[l].n + c->sym[r].n};
-    heap_push(&c->heap, b);
+    kv_heap_push(&c->heap, &b, sizeof b, bpe_before_any);
 }
 
 /* One pre-tokenized word (raw bytes). */
@@ -120,7 +79,8 @@ static bool bpe_word(bpe_ctx *c, const unsigned char *w, size_t wl, kv_ivec *out
     c->heap.n = 0;
     for (size_t i = 1; i < wl; i++) add_bigram(c, (int32_t)i - 1, (int32_t)i);
     while (c->heap.n > 0 && !c->heap.oom) {
-        bpe_bigram bg = heap_pop(&c->heap);
+        bpe_bigram bg;
+            kv_heap_pop(&c->heap, &bg, sizeof bg, bpe_before_any);
         bpe_sym *l = &c->sym[bg.left], *r = &c->sym[bg.right];
         if (l->n == 0 || r->n == 0 || l->n + r->n != bg.size) continue; /* stale */
         l->n += r->n;

@@ -20,60 +20,19 @@ typedef struct spm_bigram {
     uint32_t size;
 } spm_bigram;
 
-typedef struct spm_heap {
-    spm_bigram *d;
-    size_t n, cap;
-    bool oom;
-} spm_heap;
 
 /* true when a must come out of the queue before b */
 static bool spm_before(const spm_bigram *a, const spm_bigram *b) {
     return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
-static void heap_push(spm_heap *h, spm_bigram x) {
-    if (h->oom) return;
-    if (h->n == h->cap) {
-        size_t cap = h->cap ? h->cap * 2 : 64;
-        spm_bigram *d = cap > SIZE_MAX / sizeof(spm_bigram) ? NULL : realloc(h->d, cap * sizeof(spm_bigram));
-        if (!d) {
-            h->oom = true;
-            return;
-        }
-        h->d = d;
-        h->cap = cap;
-    }
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!spm_before(&x, &h->d[p])) break;
-        h->d[i] = h->d[p];
-        i = p;
-    }
-    h->d[i] = x;
-}
-
-static spm_bigram heap_pop(spm_heap *h) {
-    spm_bigram top = h->d[0];
-    spm_bigram last = h->d[--h->n];
-    size_t i = 0, n = h->n;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && spm_before(&h->d[c + 1], &h->d[c])) c++;
-        if (!spm_before(&h->d[c], &last)) break;
-        h->d[i] = h->d[c];
-        i = c;
-    }
-    if (n) h->d[i] = last;
-    return top;
-}
+static bool spm_before_any(const void *a, const void *b) { return spm_before(a, b); }
 
 typedef struct spm_ctx {
     const kv_vocab *v;
     const char *s;
     spm_sym *sym;
-    spm_heap heap;
+    kv_heap heap;
 } spm_ctx;
 
 static void try_add(spm_ctx *c, int32_t l, int32_t r) {
@@ -82,7 +41,7 @@ static void try_add(spm_ctx *c, int32_t l, int32_t r) {
     int32_t id = kv_vocab_find(c->v, c->s + c->sym[l].start, size);
     if (id < 0) return;
     spm_bigram b = {c->v->scores[id], l, r, size};
-    heap_push(&c->heap, b);
+    kv_heap_push(&c->heap, &b, sizeof b, spm_before_any);
 }
 
 bool kv_spm_tokenize(const kv_vocab *v, const char *text, size_t len, bool prefix_space, kv_ivec *out) {
@@ -140,7 +99,8 @@ bool kv_spm_tokenize(const kv_vocab *v, const char *text, size_t len, bool prefi
         c.heap.n = 0;
         for (size_t i = first + 1; i <= last; i++) try_add(&c, (int32_t)i - 1, (int32_t)i);
         while (c.heap.n > 0 && !c.heap.oom) {
-            spm_bigram bg = heap_pop(&c.heap);
+            spm_bigram bg;
+            kv_heap_pop(&c.heap, &bg, sizeof bg, spm_before_any);
             spm_sym *l = &c.sym[bg.left], *r = &c.sym[bg.right];
             if (l->n == 0 || r->n == 0 || l->n + r->n != bg.size) continue; /* stale */
             l->n += r->n;

@@ -11,6 +11,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "tokenizer/vocab.h"
 
@@ -76,6 +78,58 @@ typedef struct kv_buf {
     size_t n, cap;
     bool oom;
 } kv_buf;
+
+/* A binary min-heap of fixed-size elements ordered by `before` (true when a
+ * must come out before b): the merge queue of both tokenizers. The functions
+ * are inline so that each caller's constant element size and comparator are
+ * compiled in. Out of memory sets oom and drops the element. */
+typedef bool (*kv_heap_before_fn)(const void *a, const void *b);
+typedef struct kv_heap {
+    unsigned char *d;
+    size_t n, cap;
+    bool oom;
+} kv_heap;
+
+static inline __attribute__((always_inline)) void kv_heap_push(kv_heap *h, const void *x, size_t size,
+                                                                kv_heap_before_fn before) {
+    if (h->oom) return;
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        unsigned char *d = cap > SIZE_MAX / size ? NULL : (unsigned char *)realloc(h->d, cap * size);
+        if (!d) {
+            h->oom = true;
+            return;
+        }
+        h->d = d;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!before(x, h->d + p * size)) break;
+        memcpy(h->d + i * size, h->d + p * size, size);
+        i = p;
+    }
+    memcpy(h->d + i * size, x, size);
+}
+
+/* h->n must be > 0; size at most 64. */
+static inline __attribute__((always_inline)) void kv_heap_pop(kv_heap *h, void *out, size_t size,
+                                                               kv_heap_before_fn before) {
+    unsigned char last[64];
+    memcpy(out, h->d, size);
+    memcpy(last, h->d + --h->n * size, size);
+    size_t i = 0, n = h->n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && before(h->d + (c + 1) * size, h->d + c * size)) c++;
+        if (!before(h->d + c * size, last)) break;
+        memcpy(h->d + i * size, h->d + c * size, size);
+        i = c;
+    }
+    if (n) memcpy(h->d + i * size, last, size);
+}
 
 bool kv_buf_reserve(kv_buf *b, size_t extra);
 bool kv_buf_add(kv_buf *b, const void *p, size_t n);
