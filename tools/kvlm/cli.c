@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,4 +309,27 @@ void cli_print_kv_stats(const kvlm_session *s) {
     kvlm_session_get_stats(s, &st);
     char buf[2048];
     if (kvlm_kv_stats_json(&st, buf, sizeof buf) > 0) fprintf(stderr, "%s\n", buf);
+}
+
+int cli_print_token(const char *text, size_t len, kvlm_token tok, void *user_data) {
+    (void)tok;
+    (void)user_data;
+    if (len) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    }
+    return 0;
+}
+
+static kvlm_session *volatile g_cancel_target;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    kvlm_session *s = g_cancel_target;
+    if (s) kvlm_session_cancel(s); /* an atomic store: safe in a handler */
+}
+
+void cli_cancel_on_sigint(kvlm_session *s) {
+    g_cancel_target = s;
+    signal(SIGINT, s ? on_sigint : SIG_DFL);
 }

@@ -56,6 +56,10 @@ kvlm_token *cli_tokenize(const kvlm_model *m, const char *text, size_t len, bool
 /* Index of the largest logit (the first on ties). */
 int32_t cli_argmax(const float *logits, int32_t n);
 double cli_now_s(void);
+/* kvlm_generate callback that writes each token's text to stdout as it comes. */
+int cli_print_token(const char *text, size_t len, kvlm_token tok, void *user_data);
+/* Ctrl-C cancels generation on s (NULL: back to the default action). */
+void cli_cancel_on_sigint(kvlm_session *s);
 /* Prints the session's KV statistics as one JSON line on stderr. */
 void cli_print_kv_stats(const kvlm_session *s);
 const char *cli_kv_help(void);

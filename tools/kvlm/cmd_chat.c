@@ -1,28 +1,9 @@
 /* kvlm chat: an interactive multi-turn REPL that keeps the KV cache across turns. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-
-static kvlm_session *volatile g_chat;
-
-static void on_sigint(int sig) {
-    (void)sig;
-    kvlm_session *s = g_chat;
-    if (s) kvlm_session_cancel(s);
-}
-
-static int print_token(const char *text, size_t len, kvlm_token tok, void *ud) {
-    (void)tok;
-    (void)ud;
-    if (len) {
-        fwrite(text, 1, len, stdout);
-        fflush(stdout);
-    }
-    return 0;
-}
 
 typedef struct history {
     kvlm_chat_message *msgs;
@@ -90,8 +71,7 @@ int cmd_chat(int argc, char **argv) {
     if (strcmp(fmt, "plain") == 0) plain_stops[n_stops++] = "\nUser:";
     gp.stop = plain_stops;
     gp.n_stop = n_stops;
-    g_chat = s;
-    signal(SIGINT, on_sigint);
+    cli_cancel_on_sigint(s);
     char line[8192];
     char *prompt = NULL;
     int rc = 0;
@@ -125,7 +105,7 @@ int cmd_chat(int argc, char **argv) {
             break;
         }
         kvlm_generate_result r;
-        kvlm_status st = kvlm_generate(s, prompt, &gp, print_token, NULL, &r, &err);
+        kvlm_status st = kvlm_generate(s, prompt, &gp, cli_print_token, NULL, &r, &err);
         printf("\n");
         fflush(stdout);
         if (st != KVLM_OK) {
@@ -142,8 +122,7 @@ int cmd_chat(int argc, char **argv) {
         kvlm_generate_result_free(&r);
         if (a.kv_stats) cli_print_kv_stats(s);
     }
-    signal(SIGINT, SIG_DFL);
-    g_chat = NULL;
+    cli_cancel_on_sigint(NULL);
     free(prompt);
     clear(&h);
     free(h.msgs);

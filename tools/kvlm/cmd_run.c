@@ -1,29 +1,10 @@
 /* kvlm run: generate text, streaming to stdout, timings to stderr. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "cli.h"
-
-static kvlm_session *volatile g_running;
-
-static void on_sigint(int sig) {
-    (void)sig;
-    kvlm_session *s = g_running;
-    if (s) kvlm_session_cancel(s); /* an atomic store: safe in a handler */
-}
-
-static int print_token(const char *text, size_t len, kvlm_token tok, void *ud) {
-    (void)tok;
-    (void)ud;
-    if (len) {
-        fwrite(text, 1, len, stdout);
-        fflush(stdout);
-    }
-    return 0;
-}
 
 int cmd_run(int argc, char **argv) {
     cli_args a;
@@ -69,12 +50,10 @@ int cmd_run(int argc, char **argv) {
     gp.parse_special = !a.no_parse_special;
     fwrite(text, 1, len, stdout);
     fflush(stdout);
-    g_running = s;
-    signal(SIGINT, on_sigint);
+    cli_cancel_on_sigint(s);
     kvlm_generate_result r;
-    kvlm_status st = kvlm_generate(s, text, &gp, print_token, NULL, &r, &err);
-    signal(SIGINT, SIG_DFL);
-    g_running = NULL;
+    kvlm_status st = kvlm_generate(s, text, &gp, cli_print_token, NULL, &r, &err);
+    cli_cancel_on_sigint(NULL);
     printf("\n");
     if (st != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
