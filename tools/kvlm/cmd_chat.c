@@ -63,6 +63,8 @@ int cmd_chat(int argc, char **argv) {
     kvlm_generate_params gp = kvlm_generate_default_params();
     gp.sampling = a.sampling;
     gp.max_tokens = a.n_predict > 0 ? a.n_predict : 256;
+    gp.ignore_eos = a.ignore_eos;
+    gp.timeout_s = a.timeout_s;
     /* the plain format has no end-of-turn token: a new "User:" line ends the answer */
     const char *plain_stops[CLI_MAX_STOP + 1];
     int n_stops = 0;
