@@ -82,40 +82,51 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int
 
 /* ------------------------------------------------------------ matmul */
 
-typedef struct mm_job {
+typedef struct mm_one {
     const kv_weight *w;
-    kv_vec_dot_fn dot;   /* used when gemm is NULL */
+    kv_vec_dot_fn dot; /* used when gemm is NULL */
     kv_gemm_fn gemm;
+    float *y;
+    int64_t ldy;
+} mm_one;
+
+/* Up to three weights applied to the same converted input in one dispatch
+ * (q/k/v, gate/up): each thread takes its share of the rows of each. */
+typedef struct mm_job {
+    mm_one one[3];
+    int n;
     const uint8_t *xq;
     uint64_t xrow;
     int32_t T;
-    float *y;
-    int64_t ldy;
 } mm_job;
 
-static void mm_worker(void *ctx, int ith, int nth) {
-    const mm_job *j = ctx;
-    const kv_weight *w = j->w;
+static void mm_rows(const mm_job *j, const mm_one *o, int ith, int nth) {
+    const kv_weight *w = o->w;
     int64_t r0, r1;
     kv_split(w->ne1, ith, nth, &r0, &r1);
     if (r0 >= r1) return;
-    if (j->gemm) {
+    if (o->gemm) {
         /* a register-tiled block of rows x tokens; each output equals vec_dot's bits */
-        j->gemm(w->ne0, (const uint8_t *)w->data + (uint64_t)r0 * w->row_bytes, w->row_bytes, (int)(r1 - r0), j->xq,
-                j->xrow, j->T, j->y + r0, j->ldy);
+        o->gemm(w->ne0, (const uint8_t *)w->data + (uint64_t)r0 * w->row_bytes, w->row_bytes, (int)(r1 - r0), j->xq,
+                j->xrow, j->T, o->y + r0, o->ldy);
         if (w->scale != 1.0f)
             for (int32_t t = 0; t < j->T; t++)
-                for (int64_t r = r0; r < r1; r++) j->y[t * j->ldy + r] *= w->scale;
+                for (int64_t r = r0; r < r1; r++) o->y[t * o->ldy + r] *= w->scale;
         return;
     }
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *wr = (const uint8_t *)w->data + (uint64_t)r * w->row_bytes;
         for (int32_t t = 0; t < j->T; t++) {
             float s;
-            j->dot(w->ne0, &s, wr, j->xq + (uint64_t)t * j->xrow);
-            j->y[t * j->ldy + r] = s * w->scale;
+            o->dot(w->ne0, &s, wr, j->xq + (uint64_t)t * j->xrow);
+            o->y[t * o->ldy + r] = s * w->scale;
         }
     }
+}
+
+static void mm_worker(void *ctx, int ith, int nth) {
+    const mm_job *j = ctx;
+    for (int i = 0; i < j->n; i++) mm_rows(j, &j->one[i], ith, nth);
 }
 
 /* Converts T rows of K floats to type (the vec_dot_type of a weight). */
@@ -147,36 +158,42 @@ static void dot_of(const kv_forward *f, const kv_weight *w, kv_vec_dot_fn *dot, 
     *act = tr->vec_dot_type;
 }
 
+static void mm_set(const kv_forward *f, mm_one *o, const kv_weight *w, float *y, uint32_t *act) {
+    o->w = w;
+    o->y = y;
+    o->ldy = w->ne1;
+    dot_of(f, w, &o->dot, &o->gemm, act);
+}
+
 /* y[t][0..N) = W x[t] for T rows of x (each w->ne0 floats). */
 static void matmul(kv_forward *f, const kv_weight *w, const float *x, int32_t T, float *y) {
     uint32_t act;
-    mm_job j = {.w = w, .T = T, .y = y, .ldy = w->ne1};
-    dot_of(f, w, &j.dot, &j.gemm, &act);
+    mm_job j = {.n = 1, .T = T};
+    mm_set(f, &j.one[0], w, y, &act);
     j.xq = convert_rows(f, x, T, w->ne0, act, &j.xrow);
     kv_tpool_run(f->pool, mm_worker, &j);
 }
 
-/* Several weights applied to the same input (q/k/v, gate/up) share one conversion. */
+/* Several weights (at most 3) applied to the same input (q/k/v, gate/up):
+ * one conversion and one dispatch when they take the same activation type
+ * (otherwise one per run of equal types). */
 static void matmul_shared(kv_forward *f, const kv_weight *const *ws, float *const *ys, int nw, const float *x,
                           int32_t T) {
     uint32_t conv = UINT32_MAX;
     mm_job j = {.T = T};
     for (int i = 0; i < nw; i++) {
+        mm_one o;
         uint32_t act;
-        kv_vec_dot_fn dot;
-        kv_gemm_fn gemm;
-        dot_of(f, ws[i], &dot, &gemm, &act);
+        mm_set(f, &o, ws[i], ys[i], &act);
         if (act != conv) {
+            if (j.n) kv_tpool_run(f->pool, mm_worker, &j);
+            j.n = 0;
             j.xq = convert_rows(f, x, T, ws[i]->ne0, act, &j.xrow);
             conv = act;
         }
-        j.w = ws[i];
-        j.dot = dot;
-        j.gemm = gemm;
-        j.y = ys[i];
-        j.ldy = ws[i]->ne1;
-        kv_tpool_run(f->pool, mm_worker, &j);
+        j.one[j.n++] = o;
     }
+    if (j.n) kv_tpool_run(f->pool, mm_worker, &j);
 }
 
 /* ------------------------------------------------------------ elementwise */

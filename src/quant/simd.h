@@ -39,6 +39,20 @@ extern const size_t kv_quant_n_entries;
 /* the kv_vec_mad_fn kernels of each ISA for F32 and F16 values */
 extern const kv_vec_mad_fn kv_quant_mad_f32[3], kv_quant_mad_f16[3];
 
+/* Decode tiles (fewer than KV_PF_COLS columns) are bound by reading the
+ * weights, and a decode step's matrices are short (a few hundred KB, rows
+ * of a few hundred bytes): the hardware prefetcher alone ramps up too
+ * slowly. So at block step i a tile of NR rows asks for the same bytes of
+ * the next tile's rows (NR rows further on), one tile ahead of use. Past
+ * the last row this touches nothing: a prefetch never faults. */
+#define KV_PF_COLS 4
+static inline void kv_pf_next(const uint8_t *const *W, int NR, uint64_t ws, uint64_t off, size_t len) {
+    for (int r = 0; r < NR; r++) {
+        const char *p = (const char *)W[r] + (uint64_t)NR * ws + off;
+        for (size_t o = 0; o < len; o += 64) __builtin_prefetch(p + o, 0, 3);
+    }
+}
+
 #if KV_X86_SIMD
 
 /* ---- simd_avx2.c */

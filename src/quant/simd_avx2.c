@@ -570,6 +570,7 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     __m256i bad = _mm256_setzero_si256();
     const __m256i m128 = _mm256_set1_epi8(-128);
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * (size_t)BS, (size_t)BS);
         __m256i qy[MC];
         __m256 dy[MC];
         UNR
@@ -662,6 +663,7 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         }
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
         __m256i qy[MC], qo[MC];
         __m256 dy[MC];
         float sy[MC];
@@ -890,6 +892,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
         __m256i yo[MC][8];
         if (off)
             UNR
@@ -1061,6 +1064,7 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
         __m256i bs[MC];
         UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
@@ -1119,6 +1123,7 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * 32, 32);
         UNR
         for (int r = 0; r < NR; r++) {
             const __m256i b = ld256(W[r] + 32 * i);

@@ -468,6 +468,7 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i perm = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
         __m512i yb[MC], nco[MC];
         __m512 dy[MC];
         UNR
@@ -810,6 +811,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
         const kv_block_q8_K *A[MC];
         __m512i yo[MC][4];
         UNR
@@ -887,6 +889,7 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * sizeof(kv_block_tq2_0), sizeof(kv_block_tq2_0));
         const kv_block_q8_K *A[MC];
         __m256i bs[MC];
         UNR
@@ -939,6 +942,7 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_si512();
     }
     for (int64_t i = 0; i < nb; i++) {
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * 32, 32);
         UNR
         for (int r = 0; r < NR; r++) {
             const __m512i b = bcast256(W[r] + 32 * i);
