@@ -1,6 +1,7 @@
 #include "forward.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,16 +130,21 @@ static void mm_worker(void *ctx, int ith, int nth) {
     for (int i = 0; i < j->n; i++) mm_rows(j, &j->one[i], ith, nth);
 }
 
+/* Bytes of one activation row of K floats in type. */
+static uint64_t act_row_bytes(uint32_t type, int64_t K) {
+    if (type == KV_F32) return (uint64_t)K * 4;
+    if (type == KV_I8_S) return (uint64_t)kv_i8_s_row_bytes(K);
+    uint64_t rb = 0;
+    kv_dtype_row_bytes(type, (uint64_t)K, &rb);
+    return rb;
+}
+
 /* Converts T rows of K floats to type (the vec_dot_type of a weight). */
 static const uint8_t *convert_rows(kv_forward *f, const float *x, int32_t T, int64_t K, uint32_t type,
                                    uint64_t *row_bytes) {
-    if (type == KV_F32) {
-        *row_bytes = (uint64_t)K * 4;
-        return (const uint8_t *)x;
-    }
+    *row_bytes = act_row_bytes(type, K);
+    if (type == KV_F32) return (const uint8_t *)x;
     const kv_quant_traits *tr = kv_quant_get(type);
-    if (type == KV_I8_S) *row_bytes = (uint64_t)kv_i8_s_row_bytes(K);
-    else kv_dtype_row_bytes(type, (uint64_t)K, row_bytes);
     for (int32_t t = 0; t < T; t++) tr->from_float(x + (int64_t)t * K, f->actq + (uint64_t)t * *row_bytes, K);
     return f->actq;
 }
@@ -165,20 +171,20 @@ static void mm_set(const kv_forward *f, mm_one *o, const kv_weight *w, float *y,
     dot_of(f, w, &o->dot, &o->gemm, act);
 }
 
-/* y[t][0..N) = W x[t] for T rows of x (each w->ne0 floats). */
-static void matmul(kv_forward *f, const kv_weight *w, const float *x, int32_t T, float *y) {
+/* The activation type a weight's matmul converts its input to. */
+static uint32_t act_type(const kv_forward *f, const kv_weight *w) {
+    mm_one o;
     uint32_t act;
-    mm_job j = {.n = 1, .T = T};
-    mm_set(f, &j.one[0], w, y, &act);
-    j.xq = convert_rows(f, x, T, w->ne0, act, &j.xrow);
-    kv_tpool_run(f->pool, mm_worker, &j);
+    mm_set(f, &o, w, NULL, &act);
+    return act;
 }
 
-/* Several weights (at most 3) applied to the same input (q/k/v, gate/up):
- * one conversion and one dispatch when they take the same activation type
- * (otherwise one per run of equal types). */
+/* Weights applied to the same input, ys[i][t] = ws[i] x[t] (at most 3:
+ * q/k/v, gate/up): one conversion and one dispatch per run of weights that
+ * take the same activation type. pre: the type f->actq already holds x in
+ * (converted by the stage before), or UINT32_MAX. */
 static void matmul_shared(kv_forward *f, const kv_weight *const *ws, float *const *ys, int nw, const float *x,
-                          int32_t T) {
+                          int32_t T, uint32_t pre) {
     uint32_t conv = UINT32_MAX;
     mm_job j = {.T = T};
     for (int i = 0; i < nw; i++) {
@@ -188,12 +194,23 @@ static void matmul_shared(kv_forward *f, const kv_weight *const *ws, float *cons
         if (act != conv) {
             if (j.n) kv_tpool_run(f->pool, mm_worker, &j);
             j.n = 0;
-            j.xq = convert_rows(f, x, T, ws[i]->ne0, act, &j.xrow);
+            if (act == pre && act != KV_F32) {
+                j.xq = f->actq;
+                j.xrow = act_row_bytes(act, ws[i]->ne0);
+            } else {
+                j.xq = convert_rows(f, x, T, ws[i]->ne0, act, &j.xrow);
+            }
+            pre = UINT32_MAX; /* actq is overwritten from here on */
             conv = act;
         }
         j.one[j.n++] = o;
     }
     if (j.n) kv_tpool_run(f->pool, mm_worker, &j);
+}
+
+/* y[t][0..N) = W x[t] for T rows of x (each w->ne0 floats). */
+static void matmul(kv_forward *f, const kv_weight *w, const float *x, int32_t T, float *y, uint32_t pre) {
+    matmul_shared(f, &w, &y, 1, x, T, pre);
 }
 
 /* ------------------------------------------------------------ elementwise */
@@ -207,12 +224,87 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float e
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
 
+/* ------------------------------------------------------------ row stages
+ *
+ * The per-token work between two matmuls, fused into one pass over the
+ * tokens and split across the threads by token when there are several
+ * (prefill): the residual add, the FFN activation, a norm, and the
+ * conversion of the result to the next matmul's activation type. Each
+ * token's operations are the same whoever runs them, so results do not
+ * depend on the split. One token (decode) runs inline. */
+typedef struct stage {
+    kv_forward *f;
+    int32_t T, first; /* rows 0..T-1; the norm and conversion only for rows first.. (to row t - first) */
+    float *x;         /* x[t] += add[t] over n_add floats (x NULL: none) */
+    const float *add;
+    int64_t n_add;
+    float *g;         /* g[t] = act(g[t]) * u[t] over n_g floats (g NULL: none) */
+    const float *u;
+    int64_t n_g;
+    const float *in;  /* out[t - first] = rmsnorm(in[t]) * nw over n floats (nw NULL: out = in) */
+    float *out;
+    const float *nw;
+    int64_t n;
+    uint32_t conv;    /* convert out rows into f->actq (UINT32_MAX or KV_F32: none) */
+} stage;
+
+static void stage_rows(const stage *s, int32_t t0, int32_t t1) {
+    const kv_hparams *hp = &s->f->m->hp;
+    const kv_quant_traits *tr = s->conv != UINT32_MAX && s->conv != KV_F32 ? kv_quant_get(s->conv) : NULL;
+    const uint64_t rb = tr ? act_row_bytes(s->conv, s->n) : 0;
+    for (int32_t t = t0; t < t1; t++) {
+        if (s->x) {
+            float *x = s->x + (int64_t)t * s->n_add;
+            const float *a = s->add + (int64_t)t * s->n_add;
+            for (int64_t i = 0; i < s->n_add; i++) x[i] += a[i];
+        }
+        if (s->g) {
+            float *g = s->g + (int64_t)t * s->n_g;
+            const float *u = s->u + (int64_t)t * s->n_g;
+            if (hp->ffn_act == KV_FFN_RELU2) {
+                for (int64_t i = 0; i < s->n_g; i++) {
+                    const float v = g[i] > 0.0f ? g[i] : 0.0f;
+                    g[i] = (v * v) * u[i];
+                }
+            } else {
+                kv_quant_get_silu_mul()(s->n_g, g, u);
+            }
+        }
+        if (t < s->first || !s->in) continue;
+        const float *src = s->in + (int64_t)t * s->n;
+        if (s->nw) {
+            float *o = s->out + (int64_t)(t - s->first) * s->n;
+            rmsnorm(o, src, s->nw, s->n, hp->norm_eps);
+            src = o;
+        }
+        if (tr) tr->from_float(src, s->f->actq + (uint64_t)(t - s->first) * rb, s->n);
+    }
+}
+
+static void stage_worker(void *ctx, int ith, int nth) {
+    const stage *s = ctx;
+    int64_t t0, t1;
+    kv_split(s->T, ith, nth, &t0, &t1);
+    stage_rows(s, (int32_t)t0, (int32_t)t1);
+}
+
+/* Runs the stage; returns the type f->actq now holds (s->conv, or UINT32_MAX). */
+static uint32_t stage_run(kv_forward *f, stage *s) {
+    s->f = f;
+    if (s->T > 1 && f->nth > 1) kv_tpool_run(f->pool, stage_worker, s);
+    else stage_rows(s, 0, s->T);
+    return s->in && s->conv != KV_F32 ? s->conv : UINT32_MAX;
+}
+
 /* ------------------------------------------------------------ attention */
+
+#define KV_PAGE_MAX 256 /* the largest page (kv_pool.c accepts 16..256 tokens) */
 
 typedef struct att_job {
     kv_forward *f;
     int layer;
     int32_t T;
+    atomic_long next; /* the next (token, head) item to take: threads take items until none is left */
 } att_job;
 
 /* One head of a cached K or V row as floats (quantized types). */
@@ -241,7 +333,7 @@ static void prefetch_page(const kv_seq *s, int layer, int32_t slot, int kvh, int
 }
 
 static void att_worker(void *ctx, int ith, int nth) {
-    const att_job *j = ctx;
+    att_job *j = ctx;
     kv_forward *f = j->f;
     const kv_hparams *hp = &f->m->hp;
     const int hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv, kv_dim = hp->n_head_kv * hd;
@@ -252,12 +344,16 @@ static void att_worker(void *ctx, int ith, int nth) {
     kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
     const kv_quant_traits *tf16 = kv_quant_get(KV_F16), *tf32 = kv_quant_get(KV_F32);
     const kv_vec_mad_fn mad16 = kv_quant_get_mad(KV_F16), mad32 = kv_quant_get_mad(KV_F32);
+    const kv_vec_mad_rows_fn madr16 = kv_quant_get_mad_rows(KV_F16), madr32 = kv_quant_get_mad_rows(KV_F32);
+    const kv_softmax_fn softmax = kv_quant_get_softmax();
     const kv_quant_gemm *g16 = kv_quant_get_gemm(KV_F16), *g32 = kv_quant_get_gemm(KV_F32);
     const kv_gemm_fn gemm16 = g16 ? g16->gemm : NULL, gemm32 = g32 ? g32->gemm : NULL;
 
-    int64_t b, e;
-    kv_split((int64_t)j->T * hp->n_head, ith, nth, &b, &e);
-    for (int64_t it = b; it < e; it++) {
+    (void)nth;
+    /* items are taken one at a time: causal prefill makes later tokens
+       dearer, and a thread of a shared machine may be slowed at any time */
+    const int64_t n_items = (int64_t)j->T * hp->n_head;
+    for (int64_t it; (it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < n_items;) {
         const int32_t t = (int32_t)(it / hp->n_head);
         const int h = (int)(it % hp->n_head), kvh = h / gqa;
         const kv_seq *s = f->seqs[t];
@@ -315,32 +411,47 @@ static void att_worker(void *ctx, int ith, int nth) {
                 mx = d > mx ? d : mx;
             }
         }
-        double sum = 0.0;
-        for (int32_t sl = 0; sl < n_read; sl++) {
-            sc[sl] = expf(sc[sl] - mx); /* exp(-inf) = 0 for masked slots */
-            sum += (double)sc[sl];
-        }
+        const double sum = softmax(n_read, sc, mx); /* exp(-inf) = 0 for masked slots */
         const float inv = (float)(1.0 / sum);
 
         float *out = f->att + (int64_t)t * Q + (int64_t)h * hd;
         for (int d = 0; d < hd; d++) out[d] = 0.0f;
-        for (int32_t sl = 0; sl < n_read; sl++) {
-            if (sc[sl] == 0.0f) continue;
-            float w = sc[sl] * inv;
-            const kv_page *pg = s->pages[sl / s->P];
+        /* slots in order, one fma per element and slot; F32/F16 values a
+           page at a time (same bits as slot by slot), slots of weight 0 skipped */
+        float wbuf[KV_PAGE_MAX];
+        kv_f16 wh16[KV_PAGE_MAX];
+        const void *rows[KV_PAGE_MAX];
+        for (int32_t start = 0; start < n_read; start += s->P) {
+            const int32_t cnt = n_read - start < s->P ? n_read - start : s->P;
+            const kv_page *pg = s->pages[start / s->P];
             const kv_layout *l = pg->layout;
-            const uint8_t *vr = pg->data + (uint64_t)j->layer * l->layer_bytes + (uint64_t)s->P * l->k_row +
-                                (uint64_t)(sl % s->P) * l->v_row;
+            const uint8_t *vb = pg->data + (uint64_t)j->layer * l->layer_bytes + (uint64_t)s->P * l->k_row;
             const uint32_t tv = l->type_v;
-            if (tv == KV_F32) {
-                mad32(hd, w, (const float *)vr + (int64_t)kvh * hd, out);
-            } else if (tv == KV_F16) {
-                /* the weights meet V in f16, as llama.cpp's kq x v does */
-                w = kv_f16_to_f32(kv_f32_to_f16(w));
-                mad16(hd, w, (const kv_f16 *)vr + (int64_t)kvh * hd, out);
-            } else {
-                mad32(hd, w, head_floats(vr, tv, kvh, hd, kv_dim, tmp), out);
+            const kv_vec_mad_rows_fn mr = tv == KV_F16 ? madr16 : tv == KV_F32 ? madr32 : NULL;
+            int nr = 0;
+            float *pw = sc + start;
+            for (int32_t o = 0; o < cnt; o++) pw[o] *= inv;
+            if (tv == KV_F16) { /* the weights meet V in f16, as llama.cpp's kq x v does (0 stays 0) */
+                tf16->from_float(pw, wh16, cnt);
+                tf16->to_float(wh16, pw, cnt);
             }
+            for (int32_t o = 0; o < cnt; o++) {
+                if (pw[o] == 0.0f) continue;
+                const float w = pw[o];
+                const uint8_t *vr = vb + (uint64_t)o * l->v_row;
+                if (mr && s->P <= KV_PAGE_MAX) {
+                    wbuf[nr] = w;
+                    rows[nr++] = tv == KV_F16 ? (const void *)((const kv_f16 *)vr + (int64_t)kvh * hd)
+                                              : (const void *)((const float *)vr + (int64_t)kvh * hd);
+                } else if (tv == KV_F32) {
+                    mad32(hd, w, (const float *)vr + (int64_t)kvh * hd, out);
+                } else if (tv == KV_F16) {
+                    mad16(hd, w, (const kv_f16 *)vr + (int64_t)kvh * hd, out);
+                } else {
+                    mad32(hd, w, head_floats(vr, tv, kvh, hd, kv_dim, tmp), out);
+                }
+            }
+            if (nr) mr(hd, nr, wbuf, rows, out);
         }
     }
 }
@@ -370,12 +481,16 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
     for (int32_t t = 0; t < T; t++)
         te->to_float((const uint8_t *)m->tok_embd.data + (uint64_t)tokens[t] * m->tok_embd.row_bytes, f->x + t * E, E);
 
+    bool pending = false; /* x still lacks the last FFN output (xb), added by the next stage */
     for (int l = 0; l < hp->n_layer; l++) {
         const kv_layer *L = &m->layers[l];
-        for (int32_t t = 0; t < T; t++) rmsnorm(f->xb + t * E, f->x + t * E, L->attn_norm.data, E, hp->norm_eps);
+        /* (x += FFN output), xb = attn_norm(x), converted for wq */
+        stage sa = {.T = T, .x = pending ? f->x : NULL, .add = f->xb, .n_add = E, .in = f->x, .out = f->xb,
+                    .nw = L->attn_norm.data, .n = E, .conv = act_type(f, &L->wq)};
+        uint32_t pre = stage_run(f, &sa);
         const kv_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
         float *const qkv_out[3] = {f->q, f->k, f->v};
-        matmul_shared(f, qkv, qkv_out, 3, f->xb, T);
+        matmul_shared(f, qkv, qkv_out, 3, f->xb, T, pre);
         for (int32_t t = 0; t < T; t++) {
             if (L->bq.data) for (int64_t i = 0; i < Q; i++) f->q[t * Q + i] += L->bq.data[i];
             if (L->bk.data) for (int64_t i = 0; i < KV; i++) f->k[t * KV + i] += L->bk.data[i];
@@ -389,39 +504,35 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             /* quantize-on-write: the cache holds the only copy attention reads */
             kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }
-        att_job aj = {f, l, T};
+        att_job aj = {f, l, T, 0};
         kv_tpool_run(f->pool, att_worker, &aj);
-        if (L->attn_sub_norm.data) /* bitnet: normalize the attention output before its projection */
-            for (int32_t t = 0; t < T; t++) rmsnorm(f->att + t * Q, f->att + t * Q, L->attn_sub_norm.data, Q, hp->norm_eps);
-        matmul(f, &L->wo, f->att, T, f->xb);
-        for (int64_t i = 0; i < T * E; i++) f->x[i] += f->xb[i];
+        /* (bitnet: att = sub_norm(att)), converted for wo */
+        stage sb = {.T = T, .in = f->att, .out = f->att, .nw = L->attn_sub_norm.data, .n = Q, .conv = act_type(f, &L->wo)};
+        pre = stage_run(f, &sb);
+        matmul(f, &L->wo, f->att, T, f->xb, pre);
 
-        for (int32_t t = 0; t < T; t++) rmsnorm(f->xb + t * E, f->x + t * E, L->ffn_norm.data, E, hp->norm_eps);
+        /* x += attention output, xb = ffn_norm(x), converted for gate/up */
+        stage sc = {.T = T, .x = f->x, .add = f->xb, .n_add = E, .in = f->x, .out = f->xb, .nw = L->ffn_norm.data,
+                    .n = E, .conv = act_type(f, &L->w_gate)};
+        pre = stage_run(f, &sc);
         const kv_weight *gu[2] = {&L->w_gate, &L->w_up};
         float *const gu_out[2] = {f->hb, f->hb2};
-        matmul_shared(f, gu, gu_out, 2, f->xb, T);
-        if (hp->ffn_act == KV_FFN_RELU2) {
-            for (int64_t i = 0; i < T * F; i++) {
-                const float g = f->hb[i] > 0.0f ? f->hb[i] : 0.0f;
-                f->hb[i] = (g * g) * f->hb2[i];
-            }
-        } else {
-            for (int64_t i = 0; i < T * F; i++) {
-                const float g = f->hb[i];
-                f->hb[i] = (g / (1.0f + expf(-g))) * f->hb2[i];
-            }
-        }
-        if (L->ffn_sub_norm.data)
-            for (int32_t t = 0; t < T; t++) rmsnorm(f->hb + t * F, f->hb + t * F, L->ffn_sub_norm.data, F, hp->norm_eps);
-        matmul(f, &L->w_down, f->hb, T, f->xb);
-        for (int64_t i = 0; i < T * E; i++) f->x[i] += f->xb[i];
+        matmul_shared(f, gu, gu_out, 2, f->xb, T, pre);
+        /* hb = act(gate) * up, (bitnet: hb = sub_norm(hb)), converted for down */
+        stage sd = {.T = T, .g = f->hb, .u = f->hb2, .n_g = F, .in = f->hb, .out = f->hb, .nw = L->ffn_sub_norm.data,
+                    .n = F, .conv = act_type(f, &L->w_down)};
+        pre = stage_run(f, &sd);
+        matmul(f, &L->w_down, f->hb, T, f->xb, pre);
+        pending = true;
     }
 
-    if (!logits) return;
+    /* x += last FFN output; the rows that want logits: xb = output_norm(x), converted for the output */
     const int32_t first = all_logits ? 0 : T - 1;
-    for (int32_t t = first; t < T; t++)
-        rmsnorm(f->xb + (t - first) * E, f->x + t * E, m->output_norm.data, E, hp->norm_eps);
-    matmul(f, &m->output, f->xb, T - first, logits);
+    stage se = {.T = T, .first = first, .x = pending ? f->x : NULL, .add = f->xb, .n_add = E, .in = logits ? f->x : NULL,
+                .out = f->xb, .nw = m->output_norm.data, .n = E, .conv = act_type(f, &m->output)};
+    const uint32_t pre = stage_run(f, &se);
+    if (!logits) return;
+    matmul(f, &m->output, f->xb, T - first, logits, pre);
 }
 
 kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, float *logits, bool all_logits,

@@ -1,0 +1,103 @@
+/* Attention's weighted sum of value rows, many rows per call:
+ *     for r = 0 .. nrows-1 in order: y[i] = fmaf(a[r], x_r[i], y[i])
+ * which is exactly nrows successive kv_vec_mad_fn calls (one fma per
+ * element and row, rows in the given order), so every ISA gives the same
+ * bits. The SIMD versions keep a chunk of y in registers across all rows
+ * instead of loading and storing it once per row. */
+#include <math.h>
+
+#include "fp16.h"
+#include "quant.h"
+#include "simd.h"
+
+static void mad_rows_f32_scalar(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
+    for (int r = 0; r < nrows; r++) {
+        const float *xr = x[r];
+        for (int64_t i = 0; i < n; i++) y[i] = fmaf(a[r], xr[i], y[i]);
+    }
+}
+
+static void mad_rows_f16_scalar(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
+    for (int r = 0; r < nrows; r++) {
+        const kv_f16 *xr = x[r];
+        for (int64_t i = 0; i < n; i++) y[i] = fmaf(a[r], kv_f16_to_f32(xr[i]), y[i]);
+    }
+}
+
+#if KV_X86_SIMD
+#include <immintrin.h>
+
+#define TGT512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define TGT2 __attribute__((target("avx2,fma,f16c")))
+
+/* up to 4 zmm of y (64 elements) per pass over the rows; the tail masked */
+#define MAD512(NAME, LOAD)                                                                                        \
+    TGT512 static void NAME(int64_t n, int nrows, const float *a, const void *const *x, float *y) {               \
+        for (int64_t i0 = 0; i0 < n; i0 += 64) {                                                                  \
+            const int64_t len = n - i0 < 64 ? n - i0 : 64;                                                        \
+            const int nv = (int)((len + 15) / 16);                                                                \
+            __mmask16 m[4];                                                                                       \
+            __m512 acc[4];                                                                                        \
+            for (int k = 0; k < 4; k++) {                                                                         \
+                const int64_t left = len - 16 * k;                                                                \
+                m[k] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;             \
+                acc[k] = _mm512_maskz_loadu_ps(m[k], y + i0 + 16 * k);                                            \
+            }                                                                                                     \
+            for (int r = 0; r < nrows; r++) {                                                                     \
+                const __m512 av = _mm512_set1_ps(a[r]);                                                           \
+                for (int k = 0; k < nv; k++) acc[k] = _mm512_fmadd_ps(av, LOAD(x[r], i0 + 16 * k, m[k]), acc[k]); \
+            }                                                                                                     \
+            for (int k = 0; k < nv; k++) _mm512_mask_storeu_ps(y + i0 + 16 * k, m[k], acc[k]);                    \
+        }                                                                                                         \
+    }
+
+#define LD_F32_512(p, i, mk) _mm512_maskz_loadu_ps(mk, (const float *)(p) + (i))
+#define LD_F16_512(p, i, mk) _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)(p) + (i)))
+MAD512(mad_rows_f32_avx512, LD_F32_512)
+MAD512(mad_rows_f16_avx512, LD_F16_512)
+
+/* AVX2: 4 ymm (32 elements) per pass over the rows, then single ymm; a
+ * tail under 8 in scalar fmaf (the same operation) */
+#define MAD2(NAME, LOAD, SCALAR, ES)                                                                     \
+    TGT2 static void NAME(int64_t n, int nrows, const float *a, const void *const *x, float *y) {         \
+        int64_t i0 = 0;                                                                                  \
+        for (; i0 + 32 <= n; i0 += 32) {                                                                 \
+            __m256 acc[4];                                                                               \
+            for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + i0 + 8 * k);                       \
+            for (int r = 0; r < nrows; r++) {                                                            \
+                const __m256 av = _mm256_set1_ps(a[r]);                                                  \
+                for (int k = 0; k < 4; k++) acc[k] = _mm256_fmadd_ps(av, LOAD(x[r], i0 + 8 * k), acc[k]); \
+            }                                                                                            \
+            for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + i0 + 8 * k, acc[k]);                        \
+        }                                                                                                \
+        for (; i0 + 8 <= n; i0 += 8) {                                                                   \
+            __m256 acc = _mm256_loadu_ps(y + i0);                                                        \
+            for (int r = 0; r < nrows; r++) acc = _mm256_fmadd_ps(_mm256_set1_ps(a[r]), LOAD(x[r], i0), acc); \
+            _mm256_storeu_ps(y + i0, acc);                                                               \
+        }                                                                                                \
+        for (int r = 0; r < nrows && i0 < n; r++) {                                                      \
+            const void *xs[1] = {(const char *)x[r] + i0 * ES};                                          \
+            SCALAR(n - i0, 1, a + r, xs, y + i0);                                                        \
+        }                                                                                                \
+    }
+
+#define LD_F32_2(p, i) _mm256_loadu_ps((const float *)(p) + (i))
+#define LD_F16_2(p, i) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (i))))
+MAD2(mad_rows_f32_avx2, LD_F32_2, mad_rows_f32_scalar, 4)
+MAD2(mad_rows_f16_avx2, LD_F16_2, mad_rows_f16_scalar, 2)
+
+static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, mad_rows_f32_avx2, mad_rows_f32_avx512};
+static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, mad_rows_f16_avx2, mad_rows_f16_avx512};
+#else
+static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, NULL, NULL};
+static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, NULL, NULL};
+#endif
+
+kv_vec_mad_rows_fn kv_quant_get_mad_rows_isa(uint32_t type, int isa) {
+    if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
+    if (type == KV_F32) return t_f32[isa];
+    if (type == KV_F16) return t_f16[isa];
+    return NULL;
+}
+
+kv_vec_mad_rows_fn kv_quant_get_mad_rows(uint32_t type) { return kv_quant_get_mad_rows_isa(type, kv_quant_best_isa()); }
