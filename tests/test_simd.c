@@ -215,7 +215,7 @@ static void test_dispatch(void **state) {
     /* on a SIMD machine the main types run SIMD kernels */
     if (best >= 1) {
         static const uint32_t main_types[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0, KV_Q4_K,
-                                              KV_Q6_K, KV_TQ2_0, KV_I2_S, KV_Q8_K, KV_I8_S};
+                                              KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S, KV_Q8_K, KV_I8_S};
         for (size_t k = 0; k < sizeof main_types / sizeof main_types[0]; k++) {
             const uint32_t t = main_types[k];
             assert_ptr_not_equal(kv_quant_get(t)->vec_dot, kv_quant_get_isa(t, 0)->vec_dot);
@@ -226,7 +226,8 @@ static void test_dispatch(void **state) {
         assert_ptr_not_equal(kv_quant_get(KV_F16)->to_float, kv_quant_get_isa(KV_F16, 0)->to_float);
     }
     if (best >= 2) {
-        static const uint32_t main512[] = {KV_F16, KV_Q8_0, KV_Q4_0, KV_Q4_K, KV_Q6_K, KV_TQ2_0, KV_I2_S};
+        static const uint32_t main512[] = {KV_F16,  KV_Q8_0,  KV_Q4_0,  KV_Q5_0, KV_Q4_K,
+                                           KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S};
         for (size_t k = 0; k < sizeof main512 / sizeof main512[0]; k++)
             assert_int_equal(kv_quant_get_gemm(main512[k])->isa, 2);
     }
@@ -636,8 +637,8 @@ static void test_gemm_tiled(void **state) {
  * nothing written outside. */
 static void test_gemm_packed(void **state) {
     (void)state;
-    static const uint32_t tt[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0};
-    static const int64_t n32[] = {32, 288, 800}, nf[] = {5, 16, 17, 300, 513, 1040};
+    static const uint32_t tt[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0, KV_Q5_0, KV_TQ1_0};
+    static const int64_t n32[] = {32, 288, 800}, n256[] = {256, 768, 2560}, nf[] = {5, 16, 17, 300, 513, 1040};
     static const int nrs[] = {1, 7, 8, 9, 16, 19}, ncs[] = {4, 5, 6, 7, 12, 13};
     enum { R = 19, C = 13 };
     int bad = 0;
@@ -645,9 +646,11 @@ static void test_gemm_packed(void **state) {
     for (size_t k = 0; k < sizeof tt / sizeof tt[0]; k++) {
         const uint32_t t = tt[k];
         const kv_quant_traits *s = kv_quant_get_isa(t, 0);
-        const int b32 = block_of(t) == 32;
-        const int64_t *ns = b32 ? n32 : nf;
-        const size_t nn = b32 ? sizeof n32 / sizeof n32[0] : sizeof nf / sizeof nf[0];
+        const int64_t blk = block_of(t);
+        const int64_t *ns = blk == 32 ? n32 : blk == 256 ? n256 : nf;
+        const size_t nn = blk == 32 ? sizeof n32 / sizeof n32[0]
+                          : blk == 256 ? sizeof n256 / sizeof n256[0]
+                                       : sizeof nf / sizeof nf[0];
         for (size_t li = 0; li < nn; li++) {
             const int64_t n = ns[li];
             const size_t ws = row_bytes(t, n) + 4, xs = row_bytes(s->vec_dot_type, n) + 12; /* padded, aligned as vec_dot needs */
@@ -710,6 +713,115 @@ static void test_gemm_packed(void **state) {
             }
         }
     }
+    assert_int_equal(bad, 0);
+}
+
+/* ------------------------------------------------------------ TQ1_0 trit decoding
+ *
+ * The SIMD kernels decode TQ1_0 without multiplies per trit; here the byte
+ * operations they use are emulated on every input against the scalar
+ * formula trit k of byte b = ((uint8_t)(b * 3^k) * 3) >> 8, and then every
+ * byte value at every position of a block goes through the real kernels. */
+
+static uint8_t avg_u8(uint8_t a, uint8_t b) { return (uint8_t)((a + b + 1) >> 1); }
+static uint8_t subs_u8(uint8_t a, uint8_t b) { return (uint8_t)(a > b ? a - b : 0); }
+
+static void test_tq1_0_trick(void **state) {
+    (void)state;
+    int bad = 0;
+    for (int p = 0; p < 256; p++) {
+        const int want = (p * 3) >> 8;
+        /* q = max(p - 1, 0); t = avg(q, avg(q, 0)): the trit in the top two bits */
+        const uint8_t q = subs_u8((uint8_t)p, 1), t = avg_u8(q, avg_u8(q, 0));
+        if ((t >> 6) != want || (t & 0xc0) != 64 * want) bad++;
+    }
+    for (int b = 0; b < 256; b++) {
+        /* 9x = ((x << 3) & 0xf8) + x in bytes (3x = x + x + x needs no check):
+           the << is a 16-bit shift, whose spill into the next byte the mask
+           removes */
+        for (int hi = 0; hi < 256; hi += 51) {
+            const uint16_t w = (uint16_t)(b | hi << 8);
+            const uint16_t s3 = (uint16_t)(w << 3);
+            const uint8_t x9 = (uint8_t)(((s3 & 0xff) & 0xf8) + b), y9 = (uint8_t)(((s3 >> 8) & 0xf8) + hi);
+            if (x9 != (uint8_t)(b * 9) || y9 != (uint8_t)(hi * 9)) bad++;
+        }
+        /* per-word multiplier m: even byte from w * m, odd from (w & 0xff00) * m */
+        static const int mults[] = {1, 3, 9, 27, 81};
+        for (int o = 0; o < 256; o++)
+            for (int k = 0; k < 5; k++) {
+                const uint16_t w = (uint16_t)(b | o << 8), m = (uint16_t)mults[k];
+                const uint16_t lo = (uint16_t)(w * m), hi = (uint16_t)((w & 0xff00) * m);
+                if ((lo & 0xff) != (uint8_t)(b * m) || (hi >> 8) != (uint8_t)(o * m) || (hi & 0xff) != 0) bad++;
+            }
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* the stored trit of element e of a TQ1_0 block, by the scalar formula */
+static int tq1_trit(const kv_block_tq1_0 *b, int e) {
+    static const int pow3[5] = {1, 3, 9, 27, 81};
+    int byte, k;
+    if (e < 160) byte = b->qs[e % 32], k = e / 32;
+    else if (e < 240) byte = b->qs[32 + (e - 160) % 16], k = (e - 160) / 16;
+    else byte = b->qh[(e - 240) % 4], k = (e - 240) / 4;
+    return ((uint8_t)(byte * pow3[k]) * 3) >> 8;
+}
+
+/* 256 one-block rows, row v holding byte v + 7j at position j (so every
+ * position takes every value), against 256 one-hot activations (element e
+ * = 1, scale 1): output (v, e) is exactly trit - 1 of element e of row v,
+ * through vec_dot, the decode gemm (one column) and the prefill gemm. */
+static void test_tq1_0_all_bytes(void **state) {
+    (void)state;
+    enum { N = 256 };
+    kv_block_tq1_0 *w = xmalloc(sizeof(kv_block_tq1_0) * N);
+    kv_block_q8_K *x = xmalloc(sizeof(kv_block_q8_K) * N);
+    float *y = xmalloc(sizeof(float) * N * N), *want = xmalloc(sizeof(float) * N * N);
+    for (int v = 0; v < N; v++) {
+        for (int j = 0; j < 48; j++) w[v].qs[j] = (uint8_t)(v + 7 * j);
+        for (int j = 0; j < 4; j++) w[v].qh[j] = (uint8_t)(v + 7 * (48 + j));
+        w[v].d = kv_f32_to_f16(1.0f);
+    }
+    for (int e = 0; e < N; e++) {
+        memset(&x[e], 0, sizeof x[e]);
+        x[e].d = 1.0f;
+        x[e].qs[e] = 1;
+        x[e].bsums[e / 16] = 1;
+    }
+    const kv_quant_traits *s = kv_quant_get_isa(KV_TQ1_0, 0);
+    int bad = 0;
+    for (int v = 0; v < N; v++)
+        for (int e = 0; e < N; e++) {
+            want[e * N + v] = (float)(tq1_trit(&w[v], e) - 1);
+            float r;
+            s->vec_dot(N, &r, &w[v], &x[e]);
+            if (fbits(r) != fbits(want[e * N + v])) bad++;
+        }
+    assert_int_equal(bad, 0);
+    for (int isa = 1; isa <= 2; isa++) {
+        if (!isa_ok(isa)) continue;
+        const kv_quant_traits *q = kv_quant_get_isa(KV_TQ1_0, isa);
+        const kv_quant_gemm *g = kv_quant_get_gemm_isa(KV_TQ1_0, isa);
+        for (int v = 0; v < N; v++)
+            for (int e = 0; e < N; e++) {
+                float r;
+                q->vec_dot(N, &r, &w[v], &x[e]);
+                if (fbits(r) != fbits(want[e * N + v]) && bad++ < 5)
+                    print_message("tq1_0 %s vec_dot byte row %d element %d: %g want %g\n", isa_name(isa), v, e, r,
+                                  want[e * N + v]);
+            }
+        for (int e = 0; e < N; e++) g->gemm(N, w, sizeof *w, N, &x[e], sizeof *x, 1, y + e * N, N);
+        if (memcmp(y, want, sizeof(float) * N * N) != 0 && bad++ < 5)
+            print_message("tq1_0 %s decode gemm differs\n", isa_name(isa));
+        memset(y, 0, sizeof(float) * N * N);
+        g->gemm(N, w, sizeof *w, N, x, sizeof *x, N, y, N);
+        if (memcmp(y, want, sizeof(float) * N * N) != 0 && bad++ < 5)
+            print_message("tq1_0 %s prefill gemm differs\n", isa_name(isa));
+    }
+    free(w);
+    free(x);
+    free(y);
+    free(want);
     assert_int_equal(bad, 0);
 }
 
@@ -776,6 +888,8 @@ int main(void) {
         cmocka_unit_test(test_gemm_tiled),
         cmocka_unit_test(test_gemm_packed),
         cmocka_unit_test(test_mad),
+        cmocka_unit_test(test_tq1_0_trick),
+        cmocka_unit_test(test_tq1_0_all_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -173,9 +173,11 @@ GEMM(avx512, f16, KV_F16, KV_ISA_AVX512, kv_avx512_gemm_f16, KV_AVX512_NR_FPK, K
 GEMM(avx512, bf16, KV_BF16, KV_ISA_AVX512, kv_avx512_gemm_bf16, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK)
 GEMM(avx512, q8_0, KV_Q8_0, KV_ISA_AVX512, kv_avx512_gemm_q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK)
 W_AVX512(q4_0, KV_Q4_0, KV_Q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK)
+W_AVX512(q5_0, KV_Q5_0, KV_Q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK)
 W_AVX512(q4_K, KV_Q4_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
 W_AVX512(q5_K, KV_Q5_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
 W_AVX512(q6_K, KV_Q6_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
+W_AVX512(tq1_0, KV_TQ1_0, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
 W_AVX512(tq2_0, KV_TQ2_0, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)
 W_AVX512(i2_s, KV_I2_S, KV_I8_S, KV_AVX512_NR_I2S, KV_AVX512_NC_I2S)
 
@@ -198,11 +200,11 @@ const kv_quant_entry kv_quant_entries[] = {
     {KV_F32, T3(f32), G3(f32)},          {KV_F16, T3(f16), G3(f16)},
     {KV_BF16, T3(bf16), G3(bf16)},       {KV_Q8_0, T3(q8_0), G3(q8_0)},
     {KV_Q4_0, T3(q4_0), G3(q4_0)},       {KV_Q4_1, T3_2(q4_1), G3_2(q4_1)},
-    {KV_Q5_0, T3_2(q5_0), G3_2(q5_0)},   {KV_Q5_1, T3_2(q5_1), G3_2(q5_1)},
+    {KV_Q5_0, T3(q5_0), G3(q5_0)},       {KV_Q5_1, T3_2(q5_1), G3_2(q5_1)},
     {KV_Q8_1, T3_2(q8_1), G3_2(q8_1)},   {KV_Q2_K, T3_2(q2_K), G3_2(q2_K)},
     {KV_Q3_K, T3_2(q3_K), G3_2(q3_K)},   {KV_Q4_K, T3(q4_K), G3(q4_K)},
     {KV_Q5_K, T3(q5_K), G3(q5_K)},       {KV_Q6_K, T3(q6_K), G3(q6_K)},
-    {KV_Q8_K, T3_2(q8_K), G3_2(q8_K)},   {KV_TQ1_0, T3_2(tq1_0), G3_2(tq1_0)},
+    {KV_Q8_K, T3_2(q8_K), G3_2(q8_K)},   {KV_TQ1_0, T3(tq1_0), G3(tq1_0)},
     {KV_TQ2_0, T3(tq2_0), G3(tq2_0)},    {KV_I2_S, T3(i2_s), G3(i2_s)},
     {KV_I8_S, T3_2(i8_s), G3_2(i8_s)},
 };

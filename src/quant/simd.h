@@ -120,20 +120,22 @@ KV_AVX512_KERNELS(f16);
 KV_AVX512_KERNELS(bf16);
 KV_AVX512_KERNELS(q8_0);
 KV_AVX512_KERNELS(q4_0);
+KV_AVX512_KERNELS(q5_0);
 KV_AVX512_KERNELS(q4_K);
 KV_AVX512_KERNELS(q5_K);
 KV_AVX512_KERNELS(q6_K);
+KV_AVX512_KERNELS(tq1_0);
 KV_AVX512_KERNELS(tq2_0);
 KV_AVX512_KERNELS(i2_s);
 
 #define KV_AVX512_NR_FLOAT 8 /* float types, fewer than 4 columns */
 #define KV_AVX512_NC_FLOAT 4
-#define KV_AVX512_NR_B32 4 /* Q8_0, Q4_0, fewer than 4 columns (row pairs) */
+#define KV_AVX512_NR_B32 4 /* Q8_0, Q4_0, Q5_0, fewer than 4 columns (row pairs) */
 #define KV_AVX512_NC_B32 4
 /* prefill tiles (4 or more columns, operands packed once per call / row tile) */
 #define KV_AVX512_NR_FPK 8 /* float types */
 #define KV_AVX512_NC_FPK 3
-#define KV_AVX512_NR_PK 8 /* Q8_0, Q4_0 */
+#define KV_AVX512_NR_PK 8 /* Q8_0, Q4_0, Q5_0 */
 #define KV_AVX512_NC_PK 4
 #define KV_AVX512_NR_K 4
 #define KV_AVX512_NC_K 4

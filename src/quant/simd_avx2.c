@@ -1010,34 +1010,51 @@ DEF_GEMM_NC4(q8_K, tile_q8_K, KV_AVX2_NR_K)
 
 /* ------------------------------------------------------------ TQ1_0, TQ2_0 */
 
-/* trit = ((uint8_t)(b * m) * 3) >> 8 for each byte b and multiplier m (<= 81) */
-INL __m256i trits(__m256i b, __m256i m) {
-    const __m256i z = _mm256_setzero_si256(), lowb = _mm256_set1_epi16(0xff);
-    const __m256i bl = _mm256_unpacklo_epi8(b, z), bh = _mm256_unpackhi_epi8(b, z);
-    const __m256i ml = _mm256_unpacklo_epi8(m, z), mh = _mm256_unpackhi_epi8(m, z);
-    __m256i tl = _mm256_and_si256(_mm256_mullo_epi16(bl, ml), lowb);
-    __m256i th = _mm256_and_si256(_mm256_mullo_epi16(bh, mh), lowb);
-    tl = _mm256_srli_epi16(_mm256_add_epi16(tl, _mm256_add_epi16(tl, tl)), 8);
-    th = _mm256_srli_epi16(_mm256_add_epi16(th, _mm256_add_epi16(th, th)), 8);
-    return _mm256_packus_epi16(tl, th);
+/* TQ1_0: trit k of byte b is ((uint8_t)(b * 3^k) * 3) >> 8. The byte
+ * products come from byte adds (3x = x + 2x; 9x = (8x & 0xf8..) + x) or,
+ * where a vector mixes multipliers, two 16-bit multiplies (even bytes from
+ * x * m, odd bytes from (x & 0xff00) * m). The trit of a product p without
+ * multiplies: with q = max(p - 1, 0), avg(q, avg(q, 0)) has it in its top
+ * two bits (every byte value is checked in tests/test_simd.c). */
+INL __m256i trit8(__m256i p) {
+    const __m256i q = _mm256_subs_epu8(p, _mm256_set1_epi8(1));
+    const __m256i t = _mm256_avg_epu8(q, _mm256_avg_epu8(q, _mm256_setzero_si256()));
+    return _mm256_and_si256(_mm256_srli_epi16(t, 6), _mm256_set1_epi8(3));
 }
 
+INL __m256i mul3(__m256i x) { return _mm256_add_epi8(x, _mm256_add_epi8(x, x)); }
+INL __m256i mul9(__m256i x) {
+    return _mm256_add_epi8(_mm256_and_si256(_mm256_slli_epi16(x, 3), _mm256_set1_epi8((char)0xf8)), x);
+}
+
+/* (uint8_t)(x * m) for each byte, m the 16-bit lane's multiplier */
+INL __m256i mul8(__m256i x, __m256i m) {
+    const __m256i mask = _mm256_set1_epi16((short)0xff00);
+    const __m256i lo = _mm256_mullo_epi16(x, m);
+    const __m256i hi = _mm256_mullo_epi16(_mm256_and_si256(x, mask), m);
+    return _mm256_or_si256(_mm256_andnot_si256(mask, lo), hi);
+}
+
+#define W2(m) ((int)(0x10001u * (m))) /* a 32-bit lane of two 16-bit multipliers m */
+
 INL void prep_tq1_0(const kv_block_tq1_0 *b, __m256i U[8]) {
-    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
-    const __m256i q = ld256(b->qs);
+    __m256i p = ld256(b->qs); /* elements 32k + m: trit k of qs[m] */
+    U[0] = trit8(p);
     UNR
-    for (int k = 0; k < 5; k++) U[k] = trits(q, _mm256_set1_epi8((char)pow3[k]));
-    const __m128i q2 = ld128(b->qs + 32); /* 16 bytes: elements 160 + 16k + m */
-    const __m256i qq = _mm256_set_m128i(q2, q2);
-    U[5] = trits(qq, _mm256_set_m128i(_mm_set1_epi8(3), _mm_set1_epi8(1)));
-    U[6] = trits(qq, _mm256_set_m128i(_mm_set1_epi8(27), _mm_set1_epi8(9)));
+    for (int k = 1; k < 5; k++) {
+        p = mul3(p);
+        U[k] = trit8(p);
+    }
+    const __m128i c = ld128(b->qs + 32); /* elements 160 + 16k + m: trit k of qs[32 + m] */
+    const __m256i cc = _mm256_set_m128i(c, c);
+    const __m256i c01 = _mm256_blend_epi32(cc, mul3(cc), 0xf0); /* [c | 3c] */
+    U[5] = trit8(c01);
+    U[6] = trit8(mul9(c01)); /* [9c | 27c] */
     uint32_t qh;
     memcpy(&qh, b->qh, 4);
     /* elements 224..239: trit 4 of qs[32..47]; 240 + 4k + m: trit k of qh[m] */
-    const __m256i src = _mm256_set_m128i(_mm_set1_epi32((int)qh), q2);
-    const __m256i mul = _mm256_set_m128i(_mm_setr_epi8(1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27),
-                                         _mm_set1_epi8(81));
-    U[7] = trits(src, mul);
+    const __m256i x = _mm256_set_m128i(_mm_set1_epi32((int)qh), c);
+    U[7] = trit8(mul8(x, _mm256_setr_epi32(W2(81), W2(81), W2(81), W2(81), W2(1), W2(3), W2(9), W2(27))));
 }
 
 INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {

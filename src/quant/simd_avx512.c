@@ -5,19 +5,21 @@
  *   Gemm with 4 or more columns (prefill): operands packed once per call
  *     (activations) and once per tile of rows (weights), then register
  *     tiles of 8 rows x 3 columns (float types: 16-lane fmas) or 8 rows x 4
- *     columns (Q8_0, Q4_0: vpdpbusd on interleaved row pairs); see "packed"
- *     below. Fewer columns (decode) take the kernels described next.
- *   Q8_0, Q4_0 gemm: two weight rows share a zmm (row a in lanes 0..7, row b
- *     in 8..15) against the activation block broadcast to both halves.
+ *     columns (Q8_0, Q4_0, Q5_0: vpdpbusd on interleaved row pairs); see
+ *     "packed" below. Fewer columns (decode) take the kernels described next.
+ *   Q8_0, Q4_0, Q5_0 gemm: two weight rows share a zmm (row a in lanes 0..7,
+ *     row b in 8..15) against the activation block broadcast to both halves.
  *     vpdpbusd takes unsigned x signed bytes, so the weight codes go in as
- *     x + 128 (Q8_0) or the raw nibble (Q4_0), and the activation sums
- *     times 128 (or 8), formed once per column by another vpdpbusd, are
- *     subtracted: exact int32, for any input bytes.
+ *     x + 128 (Q8_0), the raw nibble (Q4_0) or the raw 5-bit code (Q5_0),
+ *     and the activation sums times 128 (or 8, or 16), formed once per
+ *     column by another vpdpbusd, are subtracted: exact int32, for any
+ *     input bytes.
  *   K-quants: a zmm holds two 32-element chunks; maddubs forms the int16
  *     pairs (offsets subtracted in int16 as in the AVX2 file) and vpdpwssd
  *     multiplies them by the sub-block scales and adds them up, exactly;
  *     the two chunk halves are added at the end of the super-block.
- *   TQ2_0, I2_S: the unsigned codes go straight into vpdpbusd.
+ *   TQ2_0, I2_S: the unsigned codes go straight into vpdpbusd; TQ1_0 too,
+ *     once its base-3 digits are extracted (see there).
  * Float steps are the reference's (see simd_avx2.c). */
 #include "simd.h"
 
@@ -446,14 +448,25 @@ TGT void kv_avx512_from_float_f16(const float *src, void *dst, int64_t n) {
     UNR                                                                \
     for (int c_ = 0; c_ < NC; c_++) X[c_] = (const uint8_t *)x + (uint64_t)c_ * xs
 
-/* ------------------------------------------------------------ Q8_0, Q4_0 (row pairs) */
+/* ------------------------------------------------------------ Q8_0, Q4_0, Q5_0 (row pairs) */
 
-/* q4: Q4_0 weights (18-byte blocks, nibbles), else Q8_0 (34-byte blocks) */
+/* the 32-element block weight types these kernels take (activations Q8_0) */
+enum { B_Q8, B_Q4, B_Q5 };
+#define B_BYTES(t) \
+    ((t) == B_Q4 ? sizeof(kv_block_q4_0) : (t) == B_Q5 ? sizeof(kv_block_q5_0) : sizeof(kv_block_q8_0))
+
+/* a Q5_0 block's qh: bit j is the high bit of element j's code */
+INL uint32_t q5_qh(const uint8_t *blk) {
+    uint32_t h;
+    memcpy(&h, blk + offsetof(kv_block_q5_0, qh), 4);
+    return h;
+}
+
 INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC, const int q4) {
+                   const int NR, const int NC, const int t) {
     const int NP = NR / 2;
     const int64_t nb = n / 32;
-    const size_t BW = q4 ? sizeof(kv_block_q4_0) : sizeof(kv_block_q8_0);
+    const size_t BW = B_BYTES(t);
     const size_t BX = sizeof(kv_block_q8_0);
     ROWS(W, NR);
     COLS(X, NC);
@@ -464,7 +477,7 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[p][c] = _mm512_setzero_ps();
     }
     const __m512i zero = _mm512_setzero_si512();
-    const __m512i off = _mm512_set1_epi8(q4 ? 8 : (char)0x80);
+    const __m512i off = _mm512_set1_epi8(t == B_Q4 ? 8 : t == B_Q5 ? 16 : (char)0x80);
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i perm = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     for (int64_t i = 0; i < nb; i++) {
@@ -482,11 +495,15 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int p = 0; p < NP; p++) {
             const uint8_t *a0 = W[2 * p] + i * BW, *a1 = W[2 * p + 1] + i * BW;
             __m512i u;
-            if (q4) {
-                const __m256i lo = _mm256_set_m128i(ld128(a1 + 2), ld128(a0 + 2));
+            if (t != B_Q8) {
+                const size_t qo = t == B_Q4 ? offsetof(kv_block_q4_0, qs) : offsetof(kv_block_q5_0, qs);
+                const __m256i lo = _mm256_set_m128i(ld128(a1 + qo), ld128(a0 + qo));
                 const __m256i hi = _mm256_srli_epi16(lo, 4);
                 u = _mm512_and_si512(
                     _mm512_permutex2var_epi64(_mm512_castsi256_si512(lo), perm, _mm512_castsi256_si512(hi)), m4);
+                if (t == B_Q5) /* + 16 where the element's high bit is set: codes 0..31 */
+                    u = _mm512_mask_add_epi8(u, _cvtu64_mask64(q5_qh(a0) | (uint64_t)q5_qh(a1) << 32), u,
+                                             _mm512_set1_epi8(16));
             } else {
                 u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(ld256(a0 + 2)), ld256(a1 + 2), 1), off);
             }
@@ -511,16 +528,21 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
 
 INL void tile_q8_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
                    const int NR, const int NC) {
-    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, 0);
+    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, B_Q8);
 }
 INL void tile_q4_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
                    const int NR, const int NC) {
-    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, 1);
+    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, B_Q4);
+}
+INL void tile_q5_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                   const int NR, const int NC) {
+    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, B_Q5);
 }
 static DEF_GEMM(pair_q8_0, tile_q8_0, KV_AVX512_NR_B32)
 static DEF_GEMM(pair_q4_0, tile_q4_0, KV_AVX512_NR_B32)
+static DEF_GEMM(pair_q5_0, tile_q5_0, KV_AVX512_NR_B32)
 
-/* ------------------------------------------------------------ Q8_0, Q4_0 packed (prefill)
+/* ------------------------------------------------------------ Q8_0, Q4_0, Q5_0 packed (prefill)
  *
  * With several columns the work is reorganised so that the inner loop is
  * three vector instructions per (2 outputs x 1 block): vpdpbusd, cvt, fma.
@@ -552,7 +574,7 @@ typedef struct {
 } pk_blk;
 
 /* 8 rows (from row pointers W, block i) into one packed block */
-INL void pk_weights(const uint8_t *const *W, int64_t i, pk_blk *o, const int q4) {
+INL void pk_weights(const uint8_t *const *W, int64_t i, pk_blk *o, const int t) {
     const __m512i ilv = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     const __m512i c128 = _mm512_set1_epi8((char)0x80);
     UNR
@@ -561,11 +583,17 @@ INL void pk_weights(const uint8_t *const *W, int64_t i, pk_blk *o, const int q4)
         UNR
         for (int k = 0; k < 2; k++) {
             const uint8_t *b = W[2 * p + k];
-            if (q4) {
+            if (t == B_Q4) {
                 b += i * sizeof(kv_block_q4_0);
                 const __m128i q = ld128(b + 2);
                 const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
                 v[k] = _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+            } else if (t == B_Q5) {
+                b += i * sizeof(kv_block_q5_0);
+                const __m128i q = ld128(b + offsetof(kv_block_q5_0, qs));
+                const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+                /* code - 16: u - 16 where the high bit is clear, u where it is set */
+                v[k] = _mm256_mask_sub_epi8(u, _cvtu32_mask32(~q5_qh(b)), u, _mm256_set1_epi8(16));
             } else {
                 b += i * sizeof(kv_block_q8_0);
                 v[k] = ld256(b + 2);
@@ -654,7 +682,7 @@ INL void pk_tile(const pk_blk *pk, int64_t nb, const uint8_t *ya, const float *d
 
 /* returns 0 (nothing done) when the scratch cannot be had */
 INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, float *y,
-                int64_t ldy, const int q4) {
+                int64_t ldy, const int t) {
     const int64_t nb = n / 32;
     const size_t s_pk = (size_t)nb * sizeof(pk_blk), s_ya = (size_t)nc * (size_t)nb * 64,
                  s_dy = ((size_t)nc * (size_t)nb * 4 + 63) & ~(size_t)63;
@@ -663,16 +691,16 @@ INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
     pk_blk *pk = (pk_blk *)buf;
     uint8_t *ya = buf + s_pk;
     float *dy = (float *)(buf + s_pk + s_ya);
-    prefetch_rows(w, ws, 0, nr < PK_R ? nr : PK_R, (size_t)nb * (q4 ? sizeof(kv_block_q4_0) : sizeof(kv_block_q8_0)));
+    prefetch_rows(w, ws, 0, nr < PK_R ? nr : PK_R, (size_t)nb * B_BYTES(t));
     for (int c = 0; c < nc; c++) pk_acts((const uint8_t *)x + (uint64_t)c * xs, nb, nc, ya + (size_t)c * 64, dy + c);
     for (int r0 = 0; r0 < nr; r0 += PK_R) {
         const int rr = nr - r0 < PK_R ? nr - r0 : PK_R;
         const uint8_t *W[PK_R];
         for (int r = 0; r < PK_R; r++) W[r] = (const uint8_t *)w + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws;
-        for (int64_t i = 0; i < nb; i++) pk_weights(W, i, pk + i, q4);
+        for (int64_t i = 0; i < nb; i++) pk_weights(W, i, pk + i, t);
         if (r0 + PK_R < nr)
             prefetch_rows(w, ws, r0 + PK_R, nr - r0 - PK_R < PK_R ? nr - r0 - PK_R : PK_R,
-                          (size_t)nb * (q4 ? sizeof(kv_block_q4_0) : sizeof(kv_block_q8_0)));
+                          (size_t)nb * B_BYTES(t));
         float *yr = y + r0;
         int c0 = 0;
         for (; c0 + PK_C <= nc; c0 += PK_C)
@@ -689,16 +717,21 @@ INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
 }
 
 TGT KV_AVX512_GEMM_PROTO(q8_0) {
-    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, 0)) return;
+    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, B_Q8)) return;
     kv_avx512_gemm_pair_q8_0(n, w, ws, nr, x, xs, nc, y, ldy);
 }
 TGT KV_AVX512_GEMM_PROTO(q4_0) {
-    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, 1)) return;
+    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, B_Q4)) return;
     kv_avx512_gemm_pair_q4_0(n, w, ws, nr, x, xs, nc, y, ldy);
+}
+TGT KV_AVX512_GEMM_PROTO(q5_0) {
+    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, B_Q5)) return;
+    kv_avx512_gemm_pair_q5_0(n, w, ws, nr, x, xs, nc, y, ldy);
 }
 /* a single row: the pair kernel would do its integer work twice */
 TGT KV_AVX512_DOT_PROTO(q8_0) { kv_avx2_vec_dot_q8_0(n, s, x, y); }
 TGT KV_AVX512_DOT_PROTO(q4_0) { kv_avx2_vec_dot_q4_0(n, s, x, y); }
+TGT KV_AVX512_DOT_PROTO(q5_0) { kv_avx2_vec_dot_q5_0(n, s, x, y); }
 
 /* ------------------------------------------------------------ K-quants, TQ2_0 */
 
@@ -926,6 +959,225 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
 }
 DEF_GEMM(tq2_0, tile_tq2_0, KV_AVX512_NR_K)
 TGT KV_AVX512_DOT_PROTO(tq2_0) { tile_tq2_0(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+
+/* ------------------------------------------------------------ TQ1_0
+ *
+ * A byte b holds trits k = 0..4 as t = ((uint8_t)(b * 3^k) * 3) >> 8. The
+ * byte products come from byte adds and shifts (3x = x + 2x, 9x = (8x &
+ * 0xf8..) + x) or, where a vector mixes multipliers, two 16-bit multiplies
+ * (even bytes from x * m, odd bytes from (x & 0xff00) * m). The trit of a
+ * product p without multiplies: with q = max(p - 1, 0), avg(q, avg(q, 0))
+ * = ceil((q + ceil(q / 2)) / 2) has it in its top two bits, so masking them
+ * gives 64 * t exactly (every byte value is checked in tests/test_simd.c).
+ * Those go into vpdpbusd like TQ2_0's codes; the int32 sums are 64 times
+ * the exact ones, shifted back (exactly) before the bsums come off.
+ *
+ * Decode (fewer than TQ1_PK_COLS columns) decodes each block as it goes;
+ * prefill decodes a tile of rows once into a scratch of 64 * t bytes, in
+ * the activations' order, and runs every column tile over it. Two outputs
+ * share a zmm for the float steps (8 lanes each): columns c, c+1 of a row,
+ * or rows r, r+1 when there is one column. */
+
+#define TQ1_PK_COLS 4 /* this many columns or more: rows decoded once per call */
+#define HI256 0xffffffff00000000ull
+
+INL __m512i tq1_t64(__m512i p) {
+    const __m512i q = _mm512_subs_epu8(p, _mm512_set1_epi8(1));
+    const __m512i t = _mm512_avg_epu8(q, _mm512_avg_epu8(q, _mm512_setzero_si512()));
+    return _mm512_and_si512(t, _mm512_set1_epi8((char)0xc0));
+}
+
+/* (uint8_t)(x * m) for each byte, m the 16-bit lane's multiplier */
+INL __m512i mul8(__m512i x, __m512i m) {
+    const __m512i lo = _mm512_mullo_epi16(x, m);
+    const __m512i hi = _mm512_mullo_epi16(_mm512_and_si512(x, _mm512_set1_epi16((short)0xff00)), m);
+    return _mm512_mask_blend_epi8(0xaaaaaaaaaaaaaaaaull, lo, hi);
+}
+
+INL __m512i mul9(__m512i x) {
+    return _mm512_add_epi8(_mm512_and_si512(_mm512_slli_epi16(x, 3), _mm512_set1_epi8((char)0xf8)), x);
+}
+
+#define W2(m) ((int)(0x10001u * (m))) /* a 32-bit lane of two 16-bit multipliers m */
+
+/* 64 * the trits of one block in element order: U[h] is elements 64h .. 64h + 63 */
+INL void prep_tq1_0(const kv_block_tq1_0 *b, __m512i U[4]) {
+    const __m512i B = bcast256(b->qs);
+    const __m512i p0 = _mm512_add_epi8(B, _mm512_maskz_add_epi8(HI256, B, B)); /* [b | 3b]: trits 0, 1 of qs[0..31] */
+    const __m512i p1 = mul9(p0);                                                 /* [9b | 27b] */
+    const __m128i c = ld128(b->qs + 32);
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    /* [81b | c 3c]: trit 4 of qs[0..31]; trits 0, 1 of qs[32..47] (elements 160 + 16k + m) */
+    const __m512i x2 = _mm512_mask_broadcast_i32x4(B, 0xff00, c);
+    const __m512i p2 = mul8(x2, _mm512_setr_epi32(W2(81), W2(81), W2(81), W2(81), W2(81), W2(81), W2(81), W2(81),
+                                                  W2(1), W2(1), W2(1), W2(1), W2(3), W2(3), W2(3), W2(3)));
+    /* [9c 27c | 81c q]: trits 2..4 of qs[32..47]; then trit k of qh[m] at 4k + m */
+    const __m512i x3 = _mm512_mask_set1_epi32(_mm512_broadcast_i32x4(c), 0xf000, (int)qh);
+    const __m512i p3 = mul8(x3, _mm512_setr_epi32(W2(9), W2(9), W2(9), W2(9), W2(27), W2(27), W2(27), W2(27), W2(81),
+                                                  W2(81), W2(81), W2(81), W2(1), W2(3), W2(9), W2(27)));
+    U[0] = tq1_t64(p0);
+    U[1] = tq1_t64(p1);
+    U[2] = tq1_t64(p2);
+    U[3] = tq1_t64(p3);
+}
+
+/* acc += d2 * (float)([fold(a) | fold(b)] / 64 - bs2), lane by lane (the
+ * reference's fma for two outputs: 8 lanes of a, then 8 of b) */
+INL __m512 tq1_pair(__m512i a, __m512i b, __m512i bs2, __m512 d2, __m512 acc) {
+    const __m512i f = _mm512_add_epi32(_mm512_shuffle_i32x4(a, b, 0x44), _mm512_shuffle_i32x4(a, b, 0xee));
+    const __m512i s = _mm512_sub_epi32(_mm512_srai_epi32(f, 6), bs2);
+    return _mm512_fmadd_ps(d2, _mm512_cvtepi32_ps(s), acc);
+}
+
+/* [x x8 | y x8] */
+INL __m512 f2(float a, float b) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(a)), _mm256_set1_ps(b), 1);
+}
+
+/* NR rows x NC columns. pk == NULL: decode the blocks of w; else (w is not
+ * read) the 64 * t of block i of row r are at pk + (i * NR + r) * 4 (zmm)
+ * and its scale at pd[i * NR + r]. */
+INL void tile_tq1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                  const __m512i *pk, const float *pd, const int NR, const int NC) {
+    const int64_t nb = n / KV_QK_K;
+    const int NCP = (NC + 1) / 2;                /* column pairs (the last may repeat its column) */
+    const int NP = NC == 1 ? (NR + 1) / 2 : NR * NCP; /* accumulators */
+    ROWS(W, NR);
+    COLS(X, NC);
+    __m512 acc[MR * (MC / 2)];
+    UNR
+    for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        if (!pk && NC < KV_PF_COLS)
+            kv_pf_next(W, NR, ws, (uint64_t)i * sizeof(kv_block_tq1_0), sizeof(kv_block_tq1_0));
+        const kv_block_q8_K *A[MC];
+        __m256i bs[MC];
+        UNR
+        for (int c = 0; c < NC; c++) {
+            A[c] = (const kv_block_q8_K *)X[c] + i;
+            bs[c] = _mm256_madd_epi16(ld256(A[c]->bsums), _mm256_set1_epi16(1)); /* bsums[2l] + bsums[2l+1] */
+        }
+        __m512i bs2[MC / 2];
+        __m512 da2[MC / 2];
+        UNR
+        for (int p = 0; p < NCP; p++) {
+            const int c0 = 2 * p, c1 = 2 * p + 1 < NC ? 2 * p + 1 : 2 * p;
+            bs2[p] = _mm512_inserti64x4(_mm512_castsi256_si512(bs[c0]), bs[c1], 1);
+            da2[p] = f2(A[c0]->d, A[c1]->d);
+        }
+        __m512i is1[MR]; /* one column: each row's sums, paired up after the rows */
+        float dx[MR];
+        UNR
+        for (int r = 0; r < NR; r++) {
+            __m512i U[4];
+            if (pk) {
+                const __m512i *u = pk + (i * NR + r) * 4;
+                UNR
+                for (int h = 0; h < 4; h++) U[h] = _mm512_load_si512(u + h);
+                dx[r] = pd[i * NR + r];
+            } else {
+                const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)W[r] + i;
+                prep_tq1_0(b, U);
+                dx[r] = h2f(&b->d);
+            }
+            __m512i is[MC];
+            UNR
+            for (int c = 0; c < NC; c++) {
+                __m512i s = _mm512_setzero_si512();
+                UNR
+                for (int h = 0; h < 4; h++) s = _mm512_dpbusd_epi32(s, U[h], ld512(A[c]->qs + 64 * h));
+                is[c] = s;
+            }
+            if (NC == 1) {
+                is1[r] = is[0];
+                continue;
+            }
+            const __m512 dxv = _mm512_set1_ps(dx[r]);
+            UNR
+            for (int p = 0; p < NCP; p++) {
+                const int c0 = 2 * p, c1 = 2 * p + 1 < NC ? 2 * p + 1 : 2 * p;
+                /* the reference's d = y.d * (float)x.d, as a vector multiply */
+                acc[r * NCP + p] = tq1_pair(is[c0], is[c1], bs2[p], _mm512_mul_ps(da2[p], dxv), acc[r * NCP + p]);
+            }
+        }
+        if (NC == 1) {
+            UNR
+            for (int p = 0; p < NP; p++) {
+                const int r0 = 2 * p, r1 = 2 * p + 1 < NR ? 2 * p + 1 : 2 * p;
+                acc[p] = tq1_pair(is1[r0], is1[r1], bs2[0], _mm512_mul_ps(da2[0], f2(dx[r0], dx[r1])), acc[p]);
+            }
+        }
+    }
+    UNR
+    for (int p = 0; p < NP; p++) {
+        const float lo = hsum8(_mm512_castps512_ps256(acc[p])), hi = hsum8(_mm512_extractf32x8_ps(acc[p], 1));
+        if (NC == 1) {
+            if (2 * p < nr) y[2 * p] = lo;
+            if (2 * p + 1 < nr && 2 * p + 1 < NR) y[2 * p + 1] = hi;
+        } else {
+            const int r = p / NCP, c0 = 2 * (p % NCP);
+            if (r < nr) {
+                y[c0 * ldy + r] = lo;
+                if (c0 + 1 < NC) y[(c0 + 1) * ldy + r] = hi;
+            }
+        }
+    }
+}
+
+INL void tile_tq1_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
+                    const int NR, const int NC) {
+    tile_tq1(n, w, ws, nr, x, xs, y, ldy, NULL, NULL, NR, NC);
+}
+static DEF_GEMM(dec_tq1_0, tile_tq1_0, KV_AVX512_NR_K)
+
+/* returns 0 (nothing done) when the scratch cannot be had */
+INL int tq1_pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, float *y,
+                    int64_t ldy) {
+    enum { NR = KV_AVX512_NR_K, NC = KV_AVX512_NC_K };
+    const int64_t nb = n / KV_QK_K;
+    const size_t s_u = (size_t)nb * NR * 256, s_d = ((size_t)nb * NR * 4 + 63) & ~(size_t)63;
+    uint8_t *buf = aligned_alloc(64, s_u + s_d + 64);
+    if (!buf) return 0;
+    __m512i *pk = (__m512i *)buf;
+    float *pd = (float *)(buf + s_u);
+    const size_t row_b = (size_t)nb * sizeof(kv_block_tq1_0);
+    prefetch_rows(w, ws, 0, nr < NR ? nr : NR, row_b);
+    for (int r0 = 0; r0 < nr; r0 += NR) {
+        const int rr = nr - r0 < NR ? nr - r0 : NR;
+        const kv_block_tq1_0 *R[NR];
+        for (int r = 0; r < NR; r++)
+            R[r] = (const kv_block_tq1_0 *)((const uint8_t *)w + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws);
+        for (int64_t i = 0; i < nb; i++)
+            for (int r = 0; r < NR; r++) {
+                __m512i U[4];
+                prep_tq1_0(R[r] + i, U);
+                for (int h = 0; h < 4; h++) _mm512_store_si512(pk + (i * NR + r) * 4 + h, U[h]);
+                pd[i * NR + r] = h2f(&R[r][i].d);
+            }
+        if (r0 + NR < nr) prefetch_rows(w, ws, r0 + NR, nr - r0 - NR < NR ? nr - r0 - NR : NR, row_b);
+        float *yr = y + r0;
+        int c0 = 0;
+        for (; c0 + NC <= nc; c0 += NC)
+            tile_tq1(n, x, 0, rr, (const uint8_t *)x + (uint64_t)c0 * xs, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR,
+                     NC);
+        const uint8_t *xc = (const uint8_t *)x + (uint64_t)c0 * xs;
+        switch (nc - c0) {
+        case 3: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 3); break;
+        case 2: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 2); break;
+        case 1: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 1); break;
+        default: break;
+        }
+    }
+    free(buf);
+    return 1;
+}
+
+TGT KV_AVX512_GEMM_PROTO(tq1_0) {
+    if (nc >= TQ1_PK_COLS && nr > 0 && n >= KV_QK_K && tq1_pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy)) return;
+    kv_avx512_gemm_dec_tq1_0(n, w, ws, nr, x, xs, nc, y, ldy);
+}
+TGT KV_AVX512_DOT_PROTO(tq1_0) { tile_tq1_0(n, x, 0, 1, y, 0, s, 1, 1, 1); }
 
 /* ------------------------------------------------------------ I2_S x I8_S */
 
