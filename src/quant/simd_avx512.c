@@ -507,8 +507,13 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
             } else {
                 u = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(ld256(a0 + 2)), ld256(a1 + 2), 1), off);
             }
-            const __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(h2f(a0))),
-                                                 _mm256_set1_ps(h2f(a1)), 1);
+            /* both rows' f16 scales in one conversion, then [d0 x 8 | d1 x 8] */
+            uint16_t h0, h1;
+            memcpy(&h0, a0, 2);
+            memcpy(&h1, a1, 2);
+            const __m512 dx = _mm512_permutexvar_ps(
+                _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
+                _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)))));
             UNR
             for (int c = 0; c < NC; c++) {
                 const __m512i is = _mm512_dpbusd_epi32(nco[c], u, yb[c]);
