@@ -173,9 +173,10 @@ static void mm_set(const kv_forward *f, mm_one *o, const kv_weight *w, float *y,
 
 /* The activation type a weight's matmul converts its input to. */
 static uint32_t act_type(const kv_forward *f, const kv_weight *w) {
-    mm_one o;
+    kv_vec_dot_fn dot;
+    kv_gemm_fn gemm;
     uint32_t act;
-    mm_set(f, &o, w, NULL, &act);
+    dot_of(f, w, &dot, &gemm, &act);
     return act;
 }
 
@@ -252,6 +253,7 @@ static void stage_rows(const stage *s, int32_t t0, int32_t t1) {
     const kv_hparams *hp = &s->f->m->hp;
     const kv_quant_traits *tr = s->conv != UINT32_MAX && s->conv != KV_F32 ? kv_quant_get(s->conv) : NULL;
     const uint64_t rb = tr ? act_row_bytes(s->conv, s->n) : 0;
+    const kv_silu_mul_fn silu_mul = kv_quant_get_silu_mul();
     for (int32_t t = t0; t < t1; t++) {
         if (s->x) {
             float *x = s->x + (int64_t)t * s->n_add;
@@ -267,7 +269,7 @@ static void stage_rows(const stage *s, int32_t t0, int32_t t1) {
                     g[i] = (v * v) * u[i];
                 }
             } else {
-                kv_quant_get_silu_mul()(s->n_g, g, u);
+                silu_mul(s->n_g, g, u);
             }
         }
         if (t < s->first || !s->in) continue;
@@ -297,8 +299,6 @@ static uint32_t stage_run(kv_forward *f, stage *s) {
 }
 
 /* ------------------------------------------------------------ attention */
-
-#define KV_PAGE_MAX 256 /* the largest page (kv_pool.c accepts 16..256 tokens) */
 
 typedef struct att_job {
     kv_forward *f;
@@ -343,7 +343,7 @@ static void att_worker(void *ctx, int ith, int nth) {
     float *tmp = f->rowtmp + (int64_t)ith * kv_dim;
     kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
     const kv_quant_traits *tf16 = kv_quant_get(KV_F16), *tf32 = kv_quant_get(KV_F32);
-    const kv_vec_mad_fn mad16 = kv_quant_get_mad(KV_F16), mad32 = kv_quant_get_mad(KV_F32);
+    const kv_vec_mad_fn mad32 = kv_quant_get_mad(KV_F32);
     const kv_vec_mad_rows_fn madr16 = kv_quant_get_mad_rows(KV_F16), madr32 = kv_quant_get_mad_rows(KV_F32);
     const kv_softmax_fn softmax = kv_quant_get_softmax();
     const kv_quant_gemm *g16 = kv_quant_get_gemm(KV_F16), *g32 = kv_quant_get_gemm(KV_F32);
@@ -418,9 +418,9 @@ static void att_worker(void *ctx, int ith, int nth) {
         for (int d = 0; d < hd; d++) out[d] = 0.0f;
         /* slots in order, one fma per element and slot; F32/F16 values a
            page at a time (same bits as slot by slot), slots of weight 0 skipped */
-        float wbuf[KV_PAGE_MAX];
-        kv_f16 wh16[KV_PAGE_MAX];
-        const void *rows[KV_PAGE_MAX];
+        float wbuf[KV_PAGE_TOKENS_MAX];
+        kv_f16 wh16[KV_PAGE_TOKENS_MAX];
+        const void *rows[KV_PAGE_TOKENS_MAX];
         for (int32_t start = 0; start < n_read; start += s->P) {
             const int32_t cnt = n_read - start < s->P ? n_read - start : s->P;
             const kv_page *pg = s->pages[start / s->P];
@@ -439,15 +439,10 @@ static void att_worker(void *ctx, int ith, int nth) {
                 if (pw[o] == 0.0f) continue;
                 const float w = pw[o];
                 const uint8_t *vr = vb + (uint64_t)o * l->v_row;
-                if (mr && s->P <= KV_PAGE_MAX) {
+                if (mr) { /* F32/F16 rows: collected, summed in one call below */
                     wbuf[nr] = w;
-                    rows[nr++] = tv == KV_F16 ? (const void *)((const kv_f16 *)vr + (int64_t)kvh * hd)
-                                              : (const void *)((const float *)vr + (int64_t)kvh * hd);
-                } else if (tv == KV_F32) {
-                    mad32(hd, w, (const float *)vr + (int64_t)kvh * hd, out);
-                } else if (tv == KV_F16) {
-                    mad16(hd, w, (const kv_f16 *)vr + (int64_t)kvh * hd, out);
-                } else {
+                    rows[nr++] = vr + (uint64_t)kvh * hd * (tv == KV_F16 ? 2 : 4);
+                } else { /* quantized V: dequantized head, one row at a time */
                     mad32(hd, w, head_floats(vr, tv, kvh, hd, kv_dim, tmp), out);
                 }
             }

@@ -18,6 +18,10 @@
 
 #include "kvlm.h"
 
+/* page sizes the pool accepts (tokens per page); attention sizes per-page buffers by the maximum */
+#define KV_PAGE_TOKENS_MIN 16
+#define KV_PAGE_TOKENS_MAX 256
+
 typedef struct kv_page kv_page;
 typedef struct kv_page_pool kv_page_pool;
 

@@ -30,8 +30,9 @@ kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_par
                            kvlm_error *err) {
     *out = NULL;
     const kvlm_cache_params *cp = params;
-    if (cp->page_tokens < 16 || cp->page_tokens > 256)
-        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: page_tokens %d is outside 16..256", cp->page_tokens);
+    if (cp->page_tokens < KV_PAGE_TOKENS_MIN || cp->page_tokens > KV_PAGE_TOKENS_MAX)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: page_tokens %d is outside %d..%d", cp->page_tokens,
+                      KV_PAGE_TOKENS_MIN, KV_PAGE_TOKENS_MAX);
     if (cp->max_tokens < cp->page_tokens || cp->initial_tokens < 0 || cp->initial_tokens > cp->max_tokens)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: need page_tokens <= max_tokens and 0 <= initial <= max");
     if (cp->growth == KVLM_GROWTH_FACTOR && !(cp->growth_factor > 1.0f && cp->growth_factor <= 16.0f))
