@@ -390,10 +390,10 @@ static void test_crafted_ring(void **state) {
             expect_refused(b, &e, KVLM_ERR_FORMAT, NULL, label);
             free(e.p);
         }
-        /* a slot's position off by one, or by the capacity (slot still congruent) */
+        /* a slot's position off by one, a lap back, two laps ahead */
         const int32_t slot = n_of(&good) / 2;
-        const int32_t deltas[] = {1, -1, cap, -cap};
-        for (size_t i = 0; i < 4; i++) {
+        const int32_t deltas[] = {1, -1, -cap, 2 * cap, cap + 1};
+        for (size_t i = 0; i < sizeof deltas / sizeof deltas[0]; i++) {
             img e = copy(&good);
             pos_of(&e)[slot] += deltas[i];
             expect_refused(b, &e, KVLM_ERR_FORMAT, "position", "ring position");
@@ -406,6 +406,34 @@ static void test_crafted_ring(void **state) {
             memcpy(e.p + page_off(&e, 0), q8, 8);
             expect_refused(b, &e, KVLM_ERR_FORMAT, "does not use", "ring page type");
             free(e.p);
+        }
+        /* one lap ahead is a slot left from before a rollback of the ring (attention masks it until it is
+           overwritten): accepted, and the session runs; so is the state of a rollback by a few tokens */
+        {
+            img e = copy(&good);
+            pos_of(&e)[slot] += cap;
+            seal(&e);
+            spit(bad_path, &e);
+            free(e.p);
+            assert_int_equal(kvlm_session_load(b, bad_path, &err), KVLM_OK);
+            float *lg = malloc((size_t)V * 4);
+            for (int i = lens[w]; i < lens[w] + 3; i++)
+                assert_int_equal(kvlm_eval(b, t, i + 1, i, lg, false, &err), KVLM_OK);
+            if (w == 1) { /* wrapped: n stays the capacity, the last 3 slots are a lap ahead */
+                e = copy(&good);
+                const int32_t back = np - 3;
+                hdr(&e)->next_pos = back;
+                hdr(&e)->n_consumed = back;
+                seal(&e);
+                spit(bad_path, &e);
+                free(e.p);
+                assert_int_equal(kvlm_session_load(b, bad_path, &err), KVLM_OK);
+                assert_int_equal(kvlm_session_n_past(b), back);
+                for (int i = back; i < back + 3; i++)
+                    assert_int_equal(kvlm_eval(b, t, i + 1, i, lg, false, &err), KVLM_OK);
+            }
+            free(lg);
+            assert_int_equal(kvlm_session_load(b, path, &err), KVLM_OK);
         }
         /* b still continues like a */
         float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4);

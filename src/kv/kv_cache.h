@@ -182,7 +182,8 @@ uint64_t kv_seq_bytes(const kv_seq *s);
  * the settings the state will run under. KVLM_ERR_FORMAT with the reason
  * (a phrase such as "holds 9 slots ...") otherwise. */
 kvlm_status kv_seq_check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err);
-/* The position slot `slot` holds in a valid state with that next position. */
+/* The position slot `slot` holds in a valid state with that next position
+ * (a ring's slot may also hold that plus the capacity: see kv_check.c). */
 int32_t kv_seq_state_pos(const kv_seq *s, int32_t next_pos, int32_t slot);
 /* Pages a valid state of n slots occupies (a ring: all of its pages). */
 int64_t kv_seq_state_pages(const kv_seq *s, int32_t n);

@@ -6,8 +6,10 @@
  *    (a shift re-rotates the survivors so positions stay contiguous), the
  *    next position is n, pages [0, ceil(n / P)) exist;
  *  - ring (capacity C = s->n_ctx, a multiple of P): slot = position mod C,
- *    n = min(next_pos, C), slot i holds the one position of
- *    [next_pos - n, next_pos) congruent to i, all C / P pages exist.
+ *    n = min(next_pos, C), slot i holds the one position c of
+ *    [next_pos - n, next_pos) congruent to i, or c + C: a slot written
+ *    before a rollback of the ring, which attention masks (its position is
+ *    after every query) until a pass overwrites it; all C / P pages exist.
  * Position counters are bounded by KV_POS_LIMIT so continuing can never
  * overflow an int32. */
 #include <stdio.h>
@@ -52,10 +54,11 @@ kvlm_status kv_seq_check_state(const kv_seq *s, int32_t n, int32_t next_pos, con
         return kv_fail(err, KVLM_ERR_FORMAT, "holds %d slots of a %s cache but continues at position %d (must be %d)",
                        n, pol, next_pos, n);
     }
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
     if (pos)
         for (int32_t i = 0; i < n; i++) {
             const int32_t want = kv_seq_state_pos(s, next_pos, i);
-            if (pos[i] != want)
+            if (pos[i] != want && !(ring && (int64_t)pos[i] == (int64_t)want + s->n_ctx))
                 return kv_fail(err, KVLM_ERR_FORMAT, "has position %d in slot %d (a %s cache holds %d there)", pos[i],
                                i, pol, want);
         }

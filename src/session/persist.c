@@ -215,7 +215,7 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
         e = errno;
     }
     if (!ok) unlink(tmp);
-    if (close(fd) != 0 && ok) e = errno; /* the data was fsync'd and renamed: not a failure of the save */
+    close(fd); /* after the rename: the lock is held until the file has its name; the data is fsync'd */
     free(tmp);
     if (!ok) return kv_fail(err, KVLM_ERR_IO, "session_save: writing '%s' failed: %s", path, strerror(e));
     sync_dir_of(path);
