@@ -229,11 +229,15 @@ kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
 
 /* Saves the session (token history and K/V pages, zstd-compressed, with the
  * model's fingerprint and a checksum) to path, through a temporary file that
- * is flushed and renamed, so a crash never leaves a half-written file. */
+ * is flushed and renamed, so a crash never leaves a half-written file.
+ * path must be a regular file or absent: a link, FIFO, device or directory
+ * is refused. Orphaned temporaries of killed saves of path are removed. */
 kvlm_status kvlm_session_save(kvlm_session *s, const char *path, kvlm_error *err);
 /* Replaces the session's contents with a saved session. A file made for
- * another model or other KV settings, a truncated or corrupted file: a clear
- * error, and the session is untouched. */
+ * another model or other KV settings, a truncated, corrupted or crafted file
+ * (every field is checked against what the session's settings can produce),
+ * a path that is not a regular file: a clear error, and the session is
+ * untouched. */
 kvlm_status kvlm_session_load(kvlm_session *s, const char *path, kvlm_error *err);
 /* Copies up to n_max tokens of the session's history; returns how many it holds. */
 int32_t kvlm_session_tokens(const kvlm_session *s, kvlm_token *out, int32_t n_max);

@@ -173,4 +173,22 @@ void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const floa
 /* Bytes held by the sequence's pages. */
 uint64_t kv_seq_bytes(const kv_seq *s);
 
+/* ------------------------------------------------------------ checks (kv_check.c) */
+
+/* Largest position counter a checked state may hold (room to continue without int32 overflow). */
+#define KV_POS_LIMIT (1 << 30)
+/* Whether a state read from outside (n slots, next position, per-slot positions
+ * or NULL) is one the overflow policy of s can produce; s is a sequence with
+ * the settings the state will run under. KVLM_ERR_FORMAT with the reason
+ * (a phrase such as "holds 9 slots ...") otherwise. */
+kvlm_status kv_seq_check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err);
+/* The position slot `slot` holds in a valid state with that next position
+ * (a ring's slot may also hold that plus the capacity: see kv_check.c). */
+int32_t kv_seq_state_pos(const kv_seq *s, int32_t next_pos, int32_t slot);
+/* Pages a valid state of n slots occupies (a ring: all of its pages). */
+int64_t kv_seq_state_pages(const kv_seq *s, int32_t n);
+/* The layout pages of s may have for those types (its own, or its
+ * compression layout), NULL for any other. */
+const kv_layout *kv_seq_page_layout(const kv_seq *s, uint32_t type_k, uint32_t type_v);
+
 #endif

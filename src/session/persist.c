@@ -1,11 +1,36 @@
 /* Saving and restoring a session: header, token history, zstd-compressed
- * pages, checksum; written to a temporary file, flushed and renamed. */
+ * pages, checksum; written to a temporary file, flushed and renamed.
+ *
+ * Loading trusts nothing the checksum covers (anyone can recompute it): every
+ * count, position, type and size is checked against what the loading
+ * session's settings can produce (kv_check.c for the page table) before
+ * anything is swapped in.
+ *
+ * Paths: a session file is a regular file. Load and save refuse anything else
+ * at the path (symbolic link, FIFO, device, directory, socket) without
+ * following or opening it for writing; save may also create the file.
+ *
+ * Temporaries: a save writes PATH.tmp.<pid>.XXXXXX, holds an exclusive
+ * flock on it while writing, and renames it over PATH. A save killed midway
+ * leaves its temporary behind; the next save of the same PATH removes such
+ * orphans: names of exactly that pattern, regular files (not followed through
+ * symbolic links), whose pid is not a live process, and whose lock is free.
+ * The pid rule never removes the file of a live saver in the same pid
+ * namespace (pid reuse can only keep an orphan longer); the lock covers
+ * savers the pid cannot see (another pid namespace) except in the instant
+ * between mkstemp and flock. Names of the older PATH.tmp.XXXXXX form (no pid)
+ * are removed when their lock is free and they are over an hour old. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define XXH_INLINE_ALL
@@ -16,26 +41,103 @@
 #include "core/error.h"
 #include "session_impl.h"
 
-#define SES_MAGIC "KVLMSES1"
-#define SES_VERSION 1u
 #define SES_MAX_FILE (1ull << 40)
+#define SES_LEGACY_TEMP_AGE 3600 /* seconds before a temporary without a pid counts as orphaned */
 
-/* The fixed part of the header, little-endian. */
-typedef struct ses_header {
-    char magic[8];
-    uint32_t version;
-    uint32_t header_bytes;
-    uint64_t fingerprint[2];
-    uint32_t page_tokens, n_layer, kv_dim, type_k, type_v;
-    uint32_t overflow, shareable, n_pages;
-    int32_t n, next_pos, n_consumed, n_ctx;
-} ses_header;
+typedef kv_ses_header ses_header;
 
 /* A 128-bit hash of the whole GGUF file: metadata, tensor infos and data. */
 static void model_fingerprint(const kvlm_model *m, uint64_t out[2]) {
     XXH128_hash_t h = XXH3_128bits(m->gguf->base, m->gguf->size);
     out[0] = h.low64;
     out[1] = h.high64;
+}
+
+uint64_t kv_session_checksum(const void *data, size_t n) { return XXH3_64bits(data, n); }
+
+void kv_session_seal(uint8_t *file, size_t n) {
+    if (n < 8) return;
+    const uint64_t sum = kv_session_checksum(file, n - 8);
+    memcpy(file + n - 8, &sum, 8);
+}
+
+/* ------------------------------------------------------------ paths */
+
+/* What a file type is, for messages; NULL for a regular file. */
+static const char *kind_of(mode_t m) {
+    if (S_ISREG(m)) return NULL;
+    if (S_ISLNK(m)) return "a symbolic link";
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    return "not a regular file";
+}
+
+static kvlm_status refuse_kind(const char *who, const char *path, const char *kind, kvlm_error *err) {
+    const bool save = strcmp(who, "session_save") == 0;
+    return kv_fail(err, KVLM_ERR_INVALID_ARG, "%s: '%s' is %s; refused (a session file must be a regular file%s)", who,
+                   path, kind, save ? " or not exist yet" : "");
+}
+
+kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *who, kvlm_error *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0) {
+        if (errno == ENOENT && absent_ok) return KVLM_OK;
+        return kv_fail(err, KVLM_ERR_IO, "%s: cannot use '%s': %s", who, path, strerror(errno));
+    }
+    const char *k = kind_of(st.st_mode);
+    return k ? refuse_kind(who, path, k, err) : KVLM_OK;
+}
+
+static bool temp_suffix(const char *r) { /* the six characters mkstemp puts in place of XXXXXX */
+    for (int i = 0; i < 6; i++)
+        if (!((r[i] >= '0' && r[i] <= '9') || (r[i] >= 'a' && r[i] <= 'z') || (r[i] >= 'A' && r[i] <= 'Z')))
+            return false;
+    return r[6] == '\0';
+}
+
+int kv_session_clean_temps(const char *path) {
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return 0;
+    DIR *d = opendir(dir);
+    free(dir);
+    if (!d) return 0;
+    const int dfd = dirfd(d);
+    const size_t bl = strlen(base);
+    const time_t now = time(NULL);
+    int removed = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        const char *nm = e->d_name;
+        if (strncmp(nm, base, bl) != 0 || strncmp(nm + bl, ".tmp.", 5) != 0) continue;
+        const char *r = nm + bl + 5;
+        const size_t nd = strspn(r, "0123456789");
+        bool legacy;
+        if (nd >= 1 && nd <= 10 && r[0] != '0' && r[nd] == '.' && temp_suffix(r + nd + 1)) {
+            const long long pid = strtoll(r, NULL, 10);
+            if (pid > INT_MAX || (pid_t)pid == getpid()) continue;
+            if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or cannot tell */
+            legacy = false;
+        } else if (temp_suffix(r)) {
+            legacy = true;
+        } else {
+            continue;
+        }
+        struct stat st, st2;
+        if (fstatat(dfd, nm, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode)) continue;
+        if (legacy && now - st.st_mtime < SES_LEGACY_TEMP_AGE) continue;
+        const int fd = openat(dfd, nm, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) continue;
+        if (fstat(fd, &st2) == 0 && S_ISREG(st2.st_mode) && st2.st_ino == st.st_ino && st2.st_dev == st.st_dev &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0 && unlinkat(dfd, nm, 0) == 0)
+            removed++;
+        close(fd);
+    }
+    closedir(d);
+    return removed;
 }
 
 /* ------------------------------------------------------------ writing */
@@ -63,19 +165,34 @@ static void put(wbuf *b, const void *src, size_t n) {
     b->n += n;
 }
 
+static void sync_dir_of(const char *path) {
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) return;
+    const int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0) return;
+    (void)fsync(fd); /* durability of the rename; some file systems refuse it, which is harmless */
+    close(fd);
+}
+
 static kvlm_status write_atomically(const char *path, const uint8_t *data, size_t n, kvlm_error *err) {
-    size_t pl = strlen(path);
-    char *tmp = malloc(pl + 16);
+    kvlm_status st = kv_session_check_path(path, true, "session_save", err);
+    if (st) return st;
+    kv_session_clean_temps(path);
+    const size_t cap = strlen(path) + 40;
+    char *tmp = malloc(cap);
     if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory");
-    memcpy(tmp, path, pl);
-    memcpy(tmp + pl, ".tmp.XXXXXX", 12);
-    int fd = mkstemp(tmp);
+    snprintf(tmp, cap, "%s.tmp.%ld.XXXXXX", path, (long)getpid());
+    const int fd = mkstemp(tmp);
     if (fd < 0) {
-        kvlm_status st = kv_fail(err, KVLM_ERR_IO, "session_save: cannot create a temporary file beside '%s': %s", path,
-                                 strerror(errno));
+        st = kv_fail(err, KVLM_ERR_IO, "session_save: cannot create a temporary file beside '%s': %s", path,
+                     strerror(errno));
         free(tmp);
         return st;
     }
+    (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    (void)flock(fd, LOCK_EX); /* tells the cleaners of other processes the file is being written */
     size_t off = 0;
     while (off < n) {
         ssize_t w = write(fd, data + off, n - off);
@@ -86,26 +203,66 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
     int e = errno;
     bool ok = off == n && fsync(fd) == 0;
     if (!ok && off == n) e = errno;
-    if (close(fd) != 0 && ok) {
-        ok = false;
-        e = errno;
+    /* what is at the path may have changed while writing: check again just before replacing it */
+    if (ok && (st = kv_session_check_path(path, true, "session_save", err)) != KVLM_OK) {
+        unlink(tmp);
+        close(fd);
+        free(tmp);
+        return st;
     }
     if (ok && rename(tmp, path) != 0) {
         ok = false;
         e = errno;
     }
     if (!ok) unlink(tmp);
+    close(fd); /* after the rename: the lock is held until the file has its name; the data is fsync'd */
     free(tmp);
     if (!ok) return kv_fail(err, KVLM_ERR_IO, "session_save: writing '%s' failed: %s", path, strerror(e));
+    sync_dir_of(path);
+    return KVLM_OK;
+}
+
+/* The counts of a session state (q: a sequence with the settings it runs
+ * under) against every rule the engine relies on. The message is a phrase
+ * about the state ("holds ..."). */
+static kvlm_status check_counts(const kv_seq *q, int32_t n, int32_t next_pos, int32_t n_consumed, uint32_t shareable,
+                                const int32_t *pos, kvlm_error *err) {
+    kvlm_status st = kv_seq_check_state(q, n, next_pos, pos, err);
+    if (st) return st;
+    bool ok;
+    switch (q->overflow) {
+    case KVLM_OVERFLOW_RING: ok = n_consumed == next_pos; break;            /* every token passes through */
+    case KVLM_OVERFLOW_ERROR: ok = n_consumed == n; break;                  /* nothing is ever dropped */
+    default: ok = n_consumed >= n && n_consumed <= KV_POS_LIMIT; break; /* a shift drops slots */
+    }
+    if (!ok) return kv_fail(err, KVLM_ERR_FORMAT, "counts %d consumed tokens for %d slots at position %d", n_consumed,
+                            n, next_pos);
+    if (shareable > 1 || (shareable && (q->overflow == KVLM_OVERFLOW_RING || n_consumed != n)))
+        return kv_fail(err, KVLM_ERR_FORMAT, "is marked shareable (%u) though its cache was shifted or is a ring",
+                       shareable);
     return KVLM_OK;
 }
 
 static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *err) {
     const kv_seq *q = &s->seq;
+    /* only states a load accepts are written */
+    kvlm_error why;
+    const int64_t n_pages = kv_seq_state_pages(q, q->n);
+    if (check_counts(q, q->n, q->next_pos, s->n_consumed, q->shareable, q->pos, &why) != KVLM_OK)
+        return kv_fail(err, KVLM_ERR_INTERNAL, "session_save: the session cannot be saved: it %s", why.msg);
+    if (n_pages > q->n_pages)
+        return kv_fail(err, KVLM_ERR_INTERNAL, "session_save: the session holds %d pages for %d tokens", q->n_pages,
+                       q->n);
+    for (int64_t j = 0; j < n_pages; j++) {
+        const kv_layout *l = q->pages[j]->layout;
+        if (kv_seq_page_layout(q, l->type_k, l->type_v) != l)
+            return kv_fail(err, KVLM_ERR_INTERNAL, "session_save: page %lld has types %s/%s the session does not use",
+                           (long long)j, kv_dtype_name(l->type_k), kv_dtype_name(l->type_v));
+    }
     ses_header h;
     memset(&h, 0, sizeof h);
-    memcpy(h.magic, SES_MAGIC, 8);
-    h.version = SES_VERSION;
+    memcpy(h.magic, KV_SES_MAGIC, 8);
+    h.version = KV_SES_VERSION;
     h.header_bytes = sizeof h;
     model_fingerprint(s->model, h.fingerprint);
     h.page_tokens = (uint32_t)q->P;
@@ -115,7 +272,7 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     h.type_v = q->layout->type_v;
     h.overflow = (uint32_t)q->overflow;
     h.shareable = q->shareable;
-    h.n_pages = (uint32_t)q->n_pages;
+    h.n_pages = (uint32_t)n_pages; /* pages past the last token (a failed pass's reservation) are not saved */
     h.n = q->n;
     h.next_pos = q->next_pos;
     h.n_consumed = s->n_consumed;
@@ -128,7 +285,7 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     uint8_t *raw = NULL, *comp = NULL;
     size_t comp_cap = 0;
     kvlm_status st = KVLM_OK;
-    for (int32_t j = 0; j < q->n_pages && !b.oom; j++) {
+    for (int32_t j = 0; j < (int32_t)n_pages && !b.oom; j++) {
         const kv_page *pg = q->pages[j];
         const kv_layout *l = pg->layout;
         uint8_t *nr = realloc(raw, l->page_bytes);
@@ -173,7 +330,7 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     free(comp);
     if (!st && b.oom) st = kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory");
     if (!st) {
-        const uint64_t sum = XXH3_64bits(b.p, b.n);
+        const uint64_t sum = kv_session_checksum(b.p, b.n);
         put(&b, &sum, sizeof sum);
         st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory") : write_atomically(path, b.p, b.n, err);
     }
@@ -205,12 +362,27 @@ static bool take(rcur *c, void *dst, size_t n) {
 }
 
 static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_error *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return kv_fail(err, KVLM_ERR_IO, "session_load: cannot open '%s': %s", path, strerror(errno));
+    /* lstat first, so a device or FIFO is refused without being opened; then
+       open without following or blocking and check what was opened */
+    kvlm_status st = kv_session_check_path(path, false, "session_load", err);
+    if (st) return st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) {
+        if (errno == ELOOP) return refuse_kind("session_load", path, "a symbolic link", err);
+        return kv_fail(err, KVLM_ERR_IO, "session_load: cannot open '%s': %s", path, strerror(errno));
+    }
     struct stat stt;
-    if (fstat(fd, &stt) != 0 || !S_ISREG(stt.st_mode) || (uint64_t)stt.st_size > SES_MAX_FILE) {
+    if (fstat(fd, &stt) != 0) {
+        st = kv_fail(err, KVLM_ERR_IO, "session_load: cannot stat '%s': %s", path, strerror(errno));
         close(fd);
-        return kv_fail(err, KVLM_ERR_IO, "session_load: '%s' is not a readable session file", path);
+        return st;
+    }
+    const char *kind = kind_of(stt.st_mode);
+    if (kind || (uint64_t)stt.st_size > SES_MAX_FILE) {
+        st = kind ? refuse_kind("session_load", path, kind, err)
+                  : kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is too large for a session file", path);
+        close(fd);
+        return st;
     }
     size_t size = (size_t)stt.st_size;
     uint8_t *buf = malloc(size ? size : 1);
@@ -235,28 +407,27 @@ static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_er
     return KVLM_OK;
 }
 
-static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *err) {
-    uint8_t *buf = NULL;
-    size_t size = 0;
-    kvlm_status st = read_file(path, &buf, &size, err);
-    if (st) return st;
+static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t size, const char *path,
+                                     kvlm_error *err) {
+    kvlm_status st = KVLM_OK;
     kv_seq fresh;
     memset(&fresh, 0, sizeof fresh);
     bool fresh_init = false;
     ses_header h;
+    kvlm_error why;
     rcur c = {buf, size, 0};
-    if (size < sizeof h + 8 || !take(&c, &h, sizeof h) || memcmp(h.magic, SES_MAGIC, 8) != 0) {
+    if (size < sizeof h + 8 || !take(&c, &h, sizeof h) || memcmp(h.magic, KV_SES_MAGIC, 8) != 0) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is not a kvlm session file", path);
         goto out;
     }
-    if (h.version != SES_VERSION || h.header_bytes != sizeof h) {
+    if (h.version != KV_SES_VERSION || h.header_bytes != sizeof h) {
         st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u)", path,
-                     h.version, SES_VERSION);
+                     h.version, KV_SES_VERSION);
         goto out;
     }
     uint64_t sum;
     memcpy(&sum, buf + size - 8, 8);
-    if (XXH3_64bits(buf, size - 8) != sum) {
+    if (kv_session_checksum(buf, size - 8) != sum) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is corrupted (checksum mismatch)", path);
         goto out;
     }
@@ -268,7 +439,7 @@ static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *er
         goto out;
     }
     const kv_seq *q = &s->seq;
-    if ((int32_t)h.page_tokens != q->P || (int32_t)h.n_layer != q->n_layer || (int32_t)h.kv_dim != q->kv_dim ||
+    if ((int64_t)h.page_tokens != q->P || (int64_t)h.n_layer != q->n_layer || (int64_t)h.kv_dim != q->kv_dim ||
         h.type_k != q->layout->type_k || h.type_v != q->layout->type_v || h.overflow != (uint32_t)q->overflow) {
         st = kv_fail(err, KVLM_ERR_INVALID_ARG,
                      "session_load: '%s' has other cache settings (page %u, K %s, V %s, overflow %u) than the session "
@@ -277,16 +448,23 @@ static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *er
                      kv_dtype_name(q->layout->type_k), kv_dtype_name(q->layout->type_v), (int)q->overflow);
         goto out;
     }
-    const bool ring = q->overflow == KVLM_OVERFLOW_RING;
-    const int64_t want_pages = ring ? q->n_ctx / q->P : ((int64_t)h.n + q->P - 1) / q->P;
-    if (h.n < 0 || h.n > q->n_ctx || h.next_pos < h.n || h.n_consumed < 0 || (int64_t)h.n_pages != want_pages) {
-        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' holds %d tokens in %u pages, which does not fit", path,
-                     h.n, h.n_pages);
-        goto out;
-    }
+    /* the counts, against a sequence with the session's settings (a ring's capacity comes from them) */
     st = kv_seq_init(&fresh, q->pool, &s->seq_config, err);
     if (st) goto out;
     fresh_init = true;
+    const bool ring = fresh.overflow == KVLM_OVERFLOW_RING;
+    const int64_t want_pages = kv_seq_state_pages(&fresh, h.n);
+    if (check_counts(&fresh, h.n, h.next_pos, h.n_consumed, h.shareable, NULL, &why) != KVLM_OK) {
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' %s", path, why.msg);
+        goto out;
+    }
+    if ((int64_t)h.n_pages != want_pages || (ring ? h.n_ctx != fresh.n_ctx : (h.n_ctx < 1 || h.n_ctx < h.n))) {
+        st = kv_fail(err, KVLM_ERR_FORMAT,
+                     "session_load: '%s' holds %d tokens in %u pages of a context of %d, which does not fit "
+                     "(this session: %lld pages, context %d)",
+                     path, h.n, h.n_pages, h.n_ctx, (long long)want_pages, fresh.n_ctx);
+        goto out;
+    }
     const int32_t n_vocab = s->model->hp.n_vocab;
     if ((int64_t)h.n * 8 > (int64_t)(c.n - c.off)) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated", path);
@@ -315,10 +493,15 @@ static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *er
     take(&c, fresh.tokens, (size_t)h.n * 4);
     take(&c, fresh.pos, (size_t)h.n * 4);
     for (int32_t i = 0; i < h.n; i++)
-        if (fresh.tokens[i] < 0 || fresh.tokens[i] >= n_vocab || fresh.pos[i] < 0 || fresh.pos[i] >= h.next_pos) {
-            st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': slot %d holds an invalid token or position", path, i);
+        if (fresh.tokens[i] < 0 || fresh.tokens[i] >= n_vocab) {
+            st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': slot %d holds token %d, outside the vocabulary (0..%d)",
+                         path, i, fresh.tokens[i], n_vocab - 1);
             goto out;
         }
+    if (kv_seq_check_state(&fresh, h.n, h.next_pos, fresh.pos, &why) != KVLM_OK) {
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' %s", path, why.msg);
+        goto out;
+    }
     /* pages: a ring already has its own; otherwise allocate */
     for (uint32_t j = 0; j < h.n_pages; j++) {
         uint32_t types[2];
@@ -327,11 +510,20 @@ static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *er
             st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated at page %u", path, j);
             goto out;
         }
-        const kv_layout *l = kv_dtype_get(types[0]) && kv_dtype_get(types[1])
-                                 ? kv_pool_layout(q->pool, types[0], types[1])
-                                 : NULL;
-        if (!l || l->page_bytes != sizes[0]) {
-            st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': page %u has an invalid type or size", path, j);
+        /* only the layouts this session writes (its types, or its compression type) */
+        const kv_layout *l = kv_seq_page_layout(&fresh, types[0], types[1]);
+        if (!l) {
+            st = kv_fail(err, KVLM_ERR_FORMAT,
+                         "session_load: '%s': page %u is stored as %s/%s, which this session does not use (K %s, V %s%s%s)",
+                         path, j, kv_dtype_name(types[0]), kv_dtype_name(types[1]), kv_dtype_name(fresh.layout->type_k),
+                         kv_dtype_name(fresh.layout->type_v), fresh.compress_layout && !ring ? ", compressed " : "",
+                         fresh.compress_layout && !ring ? kv_dtype_name(fresh.compress_layout->type_k) : "");
+            goto out;
+        }
+        if (l->page_bytes != sizes[0]) {
+            st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': page %u claims %llu bytes (a %s/%s page has %llu)",
+                         path, j, (unsigned long long)sizes[0], kv_dtype_name(types[0]), kv_dtype_name(types[1]),
+                         (unsigned long long)l->page_bytes);
             goto out;
         }
         kv_page *pg;
@@ -370,6 +562,25 @@ static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *er
     s->n_consumed = h.n_consumed;
 out:
     if (fresh_init) kv_seq_destroy(&fresh);
+    return st;
+}
+
+kvlm_status kv_session_load_buffer(kvlm_session *s, const uint8_t *buf, size_t n, const char *name,
+                                   kvlm_error *err) {
+    kv_error_clear(err);
+    if (!s || (!buf && n) || !name) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_load: NULL argument");
+    if (!kv_session_acquire(s)) return kv_fail(err, KVLM_ERR_BUSY, "session_load: the session is in use");
+    kvlm_status st = load_bytes_locked(s, buf, n, name, err);
+    kv_session_release(s);
+    return st;
+}
+
+static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *err) {
+    uint8_t *buf = NULL;
+    size_t size = 0;
+    kvlm_status st = read_file(path, &buf, &size, err);
+    if (st) return st;
+    st = load_bytes_locked(s, buf, size, path, err);
     free(buf);
     return st;
 }

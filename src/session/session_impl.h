@@ -4,6 +4,8 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "core/tpool.h"
 #include "forward/forward.h"
@@ -39,5 +41,43 @@ kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, in
                                      bool all_logits, kvlm_error *err);
 /* Whether the session may roll back (its slots are still the token history). */
 bool kv_session_rewindable(const kvlm_session *s);
+
+/* ------------------------------------------------------------ session files (persist.c) */
+
+#define KV_SES_MAGIC "KVLMSES1"
+#define KV_SES_VERSION 1u
+
+/* The fixed part of a session file's header (little-endian, no padding).
+ * After it: n token ids, n positions (int32), then each page as
+ * {uint32 type_k, type_v; uint64 raw bytes, compressed bytes; zstd data},
+ * then the checksum (kv_session_checksum of everything before it). */
+typedef struct kv_ses_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t header_bytes;
+    uint64_t fingerprint[2];
+    uint32_t page_tokens, n_layer, kv_dim, type_k, type_v;
+    uint32_t overflow, shareable, n_pages;
+    int32_t n, next_pos, n_consumed, n_ctx;
+} kv_ses_header;
+
+/* The checksum the loader verifies: XXH3-64 of the file's bytes before the
+ * last 8 (which hold it). A plain hash, not a MAC: it catches corruption;
+ * the loader's validation is what makes a crafted file harmless. */
+uint64_t kv_session_checksum(const void *data, size_t n);
+/* Rewrites the last 8 bytes of a session file image of n >= 8 bytes with the
+ * checksum of the rest (for tests and fuzz harnesses that edit files). */
+void kv_session_seal(uint8_t *file, size_t n);
+/* kvlm_session_load from a file image in memory (name is used in messages).
+ * Takes the session like kvlm_session_load; on error it is untouched. */
+kvlm_status kv_session_load_buffer(kvlm_session *s, const uint8_t *buf, size_t n, const char *name,
+                                   kvlm_error *err);
+/* The path rule for session files: what `path` names must be a regular file
+ * (not followed if it is a symbolic link) or, when absent_ok, nothing.
+ * Checks with lstat only (never opens the path). `who` prefixes the message. */
+kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *who, kvlm_error *err);
+/* Removes the temporaries that killed saves of `path` left behind (see persist.c);
+ * returns how many it removed. */
+int kv_session_clean_temps(const char *path);
 
 #endif

@@ -130,6 +130,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         else if (IS("--batch")) a->batch = true;
         else if (IS("--tokenize")) a->tokenize = true;
         else if (IS("--kv-stats")) a->kv_stats = true;
+        else if (IS("--session-overwrite")) a->session_overwrite = true;
         else if (IS("-v") || IS("--verbose")) a->verbose = true;
         /* KV cache */
         else if (IS("-ctk") || IS("--cache-type-k")) {

@@ -16,6 +16,7 @@ typedef struct cli_args {
     const char *tokens;      /* --tokens "1 2 3" */
     const char *dump_logits; /* --dump-logits OUT */
     const char *session;     /* --session FILE */
+    bool session_overwrite;  /* --session-overwrite: replace a session file that does not load */
     const char *chat_template;
     const char *system;      /* chat: system prompt */
     int n_predict;           /* -n */

@@ -1,4 +1,5 @@
 /* kvlm run: generate text, streaming to stdout, timings to stderr. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,11 +7,46 @@
 
 #include "cli.h"
 
+/* Loads --session FILE if something is there. A file that does not load is
+ * not overwritten at the end unless --session-overwrite says so; what is not
+ * a regular file is refused either way (saving would refuse it too). */
+static bool use_session_file(kvlm_session *s, const cli_args *a) {
+    struct stat stt;
+    if (lstat(a->session, &stt) != 0) {
+        if (errno == ENOENT) return true; /* created at the end */
+        fprintf(stderr, "error: --session '%s': %s\n", a->session, strerror(errno));
+        return false;
+    }
+    kvlm_error err;
+    if (kvlm_session_load(s, a->session, &err) == KVLM_OK) {
+        if (a->verbose) fprintf(stderr, "loaded %d tokens from %s\n", kvlm_session_n_past(s), a->session);
+        return true;
+    }
+    if (!S_ISREG(stt.st_mode)) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return false;
+    }
+    if (!a->session_overwrite) {
+        fprintf(stderr,
+                "error: %s\nerror: '%s' could not be loaded, so it is not overwritten; pass --session-overwrite to "
+                "replace it with this run's session\n",
+                err.msg, a->session);
+        return false;
+    }
+    fprintf(stderr, "warning: not using the session file (%s); it will be replaced (--session-overwrite)\n", err.msg);
+    return true;
+}
+
 int cmd_run(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
-        printf("usage: kvlm run -m MODEL -p PROMPT [-n N] [-t THREADS] [-c CTX] [--session FILE] [--kv-stats]\n"
+        printf("usage: kvlm run -m MODEL -p PROMPT [-n N] [-t THREADS] [-c CTX] [--session FILE [--session-overwrite]]\n"
+               "  [--kv-stats]\n"
+               "  --session FILE: load FILE if it exists (reusing its common prefix with the prompt) and save the\n"
+               "  session there at the end. FILE must be a regular file or absent (links, FIFOs, devices and\n"
+               "  directories are refused). A FILE that does not load (corrupted, another model or other cache\n"
+               "  settings) stops the run unless --session-overwrite allows replacing it.\n"
                "  sampling (greedy unless --temp > 0): --temp T --top-k K --top-p P --min-p P --repeat-penalty R\n"
                "  --repeat-last-n N --frequency-penalty F --presence-penalty P --seed S --stop STR (repeatable)\n"
                "  --ignore-eos --timeout SEC\n%s",
@@ -33,13 +69,7 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
-    struct stat stt;
-    if (a.session && stat(a.session, &stt) == 0) {
-        if (kvlm_session_load(s, a.session, &err) != KVLM_OK)
-            fprintf(stderr, "warning: not using the session file: %s\n", err.msg);
-        else if (a.verbose)
-            fprintf(stderr, "loaded %d tokens from %s\n", kvlm_session_n_past(s), a.session);
-    }
+    if (a.session && !use_session_file(s, &a)) goto out;
     kvlm_generate_params gp = kvlm_generate_default_params();
     gp.sampling = a.sampling;
     gp.max_tokens = a.n_predict;
