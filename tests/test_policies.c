@@ -104,7 +104,7 @@ static void test_long_prompt_eval(void **state) {
     free(b);
 }
 
-/* A text prompt (1082 tokens of it) much longer than the context through kvlm_generate, each policy. */
+/* A text prompt (1402 tokens) much longer than the context through kvlm_generate, each policy. */
 static void test_long_prompt_generate(void **state) {
     (void)state;
     const char *sentence = "Once upon a time there was a little girl named Lily. ";
