@@ -64,7 +64,7 @@ static const char *pol_name(kvlm_overflow p) {
 static void test_long_prompt_eval(void **state) {
     (void)state;
     const int V = kvlm_n_vocab(g_model);
-    enum { N = 700 };
+    enum { N = 400 };
     kvlm_token t[N];
     seq(t, N, V, 21);
     float *a = malloc((size_t)V * 4), *b = malloc((size_t)V * 4);
