@@ -206,7 +206,12 @@ int32_t kvlm_session_n_ctx(const kvlm_session *s);
  * all_logits the rows of positions n_past..n_tokens-1 ((n_tokens - n_past) *
  * n_vocab floats; in auto mode, from the common prefix on).
  * Validation errors leave the session unchanged; a failure while computing
- * (pool exhausted) leaves it holding a prefix of the tokens. */
+ * (pool exhausted) leaves it holding a prefix of the tokens.
+ * With SHIFT, SLIDING or RING, tokens past the context are fed in passes the
+ * policy makes room for. After a shift (or once a ring wraps) the session can
+ * go back only to points it still holds: KVLM_AUTO finds the longest such
+ * common prefix (the dropped part compared by a hash), an explicit n_past that
+ * is no longer held is refused (KVLM_ERR_UNSUPPORTED, nothing changes). */
 kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens,
                       int32_t n_past, float *logits, bool all_logits,
                       kvlm_error *err);
@@ -224,7 +229,9 @@ kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *t
 kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,
                            float *logits, bool all_logits, kvlm_error *err);
 
-/* Drops everything after the first n tokens, in time proportional to the pages dropped. */
+/* Drops everything after the first n tokens, in time proportional to the pages dropped. After a
+ * shift (or once a ring wraps) only points the cache still holds are accepted (the kept head, the
+ * held tail, a ring's window; KVLM_ERR_UNSUPPORTED otherwise); 0 always resets. */
 kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
 
 /* Saves the session (token history and K/V pages, zstd-compressed, with the
@@ -318,14 +325,17 @@ const char *kvlm_finish_reason_name(kvlm_finish_reason r); /* "stop", "length", 
 
 typedef struct kvlm_generate_params {
     kvlm_sampling_params sampling;
-    int32_t max_tokens;       /* < 0: until the context is full */
+    int32_t max_tokens;       /* < 0: until the context is full (a policy that keeps going: a
+                                 context's worth of tokens) */
     const char *const *stop;  /* stop strings: matched across token boundaries, never emitted */
     int32_t n_stop;
     bool ignore_eos;
     double timeout_s;         /* > 0: a deadline this many seconds after the call starts */
     bool append;              /* true: the prompt continues the session's history (no BOS);
                                  false: the prompt is the whole context (BOS as the vocab asks),
-                                 reusing the longest common prefix the session holds */
+                                 reusing the longest common prefix the session holds (after a
+                                 shift or in a ring: the longest it still holds, checked against
+                                 the whole history) */
     bool parse_special;       /* special-token text in the prompt maps to the token (default true) */
 } kvlm_generate_params;
 

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "golden.h"
+#include "kvlm.h"
 
 #define KVLM KVLM_BIN_DIR "/kvlm"
 #define MODELS KVLM_MODELS_DIR
@@ -296,6 +297,128 @@ static void test_chat_pipe(void **state) {
     assert_true(json_int(second, "hits") > 10); /* the first turn's prompt and answer were reused */
 }
 
+/* Every overflow policy through run: a short prompt past a tiny context, and a prompt (1402 tokens)
+ * many times longer than the context; --overflow error refuses the long one clearly. */
+static void test_run_overflow_policies(void **state) {
+    (void)state;
+    char cmd[2048], path[128];
+    snprintf(path, sizeof path, "/tmp/kvlm-test-long-%d.txt", (int)getpid());
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    for (int i = 0; i < 40; i++) fputs("Once upon a time there was a little girl named Lily. ", fp);
+    fclose(fp);
+    const char *pols[] = {"shift", "sliding", "ring"};
+    for (int p = 0; p < 3; p++) {
+        snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Once upon' -n 40 -c %d --overflow %s "
+                 "--ignore-eos --kv-stats 2>&1", KVLM, MODELS, p == 1 ? 64 : 32, pols[p]);
+        if (run(cmd, buf, sizeof buf) != 0) fail_msg("%s: %s", cmd, buf);
+        assert_non_null(strstr(buf, "generation: 40 tokens"));
+        const int ctxs[] = {32, 64, 100};
+        for (int c = 0; c < 3; c++) {
+            if (p == 1 && ctxs[c] == 32) continue; /* 4 sinks and a page do not fit in 32 */
+            snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -f %s -n 10 -c %d --overflow %s "
+                     "--ignore-eos --kv-stats 2>&1", KVLM, MODELS, path, ctxs[c], pols[p]);
+            if (run(cmd, buf, sizeof buf) != 0) fail_msg("%s: %s", cmd, buf);
+            const char *pr = strstr(buf, "prompt: ");
+            assert_non_null(pr);
+            assert_int_equal(atoi(pr + 8), 1402);
+            assert_non_null(strstr(buf, "generation: 10 tokens"));
+            const char *js = strstr(buf, "{\"tokens\"");
+            assert_non_null(js);
+            /* the pool holds the context (a ring: its window plus a page of slack), no more */
+            const long long cap = json_int(js, "capacity");
+            const long long want = p == 2 ? (ctxs[c] + 32 + 31) / 32 * 32 : (ctxs[c] + 31) / 32 * 32;
+            if (cap > want) fail_msg("%s: capacity %lld > %lld", cmd, cap, want);
+            if (p < 2) assert_true(json_int(js, "shifts") > 0);
+        }
+    }
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -f %s -n 10 -c 64 2>&1", KVLM, MODELS, path);
+    assert_int_equal(run(cmd, buf, sizeof buf), 1);
+    assert_non_null(strstr(buf, "the prompt has 1402 tokens, more than the context of 64"));
+    unlink(path);
+}
+
+/* Integer flags say what they accept; an error ends the echoed prompt's line first. */
+static void test_cli_numbers_and_errors(void **state) {
+    (void)state;
+    char cmd[1024];
+    const char *cases[][3] = {
+        {"-n", "2147483647", "-n takes an integer in -1..16777216, got '2147483647'"},
+        {"-n", "-2", "-n takes an integer in -1..16777216, got '-2'"},
+        {"-c", "99999999999", "-c takes an integer in 0..16777216, got '99999999999'"},
+        {"-t", "0", "-t takes an integer in 1..256, got '0'"},
+        {"--page-tokens", "8", "--page-tokens takes an integer in 16..256, got '8'"},
+        {"--keep", "x", "--keep takes an integer in 0..16777216, got 'x'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p Once %s %s 2>&1", KVLM, MODELS,
+                 cases[i][0], cases[i][1]);
+        assert_int_equal(run(cmd, buf, sizeof buf), 2);
+        if (!strstr(buf, cases[i][2])) fail_msg("%s: %s", cmd, buf);
+    }
+    /* the largest -n is taken */
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p Once -n 16777216 -c 16 2>&1", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    /* an error after the echoed prompt starts on a line of its own */
+    snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Once upon' -c 2 2>&1", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 1);
+    assert_null(strstr(buf, "uponerror"));
+    assert_non_null(strstr(buf, "Once upon\nerror: "));
+}
+
+/* A chat keeps working turn after turn at a full context: by default it shifts, keeping the system
+ * prompt; later turns send only what they add; /reset after shifts starts over. Other policies too. */
+static void test_chat_full_context(void **state) {
+    (void)state;
+    char cmd[2048];
+    const char *turns = "Hello there\\nHow are you\\nTell me a story about a cat\\nWhat happened next\\n/reset\\n"
+                        "And then\\nThe end\\n/quit\\n";
+    const char *flags[] = {"", "--overflow sliding", "--overflow ring", "--overflow shift --keep 2"};
+    for (int f = 0; f < 4; f++) {
+        snprintf(cmd, sizeof cmd, "printf '%s' | %s chat -m %s/llama/aidreams260K-f32.gguf -c 64 %s -v --kv-stats "
+                 "--system 'You are a storyteller.' 2>&1", turns, KVLM, MODELS, flags[f]);
+        if (run(cmd, buf, sizeof buf) != 0) fail_msg("%s: %s", cmd, buf);
+        if (strstr(buf, "error:")) fail_msg("%s: %s", cmd, buf);
+        int answers = 0;
+        for (const char *p = buf; (p = strstr(p, " generated, ")) != NULL; p++) answers++;
+        if (answers != 6) fail_msg("%s: %d answers: %s", cmd, answers, buf);
+        assert_non_null(strstr(buf, "(reset)"));
+        /* the context was full and shifted (the first answer alone fills it) */
+        const char *js = strstr(buf, "{\"tokens\"");
+        assert_non_null(js);
+        if (f != 2) {
+            const char *last = js;
+            while ((js = strstr(last + 1, "{\"tokens\"")) != NULL) last = js;
+            assert_true(json_int(last, "shifts") > 0);
+            assert_true(json_int(last, "capacity") <= 64);
+        }
+    }
+    /* the system prompt is what a shift keeps by default */
+    snprintf(cmd, sizeof cmd, "printf 'Hi\\n/quit\\n' | %s chat -m %s/llama/aidreams260K-f32.gguf -c 64 -v "
+             "--system 'You are a storyteller.' 2>&1", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    const char *k = strstr(buf, "context shift keeps the first ");
+    assert_non_null(k);
+    /* BOS + "System: You are a storyteller.\n" */
+    kvlm_model *m = NULL;
+    kvlm_error err;
+    assert_int_equal(kvlm_model_load(MODELS "/llama/aidreams260K-f32.gguf", NULL, &m, &err), KVLM_OK);
+    kvlm_token toks[64];
+    const char *sys = "System: You are a storyteller.\n";
+    const int32_t nt = kvlm_tokenize(m, sys, strlen(sys), toks, 64, true, true);
+    kvlm_model_free(m);
+    assert_int_equal(atoi(k + strlen("context shift keeps the first ")), nt);
+    /* answers are not cut at 32 tokens by default: until the end of the turn or a context's worth */
+    snprintf(cmd, sizeof cmd, "printf 'Hi\\n/quit\\n' | %s chat -m %s/llama/aidreams260K-f32.gguf -c 128 -v "
+             "--ignore-eos 2>&1", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, ", 128 generated, length]"));
+    snprintf(cmd, sizeof cmd, "printf 'Hi\\n/quit\\n' | %s chat -m %s/llama/aidreams260K-f32.gguf -c 128 -v -n 7 "
+             "--ignore-eos 2>&1", KVLM, MODELS);
+    assert_int_equal(run(cmd, buf, sizeof buf), 0);
+    assert_non_null(strstr(buf, ", 7 generated, length]"));
+}
+
 static void test_perplexity_and_bench(void **state) {
     (void)state;
     char cmd[1024];
@@ -325,7 +448,8 @@ int main(void) {
         cmocka_unit_test(test_inspect),          cmocka_unit_test(test_errors),
         cmocka_unit_test(test_eval_chunk_identical), cmocka_unit_test(test_run_session_and_stats),
         cmocka_unit_test(test_run_sampling),     cmocka_unit_test(test_chat_pipe),
-        cmocka_unit_test(test_perplexity_and_bench),
+        cmocka_unit_test(test_perplexity_and_bench), cmocka_unit_test(test_run_overflow_policies),
+        cmocka_unit_test(test_cli_numbers_and_errors), cmocka_unit_test(test_chat_full_context),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -381,6 +381,108 @@ static void test_tiered_compression(void **state) {
     kv_pool_destroy(pool);
 }
 
+/* A shift rewrites pages the sequence holds alone in place, never a page another sequence shares; in a
+ * pool without a target an indexed page is left for its prefix (a fresh page takes its place), with a
+ * target it leaves the index and is rewritten in place. Rows stay exact either way. */
+static void test_shift_in_place(void **state) {
+    (void)state;
+    for (int with_target = 0; with_target < 2; with_target++) {
+        kv_page_pool *pool;
+        kvlm_error err;
+        kvlm_cache_params pp = pool_params(64, 4096);
+        assert_int_equal(kv_pool_create(NL, KVD, &pp, &pool, &err), KVLM_OK);
+        if (with_target) kv_pool_set_target(pool, 4);
+        kv_seq a, b;
+        kv_seq_config c = seq_config(100);
+        c.overflow = KVLM_OVERFLOW_SHIFT;
+        c.n_keep = 4;
+        assert_int_equal(kv_seq_init(&a, pool, &c, &err), KVLM_OK);
+        assert_int_equal(kv_seq_init(&b, pool, &c, &err), KVLM_OK);
+        assert_int_equal(append(&a, 0, 100, 100, &err), KVLM_OK); /* pages 0..2 full and indexed */
+        int32_t toks[100];
+        for (int i = 0; i < 100; i++) toks[i] = i * 7 + 1;
+        assert_int_equal(kv_seq_attach_prefix(&b, toks, 40), 32); /* b shares page 0 */
+        kv_page *p0 = a.pages[0], *p1 = a.pages[1];
+        assert_int_equal(append(&a, 100, 101, 1, &err), KVLM_OK); /* shift: keep 4, drop 48 */
+        assert_int_equal(a.n, 53);
+        assert_ptr_not_equal(a.pages[0], p0); /* shared with b: replaced */
+        assert_ptr_equal(b.pages[0], p0);
+        if (with_target) assert_ptr_equal(a.pages[1], p1); /* indexed, held alone: rewritten in place */
+        else assert_ptr_not_equal(a.pages[1], p1);          /* indexed: kept for its prefix */
+        check_rows(&a, 2e-5f);
+        check_rows(&b, 0.0f);
+        /* the dropped history is recorded: 48 tokens, hashed in order */
+        assert_int_equal(a.n_dropped, 48);
+        uint64_t h = 0;
+        for (int i = 4; i < 52; i++) h = kv_hist_hash(h, i * 7 + 1);
+        assert_true(h == a.drop_hash);
+        /* what the sequence can go back to: the head, the held tail, not the dropped part */
+        assert_true(kv_seq_can_rewind(&a, 101, 0));
+        assert_true(kv_seq_can_rewind(&a, 101, 4));
+        assert_false(kv_seq_can_rewind(&a, 101, 5));
+        assert_false(kv_seq_can_rewind(&a, 101, 51));
+        assert_true(kv_seq_can_rewind(&a, 101, 52));
+        assert_true(kv_seq_can_rewind(&a, 101, 100));
+        assert_false(kv_seq_can_rewind(&a, 90, 60)); /* another history length: the record does not fit */
+        int32_t ctx[101];
+        for (int i = 0; i < 101; i++) ctx[i] = i * 7 + 1;
+        assert_int_equal(kv_seq_reuse_point(&a, 101, ctx, 101, true), 101);
+        ctx[70] = 5;
+        assert_int_equal(kv_seq_reuse_point(&a, 101, ctx, 101, true), 70);
+        ctx[70] = 70 * 7 + 1;
+        ctx[30] = 5; /* in the dropped part: only the head can be kept */
+        assert_int_equal(kv_seq_reuse_point(&a, 101, ctx, 101, true), 4);
+        assert_int_equal(kv_seq_reuse_point(&a, 101, ctx, 101, false), 101);
+        ctx[2] = 5;
+        assert_int_equal(kv_seq_reuse_point(&a, 101, ctx, 101, false), 2);
+        assert_int_equal(kv_seq_rewind(&a, 101, 30, &err), KVLM_ERR_UNSUPPORTED);
+        assert_int_equal(kv_seq_rewind(&a, 101, 80, &err), KVLM_OK);
+        assert_int_equal(a.n, 32);
+        for (int i = 4; i < 32; i++) assert_int_equal(a.tokens[i], (i + 48) * 7 + 1);
+        assert_int_equal(kv_seq_rewind(&a, 80, 3, &err), KVLM_OK);
+        assert_int_equal(a.n, 3);
+        assert_int_equal(a.n_dropped, 0);
+        check_rows(&a, 2e-5f);
+        kv_seq_destroy(&a);
+        kv_seq_destroy(&b);
+        kv_pool_destroy(pool);
+    }
+}
+
+/* A pool with a target: growth stops at it, cached pages are evicted instead of growing past it, a page
+ * needed past it is lent and freed again. */
+static void test_pool_target(void **state) {
+    (void)state;
+    kv_page_pool *pool;
+    kvlm_error err;
+    kvlm_cache_params pp = pool_params(32, 4096);
+    assert_int_equal(kv_pool_create(NL, KVD, &pp, &pool, &err), KVLM_OK);
+    kv_pool_set_target(pool, 5);
+    kv_seq a;
+    kv_seq_config c = seq_config(160);
+    assert_int_equal(kv_seq_init(&a, pool, &c, &err), KVLM_OK);
+    assert_int_equal(append(&a, 0, 160, 10, &err), KVLM_OK);
+    kvlm_kv_stats st;
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.capacity, 160); /* factor 1.5 from 1 page would pass 5 pages: capped */
+    kv_seq_destroy(&a);                  /* 5 pages cached */
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.pages_cached, 5);
+    kv_seq b;
+    assert_int_equal(kv_seq_init(&b, pool, &c, &err), KVLM_OK);
+    assert_int_equal(append(&b, 1000, 1160, 32, &err), KVLM_OK); /* other tokens: the cached pages are evicted */
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.capacity, 160);
+    assert_int_equal(st.evictions, 5);
+    /* a copy-on-write cut into an indexed page needs one page more for a moment */
+    assert_int_equal(kv_seq_truncate(&b, 150, &err), KVLM_OK);
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.capacity, 160); /* lent and freed again (the old page was evicted from the cache) */
+    check_rows(&b, 0.0f);
+    kv_seq_destroy(&b);
+    kv_pool_destroy(pool);
+}
+
 /* Two sequences with a common prefix share full pages copy-on-write. */
 static void test_prefix_sharing(void **state) {
     (void)state;
@@ -498,6 +600,7 @@ int main(void) {
         cmocka_unit_test(test_overflow_shift),    cmocka_unit_test(test_overflow_sliding),
         cmocka_unit_test(test_overflow_ring),     cmocka_unit_test(test_storage_types),
         cmocka_unit_test(test_tiered_compression), cmocka_unit_test(test_prefix_sharing),
+        cmocka_unit_test(test_shift_in_place),    cmocka_unit_test(test_pool_target),
         cmocka_unit_test(test_lru_eviction),      cmocka_unit_test(test_stats_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -68,6 +68,10 @@ struct kv_page_pool {
     atomic_llong st_hits, st_misses, st_recomputed, st_tokens;
     atomic_llong st_bytes_by_type[4];
     double growth_ms_total, growth_ms_max; /* under mu */
+    /* pages the owner needs (0: no target). With a target, growth never goes past it while a cached page
+       can be evicted instead, and pages past it are freed when released (a session with a fixed context
+       owning its pool holds no more than its context and policy need). */
+    int64_t target_pages;
 };
 
 kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_params *params, kv_page_pool **out,
@@ -92,6 +96,11 @@ void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_k
 void kv_pool_unindex(kv_page_pool *p, kv_page *pg);
 uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n);
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
+/* Sets the target (see target_pages) and frees what is held past it. */
+void kv_pool_set_target(kv_page_pool *p, int64_t pages);
+/* Whether pg is held by its caller alone and may be written in place; an indexed page is taken out of the
+   index first when unindex is true, else refused. */
+bool kv_pool_claim(kv_page_pool *p, kv_page *pg, bool unindex);
 int kv_type_slot(uint32_t type); /* index into bytes_by_type, -1 if none */
 
 /* ------------------------------------------------------------ sequences */
@@ -115,6 +124,14 @@ typedef struct kv_seq {
     int32_t next_pos;        /* position of the next token */
     uint64_t *keys;          /* hash-chain key of each full page */
     bool shareable;          /* contents still a pure function of the token prefix */
+    bool share_base;         /* what shareable is for an empty sequence */
+    /* History tokens no longer held (dropped by shifts, or overwritten in a ring), oldest first, and a
+       chained hash of them, so a request can be checked against the whole history without keeping it.
+       Non-ring: the history is slots [0, head) + the dropped tokens + slots [head, n), head = n_keep
+       (shift) or n_sink (sliding). Ring: positions [0, n_dropped) are dropped, [n_dropped, next_pos)
+       held at slot pos % n_ctx. */
+    int64_t n_dropped;
+    uint64_t drop_hash;
     int64_t hits, misses, recomputed;
 } kv_seq;
 
@@ -130,6 +147,27 @@ typedef struct kv_seq_config {
 } kv_seq_config;
 
 kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err);
+/* Pages a sequence of this configuration holds at most (pool sizing; transient copies aside). */
+int64_t kv_seq_pages_needed(const kv_seq_config *c, int32_t page_tokens);
+/* Most tokens one pass may add so that the overflow policy can always make room for it. */
+int32_t kv_seq_max_pass(const kv_seq *s);
+/* One step of the dropped-token hash chain. */
+static inline uint64_t kv_hist_hash(uint64_t h, int32_t token) {
+    uint64_t z = h ^ ((uint64_t)(uint32_t)token + 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+/* History-level rollback. h_len is the length of the history (the tokens the owner consumed).
+   kv_seq_can_rewind: whether the sequence can be cut back to its first h history tokens (always for 0
+   and h_len; otherwise within the held part: anywhere before a shift, in the kept head or the held
+   tail after one, or far enough into a ring that a query's window is still held). */
+bool kv_seq_can_rewind(const kv_seq *s, int64_t h_len, int64_t h);
+/* Cuts back to h history tokens (kv_seq_can_rewind must hold; else KVLM_ERR_UNSUPPORTED). */
+kvlm_status kv_seq_rewind(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err);
+/* The largest h <= limit that kv_seq_can_rewind allows with history[0, h) == ctx[0, h). With
+   check_dropped the dropped part is compared too (by its hash); else it is taken as equal. */
+int32_t kv_seq_reuse_point(const kv_seq *s, int64_t h_len, const int32_t *ctx, int32_t limit, bool check_dropped);
 void kv_seq_destroy(kv_seq *s);
 
 /* Makes room for n_new tokens, applying the overflow policy; on error the

@@ -198,18 +198,46 @@ static int64_t next_capacity(const kv_page_pool *p) {
     return next > max ? max : next;
 }
 
+/* mu held: a free page of any class, or the least recently used cached page; NULL if none */
+static kv_page *take_spare(kv_page_pool *p) {
+    for (int c = 0; c < p->n_classes; c++)
+        if (p->free_list[c]) {
+            kv_page *v = p->free_list[c];
+            p->free_list[c] = v->free_next;
+            p->pages_free--;
+            return v;
+        }
+    return evict_one(p);
+}
+
+/* mu held: frees what the pool holds past its target (headroom, free pages, cached pages) */
+static void trim_to_target(kv_page_pool *p) {
+    while (p->target_pages > 0 && p->capacity_pages > p->target_pages) {
+        if (p->pages_allocated < p->capacity_pages) {
+            p->capacity_pages--;
+            continue;
+        }
+        kv_page *v = take_spare(p);
+        if (!v) break;
+        page_free_memory(p, v);
+        p->capacity_pages--;
+    }
+}
+
 kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
     pthread_mutex_lock(&p->mu);
     kv_page *pg = p->free_list[l->index];
+    const int64_t target = p->target_pages;
     if (pg) {
         p->free_list[l->index] = pg->free_next;
         p->pages_free--;
     } else if (p->pages_allocated < p->capacity_pages) {
         pg = page_new(p, l);
-    } else if (p->capacity_pages < p->max_pages) {
+    } else if (p->capacity_pages < p->max_pages && (target <= 0 || p->capacity_pages < target)) {
         /* grow: reserve the new pages up front; nothing stored moves */
         double t0 = now_ms();
         int64_t next = next_capacity(p);
+        if (target > 0 && next > target) next = target; /* no overshoot past what the owner needs */
         int64_t want = next - p->pages_allocated;
         p->capacity_pages = next;
         pg = page_new(p, l);
@@ -223,15 +251,8 @@ kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
         p->growth_ms_total += ms;
         if (ms > p->growth_ms_max) p->growth_ms_max = ms;
     } else {
-        /* at the maximum: reuse a free page of another class, or evict a cached one */
-        kv_page *victim = NULL;
-        for (int c = 0; c < p->n_classes && !victim; c++)
-            if (p->free_list[c]) {
-                victim = p->free_list[c];
-                p->free_list[c] = victim->free_next;
-                p->pages_free--;
-            }
-        if (!victim) victim = evict_one(p);
+        /* at the maximum (or the target): reuse a free page of another class, or evict a cached one */
+        kv_page *victim = take_spare(p);
         if (victim) {
             if (victim->layout == l) {
                 pg = victim;
@@ -239,6 +260,17 @@ kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
                 page_free_memory(p, victim);
                 pg = page_new(p, l);
             }
+        } else if (p->capacity_pages < p->max_pages) {
+            /* past the target (a transient need, e.g. a session load building its new table): one page,
+               freed again when released */
+            double t0 = now_ms();
+            p->capacity_pages++;
+            pg = page_new(p, l);
+            if (!pg) p->capacity_pages--;
+            double ms = now_ms() - t0;
+            atomic_fetch_add(&p->st_growth_events, 1);
+            p->growth_ms_total += ms;
+            if (ms > p->growth_ms_max) p->growth_ms_max = ms;
         }
     }
     if (pg) {
@@ -266,8 +298,24 @@ void kv_pool_release(kv_page_pool *p, kv_page *pg) {
             if (pg->indexed) index_remove(p, pg);
             to_free_list(p, pg);
         }
+        trim_to_target(p);
     }
     pthread_mutex_unlock(&p->mu);
+}
+
+void kv_pool_set_target(kv_page_pool *p, int64_t pages) {
+    pthread_mutex_lock(&p->mu);
+    p->target_pages = pages > 0 ? pages : 0;
+    trim_to_target(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
+bool kv_pool_claim(kv_page_pool *p, kv_page *pg, bool unindex) {
+    pthread_mutex_lock(&p->mu);
+    bool ok = pg->refs == 1 && (!pg->indexed || unindex);
+    if (ok && pg->indexed) index_remove(p, pg);
+    pthread_mutex_unlock(&p->mu);
+    return ok;
 }
 
 uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n) {

@@ -67,6 +67,8 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: n_sink %d plus a page must fit in n_ctx %d", c->n_sink,
                        c->n_ctx);
     if (c->compress_after < 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: compress_after is negative");
+    if (c->overflow == KVLM_OVERFLOW_RING && c->window > (1 << 24))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: ring window %d is too large", c->window);
     s->layout = kv_pool_layout(pool, c->type_k, c->type_v);
     if (!s->layout)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
@@ -79,7 +81,7 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
     }
-    s->shareable = c->overflow != KVLM_OVERFLOW_RING && pool->params.prefix_sharing;
+    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && pool->params.prefix_sharing;
     if (c->overflow == KVLM_OVERFLOW_RING) {
         s->n_ctx = ring_capacity(s->window, c->max_batch, s->P);
         if (!ensure_slots(s, s->n_ctx)) {
@@ -154,35 +156,57 @@ static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *
 /* ------------------------------------------------------------ policies */
 
 /* Removes slots [k, k + d) and moves the rest down, re-rotating their keys by
- * -d so positions stay contiguous. Rewritten pages are fresh private pages;
- * the old ones are released (and stay cached for their original prefix). */
+ * -d so positions stay contiguous. A page held by this sequence alone (and,
+ * in a pool with a target, even one in the prefix index, which it leaves) is
+ * rewritten in place: every slot is read before it is overwritten, since the
+ * source t + d of slot t lies ahead of it. Other pages (shared, indexed, or of
+ * another storage type) are replaced by fresh private pages allocated up front,
+ * and released (an indexed one stays cached for its original prefix). On error
+ * nothing changed. */
 static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
     const int32_t P = s->P, n_new = s->n - d;
     const int32_t first = k / P, last = (n_new + P - 1) / P; /* new pages [first, last) */
     const int32_t count = last - first;
-    kv_page **fresh = calloc((size_t)(count > 0 ? count : 1), sizeof *fresh);
+    kv_page **dst = calloc((size_t)(count > 0 ? count : 1), sizeof *dst);
+    bool *fresh = calloc((size_t)(count > 0 ? count : 1), sizeof *fresh);
     float *tmp = malloc((size_t)s->kv_dim * sizeof *tmp);
-    if (!fresh || !tmp) {
+    if (!dst || !fresh || !tmp) {
+        free(dst);
         free(fresh);
         free(tmp);
         return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory for a context shift");
     }
+    const bool unindex = s->pool->target_pages > 0;
     for (int32_t i = 0; i < count; i++) {
-        fresh[i] = kv_pool_alloc(s->pool, s->layout);
-        if (!fresh[i]) {
-            for (int32_t j = 0; j < i; j++) kv_pool_release(s->pool, fresh[j]);
+        kv_page *pg = s->pages[first + i];
+        if (pg->layout == s->layout && kv_pool_claim(s->pool, pg, unindex)) dst[i] = pg;
+    }
+    for (int32_t i = 0; i < count; i++) {
+        if (dst[i]) continue;
+        dst[i] = kv_pool_alloc(s->pool, s->layout);
+        fresh[i] = true;
+        if (!dst[i]) {
+            for (int32_t j = 0; j < i; j++)
+                if (fresh[j]) kv_pool_release(s->pool, dst[j]);
+            free(dst);
             free(fresh);
             free(tmp);
             return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool has no room for a context shift");
         }
     }
     for (int32_t t = first * P; t < n_new; t++) {
+        const int32_t i = t / P - first;
+        if (t < k && !fresh[i]) continue; /* kept in place */
         const int32_t src = t < k ? t : t + d;
-        copy_slot(s, s->pages[src / P], src % P, fresh[t / P - first], t % P, t < k ? 0 : -d, tmp);
+        copy_slot(s, s->pages[src / P], src % P, dst[i], t % P, t < k ? 0 : -d, tmp);
     }
-    for (int32_t j = first; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
-    for (int32_t i = 0; i < count; i++) s->pages[first + i] = fresh[i];
+    for (int32_t i = 0; i < count; i++)
+        if (fresh[i]) kv_pool_release(s->pool, s->pages[first + i]);
+    for (int32_t j = last; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
+    for (int32_t i = 0; i < count; i++) s->pages[first + i] = dst[i];
     s->n_pages = last;
+    for (int32_t t = k; t < k + d; t++) s->drop_hash = kv_hist_hash(s->drop_hash, s->tokens[t]);
+    s->n_dropped += d;
     memmove(s->tokens + k, s->tokens + k + d, (size_t)(s->n - k - d) * sizeof *s->tokens);
     for (int32_t t = 0; t < n_new; t++) s->pos[t] = t;
     s->n = n_new;
@@ -190,9 +214,134 @@ static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
     s->shareable = false;
     atomic_fetch_sub(&s->pool->st_tokens, (long long)d);
     atomic_fetch_add(&s->pool->st_shifts, 1);
+    free(dst);
     free(fresh);
     free(tmp);
     return KVLM_OK;
+}
+
+int32_t kv_seq_max_pass(const kv_seq *s) {
+    switch (s->overflow) {
+    case KVLM_OVERFLOW_SHIFT: {
+        /* a shift of a full context frees (n_ctx - n_keep) / 2 slots */
+        const int32_t m = (s->n_ctx - s->n_keep) / 2;
+        return m > 0 ? m : 1;
+    }
+    case KVLM_OVERFLOW_SLIDING: {
+        /* whole pages, at most half of what is not sink (at least a page: n_sink + P < n_ctx) */
+        int32_t m = (s->n_ctx - s->n_sink) / 2 / s->P * s->P;
+        return m > s->P ? m : s->P;
+    }
+    case KVLM_OVERFLOW_RING: return s->n_ctx - s->window;
+    default: return INT32_MAX;
+    }
+}
+
+int64_t kv_seq_pages_needed(const kv_seq_config *c, int32_t P) {
+    if (c->overflow == KVLM_OVERFLOW_RING) {
+        const int64_t w = c->window > 0 && c->window <= (1 << 24) ? c->window : c->n_ctx;
+        return (w + c->max_batch + P - 1) / P;
+    }
+    /* the context (a copy-on-write cut or a compression needs one more page for a moment: the pool
+       lends it past its target and frees it again) */
+    return ((int64_t)c->n_ctx + P - 1) / P;
+}
+
+/* Leading slots a shift never moves (after one, they are the history's first tokens). */
+static int32_t fixed_head(const kv_seq *s) {
+    switch (s->overflow) {
+    case KVLM_OVERFLOW_SHIFT: return s->n_keep;
+    case KVLM_OVERFLOW_SLIDING: return s->n_sink;
+    default: return 0;
+    }
+}
+
+/* Whether the dropped-token record describes a history of h_len tokens (it does not for a sequence
+ * loaded from a file after shifts: the file holds no record of what was dropped). */
+static bool drop_known(const kv_seq *s, int64_t h_len) {
+    if (s->overflow == KVLM_OVERFLOW_RING)
+        return h_len == s->next_pos && s->n_dropped >= (int64_t)s->next_pos - s->n_ctx && s->n_dropped <= s->next_pos;
+    return h_len == (int64_t)s->n + s->n_dropped;
+}
+
+bool kv_seq_can_rewind(const kv_seq *s, int64_t h_len, int64_t h) {
+    if (h < 0 || h > h_len) return false;
+    if (h == 0 || h == h_len) return true;
+    if (!drop_known(s, h_len)) return false;
+    if (s->n_dropped == 0) return true; /* everything is held */
+    if (s->overflow == KVLM_OVERFLOW_RING) return h >= s->n_dropped + s->window - 1; /* the window before h is held */
+    const int32_t head = fixed_head(s);
+    return h <= head || h >= head + s->n_dropped;
+}
+
+kvlm_status kv_seq_rewind(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err) {
+    if (!kv_seq_can_rewind(s, h_len, h))
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "kv cache: cannot go back to %lld of %lld tokens: that part of the history was dropped",
+                       (long long)h, (long long)h_len);
+    if (h == h_len) return KVLM_OK;
+    if (s->overflow == KVLM_OVERFLOW_RING) {
+        /* slots of positions >= h are stale: attention skips positions after the query, and a pass writes
+           every position up to its last query before reading */
+        const int32_t n = h < s->n_ctx ? (int32_t)h : s->n_ctx;
+        atomic_fetch_sub(&s->pool->st_tokens, (long long)(s->n - n));
+        s->n = n;
+        s->next_pos = (int32_t)h;
+        if (h == 0) {
+            s->n_dropped = 0;
+            s->drop_hash = 0;
+        }
+        return KVLM_OK;
+    }
+    const int32_t head = fixed_head(s);
+    int64_t slots = h;
+    if (s->n_dropped > 0 && h > head) slots = h - s->n_dropped; /* in the held tail */
+    kvlm_status st = kv_seq_truncate(s, (int32_t)slots, err);
+    if (st) return st;
+    if (h <= head || s->n_dropped == 0) {
+        /* only never-moved slots remain */
+        s->n_dropped = 0;
+        s->drop_hash = 0;
+        if (h == 0) s->shareable = s->share_base;
+    }
+    return KVLM_OK;
+}
+
+int32_t kv_seq_reuse_point(const kv_seq *s, int64_t h_len, const int32_t *ctx, int32_t limit, bool check_dropped) {
+    if (limit > h_len) limit = (int32_t)h_len;
+    if (limit <= 0) return 0;
+    if (!drop_known(s, h_len)) return (int32_t)(limit == h_len && !check_dropped ? limit : 0);
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
+    if (s->n_dropped == 0) { /* everything is held, in order */
+        int32_t i = 0;
+        while (i < limit && s->tokens[i] == ctx[i]) i++;
+        return i;
+    }
+    if (ring) {
+        const int64_t low = s->n_dropped + s->window - 1; /* the first point a query's window is held from */
+        if (limit < low) return 0;
+        if (check_dropped) {
+            uint64_t hh = 0;
+            for (int64_t i = 0; i < s->n_dropped; i++) hh = kv_hist_hash(hh, ctx[i]);
+            if (hh != s->drop_hash) return 0;
+        }
+        int64_t p = s->n_dropped;
+        while (p < limit && s->tokens[p % s->n_ctx] == ctx[p]) p++;
+        return p >= low ? (int32_t)p : 0;
+    }
+    const int32_t head = fixed_head(s);
+    const int32_t hl = limit < head ? limit : head;
+    int32_t i = 0;
+    while (i < hl && s->tokens[i] == ctx[i]) i++;
+    if (i < head || limit < head + s->n_dropped) return i; /* diverges in the head, or ends in the dropped part */
+    if (check_dropped) {
+        uint64_t hh = 0;
+        for (int64_t j = head; j < head + s->n_dropped; j++) hh = kv_hist_hash(hh, ctx[j]);
+        if (hh != s->drop_hash) return head;
+    }
+    int64_t p = head + s->n_dropped;
+    while (p < limit && s->tokens[p - s->n_dropped] == ctx[p]) p++;
+    return (int32_t)p;
 }
 
 kvlm_status kv_seq_prepare(kv_seq *s, int32_t n_new, kvlm_error *err) {
@@ -254,6 +403,14 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
     }
     for (int32_t i = 0; i < n_new; i++) {
         const int32_t slot = kv_seq_slot(s, i);
+        if (s->overflow == KVLM_OVERFLOW_RING) {
+            /* the slot's position one lap back leaves the ring: into the dropped record */
+            const int32_t gone = s->next_pos + i - s->n_ctx;
+            if (gone >= 0 && s->pos[slot] == gone) {
+                s->drop_hash = kv_hist_hash(s->drop_hash, s->tokens[slot]);
+                s->n_dropped++;
+            }
+        }
         s->tokens[slot] = tokens[i];
         s->pos[slot] = s->next_pos + i;
     }

@@ -125,11 +125,22 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     kvlm_finish_reason fin = KVLM_FINISH_LENGTH;
     const int64_t misses_before = s->seq.misses;
     int32_t done;
+    bool counted = false;
+    if (!append && !kv_session_rewindable(s)) {
+        /* shifted, or a ring: go back to the longest part of the history that the new context repeats
+           and the cache still holds (the whole history is compared, the dropped part by its hash);
+           from there the context is appended, shifting again as needed */
+        const int32_t keep = kv_seq_reuse_point(&s->seq, s->n_consumed, ctx, n - 1, true);
+        if ((st = kv_seq_rewind(&s->seq, s->n_consumed, keep, err))) goto fail;
+        s->n_consumed = keep;
+        kv_seq_count_hits(&s->seq, keep);
+        counted = true;
+    }
     if (kv_session_rewindable(s)) {
         int32_t lcp = 0;
         const int32_t limit = s->seq.n < n - 1 ? s->seq.n : n - 1;
         while (lcp < limit && s->seq.tokens[lcp] == ctx[lcp]) lcp++;
-        kv_seq_count_hits(&s->seq, lcp);
+        if (!counted) kv_seq_count_hits(&s->seq, lcp);
         done = lcp;
         bool first = true;
         while (!st && (first || done < n)) {
@@ -144,12 +155,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             if (fin != KVLM_FINISH_LENGTH) break;
         }
     } else {
-        if (!append) {
-            st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                         "generate: this session's cache was shifted or is a ring; it can only continue (append mode)");
-            goto fail;
-        }
-        done = n_hist;
+        done = append ? n_hist : s->n_consumed;
         while (!st && done < n) {
             int32_t end = done + PROMPT_CHUNK < n ? done + PROMPT_CHUNK : n;
             st = kv_session_append_locked(s, ctx + done, end - done, logits, false, err);

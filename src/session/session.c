@@ -88,31 +88,38 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
     if (!s) return kv_fail(err, KVLM_ERR_NOMEM, "session_new: out of memory");
     s->model = model;
     kvlm_status st = KVLM_OK;
+    const int32_t ubatch = n_ctx < KV_UBATCH ? n_ctx : KV_UBATCH;
+    kvlm_cache_params cp = p.cache ? p.cache->pool->params : p.cache_params;
+    if (!p.cache && cp.page_tokens == 0) cp = kvlm_cache_default_params();
+    kv_seq_config sc = {
+        .n_ctx = n_ctx, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
+        .type_k = (uint32_t)cp.type_k, .type_v = (uint32_t)cp.type_v, .overflow = p.overflow,
+        .n_keep = p.n_keep, .n_sink = p.n_sink, .window = p.window, .compress_after = p.compress_after,
+        .compress_type = (uint32_t)p.compress_type, .rope_base = hp->rope_freq_base,
+        .rope_scale = hp->rope_freq_scale, .rope_type = hp->rope_type, .n_rot = hp->n_rot,
+        .max_batch = ubatch < 32 ? ubatch : 32,
+    };
     if (p.cache) {
         s->cache = p.cache;
+    } else if (cp.page_tokens < 1 || cp.page_tokens > (1 << 20)) {
+        st = kvlm_cache_new(model, &cp, &s->cache, err); /* reports the bad page size */
     } else {
-        kvlm_cache_params cp = p.cache_params;
-        if (cp.page_tokens == 0) cp = kvlm_cache_default_params();
-        if (cp.max_tokens < n_ctx) cp.max_tokens = n_ctx + cp.page_tokens;
+        /* a pool of its own holds what the context and the policy need, no more: growth stops there,
+           and cached pages are evicted rather than grown past it */
+        const int64_t need = kv_seq_pages_needed(&sc, cp.page_tokens);
+        const int64_t need_tokens = need * cp.page_tokens;
+        if (cp.max_tokens < need_tokens + cp.page_tokens) cp.max_tokens = need_tokens + cp.page_tokens;
+        if (cp.initial_tokens > need_tokens) cp.initial_tokens = need_tokens;
         st = kvlm_cache_new(model, &cp, &s->cache, err);
         s->own_cache = st == KVLM_OK;
+        if (!st) kv_pool_set_target(s->cache->pool, need);
     }
-    const kvlm_cache_params *cp = st ? NULL : &s->cache->pool->params;
-    const int32_t ubatch = n_ctx < KV_UBATCH ? n_ctx : KV_UBATCH;
     if (!st) {
-        kv_seq_config sc = {
-            .n_ctx = n_ctx, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
-            .type_k = (uint32_t)cp->type_k, .type_v = (uint32_t)cp->type_v, .overflow = p.overflow,
-            .n_keep = p.n_keep, .n_sink = p.n_sink, .window = p.window, .compress_after = p.compress_after,
-            .compress_type = (uint32_t)p.compress_type, .rope_base = hp->rope_freq_base,
-            .rope_scale = hp->rope_freq_scale, .rope_type = hp->rope_type, .n_rot = hp->n_rot,
-            .max_batch = ubatch < 32 ? ubatch : 32,
-        };
         s->seq_config = sc;
         st = kv_seq_init(&s->seq, s->cache->pool, &sc, err);
     }
     if (!st) st = kv_tpool_new(nth, &s->tpool, err);
-    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, cp->prefetch, &s->fwd, err);
+    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, s->cache->pool->params.prefetch, &s->fwd, err);
     if (st) {
         kvlm_session_free(s);
         return st;
@@ -146,6 +153,35 @@ bool kv_session_rewindable(const kvlm_session *s) {
     return s->seq.overflow != KVLM_OVERFLOW_RING && s->seq.n == s->n_consumed;
 }
 
+/* The forward pass over toks in passes the overflow policy can always make room for: a shift frees
+ * (n_ctx - n_keep) / 2 slots and sliding a few pages, so a pass of a whole context could never fit
+ * after one. A pass fills what is free, or (when little is) takes kv_seq_max_pass tokens. */
+static kvlm_status forward_pieces(kvlm_session *s, const kvlm_token *toks, int32_t n, float *logits, bool all_logits,
+                                  int32_t *done, kvlm_error *err) {
+    *done = 0;
+    const int64_t V = s->model->hp.n_vocab;
+    const kv_seq *q = &s->seq;
+    const bool moves = q->overflow == KVLM_OVERFLOW_SHIFT || q->overflow == KVLM_OVERFLOW_SLIDING;
+    const int32_t most = kv_seq_max_pass(q);
+    while (*done < n) {
+        int32_t T = n - *done;
+        if (moves) {
+            const int32_t room = q->n_ctx - q->n;
+            const int32_t cap = room > most ? room : most;
+            if (T > cap) T = cap;
+        }
+        const bool last = *done + T == n;
+        float *out = NULL;
+        if (logits && all_logits) out = logits + (int64_t)*done * V;
+        else if (logits && last) out = logits;
+        int32_t d = 0;
+        kvlm_status st = kv_forward_eval(s->fwd, toks + *done, T, out, all_logits, &d, err);
+        *done += d;
+        if (st) return st;
+    }
+    return KVLM_OK;
+}
+
 kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, int32_t n, float *logits,
                                      bool all_logits, kvlm_error *err) {
     const int32_t n_vocab = s->model->hp.n_vocab;
@@ -157,7 +193,7 @@ kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, in
         return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", s->seq.n + n,
                        s->seq.n_ctx);
     int32_t done = 0;
-    kvlm_status st = kv_forward_eval(s->fwd, toks, n, logits, all_logits, &done, err);
+    kvlm_status st = forward_pieces(s, toks, n, logits, all_logits, &done, err);
     s->n_consumed += done;
     return st;
 }
@@ -180,13 +216,28 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
 
     int32_t start; /* first token to compute */
     if (!kv_session_rewindable(s)) {
-        /* after a shift (or in a ring) the cache no longer mirrors the history: append only */
-        int32_t want = n_past == KVLM_AUTO ? s->n_consumed : n_past;
-        if (want != s->n_consumed || n_tokens <= s->n_consumed)
-            return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                           "eval: this session's cache was shifted or is a ring; it can only append (n_past must be %d)",
-                           s->n_consumed);
-        start = s->n_consumed;
+        /* after a shift (or in a ring) the cache no longer holds the whole history: it can go back only
+           to points it still holds (the kept head, the held tail, a ring's window) */
+        const int64_t H = s->n_consumed;
+        if (n_past == KVLM_AUTO) {
+            /* the whole history is compared, the dropped part by its hash */
+            start = kv_seq_reuse_point(q, H, tokens, n_tokens - 1, true);
+        } else {
+            if (!kv_seq_can_rewind(q, H, n_past))
+                return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                               "eval: this session's cache was shifted or is a ring and no longer holds the "
+                               "history at n_past %d (it has consumed %d tokens)",
+                               n_past, s->n_consumed);
+            start = kv_seq_reuse_point(q, H, tokens, n_past, false);
+            if (start < n_past) {
+                q->recomputed += n_past - start;
+                atomic_fetch_add(&q->pool->st_recomputed, (long long)(n_past - start));
+            }
+        }
+        kvlm_status st = kv_seq_rewind(q, H, start, err);
+        if (st) return st;
+        s->n_consumed = start;
+        if (n_past == KVLM_AUTO) kv_seq_count_hits(q, start);
     } else {
         /* the longest common prefix of the history and the new tokens */
         const int32_t limit = n_past == KVLM_AUTO ? (q->n < n_tokens - 1 ? q->n : n_tokens - 1) : n_past;
@@ -221,7 +272,7 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
         out = tmp;
     }
     int32_t done = 0;
-    kvlm_status st = kv_forward_eval(s->fwd, tokens + start, n_tokens - start, out, all_logits, &done, err);
+    kvlm_status st = forward_pieces(s, tokens + start, n_tokens - start, out, all_logits, &done, err);
     s->n_consumed = start + done;
     if (tmp) {
         if (st == KVLM_OK) memcpy(logits, tmp, (size_t)(n_tokens - start) * (size_t)n_vocab * sizeof *tmp);
@@ -300,9 +351,14 @@ kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err) {
     kvlm_status st;
     if (n < 0 || n > s->n_consumed)
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->n_consumed);
-    else if (!kv_session_rewindable(s))
-        st = n == s->n_consumed ? KVLM_OK
-                                : kv_fail(err, KVLM_ERR_UNSUPPORTED, "truncate: the cache was shifted or is a ring");
+    else if (!kv_session_rewindable(s)) {
+        /* after a shift or in a ring: back to the points still held, or to 0 (a reset) */
+        if (!kv_seq_can_rewind(&s->seq, s->n_consumed, n))
+            st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                         "truncate: the cache was shifted or is a ring and no longer holds the history at %d", n);
+        else if ((st = kv_seq_rewind(&s->seq, s->n_consumed, n, err)) == KVLM_OK)
+            s->n_consumed = n;
+    }
     else if ((st = kv_seq_truncate(&s->seq, n, err)) == KVLM_OK)
         s->n_consumed = n;
     release(s);

@@ -15,12 +15,38 @@ static bool need(int argc, char **argv, int i) {
     return true;
 }
 
+/* The values each integer flag accepts. */
+static void int_range(const char *flag, long *lo, long *hi) {
+    static const struct {
+        const char *flag;
+        long lo, hi;
+    } k_ranges[] = {
+        {"-n", -1, 1 << 24},         {"--n-predict", -1, 1 << 24}, {"-t", 1, 256},
+        {"--threads", 1, 256},       {"-c", 0, 1 << 24},           {"--ctx-size", 0, 1 << 24},
+        {"--greedy", 0, 1 << 24},    {"--chunk", 0, 1 << 24},      {"-r", 1, 1000000},
+        {"--repetitions", 1, 1000000}, {"--chunks", 0, 1 << 24},   {"-d", 0, 1 << 24},
+        {"--depth", 0, 1 << 24},     {"--top-k", -1, 1 << 24},     {"--repeat-last-n", -1, 1 << 24},
+        {"--seed", -1, 2147483647L}, {"-s", -1, 2147483647L},      {"--keep", 0, 1 << 24},
+        {"--sink", 0, 1 << 24},      {"--window", 0, 1 << 24},     {"--kv-compress-after", 0, 1 << 24},
+        {"--page-tokens", 16, 256},  {"--kv-initial", 0, 1L << 30}, {"--kv-max", 16, 1L << 30},
+    };
+    *lo = -2147483647L;
+    *hi = 2147483647L;
+    for (size_t i = 0; i < sizeof k_ranges / sizeof k_ranges[0]; i++)
+        if (strcmp(flag, k_ranges[i].flag) == 0) {
+            *lo = k_ranges[i].lo;
+            *hi = k_ranges[i].hi;
+        }
+}
+
 static bool parse_int(const char *flag, const char *s, int *out) {
+    long lo, hi;
+    int_range(flag, &lo, &hi);
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < -1000000000L || v > 1000000000L) {
-        fprintf(stderr, "error: %s expects an integer, got '%s'\n", flag, s);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "error: %s takes an integer in %ld..%ld, got '%s'\n", flag, lo, hi, s);
         return false;
     }
     *out = (int)v;
@@ -60,13 +86,16 @@ const char *cli_kv_help(void) {
 
 bool cli_parse(int argc, char **argv, int first, cli_args *a) {
     memset(a, 0, sizeof *a);
-    a->n_predict = 32;
     a->n_threads = 1;
     a->n_prompt_bench = 128;
     a->reps = 5;
     a->sampling = kvlm_sampling_default_params();
     a->sampling.temperature = 0.0f; /* kvlm run is greedy unless --temp is given */
     a->sp = kvlm_session_default_params();
+    /* sentinels, resolved after the loop: whether -n, --overflow and --keep were given */
+    a->n_predict = INT32_MIN;
+    a->sp.overflow = (kvlm_overflow)-1;
+    a->sp.n_keep = -1;
     kvlm_cache_params *cp = &a->sp.cache_params;
     for (int i = first; i < argc; i++) {
         const char *f = argv[i];
@@ -187,6 +216,12 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
 #undef INT
 #undef FLT
     }
+    a->n_predict_set = a->n_predict != INT32_MIN;
+    if (!a->n_predict_set) a->n_predict = 32;
+    a->overflow_set = (int)a->sp.overflow != -1;
+    if (!a->overflow_set) a->sp.overflow = KVLM_OVERFLOW_ERROR;
+    a->keep_set = a->sp.n_keep >= 0;
+    if (!a->keep_set) a->sp.n_keep = 0;
     if (a->n_threads < 1 || a->n_threads > 256) {
         fprintf(stderr, "error: -t must be in 1..256\n");
         return false;

@@ -20,6 +20,7 @@ typedef struct cli_args {
     const char *chat_template;
     const char *system;      /* chat: system prompt */
     int n_predict;           /* -n */
+    bool n_predict_set, overflow_set, keep_set; /* -n, --overflow, --keep given */
     int n_threads;           /* -t */
     int n_ctx;               /* -c */
     int greedy;              /* --greedy N */

@@ -84,7 +84,9 @@ int cmd_run(int argc, char **argv) {
     kvlm_generate_result r;
     kvlm_status st = kvlm_generate(s, text, &gp, cli_print_token, NULL, &r, &err);
     cli_cancel_on_sigint(NULL);
+    /* end the streamed line before anything goes to stderr */
     printf("\n");
+    fflush(stdout);
     if (st != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
