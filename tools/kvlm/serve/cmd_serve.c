@@ -194,6 +194,7 @@ int cmd_serve(int argc, char **argv) {
             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.shutdown_grace_s);
     srv_http_quiesce(h);
     srv_engine_drain(&e, cfg.shutdown_grace_s);
+    srv_http_wait_idle(h, 2.0); /* the last events of the streams go out */
     srv_http_stop(h);
     srv_engine_stop(&e);
     kvlm_model_free(m);

@@ -161,6 +161,8 @@ char *srv_metrics_text(srv_engine *e);
 typedef struct srv_http srv_http;
 srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t msg_size);
 void srv_http_quiesce(srv_http *h);
+/* Waits (at most timeout_s) until every generation request has been answered. */
+void srv_http_wait_idle(srv_http *h, double timeout_s);
 void srv_http_stop(srv_http *h);
 
 /* util */

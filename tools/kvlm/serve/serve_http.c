@@ -27,6 +27,7 @@ struct srv_http {
     const srv_config *cfg;
     char model_base[256];
     volatile int draining;
+    int inflight; /* generation requests not yet answered (under e->mu) */
 };
 
 /* ------------------------------------------------------------ utf-8 */
@@ -143,8 +144,6 @@ static enum MHD_Result send_error(srv_http *h, struct MHD_Connection *c, req *rq
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     char *s = cJSON_PrintUnformatted(error_obj(status, param, code, msg));
-    cJSON *tmp = NULL;
-    (void)tmp;
     if (!s) return MHD_NO;
     if (status == 503 || status == 429)
         return send_text(h, c, rq, status, "application/json", s, strlen(s), "Retry-After", "1");
@@ -784,7 +783,6 @@ static char *next_event(sse *st, size_t *n) {
         for (int i = 0; i < j->n; i++) {
             srv_choice *c = &j->ch[i];
             if (!c->done || c->finish_sent) continue;
-            if (j->state != JOB_DONE && 0) continue;
             cJSON *choices, *o = chunk_head(st, &choices), *x = cJSON_CreateObject();
             cJSON_AddNumberToObject(x, "index", i);
             if (j->chat) cJSON_AddObjectToObject(x, "delta");
@@ -867,6 +865,8 @@ static void sse_free(void *cls) {
         pthread_cond_signal(&e->wake);
     }
     srv_job_release(e, st->j);
+    st->h->inflight--;
+    pthread_cond_broadcast(&e->ev);
     pthread_mutex_unlock(&e->mu);
     free(st->ev);
     free(st);
@@ -885,6 +885,9 @@ static enum MHD_Result run_generation(srv_http *h, struct MHD_Connection *c, req
         srv_job_free(j);
         return send_error(h, c, rq, 503, NULL, "queue_full", "the server is busy or shutting down; retry later");
     }
+    pthread_mutex_lock(&e->mu);
+    h->inflight++;
+    pthread_mutex_unlock(&e->mu);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     int fd = ci ? ci->connect_fd : -1;
     if (stream) {
@@ -893,6 +896,7 @@ static enum MHD_Result run_generation(srv_http *h, struct MHD_Connection *c, req
             pthread_mutex_lock(&e->mu);
             j->cancel = true;
             srv_job_release(e, j);
+            h->inflight--;
             pthread_mutex_unlock(&e->mu);
             return MHD_NO;
         }
@@ -935,6 +939,8 @@ static enum MHD_Result run_generation(srv_http *h, struct MHD_Connection *c, req
         out = full_response(h, j);
     }
     srv_job_release(e, j);
+    h->inflight--;
+    pthread_cond_broadcast(&e->ev);
     pthread_mutex_unlock(&e->mu);
     if (cancelled && !out) {
         rq->status = 499; /* client closed the request (logged only) */
@@ -1249,6 +1255,14 @@ void srv_http_quiesce(srv_http *h) {
     h->draining = 1;
     MHD_socket s = MHD_quiesce_daemon(h->d);
     if (s != MHD_INVALID_SOCKET) close(s);
+}
+
+void srv_http_wait_idle(srv_http *h, double timeout_s) {
+    srv_engine *e = h->e;
+    const double until = srv_now() + timeout_s;
+    pthread_mutex_lock(&e->mu);
+    while (h->inflight > 0 && srv_now() < until) wait_ev(e, 20);
+    pthread_mutex_unlock(&e->mu);
 }
 
 void srv_http_stop(srv_http *h) {
