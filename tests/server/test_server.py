@@ -504,6 +504,22 @@ def test_disconnect_frees_slot():
         assert s.stop() == 0
 
 
+def test_disconnect_during_prefill_frees_slot():
+    s = Server("-c", "4096", "--parallel", "2", "--prefill-chunk", "4", model=SLOW_MODEL)
+    try:
+        ids = [1] + [100 + (i * 37) % 20000 for i in range(3500)]
+        c = open_stream(s.url, {"prompt": ids, "max_tokens": 4, "temperature": 0})
+        wait_for(lambda: s.metrics()["kvlm:requests_prefilling"] == 1, "the prompt to be read")
+        c.close()
+        wait_for(lambda: s.metrics()["kvlm:requests_running"] == 0, "the slot to be freed")
+        m = s.metrics()
+        assert m["kvlm:cancelled_total"] == 1
+        assert m["kvlm:generation_tokens_total"] == 0  # it never got to decode
+        s.healthy()
+    finally:
+        assert s.stop() == 0
+
+
 def test_queue_full_503():
     s = Server("-c", "4096", "--parallel", "1", "--queue", "1", model=SLOW_MODEL)
     try:

@@ -661,12 +661,16 @@ static void gauge(sbuf *b, const char *name, const char *help, double v) {
 char *srv_metrics_text(srv_engine *e) {
     pthread_mutex_lock(&e->mu);
     srv_metrics m = e->m;
-    int running = 0;
-    for (int i = 0; i < e->parallel; i++) running += e->slots[i].job != NULL;
+    int running = 0, prefilling = 0;
+    for (int i = 0; i < e->parallel; i++) {
+        running += e->slots[i].job != NULL;
+        prefilling += e->slots[i].job != NULL && e->slots[i].prefilling;
+    }
     int waiting = e->n_waiting;
     pthread_mutex_unlock(&e->mu);
     sbuf b = {0};
     gauge(&b, "requests_running", "Sequences in a slot (prefilling or decoding).", running);
+    gauge(&b, "requests_prefilling", "Sequences of those still reading their prompt.", prefilling);
     gauge(&b, "requests_waiting", "Requests in the wait queue.", waiting);
     static const char *fr[] = {"stop", "length", "cancelled", "timeout", "error", "rejected"};
     sb_printf(&b, "# HELP kvlm:requests_total Finished requests by finish reason.\n"

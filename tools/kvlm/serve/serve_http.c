@@ -8,6 +8,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ struct srv_http {
     srv_engine *e;
     const srv_config *cfg;
     char model_base[256];
-    volatile int draining;
+    atomic_int draining;
     int inflight; /* generation requests not yet answered (under e->mu) */
 };
 
@@ -1252,7 +1253,7 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
 }
 
 void srv_http_quiesce(srv_http *h) {
-    h->draining = 1;
+    atomic_store(&h->draining, 1);
     MHD_socket s = MHD_quiesce_daemon(h->d);
     if (s != MHD_INVALID_SOCKET) close(s);
 }
