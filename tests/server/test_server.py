@@ -381,6 +381,18 @@ def test_cached_tokens_on_shared_prefix(srv):
     assert m["kvlm:prefix_cache_hits_total"] >= cached
 
 
+def test_chat_follow_up_reuses_previous_turn(srv):
+    turn1 = [{"role": "system", "content": "You tell short stories about animals."},
+             {"role": "user", "content": "Tell me about a fox who lived in the forest."}]
+    a = srv.post("/v1/chat/completions", {"messages": turn1, "max_tokens": 20, "temperature": 0}).json()
+    answer = a["choices"][0]["message"]["content"]
+    turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And then?"}]
+    b = srv.post("/v1/chat/completions", {"messages": turn2, "max_tokens": 4, "temperature": 0}).json()
+    # everything of turn 1's prompt (but the token at the boundary) was reused
+    assert b["usage"]["prompt_tokens_details"]["cached_tokens"] >= a["usage"]["prompt_tokens"] - 2
+    assert b["usage"]["prompt_tokens"] > a["usage"]["prompt_tokens"]
+
+
 def test_exact_under_load(srv):
     prefix = long_prefix()
     reqs = [
