@@ -551,6 +551,17 @@ def test_queue_full_503():
         t2.join()
         assert res["b"].status_code == 200 and res["b"].json()["usage"]["completion_tokens"] == 3
         s.healthy()
+        # more choices than slots could never be admitted: refused up front
+        r = s.post("/v1/completions", {"prompt": "x", "n": 2, "max_tokens": 2})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    finally:
+        assert s.stop() == 0
+
+
+def test_queue_zero_still_serves():
+    s = Server("-c", "256", "--parallel", "2", "--queue", "0")
+    try:
+        s.healthy()
     finally:
         assert s.stop() == 0
 

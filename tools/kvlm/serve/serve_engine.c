@@ -542,7 +542,8 @@ int srv_engine_start(srv_engine *e, const srv_config *cfg, kvlm_model *model, ch
 
 bool srv_engine_submit(srv_engine *e, srv_job *j) {
     pthread_mutex_lock(&e->mu);
-    if (e->draining || e->stop || e->n_waiting >= e->cfg->queue) {
+    /* --queue counts requests waiting beyond the free slots */
+    if (e->draining || e->stop || e->n_waiting >= e->cfg->queue + free_slots(e)) {
         e->m.finished[5]++;
         pthread_mutex_unlock(&e->mu);
         return false;

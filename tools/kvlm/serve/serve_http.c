@@ -400,6 +400,10 @@ static srv_job *parse_generation(srv_http *h, const cJSON *root, bool chat, perr
     j->max_tokens = mt > room ? room : (int32_t)mt;
     if (!get_num(root, "n", 1, SRV_MAX_N, true, &d, pe)) goto bad;
     else if (field(root, "n")) j->n = (int)d;
+    if (j->n > e->parallel) {
+        fail(pe, 400, "n", "'n' is %d, more than the server's %d slots (--parallel)", j->n, e->parallel);
+        goto bad;
+    }
 
     /* sampling */
     kvlm_sampling_params *sp = &j->sampling;
