@@ -416,6 +416,7 @@ def test_exact_under_load(srv):
               for i, w in enumerate(["cat", "dog", "moon", "king", "sea", "tree", "fox", "owl"])]
 
     m0 = srv.metrics()
+    expected = {}
     for path, body in reqs:
         alone = result(path, body)
         # among 8 concurrent different requests (some streaming), started in between
@@ -439,11 +440,24 @@ def test_exact_under_load(srv):
         assert cached[2]["prompt_tokens_details"]["cached_tokens"] > 0
         assert alone[0] == loaded[0] == cached[0]
         assert alone[1] == loaded[1] == cached[1]
+        expected[path + json.dumps(body, sort_keys=True)] = alone
     # the load was real: some decode steps carried several sequences
     m1 = srv.metrics()
     steps = m1["kvlm:decode_steps_total"] - m0["kvlm:decode_steps_total"]
     seqs = m1["kvlm:decode_sequences_total"] - m0["kvlm:decode_sequences_total"]
     assert seqs > steps
+    # another server with one slot and a small prefill chunk: the same bytes
+    other = Server("-c", "512", "--parallel", "1", "--prefill-chunk", "7")
+    try:
+        for path, body in reqs:
+            d = other.post(path, body).json()
+            ch = d["choices"][0]
+            text = ch.get("text", ch.get("message", {}).get("content"))
+            want = expected[path + json.dumps(body, sort_keys=True)]
+            assert text == want[0]
+            assert json.dumps(ch["logprobs"], sort_keys=True) == want[1]
+    finally:
+        assert other.stop() == 0
 
 
 def test_many_concurrent_streams(srv):
