@@ -664,6 +664,43 @@ def test_malformed_requests(srv):
     assert raw(srv, b"", path="/v1/completions", method="GET").headers["Allow"]
 
 
+def test_fuzzed_bodies(srv):
+    """Random corruptions of valid requests (fixed seed): every answer is a 200 or a JSON error, never a
+    crash or a hang, and the server stays healthy."""
+    import random
+    rng = random.Random(1234)
+    bases = [
+        ("/v1/completions", {"prompt": "Once upon", "max_tokens": 3, "temperature": 0.5, "stop": ["x", "yz"],
+                             "logit_bias": {"5": 1}, "seed": 3, "logprobs": 1}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi \u00e9"}], "max_tokens": 3,
+                                  "stream": False, "top_logprobs": 1, "logprobs": True, "n": 2}),
+        ("/tokenize", {"content": "hello", "with_pieces": True}),
+        ("/detokenize", {"tokens": [5, 6, 7]}),
+    ]
+    junk = [None, True, -1, 0, 1e308, "", "x" * 50, [], {}, [1, "a"], {"a": [None]}, 2 ** 63]
+    for i in range(300):
+        path, base = rng.choice(bases)
+        body = json.loads(json.dumps(base))
+        kind = rng.randrange(3)
+        if kind == 0:  # a field replaced by junk
+            body[rng.choice([k for k in body if k != "max_tokens"])] = rng.choice(junk)
+            data = json.dumps(body).encode()
+        elif kind == 1:  # bytes flipped
+            data = bytearray(json.dumps(body).encode())
+            for _ in range(rng.randrange(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data)
+        else:  # truncated
+            data = json.dumps(body).encode()
+            data = data[:rng.randrange(len(data))]
+        r = raw(srv, data, path=path)
+        assert r.status_code in (200, 400, 404), (data, r.status_code, r.text)
+        if r.status_code != 200:
+            e = r.json()["error"]
+            assert set(e) == {"message", "type", "param", "code"}
+    srv.healthy()
+
+
 def test_oversized_body_413(srv):
     big = b'{"prompt": "' + b"a" * (5 << 20) + b'"}'
     r = raw(srv, big)
