@@ -144,7 +144,9 @@ static enum MHD_Result send_error(srv_http *h, struct MHD_Connection *c, req *rq
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    char *s = cJSON_PrintUnformatted(error_obj(status, param, code, msg));
+    cJSON *o = error_obj(status, param, code, msg);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
     if (!s) return MHD_NO;
     if (status == 503 || status == 429)
         return send_text(h, c, rq, status, "application/json", s, strlen(s), "Retry-After", "1");
