@@ -333,8 +333,8 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
         kvlm_session_get_stats(sl->s, &st);
         int64_t computed = st.misses - sl->misses0;
         int32_t cached = (int32_t)(n - computed);
-        *job_cached = cached < 0 ? 0 : cached;
-        sl->prefilling = false;
+        *job_cached = cached < 0 ? 0 : cached; /* >= 0: the prompt is read (the caller clears
+                                                  sl->prefilling under the lock, /metrics reads it) */
         sample_next(e, sl, row, o);
     }
 }
@@ -455,7 +455,8 @@ static void *scheduler(void *arg) {
             if (pf_failed) {
                 job_fail(j, 500, pf_msg);
                 slot_finish(e, sl, "error");
-            } else if (!sl->prefilling) {
+            } else if (cached >= 0) {
+                sl->prefilling = false;
                 if (sl->choice == 0) {
                     j->n_cached = cached;
                     e->m.prompt_tokens += (uint64_t)j->n_prompt;
