@@ -367,6 +367,39 @@ kvlm_status kvlm_generate(kvlm_session *s, const char *prompt, const kvlm_genera
  * decode step; it finishes with KVLM_FINISH_CANCELLED. */
 void kvlm_session_cancel(kvlm_session *s);
 
+/* ------------------------------------------------------------ stepwise generation helpers
+ * For programs that run their own decoding loop (for example a server that
+ * decodes many sequences together with kvlm_decode_batch and samples each
+ * with its own kvlm_sampler): the streaming text that kvlm_generate uses, and
+ * log-probabilities of a row of logits. */
+
+/* Generated tokens in, text out: the same UTF-8 hold-back and stop-string
+ * matching as kvlm_generate (text is emitted only when it is valid UTF-8 and
+ * cannot be the start of a stop string; a stop string is never emitted). */
+typedef struct kvlm_text_stream kvlm_text_stream;
+
+/* The stop strings are copied (at most 64, each non-empty). */
+kvlm_status kvlm_text_stream_new(const kvlm_model *model, const char *const *stop, int32_t n_stop,
+                                 kvlm_text_stream **out, kvlm_error *err);
+void kvlm_text_stream_free(kvlm_text_stream *ts);
+/* Adds the text of token t (t < 0: no token). final: emit everything held
+ * back (an incomplete character becomes U+FFFD). text and len receive what can
+ * be emitted now (valid until the next call on ts; may be empty). *stopped
+ * is set when a stop string matched: the text before it was emitted and
+ * nothing more will be. After a stop, pushes emit nothing. */
+kvlm_status kvlm_text_stream_push(kvlm_text_stream *ts, kvlm_token t, bool final, const char **text, size_t *len,
+                                  bool *stopped, kvlm_error *err);
+/* Everything emitted so far (NUL-terminated). */
+const char *kvlm_text_stream_text(const kvlm_text_stream *ts, size_t *len);
+
+/* The log-probability of `token` under softmax(logits) (the model's
+ * distribution, before any sampling transform), and the top_n most probable
+ * tokens in decreasing order (ties: the lower id first) with theirs. Computed
+ * in double in index order, so the result depends only on the logits.
+ * logprob, top_tokens and top_logprobs may be NULL; top_n <= n_vocab. */
+kvlm_status kvlm_logprobs(const float *logits, int32_t n_vocab, kvlm_token token, float *logprob, int32_t top_n,
+                          kvlm_token *top_tokens, float *top_logprobs, kvlm_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -4,7 +4,7 @@
 set -eu
 want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev"
 if [ "${1:-build}" = test ]; then
-  want="$want libcmocka-dev"
+  want="$want libcmocka-dev python3-pytest python3-requests" # tests/server runs Debian's /usr/bin/python3
 fi
 missing=""
 for p in $want; do

@@ -4,6 +4,8 @@
 
 #include "cli.h"
 
+int cmd_serve(int argc, char **argv); /* serve/cmd_serve.c */
+
 static void usage(FILE *fp) {
     fprintf(fp,
             "usage: kvlm COMMAND [options]\n"
@@ -17,6 +19,7 @@ static void usage(FILE *fp) {
             "  perplexity -m MODEL -f TEXT [-c CTX]                perplexity of a text\n"
             "  bench     -m MODEL [-p 128] [-n 64] [-r 5] [--json] [--incremental]\n"
             "  synth     OUT --arch A --dim D --layers L --heads H --ff F --vocab V --type T   random-weight model\n"
+            "  serve     -m MODEL [--host 127.0.0.1] [--port 8080] [--parallel N]   OpenAI-compatible HTTP server\n"
             "  quantize  IN OUT TYPE [--embd-type T] [--output-type T]   quantize an F32/F16/BF16 GGUF\n"
             "Every command takes -h for its options.\n");
 }
@@ -36,6 +39,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
     if (strcmp(cmd, "synth") == 0) return cmd_synth(argc, argv);
     if (strcmp(cmd, "quantize") == 0) return cmd_quantize(argc, argv);
+    if (strcmp(cmd, "serve") == 0) return cmd_serve(argc, argv);
     fprintf(stderr, "error: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -1,0 +1,175 @@
+/* kvlm serve: an OpenAI-compatible HTTP server over the public API
+ * (include/kvlm.h only). The engine (serve_engine.c) is one scheduler thread
+ * that owns every session; the HTTP side (serve_http.c) runs one thread per
+ * connection (libmicrohttpd) and talks to the engine through jobs. */
+#ifndef KVLM_SERVE_H
+#define KVLM_SERVE_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvlm.h"
+
+#define SRV_MAX_N 8       /* choices per request */
+#define SRV_MAX_STOP 16   /* stop strings per request */
+#define SRV_MAX_TOP 20    /* top_logprobs */
+
+typedef struct srv_config {
+    const char *model_path;
+    const char *host;
+    int port;
+    int parallel;          /* running sequences */
+    int queue;             /* waiting requests before 503 */
+    size_t max_body;       /* bytes */
+    const char *api_key;   /* NULL: open */
+    const char *alias;     /* the model id in /v1/models */
+    const char *cors_origin;
+    double timeout_s;      /* per request; 0: none */
+    int prefill_chunk;     /* prompt tokens per scheduler step */
+    int max_conn_per_ip;
+    double shutdown_grace_s;
+    const char *chat_template;
+    kvlm_session_params sp; /* n_ctx, threads, KV settings */
+} srv_config;
+
+/* One generated token, kept for logprobs. */
+typedef struct srv_tok {
+    kvlm_token id;
+    float logprob;
+    int n_top;
+    kvlm_token top_id[SRV_MAX_TOP];
+    float top_lp[SRV_MAX_TOP];
+} srv_tok;
+
+typedef struct srv_choice {
+    /* owned by the scheduler thread */
+    kvlm_sampler *smp;
+    kvlm_text_stream *ts;
+    /* published under the engine mutex */
+    char *text;
+    size_t text_len, text_cap;
+    srv_tok *toks;
+    int n_toks, cap_toks;
+    int n_gen;
+    bool done;
+    const char *finish; /* "stop", "length", "cancelled", "timeout", "error" */
+    /* read by the HTTP side only (streaming progress) */
+    size_t text_sent;
+    int toks_sent;
+    bool role_sent, finish_sent;
+} srv_choice;
+
+typedef enum srv_job_state { JOB_QUEUED, JOB_ACTIVE, JOB_DONE } srv_job_state;
+
+typedef struct srv_job {
+    int refs; /* under the engine mutex: the HTTP side and the engine */
+    uint64_t id;
+    /* the request (read-only once submitted) */
+    bool chat, stream, include_usage;
+    kvlm_token *prompt;
+    int32_t n_prompt;
+    kvlm_sampling_params sampling;
+    bool seed_set;
+    kvlm_logit_bias *bias;
+    int n_bias;
+    char *stop[SRV_MAX_STOP];
+    int n_stop;
+    int32_t max_tokens; /* already capped by the context */
+    int n;
+    int logprobs;       /* -1: none; else top alternatives per token (0..20) */
+    /* state, under the engine mutex */
+    srv_job_state state;
+    bool cancel;        /* the client went away */
+    int n_cached;
+    int n_running;      /* choices not yet done */
+    double t_arrive, t_first, t_done, deadline;
+    int err_status;     /* 0, or the HTTP status of a failure */
+    char err_msg[512];
+    srv_choice ch[SRV_MAX_N];
+    struct srv_job *next; /* wait queue */
+} srv_job;
+
+/* Histogram with fixed buckets (seconds). */
+#define SRV_NBUCKETS 12
+typedef struct srv_hist {
+    uint64_t count[SRV_NBUCKETS + 1]; /* the last: +Inf */
+    double sum;
+    uint64_t n;
+} srv_hist;
+
+typedef struct srv_metrics {
+    uint64_t finished[6]; /* stop, length, cancelled, timeout, error, rejected */
+    uint64_t prompt_tokens, prompt_cached, gen_tokens;
+    uint64_t prefix_queries, prefix_hits;
+    uint64_t cancelled;
+    uint64_t decode_steps, decode_seqs;
+    srv_hist ttft, duration;
+    kvlm_kv_stats kv; /* snapshot after the last step */
+} srv_metrics;
+
+typedef struct srv_slot {
+    kvlm_session *s;
+    srv_job *job; /* NULL: free */
+    int choice;
+    bool prefilling;
+    int32_t done;      /* prompt tokens evaluated */
+    int64_t misses0;
+    bool has_pending;
+    kvlm_token pending; /* sampled, to be fed at the next decode step */
+    uint64_t order;    /* admission order (prefill goes oldest first) */
+} srv_slot;
+
+typedef struct srv_engine {
+    const srv_config *cfg;
+    kvlm_model *model;
+    kvlm_cache *cache;
+    int32_t n_vocab, n_ctx;
+    int parallel;
+    srv_slot *slots;
+    float *logits;      /* parallel * n_vocab */
+    kvlm_token *scratch; /* n_ctx */
+    pthread_mutex_t mu;
+    pthread_cond_t wake; /* the scheduler waits for work */
+    pthread_cond_t ev;   /* HTTP threads wait for output */
+    pthread_t thr;
+    bool thr_started;
+    srv_job *q_head, *q_tail;
+    int n_waiting, n_active_jobs;
+    bool stop, draining;
+    double drain_deadline;
+    uint64_t next_id, next_order, seed_counter;
+    srv_metrics m;
+} srv_engine;
+
+double srv_now(void);
+
+/* engine */
+int srv_engine_start(srv_engine *e, const srv_config *cfg, kvlm_model *model, char *msg, size_t msg_size);
+/* Queues a job (refs becomes 2). false: the queue is full or the server is draining. */
+bool srv_engine_submit(srv_engine *e, srv_job *j);
+void srv_job_release(srv_engine *e, srv_job *j); /* under e->mu */
+void srv_job_free(srv_job *j);
+/* Stop admitting; running requests get until grace, then they are cancelled. Returns when idle. */
+void srv_engine_drain(srv_engine *e, double grace_s);
+void srv_engine_stop(srv_engine *e);
+/* Prometheus text (malloc'd). */
+char *srv_metrics_text(srv_engine *e);
+
+/* http */
+typedef struct srv_http srv_http;
+srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t msg_size);
+void srv_http_quiesce(srv_http *h);
+/* Waits (at most timeout_s) until every generation request has been answered. */
+void srv_http_wait_idle(srv_http *h, double timeout_s);
+void srv_http_stop(srv_http *h);
+
+/* util */
+bool srv_utf8_valid(const char *s, size_t n);
+/* Appends s[0..n) to a NUL-terminated malloc'd copy with invalid UTF-8 replaced by U+FFFD. */
+char *srv_utf8_clean(const char *s, size_t n);
+
+int cmd_serve(int argc, char **argv);
+
+#endif
