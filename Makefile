@@ -6,7 +6,7 @@ MODEL ?= ../shared/models/llama/aidreams260K-f32.gguf
 PROMPT ?= Echoes of
 N ?= 48
 
-.PHONY: all deps test-deps build test demo sanitize clean
+.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus clean
 
 all: build
 
@@ -32,5 +32,30 @@ sanitize: test-deps
 	@cmake --build build-san -j $(JOBS)
 	@cd build-san && ctest --output-on-failure -j $(JOBS)
 
+# The tests that use threads (the pool, concurrent sessions on a shared cache,
+# cancellation, batched decode, 2-thread eval, concurrent tokenizing) under ThreadSanitizer.
+TSAN_TESTS ?= test_exact|test_session|test_generate|test_tokenizer|test_kv
+tsan: test-deps
+	@bash scripts/deps.sh tsan
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DKVLM_TSAN=ON >/dev/null
+	@cmake --build build-tsan -j $(JOBS)
+	@cd build-tsan && TSAN_OPTIONS="halt_on_error=1 abort_on_error=1 $(TSAN_OPTIONS)" \
+		ctest --output-on-failure -j $(JOBS) -R '^($(TSAN_TESTS))$$'
+
+# libFuzzer targets (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs each for N seconds.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= gguf tokenizer session chat
+fuzz-build:
+	@bash scripts/deps.sh fuzz
+	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Release -DKVLM_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz -j $(JOBS)
+
+fuzz: fuzz-build
+	@bash fuzz/run.sh build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# Regenerates the seed corpora of fuzz/corpus/ (with build/bin/kvlm).
+fuzz-corpus: build
+	@bash fuzz/make_corpus.sh $(BUILD)/bin/kvlm
+
 clean:
-	rm -rf $(BUILD) build-san
+	rm -rf $(BUILD) build-san build-tsan build-fuzz

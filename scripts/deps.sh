@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
-# Usage: scripts/deps.sh [build|test]   (test adds the test-only packages)
+# Usage: scripts/deps.sh [build|test|tsan|fuzz]
+#   test adds the test-only packages; tsan the ThreadSanitizer runtime (gcc);
+#   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev).
 set -eu
 want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev"
-if [ "${1:-build}" = test ]; then
-  want="$want libcmocka-dev python3-pytest python3-requests" # tests/server runs Debian's /usr/bin/python3
-fi
+case "${1:-build}" in
+  build) ;;
+  test) want="$want libcmocka-dev python3-pytest python3-requests" ;; # tests/server runs Debian's /usr/bin/python3
+  tsan) want="$want libcmocka-dev libtsan2" ;;
+  fuzz) want="$want clang libclang-rt-14-dev" ;;
+  *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz]" >&2; exit 2 ;;
+esac
 missing=""
 for p in $want; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

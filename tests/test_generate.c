@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -243,14 +244,14 @@ static void test_cancel_from_callback(void **state) {
 
 typedef struct canceller {
     kvlm_session *s;
-    volatile int *calls;
+    atomic_int *calls;
     int seen;
 } canceller;
 
 static void *cancel_thread(void *arg) {
     canceller *c = arg;
-    while (*c->calls < 3) usleep(1000);
-    c->seen = *c->calls;
+    while (atomic_load(c->calls) < 3) usleep(1000);
+    c->seen = atomic_load(c->calls);
     kvlm_session_cancel(c->s);
     return NULL;
 }
@@ -259,7 +260,7 @@ static int count_calls(const char *text, size_t len, kvlm_token tok, void *ud) {
     (void)text;
     (void)len;
     (void)tok;
-    (*(volatile int *)ud)++;
+    atomic_fetch_add((atomic_int *)ud, 1);
     return 0;
 }
 
@@ -269,12 +270,12 @@ static void test_cancel_from_thread_and_deadline(void **state) {
     kvlm_session *s = session(m, 256);
     kvlm_error err;
     kvlm_generate_params p = greedy(200);
-    volatile int calls = 0;
+    atomic_int calls = 0;
     canceller c = {s, &calls, 0};
     pthread_t th;
     pthread_create(&th, NULL, cancel_thread, &c);
     kvlm_generate_result r;
-    assert_int_equal(kvlm_generate(s, "Hello", &p, count_calls, (void *)&calls, &r, &err), KVLM_OK);
+    assert_int_equal(kvlm_generate(s, "Hello", &p, count_calls, &calls, &r, &err), KVLM_OK);
     pthread_join(th, NULL);
     assert_int_equal(r.finish, KVLM_FINISH_CANCELLED);
     /* at most the step in flight when the flag was set finished after it */

@@ -22,6 +22,7 @@ typedef struct breakage {
     uint32_t n_head, n_head_kv;
     uint64_t q_rows;          /* rows of attn_q */
     uint32_t wq_type;
+    uint32_t block_count;     /* 0: 1 (the layers the file holds) */
 } breakage;
 
 #define E 32
@@ -29,7 +30,7 @@ typedef struct breakage {
 #define NV 8
 
 static breakage defaults(void) {
-    breakage b = {NULL, NULL, "llama", 4, 2, E, 0};
+    breakage b = {NULL, NULL, "llama", 4, 2, E, 0, 0};
     return b;
 }
 
@@ -52,7 +53,7 @@ static void write_model(const breakage *br, char *path) {
     const char *keys[] = {"llama.context_length", "llama.embedding_length", "llama.block_count",
                           "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
                           "llama.attention.layer_norm_rms_epsilon"};
-    const uint32_t vals[] = {64, E, 1, FF, br->n_head, br->n_head_kv, 0};
+    const uint32_t vals[] = {64, E, br->block_count ? br->block_count : 1, FF, br->n_head, br->n_head_kv, 0};
     int n_kv = 5; /* arch, tokenizer model, tokens, scores, types */
     for (size_t i = 0; i < 7; i++) n_kv += !(br->skip_key && strcmp(br->skip_key, keys[i]) == 0);
     gb_header(&b, 3, (uint64_t)n_tensors, (uint64_t)n_kv);
@@ -176,6 +177,12 @@ static void test_missing_and_inconsistent(void **state) {
     br = defaults();
     br.q_rows = 16;
     expect_load(&br, KVLM_ERR_FORMAT, "blk.0.attn_q.weight' has shape");
+    br = defaults();
+    br.block_count = 2; /* a second layer the file does not hold */
+    expect_load(&br, KVLM_ERR_FORMAT, "block_count 2 needs at least 18 tensors");
+    br = defaults();
+    br.block_count = 1u << 30; /* found by fuzz_gguf: layers were allocated for it before any check */
+    expect_load(&br, KVLM_ERR_FORMAT, "block_count 1073741824 needs");
     br = defaults();
     br.arch = "mamba";
     expect_load(&br, KVLM_ERR_UNSUPPORTED, "unsupported architecture 'mamba'");

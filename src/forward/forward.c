@@ -521,13 +521,16 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
         pending = true;
     }
 
-    /* x += last FFN output; the rows that want logits: xb = output_norm(x), converted for the output */
+    /* x += last FFN output; the rows that want logits: xb = output_norm(x), converted for the output.
+     * Row t's norm goes to xb row t, the row its own residual add reads: written
+     * to xb row 0 instead, it would race with the thread still adding row 0. */
     const int32_t first = all_logits ? 0 : T - 1;
+    float *const normed = f->xb + (int64_t)first * E;
     stage se = {.T = T, .first = first, .x = pending ? f->x : NULL, .add = f->xb, .n_add = E, .in = logits ? f->x : NULL,
-                .out = f->xb, .nw = m->output_norm.data, .n = E, .conv = act_type(f, &m->output)};
+                .out = normed, .nw = m->output_norm.data, .n = E, .conv = act_type(f, &m->output)};
     const uint32_t pre = stage_run(f, &se);
     if (!logits) return;
-    matmul(f, &m->output, f->xb, T - first, logits, pre);
+    matmul(f, &m->output, normed, T - first, logits, pre);
 }
 
 kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, float *logits, bool all_logits,

@@ -85,6 +85,11 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if ((st = get_u32_req(g, hp, "context_length", &hp->n_ctx_train, err))) return st;
     if ((st = get_u32_req(g, hp, "embedding_length", &hp->n_embd, err))) return st;
     if ((st = get_u32_req(g, hp, "block_count", &hp->n_layer, err))) return st;
+    /* each layer has at least 9 tensors: a count the file cannot hold is refused before anything is sized by it */
+    if ((uint64_t)hp->n_layer > g->n_tensors / 9)
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: %s.block_count %d needs at least %llu tensors; the file has %llu",
+                       hp->arch_name, hp->n_layer, 9ull * (unsigned long long)hp->n_layer,
+                       (unsigned long long)g->n_tensors);
     if ((st = get_u32_req(g, hp, "feed_forward_length", &hp->n_ff, err))) return st;
     if ((st = get_u32_req(g, hp, "attention.head_count", &hp->n_head, err))) return st;
     hp->n_head_kv = hp->n_head;
