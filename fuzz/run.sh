@@ -23,6 +23,14 @@ for t in $targets; do
   mkdir -p "$build/corpus/$t"
   echo "== fuzz_$t: ${secs}s" >&2
   log="$build/artifacts/fuzz_$t.log"
+  # inputs that once broke a target (fuzz/known/<target>-*) must pass first
+  known=$(ls fuzz/known/"$t"-* 2>/dev/null || true)
+  if [ -n "$known" ] && ! "$build/bin/fuzz_$t" $known >"$log.known" 2>&1; then
+    echo "fuzz_$t FAILED on a known input (log: $log.known):" >&2
+    grep -A30 -E 'ERROR|contract broken|deadly signal' "$log.known" | head -60 >&2
+    status=1
+    continue
+  fi
   if "$build/bin/fuzz_$t" -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=2048 \
       -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" \
       "$build/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1; then
