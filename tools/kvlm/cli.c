@@ -202,6 +202,17 @@ kvlm_session_params cli_session_params(const cli_args *a) {
     return p;
 }
 
+int cli_note_threads(const cli_args *a, const kvlm_session *s) {
+    static bool noted = false;
+    const int n = kvlm_session_n_threads(s);
+    if (n < a->n_threads && !noted) {
+        fprintf(stderr, "note: -t %d is more than the %d CPU%s this process may run on; using %d thread%s\n",
+                a->n_threads, n, n == 1 ? "" : "s", n, n == 1 ? "" : "s");
+        noted = true;
+    }
+    return n;
+}
+
 char *cli_read_file(const char *path, size_t *len) {
     FILE *fp = fopen(path, "rb");
     if (!fp) {

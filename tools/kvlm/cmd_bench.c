@@ -245,6 +245,15 @@ int cmd_bench(int argc, char **argv) {
     kvlm_model_get_info(m, &mi);
     const int reps = a.reps > 0 ? a.reps : 5;
     kvlm_session_params sp = cli_session_params(&a);
+    int n_threads = a.n_threads; /* the count the sessions really use */
+    {
+        kvlm_session_params probe = sp;
+        probe.n_ctx = 16;
+        kvlm_session *s = NULL;
+        kvlm_error err;
+        if (kvlm_session_new(m, &probe, &s, &err) == KVLM_OK) n_threads = cli_note_threads(&a, s);
+        kvlm_session_free(s);
+    }
     const int tests[2][2] = {{n_prompt, 0}, {0, n_gen}};
     if (a.json) printf("[\n");
     else
@@ -280,12 +289,12 @@ int cmd_bench(int argc, char **argv) {
                    "\"type_k\": \"f16\", \"type_v\": \"f16\", \"n_prompt\": %d, \"n_gen\": %d, "
                    "\"avg_ns\": %.0f, \"stddev_ns\": %.0f, \"avg_ts\": %.6f, \"stddev_ts\": %.6f, \"samples_ts\": [",
                    first ? "" : ",\n", a.model, mi.arch, (unsigned long long)mi.weight_bytes,
-                   (unsigned long long)mi.n_params, a.n_threads, np, ng, sn.avg, sn.sd, st.avg, st.sd);
+                   (unsigned long long)mi.n_params, n_threads, np, ng, sn.avg, sn.sd, st.avg, st.sd);
             for (int r = 0; r < reps; r++) printf("%s%.6f", r ? ", " : "", ts[r]);
             printf("]}");
         } else {
             printf("| %s | %.2f MiB | %.2f M | CPU | %d | %s | %.2f ± %.2f |\n", basename_of(a.model),
-                   mi.weight_bytes / 1048576.0, mi.n_params / 1e6, a.n_threads, test, st.avg, st.sd);
+                   mi.weight_bytes / 1048576.0, mi.n_params / 1e6, n_threads, test, st.avg, st.sd);
         }
         first = false;
         free(ts);

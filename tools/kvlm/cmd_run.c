@@ -33,6 +33,7 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
+    cli_note_threads(&a, s);
     struct stat stt;
     if (a.session && stat(a.session, &stt) == 0) {
         if (kvlm_session_load(s, a.session, &err) != KVLM_OK)
