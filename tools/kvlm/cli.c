@@ -128,6 +128,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         else if (IS("--json") || (IS("-o") && i + 1 < argc && strcmp(argv[i + 1], "json") == 0 && ++i)) a->json = true;
         else if (IS("--incremental")) a->incremental = true;
         else if (IS("--batch")) a->batch = true;
+        else if (IS("--cpu-time")) a->cpu_time = true;
         else if (IS("--tokenize")) a->tokenize = true;
         else if (IS("--kv-stats")) a->kv_stats = true;
         else if (IS("-v") || IS("--verbose")) a->verbose = true;

@@ -27,7 +27,8 @@ typedef struct cli_args {
     int reps;                /* bench -r */
     int n_chunks;            /* perplexity --chunks */
     int depth;               /* bench -d: context already held before the test */
-    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize;
+    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize,
+        cpu_time;
     /* sampling */
     kvlm_sampling_params sampling;
     bool seed_set, temp_set;
