@@ -4,7 +4,11 @@
  * forward would tile it), reported as GB/s of weight bytes streamed per
  * matmul (and Gop/s, 2 ops per multiply-add, for prefill).
  *
- *   bench_kernels [-r rows] [-k cols] [-t tokens] [-s seconds] [-S slice] [type...]
+ *   bench_kernels [-r rows] [-k cols] [-t tokens] [-s seconds] [-S slice] [-i isa] [type...]
+ *
+ * -i: only that ISA (scalar, avx2, avx512) instead of every one the CPU runs.
+ * For decode from memory rather than cache, give a matrix well above the L3
+ * size (e.g. -r 131072 -k 4096: 1 GiB of F16).
  *
  * -S: rows per timed prefill call (default 64; 0 = the whole matrix in one
  * call, as one forward thread makes it). Types whose block does not divide
@@ -165,13 +169,22 @@ int main(int argc, char **argv) {
     int64_t slice = 64;
     double secs = 0.5;
     uint32_t types[32];
-    int nt = 0;
+    int nt = 0, only_isa = -1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-r") && i + 1 < argc) R = atoll(argv[++i]);
         else if (!strcmp(argv[i], "-k") && i + 1 < argc) K = atoll(argv[++i]);
         else if (!strcmp(argv[i], "-t") && i + 1 < argc) T = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-s") && i + 1 < argc) secs = atof(argv[++i]);
         else if (!strcmp(argv[i], "-S") && i + 1 < argc) slice = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "-i") && i + 1 < argc) {
+            const char *name = argv[++i];
+            for (int k = 0; k <= kv_quant_best_isa(); k++)
+                if (!strcmp(kv_quant_isa_name(k), name)) only_isa = k;
+            if (only_isa < 0) {
+                fprintf(stderr, "ISA %s is not one this CPU runs\n", name);
+                return 2;
+            }
+        }
         else {
             uint32_t id = UINT32_MAX;
             for (uint32_t k = 0; k < KV_DTYPE_COUNT; k++)
@@ -211,11 +224,12 @@ int main(int argc, char **argv) {
         for (int c = 0; c < T; c++) kv_quant_get(q0->vec_dot_type)->from_float(xf + (size_t)c * K, x + (size_t)c * xb, K);
         double base[3] = {0, 0, 0};
         for (int isa = 0; isa <= best; isa++) {
+            if (only_isa >= 0 && isa != only_isa) continue;
             const result r = bench(t, isa, w, R, K, x, T, secs, y, slice);
             if (isa == 0) base[0] = r.dot_gbs, base[1] = r.gemv_gbs, base[2] = r.gemm_gbs;
             printf("%-6s %-7s %10.2f %10.2f %10.2f %10.1f", kv_dtype_name(t), kv_quant_isa_name(isa), r.dot_gbs,
                    r.gemv_gbs, r.gemm_gbs, r.gemm_gops);
-            if (isa) printf("   x%.0f x%.0f x%.0f", r.dot_gbs / base[0], r.gemv_gbs / base[1], r.gemm_gbs / base[2]);
+            if (isa && base[0] > 0) printf("   x%.0f x%.0f x%.0f", r.dot_gbs / base[0], r.gemv_gbs / base[1], r.gemm_gbs / base[2]);
             printf("\n");
             fflush(stdout);
         }

@@ -1,41 +1,119 @@
 #!/usr/bin/env python3
-"""Side-by-side prompt (pp) and generation (tg) speed: kvlm bench vs a llama-bench binary built
-elsewhere (this script builds nothing), same file, same thread count, interleaved in one run.
+"""Side-by-side prompt (pp) and generation (tg) speed: kvlm bench vs llama.cpp's llama-bench (and,
+optionally, ik_llama.cpp's llama-bench as a third column), binaries built elsewhere (this script
+builds nothing), same file, same thread count, the engines in turn model by model.
 
-usage: bench/compare.py --llama-bench PATH [-p 128] [-n 64] [-r 3] [-t 1,2] MODEL[=LLAMA_MODEL] ...
-A MODEL=LLAMA_MODEL pair benchmarks kvlm on MODEL and llama.cpp on LLAMA_MODEL (for formats
-llama.cpp cannot read). Prints a markdown table with the ratio kvlm/llama.cpp."""
+usage: bench/compare.py --llama-bench PATH [--ik-llama-bench PATH] [--llama-batched-bench PATH]
+                        [-p 128] [-n 64] [-r 3] [-t 1,2] [-d 512,2048] MODEL[=LLAMA_MODEL] ...
+
+A MODEL=LLAMA_MODEL pair benchmarks kvlm on MODEL and the llama engines on LLAMA_MODEL (for
+formats they cannot read). -d D,...: instead of pp/tg, decode n tokens after D tokens of context
+(`kvlm bench -p 0 -n N -d D`; llama.cpp: `llama-batched-bench -npp D -ntg N -npl 1` when
+--llama-batched-bench is given, else `llama-bench -d D` of newer llama.cpp; ik_llama.cpp:
+`llama-bench -gp D,N`). Prints a markdown table with the ratios kvlm/llama.cpp (and kvlm/ik)."""
 import argparse, json, os, subprocess, sys
 
+
+def run(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-2000:]}")
+    return p.stdout
+
+
 def run_json(cmd):
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    start = out.index("[")
-    return json.loads(out[start:])
+    out = run(cmd)
+    return json.loads(out[out.index("["):])
+
+
+def jsonl_records(text):
+    recs = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return recs
+
+
+def pick(records, test):
+    """The pp or tg record of a llama-bench style JSON list."""
+    for x in records:
+        if (x["n_prompt"] > 0) == (test == "pp") and (x["n_gen"] > 0) == (test == "tg"):
+            return x["avg_ts"], x.get("stddev_ts", 0.0)
+    raise RuntimeError(f"no {test} record")
+
+
+def fmt(v):
+    return "" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}"
+
+
+def ratio(a, b):
+    return "" if a is None or b is None or b[0] <= 0 else f"{a[0] / b[0]:.2f}"
+
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-bench", required=True)
+    ap.add_argument("--ik-llama-bench", help="ik_llama.cpp's llama-bench: a third column")
+    ap.add_argument("--llama-batched-bench", help="llama.cpp's llama-batched-bench, for -d")
     ap.add_argument("--kvlm", default=os.path.join(os.path.dirname(__file__), "..", "build", "bin", "kvlm"))
     ap.add_argument("-p", type=int, default=128)
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("-t", default="1,2")
+    ap.add_argument("-d", default="", help="depths (comma-separated): tg -n after that many tokens")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
-    print("| model | threads | test | kvlm t/s | llama.cpp t/s | kvlm/llama.cpp |")
-    print("|---|---:|---|---:|---:|---:|")
+    depths = [int(x) for x in a.d.split(",") if x]
+    ik = a.ik_llama_bench
+    head = "| model | threads | test | kvlm t/s | llama.cpp t/s |" + (" ik_llama.cpp t/s |" if ik else "")
+    head += " kvlm/llama.cpp |" + (" kvlm/ik |" if ik else "")
+    print(head)
+    print("|---|---:|---|---:|---:|" + ("---:|" if ik else "") + "---:|" + ("---:|" if ik else ""))
+
+    def row(name, t, test, k, l, i):
+        s = f"| {name} | {t} | {test} | {fmt(k)} | {fmt(l)} |" + (f" {fmt(i)} |" if ik else "")
+        s += f" {ratio(k, l)} |" + (f" {ratio(k, i)} |" if ik else "")
+        print(s, flush=True)
+
     for spec in a.models:
         ours, theirs = (spec.split("=", 1) + [spec])[:2]
+        name = os.path.basename(ours) + ("" if theirs == ours else " (llama: " + os.path.basename(theirs) + ")")
         for t in [int(x) for x in a.t.split(",")]:
-            k = run_json([a.kvlm, "bench", "-m", ours, "-p", str(a.p), "-n", str(a.n), "-r", str(a.r), "-t", str(t), "-o", "json"])
-            l = run_json([a.llama_bench, "-m", theirs, "-p", str(a.p), "-n", str(a.n), "-r", str(a.r), "-t", str(t), "-o", "json"])
-            for test in ("pp", "tg"):
-                kk = [x for x in k if (x["n_prompt"] > 0) == (test == "pp")][0]
-                ll = [x for x in l if (x["n_prompt"] > 0) == (test == "pp")][0]
-                name = os.path.basename(ours) + ("" if theirs == ours else " (llama.cpp: " + os.path.basename(theirs) + ")")
-                n = a.p if test == "pp" else a.n
-                print(f"| {name} | {t} | {test}{n} | {kk['avg_ts']:.1f} ± {kk['stddev_ts']:.1f} | "
-                      f"{ll['avg_ts']:.1f} ± {ll['stddev_ts']:.1f} | {kk['avg_ts'] / ll['avg_ts']:.2f} |", flush=True)
+            common = ["-r", str(a.r), "-t", str(t)]
+            if not depths:
+                k = run_json([a.kvlm, "bench", "-m", ours, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"])
+                l = run_json([a.llama_bench, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"])
+                i = run_json([ik, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"]) if ik else None
+                for test in ("pp", "tg"):
+                    n = a.p if test == "pp" else a.n
+                    row(name, t, f"{test}{n}", pick(k, test), pick(l, test), pick(i, test) if ik else None)
+                continue
+            for d in depths:
+                k = pick(run_json([a.kvlm, "bench", "-m", ours, "-p", "0", "-n", str(a.n), "-d", str(d),
+                                   *common, "-o", "json"]), "tg")
+                if a.llama_batched_bench:
+                    speeds = []
+                    for _ in range(a.r):
+                        out = run([a.llama_batched_bench, "-m", theirs, "-c", str(d + a.n + 16), "-npp", str(d),
+                                   "-ntg", str(a.n), "-npl", "1", "-t", str(t), "--output-format", "jsonl"])
+                        speeds += [x["speed_tg"] for x in jsonl_records(out) if "speed_tg" in x]
+                    mean = sum(speeds) / len(speeds)
+                    sd = (sum((s - mean) ** 2 for s in speeds) / (len(speeds) - 1)) ** 0.5 if len(speeds) > 1 else 0.0
+                    l = (mean, sd)
+                else:
+                    l = pick(run_json([a.llama_bench, "-m", theirs, "-p", "0", "-n", str(a.n), "-d", str(d),
+                                       *common, "-o", "json"]), "tg")
+                i = None
+                if ik:
+                    recs = run_json([ik, "-m", theirs, "-p", "0", "-n", "0", "-gp", f"{d},{a.n}", *common, "-o", "json"])
+                    g = [x for x in recs if x["n_prompt"] == d and x["n_gen"] == a.n]
+                    i = (g[0]["avg_ts"], g[0].get("stddev_ts", 0.0)) if g else None
+                row(name, t, f"tg{a.n} @ d{d}", k, l, i)
+
 
 if __name__ == "__main__":
     sys.exit(main())

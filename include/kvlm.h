@@ -167,7 +167,9 @@ typedef enum kvlm_overflow {
 
 typedef struct kvlm_session_params {
     int32_t n_ctx;      /* most tokens held at once; <= 0: the model's context length */
-    int n_threads;      /* <= 0: the model's */
+    int n_threads;      /* <= 0: the model's; more than the CPUs the process may run
+                           on (sched_getaffinity) is lowered to that count, see
+                           kvlm_session_n_threads */
     kvlm_cache *cache;  /* a shared page pool; NULL: the session makes its own from `cache_params` */
     kvlm_cache_params cache_params;
     kvlm_overflow overflow;
@@ -188,6 +190,9 @@ void kvlm_session_free(kvlm_session *s);
 /* Tokens the session holds in its cache. */
 int32_t kvlm_session_n_past(const kvlm_session *s);
 int32_t kvlm_session_n_ctx(const kvlm_session *s);
+/* Threads the session evaluates with: the requested count, at most the CPUs
+ * available to the process. */
+int kvlm_session_n_threads(const kvlm_session *s);
 
 #define KVLM_AUTO (-1)
 

@@ -1,6 +1,8 @@
 /* Sessions over a shared model: save/restore, corrupted and foreign files,
  * one call at a time, concurrent sessions, shared prefix pages, overflow
- * policies and tiered compression through the public API. */
+ * policies and tiered compression through the public API; more threads than
+ * CPUs. */
+#define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -16,6 +18,8 @@
 #include <cmocka.h>
 
 #include "kvlm.h"
+#include "core/tpool.h"
+#include <sched.h>
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 #define AIDREAMS16 KVLM_MODELS_DIR "/llama/aidreams260K-f16.gguf"
@@ -395,6 +399,90 @@ static void test_tiered_session(void **state) {
     kvlm_model_free(m);
 }
 
+static int cpus_available(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return CPU_COUNT(&set);
+}
+
+/* A session asked for far more threads than there are CPUs runs with as many
+ * threads as CPUs, says so, and gives the 1-thread logits bit for bit. */
+static void test_threads_oversubscribed(void **state) {
+    (void)state;
+    kvlm_model *m = load(SYNTH);
+    const int V = kvlm_n_vocab(m);
+    kvlm_error err;
+    kvlm_token t[24];
+    seq(t, 24, V, 31);
+    float *ref = malloc((size_t)V * 4), *got = malloc((size_t)V * 4);
+    kvlm_session *s1 = NULL, *sn = NULL;
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 32;
+    p.n_threads = 1;
+    assert_int_equal(kvlm_session_new(m, &p, &s1, &err), KVLM_OK);
+    p.n_threads = 200;
+    assert_int_equal(kvlm_session_new(m, &p, &sn, &err), KVLM_OK);
+    const int cpus = cpus_available();
+    assert_int_equal(kvlm_session_n_threads(s1), 1);
+    assert_int_equal(kvlm_session_n_threads(sn), cpus < 200 ? cpus : 200);
+    assert_int_equal(kvlm_eval(s1, t, 16, 0, ref, false, &err), KVLM_OK);
+    assert_int_equal(kvlm_eval(sn, t, 16, 0, got, false, &err), KVLM_OK);
+    assert_memory_equal(ref, got, (size_t)V * 4);
+    for (int i = 16; i < 24; i++) {
+        assert_int_equal(kvlm_eval(s1, t, i + 1, i, ref, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_eval(sn, t, i + 1, i, got, false, &err), KVLM_OK);
+        assert_memory_equal(ref, got, (size_t)V * 4);
+    }
+    kvlm_session_free(s1);
+    kvlm_session_free(sn);
+    free(ref);
+    free(got);
+    kvlm_model_free(m);
+}
+
+/* The pool itself with more threads than CPUs (it then sleeps instead of
+ * spinning): every job runs on every thread exactly once, and run() returns
+ * only after all of them finished. */
+typedef struct pool_job {
+    int round;
+    int *seen; /* per thread: the last round it ran */
+    atomic_int calls;
+    atomic_int bad; /* set by a worker (cmocka asserts only on the main thread) */
+} pool_job;
+
+static void pool_fn(void *ctx, int ith, int nth) {
+    pool_job *j = ctx;
+    if (nth != 64 || ith < 0 || ith >= nth || j->seen[ith] != j->round - 1) {
+        atomic_store(&j->bad, 1);
+        return;
+    }
+    j->seen[ith] = j->round;
+    atomic_fetch_add(&j->calls, 1);
+}
+
+static void test_pool_oversubscribed(void **state) {
+    (void)state;
+    kv_tpool *pool = NULL;
+    kvlm_error err;
+    assert_int_equal(kv_tpool_new(64, &pool, &err), KVLM_OK);
+    assert_int_equal(kv_tpool_size(pool), 64);
+    assert_int_equal(kv_tpool_spins(pool), cpus_available() >= 64);
+    int seen[64];
+    for (int i = 0; i < 64; i++) seen[i] = 0;
+    pool_job j = {.seen = seen};
+    atomic_init(&j.calls, 0);
+    atomic_init(&j.bad, 0);
+    for (int r = 1; r <= 300; r++) {
+        j.round = r;
+        kv_tpool_run(pool, pool_fn, &j);
+        assert_int_equal(atomic_load(&j.bad), 0);
+        assert_int_equal(atomic_load(&j.calls), 64 * r);
+        for (int i = 0; i < 64; i++) assert_int_equal(seen[i], r);
+    }
+    kv_tpool_free(pool);
+}
+
 /* Decoding several sessions in one pass equals decoding each alone, bit for bit. */
 static void test_decode_batch(void **state) {
     (void)state;
@@ -446,7 +534,8 @@ int main(void) {
         cmocka_unit_test(test_save_restore),    cmocka_unit_test(test_busy),
         cmocka_unit_test(test_concurrent_sessions), cmocka_unit_test(test_shared_prefix),
         cmocka_unit_test(test_policies),        cmocka_unit_test(test_tiered_session),
-        cmocka_unit_test(test_decode_batch),
+        cmocka_unit_test(test_decode_batch),    cmocka_unit_test(test_threads_oversubscribed),
+        cmocka_unit_test(test_pool_oversubscribed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

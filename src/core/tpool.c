@@ -1,13 +1,22 @@
 /* A persistent thread pool with low dispatch latency: workers spin on an
  * atomic job counter for a while (a decode step dispatches dozens of small
  * jobs), then sleep on a condition variable; the caller runs share 0 and
- * spins until the others are done. */
+ * spins until the others are done.
+ *
+ * Spinning only pays when every thread has a core of its own. With more
+ * threads than the CPUs the process may run on (sched_getaffinity), a
+ * spinning thread holds the core that the thread it waits for needs, and a
+ * decode step (dozens of jobs) degrades to time-slice quanta per job. Such a
+ * pool never spins: workers sleep on the condition variable between jobs and
+ * the caller sleeps until the last worker signals that it is done. */
+#define _GNU_SOURCE
 #include "tpool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "error.h"
 
@@ -18,6 +27,8 @@ struct kv_tpool {
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t done_cv;  /* non-spinning pools: the last worker of a job signals it */
+    int spin;                /* 1: every thread can have a CPU of its own */
     kv_tpool_fn fn;
     void *ctx;
     atomic_ulong generation; /* bumped per job; fn/ctx are published before it */
@@ -46,7 +57,8 @@ static void *worker(void *arg) {
     unsigned long seen = 0;
     for (;;) {
         unsigned long g = atomic_load(&p->generation);
-        for (int i = 0; g == seen && i < SPIN_ROUNDS && !atomic_load_explicit(&p->stop, memory_order_relaxed); i++) {
+        const int rounds = p->spin ? SPIN_ROUNDS : 0;
+        for (int i = 0; g == seen && i < rounds && !atomic_load_explicit(&p->stop, memory_order_relaxed); i++) {
             cpu_relax();
             g = atomic_load(&p->generation);
         }
@@ -61,8 +73,25 @@ static void *worker(void *arg) {
         if (atomic_load(&p->stop)) return NULL;
         seen = g;
         p->fn(p->ctx, wa.ith, p->n);
-        atomic_fetch_sub(&p->pending, 1);
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && !p->spin) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_broadcast(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
+}
+
+int kv_cpu_count(void) {
+#if defined(__linux__) && defined(CPU_COUNT)
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 1024 ? 1024 : (int)n;
 }
 
 kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err) {
@@ -74,6 +103,8 @@ kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err) {
     p->n = 1;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
+    pthread_cond_init(&p->done_cv, NULL);
+    p->spin = n_threads <= kv_cpu_count();
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads, sizeof *p->threads);
         if (!p->threads) {
@@ -112,10 +143,13 @@ void kv_tpool_free(kv_tpool *p) {
     }
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
+    pthread_cond_destroy(&p->done_cv);
     free(p);
 }
 
 int kv_tpool_size(const kv_tpool *p) { return p->n; }
+
+int kv_tpool_spins(const kv_tpool *p) { return p->spin; }
 
 void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx) {
     if (p->n == 1) {
@@ -132,6 +166,12 @@ void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(ctx, 0, p->n);
+    if (!p->spin) {
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done_cv, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
     for (long i = 0; atomic_load(&p->pending) > 0; i++) {
         if (i < SPIN_ROUNDS) cpu_relax();
         else sched_yield();

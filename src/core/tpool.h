@@ -11,6 +11,12 @@ typedef void (*kv_tpool_fn)(void *ctx, int ith, int nth);
 kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err);
 void kv_tpool_free(kv_tpool *p);
 int kv_tpool_size(const kv_tpool *p);
+/* 1 when the pool's threads spin between jobs (no more threads than CPUs
+ * available to the process), 0 when they sleep. */
+int kv_tpool_spins(const kv_tpool *p);
+/* CPUs the process may run on (sched_getaffinity; the online count where that
+ * is not available); at least 1. */
+int kv_cpu_count(void);
 void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx);
 
 /* The [begin, end) share of n items for thread ith of nth. */

@@ -39,14 +39,51 @@ extern const size_t kv_quant_n_entries;
 /* the kv_vec_mad_fn kernels of each ISA for F32 and F16 values */
 extern const kv_vec_mad_fn kv_quant_mad_f32[3], kv_quant_mad_f16[3];
 
-/* Decode tiles (fewer than KV_PF_COLS columns) are bound by reading the
- * weights, and a decode step's matrices are short (a few hundred KB, rows
- * of a few hundred bytes): the hardware prefetcher alone ramps up too
- * slowly. So at block step i a tile of NR rows asks for the same bytes of
- * the next tile's rows (NR rows further on), one tile ahead of use. Past
- * the last row this touches nothing: a prefetch never faults. */
+/* Decode (fewer than KV_PF_COLS columns) is bound by reading the weights
+ * from memory once, and a register tile reads NR contiguous rows chunk by
+ * chunk: in address order that is NR short interleaved streams (one per
+ * row), which hardware prefetchers follow unevenly (some CPUs stream one
+ * sequential run at twice the rate of several interleaved ones, others
+ * need several runs in flight to reach their bandwidth). So the tiles do not
+ * rely on them: a thread's rows are one contiguous range of the matrix, and
+ * at each block step a tile asks for the next bytes of that range in
+ * ascending order, as one sequential stream running KV_PF_AHEAD bytes past
+ * the end of the current tile (NR rows further on). That stream advances
+ * NR * len bytes per step, exactly the tile's consumption, so every weight
+ * line is requested once, in linear order, about one tile plus
+ * KV_PF_AHEAD bytes before its first use, whatever NR and the row length.
+ * It goes to L2 (prefetcht1): a tile ahead of rows of up to 16 KB is well
+ * inside any L2, and L1 is left to the demand loads. The distance must cover
+ * memory latency times bandwidth (~100 ns x 30 GB/s = 3 KB per thread); the
+ * tile plus 4 KB covers it on any current x86 memory system. When the rows
+ * are not contiguous (ws larger than the row), the same bytes of the next
+ * tile's rows are asked for instead. Past the last row this touches nothing
+ * that matters: a prefetch never faults. */
 #define KV_PF_COLS 4
-static inline void kv_pf_next(const uint8_t *const *W, int NR, uint64_t ws, uint64_t off, size_t len) {
+#define KV_PF_AHEAD 4096
+/* the linear stream: lines of [w0 + NR * ws + KV_PF_AHEAD + NR * off, ... + NR * len) */
+static inline void kv_pf_stream(const uint8_t *w0, int NR, uint64_t ws, uint64_t off, size_t len) {
+    const uintptr_t a = (uintptr_t)w0 + (uint64_t)NR * ws + KV_PF_AHEAD + (uint64_t)NR * off;
+    const uintptr_t e = a + (uintptr_t)NR * len;
+    for (uintptr_t p = a & ~(uintptr_t)63; p < e; p += 64) __builtin_prefetch((const void *)p, 0, 2);
+}
+/* The start of a decode call's rows, which no earlier tile asked for: the
+ * first tile and KV_PF_AHEAD bytes beyond, at most 2 * KV_PF_AHEAD bytes (a
+ * longer burst would only queue up behind the fill buffers), within the
+ * nr rows of the call. */
+static inline void kv_pf_head(const void *w, int nr, uint64_t ws, int NR) {
+    uint64_t len = (uint64_t)(nr < NR ? nr : NR) * ws + KV_PF_AHEAD;
+    if (len > (uint64_t)nr * ws) len = (uint64_t)nr * ws;
+    if (len > 2 * KV_PF_AHEAD) len = 2 * KV_PF_AHEAD;
+    const uintptr_t a = (uintptr_t)w;
+    for (uintptr_t p = a & ~(uintptr_t)63; p < a + len; p += 64) __builtin_prefetch((const void *)p, 0, 2);
+}
+/* block step off (len bytes of each of the tile's rows, rows of nb blocks) */
+static inline void kv_pf_next(const uint8_t *const *W, int NR, uint64_t ws, int64_t nb, uint64_t off, size_t len) {
+    if (ws == (uint64_t)nb * len) {
+        kv_pf_stream(W[0], NR, ws, off, len);
+        return;
+    }
     for (int r = 0; r < NR; r++) {
         const char *p = (const char *)W[r] + (uint64_t)NR * ws + off;
         for (size_t o = 0; o < len; o += 64) __builtin_prefetch(p + o, 0, 3);

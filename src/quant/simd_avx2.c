@@ -165,6 +165,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
         for (int c = 0; c < NC; c++) a[r][c][0] = a[r][c][1] = _mm256_setzero_ps();
     }
     _Alignas(32) float xb[MC][FCH];
+    const int pf = NC < KV_PF_COLS && ws == (uint64_t)n * es; /* decode, contiguous rows: see kv_pf_next */
     for (int64_t i0 = 0; i0 < n; i0 += FCH) {
         const int len = (int)(n - i0 < FCH ? n - i0 : FCH);
         const int full = len & ~15;
@@ -187,6 +188,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             xp[c] = xb[c];
         }
         for (int i = 0; i < full; i += 16) {
+            if (pf) kv_pf_stream(W[0], NR, ws, (uint64_t)(i0 + i) * es, 16 * es);
             UNR
             for (int r = 0; r < NR; r++) {
                 const __m256 wl = ld8(W[r], i0 + i, e), wh = ld8(W[r], i0 + i + 8, e);
@@ -224,6 +226,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
 INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
                int64_t ldy, const int e) {
     const uint8_t *w = vw, *x = vx;
+    if (nc < KV_PF_COLS && ws == (uint64_t)n * (e == E_F32 ? 4 : 2)) kv_pf_head(w, nr, ws, nc == 1 ? 4 : 2);
     if (nc == 1) {
         for (int r0 = 0; r0 < nr; r0 += 4)
             ftile(n, w + (uint64_t)r0 * ws, ws, nr - r0 < 4 ? nr - r0 : 4, x, xs, y + r0, ldy, e, 4, 1);
@@ -519,6 +522,7 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 
 #define DEF_GEMM_NC2(T, TILE, NR)                                       \
     TGT KV_AVX2_GEMM_PROTO(T) {                                         \
+        if (nc < KV_PF_COLS) kv_pf_head(w, nr, ws, NR);                 \
         for (int r0 = 0; r0 < nr; r0 += NR) {                           \
             const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
             int c0 = 0;                                                 \
@@ -530,6 +534,7 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 
 #define DEF_GEMM_NC4(T, TILE, NR)                                       \
     TGT KV_AVX2_GEMM_PROTO(T) {                                         \
+        if (nc < KV_PF_COLS) kv_pf_head(w, nr, ws, NR);                 \
         for (int r0 = 0; r0 < nr; r0 += NR) {                           \
             const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
             int c0 = 0;                                                 \
@@ -570,7 +575,7 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     __m256i bad = _mm256_setzero_si256();
     const __m256i m128 = _mm256_set1_epi8(-128);
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * (size_t)BS, (size_t)BS);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * (size_t)BS, (size_t)BS);
         __m256i qy[MC];
         __m256 dy[MC];
         UNR
@@ -663,7 +668,7 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
         __m256i qy[MC], qo[MC];
         __m256 dy[MC];
         float sy[MC];
@@ -892,7 +897,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
         __m256i yo[MC][8];
         if (off)
             UNR
@@ -1081,7 +1086,7 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
         __m256i bs[MC];
         UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
@@ -1140,7 +1145,7 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * 32, 32);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * 32, 32);
         UNR
         for (int r = 0; r < NR; r++) {
             const __m256i b = ld256(W[r] + 32 * i);

@@ -152,6 +152,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
         for (int c = 0; c < NC; c++) a[r][c] = _mm512_setzero_ps();
     }
     _Alignas(64) float xb[MC][FCH];
+    const int pf = NC < KV_PF_COLS && ws == (uint64_t)n * es; /* decode, contiguous rows: see kv_pf_next */
     for (int64_t i0 = 0; i0 < n; i0 += FCH) {
         const int len = (int)(n - i0 < FCH ? n - i0 : FCH);
         const int full = len & ~15, rem = len - full;
@@ -168,6 +169,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             xp[c] = xb[c];
         }
         for (int i = 0; i < full; i += 16) {
+            if (pf) kv_pf_stream(W[0], NR, ws, (uint64_t)(i0 + i) * es, 16 * es);
             UNR
             for (int r = 0; r < NR; r++) {
                 const __m512 wv = ld16(W[r], i0 + i, e);
@@ -197,6 +199,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
 INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
                int64_t ldy, const int e) {
     const uint8_t *w = vw, *x = vx;
+    if (nc < KV_PF_COLS && ws == (uint64_t)n * (e == E_F32 ? 4 : 2)) kv_pf_head(w, nr, ws, nc == 1 ? 8 : 4);
     if (nc == 1) {
         for (int r0 = 0; r0 < nr; r0 += 8)
             ftile(n, w + (uint64_t)r0 * ws, ws, nr - r0 < 8 ? nr - r0 : 8, x, xs, y + r0, ldy, e, 8, 1);
@@ -426,6 +429,7 @@ TGT void kv_avx512_from_float_f16(const float *src, void *dst, int64_t n) {
 
 #define DEF_GEMM(T, TILE, NR)                                           \
     TGT KV_AVX512_GEMM_PROTO(T) {                                       \
+        if (nc < KV_PF_COLS) kv_pf_head(w, nr, ws, NR);                 \
         for (int r0 = 0; r0 < nr; r0 += NR) {                           \
             const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
             int c0 = 0;                                                 \
@@ -481,7 +485,7 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i perm = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
         __m512i yb[MC], nco[MC];
         __m512 dy[MC];
         UNR
@@ -849,7 +853,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * BW, BW);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
         const kv_block_q8_K *A[MC];
         __m512i yo[MC][4];
         UNR
@@ -927,7 +931,7 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * sizeof(kv_block_tq2_0), sizeof(kv_block_tq2_0));
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * sizeof(kv_block_tq2_0), sizeof(kv_block_tq2_0));
         const kv_block_q8_K *A[MC];
         __m256i bs[MC];
         UNR
@@ -1055,7 +1059,7 @@ INL void tile_tq1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
         if (!pk && NC < KV_PF_COLS)
-            kv_pf_next(W, NR, ws, (uint64_t)i * sizeof(kv_block_tq1_0), sizeof(kv_block_tq1_0));
+            kv_pf_next(W, NR, ws, nb, (uint64_t)i * sizeof(kv_block_tq1_0), sizeof(kv_block_tq1_0));
         const kv_block_q8_K *A[MC];
         __m256i bs[MC];
         UNR
@@ -1199,7 +1203,7 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_si512();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, (uint64_t)i * 32, 32);
+        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * 32, 32);
         UNR
         for (int r = 0; r < NR; r++) {
             const __m512i b = bcast256(W[r] + 32 * i);

@@ -83,7 +83,9 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
     if (n_ctx > (1 << 24)) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: n_ctx %d is too large", n_ctx);
     if (p.cache && p.cache->model != model)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: the cache belongs to another model");
-    const int nth = p.n_threads > 0 ? p.n_threads : model->n_threads;
+    int nth = p.n_threads > 0 ? p.n_threads : model->n_threads;
+    /* more threads than CPUs never helps (logits do not depend on the count) */
+    if (nth > kv_cpu_count()) nth = kv_cpu_count();
     kvlm_session *s = calloc(1, sizeof *s);
     if (!s) return kv_fail(err, KVLM_ERR_NOMEM, "session_new: out of memory");
     s->model = model;
@@ -139,6 +141,8 @@ void kvlm_session_free(kvlm_session *s) {
 
 int32_t kvlm_session_n_past(const kvlm_session *s) { return s->n_consumed; }
 int32_t kvlm_session_n_ctx(const kvlm_session *s) { return s->seq.n_ctx; }
+
+int kvlm_session_n_threads(const kvlm_session *s) { return kv_tpool_size(s->tpool); }
 
 bool kv_session_acquire(kvlm_session *s) {
     int expected = 0;

@@ -157,6 +157,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         else if (IS("--json") || (IS("-o") && i + 1 < argc && strcmp(argv[i + 1], "json") == 0 && ++i)) a->json = true;
         else if (IS("--incremental")) a->incremental = true;
         else if (IS("--batch")) a->batch = true;
+        else if (IS("--cpu-time")) a->cpu_time = true;
         else if (IS("--tokenize")) a->tokenize = true;
         else if (IS("--kv-stats")) a->kv_stats = true;
         else if (IS("--session-overwrite")) a->session_overwrite = true;
@@ -236,6 +237,17 @@ kvlm_session_params cli_session_params(const cli_args *a) {
     p.n_ctx = a->n_ctx;
     p.n_threads = a->n_threads;
     return p;
+}
+
+int cli_note_threads(const cli_args *a, const kvlm_session *s) {
+    static bool noted = false;
+    const int n = kvlm_session_n_threads(s);
+    if (n < a->n_threads && !noted) {
+        fprintf(stderr, "note: -t %d is more than the %d CPU%s this process may run on; using %d thread%s\n",
+                a->n_threads, n, n == 1 ? "" : "s", n, n == 1 ? "" : "s");
+        noted = true;
+    }
+    return n;
 }
 
 char *cli_read_file(const char *path, size_t *len) {

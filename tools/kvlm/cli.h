@@ -29,7 +29,8 @@ typedef struct cli_args {
     int reps;                /* bench -r */
     int n_chunks;            /* perplexity --chunks */
     int depth;               /* bench -d: context already held before the test */
-    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize;
+    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize,
+        cpu_time;
     /* sampling */
     kvlm_sampling_params sampling;
     bool seed_set, temp_set;
@@ -46,6 +47,9 @@ typedef struct cli_args {
 bool cli_parse(int argc, char **argv, int first, cli_args *a);
 /* Session parameters from the flags (n_ctx, threads, KV settings). */
 kvlm_session_params cli_session_params(const cli_args *a);
+/* The threads session s evaluates with; notes once on stderr when that is
+ * fewer than -t asked for (more than the CPUs available to the process). */
+int cli_note_threads(const cli_args *a, const kvlm_session *s);
 /* The prompt text from -p or -f (malloc'd, NUL-terminated; *len set). NULL with a message if neither. */
 char *cli_prompt_text(const cli_args *a, size_t *len);
 char *cli_read_file(const char *path, size_t *len);

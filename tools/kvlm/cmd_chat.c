@@ -126,6 +126,7 @@ int cmd_chat(int argc, char **argv) {
         kvlm_model_free(m);
         return 1;
     }
+    cli_note_threads(&a, s);
     fprintf(stderr, "chat format: %s (/reset, /quit, Ctrl-C stops an answer)\n",
             tmpl ? tmpl : kvlm_chat_template(m));
     history h = {0};

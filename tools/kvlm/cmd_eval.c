@@ -82,6 +82,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
+    cli_note_threads(&a, s);
     toks = malloc((size_t)n_total * sizeof *toks);
     logits = malloc((size_t)n_total * (size_t)n_vocab * sizeof *logits);
     if (!toks || !logits) {

@@ -46,6 +46,7 @@ int cmd_perplexity(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", logits && chunk ? err.msg : "out of memory");
         goto out;
     }
+    cli_note_threads(&a, s);
     fprintf(stderr, "perplexity: %d tokens, %d chunks of %d, scoring the second half of each\n", n_tok, n_chunks,
             n_ctx);
     double nll = 0.0, nll2 = 0.0;

@@ -69,6 +69,7 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto out;
     }
+    cli_note_threads(&a, s);
     if (a.session && !use_session_file(s, &a)) goto out;
     kvlm_generate_params gp = kvlm_generate_default_params();
     gp.sampling = a.sampling;
