@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -337,6 +338,32 @@ static void test_files(void **state) {
     gguf_close(g);
 }
 
+/* Special files as a model path are refused at once, naming what they are; a
+ * FIFO must not block the open waiting for a writer (alarm turns a hang into a
+ * failure). */
+static void test_special_files(void **state) {
+    (void)state;
+    gguf_ctx *g = NULL;
+    kvlm_error err;
+    char dir[] = "/tmp/kvlm-test-gguf-dir-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(gguf_open(dir, &g, &err), KVLM_ERR_IO);
+    assert_non_null(strstr(err.msg, "a directory"));
+    assert_null(g);
+    char fifo[600];
+    snprintf(fifo, sizeof fifo, "%s/fifo.gguf", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    alarm(20);
+    assert_int_equal(gguf_open(fifo, &g, &err), KVLM_ERR_IO);
+    alarm(0);
+    assert_non_null(strstr(err.msg, "a FIFO"));
+    assert_null(g);
+    assert_int_equal(gguf_open("/dev/null", &g, &err), KVLM_ERR_IO);
+    assert_non_null(strstr(err.msg, "a character device"));
+    unlink(fifo);
+    rmdir(dir);
+}
+
 /* Random single-byte corruptions of a real file's header and metadata never
  * crash the reader (ASan/UBSan builds turn any overread into a failure). */
 static void test_random_corruption(void **state) {
@@ -376,7 +403,7 @@ int main(void) {
         cmocka_unit_test(test_bad_magic_and_version), cmocka_unit_test(test_huge_counts),
         cmocka_unit_test(test_huge_string_length),    cmocka_unit_test(test_bad_value_types),
         cmocka_unit_test(test_bad_tensors),    cmocka_unit_test(test_files),
-        cmocka_unit_test(test_random_corruption),
+        cmocka_unit_test(test_random_corruption), cmocka_unit_test(test_special_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

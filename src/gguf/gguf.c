@@ -338,7 +338,8 @@ kvlm_status gguf_open_buffer(const void *buf, size_t size, gguf_ctx **out, kvlm_
 kvlm_status gguf_open(const char *path, gguf_ctx **out, kvlm_error *err) {
     if (!path || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "gguf: NULL argument");
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return kv_fail(err, KVLM_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -348,7 +349,13 @@ kvlm_status gguf_open(const char *path, gguf_ctx **out, kvlm_error *err) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return kv_fail(err, KVLM_ERR_IO, "'%s' is not a regular file", path);
+        const char *kind = S_ISDIR(st.st_mode)   ? "a directory"
+                           : S_ISFIFO(st.st_mode) ? "a FIFO"
+                           : S_ISCHR(st.st_mode)  ? "a character device"
+                           : S_ISBLK(st.st_mode)  ? "a block device"
+                           : S_ISSOCK(st.st_mode) ? "a socket"
+                                                  : "not a regular file";
+        return kv_fail(err, KVLM_ERR_IO, "'%s' is %s; a model must be a regular file", path, kind);
     }
     size_t size = (size_t)st.st_size;
     if (size == 0) {
