@@ -192,7 +192,7 @@ static void test_eval_chunk_identical(void **state) {
         const int chunks[3] = {0, 1, 7};
         for (int t = 1; t <= 2; t++)
             for (int c = 0; c < 3; c++) {
-                snprintf(out, sizeof out, "/tmp/kvlm-chunk-%d-%d-%d.lgts", mi, t, chunks[c]);
+                snprintf(out, sizeof out, "/tmp/kvlm-chunk-%d-%d-%d-%d.lgts", (int)getpid(), mi, t, chunks[c]);
                 snprintf(cmd, sizeof cmd,
                          "%s eval -m %s/llama/%s -p 'Once upon a time, there was a little robot who' --greedy 8 "
                          "--chunk %d -t %d --dump-logits %s",
@@ -203,7 +203,7 @@ static void test_eval_chunk_identical(void **state) {
             }
         for (int t = 1; t <= 2; t++)
             for (int c = 0; c < 3; c++) {
-                snprintf(out, sizeof out, "/tmp/kvlm-chunk-%d-%d-%d.lgts", mi, t, chunks[c]);
+                snprintf(out, sizeof out, "/tmp/kvlm-chunk-%d-%d-%d-%d.lgts", (int)getpid(), mi, t, chunks[c]);
                 unlink(out);
             }
     }
