@@ -16,14 +16,22 @@ deps:
 test-deps:
 	@bash scripts/deps.sh test
 
+# configure quietly, but show warnings and errors (a missing package says which)
+CONFIGURE = cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release --log-level=WARNING
+
 build: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
 	@cmake --build $(BUILD) -j $(JOBS)
 
-test: test-deps build
+test: test-deps deps
+	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=ON
+	@cmake --build $(BUILD) -j $(JOBS)
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
-demo: build
+# Only what the demo needs (the CLI), quietly; no test-only package is required.
+demo: deps
+	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
+	@cmake --build $(BUILD) -j $(JOBS) --target kvlm_cli -- --no-print-directory >/dev/null
 	@$(BUILD)/bin/kvlm run -m $(MODEL) -p "$(PROMPT)" -n $(N)
 
 # The test suite under AddressSanitizer + UndefinedBehaviorSanitizer.

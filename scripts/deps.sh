@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
-# Usage: scripts/deps.sh [build|test|tsan|fuzz]
+# Usage: scripts/deps.sh [build|test|tsan|fuzz]   (--list MODE: print the packages, install nothing)
 #   test adds the test-only packages; tsan the ThreadSanitizer runtime (gcc);
 #   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev).
 set -eu
+list=0
+if [ "${1:-}" = --list ]; then list=1; shift; fi
 want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev"
 case "${1:-build}" in
   build) ;;
@@ -12,6 +14,7 @@ case "${1:-build}" in
   fuzz) want="$want clang libclang-rt-14-dev" ;;
   *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz]" >&2; exit 2 ;;
 esac
+if [ $list = 1 ]; then echo "$want" | tr ' ' '\n'; exit 0; fi
 missing=""
 for p in $want; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
