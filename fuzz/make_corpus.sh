@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 kvlm=$(realpath "${1:?path to the kvlm binary}")
 models=../shared/models
 out=fuzz/corpus
-rm -rf "$out"
+# fuzz/corpus/server/ holds hand-written request bodies and is left as it is
+rm -rf "$out"/{gguf,session,tokenizer,chat}
 mkdir -p "$out"/{gguf,session,tokenizer,chat}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

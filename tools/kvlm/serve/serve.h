@@ -165,6 +165,24 @@ void srv_http_quiesce(srv_http *h);
 void srv_http_wait_idle(srv_http *h, double timeout_s);
 void srv_http_stop(srv_http *h);
 
+/* request parsing (serve_http.c; also driven by fuzz/fuzz_server.c) */
+struct cJSON;
+typedef struct srv_perr {
+    int status;        /* HTTP status */
+    char param[64];    /* the field at fault, "" for the body as a whole */
+    const char *code;  /* NULL or an OpenAI-style code */
+    char msg[256];
+} srv_perr;
+/* The body of a POST (body[n] is NUL, as the HTTP side stores it): valid UTF-8,
+ * one JSON value with nothing but whitespace after it, an object. NULL: *pe
+ * says why (400, code invalid_utf8 or invalid_json). */
+struct cJSON *srv_parse_body(const char *body, size_t n, srv_perr *pe);
+/* A /v1/completions (chat false) or /v1/chat/completions request -> a job, not
+ * submitted (free with srv_job_free), or NULL with *pe set. Reads e->model,
+ * n_vocab, n_ctx, parallel and cfg->alias, model_path, chat_template only. */
+srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const struct cJSON *root, bool chat,
+                              srv_perr *pe);
+
 /* util */
 bool srv_utf8_valid(const char *s, size_t n);
 /* Appends s[0..n) to a NUL-terminated malloc'd copy with invalid UTF-8 replaced by U+FFFD. */

@@ -26,7 +26,6 @@ struct srv_http {
     struct MHD_Daemon *d;
     srv_engine *e;
     const srv_config *cfg;
-    char model_base[256];
     atomic_int draining;
     int inflight; /* generation requests not yet answered (under e->mu) */
 };
@@ -157,12 +156,7 @@ static enum MHD_Result send_error(srv_http *h, struct MHD_Connection *c, req *rq
 
 /* ------------------------------------------------------------ field validation */
 
-typedef struct perr {
-    int status;
-    char param[64];
-    const char *code;
-    char msg[256];
-} perr;
+typedef srv_perr perr;
 
 static bool fail(perr *pe, int status, const char *param, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static bool fail(perr *pe, int status, const char *param, const char *fmt, ...) {
@@ -210,9 +204,10 @@ static bool get_str(const cJSON *o, const char *name, const char **out, perr *pe
     return true;
 }
 
-static bool model_ok(const srv_http *h, const char *name) {
-    return !name || strcmp(name, h->cfg->alias) == 0 || strcmp(name, h->cfg->model_path) == 0 ||
-           strcmp(name, h->model_base) == 0;
+static bool model_ok(const srv_config *cfg, const char *name) {
+    const char *slash = strrchr(cfg->model_path, '/');
+    return !name || strcmp(name, cfg->alias) == 0 || strcmp(name, cfg->model_path) == 0 ||
+           strcmp(name, slash ? slash + 1 : cfg->model_path) == 0;
 }
 
 static kvlm_token *tokenize(const kvlm_model *m, const char *s, size_t n, bool add_special, int32_t *nt) {
@@ -229,9 +224,8 @@ static kvlm_token *tokenize(const kvlm_model *m, const char *s, size_t n, bool a
     return t;
 }
 
-/* Parses and validates a completion or chat request into a job. */
-static srv_job *parse_generation(srv_http *h, const cJSON *root, bool chat, perr *pe) {
-    srv_engine *e = h->e;
+/* Parses and validates a completion or chat request into a job (serve.h). */
+srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const cJSON *root, bool chat, perr *pe) {
     srv_job *j = calloc(1, sizeof *j);
     if (!j) {
         fail(pe, 500, NULL, "out of memory");
@@ -244,8 +238,8 @@ static srv_job *parse_generation(srv_http *h, const cJSON *root, bool chat, perr
     double d;
     const char *model = NULL;
     if (!get_str(root, "model", &model, pe)) goto bad;
-    if (!model_ok(h, model)) {
-        fail(pe, 404, "model", "the model '%s' does not exist (this server has '%s')", model, h->cfg->alias);
+    if (!model_ok(cfg, model)) {
+        fail(pe, 404, "model", "the model '%s' does not exist (this server has '%s')", model, cfg->alias);
         pe->code = "model_not_found";
         goto bad;
     }
@@ -329,11 +323,11 @@ static srv_job *parse_generation(srv_http *h, const cJSON *root, bool chat, perr
         char *prompt = NULL;
         int32_t plen = 0;
         if (ok) {
-            int32_t need = kvlm_chat_apply(e->model, h->cfg->chat_template, cm, nm, true, NULL, 0);
+            int32_t need = kvlm_chat_apply(e->model, cfg->chat_template, cm, nm, true, NULL, 0);
             if (need < 0) need = -need;
             prompt = malloc((size_t)need + 1);
             if (!prompt) ok = fail(pe, 500, NULL, "out of memory");
-            else if ((plen = kvlm_chat_apply(e->model, h->cfg->chat_template, cm, nm, true, prompt, need + 1)) < 0)
+            else if ((plen = kvlm_chat_apply(e->model, cfg->chat_template, cm, nm, true, prompt, need + 1)) < 0)
                 ok = fail(pe, 500, NULL, "the chat template failed");
         }
         if (ok) {
@@ -384,12 +378,12 @@ static srv_job *parse_generation(srv_http *h, const cJSON *root, bool chat, perr
         }
     }
     if (j->n_prompt == 0) {
-        fail(pe, 400, chat ? "messages" : "prompt", "the prompt is empty");
+        fail(pe, 400, chat ? "messages" : "prompt", "the prompt%s is empty", chat ? " rendered from 'messages'" : "");
         goto bad;
     }
     if (j->n_prompt > e->n_ctx) {
-        fail(pe, 400, chat ? "messages" : "prompt", "the prompt has %d tokens, more than the context of %d",
-             (int)j->n_prompt, (int)e->n_ctx);
+        fail(pe, 400, chat ? "messages" : "prompt", "the prompt%s has %d tokens, more than the context of %d",
+             chat ? " rendered from 'messages'" : "", (int)j->n_prompt, (int)e->n_ctx);
         pe->code = "context_length_exceeded";
         goto bad;
     }
@@ -528,6 +522,33 @@ static srv_job *parse_generation(srv_http *h, const cJSON *root, bool chat, perr
 bad:
     srv_job_free(j);
     return NULL;
+}
+
+/* A POST body (serve.h): valid UTF-8, one JSON value with nothing but
+ * whitespace after it, an object. */
+cJSON *srv_parse_body(const char *body, size_t n, perr *pe) {
+    const char *b = body ? body : "";
+    if (!srv_utf8_valid(b, n)) {
+        fail(pe, 400, NULL, "the request body is not valid UTF-8");
+        pe->code = "invalid_utf8";
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(b, n, &end, false);
+    if (root && end) {
+        while (end < b + n && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')) end++;
+        if (end != b + n) {
+            cJSON_Delete(root);
+            root = NULL;
+        }
+    }
+    if (!root || !cJSON_IsObject(root)) {
+        fail(pe, 400, NULL, root ? "the request body must be a JSON object" : "the request body is not valid JSON");
+        pe->code = "invalid_json";
+        cJSON_Delete(root);
+        return NULL;
+    }
+    return root;
 }
 
 /* ------------------------------------------------------------ response building */
@@ -884,7 +905,7 @@ static void sse_free(void *cls) {
 static enum MHD_Result run_generation(srv_http *h, struct MHD_Connection *c, req *rq, const cJSON *root, bool chat) {
     srv_engine *e = h->e;
     perr pe = {0};
-    srv_job *j = parse_generation(h, root, chat, &pe);
+    srv_job *j = srv_parse_generation(h->e, h->cfg, root, chat, &pe);
     if (!j) return send_error(h, c, rq, pe.status, pe.param[0] ? pe.param : NULL, pe.code, "%s", pe.msg);
     rq->n_prompt = j->n_prompt;
     const bool stream = j->stream;
@@ -1111,7 +1132,7 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
         return send_json(h, c, rq, 200, o);
     }
     if (rt == R_MODEL_ONE) {
-        if (!model_ok(h, url + 11) || !url[11])
+        if (!model_ok(h->cfg, url + 11) || !url[11])
             return send_error(h, c, rq, 404, "model", "model_not_found", "the model '%s' does not exist", url + 11);
         return send_json(h, c, rq, 200, model_obj(h));
     }
@@ -1122,22 +1143,9 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
         return send_text(h, c, rq, 200, "text/plain; version=0.0.4", s, strlen(s), NULL, NULL);
     }
     /* POST with a JSON body */
-    if (!srv_utf8_valid(rq->body ? rq->body : "", rq->n))
-        return send_error(h, c, rq, 400, NULL, "invalid_utf8", "the request body is not valid UTF-8");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(rq->body ? rq->body : "", rq->n, &end, false);
-    if (root && end) {
-        while (end < rq->body + rq->n && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t')) end++;
-        if (end != rq->body + rq->n) {
-            cJSON_Delete(root);
-            root = NULL;
-        }
-    }
-    if (!root) return send_error(h, c, rq, 400, NULL, "invalid_json", "the request body is not valid JSON");
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return send_error(h, c, rq, 400, NULL, "invalid_json", "the request body must be a JSON object");
-    }
+    perr pe = {0};
+    cJSON *root = srv_parse_body(rq->body, rq->n, &pe);
+    if (!root) return send_error(h, c, rq, pe.status, NULL, pe.code, "%s", pe.msg);
     enum MHD_Result ret;
     switch (rt) {
     case R_COMPLETIONS: ret = run_generation(h, c, rq, root, false); break;
@@ -1229,8 +1237,6 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
     }
     h->e = e;
     h->cfg = cfg;
-    const char *slash = strrchr(cfg->model_path, '/');
-    snprintf(h->model_base, sizeof h->model_base, "%s", slash ? slash + 1 : cfg->model_path);
     struct sockaddr_in addr;
     memset(&addr, 0, sizeof addr);
     addr.sin_family = AF_INET;
