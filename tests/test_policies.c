@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "kvlm.h"
+#include "test_util.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 
@@ -32,14 +33,6 @@ static int teardown(void **state) {
     (void)state;
     kvlm_model_free(g_model);
     return 0;
-}
-
-static void seq(kvlm_token *t, int n, int vocab, uint32_t seed) {
-    t[0] = 1;
-    for (int i = 1; i < n; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        t[i] = (kvlm_token)(3 + (seed >> 8) % (uint32_t)(vocab - 3));
-    }
 }
 
 static kvlm_session *session(kvlm_overflow pol, int32_t n_ctx, int32_t n_keep) {

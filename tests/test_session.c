@@ -18,27 +18,13 @@
 #include <cmocka.h>
 
 #include "kvlm.h"
+#include "test_util.h"
 #include "core/tpool.h"
 #include <sched.h>
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 #define AIDREAMS16 KVLM_MODELS_DIR "/llama/aidreams260K-f16.gguf"
 #define SYNTH KVLM_MODELS_DIR "/llama/synth15M-q8_0.gguf"
-
-static kvlm_model *load(const char *path) {
-    kvlm_model *m = NULL;
-    kvlm_error err;
-    if (kvlm_model_load(path, NULL, &m, &err) != KVLM_OK) fail_msg("%s: %s", path, err.msg);
-    return m;
-}
-
-static void seq(kvlm_token *t, int n, int vocab, uint32_t seed) {
-    t[0] = 1;
-    for (int i = 1; i < n; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        t[i] = (kvlm_token)(3 + (seed >> 8) % (uint32_t)(vocab - 3));
-    }
-}
 
 static kvlm_session *session(kvlm_model *m, int32_t n_ctx) {
     kvlm_session_params p = kvlm_session_default_params();

@@ -25,24 +25,10 @@
 #include <xxhash.h>
 
 #include "kvlm.h"
+#include "test_util.h"
 #include "session/session_impl.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
-
-static kvlm_model *load(const char *path) {
-    kvlm_model *m = NULL;
-    kvlm_error err;
-    if (kvlm_model_load(path, NULL, &m, &err) != KVLM_OK) fail_msg("%s: %s", path, err.msg);
-    return m;
-}
-
-static void seq(kvlm_token *t, int n, int vocab, uint32_t seed) {
-    t[0] = 1;
-    for (int i = 1; i < n; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        t[i] = (kvlm_token)(3 + (seed >> 8) % (uint32_t)(vocab - 3));
-    }
-}
 
 static kvlm_session *session_with(kvlm_model *m, const kvlm_session_params *p) {
     kvlm_session *s = NULL;
