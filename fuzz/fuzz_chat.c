@@ -29,13 +29,7 @@ enum { N_NAMES = sizeof k_names / sizeof k_names[0], OUT_CAP = 4 * IN_CAP + 4096
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
-    kvlm_model_params mp = kvlm_model_default_params();
-    mp.vocab_only = true;
-    kvlm_error err;
-    if (kvlm_model_load(fuzz_model_path("llama/aidreams260K-f32.gguf"), &mp, &g_model, &err) != KVLM_OK) {
-        fprintf(stderr, "fuzz_chat: %s\n", err.msg);
-        abort();
-    }
+    g_model = fuzz_load_model("llama/aidreams260K-f32.gguf", true, "fuzz_chat");
     g_gguf = malloc(IN_CAP + 128);
     g_out = malloc(OUT_CAP);
     g_out2 = malloc(OUT_CAP);

@@ -34,14 +34,8 @@ static char *g_buf;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
+    g_model = fuzz_load_model("llama/aidreams260K-f32.gguf", false, "fuzz_server");
     const char *path = fuzz_model_path("llama/aidreams260K-f32.gguf");
-    kvlm_model_params mp = kvlm_model_default_params();
-    mp.n_threads = 1;
-    kvlm_error err;
-    if (kvlm_model_load(path, &mp, &g_model, &err) != KVLM_OK) {
-        fprintf(stderr, "fuzz_server: %s\n", err.msg);
-        abort();
-    }
     g_cfg.model_path = path;
     g_cfg.alias = "aidreams";
     g_cfg.parallel = PARALLEL;

@@ -43,14 +43,8 @@ static void fix_up(uint8_t *p, size_t n) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
+    g_model = fuzz_load_model("llama/aidreams260K-f32.gguf", false, "fuzz_session");
     const char *path = fuzz_model_path("llama/aidreams260K-f32.gguf");
-    kvlm_model_params mp = kvlm_model_default_params();
-    mp.n_threads = 1;
-    kvlm_error err;
-    if (kvlm_model_load(path, &mp, &g_model, &err) != KVLM_OK) {
-        fprintf(stderr, "fuzz_session: %s\n", err.msg);
-        abort();
-    }
     FILE *f = fopen(path, "rb");
     if (!f) abort();
     fseek(f, 0, SEEK_END);

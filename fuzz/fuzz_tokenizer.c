@@ -59,13 +59,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
     for (int i = 0; i < NV; i++) {
-        kvlm_model_params mp = kvlm_model_default_params();
-        mp.vocab_only = true;
-        kvlm_error err;
-        if (kvlm_model_load(fuzz_model_path(g_vocabs[i].file), &mp, &g_vocabs[i].m, &err) != KVLM_OK) {
-            fprintf(stderr, "fuzz_tokenizer: %s: %s\n", g_vocabs[i].file, err.msg);
-            abort();
-        }
+        g_vocabs[i].m = fuzz_load_model(g_vocabs[i].file, true, "fuzz_tokenizer");
         kvlm_token t[4];
         char piece[64];
         int32_t n = kvlm_tokenize(g_vocabs[i].m, "a", 1, t, 4, false, false);

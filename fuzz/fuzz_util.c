@@ -1,6 +1,8 @@
 #define _GNU_SOURCE /* memfd_create */
 #include "fuzz_util.h"
 
+#include "kvlm.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -29,4 +31,17 @@ const char *fuzz_model_path(const char *rel) {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/%s", KVLM_MODELS_DIR, rel);
     return buf;
+}
+
+kvlm_model *fuzz_load_model(const char *rel, bool vocab_only, const char *target) {
+    kvlm_model_params mp = kvlm_model_default_params();
+    mp.n_threads = 1;
+    mp.vocab_only = vocab_only;
+    kvlm_model *m = NULL;
+    kvlm_error err;
+    if (kvlm_model_load(fuzz_model_path(rel), &mp, &m, &err) != KVLM_OK) {
+        fprintf(stderr, "%s: %s: %s\n", target, rel, err.msg);
+        abort();
+    }
+    return m;
 }

@@ -3,6 +3,7 @@
 #ifndef KVLM_FUZZ_UTIL_H
 #define KVLM_FUZZ_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +15,11 @@ const char *fuzz_memfile(const void *data, size_t size);
 
 /* A model path under ../shared/models (KVLM_MODELS_DIR), e.g. "llama/aidreams260K-f32.gguf". */
 const char *fuzz_model_path(const char *rel);
+
+/* Loads that model once per target (one thread; vocab_only for the tokenizer
+ * targets); prints the error and aborts when it cannot. */
+struct kvlm_model;
+struct kvlm_model *fuzz_load_model(const char *rel, bool vocab_only, const char *target);
 
 /* Reports a broken contract and aborts, so that libFuzzer records the input. */
 #define FUZZ_CHECK(cond, ...)                                                     \
