@@ -16,7 +16,10 @@
  *   bench_stream [-m MiB] [-k row_length] [-t 1,2] [-r reps] [-i isa] [--thp] [type...]
  *
  * The ways take turns within each repetition (so that a noisy neighbour
- * hits them alike); the table gives the median of the repetitions. Memory
+ * hits them alike); the table gives the median of the repetitions: GB/s
+ * over the wall time of the slowest thread, and in parentheses the rate of
+ * one thread over its own CPU time (what a thread streams while it runs,
+ * which time slices taken by other processes do not lower). Memory
  * is anonymous, 4 KiB pages, or transparent huge pages with --thp
  * (madvise(MADV_HUGEPAGE)). Weights are random bytes with sane scales. */
 #define _GNU_SOURCE
@@ -33,11 +36,12 @@
 #include "quant/quant.h"
 #include "quant/quant_types.h"
 
-static double now(void) {
+static double clk(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+static double now(void) { return clk(CLOCK_MONOTONIC); }
 
 static uint64_t g_rng = 88172645463325252ull;
 static uint32_t rnd(void) {
@@ -116,7 +120,7 @@ typedef struct worker {
     shared *s;
     int ith;
     float *y;
-    double secs;
+    double secs, cpu; /* wall and thread CPU time of the last pass */
 } worker;
 
 static void range(const shared *s, int ith, int64_t *r0, int64_t *r1) {
@@ -150,9 +154,10 @@ static void *thread_main(void *arg) {
     for (;;) {
         pthread_barrier_wait(&s->start);
         if (s->quit) return NULL;
-        const double t0 = now();
+        const double t0 = now(), c0 = clk(CLOCK_THREAD_CPUTIME_ID);
         pass(s, wk->ith, wk->y);
         wk->secs = now() - t0;
+        wk->cpu = clk(CLOCK_THREAD_CPUTIME_ID) - c0;
         pthread_barrier_wait(&s->done);
     }
 }
@@ -206,8 +211,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "no SIMD kernels on this CPU\n");
         return 2;
     }
-    printf("%lld MiB matrix, rows of %lld, ISA %s, %s pages, median of %d; GB/s of weight bytes (per thread in "
-           "parentheses)\n",
+    printf("%lld MiB matrix, rows of %lld, ISA %s, %s pages, median of %d; GB/s of weight bytes (one thread, "
+           "over its CPU time, in parentheses)\n",
            (long long)mib, (long long)K, kv_quant_isa_name(isa), thp ? "huge (THP)" : "4 KiB", reps);
     printf("%-6s %3s", "type", "thr");
     for (int w = 0; w < N_WAYS; w++) printf(" %16s", k_way[w]);
@@ -247,7 +252,7 @@ int main(int argc, char **argv) {
             worker wk[64];
             pthread_t th[64];
             for (int i = 0; i < nth; i++) {
-                wk[i] = (worker){&s, i, malloc(sizeof(float) * (size_t)(s.rows / nth + s.L + 1)), 0};
+                wk[i] = (worker){&s, i, malloc(sizeof(float) * (size_t)(s.rows / nth + s.L + 1)), 0, 0};
                 pthread_create(&th[i], NULL, thread_main, &wk[i]);
             }
             double gbs[N_WAYS][64], per[N_WAYS][64];
@@ -260,7 +265,7 @@ int main(int argc, char **argv) {
                     double tmax = 0, tsum = 0;
                     for (int i = 0; i < nth; i++) {
                         tmax = wk[i].secs > tmax ? wk[i].secs : tmax;
-                        tsum += wk[i].secs;
+                        tsum += wk[i].cpu;
                     }
                     if (rep == 0) continue;
                     gbs[wy][rep - 1] = (double)bytes / tmax * 1e-9;
