@@ -94,15 +94,20 @@ static inline void kv_pf_next(const uint8_t *const *W, int NR, uint64_t ws, int6
  * ascending stream, read unit group after unit group; the prefetch is the
  * same stream KV_PF_IL_AHEAD bytes ahead of the group being read (the
  * latency x bandwidth argument above), plus the start of the call. */
+#ifndef KV_PF_IL_AHEAD
 #define KV_PF_IL_AHEAD 4096
+#endif
+#ifndef KV_PF_IL_LOC
+#define KV_PF_IL_LOC 2 /* __builtin_prefetch locality: 3 prefetcht0, 2 prefetcht1 */
+#endif
 static inline void kv_pf_il(const uint8_t *p, size_t len) {
     const uintptr_t a = (uintptr_t)p + KV_PF_IL_AHEAD, e = a + len;
-    for (uintptr_t q = a & ~(uintptr_t)63; q < e; q += 64) __builtin_prefetch((const void *)q, 0, 2);
+    for (uintptr_t q = a & ~(uintptr_t)63; q < e; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
 }
 static inline void kv_pf_il_head(const void *w, uint64_t bytes) {
     const uintptr_t a = (uintptr_t)w;
     const uint64_t len = bytes < KV_PF_IL_AHEAD ? bytes : KV_PF_IL_AHEAD;
-    for (uintptr_t p = a & ~(uintptr_t)63; p < a + len; p += 64) __builtin_prefetch((const void *)p, 0, 2);
+    for (uintptr_t p = a & ~(uintptr_t)63; p < a + len; p += 64) __builtin_prefetch((const void *)p, 0, KV_PF_IL_LOC);
 }
 
 /* whether the decode kernels prefetch (kv_quant_set_prefetch; read once per gemm call) */

@@ -267,7 +267,9 @@ INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx
         const int rr = nr - r0 < 4 ? nr - r0 : 4;
         const uint8_t *t = w + (uint64_t)r0 * ws;
         if (nc == 1) {
-            ftile(n, t, U, rr, rr, x, xs, y + r0, ldy, pf, e, 4, 1);
+            /* a whole tile with constant strides: the rows' addresses are fixed offsets of one pointer */
+            if (rr == 4) ftile(n, t, U, 4, 4, x, xs, y + r0, ldy, pf, e, 4, 1);
+            else ftile(n, t, U, rr, rr, x, xs, y + r0, ldy, pf, e, 4, 1);
             continue;
         }
         for (int a = 0; a < rr; a += 2) /* the first half's rows asks for the whole tile's */
@@ -572,7 +574,11 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
         const int rr = nr - r0 < NR ? nr - r0 : NR;                     \
         int c0 = 0;                                                     \
         for (; c0 + 2 <= nc; c0 += 2) TILE_AT(TILE, NR, 2, r0, rr, c0, IL); \
-        if (c0 < nc) TILE_AT(TILE, NR, 1, r0, rr, c0, IL);              \
+        if (c0 < nc) {                                                  \
+            /* interleaved: a whole tile with constant strides */       \
+            if (IL && rr == NR) TILE_AT(TILE, NR, 1, r0, NR, c0, IL);   \
+            else TILE_AT(TILE, NR, 1, r0, rr, c0, IL);                  \
+        }                                                               \
     }
 
 #define BODY_NC4(TILE, NR, IL)                                          \
@@ -581,6 +587,10 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
         const int rr = nr - r0 < NR ? nr - r0 : NR;                     \
         int c0 = 0;                                                     \
         for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0, IL); \
+        if (IL && rr == NR && nc - c0 == 1) { /* a whole tile, constant strides */ \
+            TILE_AT(TILE, NR, 1, r0, NR, c0, IL);                       \
+            continue;                                                   \
+        }                                                               \
         switch (nc - c0) {                                              \
         case 3: TILE_AT(TILE, NR, 3, r0, rr, c0, IL); break;            \
         case 2: TILE_AT(TILE, NR, 2, r0, rr, c0, IL); break;            \

@@ -241,7 +241,9 @@ INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx
         const int rr = nr - r0 < FIL ? nr - r0 : FIL;
         const uint8_t *t = w + (uint64_t)r0 * ws;
         if (nc == 1) {
-            ftile(n, t, U, rr, rr, x, xs, y + r0, ldy, pf, e, 8, 1);
+            /* a whole tile with constant strides: the rows' addresses are fixed offsets of one pointer */
+            if (rr == FIL) ftile(n, t, U, FIL, FIL, x, xs, y + r0, ldy, pf, e, 8, 1);
+            else ftile(n, t, U, rr, rr, x, xs, y + r0, ldy, pf, e, 8, 1);
             continue;
         }
         for (int a = 0; a < rr; a += 4) /* the first half's rows asks for the whole tile's */
@@ -484,6 +486,11 @@ TGT void kv_avx512_from_float_f16(const float *src, void *dst, int64_t n) {
         const int rr = nr - r0 < NR ? nr - r0 : NR;                                  \
         int c0 = 0;                                                                  \
         for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0, IL);          \
+        /* decode over the interleaved layout: a whole tile with constant strides */ \
+        if (IL && rr == NR && nc - c0 == 1) {                                        \
+            TILE_AT(TILE, NR, 1, r0, NR, c0, IL);                                    \
+            continue;                                                                \
+        }                                                                            \
         switch (nc - c0) {                                                           \
         case 3: TILE_AT(TILE, NR, 3, r0, rr, c0, IL); break;                         \
         case 2: TILE_AT(TILE, NR, 2, r0, rr, c0, IL); break;                         \
