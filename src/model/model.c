@@ -362,6 +362,9 @@ static void release_file_pages(const kvlm_model *m, const void *p, uint64_t n) {
 
 void kv_model_interleave(kvlm_model *m) {
     if (!m || m->vocab_only || m->il_map || env_off("KVLM_INTERLEAVE")) return;
+    /* KVLM_INTERLEAVE=copy: the same copy in the file's row order (to tell the layout from the pages in A/B runs) */
+    const char *mode = getenv("KVLM_INTERLEAVE");
+    const bool copy_only = mode && strcmp(mode, "copy") == 0;
     const int nw = 7 * m->hp.n_layer + 1;
     kv_weight **ws = malloc(sizeof *ws * (size_t)nw);
     if (!ws) return;
@@ -393,10 +396,11 @@ void kv_model_interleave(kvlm_model *m) {
         const kv_quant_gemm *g = il_gemm(m, w);
         if (!g) continue;
         const uint64_t bytes = w->row_bytes * (uint64_t)w->ne1;
-        kv_il_pack(w->type, w->ne0, w->ne1, g->il_rows, w->data, w->row_bytes, dst);
+        if (copy_only) memcpy(dst, w->data, bytes);
+        else kv_il_pack(w->type, w->ne0, w->ne1, g->il_rows, w->data, w->row_bytes, dst);
         release_file_pages(m, w->data, bytes);
         w->data = dst;
-        w->il = g;
+        w->il = copy_only ? NULL : g;
         m->il_bytes += bytes;
         dst += (bytes + 63) & ~(uint64_t)63;
     }

@@ -83,8 +83,10 @@ kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, k
  * bytes). Every output keeps its bits. Nothing to do on a CPU without
  * interleaved kernels; if the memory cannot be had, the weights stay in
  * the file's layout. The environment can turn it off for A/B benchmarks:
- * KVLM_INTERLEAVE=0 keeps the file layout, KVLM_HUGEPAGES=0 leaves the
- * mapping to the system's default page size. Call once, after the
+ * KVLM_INTERLEAVE=0 keeps the file layout (in the file's mapping),
+ * KVLM_INTERLEAVE=copy makes the same anonymous copy but in the file's row
+ * order, KVLM_HUGEPAGES=0 leaves the copy to the system's default page
+ * size. Call once, after the
  * model's parameters are set. */
 void kv_model_interleave(kvlm_model *m);
 /* Frees what kv_model_interleave allocated (kvlm_model_free calls it). */
