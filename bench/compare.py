@@ -16,7 +16,11 @@ formats they cannot read). -d D,...: instead of pp/tg, decode n tokens after D t
 the file's layout), as a column "kvlm VAR=VALUE" and the ratio kvlm / it (an A/B in the same run).
 --rounds N: every engine runs N times in turn for each model and thread count (kvlm, kvlm with the
 environment, llama.cpp, ik_llama.cpp, then again), and each cell is the median of the N runs' t/s
-(± half the range of the N); N = 1 prints what the tools print (mean ± stddev of their -r reps)."""
+(± half the range of the N); N = 1 prints what the tools print (mean ± stddev of their -r reps).
+--cpu-time (for a machine shared with other work; meaningful with -t 1): t/s from CPU time instead
+of wall time, the same way for every engine: each is run twice, with -r 1 and with -r 1+R, and
+t/s = R * tokens / (difference of the two processes' CPU seconds), so loading, warm-up and
+the time slices other processes take cancel out. pp and tg are then separate runs."""
 import statistics
 import argparse, json, os, subprocess, sys
 
@@ -31,6 +35,24 @@ def run(cmd, env=None):
 def run_json(cmd, env=None):
     out = run(cmd, env)
     return json.loads(out[out.index("["):])
+
+
+def cpu_seconds(cmd, env=None):
+    """CPU seconds (user + system) of one run of cmd"""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: status {status}\n{err[-2000:]}")
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_rate(cmd, reps, tokens, env=None):
+    """t/s over CPU time: cmd run with -r 1 and with -r 1+reps (cmd ends with its -r argument's slot)"""
+    a = cpu_seconds(cmd + ["-r", "1"], env)
+    b = cpu_seconds(cmd + ["-r", str(1 + reps)], env)
+    return (reps * tokens / (b - a), 0.0) if b > a else None
 
 
 def jsonl_records(text):
@@ -74,6 +96,7 @@ def main():
     ap.add_argument("-d", default="", help="depths (comma-separated): tg -n after that many tokens")
     ap.add_argument("--kvlm-env", help="VAR=VALUE: a second kvlm column run with that environment")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--cpu-time", action="store_true", help="t/s from CPU time (see above)")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
     depths = [int(x) for x in a.d.split(",") if x]
@@ -111,6 +134,22 @@ def main():
         name = os.path.basename(ours) + ("" if theirs == ours else " (llama: " + os.path.basename(theirs) + ")")
         for t in [int(x) for x in a.t.split(",")]:
             common = ["-r", str(a.r), "-t", str(t)]
+            if not depths and a.cpu_time:
+                engines = [("k", a.kvlm, ["bench"], None), ("kb", a.kvlm, ["bench"], kenv),
+                           ("l", a.llama_bench, [], None), ("i", ik, [], None)]
+                runs = {key: {"pp": [], "tg": []} for key, *_ in engines}
+                for _ in range(a.rounds):
+                    for key, exe, sub, env in engines:
+                        if not exe or (key == "kb" and not kenv):
+                            continue
+                        base = [exe, *sub, "-m", ours if key in ("k", "kb") else theirs, "-t", str(t)]
+                        runs[key]["pp"].append(cpu_rate(base + ["-p", str(a.p), "-n", "0"], a.r, a.p, env))
+                        runs[key]["tg"].append(cpu_rate(base + ["-p", "0", "-n", str(a.n)], a.r, a.n, env))
+                for test in ("pp", "tg"):
+                    n = a.p if test == "pp" else a.n
+                    cell = {key: med(v[test]) for key, v in runs.items()}
+                    row(name, t, f"{test}{n}", cell["k"], cell["l"], cell["i"] if ik else None, cell["kb"])
+                continue
             if not depths:
                 runs = {"k": [], "kb": [], "l": [], "i": []}
                 kcmd = [a.kvlm, "bench", "-m", ours, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"]
