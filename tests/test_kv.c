@@ -20,13 +20,27 @@
 #define NKV 2
 #define KVD (HD * NKV)
 
+/* Llama-3-style RoPE: base 500000 and per-pair frequency divisors, so that the
+ * re-rotation of shifted keys is checked with the factors too. */
+static const float k_freq_factors[HD / 2] = {1.0f, 1.0f, 1.0f, 2.5f, 7.0f, 32.0f, 32.0f, 32.0f};
+
+static kv_rope test_rope(void) {
+    kv_rope r = {.type = KV_ROPE_NORM, .n_rot = HD, .base = 500000.0f, .freq_scale = 1.0f, .attn_factor = 1.0f,
+                 .beta_fast = 32.0f, .beta_slow = 1.0f, .n_ctx_orig = 4096, .freq_factors = k_freq_factors};
+    kv_rope_init(&r);
+    return r;
+}
+
 /* A deterministic K/V row for (token, pos, layer); V does not depend on pos. */
 static void make_row(int32_t token, int32_t pos, int layer, float *k, float *v, bool rotate) {
     for (int i = 0; i < KVD; i++) {
         k[i] = sinf(0.37f * (float)token + 0.11f * (float)i + (float)layer);
         v[i] = cosf(0.23f * (float)token - 0.07f * (float)i + 0.5f * (float)layer);
     }
-    if (rotate) kv_rope(k, NKV, HD, HD, pos, 10000.0f, 1.0f, KV_ROPE_NORM);
+    if (rotate) {
+        const kv_rope r = test_rope();
+        kv_rope_apply(&r, k, NKV, HD, pos);
+    }
 }
 
 static kvlm_cache_params pool_params(int64_t initial, int64_t max) {
@@ -39,8 +53,8 @@ static kvlm_cache_params pool_params(int64_t initial, int64_t max) {
 
 static kv_seq_config seq_config(int32_t n_ctx) {
     kv_seq_config c = {.n_ctx = n_ctx, .n_layer = NL, .n_head_kv = NKV, .head_dim = HD, .type_k = KV_F32,
-                       .type_v = KV_F32, .overflow = KVLM_OVERFLOW_ERROR, .n_sink = 4, .rope_base = 10000.0f,
-                       .rope_scale = 1.0f, .rope_type = KV_ROPE_NORM, .n_rot = HD, .max_batch = 32};
+                       .type_v = KV_F32, .overflow = KVLM_OVERFLOW_ERROR, .n_sink = 4, .rope = test_rope(),
+                       .max_batch = 32};
     return c;
 }
 
