@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "qz.h"
+#include "cli.h"
 #include "core/dtype.h"
 #include "quant/quant.h"
 
@@ -162,10 +163,241 @@ bool qz_convert_mt(kv_tpool *pool, const float *src, uint32_t t, uint64_t ne0, u
     return true;
 }
 
-/* Threads for -t: the given count, else the online CPUs (at most 8). */
-int qz_threads(int requested) {
-    if (requested > 0) return requested;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+/* Threads for -t: the given count, else the CLI's default (the physical cores). */
+int qz_threads(int requested) { return requested > 0 ? requested : cli_default_threads(); }
+
+/* llama.cpp's names of its file types (llama_model_ftype_name); I2_S is bitnet.cpp's. */
+const char *qz_ftype_name(int ftype) {
+    static const struct {
+        int ftype;
+        const char *name;
+    } k[] = {
+        {0, "all F32"},        {1, "F16"},           {32, "BF16"},          {2, "Q4_0"},
+        {3, "Q4_1"},           {8, "Q5_0"},          {9, "Q5_1"},           {7, "Q8_0"},
+        {10, "Q2_K - Medium"}, {21, "Q2_K - Small"}, {11, "Q3_K - Small"},  {12, "Q3_K - Medium"},
+        {13, "Q3_K - Large"},  {14, "Q4_K - Small"}, {15, "Q4_K - Medium"}, {16, "Q5_K - Small"},
+        {17, "Q5_K - Medium"}, {18, "Q6_K"},         {36, "TQ1_0 - 1.69 bpw ternary"},
+        {37, "TQ2_0 - 2.06 bpw ternary"},            {19, "IQ2_XXS - 2.0625 bpw"},
+        {20, "IQ2_XS - 2.3125 bpw"},                 {28, "IQ2_S - 2.5 bpw"},
+        {29, "IQ2_M - 2.7 bpw"},                     {22, "IQ3_XS - 3.3 bpw"},
+        {23, "IQ3_XXS - 3.0625 bpw"},                {24, "IQ1_S - 1.5625 bpw"},
+        {31, "IQ1_M - 1.75 bpw"},                    {25, "IQ4_NL - 4.5 bpw"},
+        {30, "IQ4_XS - 4.25 bpw"},                   {26, "IQ3_S - 3.4375 bpw"},
+        {27, "IQ3_S mix - 3.66 bpw"},                {40, "I2_S - 2 bpw ternary"},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (k[i].ftype == ftype) return k[i].name;
+    return "unknown, may not work";
 }
 
+/* llama_model_loader's weight order: by layer ("blk.N."; others first), then by name */
+static int layer_of(const char *name) {
+    int l = -1;
+    if (sscanf(name, "blk.%d.", &l) != 1) l = -1;
+    return l;
+}
+
+static int cmp_weights(const void *a, const void *b) {
+    const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
+    int lx = layer_of(x->name), ly = layer_of(y->name);
+    if (lx != ly) return lx < ly ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+void qz_sort_weights(const gguf_tensor **t, size_t n) { qsort(t, n, sizeof *t, cmp_weights); }
+
+int qz_file_ftype(const gguf_ctx *g, bool *guessed) {
+    uint32_t ft;
+    *guessed = false;
+    if (gguf_get_u32(g, "general.file_type", &ft)) return (int)ft;
+    /* as llama.cpp guesses: the type of the most tensors (the first to get there in weight order) */
+    *guessed = true;
+    const gguf_tensor **order = malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof *order);
+    if (!order) return 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) order[i] = &g->tensors[i];
+    qz_sort_weights(order, (size_t)g->n_tensors);
+    uint32_t count[KV_DTYPE_COUNT] = {0}, best = KV_F32, n_best = 0;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const uint32_t t = order[i]->type;
+        if (t >= KV_DTYPE_COUNT) continue;
+        if (++count[t] > n_best) {
+            n_best = count[t];
+            best = t;
+        }
+    }
+    free(order);
+    switch (best) {
+    case KV_Q3_K: return 12; /* mostly Q3_K: Q3_K_M */
+    case KV_Q4_K: return 15;
+    case KV_Q5_K: return 17;
+    default: {
+        const int f = qz_ftype(best);
+        return f >= 0 ? f : 0;
+    }
+    }
+}
+
+/* ------------------------------------------------------------ llama-quantize's file types and mixes */
+
+/* llama-quantize's QUANT_OPTIONS, in its order (a number names the first entry with it), and
+ * bitnet.cpp's I2_S. def: the type most tensors get; why: set when kvlm cannot make it. */
+static const qz_ftype_opt k_ftypes[] = {
+    {"Q4_0", 2, KV_Q4_0, NULL},
+    {"Q4_1", 3, KV_Q4_1, NULL},
+    {"Q5_0", 8, KV_Q5_0, NULL},
+    {"Q5_1", 9, KV_Q5_1, NULL},
+    {"IQ2_XXS", 19, 0, "kvlm has no IQ2_XXS type"},
+    {"IQ2_XS", 20, 0, "kvlm has no IQ2_XS type"},
+    {"IQ2_S", 28, 0, "kvlm has no IQ2_XS/IQ3_S types"},
+    {"IQ2_M", 29, 0, "kvlm has no IQ2_S/IQ3_S types"},
+    {"IQ1_S", 24, 0, "kvlm has no IQ1_S type"},
+    {"IQ1_M", 31, 0, "kvlm has no IQ1_M type"},
+    {"TQ1_0", 36, KV_TQ1_0, NULL},
+    {"TQ2_0", 37, KV_TQ2_0, NULL},
+    {"Q2_K", 10, KV_Q2_K, NULL},
+    {"Q2_K_S", 21, 0, "Q2_K_S needs an importance matrix (llama-quantize refuses it without one), which kvlm has not"},
+    {"IQ3_XXS", 23, 0, "kvlm has no IQ3_XXS/IQ3_S types"},
+    {"IQ3_S", 26, 0, "kvlm has no IQ3_S type"},
+    {"IQ3_M", 27, 0, "kvlm has no IQ3_S type"},
+    {"Q3_K", 12, KV_Q3_K, NULL},
+    {"IQ3_XS", 22, 0, "kvlm has no IQ3_S/IQ3_XXS types"},
+    {"Q3_K_S", 11, KV_Q3_K, NULL},
+    {"Q3_K_M", 12, KV_Q3_K, NULL},
+    {"Q3_K_L", 13, KV_Q3_K, NULL},
+    {"IQ4_NL", 25, 0, "kvlm has no IQ4_NL type"},
+    {"IQ4_XS", 30, 0, "kvlm has no IQ4_XS type"},
+    {"Q4_K", 15, KV_Q4_K, NULL},
+    {"Q4_K_S", 14, KV_Q4_K, NULL},
+    {"Q4_K_M", 15, KV_Q4_K, NULL},
+    {"Q5_K", 17, KV_Q5_K, NULL},
+    {"Q5_K_S", 16, KV_Q5_K, NULL},
+    {"Q5_K_M", 17, KV_Q5_K, NULL},
+    {"Q6_K", 18, KV_Q6_K, NULL},
+    {"Q8_0", 7, KV_Q8_0, NULL},
+    {"F16", 1, KV_F16, NULL},
+    {"BF16", 32, KV_BF16, NULL},
+    {"F32", 0, KV_F32, NULL},
+    {"COPY", 0, KV_F32, NULL}, /* after F32, so that 0 means F32 */
+    {"I2_S", 40, KV_I2_S, NULL},
+};
+#define QZ_N_FTYPES (sizeof k_ftypes / sizeof k_ftypes[0])
+
+const qz_ftype_opt *qz_parse_ftype(const char *s) {
+    for (size_t i = 0; i < QZ_N_FTYPES; i++)
+        if (strcasecmp(s, k_ftypes[i].name) == 0) return &k_ftypes[i];
+    char *end;
+    const long v = strtol(s, &end, 10);
+    if (end != s && !*end)
+        for (size_t i = 0; i < QZ_N_FTYPES; i++)
+            if (k_ftypes[i].ftype == v && strcmp(k_ftypes[i].name, "COPY") != 0) return &k_ftypes[i];
+    return NULL;
+}
+
+void qz_print_ftypes(FILE *fp) {
+    for (size_t i = 0; i < QZ_N_FTYPES; i++) {
+        const qz_ftype_opt *o = &k_ftypes[i];
+        if (strcmp(o->name, "COPY") == 0) fprintf(fp, "          %-7s : only copy the tensors, no quantizing\n", o->name);
+        else fprintf(fp, "  %2d  or  %-7s : %s\n", o->ftype, o->name, o->why ? o->why : qz_ftype_name(o->ftype));
+    }
+}
+
+static bool use_more_bits(int i_layer, int n_layers) {
+    return i_layer < n_layers / 8 || i_layer >= 7 * n_layers / 8 || (i_layer - n_layers / 8) % 3 == 2;
+}
+
+/* The layer of a tensor counted by *i among n (MoE models: from its name, as llama-quantize). */
+static bool layer_info(const qz_mix *q, int i, int n, const char *name, int *i_layer, int *n_layer) {
+    *i_layer = i;
+    *n_layer = n;
+    if (q->n_expert > 1) {
+        if (sscanf(name, "blk.%d.", i_layer) != 1 || *i_layer < 0 || *i_layer >= n) return false;
+    }
+    return true;
+}
+
+#define FT(x) (q->ftype == (x))
+enum {
+    FT_Q2_K = 10, FT_Q3_K_S = 11, FT_Q3_K_M = 12, FT_Q3_K_L = 13, FT_Q4_K_S = 14, FT_Q4_K_M = 15,
+    FT_Q5_K_S = 16, FT_Q5_K_M = 17, FT_TQ1_0 = 36, FT_TQ2_0 = 37,
+};
+
+/* llama_tensor_get_type without its IQ and importance-matrix branches (kvlm refuses those file types). */
+static bool mix_type(qz_mix *q, const char *name, uint64_t ne0, uint32_t *out) {
+    uint32_t t = q->def_type;
+    const bool falcon = q->falcon;
+    if (strcmp(name, "output.weight") == 0 || (!q->has_output && strcmp(name, "token_embd.weight") == 0)) {
+        if (q->output_type >= 0) t = (uint32_t)q->output_type;
+        else if (falcon || ne0 % qz_block(t) != 0) t = KV_Q8_0;
+        else if (t != KV_Q8_0) t = KV_Q6_K;
+    } else if (strcmp(name, "token_embd.weight") == 0) {
+        if (q->embd_type >= 0) t = (uint32_t)q->embd_type;
+        else if (FT(FT_TQ1_0) || FT(FT_TQ2_0)) t = KV_Q4_K;
+    } else if (strstr(name, "attn_v.weight")) {
+        if (FT(FT_Q2_K)) t = q->n_gqa >= 4 ? KV_Q4_K : KV_Q3_K;
+        else if (FT(FT_Q3_K_M)) t = q->i_attention_wv < 2 ? KV_Q5_K : KV_Q4_K;
+        else if (FT(FT_Q3_K_L)) t = KV_Q5_K;
+        else if ((FT(FT_Q4_K_M) || FT(FT_Q5_K_M)) && use_more_bits(q->i_attention_wv, q->n_attention_wv)) t = KV_Q6_K;
+        else if (FT(FT_Q4_K_S) && q->i_attention_wv < 4) t = KV_Q5_K;
+        if (q->is_70b && (t == KV_Q3_K || t == KV_Q4_K)) t = KV_Q5_K;
+        if (q->n_expert == 8) t = KV_Q8_0;
+        q->i_attention_wv++;
+    } else if (strstr(name, "attn_k.weight")) {
+        if (q->n_expert == 8) t = KV_Q8_0;
+    } else if (strstr(name, "attn_q.weight")) {
+        /* only IQ file types change it */
+    } else if (strstr(name, "ffn_down")) {
+        int il, nl;
+        if (!layer_info(q, q->i_ffn_down, q->n_layer, name, &il, &nl)) return false;
+        if (FT(FT_Q2_K)) t = KV_Q3_K;
+        else if (FT(FT_Q3_K_M))
+            t = il < nl / 16 ? KV_Q5_K : !falcon || use_more_bits(il, nl) ? KV_Q4_K : KV_Q3_K;
+        else if (FT(FT_Q3_K_L)) t = falcon ? KV_Q4_K : KV_Q5_K;
+        else if (FT(FT_Q4_K_M)) {
+            if (falcon) t = il < nl / 16 ? KV_Q6_K : use_more_bits(il, nl) ? KV_Q5_K : KV_Q4_K;
+            else if (use_more_bits(il, nl)) t = KV_Q6_K;
+        } else if (FT(FT_Q5_K_M) && use_more_bits(il, nl)) t = KV_Q6_K;
+        else if (FT(FT_Q4_K_S) && !falcon && il < nl / 8) t = KV_Q5_K;
+        q->i_ffn_down++;
+    } else if (strstr(name, "attn_output.weight")) {
+        if (!falcon) {
+            if (q->n_expert == 8) {
+                if (FT(FT_Q2_K) || FT(FT_Q3_K_S) || FT(FT_Q3_K_M) || FT(FT_Q4_K_S) || FT(FT_Q4_K_M)) t = KV_Q5_K;
+            } else {
+                if (FT(FT_Q2_K)) t = KV_Q3_K;
+                else if (FT(FT_Q3_K_M)) t = KV_Q4_K;
+                else if (FT(FT_Q3_K_L)) t = KV_Q5_K;
+            }
+        } else if (FT(FT_Q3_K_L)) {
+            t = KV_Q4_K;
+        }
+    } else if (strstr(name, "attn_qkv.weight")) {
+        if (FT(FT_Q3_K_M) || FT(FT_Q3_K_L)) t = KV_Q4_K;
+        else if (FT(FT_Q4_K_M)) t = KV_Q5_K;
+        else if (FT(FT_Q5_K_M)) t = KV_Q6_K;
+    } else if (strstr(name, "ffn_gate")) {
+        int il, nl;
+        if (!layer_info(q, q->i_ffn_gate, q->n_layer, name, &il, &nl)) return false;
+        q->i_ffn_gate++;
+    } else if (strstr(name, "ffn_up")) {
+        int il, nl;
+        if (!layer_info(q, q->i_ffn_up, q->n_layer, name, &il, &nl)) return false;
+        q->i_ffn_up++;
+    }
+    *out = t;
+    return true;
+}
+#undef FT
+
+bool qz_mix_type(qz_mix *q, const char *name, uint64_t ne0, uint32_t *type, bool *fell) {
+    uint32_t t = q->def_type;
+    if (q->def_type == KV_I2_S) {
+        /* not a llama-quantize type: kvlm's choice for it (embedding and output Q8_0) */
+        t = qz_pick(KV_I2_S, qz_role(name), q->has_output, ne0, q->embd_type, q->output_type);
+    } else {
+        if (!q->pure && !qz_is_float(q->def_type) && !mix_type(q, name, ne0, &t)) return false;
+        if (q->embd_type >= 0 && strcmp(name, "token_embd.weight") == 0) t = (uint32_t)q->embd_type;
+        if (q->output_type >= 0 && strcmp(name, "output.weight") == 0) t = (uint32_t)q->output_type;
+    }
+    *type = qz_fallback(t, ne0, fell);
+    return true;
+}
