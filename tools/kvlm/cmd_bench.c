@@ -263,15 +263,20 @@ static void size_label(const kvlm_model_info *mi, char *buf, size_t cap) {
     else snprintf(buf, cap, "%.0fK", n / 1e3);
 }
 
-/* "llama 110M Q8_0": the architecture, its size and the file type, as llama-bench names a model. */
-static void model_type(const char *path, const kvlm_model_info *mi, char *buf, size_t cap) {
+/* "llama 110M Q8_0": the architecture, its size and the file type, as llama-bench names a model;
+ * *bytes: every tensor's bytes, as llama-bench's size. */
+static void model_type(const char *path, const kvlm_model_info *mi, char *buf, size_t cap, uint64_t *bytes) {
     char size[32];
     size_label(mi, size, sizeof size);
     gguf_ctx *g = NULL;
     kvlm_error err;
     int ft = 0;
     bool guessed = false;
-    if (gguf_open(path, &g, &err) == KVLM_OK) ft = qz_file_ftype(g, &guessed);
+    if (gguf_open(path, &g, &err) == KVLM_OK) {
+        ft = qz_file_ftype(g, &guessed);
+        *bytes = 0;
+        for (uint64_t i = 0; i < g->n_tensors; i++) *bytes += g->tensors[i].n_bytes;
+    }
     gguf_close(g);
     snprintf(buf, cap, "%s %s %s%s", mi->arch, size, qz_ftype_name(ft), guessed ? " (guessed)" : "");
 }
@@ -508,7 +513,7 @@ int cmd_bench(int argc, char **argv) {
     kvlm_model_info mi;
     kvlm_model_get_info(m, &mi);
     bench_ctx c = {.model_filename = a.model, .model_size = mi.weight_bytes, .model_n_params = mi.n_params};
-    model_type(a.model, &mi, c.model_type, sizeof c.model_type);
+    model_type(a.model, &mi, c.model_type, sizeof c.model_type, &c.model_size);
     cpu_info(c.cpu, sizeof c.cpu);
     const int reps = a.reps;
     const md_cols mc = {

@@ -32,6 +32,7 @@ static char *reader_get(line_reader *r, const char *prompt) {
         free(r->line);
         r->line = readline(prompt);
         if (r->line && r->line[0]) add_history(r->line);
+        if (!r->line) fputc('\n', stderr); /* end of input (Ctrl-D) or Ctrl-C at the prompt: leave on a new line */
         return r->line;
     }
     fputs(prompt, stderr);
