@@ -150,9 +150,12 @@ int cmd_chat(int argc, char **argv) {
     const char *tmpl = a.chat_template;
     /* a chat keeps going at a full context: shift, keeping the system prompt (at most half the context) */
     if (!a.overflow_set) sp.overflow = KVLM_OVERFLOW_SHIFT;
+    kvlm_model_info mi;
+    kvlm_model_get_info(m, &mi);
+    if (a.n_ctx > mi.n_ctx_train)
+        fprintf(stderr, "warning: -c %d is more than the %d tokens the model was trained on; past them the text may degrade\n",
+                a.n_ctx, mi.n_ctx_train);
     if (sp.overflow == KVLM_OVERFLOW_SHIFT && !a.keep_set) {
-        kvlm_model_info mi;
-        kvlm_model_get_info(m, &mi);
         const int32_t n_ctx = sp.n_ctx > 0 ? sp.n_ctx : mi.n_ctx_train;
         sp.n_keep = chat_keep(m, tmpl, a.system);
         if (sp.n_keep > n_ctx / 2) sp.n_keep = n_ctx / 2;
