@@ -55,7 +55,7 @@ void kvlm_model_free(kvlm_model *model);
 typedef struct kvlm_model_info {
     char arch[32];
     int32_t n_vocab;
-    int32_t n_ctx_train;
+    int32_t n_ctx_train;  /* the context the model was trained for (<arch>.context_length) */
     int32_t n_embd;
     int32_t n_layer;
     int32_t n_head;
