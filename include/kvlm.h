@@ -68,6 +68,7 @@ typedef struct kvlm_model_info {
     bool tied_output;
     uint64_t n_params;
     uint64_t weight_bytes;
+    int32_t head_dim;     /* size of one attention head (<arch>.attention.key_length, else n_embd / n_head) */
 } kvlm_model_info;
 
 void kvlm_model_get_info(const kvlm_model *model, kvlm_model_info *info);

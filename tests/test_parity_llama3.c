@@ -184,6 +184,10 @@ static void run_case(void **state) {
     if (kvlm_model_load(g_path[c->model], NULL, &m, &err) != KVLM_OK) fail_msg("%s: %s", g_path[c->model], err.msg);
     const int32_t V = kvlm_n_vocab(m);
     assert_int_equal(V, gold.n_vocab);
+    kvlm_model_info mi;
+    kvlm_model_get_info(m, &mi);
+    /* hd48 sets attention.key_length 48; the others' head is n_embd / n_head = 256 / 8 */
+    assert_int_equal(mi.head_dim, strstr(k_models[c->model].synth, "--head-dim 48") ? 48 : 32);
     float *ours = teacher_force(m, c, toks, n, n_prompt);
 
     float worst = 0.0f;
