@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "kvlm.h"
+#include "quant/quant.h"
 
 /* page sizes the pool accepts (tokens per page); attention sizes per-page buffers by the maximum */
 #define KV_PAGE_TOKENS_MIN 16
@@ -39,14 +40,64 @@ struct kv_page {
     kv_page *free_next;
 };
 
-/* Byte geometry of a page for one (type_k, type_v) pair. */
+/* How rows of one storage type are written and read, looked up once when a
+ * layout is registered (not per row). encode/decode are NULL for a type the
+ * quant module cannot convert (kv_seq_init refuses such a layout). */
+typedef struct kv_codec {
+    kv_from_float_fn encode; /* quantize-on-write: f32 -> the type */
+    kv_to_float_fn decode;   /* dequantize (attention, re-rotation, conversion) */
+    int32_t block;           /* values per block */
+    uint32_t block_bytes;
+} kv_codec;
+
+/* Byte geometry of a page for one (type_k, type_v) pair, and its codecs. */
 struct kv_layout {
     uint32_t type_k, type_v;
-    uint64_t k_row, v_row;   /* bytes of one token's K / V row */
+    uint64_t k_row, v_row;   /* bytes of one token's K / V row (the row strides in a page) */
+    uint64_t v_offset;       /* P * k_row: where a layer's V rows start after its K rows */
     uint64_t layer_bytes;    /* P * (k_row + v_row) */
     uint64_t page_bytes;
+    kv_codec k, v;
     int index;               /* class number in the pool */
 };
+
+/* The page layout, written once: layer l of a page is P K rows, then P V rows. */
+static inline uint8_t *kv_page_k(const kv_page *pg, int layer) {
+    return pg->data + (uint64_t)layer * pg->layout->layer_bytes;
+}
+static inline uint8_t *kv_page_v(const kv_page *pg, int layer) { return kv_page_k(pg, layer) + pg->layout->v_offset; }
+/* Row i (slot i of the page) of layer l. */
+static inline uint8_t *kv_page_k_row(const kv_page *pg, int layer, int32_t i) {
+    return kv_page_k(pg, layer) + (uint64_t)i * pg->layout->k_row;
+}
+static inline uint8_t *kv_page_v_row(const kv_page *pg, int layer, int32_t i) {
+    return kv_page_v(pg, layer) + (uint64_t)i * pg->layout->v_row;
+}
+/* The rows of one layer of one page, for reading a run of slots: slot i's K
+ * row at k + i * k_stride, its V row at v + i * v_stride. */
+typedef struct kv_rows {
+    const uint8_t *k, *v;
+    uint64_t k_stride, v_stride;
+    const kv_layout *layout; /* types and codecs */
+} kv_rows;
+static inline kv_rows kv_page_rows(const kv_page *pg, int layer) {
+    kv_rows r = {kv_page_k(pg, layer), kv_page_v(pg, layer), pg->layout->k_row, pg->layout->v_row, pg->layout};
+    return r;
+}
+static inline const uint8_t *kv_rows_k(const kv_rows *r, int32_t i) { return r->k + (uint64_t)i * r->k_stride; }
+static inline const uint8_t *kv_rows_v(const kv_rows *r, int32_t i) { return r->v + (uint64_t)i * r->v_stride; }
+/* Head h (hd values) of a stored K or V row as floats: the head's own blocks
+ * when heads are whole blocks, else the whole row (kv_dim values) decoded
+ * into tmp (kv_dim floats) and a pointer into it. */
+static inline const float *kv_codec_head(const kv_codec *c, const uint8_t *row, int h, int hd, int kv_dim,
+                                         float *tmp) {
+    if (hd % c->block == 0) {
+        c->decode(row + (uint64_t)(h * hd / c->block) * (uint64_t)c->block_bytes, tmp, hd);
+        return tmp;
+    }
+    c->decode(row, tmp, kv_dim); /* heads straddle blocks: the whole row */
+    return tmp + (int64_t)h * hd;
+}
 
 #define KV_MAX_CLASSES 8
 
@@ -92,8 +143,6 @@ kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, cons
                         uint32_t type_k, uint32_t type_v);
 /* Puts a full page in the index (no-op if an entry with the key exists). */
 void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens);
-/* Takes a page out of the index (its contents are about to change). */
-void kv_pool_unindex(kv_page_pool *p, kv_page *pg);
 uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n);
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
 /* Sets the target (see target_pages) and frees what is held past it. */
@@ -178,6 +227,11 @@ kvlm_status kv_seq_prepare(kv_seq *s, int32_t n_new, kvlm_error *err);
 kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm_error *err);
 /* The slot the i-th reserved token goes to. */
 int32_t kv_seq_slot(const kv_seq *s, int32_t i);
+/* Most tokens one forward pass may write: a ring's slack (a pass must not overwrite slots its own
+   queries still read), else no limit (INT32_MAX). */
+int32_t kv_seq_pass_cap(const kv_seq *s);
+/* The slots attention may read once n_new reserved tokens are written (a ring: its fill). */
+int32_t kv_seq_span(const kv_seq *s, int32_t n_new);
 /* Marks the reserved tokens as stored; indexes newly full pages; compresses. */
 void kv_seq_commit(kv_seq *s, int32_t n_new);
 /* Counts n tokens as reused (a request's common prefix with what the sequence held). */
@@ -189,8 +243,16 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err);
 /* Attaches cached pages for tokens[s->n .. n_tokens - 1) (leaving at least one
  * token to compute); returns how many tokens were attached. */
 int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens);
-/* Number of slots attention may read (n, or the ring's fill). */
-static inline int32_t kv_seq_slots(const kv_seq *s) { return s->n; }
+
+/* Read access for the forward pass and attention (the fields themselves are this module's). */
+static inline int32_t kv_seq_page_tokens(const kv_seq *s) { return s->P; }
+static inline int32_t kv_seq_n_pages(const kv_seq *s) { return s->n_pages; }
+static inline const kv_page *kv_seq_page(const kv_seq *s, int32_t j) { return s->pages[j]; }
+/* The position slot's K was rotated for. */
+static inline int32_t kv_seq_pos(const kv_seq *s, int32_t slot) { return s->pos[slot]; }
+static inline bool kv_seq_is_ring(const kv_seq *s) { return s->overflow == KVLM_OVERFLOW_RING; }
+/* A ring's attention window (positions (p - window, p] are visible from p). */
+static inline int32_t kv_seq_window(const kv_seq *s) { return s->window; }
 
 /* Row pointers for one slot, in the page's types. */
 typedef struct kv_row {
@@ -200,10 +262,8 @@ typedef struct kv_row {
 
 static inline kv_row kv_seq_row(const kv_seq *s, int layer, int32_t slot) {
     const kv_page *pg = s->pages[slot / s->P];
-    const kv_layout *l = pg->layout;
-    const uint8_t *base = pg->data + (uint64_t)layer * l->layer_bytes;
-    const uint64_t off = (uint64_t)(slot % s->P);
-    kv_row r = {base + off * l->k_row, base + (uint64_t)s->P * l->k_row + off * l->v_row, l};
+    const int32_t i = slot % s->P;
+    kv_row r = {kv_page_k_row(pg, layer, i), kv_page_v_row(pg, layer, i), pg->layout};
     return r;
 }
 /* Quantizes one token's K and V (f32, kv_dim each) into a slot (the page's types). */

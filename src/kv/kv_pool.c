@@ -92,6 +92,13 @@ void kv_pool_destroy(kv_page_pool *p) {
     free(p);
 }
 
+static kv_codec codec_of(uint32_t type) {
+    const kv_quant_traits *tr = kv_quant_get(type);
+    const kv_dtype_info *di = kv_dtype_get(type);
+    kv_codec c = {tr ? tr->from_float : NULL, tr ? tr->to_float : NULL, di->block_size, (uint32_t)di->type_size};
+    return c;
+}
+
 const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_v) {
     pthread_mutex_lock(&p->mu);
     const kv_layout *found = NULL;
@@ -101,8 +108,11 @@ const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_
         kv_layout l = {.type_k = type_k, .type_v = type_v, .index = p->n_classes};
         if (kv_dtype_row_bytes(type_k, (uint64_t)p->kv_dim, &l.k_row) &&
             kv_dtype_row_bytes(type_v, (uint64_t)p->kv_dim, &l.v_row)) {
+            l.v_offset = (uint64_t)p->P * l.k_row;
             l.layer_bytes = (uint64_t)p->P * (l.k_row + l.v_row);
             l.page_bytes = l.layer_bytes * (uint64_t)p->n_layer;
+            l.k = codec_of(type_k);
+            l.v = codec_of(type_v);
             p->classes[p->n_classes] = l;
             found = &p->classes[p->n_classes++];
         }
@@ -370,12 +380,6 @@ void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_k
             p->n_indexed++;
         }
     }
-    pthread_mutex_unlock(&p->mu);
-}
-
-void kv_pool_unindex(kv_page_pool *p, kv_page *pg) {
-    pthread_mutex_lock(&p->mu);
-    if (pg->indexed) index_remove(p, pg);
     pthread_mutex_unlock(&p->mu);
 }
 

@@ -73,11 +73,11 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
     if (!s->layout)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
                        kv_dtype_name(c->type_k), kv_dtype_name(c->type_v), s->kv_dim);
-    if (!kv_quant_get(c->type_k) || !kv_quant_get(c->type_v))
+    if (!s->layout->k.encode || !s->layout->v.encode)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: unsupported storage type");
     if (c->compress_after > 0) {
         s->compress_layout = kv_pool_layout(pool, c->compress_type, c->compress_type);
-        if (!s->compress_layout || !kv_quant_get(c->compress_type))
+        if (!s->compress_layout || !s->compress_layout->k.encode)
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
     }
@@ -122,14 +122,14 @@ uint64_t kv_seq_bytes(const kv_seq *s) {
 /* ------------------------------------------------------------ row copies */
 
 /* One token's K (or V) row of kv_dim values, converted between types. */
-static void convert_row(const uint8_t *src, uint32_t st, uint8_t *dst, uint32_t dt, int32_t n, uint64_t bytes,
-                        float *tmp) {
+static void convert_row(const uint8_t *src, const kv_codec *sc, uint32_t st, uint8_t *dst, const kv_codec *dc,
+                        uint32_t dt, int32_t n, uint64_t bytes, float *tmp) {
     if (st == dt) {
         memcpy(dst, src, bytes);
         return;
     }
-    kv_quant_get(st)->to_float(src, tmp, n);
-    kv_quant_get(dt)->from_float(tmp, dst, n);
+    sc->decode(src, tmp, n);
+    dc->encode(tmp, dst, n);
 }
 
 /* Copies slot `from` of page a into slot `to` of page b for every layer,
@@ -138,18 +138,16 @@ static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *
                       float *tmp) {
     const kv_layout *la = a->layout, *lb = b->layout;
     for (int l = 0; l < s->n_layer; l++) {
-        const uint8_t *ka = a->data + (uint64_t)l * la->layer_bytes + (uint64_t)from * la->k_row;
-        const uint8_t *va = a->data + (uint64_t)l * la->layer_bytes + (uint64_t)s->P * la->k_row + (uint64_t)from * la->v_row;
-        uint8_t *kb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)to * lb->k_row;
-        uint8_t *vb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)s->P * lb->k_row + (uint64_t)to * lb->v_row;
+        const uint8_t *ka = kv_page_k_row(a, l, from), *va = kv_page_v_row(a, l, from);
+        uint8_t *kb = kv_page_k_row(b, l, to), *vb = kv_page_v_row(b, l, to);
         if (delta != 0) {
-            kv_quant_get(la->type_k)->to_float(ka, tmp, s->kv_dim);
+            la->k.decode(ka, tmp, s->kv_dim);
             kv_rope(tmp, s->n_head_kv, s->head_dim, s->n_rot, delta, s->rope_base, s->rope_scale, s->rope_type);
-            kv_quant_get(lb->type_k)->from_float(tmp, kb, s->kv_dim);
+            lb->k.encode(tmp, kb, s->kv_dim);
         } else {
-            convert_row(ka, la->type_k, kb, lb->type_k, s->kv_dim, la->k_row, tmp);
+            convert_row(ka, &la->k, la->type_k, kb, &lb->k, lb->type_k, s->kv_dim, la->k_row, tmp);
         }
-        convert_row(va, la->type_v, vb, lb->type_v, s->kv_dim, la->v_row, tmp);
+        convert_row(va, &la->v, la->type_v, vb, &lb->v, lb->type_v, s->kv_dim, la->v_row, tmp);
     }
 }
 
@@ -384,6 +382,15 @@ int32_t kv_seq_slot(const kv_seq *s, int32_t i) {
     return s->n + i;
 }
 
+int32_t kv_seq_pass_cap(const kv_seq *s) {
+    return s->overflow == KVLM_OVERFLOW_RING ? s->n_ctx - s->window : INT32_MAX;
+}
+
+int32_t kv_seq_span(const kv_seq *s, int32_t n_new) {
+    if (s->overflow == KVLM_OVERFLOW_RING) return s->next_pos + n_new < s->n_ctx ? s->next_pos + n_new : s->n_ctx;
+    return s->n + n_new;
+}
+
 kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm_error *err) {
     if (s->overflow != KVLM_OVERFLOW_RING) {
         const int32_t end = s->n + n_new;
@@ -419,11 +426,9 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
 
 void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const float *v) {
     kv_page *pg = s->pages[slot / s->P];
-    const kv_layout *l = pg->layout;
-    uint8_t *base = pg->data + (uint64_t)layer * l->layer_bytes;
-    const uint64_t off = (uint64_t)(slot % s->P);
-    kv_quant_get(l->type_k)->from_float(k, base + off * l->k_row, s->kv_dim);
-    kv_quant_get(l->type_v)->from_float(v, base + (uint64_t)s->P * l->k_row + off * l->v_row, s->kv_dim);
+    const int32_t i = slot % s->P;
+    pg->layout->k.encode(k, kv_page_k_row(pg, layer, i), s->kv_dim);
+    pg->layout->v.encode(v, kv_page_v_row(pg, layer, i), s->kv_dim);
 }
 
 /* Re-quantizes pages older than compress_after into the compression type. */
@@ -504,10 +509,8 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
             const kv_layout *l = pg->layout;
             const uint64_t m = (uint64_t)(n % s->P);
             for (int li = 0; li < s->n_layer; li++) {
-                const uint64_t o = (uint64_t)li * l->layer_bytes;
-                memcpy(cp->data + o, pg->data + o, m * l->k_row);
-                memcpy(cp->data + o + (uint64_t)s->P * l->k_row, pg->data + o + (uint64_t)s->P * l->k_row,
-                       m * l->v_row);
+                memcpy(kv_page_k(cp, li), kv_page_k(pg, li), m * l->k_row);
+                memcpy(kv_page_v(cp, li), kv_page_v(pg, li), m * l->v_row);
             }
             kv_pool_release(s->pool, pg);
             s->pages[keep - 1] = cp;
