@@ -11,8 +11,6 @@
 #ifndef KV_KV_CACHE_H
 #define KV_KV_CACHE_H
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -99,32 +97,20 @@ static inline const float *kv_codec_head(const kv_codec *c, const uint8_t *row, 
     return tmp + (int64_t)h * hd;
 }
 
-#define KV_MAX_CLASSES 8
+/* Counters the sequences keep in their pool (kvlm_kv_stats). */
+typedef enum kv_pool_stat {
+    KV_STAT_TOKENS,       /* slots held by the pool's sequences */
+    KV_STAT_HITS,         /* tokens reused */
+    KV_STAT_MISSES,       /* tokens computed */
+    KV_STAT_RECOMPUTED,   /* tokens dropped because a request's history differed */
+    KV_STAT_SHIFTS,
+    KV_STAT_COMPRESSIONS,
+    KV_STAT_BYTES_SAVED,
+    KV_STAT_COUNT
+} kv_pool_stat;
 
-struct kv_page_pool {
-    pthread_mutex_t mu;
-    int32_t P, n_layer, kv_dim;
-    kvlm_cache_params params;
-    kv_layout classes[KV_MAX_CLASSES];
-    kv_page *free_list[KV_MAX_CLASSES];
-    int n_classes;
-    int64_t pages_allocated, pages_free, capacity_pages, max_pages;
-    /* prefix index */
-    kv_page **buckets;
-    uint64_t n_buckets, n_indexed;
-    kv_page *lru_head, *lru_tail; /* head = least recently used */
-    int64_t lru_pages, lru_bytes;
-    /* statistics */
-    atomic_llong st_bytes, st_evictions, st_growth_events, st_compressions, st_bytes_saved, st_shifts;
-    atomic_llong st_hits, st_misses, st_recomputed, st_tokens;
-    atomic_llong st_bytes_by_type[4];
-    double growth_ms_total, growth_ms_max; /* under mu */
-    /* pages the owner needs (0: no target). With a target, growth never goes past it while a cached page
-       can be evicted instead, and pages past it are freed when released (a session with a fixed context
-       owning its pool holds no more than its context and policy need). */
-    int64_t target_pages;
-};
-
+/* The pool itself is private to kv_pool.c; everything goes through these. It is internally locked:
+   sequences of several sessions may use one pool from several threads. */
 kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_params *params, kv_page_pool **out,
                            kvlm_error *err);
 void kv_pool_destroy(kv_page_pool *p);
@@ -151,6 +137,14 @@ void kv_pool_set_target(kv_page_pool *p, int64_t pages);
    index first when unindex is true, else refused. */
 bool kv_pool_claim(kv_page_pool *p, kv_page *pg, bool unindex);
 int kv_type_slot(uint32_t type); /* index into bytes_by_type, -1 if none */
+/* Tokens per page. */
+int32_t kv_pool_page_tokens(const kv_page_pool *p);
+/* The parameters the pool was made with (fixed for its life). */
+const kvlm_cache_params *kv_pool_params(const kv_page_pool *p);
+/* Whether the pool has a target (kv_pool_set_target). */
+bool kv_pool_has_target(kv_page_pool *p);
+/* Adds delta to one of the pool's counters. */
+void kv_pool_count(kv_page_pool *p, kv_pool_stat which, int64_t delta);
 
 /* ------------------------------------------------------------ sequences */
 

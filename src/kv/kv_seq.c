@@ -44,7 +44,7 @@ static bool ensure_slots(kv_seq *s, int32_t n) {
 kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err) {
     memset(s, 0, sizeof *s);
     s->pool = pool;
-    s->P = pool->P;
+    s->P = kv_pool_page_tokens(pool);
     s->n_layer = c->n_layer;
     s->n_head_kv = c->n_head_kv;
     s->head_dim = c->head_dim;
@@ -81,7 +81,7 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
     }
-    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && pool->params.prefix_sharing;
+    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && kv_pool_params(pool)->prefix_sharing;
     if (c->overflow == KVLM_OVERFLOW_RING) {
         s->n_ctx = ring_capacity(s->window, c->max_batch, s->P);
         if (!ensure_slots(s, s->n_ctx)) {
@@ -105,7 +105,7 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
 
 void kv_seq_destroy(kv_seq *s) {
     for (int32_t j = 0; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
-    if (s->pool) atomic_fetch_sub(&s->pool->st_tokens, (long long)s->n);
+    if (s->pool) kv_pool_count(s->pool, KV_STAT_TOKENS, -s->n);
     free(s->pages);
     free(s->keys);
     free(s->tokens);
@@ -174,7 +174,7 @@ static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
         free(tmp);
         return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory for a context shift");
     }
-    const bool unindex = s->pool->target_pages > 0;
+    const bool unindex = kv_pool_has_target(s->pool);
     for (int32_t i = 0; i < count; i++) {
         kv_page *pg = s->pages[first + i];
         if (pg->layout == s->layout && kv_pool_claim(s->pool, pg, unindex)) dst[i] = pg;
@@ -210,8 +210,8 @@ static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
     s->n = n_new;
     s->next_pos = n_new;
     s->shareable = false;
-    atomic_fetch_sub(&s->pool->st_tokens, (long long)d);
-    atomic_fetch_add(&s->pool->st_shifts, 1);
+    kv_pool_count(s->pool, KV_STAT_TOKENS, -d);
+    kv_pool_count(s->pool, KV_STAT_SHIFTS, 1);
     free(dst);
     free(fresh);
     free(tmp);
@@ -282,7 +282,7 @@ kvlm_status kv_seq_rewind(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err) 
         /* slots of positions >= h are stale: attention skips positions after the query, and a pass writes
            every position up to its last query before reading */
         const int32_t n = h < s->n_ctx ? (int32_t)h : s->n_ctx;
-        atomic_fetch_sub(&s->pool->st_tokens, (long long)(s->n - n));
+        kv_pool_count(s->pool, KV_STAT_TOKENS, -(int64_t)(s->n - n));
         s->n = n;
         s->next_pos = (int32_t)h;
         if (h == 0) {
@@ -403,7 +403,7 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
                 s->n_pages = had;
                 return kv_fail(err, KVLM_ERR_NOMEM,
                                "kv cache: the page pool is full (%lld tokens at most) and nothing can be evicted",
-                               (long long)s->pool->params.max_tokens);
+                               (long long)kv_pool_params(s->pool)->max_tokens);
             }
             s->n_pages = j + 1;
         }
@@ -443,9 +443,9 @@ static void compress_old_pages(kv_seq *s) {
         if (!pg) break; /* no room: try again after the next eval */
         for (int32_t t = 0; t < s->P; t++) copy_slot(s, old, t, pg, t, 0, tmp);
         s->pages[j] = pg;
-        atomic_fetch_add(&s->pool->st_compressions, 1);
-        atomic_fetch_add(&s->pool->st_bytes_saved,
-                         (long long)old->layout->page_bytes - (long long)pg->layout->page_bytes);
+        kv_pool_count(s->pool, KV_STAT_COMPRESSIONS, 1);
+        kv_pool_count(s->pool, KV_STAT_BYTES_SAVED,
+                      (int64_t)old->layout->page_bytes - (int64_t)pg->layout->page_bytes);
         kv_pool_release(s->pool, old); /* stays cached for others if indexed */
     }
     free(tmp);
@@ -453,18 +453,18 @@ static void compress_old_pages(kv_seq *s) {
 
 void kv_seq_commit(kv_seq *s, int32_t n_new) {
     s->misses += n_new;
-    atomic_fetch_add(&s->pool->st_misses, (long long)n_new);
+    kv_pool_count(s->pool, KV_STAT_MISSES, n_new);
     if (s->overflow == KVLM_OVERFLOW_RING) {
         int32_t before = s->n;
         s->next_pos += n_new;
         s->n = s->next_pos < s->n_ctx ? s->next_pos : s->n_ctx;
-        atomic_fetch_add(&s->pool->st_tokens, (long long)(s->n - before));
+        kv_pool_count(s->pool, KV_STAT_TOKENS, s->n - before);
         return;
     }
     const int32_t old_full = s->n / s->P;
     s->n += n_new;
     s->next_pos = s->n;
-    atomic_fetch_add(&s->pool->st_tokens, (long long)n_new);
+    kv_pool_count(s->pool, KV_STAT_TOKENS, n_new);
     if (s->shareable) {
         for (int32_t j = old_full; j < s->n / s->P; j++) {
             const uint64_t parent = j ? s->keys[j - 1] : root_key(s);
@@ -478,7 +478,7 @@ void kv_seq_commit(kv_seq *s, int32_t n_new) {
 void kv_seq_count_hits(kv_seq *s, int32_t n) {
     if (n <= 0) return;
     s->hits += n;
-    atomic_fetch_add(&s->pool->st_hits, (long long)n);
+    kv_pool_count(s->pool, KV_STAT_HITS, n);
 }
 
 void kv_seq_reindex(kv_seq *s) {
@@ -499,11 +499,7 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     if (n % s->P != 0) {
         /* the kept part of a shared or indexed page is copied, not written over */
         kv_page *pg = s->pages[keep - 1];
-        bool shared;
-        pthread_mutex_lock(&s->pool->mu);
-        shared = pg->refs > 1 || pg->indexed;
-        pthread_mutex_unlock(&s->pool->mu);
-        if (shared) {
+        if (!kv_pool_claim(s->pool, pg, false)) { /* shared or indexed */
             kv_page *cp = kv_pool_alloc(s->pool, pg->layout);
             if (!cp) return kv_fail(err, KVLM_ERR_NOMEM, "truncate: the pool has no room to copy a shared page");
             const kv_layout *l = pg->layout;
@@ -518,7 +514,7 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     }
     for (int32_t j = keep; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
     s->n_pages = keep;
-    atomic_fetch_sub(&s->pool->st_tokens, (long long)(s->n - n));
+    kv_pool_count(s->pool, KV_STAT_TOKENS, -(int64_t)(s->n - n));
     s->n = n;
     s->next_pos = n;
     return KVLM_OK;
@@ -548,7 +544,7 @@ int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens)
     }
     if (attached) {
         kv_seq_count_hits(s, attached);
-        atomic_fetch_add(&s->pool->st_tokens, (long long)attached);
+        kv_pool_count(s->pool, KV_STAT_TOKENS, attached);
     }
     return attached;
 }

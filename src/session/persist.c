@@ -553,7 +553,7 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
     fresh.n = h.n;
     fresh.next_pos = h.next_pos;
     fresh.shareable = fresh.shareable && h.shareable;
-    atomic_fetch_add(&q->pool->st_tokens, (long long)h.n);
+    kv_pool_count(q->pool, KV_STAT_TOKENS, h.n);
     /* swap in: the old contents go, the forward pass keeps pointing at s->seq */
     kv_seq_destroy(&s->seq);
     s->seq = fresh;

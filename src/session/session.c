@@ -91,7 +91,7 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
     s->model = model;
     kvlm_status st = KVLM_OK;
     const int32_t ubatch = n_ctx < KV_UBATCH ? n_ctx : KV_UBATCH;
-    kvlm_cache_params cp = p.cache ? p.cache->pool->params : p.cache_params;
+    kvlm_cache_params cp = p.cache ? *kv_pool_params(p.cache->pool) : p.cache_params;
     if (!p.cache && cp.page_tokens == 0) cp = kvlm_cache_default_params();
     kv_seq_config sc = {
         .n_ctx = n_ctx, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
@@ -121,7 +121,7 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
         st = kv_seq_init(&s->seq, s->cache->pool, &sc, err);
     }
     if (!st) st = kv_tpool_new(nth, &s->tpool, err);
-    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, s->cache->pool->params.prefetch, &s->fwd, err);
+    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, kv_pool_params(s->cache->pool)->prefetch, &s->fwd, err);
     if (st) {
         kvlm_session_free(s);
         return st;
@@ -235,7 +235,7 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
             start = kv_seq_reuse_point(q, H, tokens, n_past, false);
             if (start < n_past) {
                 q->recomputed += n_past - start;
-                atomic_fetch_add(&q->pool->st_recomputed, (long long)(n_past - start));
+                kv_pool_count(q->pool, KV_STAT_RECOMPUTED, n_past - start);
             }
         }
         kvlm_status st = kv_seq_rewind(q, H, start, err);
@@ -252,7 +252,7 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
                            q->n_ctx);
         if (n_past != KVLM_AUTO && lcp < n_past) {
             q->recomputed += n_past - lcp;
-            atomic_fetch_add(&q->pool->st_recomputed, (long long)(n_past - lcp));
+            kv_pool_count(q->pool, KV_STAT_RECOMPUTED, n_past - lcp);
         }
         kvlm_status st = kv_seq_truncate(q, lcp, err);
         if (st) return st;
