@@ -234,6 +234,43 @@ void kv_seq_count_hits(kv_seq *s, int32_t n);
 void kv_seq_reindex(kv_seq *s);
 /* Drops slots past n (non-ring sequences). */
 kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err);
+
+/* ---- what the session layer asks of a sequence. h_len is always the length of the history the
+   owner consumed (more than the slots held once a shift dropped some, or in a ring). */
+
+/* Whether the slots are still the whole history of h_len tokens, in order (not a ring, nothing
+   dropped): then any point of it can be rolled back to. */
+bool kv_seq_holds_history(const kv_seq *s, int64_t h_len);
+/* The n_past contract of kvlm_eval, for a request of tokens[0, n) (n >= 1; n_past KVLM_AUTO or in
+   0..min(h_len, n - 1)): rolls the sequence back to the longest part of its history it can keep
+   and the request repeats, up to n_past, or (KVLM_AUTO) as far as they agree leaving one token to
+   compute, the dropped part compared by its hash. Counts the kept part as reused (KVLM_AUTO) or
+   what an explicit n_past claimed but was not kept as recomputed. With attach (and a sequence
+   that holds its history) cached pages of what follows are attached too. *kept: the history
+   length now held, the first token to compute. On error the sequence is unchanged. */
+kvlm_status kv_seq_sync(kv_seq *s, int64_t h_len, const int32_t *tokens, int32_t n, int32_t n_past, bool attach,
+                        int32_t *kept, kvlm_error *err);
+/* kvlm_session_truncate: cuts the history back to its first h tokens (a plain cut while the slots
+   are the history, else to a point still held: kv_seq_can_rewind). */
+kvlm_status kv_seq_rollback(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err);
+/* The longest common prefix of the held slots (in slot order) and tokens[0, limit). */
+int32_t kv_seq_common_prefix(const kv_seq *s, const int32_t *tokens, int32_t limit);
+/* Whether a history of n_total tokens fits: always, unless the overflow policy is error and it is
+   longer than the context. */
+bool kv_seq_fits(const kv_seq *s, int64_t n_total);
+/* How many of the n tokens still to append the next forward pass should take: a policy that moves
+   slots (shift, sliding) fills what is free, or when little is, what one shift can always make room
+   for (kv_seq_max_pass); else all n. */
+int32_t kv_seq_next_pass(const kv_seq *s, int32_t n);
+/* The held tokens, oldest first (a ring's in position order); returns how many there are. */
+int32_t kv_seq_tokens(const kv_seq *s, int32_t *out, int32_t n_max);
+/* The pool's statistics with the sequence's own counts (tokens, hits, misses, recomputed). */
+void kv_seq_stats(const kv_seq *s, kvlm_kv_stats *st);
+/* Slots held, and the context (the most slots). */
+static inline int32_t kv_seq_n(const kv_seq *s) { return s->n; }
+static inline int32_t kv_seq_n_ctx(const kv_seq *s) { return s->n_ctx; }
+/* Tokens computed so far (the sequence's misses). */
+static inline int64_t kv_seq_misses(const kv_seq *s) { return s->misses; }
 /* Attaches cached pages for tokens[s->n .. n_tokens - 1) (leaving at least one
  * token to compute); returns how many tokens were attached. */
 int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens);

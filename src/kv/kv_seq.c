@@ -548,3 +548,106 @@ int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens)
     }
     return attached;
 }
+
+/* ------------------------------------------------------------ the session's requests */
+
+bool kv_seq_holds_history(const kv_seq *s, int64_t h_len) {
+    return s->overflow != KVLM_OVERFLOW_RING && s->n == h_len;
+}
+
+static void count_recomputed(kv_seq *s, int32_t n) {
+    s->recomputed += n;
+    kv_pool_count(s->pool, KV_STAT_RECOMPUTED, n);
+}
+
+int32_t kv_seq_common_prefix(const kv_seq *s, const int32_t *tokens, int32_t limit) {
+    if (limit > s->n) limit = s->n;
+    int32_t i = 0;
+    while (i < limit && s->tokens[i] == tokens[i]) i++;
+    return i;
+}
+
+kvlm_status kv_seq_sync(kv_seq *s, int64_t h_len, const int32_t *tokens, int32_t n, int32_t n_past, bool attach,
+                        int32_t *kept, kvlm_error *err) {
+    const bool autom = n_past == KVLM_AUTO;
+    int32_t start; /* first token to compute */
+    if (!kv_seq_holds_history(s, h_len)) {
+        /* after a shift (or in a ring) the cache no longer holds the whole history: it can go back only
+           to points it still holds (the kept head, the held tail, a ring's window) */
+        if (autom) {
+            /* the whole history is compared, the dropped part by its hash */
+            start = kv_seq_reuse_point(s, h_len, tokens, n - 1, true);
+        } else {
+            if (!kv_seq_can_rewind(s, h_len, n_past))
+                return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                               "eval: this session's cache was shifted or is a ring and no longer holds the "
+                               "history at n_past %d (it has consumed %lld tokens)",
+                               n_past, (long long)h_len);
+            start = kv_seq_reuse_point(s, h_len, tokens, n_past, false);
+            if (start < n_past) count_recomputed(s, n_past - start);
+        }
+        kvlm_status st = kv_seq_rewind(s, h_len, start, err);
+        if (st) return st;
+        if (autom) kv_seq_count_hits(s, start);
+    } else {
+        /* the longest common prefix of the history and the new tokens */
+        const int32_t lcp = kv_seq_common_prefix(s, tokens, autom ? n - 1 : n_past);
+        if (s->overflow == KVLM_OVERFLOW_ERROR && n > s->n_ctx)
+            return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", n, s->n_ctx);
+        if (!autom && lcp < n_past) count_recomputed(s, n_past - lcp);
+        kvlm_status st = kv_seq_truncate(s, lcp, err);
+        if (st) return st;
+        /* in auto mode the caller did not say what was cached: the common prefix counts as reuse */
+        if (autom) kv_seq_count_hits(s, lcp);
+        start = lcp;
+        /* reuse cached pages beyond the common prefix */
+        if (attach) start += kv_seq_attach_prefix(s, tokens, n);
+    }
+    *kept = start;
+    return KVLM_OK;
+}
+
+kvlm_status kv_seq_rollback(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err) {
+    if (h < 0 || h > h_len)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %lld is outside 0..%lld", (long long)h, (long long)h_len);
+    if (kv_seq_holds_history(s, h_len)) return kv_seq_truncate(s, (int32_t)h, err);
+    /* after a shift or in a ring: back to the points still held, or to 0 (a reset) */
+    if (!kv_seq_can_rewind(s, h_len, h))
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "truncate: the cache was shifted or is a ring and no longer holds the history at %lld",
+                       (long long)h);
+    return kv_seq_rewind(s, h_len, h, err);
+}
+
+bool kv_seq_fits(const kv_seq *s, int64_t n_total) {
+    return s->overflow != KVLM_OVERFLOW_ERROR || n_total <= s->n_ctx;
+}
+
+int32_t kv_seq_next_pass(const kv_seq *s, int32_t n) {
+    if (s->overflow != KVLM_OVERFLOW_SHIFT && s->overflow != KVLM_OVERFLOW_SLIDING) return n;
+    const int32_t room = s->n_ctx - s->n, most = kv_seq_max_pass(s);
+    const int32_t cap = room > most ? room : most;
+    return n > cap ? cap : n;
+}
+
+int32_t kv_seq_tokens(const kv_seq *s, int32_t *out, int32_t n_max) {
+    if (s->overflow == KVLM_OVERFLOW_RING) {
+        /* oldest first */
+        int32_t n = 0;
+        for (int32_t p = s->next_pos - s->n; p < s->next_pos; p++, n++)
+            if (n < n_max) out[n] = s->tokens[p % s->n_ctx];
+        return n;
+    }
+    for (int32_t i = 0; i < s->n && i < n_max; i++) out[i] = s->tokens[i];
+    return s->n;
+}
+
+void kv_seq_stats(const kv_seq *s, kvlm_kv_stats *st) {
+    kv_pool_stats(s->pool, st);
+    st->tokens = s->n;
+    st->bytes_f32_equivalent = (int64_t)s->n * s->kv_dim * 2 * 4 * s->n_layer;
+    st->hits = s->hits;
+    st->misses = s->misses;
+    st->recomputed = s->recomputed;
+    st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
+}

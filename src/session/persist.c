@@ -595,14 +595,5 @@ kvlm_status kvlm_session_load(kvlm_session *s, const char *path, kvlm_error *err
 }
 
 int32_t kvlm_session_tokens(const kvlm_session *s, kvlm_token *out, int32_t n_max) {
-    const kv_seq *q = &s->seq;
-    if (q->overflow == KVLM_OVERFLOW_RING) {
-        /* oldest first */
-        int32_t n = 0;
-        for (int32_t p = q->next_pos - q->n; p < q->next_pos; p++, n++)
-            if (n < n_max) out[n] = q->tokens[p % q->n_ctx];
-        return n;
-    }
-    for (int32_t i = 0; i < q->n && i < n_max; i++) out[i] = q->tokens[i];
-    return q->n;
+    return kv_seq_tokens(&s->seq, out, n_max);
 }
