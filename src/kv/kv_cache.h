@@ -59,18 +59,23 @@ struct kv_layout {
     int index;               /* class number in the pool */
 };
 
-/* The page layout, written once: layer l of a page is P K rows, then P V rows. */
-static inline uint8_t *kv_page_k(const kv_page *pg, int layer) {
-    return pg->data + (uint64_t)layer * pg->layout->layer_bytes;
+/* The page layout, written once: layer l of a page is P K rows, then P V
+ * rows; these give the byte offset of slot i's K / V row of layer l. */
+static inline uint64_t kv_layout_k_off(const kv_layout *l, int layer, int32_t i) {
+    return (uint64_t)layer * l->layer_bytes + (uint64_t)i * l->k_row;
 }
-static inline uint8_t *kv_page_v(const kv_page *pg, int layer) { return kv_page_k(pg, layer) + pg->layout->v_offset; }
-/* Row i (slot i of the page) of layer l. */
+static inline uint64_t kv_layout_v_off(const kv_layout *l, int layer, int32_t i) {
+    return (uint64_t)layer * l->layer_bytes + l->v_offset + (uint64_t)i * l->v_row;
+}
+/* Row i (slot i of the page) of layer l, and a layer's first K / V row. */
 static inline uint8_t *kv_page_k_row(const kv_page *pg, int layer, int32_t i) {
-    return kv_page_k(pg, layer) + (uint64_t)i * pg->layout->k_row;
+    return pg->data + kv_layout_k_off(pg->layout, layer, i);
 }
 static inline uint8_t *kv_page_v_row(const kv_page *pg, int layer, int32_t i) {
-    return kv_page_v(pg, layer) + (uint64_t)i * pg->layout->v_row;
+    return pg->data + kv_layout_v_off(pg->layout, layer, i);
 }
+static inline uint8_t *kv_page_k(const kv_page *pg, int layer) { return kv_page_k_row(pg, layer, 0); }
+static inline uint8_t *kv_page_v(const kv_page *pg, int layer) { return kv_page_v_row(pg, layer, 0); }
 /* The rows of one layer of one page, for reading a run of slots: slot i's K
  * row at k + i * k_stride, its V row at v + i * v_stride. */
 typedef struct kv_rows {
@@ -302,15 +307,61 @@ void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const floa
 /* Bytes held by the sequence's pages. */
 uint64_t kv_seq_bytes(const kv_seq *s);
 
+/* ------------------------------------------------------------ export and import (session files) */
+
+/* A sequence's contents as a serializable description: the settings they were made under, the
+ * counts, and the per-slot arrays of slots [0, n). The pages go separately, one by one
+ * (kv_seq_export_page, kv_seq_import_page), each as its types, its size and its bytes. The field
+ * types are those of the session file's header. */
+typedef struct kv_seq_desc {
+    uint32_t page_tokens, n_layer, kv_dim;
+    uint32_t type_k, type_v;     /* of newly written pages */
+    uint32_t overflow;
+    uint32_t shareable;          /* the contents are a function of the token prefix (0 or 1) */
+    uint32_t n_pages;            /* pages holding slots [0, n) (a ring: all of its pages) */
+    int32_t n, next_pos;         /* slots held, position of the next token */
+    int32_t n_hist;              /* history length (tokens consumed; more than n after a shift) */
+    int32_t n_ctx;
+    const int32_t *tokens, *pos; /* n each; NULL while an import has not read them yet */
+} kv_seq_desc;
+
+typedef struct kv_page_desc {
+    uint32_t type_k, type_v;
+    uint64_t bytes;
+} kv_page_desc;
+
+/* Describes s, whose owner consumed a history of n_hist tokens, and checks the description is one
+ * an import accepts (kv_seq_check_desc, every page held and of a layout s writes);
+ * KVLM_ERR_INTERNAL with a phrase about s ("holds ...") otherwise. d points into s. */
+kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_error *err);
+/* Page j of an export: its types and size, and (dst not NULL) its bytes copied to dst with the
+ * rows past the last stored token zeroed (they were never written: files are deterministic). */
+kv_page_desc kv_seq_export_page(const kv_seq *s, int32_t j, uint8_t *dst);
+/* Import, in three steps, into s, a sequence fresh from kv_seq_init with the settings the contents
+ * will run under, d checked against it (kv_seq_check_desc, tokens and pos read):
+ *  - kv_seq_import takes the slot arrays;
+ *  - kv_seq_import_page, for each page j in order, gives the memory its pd->bytes bytes go to,
+ *    the page allocated (or a ring's own reused); NULL with KVLM_ERR_FORMAT and a phrase ("page
+ *    ...") when pd is not a layout s writes, with KVLM_ERR_NOMEM when the pool has no room;
+ *  - kv_seq_import_commit puts s in place of dst: dst's old contents are released, s moves in
+ *    (and is left empty), the counts of d apply and full pages enter the prefix index.
+ * Until the commit, kv_seq_destroy(s) undoes everything. */
+kvlm_status kv_seq_import(kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
+uint8_t *kv_seq_import_page(kv_seq *s, const kv_seq_desc *d, uint32_t j, const kv_page_desc *pd, kvlm_error *err);
+void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d);
+
 /* ------------------------------------------------------------ checks (kv_check.c) */
 
 /* Largest position counter a checked state may hold (room to continue without int32 overflow). */
 #define KV_POS_LIMIT (1 << 30)
-/* Whether a state read from outside (n slots, next position, per-slot positions
- * or NULL) is one the overflow policy of s can produce; s is a sequence with
- * the settings the state will run under. KVLM_ERR_FORMAT with the reason
- * (a phrase such as "holds 9 slots ...") otherwise. */
-kvlm_status kv_seq_check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err);
+/* Whether d was made under the settings of s (page size, layers, row size, K/V types, overflow
+ * policy); KVLM_ERR_INVALID_ARG with a phrase ("has other cache settings ...") otherwise. */
+kvlm_status kv_seq_check_settings(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
+/* Whether the contents d describes (from outside: a session file) are a state the overflow policy
+ * of s can produce, s being a sequence with the settings they will run under: slot and position
+ * counts, per-slot positions (if d->pos), history length, shareable flag, pages and context.
+ * KVLM_ERR_FORMAT with the reason (a phrase such as "holds 9 slots ...") otherwise. */
+kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
 /* The position slot `slot` holds in a valid state with that next position
  * (a ring's slot may also hold that plus the capacity: see kv_check.c). */
 int32_t kv_seq_state_pos(const kv_seq *s, int32_t next_pos, int32_t slot);

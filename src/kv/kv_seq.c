@@ -651,3 +651,112 @@ void kv_seq_stats(const kv_seq *s, kvlm_kv_stats *st) {
     st->recomputed = s->recomputed;
     st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
 }
+
+/* ------------------------------------------------------------ export and import */
+
+kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_error *err) {
+    memset(d, 0, sizeof *d);
+    d->page_tokens = (uint32_t)s->P;
+    d->n_layer = (uint32_t)s->n_layer;
+    d->kv_dim = (uint32_t)s->kv_dim;
+    d->type_k = s->layout->type_k;
+    d->type_v = s->layout->type_v;
+    d->overflow = (uint32_t)s->overflow;
+    d->shareable = s->shareable;
+    /* pages past the last token (a failed pass's reservation) are not part of the contents */
+    const int64_t n_pages = kv_seq_state_pages(s, s->n);
+    d->n_pages = (uint32_t)n_pages;
+    d->n = s->n;
+    d->next_pos = s->next_pos;
+    d->n_hist = n_hist;
+    d->n_ctx = s->n_ctx;
+    /* slots in use: [0, n) (a ring fills its slots in order before wrapping) */
+    d->tokens = s->tokens;
+    d->pos = s->pos;
+    /* only contents an import accepts are described */
+    kvlm_error why;
+    if (kv_seq_check_desc(s, d, &why) != KVLM_OK) return kv_fail(err, KVLM_ERR_INTERNAL, "%s", why.msg);
+    if (n_pages > s->n_pages)
+        return kv_fail(err, KVLM_ERR_INTERNAL, "holds %d pages for %d tokens", s->n_pages, s->n);
+    for (int64_t j = 0; j < n_pages; j++) {
+        const kv_layout *l = s->pages[j]->layout;
+        if (kv_seq_page_layout(s, l->type_k, l->type_v) != l)
+            return kv_fail(err, KVLM_ERR_INTERNAL, "has page %lld in types %s/%s it does not use", (long long)j,
+                           kv_dtype_name(l->type_k), kv_dtype_name(l->type_v));
+    }
+    return KVLM_OK;
+}
+
+kv_page_desc kv_seq_export_page(const kv_seq *s, int32_t j, uint8_t *dst) {
+    const kv_page *pg = s->pages[j];
+    const kv_layout *l = pg->layout;
+    const kv_page_desc pd = {l->type_k, l->type_v, l->page_bytes};
+    if (!dst) return pd;
+    memcpy(dst, pg->data, l->page_bytes);
+    /* rows past the last stored token are unwritten: zero them so files are deterministic */
+    const int32_t used = s->n - j * s->P;
+    if (used < s->P) {
+        const int32_t m = used > 0 ? used : 0;
+        for (int li = 0; li < s->n_layer; li++) {
+            memset(dst + kv_layout_k_off(l, li, m), 0, (uint64_t)(s->P - m) * l->k_row);
+            memset(dst + kv_layout_v_off(l, li, m), 0, (uint64_t)(s->P - m) * l->v_row);
+        }
+    }
+    return pd;
+}
+
+kvlm_status kv_seq_import(kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
+    /* slot arrays for every page (a ring has them already) */
+    if (!ensure_slots(s, (int32_t)d->n_pages * s->P)) return kv_fail(err, KVLM_ERR_NOMEM, "out of memory");
+    if (d->n > 0) {
+        memcpy(s->tokens, d->tokens, (size_t)d->n * sizeof *s->tokens);
+        memcpy(s->pos, d->pos, (size_t)d->n * sizeof *s->pos);
+    }
+    return KVLM_OK;
+}
+
+uint8_t *kv_seq_import_page(kv_seq *s, const kv_seq_desc *d, uint32_t j, const kv_page_desc *pd, kvlm_error *err) {
+    /* only the layouts this sequence writes (its types, or its compression type) */
+    const kv_layout *l = kv_seq_page_layout(s, pd->type_k, pd->type_v);
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
+    if (!l) {
+        kv_fail(err, KVLM_ERR_FORMAT, "page %u is stored as %s/%s, which this session does not use (K %s, V %s%s%s)",
+                j, kv_dtype_name(pd->type_k), kv_dtype_name(pd->type_v), kv_dtype_name(s->layout->type_k),
+                kv_dtype_name(s->layout->type_v), s->compress_layout && !ring ? ", compressed " : "",
+                s->compress_layout && !ring ? kv_dtype_name(s->compress_layout->type_k) : "");
+        return NULL;
+    }
+    if (l->page_bytes != pd->bytes) {
+        kv_fail(err, KVLM_ERR_FORMAT, "page %u claims %llu bytes (a %s/%s page has %llu)", j,
+                (unsigned long long)pd->bytes, kv_dtype_name(pd->type_k), kv_dtype_name(pd->type_v),
+                (unsigned long long)l->page_bytes);
+        return NULL;
+    }
+    if (j >= d->n_pages || (int64_t)j > s->n_pages) {
+        kv_fail(err, KVLM_ERR_INTERNAL, "page %u imported out of order", j);
+        return NULL;
+    }
+    /* a ring already has its own pages; otherwise allocate */
+    if ((int32_t)j < s->n_pages && s->pages[j]->layout == l) return s->pages[j]->data;
+    kv_page *pg = kv_pool_alloc(s->pool, l);
+    if (!pg) {
+        kv_fail(err, KVLM_ERR_NOMEM, "the page pool has no room for %u pages", d->n_pages);
+        return NULL;
+    }
+    if ((int32_t)j < s->n_pages) kv_pool_release(s->pool, s->pages[j]);
+    s->pages[j] = pg;
+    if ((int32_t)j >= s->n_pages) s->n_pages = (int32_t)j + 1;
+    return pg->data;
+}
+
+void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d) {
+    s->n = d->n;
+    s->next_pos = d->next_pos;
+    s->shareable = s->shareable && d->shareable;
+    kv_pool_count(s->pool, KV_STAT_TOKENS, d->n);
+    /* the old contents go; whoever points at dst (the forward pass) now sees the new ones */
+    kv_seq_destroy(dst);
+    *dst = *s;
+    memset(s, 0, sizeof *s);
+    kv_seq_reindex(dst);
+}
