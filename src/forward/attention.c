@@ -69,10 +69,10 @@ typedef struct att_job {
 } att_job;
 
 /* Prefetches head kvh of the K and V rows of the page starting at slot (a page boundary), if it exists. */
-static void prefetch_page(const kv_seq *s, int layer, int32_t slot, int kvh, int n_head_kv) {
-    const int32_t P = kv_seq_page_tokens(s);
-    if (slot >= kv_seq_n_pages(s) * P) return;
-    const kv_rows r = kv_page_rows(kv_seq_page(s, slot / P), layer);
+static void prefetch_page(const kv_seq *sq, int layer, int32_t slot, int kvh, int n_head_kv) {
+    const int32_t P = kv_seq_page_tokens(sq);
+    if (slot >= kv_seq_n_pages(sq) * P) return;
+    const kv_rows r = kv_page_rows(kv_seq_page(sq, slot / P), layer);
     const uint64_t ko = (uint64_t)kvh * (r.k_stride / (uint64_t)n_head_kv);
     const uint64_t vo = (uint64_t)kvh * (r.v_stride / (uint64_t)n_head_kv);
     for (int32_t t = 0; t < P; t++) {
@@ -106,10 +106,10 @@ static void att_worker(void *ctx, int ith, int nth) {
     for (int64_t it; (it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < n_items;) {
         const int32_t t = (int32_t)(it / a->n_head);
         const int h = (int)(it % a->n_head), kvh = h / gqa;
-        const kv_seq *s = b->seqs[t];
-        const int32_t P = kv_seq_page_tokens(s);
-        const bool ring = kv_seq_is_ring(s);
-        const int32_t p = kv_seq_pos(s, b->slots[t]);
+        const kv_seq *sq = b->seqs[t];
+        const int32_t P = kv_seq_page_tokens(sq);
+        const bool ring = kv_seq_is_ring(sq);
+        const int32_t p = kv_seq_pos(sq, b->slots[t]);
         /* non-ring slots hold positions 0..n in order: read those up to p */
         const int32_t n_read = ring ? b->n_read[t] : p + 1;
         const float *qh = b->q + (int64_t)t * Q + (int64_t)h * hd;
@@ -120,8 +120,8 @@ static void att_worker(void *ctx, int ith, int nth) {
             /* page by page: one gemm call scores a page's keys (each score is still one vec_dot's bits) */
             for (int32_t start = 0; start < n_read; start += P) {
                 const int32_t cnt = n_read - start < P ? n_read - start : P;
-                if (a->prefetch) prefetch_page(s, layer, start + P, kvh, a->n_head_kv);
-                const kv_rows r = kv_page_rows(kv_seq_page(s, start / P), layer);
+                if (a->prefetch) prefetch_page(sq, layer, start + P, kvh, a->n_head_kv);
+                const kv_rows r = kv_page_rows(kv_seq_page(sq, start / P), layer);
                 const uint32_t tk = r.layout->type_k;
                 if (tk == KV_F16 && gemm16) {
                     gemm16(hd, r.k + (uint64_t)kvh * hd * 2, r.k_stride, cnt, q16, 0, 1, sc + start, cnt);
@@ -141,14 +141,14 @@ static void att_worker(void *ctx, int ith, int nth) {
                 }
             }
         } else {
-            const int32_t window = kv_seq_window(s);
+            const int32_t window = kv_seq_window(sq);
             for (int32_t sl = 0; sl < n_read; sl++) {
-                const int32_t ps = kv_seq_pos(s, sl);
+                const int32_t ps = kv_seq_pos(sq, sl);
                 if (ps > p || ps <= p - window) {
                     sc[sl] = -INFINITY;
                     continue;
                 }
-                const kv_row r = kv_seq_row(s, layer, sl);
+                const kv_row r = kv_seq_row(sq, layer, sl);
                 const uint32_t tk = r.layout->type_k;
                 float d;
                 if (tk == KV_F16) {
@@ -175,7 +175,7 @@ static void att_worker(void *ctx, int ith, int nth) {
         const void *rows[KV_PAGE_TOKENS_MAX];
         for (int32_t start = 0; start < n_read; start += P) {
             const int32_t cnt = n_read - start < P ? n_read - start : P;
-            const kv_rows r = kv_page_rows(kv_seq_page(s, start / P), layer);
+            const kv_rows r = kv_page_rows(kv_seq_page(sq, start / P), layer);
             const uint32_t tv = r.layout->type_v;
             const kv_vec_mad_rows_fn mr = tv == KV_F16 ? madr16 : tv == KV_F32 ? madr32 : NULL;
             int nr = 0;

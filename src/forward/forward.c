@@ -369,10 +369,10 @@ kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, flo
                             int32_t *n_done, kvlm_error *err) {
     *n_done = 0;
     const int64_t V = f->m->hp.n_vocab;
-    kv_seq *s = f->seq;
+    kv_seq *sq = f->seq;
     int32_t step = f->ubatch;
     /* a ring pass must not overwrite slots its own queries still read */
-    const int32_t cap = kv_seq_pass_cap(s);
+    const int32_t cap = kv_seq_pass_cap(sq);
     if (step > cap) step = cap;
     for (int32_t i = 0; i < n; i += step) {
         const int32_t T = n - i < step ? n - i : step;
@@ -380,18 +380,18 @@ kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, flo
         float *out = NULL;
         if (logits && all_logits) out = logits + (int64_t)i * V;
         else if (logits && last) out = logits;
-        kvlm_status st = kv_seq_prepare(s, T, err);
+        kvlm_status st = kv_seq_prepare(sq, T, err);
         if (st) return st;
-        if ((st = kv_seq_reserve(s, tokens + i, T, err))) return st;
-        const int32_t n_slots = kv_seq_span(s, T);
+        if ((st = kv_seq_reserve(sq, tokens + i, T, err))) return st;
+        const int32_t n_slots = kv_seq_span(sq, T);
         for (int32_t t = 0; t < T; t++) {
-            f->slots[t] = kv_seq_slot(s, t);
-            f->seqs[t] = s;
+            f->slots[t] = kv_seq_slot(sq, t);
+            f->seqs[t] = sq;
             f->n_read[t] = n_slots;
         }
         if (!kv_attention_reserve(f->attn, n_slots)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
         eval_pass(f, tokens + i, T, out, all_logits);
-        kv_seq_commit(s, T);
+        kv_seq_commit(sq, T);
         *n_done += T;
     }
     return KVLM_OK;
@@ -403,13 +403,13 @@ kvlm_status kv_forward_eval_multi(kv_forward *f, kv_seq *const *seqs, const int3
                                       f->ubatch);
     int64_t most = 0;
     for (int32_t i = 0; i < n; i++) {
-        kv_seq *s = seqs[i];
-        kvlm_status st = kv_seq_prepare(s, 1, err);
-        if (!st) st = kv_seq_reserve(s, tokens + i, 1, err);
+        kv_seq *sq = seqs[i];
+        kvlm_status st = kv_seq_prepare(sq, 1, err);
+        if (!st) st = kv_seq_reserve(sq, tokens + i, 1, err);
         if (st) return st; /* earlier sequences reserved a slot but did not commit it: harmless */
-        f->slots[i] = kv_seq_slot(s, 0);
-        f->seqs[i] = s;
-        f->n_read[i] = kv_seq_span(s, 1);
+        f->slots[i] = kv_seq_slot(sq, 0);
+        f->seqs[i] = sq;
+        f->n_read[i] = kv_seq_span(sq, 1);
         if (f->n_read[i] > most) most = f->n_read[i];
     }
     if (!kv_attention_reserve(f->attn, most)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
