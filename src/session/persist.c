@@ -37,6 +37,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "core/buf.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "session_impl.h"
@@ -142,29 +143,6 @@ int kv_session_clean_temps(const char *path) {
 
 /* ------------------------------------------------------------ writing */
 
-typedef struct wbuf {
-    uint8_t *p;
-    size_t n, cap;
-    bool oom;
-} wbuf;
-
-static void put(wbuf *b, const void *src, size_t n) {
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 1 << 16;
-        while (cap < b->n + n) cap *= 2;
-        uint8_t *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-
 static void sync_dir_of(const char *path) {
     const char *slash = strrchr(path, '/');
     char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
@@ -247,10 +225,10 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     h.next_pos = d.next_pos;
     h.n_consumed = d.n_hist;
     h.n_ctx = d.n_ctx;
-    wbuf b = {0};
-    put(&b, &h, sizeof h);
-    put(&b, d.tokens, (size_t)d.n * sizeof *d.tokens);
-    put(&b, d.pos, (size_t)d.n * sizeof *d.pos);
+    kv_buf b = {0};
+    kv_buf_add(&b, &h, sizeof h);
+    kv_buf_add(&b, d.tokens, (size_t)d.n * sizeof *d.tokens);
+    kv_buf_add(&b, d.pos, (size_t)d.n * sizeof *d.pos);
     uint8_t *raw = NULL, *comp = NULL;
     size_t comp_cap = 0;
     kvlm_status st = KVLM_OK;
@@ -280,19 +258,20 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
         }
         const uint32_t types[2] = {pd.type_k, pd.type_v};
         const uint64_t sizes[2] = {pd.bytes, cn};
-        put(&b, types, sizeof types);
-        put(&b, sizes, sizeof sizes);
-        put(&b, comp, cn);
+        kv_buf_add(&b, types, sizeof types);
+        kv_buf_add(&b, sizes, sizeof sizes);
+        kv_buf_add(&b, comp, cn);
     }
     free(raw);
     free(comp);
     if (!st && b.oom) st = kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory");
     if (!st) {
-        const uint64_t sum = kv_session_checksum(b.p, b.n);
-        put(&b, &sum, sizeof sum);
-        st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory") : write_atomically(path, b.p, b.n, err);
+        const uint64_t sum = kv_session_checksum(b.data, b.n);
+        kv_buf_add(&b, &sum, sizeof sum);
+        st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory")
+                   : write_atomically(path, (const uint8_t *)b.data, b.n, err);
     }
-    free(b.p);
+    free(b.data);
     return st;
 }
 
