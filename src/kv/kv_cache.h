@@ -7,7 +7,15 @@
  * so growing the pool copies nothing. Full pages are content-addressed by a
  * hash chain over their tokens (key_j = H(key_{j-1}, tokens of page j)) so
  * sequences with a common prefix share them read-only, with reference
- * counts; unreferenced pages stay cached and are evicted LRU. */
+ * counts; unreferenced pages stay cached and are evicted LRU.
+ *
+ * This module owns its state. Outside src/kv/, nothing computes a page
+ * offset or reads a field of the pool (private to kv_pool.c) or of a
+ * sequence: the page layout is written once below (kv_layout_k_off and the
+ * row accessors built on it), the K/V codec lives on the layout, and the
+ * session layer asks for what it needs (kv_seq_sync for the n_past contract,
+ * kv_seq_export / kv_seq_import for session files, small accessors for the
+ * forward pass and attention). */
 #ifndef KV_KV_CACHE_H
 #define KV_KV_CACHE_H
 
@@ -29,6 +37,7 @@ typedef struct kv_layout kv_layout;
 struct kv_page {
     uint8_t *data;
     const kv_layout *layout;
+    /* the pool's own (under its lock) */
     int32_t refs;          /* sequences holding it (pool mutex) */
     bool indexed;          /* in the prefix index */
     uint64_t key, parent_key;
@@ -136,7 +145,10 @@ kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, cons
 void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens);
 uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n);
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
-/* Sets the target (see target_pages) and frees what is held past it. */
+/* Sets the pages the owner needs (0: none), and frees what is held past them. With a target, growth
+   never goes past it while a cached page can be evicted instead, and pages past it are freed when
+   released (a session with a fixed context owning its pool holds no more than its context and
+   policy need). */
 void kv_pool_set_target(kv_page_pool *p, int64_t pages);
 /* Whether pg is held by its caller alone and may be written in place; an indexed page is taken out of the
    index first when unindex is true, else refused. */
@@ -153,6 +165,8 @@ void kv_pool_count(kv_page_pool *p, kv_pool_stat which, int64_t delta);
 
 /* ------------------------------------------------------------ sequences */
 
+/* A sequence's page table. Declared here so that a session can hold one by value and the module's
+   own tests can look inside; everything else goes through the functions that follow. */
 typedef struct kv_seq {
     kv_page_pool *pool;
     const kv_layout *layout; /* of newly written pages */
