@@ -48,6 +48,8 @@ void srv_job_free(srv_job *j) {
     for (int i = 0; i < j->n_stop; i++) free(j->stop[i]);
     free(j->prompt);
     free(j->bias);
+    free(j->echo_text);
+    free(j->plp);
     free(j);
 }
 
@@ -306,6 +308,8 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
     memset(o, 0, sizeof *o);
     *failed = false;
     *job_cached = -1;
+    /* echo with logprobs: choice 0 computes every prompt position (no reuse) for the prompt's logprobs */
+    const bool want_rows = j->echo && j->logprobs >= 0 && sl->choice == 0;
     if (sl->done < 0) {
         /* first chunk: keep the common prefix the session holds (one token
          * always computed for the logits), the rest may come from the shared pool */
@@ -315,18 +319,46 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
         if (l > n - 1) l = n - 1;
         kvlm_session_get_stats(sl->s, &st);
         sl->misses0 = st.misses;
-        n_past = l;
+        n_past = want_rows ? 0 : l;
+        if (want_rows) {
+            j->plp = calloc((size_t)n, sizeof *j->plp);
+            if (!e->rows) e->rows = malloc((size_t)SRV_LP_CHUNK * (size_t)e->n_vocab * sizeof *e->rows);
+            if (!j->plp || !e->rows) {
+                *failed = true;
+                snprintf(msg, msg_size, "out of memory");
+                return;
+            }
+            j->plp[0].id = j->prompt[0];
+            j->plp[0].in_prompt = j->plp[0].no_lp = true;
+        }
     } else {
         n_past = sl->done;
     }
-    int32_t end = n_past + e->cfg->prefill_chunk;
+    int32_t end = n_past + (want_rows ? SRV_LP_CHUNK : e->cfg->prefill_chunk);
     if (end > n) end = n;
     const bool last = end == n;
-    kvlm_status rc = kvlm_eval(sl->s, j->prompt, end, n_past, last ? row : NULL, false, &err);
+    kvlm_status rc = kvlm_eval(sl->s, j->prompt, end, n_past, want_rows ? e->rows : last ? row : NULL, want_rows,
+                               &err);
     if (rc != KVLM_OK) {
         *failed = true;
         snprintf(msg, msg_size, "prompt evaluation failed: %.400s", err.msg);
         return;
+    }
+    if (want_rows) {
+        /* row r (position n_past + r) predicts the prompt's next token */
+        for (int32_t p = n_past; p < end; p++) {
+            const float *r = e->rows + (size_t)(p - n_past) * (size_t)e->n_vocab;
+            if (p + 1 < n) {
+                srv_tok *t = &j->plp[p + 1];
+                t->id = j->prompt[p + 1];
+                t->in_prompt = true;
+                t->n_top = j->logprobs;
+                if (kvlm_logprobs(r, e->n_vocab, t->id, &t->logprob, j->logprobs, t->top_id, t->top_lp, &err))
+                    t->n_top = 0;
+            } else {
+                memcpy(row, r, (size_t)e->n_vocab * sizeof *row);
+            }
+        }
     }
     sl->done = end;
     if (last) {
@@ -335,8 +367,21 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
         int32_t cached = (int32_t)(n - computed);
         *job_cached = cached < 0 ? 0 : cached; /* >= 0: the prompt is read (the caller clears
                                                   sl->prefilling under the lock, /metrics reads it) */
-        sample_next(e, sl, row, o);
+        memset(o, 0, sizeof *o);
+        o->text = "";
+        if (j->max_tokens == 0) o->finish = "length"; /* echo of the prompt alone */
+        else sample_next(e, sl, row, o);
     }
+}
+
+/* Echo: the prompt's text (and its logprobs) start the choice (under mu, before its first token). */
+static bool echo_into(srv_job *j, srv_choice *c) {
+    if (!j->echo) return true;
+    if (!text_append(c, j->echo_text, j->echo_len)) return false;
+    if (j->plp)
+        for (int32_t i = 0; i < j->n_prompt; i++)
+            if (!tok_append(c, &j->plp[i])) return false;
+    return true;
 }
 
 /* Deadlines and cancellations (under mu). */
@@ -464,7 +509,12 @@ static void *scheduler(void *arg) {
                     e->m.prefix_queries += (uint64_t)j->n_prompt;
                     e->m.prefix_hits += (uint64_t)cached;
                 }
-                publish(e, sl, &outs[P]);
+                if (!echo_into(j, &j->ch[sl->choice])) {
+                    job_fail(j, 500, "out of memory");
+                    slot_finish(e, sl, "error");
+                } else {
+                    publish(e, sl, &outs[P]);
+                }
             }
         }
         if (nb > 0) {
@@ -599,6 +649,7 @@ void srv_engine_stop(srv_engine *e) {
         for (int i = 0; i < e->parallel; i++) kvlm_session_free(e->slots[i].s);
     free(e->slots);
     free(e->logits);
+    free(e->rows);
     free(e->scratch);
     kvlm_cache_free(e->cache);
     memset(e, 0, sizeof *e);
