@@ -481,69 +481,69 @@ def test_chat_follow_up_reuses_previous_turn(srv):
     assert b["usage"]["prompt_tokens"] > a["usage"]["prompt_tokens"]
 
 
-def test_exact_under_load(srv):
-    prefix = long_prefix()
+def test_exact_under_load():
+    """A request's text and logprobs are byte-identical alone (cold), among 8 other requests that are
+    decoding in the same batched steps for its whole duration, once its prefix is cached, and on a
+    one-slot server that reads prompts in chunks of 7."""
+    s = Server("-c", "2048", "--parallel", "9", model=SLOW_MODEL)
     reqs = [
-        ("/v1/completions", {"prompt": prefix + "Then", "max_tokens": 40, "temperature": 0, "logprobs": 2,
-                             "logit_bias": NO_EOS}),
-        ("/v1/completions", {"prompt": prefix + "Then", "max_tokens": 40, "temperature": 0.9, "seed": 1234,
-                             "logprobs": 2, "logit_bias": NO_EOS}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": prefix + "What next?"}],
+        ("/v1/completions", {"prompt": "Alpha. " + long_prefix() + "Then", "max_tokens": 40,
+                             "temperature": 0, "logprobs": 2, "logit_bias": NO_EOS}),
+        ("/v1/completions", {"prompt": "Bravo. " + long_prefix() + "Then", "max_tokens": 40,
+                             "temperature": 0.9, "seed": 1234, "logprobs": 2, "logit_bias": NO_EOS}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Charlie. " + long_prefix()}],
                                   "max_tokens": 40, "temperature": 0.8, "seed": 99, "logprobs": True,
-                                  "top_logprobs": 2}),
+                                  "top_logprobs": 2, "logit_bias": NO_EOS}),
     ]
-
-    def result(path, body):
-        d = srv.post(path, body).json()
-        ch = d["choices"][0]
-        text = ch.get("text", ch.get("message", {}).get("content"))
-        return text, json.dumps(ch["logprobs"], sort_keys=True), d["usage"]
-
-    others = [("/v1/completions", {"prompt": "Story %d: the %s" % (i, w), "max_tokens": 30 + 3 * i,
-                                   "temperature": 0.7, "seed": i, "stream": i % 2 == 0})
+    # the other requests: different prompts, lengths and sampling, far longer than the measured one
+    others = [{"prompt": "Story %d: the %s" % (i, w) + " and the sea" * i, "max_tokens": 1800,
+               "temperature": 0.7 if i % 2 else 0, "seed": i, "logit_bias": NO_EOS}
               for i, w in enumerate(["cat", "dog", "moon", "king", "sea", "tree", "fox", "owl"])]
 
-    m0 = srv.metrics()
-    expected = {}
-    for path, body in reqs:
-        alone = result(path, body)
-        # among 8 concurrent different requests (some streaming), started in between
-        results = {}
+    def result(srv, path, body):
+        r = srv.post(path, body)
+        assert r.status_code == 200, r.text
+        d = r.json()
+        ch = d["choices"][0]
+        text = ch.get("text", ch.get("message", {}).get("content"))
+        return text, json.dumps(ch["logprobs"], sort_keys=True), d["usage"]["prompt_tokens_details"]["cached_tokens"]
 
-        def run_other(i, p, b):
-            results[i] = srv.post(p, b).status_code
-
-        ts = [threading.Thread(target=run_other, args=(i, p, b)) for i, (p, b) in enumerate(others[:4])]
-        for t in ts:
-            t.start()
-        loaded = result(path, body)
-        ts2 = [threading.Thread(target=run_other, args=(i + 4, p, b)) for i, (p, b) in enumerate(others[4:])]
-        for t in ts2:
-            t.start()
-        for t in ts + ts2:
-            t.join()
-        assert all(s == 200 for s in results.values())
-        # again, now with its prompt cached
-        cached = result(path, body)
-        assert cached[2]["prompt_tokens_details"]["cached_tokens"] > 0
-        assert alone[0] == loaded[0] == cached[0]
-        assert alone[1] == loaded[1] == cached[1]
-        expected[path + json.dumps(body, sort_keys=True)] = alone
-    # the load was real: some decode steps carried several sequences
-    m1 = srv.metrics()
-    steps = m1["kvlm:decode_steps_total"] - m0["kvlm:decode_steps_total"]
-    seqs = m1["kvlm:decode_sequences_total"] - m0["kvlm:decode_sequences_total"]
-    assert seqs > steps
-    # another server with one slot and a small prefill chunk: the same bytes
-    other = Server("-c", "512", "--parallel", "1", "--prefill-chunk", "7")
+    expected = []
     try:
         for path, body in reqs:
-            d = other.post(path, body).json()
-            ch = d["choices"][0]
-            text = ch.get("text", ch.get("message", {}).get("content"))
-            want = expected[path + json.dumps(body, sort_keys=True)]
-            assert text == want[0]
-            assert json.dumps(ch["logprobs"], sort_keys=True) == want[1]
+            assert s.metrics()["kvlm:requests_running"] == 0
+            alone = result(s, path, body)
+            assert alone[2] <= 1  # cold: nothing of its prompt was cached (but BOS, that a slot may hold)
+            socks = [open_stream(s.url, b) for b in others]
+            try:
+                wait_for(lambda: (lambda m: m["kvlm:requests_running"] == 8 and m["kvlm:requests_prefilling"] == 0)(
+                    s.metrics()), "the 8 other requests to be decoding")
+                m0 = s.metrics()
+                loaded = result(s, path, body)
+                m1 = s.metrics()
+                # the others ran all along: every step of the measured request was a batch of 9
+                assert m1["kvlm:requests_running"] == 8
+                assert m1['kvlm:requests_total{finish_reason="length"}'] == m0['kvlm:requests_total{finish_reason="length"}'] + 1
+                steps = m1["kvlm:decode_steps_total"] - m0["kvlm:decode_steps_total"]
+                seqs = m1["kvlm:decode_sequences_total"] - m0["kvlm:decode_sequences_total"]
+                assert steps >= 39 and seqs >= 8 * steps + 39, (steps, seqs)
+            finally:
+                for c in socks:
+                    c.close()
+            wait_for(lambda: s.metrics()["kvlm:requests_running"] == 0, "the others to be cancelled")
+            cached = result(s, path, body)
+            assert cached[2] > 0
+            assert alone[0] == loaded[0] == cached[0]
+            assert alone[1] == loaded[1] == cached[1]
+            expected.append(alone)
+    finally:
+        assert s.stop() == 0
+    # another server with one slot and a small prefill chunk: the same bytes
+    other = Server("-c", "2048", "--parallel", "1", "--prefill-chunk", "7", model=SLOW_MODEL)
+    try:
+        for (path, body), want in zip(reqs, expected):
+            got = result(other, path, body)
+            assert got[:2] == want[:2]
     finally:
         assert other.stop() == 0
 
@@ -614,6 +614,24 @@ def test_disconnect_frees_slot():
         assert m['kvlm:requests_total{finish_reason="cancelled"}'] == 2
         s.healthy()
         assert "499" in s.stderr()
+    finally:
+        assert s.stop() == 0
+
+
+def test_disconnect_non_streaming_during_decode_frees_slot():
+    s = Server("-c", "4096", "--parallel", "1", model=SLOW_MODEL)
+    try:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        data = json.dumps({"prompt": "Forever", "max_tokens": 4000, "temperature": 0, "logit_bias": NO_EOS}).encode()
+        c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
+        wait_for(lambda: s.metrics()["kvlm:generation_tokens_total"] > 0, "the request to decode")
+        c.close()
+        wait_for(lambda: s.metrics()["kvlm:requests_running"] == 0, "the slot to be freed")
+        m = s.metrics()
+        assert m["kvlm:cancelled_total"] == 1 and m['kvlm:requests_total{finish_reason="cancelled"}'] == 1
+        assert 0 < m["kvlm:generation_tokens_total"] < 4000
+        s.healthy()
     finally:
         assert s.stop() == 0
 
