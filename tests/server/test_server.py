@@ -469,6 +469,38 @@ def test_cached_tokens_on_shared_prefix(srv):
     assert m["kvlm:prefix_cache_hits_total"] >= cached
 
 
+def test_prefix_from_another_slot_reused_across_chunks():
+    """A prompt longer than a prefill chunk whose prefix another slot computed takes every full page
+    of it from the shared pool (not only those a chunk boundary leaves whole)."""
+    import random
+    rng = random.Random(7)
+    x = [1] + [rng.randrange(300, 30000) for _ in range(299)]
+    s = Server("-c", "2048", "--parallel", "2", model=SLOW_MODEL)  # prefill chunks of 128, pages of 32
+    try:
+        assert s.post("/v1/completions", {"prompt": x, "max_tokens": 1}).status_code == 200
+        # the slot that holds x stays busy: the next request gets the other slot, with nothing of its own
+        c = open_stream(s.url, {"prompt": x, "max_tokens": 1800, "temperature": 0, "logit_bias": NO_EOS})
+        try:
+            wait_for(lambda: (lambda m: m["kvlm:requests_running"] == 1 and m["kvlm:requests_prefilling"] == 0)(
+                s.metrics()), "x to be decoding")
+            y = x[:288] + [rng.randrange(300, 30000) for _ in range(5)]
+            d = s.post("/v1/completions", {"prompt": y, "max_tokens": 4, "temperature": 0}).json()
+            assert d["usage"]["prompt_tokens_details"]["cached_tokens"] == 288  # all 9 full pages
+            assert s.metrics()["kvlm:requests_running"] == 1
+        finally:
+            c.close()
+        # the same text as when nothing was cached (a fresh server)
+        other = Server("-c", "2048", "--parallel", "1", model=SLOW_MODEL)
+        try:
+            d2 = other.post("/v1/completions", {"prompt": y, "max_tokens": 4, "temperature": 0}).json()
+            assert d2["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+            assert d2["choices"][0]["text"] == d["choices"][0]["text"]
+        finally:
+            assert other.stop() == 0
+    finally:
+        assert s.stop() == 0
+
+
 def test_chat_follow_up_reuses_previous_turn(srv):
     turn1 = [{"role": "system", "content": "You tell short stories about animals."},
              {"role": "user", "content": "Tell me about a fox who lived in the forest."}]

@@ -15,6 +15,7 @@
 #define SRV_MAX_N 8       /* choices per request */
 #define SRV_MAX_STOP 16   /* stop strings per request */
 #define SRV_MAX_TOP 20    /* top_logprobs */
+#define SRV_ATTACH_CHUNKS 8 /* prompt chunks taken from the shared pool per scheduler step */
 #define SRV_LP_CHUNK 32   /* prompt tokens per step when their logprobs are wanted (echo) */
 
 typedef struct srv_config {
@@ -124,6 +125,7 @@ typedef struct srv_slot {
     bool prefilling;
     int32_t done;      /* prompt tokens evaluated */
     int64_t misses0;
+    int32_t wasted;    /* tokens computed and dropped again at chunk ends (page alignment) */
     bool has_pending;
     kvlm_token pending; /* sampled, to be fed at the next decode step */
     uint64_t order;    /* admission order (prefill goes oldest first) */
@@ -134,6 +136,7 @@ typedef struct srv_engine {
     kvlm_model *model;
     kvlm_cache *cache;
     int32_t n_vocab, n_ctx;
+    int32_t page_tokens; /* the pool's page size (0: no prefix sharing) */
     int parallel;
     srv_slot *slots;
     float *logits;      /* parallel * n_vocab */

@@ -334,17 +334,14 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
     } else {
         n_past = sl->done;
     }
-    int32_t end = n_past + (want_rows ? SRV_LP_CHUNK : e->cfg->prefill_chunk);
-    if (end > n) end = n;
-    const bool last = end == n;
-    kvlm_status rc = kvlm_eval(sl->s, j->prompt, end, n_past, want_rows ? e->rows : last ? row : NULL, want_rows,
-                               &err);
-    if (rc != KVLM_OK) {
-        *failed = true;
-        snprintf(msg, msg_size, "prompt evaluation failed: %.400s", err.msg);
-        return;
-    }
+    if (sl->done < 0) sl->wasted = 0;
+    const int32_t P = e->page_tokens;
+    bool last = false;
     if (want_rows) {
+        int32_t end = n_past + SRV_LP_CHUNK;
+        if (end > n) end = n;
+        last = end == n;
+        if (kvlm_eval(sl->s, j->prompt, end, n_past, e->rows, true, &err) != KVLM_OK) goto eval_failed;
         /* row r (position n_past + r) predicts the prompt's next token */
         for (int32_t p = n_past; p < end; p++) {
             const float *r = e->rows + (size_t)(p - n_past) * (size_t)e->n_vocab;
@@ -359,11 +356,40 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
                 memcpy(row, r, (size_t)e->n_vocab * sizeof *row);
             }
         }
+        sl->done = end;
+    } else {
+        /* kvlm_eval takes full pages from the shared pool only below the last token it is given,
+         * and only from a page boundary on. So a chunk that does not end the prompt is evaluated
+         * one token past a page boundary (every page of the chunk may come from the pool) and
+         * that token is dropped again: the session ends on the boundary, where the next chunk can
+         * reuse pages too. A chunk that was all reused cost one token, so the step goes on with
+         * the next one (at most SRV_ATTACH_CHUNKS of them). */
+        const int32_t chunk = e->cfg->prefill_chunk;
+        for (int k = 0;; k++) {
+            int32_t target = n_past + chunk;
+            if (P > 1 && chunk >= P && target < n) target -= target % P;
+            if (target >= n || chunk < P || P <= 1) {
+                int32_t end = target < n ? target : n;
+                last = end == n;
+                if (kvlm_eval(sl->s, j->prompt, end, n_past, last ? row : NULL, false, &err) != KVLM_OK)
+                    goto eval_failed;
+                sl->done = end;
+                break;
+            }
+            kvlm_session_get_stats(sl->s, &st);
+            const int64_t before = st.misses;
+            if (kvlm_eval(sl->s, j->prompt, target + 1, n_past, NULL, false, &err) != KVLM_OK ||
+                kvlm_session_truncate(sl->s, target, &err) != KVLM_OK)
+                goto eval_failed;
+            sl->wasted++;
+            sl->done = n_past = target;
+            kvlm_session_get_stats(sl->s, &st);
+            if (st.misses - before > 1 || k + 1 >= SRV_ATTACH_CHUNKS) break; /* real work was done */
+        }
     }
-    sl->done = end;
     if (last) {
         kvlm_session_get_stats(sl->s, &st);
-        int64_t computed = st.misses - sl->misses0;
+        int64_t computed = st.misses - sl->misses0 - sl->wasted; /* the dropped tokens count once */
         int32_t cached = (int32_t)(n - computed);
         *job_cached = cached < 0 ? 0 : cached; /* >= 0: the prompt is read (the caller clears
                                                   sl->prefilling under the lock, /metrics reads it) */
@@ -372,6 +398,10 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
         if (j->max_tokens == 0) o->finish = "length"; /* echo of the prompt alone */
         else sample_next(e, sl, row, o);
     }
+    return;
+eval_failed:
+    *failed = true;
+    snprintf(msg, msg_size, "prompt evaluation failed: %.400s", err.msg);
 }
 
 /* Echo: the prompt's text (and its logprobs) start the choice (under mu, before its first token). */
@@ -561,6 +591,7 @@ int srv_engine_start(srv_engine *e, const srv_config *cfg, kvlm_model *model, ch
         return -1;
     }
     sp.cache = e->cache;
+    e->page_tokens = sp.cache_params.prefix_sharing ? sp.cache_params.page_tokens : 0;
     e->slots = calloc((size_t)e->parallel, sizeof *e->slots);
     if (!e->slots) {
         snprintf(msg, msg_size, "out of memory");
