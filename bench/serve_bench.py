@@ -128,7 +128,7 @@ def load_test(url, clients, per_client, max_tokens):
     cached = sum(cached_tokens(r) for r in results if r["usage"])
     ttft = [r["times"][0] - r["t0"] for r in results if r["times"]]
     itl = [b - a for r in results for a, b in zip(r["times"], r["times"][1:])]
-    return {"requests": len(results), "errors": len(errors), "tok_s": gen / wall,
+    return {"requests": len(results), "errors": len(errors), "tok_s": gen / wall, "gen": gen,
             "ttft_p50": pct(ttft, 50) * 1e3, "ttft_p99": pct(ttft, 99) * 1e3, "itl_p50": pct(itl, 50) * 1e3,
             "itl_p99": pct(itl, 99) * 1e3, "hit": cached / prompt if prompt else 0.0}
 
@@ -180,6 +180,12 @@ class Launched:
                 raise RuntimeError("server did not become healthy: " + cmd)
             time.sleep(0.1)
 
+    def cpu_seconds(self):
+        """User + system CPU time of the server process so far (all its threads)."""
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -218,36 +224,45 @@ def main():
         s = Launched(cmd.replace("{np}", str(np)).replace("{ctx_np}", str(a.ctx_per_slot * np)))
         try:
             stream_request(s.url, {"prompt": PREFIX + "warm-up", "max_tokens": 4, "temperature": 0})
-            return fn(s.url)
+            cpu0 = s.cpu_seconds()
+            r = fn(s.url)
+            if isinstance(r, dict):
+                r["cpu_s"] = s.cpu_seconds() - cpu0
+            return r
         finally:
             s.stop()
 
-    keys = ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "hit")
+    keys = ("tok_s", "tok_cpu", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "hit")
     if not a.skip_load:
         rows = {}
         for rnd in range(a.rounds):
             for n in counts:
                 for name, cmd in engines:
                     r = with_server(cmd, n, lambda url: load_test(url, n, a.requests, a.max_tokens))
+                    # generated tokens per CPU-second of the server process: what the server costs,
+                    # less sensitive than tokens/s to what else takes the cores
+                    r["tok_cpu"] = r["gen"] / r["cpu_s"] if r.get("cpu_s") else float("nan")
                     rows.setdefault((n, name), []).append(r)
                     print("# round %d, %d clients, %s: %s" % (rnd + 1, n, name,
                           " ".join("%s=%.2f" % (k, r[k]) for k in keys + ("errors",))), flush=True)
-        print("| clients | server | requests | errors | gen tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | "
-              "ITL p99 ms | prefix hit rate |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| clients | server | requests | errors | gen tok/s | tok per CPU-s | TTFT p50 ms | TTFT p99 ms | "
+              "ITL p50 ms | ITL p99 ms | prefix hit rate |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in counts:
             for name, _ in engines:
                 rs = rows[(n, name)]
                 med = {k: statistics.median(r[k] for r in rs) for k in keys}
-                print("| %d | %s | %d | %d | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |" % (
+                print("| %d | %s | %d | %d | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |" % (
                     n, name, sum(r["requests"] for r in rs), sum(r["errors"] for r in rs), med["tok_s"],
-                    med["ttft_p50"], med["ttft_p99"], med["itl_p50"], med["itl_p99"], med["hit"]))
+                    med["tok_cpu"], med["ttft_p50"], med["ttft_p99"], med["itl_p50"], med["itl_p99"], med["hit"]))
             if len(engines) == 2:
-                # the A/B ratio of each round (both measured back to back), then its median
-                ratios = [x["tok_s"] / y["tok_s"] for x, y in zip(rows[(n, engines[0][0])], rows[(n, engines[1][0])])]
-                print("| %d | %s / %s | | | **%.2fx** (rounds: %s) | | | | | |" % (
-                    n, engines[0][0], engines[1][0], statistics.median(ratios),
-                    ", ".join("%.2f" % x for x in ratios)))
+                # the A/B ratios of each round (both measured back to back), then their medians
+                x, y = rows[(n, engines[0][0])], rows[(n, engines[1][0])]
+                rt = [p["tok_s"] / q["tok_s"] for p, q in zip(x, y)]
+                rc = [p["tok_cpu"] / q["tok_cpu"] for p, q in zip(x, y)]
+                print("| %d | %s / %s | | | **%.2fx** (%s) | **%.2fx** (%s) | | | | | |" % (
+                    n, engines[0][0], engines[1][0], statistics.median(rt), ", ".join("%.2f" % v for v in rt),
+                    statistics.median(rc), ", ".join("%.2f" % v for v in rc)))
     if a.prefix_ttft:
         print()
         print("| server | prefix tokens | trials | cold TTFT ms | cached TTFT ms | cold / cached |")
