@@ -299,7 +299,7 @@ static void publish(srv_engine *e, srv_slot *sl, const step_out *o) {
 
 /* One prompt chunk of a prefilling slot. Returns with the lock NOT held. */
 static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, int *job_cached, bool *failed,
-                          char *msg, size_t msg_size) {
+                          char *msg, size_t msg_size, int32_t budget, int32_t *used) {
     srv_job *j = sl->job;
     kvlm_error err;
     const int32_t n = j->n_prompt;
@@ -308,6 +308,9 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
     memset(o, 0, sizeof *o);
     *failed = false;
     *job_cached = -1;
+    kvlm_session_get_stats(sl->s, &st);
+    const int64_t misses_in = st.misses;
+    *used = budget; /* unless measured below */
     /* echo with logprobs: choice 0 computes every prompt position (no reuse) for the prompt's logprobs */
     const bool want_rows = j->echo && j->logprobs >= 0 && sl->choice == 0;
     if (sl->done < 0) {
@@ -364,7 +367,7 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
          * that token is dropped again: the session ends on the boundary, where the next chunk can
          * reuse pages too. A chunk that was all reused cost one token, so the step goes on with
          * the next one (at most SRV_ATTACH_CHUNKS of them). */
-        const int32_t chunk = e->cfg->prefill_chunk;
+        const int32_t chunk = budget;
         for (int k = 0;; k++) {
             int32_t target = n_past + chunk;
             if (P > 1 && chunk >= P && target < n) target -= target % P;
@@ -387,8 +390,9 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
             if (st.misses - before > 1 || k + 1 >= SRV_ATTACH_CHUNKS) break; /* real work was done */
         }
     }
+    kvlm_session_get_stats(sl->s, &st);
+    *used = st.misses - misses_in > 0 ? (int32_t)(st.misses - misses_in) : 1;
     if (last) {
-        kvlm_session_get_stats(sl->s, &st);
         int64_t computed = st.misses - sl->misses0 - sl->wasted; /* the dropped tokens count once */
         int32_t cached = (int32_t)(n - computed);
         *job_cached = cached < 0 ? 0 : cached; /* >= 0: the prompt is read (the caller clears
@@ -465,9 +469,14 @@ static void *scheduler(void *arg) {
     kvlm_session **bs = calloc((size_t)P, sizeof *bs);
     kvlm_token *bt = calloc((size_t)P, sizeof *bt);
     int *bi = calloc((size_t)P, sizeof *bi);
-    step_out *outs = calloc((size_t)P + 1, sizeof *outs);
+    step_out *outs = calloc((size_t)P, sizeof *outs);
     float *prow = malloc((size_t)e->n_vocab * sizeof *prow);
-    if (!bs || !bt || !bi || !outs || !prow) {
+    /* the prefills of a step */
+    int *pfi = calloc((size_t)P, sizeof *pfi), *pf_cached = calloc((size_t)P, sizeof *pf_cached);
+    bool *pf_failed = calloc((size_t)P, sizeof *pf_failed);
+    step_out *pf_out = calloc((size_t)P, sizeof *pf_out);
+    char *pf_msg = calloc((size_t)P, 512);
+    if (!bs || !bt || !bi || !outs || !prow || !pfi || !pf_cached || !pf_failed || !pf_out || !pf_msg) {
         fprintf(stderr, "kvlm serve: scheduler out of memory\n");
         abort();
     }
@@ -490,13 +499,21 @@ static void *scheduler(void *arg) {
             pthread_cond_timedwait(&e->wake, &e->mu, &ts);
             continue;
         }
-        /* the work of this step: the oldest prefilling slot, every slot with a token to feed */
-        int pf = -1, nb = 0;
+        /* the work of this step: prompt chunks of the prefilling slots, oldest first, up to
+         * --prefill-chunk computed tokens in all (so several short prompts, or the uncached rest
+         * of prompts whose prefix is cached, are read in one step), and one token for every slot
+         * with a token to feed */
+        int npf = 0, nb = 0;
         for (int i = 0; i < P; i++) {
             srv_slot *sl = &e->slots[i];
             if (!sl->job) continue;
             if (sl->prefilling) {
-                if (pf < 0 || sl->order < e->slots[pf].order) pf = i;
+                int k = npf++;
+                while (k > 0 && e->slots[pfi[k - 1]].order > sl->order) {
+                    pfi[k] = pfi[k - 1];
+                    k--;
+                }
+                pfi[k] = i;
             } else if (sl->has_pending) {
                 bs[nb] = sl->s;
                 bt[nb] = sl->pending;
@@ -506,11 +523,17 @@ static void *scheduler(void *arg) {
         }
         pthread_mutex_unlock(&e->mu);
 
-        /* prefill one chunk */
-        int cached = -1;
-        bool pf_failed = false;
-        char pf_msg[512] = "";
-        if (pf >= 0) prefill_chunk(e, &e->slots[pf], prow, &outs[P], &cached, &pf_failed, pf_msg, sizeof pf_msg);
+        /* prefill */
+        int32_t budget = e->cfg->prefill_chunk;
+        int done_pf = 0;
+        while (done_pf < npf && budget > 0) {
+            const int k = done_pf++;
+            int32_t used = 0;
+            pf_msg[(size_t)k * 512] = '\0';
+            prefill_chunk(e, &e->slots[pfi[k]], prow, &pf_out[k], &pf_cached[k], &pf_failed[k],
+                          pf_msg + (size_t)k * 512, 512, budget, &used);
+            budget -= used;
+        }
         /* decode one token for every running sequence */
         kvlm_status drc = KVLM_OK;
         kvlm_error derr;
@@ -524,26 +547,27 @@ static void *scheduler(void *arg) {
         snapshot_kv(e);
 
         pthread_mutex_lock(&e->mu);
-        if (pf >= 0) {
-            srv_slot *sl = &e->slots[pf];
+        for (int k = 0; k < done_pf; k++) {
+            srv_slot *sl = &e->slots[pfi[k]];
             srv_job *j = sl->job;
-            if (pf_failed) {
-                job_fail(j, 500, pf_msg);
+            if (!j) continue;
+            if (pf_failed[k]) {
+                job_fail(j, 500, pf_msg + (size_t)k * 512);
                 slot_finish(e, sl, "error");
-            } else if (cached >= 0) {
+            } else if (pf_cached[k] >= 0) {
                 sl->prefilling = false;
                 if (sl->choice == 0) {
-                    j->n_cached = cached;
+                    j->n_cached = pf_cached[k];
                     e->m.prompt_tokens += (uint64_t)j->n_prompt;
-                    e->m.prompt_cached += (uint64_t)cached;
+                    e->m.prompt_cached += (uint64_t)pf_cached[k];
                     e->m.prefix_queries += (uint64_t)j->n_prompt;
-                    e->m.prefix_hits += (uint64_t)cached;
+                    e->m.prefix_hits += (uint64_t)pf_cached[k];
                 }
                 if (!echo_into(j, &j->ch[sl->choice])) {
                     job_fail(j, 500, "out of memory");
                     slot_finish(e, sl, "error");
                 } else {
-                    publish(e, sl, &outs[P]);
+                    publish(e, sl, &pf_out[k]);
                 }
             }
         }
@@ -571,6 +595,11 @@ static void *scheduler(void *arg) {
     free(bi);
     free(outs);
     free(prow);
+    free(pfi);
+    free(pf_cached);
+    free(pf_failed);
+    free(pf_out);
+    free(pf_msg);
     return NULL;
 }
 
