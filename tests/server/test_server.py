@@ -501,6 +501,28 @@ def test_prefix_from_another_slot_reused_across_chunks():
         assert s.stop() == 0
 
 
+def test_choices_take_the_shared_pages(srv):
+    """n = 4 choices of a prompt whose first 256 tokens are cached: choice 0 (in the slot that holds
+    them) computes the new 100, the other three, read in the steps after it, take every full page
+    (352 tokens) from the pool, whatever their slots held before; all four give the same text."""
+    import random
+    rng = random.Random(11)
+    a = [1] + [rng.randrange(259, 512) for _ in range(255)]
+    tail = [rng.randrange(259, 512) for _ in range(101)]
+    # every slot holds something that starts like the prompt (BOS) and nothing more
+    junk = [1] + [rng.randrange(259, 512) for _ in range(40)]
+    assert srv.post("/v1/completions", {"prompt": junk, "n": 4, "max_tokens": 1}).status_code == 200
+    assert srv.post("/v1/completions", {"prompt": a + [tail[0] ^ 1], "max_tokens": 1}).status_code == 200
+    m0 = srv.metrics()
+    d = srv.post("/v1/completions", {"prompt": a + tail, "n": 4, "max_tokens": 8, "temperature": 0}).json()
+    m1 = srv.metrics()
+    assert d["usage"]["prompt_tokens"] == 357 and d["usage"]["prompt_tokens_details"]["cached_tokens"] == 256
+    assert m1["kvlm:prefix_cache_queries_total"] - m0["kvlm:prefix_cache_queries_total"] == 4 * 357
+    assert m1["kvlm:prefix_cache_hits_total"] - m0["kvlm:prefix_cache_hits_total"] == 256 + 3 * 352
+    assert m1["kvlm:prompt_tokens_cached_total"] - m0["kvlm:prompt_tokens_cached_total"] == 256
+    assert len({c["text"] for c in d["choices"]}) == 1
+
+
 def test_chat_follow_up_reuses_previous_turn(srv):
     turn1 = [{"role": "system", "content": "You tell short stories about animals."},
              {"role": "user", "content": "Tell me about a fox who lived in the forest."}]

@@ -320,6 +320,9 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
         if (held > e->n_ctx) held = e->n_ctx;
         int32_t l = lcp(e->scratch, held, j->prompt, n);
         if (l > n - 1) l = n - 1;
+        /* less than a page in common (often just BOS): start from 0, where the pool's pages can be
+         * taken; a session off a page boundary could take none in its first chunk */
+        if (e->page_tokens > 1 && l < e->page_tokens) l = 0;
         kvlm_session_get_stats(sl->s, &st);
         sl->misses0 = st.misses;
         n_past = want_rows ? 0 : l;
@@ -526,7 +529,10 @@ static void *scheduler(void *arg) {
         /* prefill */
         int32_t budget = e->cfg->prefill_chunk;
         int done_pf = 0;
-        while (done_pf < npf && budget > 0) {
+        /* a later sequence starts only with at least a page of budget left: a chunk shorter than
+         * a page could reuse nothing from the pool and would leave the session off a page boundary */
+        const int32_t min_start = e->page_tokens > 1 ? e->page_tokens : 1;
+        while (done_pf < npf && budget > 0 && (done_pf == 0 || budget >= min_start)) {
             const int k = done_pf++;
             int32_t used = 0;
             pf_msg[(size_t)k * 512] = '\0';
@@ -560,9 +566,10 @@ static void *scheduler(void *arg) {
                     j->n_cached = pf_cached[k];
                     e->m.prompt_tokens += (uint64_t)j->n_prompt;
                     e->m.prompt_cached += (uint64_t)pf_cached[k];
-                    e->m.prefix_queries += (uint64_t)j->n_prompt;
-                    e->m.prefix_hits += (uint64_t)pf_cached[k];
                 }
+                /* every sequence looks its prompt up (the choices of n > 1 too) */
+                e->m.prefix_queries += (uint64_t)j->n_prompt;
+                e->m.prefix_hits += (uint64_t)pf_cached[k];
                 if (!echo_into(j, &j->ch[sl->choice])) {
                     job_fail(j, 500, "out of memory");
                     slot_finish(e, sl, "error");
@@ -799,8 +806,9 @@ char *srv_metrics_text(srv_engine *e) {
     gauge(&b, "kv_cache_tokens", "Tokens stored in the KV cache.", (double)m.kv.tokens);
     gauge(&b, "kv_cache_capacity_tokens", "Tokens the pool holds without growing.", (double)m.kv.capacity);
     gauge(&b, "kv_cache_bytes", "K/V bytes allocated.", (double)m.kv.bytes);
-    counter(&b, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", m.prefix_queries);
-    counter(&b, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", m.prefix_hits);
+    counter(&b, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache (every sequence).",
+            m.prefix_queries);
+    counter(&b, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache (every sequence).", m.prefix_hits);
     counter(&b, "kv_evictions_total", "Cached pages evicted.", (uint64_t)m.kv.evictions);
     counter(&b, "kv_compressions_total", "Pages re-quantized by tiered compression.", (uint64_t)m.kv.compressions);
     counter(&b, "kv_growth_events_total", "Times the page pool grew.", (uint64_t)m.kv.growth_events);
