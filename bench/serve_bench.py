@@ -128,6 +128,8 @@ def load_test(url, clients, per_client, max_tokens):
     cached = sum(cached_tokens(r) for r in results if r["usage"])
     ttft = [r["times"][0] - r["t0"] for r in results if r["times"]]
     itl = [b - a for r in results for a, b in zip(r["times"], r["times"][1:])]
+    if errors:
+        print("# %d errors, the first: %s" % (len(errors), errors[0]), flush=True)
     return {"requests": len(results), "errors": len(errors), "tok_s": gen / wall, "gen": gen,
             "ttft_p50": pct(ttft, 50) * 1e3, "ttft_p99": pct(ttft, 99) * 1e3, "itl_p50": pct(itl, 50) * 1e3,
             "itl_p99": pct(itl, 99) * 1e3, "hit": cached / prompt if prompt else 0.0}
