@@ -492,10 +492,8 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             if (L->bv.data) for (int64_t i = 0; i < KV; i++) f->v[t * KV + i] += L->bv.data[i];
             kv_seq *s = f->seqs[t];
             const int32_t pos = s->pos[f->slots[t]];
-            kv_rope(f->q + t * Q, hp->n_head, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base, hp->rope_freq_scale,
-                    hp->rope_type);
-            kv_rope(f->k + t * KV, hp->n_head_kv, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base,
-                    hp->rope_freq_scale, hp->rope_type);
+            kv_rope_apply(&s->rope, f->q + t * Q, hp->n_head, hp->head_dim, pos);
+            kv_rope_apply(&s->rope, f->k + t * KV, hp->n_head_kv, hp->head_dim, pos);
             /* quantize-on-write: the cache holds the only copy attention reads */
             kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/rope.h"
 #include "kvlm.h"
 
 /* page sizes the pool accepts (tokens per page); attention sizes per-page buffers by the maximum */
@@ -114,8 +115,7 @@ typedef struct kv_seq {
     int32_t n_keep, n_sink, window;
     int32_t compress_after;
     const kv_layout *compress_layout;
-    float rope_base, rope_scale;
-    int rope_type, n_rot;
+    kv_rope rope;            /* for re-rotating keys (shift, sliding) */
     kv_page **pages;
     int32_t n_pages, cap_pages;
     int32_t n;               /* slots in use */
@@ -141,8 +141,7 @@ typedef struct kv_seq_config {
     kvlm_overflow overflow;
     int32_t n_keep, n_sink, window, compress_after;
     uint32_t compress_type;
-    float rope_base, rope_scale;
-    int rope_type, n_rot;
+    kv_rope rope;
     int32_t max_batch; /* most tokens written in one pass (ring sizing) */
 } kv_seq_config;
 

@@ -55,10 +55,7 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
     s->n_sink = c->n_sink;
     s->window = c->window > 0 ? c->window : c->n_ctx;
     s->compress_after = c->compress_after;
-    s->rope_base = c->rope_base;
-    s->rope_scale = c->rope_scale;
-    s->rope_type = c->rope_type;
-    s->n_rot = c->n_rot;
+    s->rope = c->rope;
     if ((unsigned)c->overflow > KVLM_OVERFLOW_RING)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: unknown overflow policy %d", (int)c->overflow);
     if (c->overflow == KVLM_OVERFLOW_SHIFT && (c->n_keep < 0 || c->n_keep >= c->n_ctx - 1))
@@ -144,7 +141,7 @@ static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *
         uint8_t *vb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)s->P * lb->k_row + (uint64_t)to * lb->v_row;
         if (delta != 0) {
             kv_quant_get(la->type_k)->to_float(ka, tmp, s->kv_dim);
-            kv_rope(tmp, s->n_head_kv, s->head_dim, s->n_rot, delta, s->rope_base, s->rope_scale, s->rope_type);
+            kv_rope_shift(&s->rope, tmp, s->n_head_kv, s->head_dim, delta);
             kv_quant_get(lb->type_k)->from_float(tmp, kb, s->kv_dim);
         } else {
             convert_row(ka, la->type_k, kb, lb->type_k, s->kv_dim, la->k_row, tmp);

@@ -97,10 +97,10 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
         .n_ctx = n_ctx, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
         .type_k = (uint32_t)cp.type_k, .type_v = (uint32_t)cp.type_v, .overflow = p.overflow,
         .n_keep = p.n_keep, .n_sink = p.n_sink, .window = p.window, .compress_after = p.compress_after,
-        .compress_type = (uint32_t)p.compress_type, .rope_base = hp->rope_freq_base,
-        .rope_scale = hp->rope_freq_scale, .rope_type = hp->rope_type, .n_rot = hp->n_rot,
+        .compress_type = (uint32_t)p.compress_type,
         .max_batch = ubatch < 32 ? ubatch : 32,
     };
+    kv_model_rope(model, n_ctx, &sc.rope);
     if (p.cache) {
         s->cache = p.cache;
     } else if (cp.page_tokens < 1 || cp.page_tokens > (1 << 20)) {
