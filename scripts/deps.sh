@@ -42,6 +42,8 @@ probe() {
     libcmocka-dev) echo "pc:cmocka|libcmocka-devel|cmocka" ;;
     python3-pytest) echo "py:pytest|python3-pytest|(pip install pytest)" ;;
     python3-requests) echo "py:requests|python3-requests|(pip install requests)" ;;
+    nodejs) echo "cmd:node|nodejs|node" ;;
+    npm) echo "cmd:npm|npm|node" ;;
     libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
     clang) echo "cmd:clang|clang|llvm" ;;
     libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;
