@@ -11,7 +11,11 @@
  * fastest, which is the number to divide decode's bytes/s by. The buffer is
  * anonymous memory; `4k` (default) asks for small pages, as a file mapping of
  * the weights has, `thp` for transparent huge pages (MADV_HUGEPAGE).
- * Usage: bench_membw [MiB (1024)] [threads (1; a list: 1,2)] [passes (7)] [4k|thp] */
+ * `cpu` as the last argument times each thread by its own CPU time instead
+ * of the wall clock (the sum of the threads' bytes / CPU seconds): on a
+ * machine shared with other processes that is the rate a thread reads at
+ * while it runs, which the time slices others take do not lower.
+ * Usage: bench_membw [MiB (1024)] [threads (1; a list: 1,2)] [passes (7)] [4k|thp] [wall|cpu] */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -38,6 +42,7 @@ typedef struct part {
     size_t n; /* bytes, a multiple of 64 * 8 */
     int method;
     uint64_t sum;
+    double cpu; /* the thread's CPU seconds for its read */
     pthread_barrier_t *start;
 } part;
 
@@ -122,12 +127,22 @@ static uint64_t read_part(const uint8_t *b, size_t n, int method) {
 #endif
 }
 
+static double thread_cpu(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 static void *reader(void *arg) {
     part *pt = arg;
     pthread_barrier_wait(pt->start);
+    const double c0 = thread_cpu();
     pt->sum = read_part(pt->p, pt->n, pt->method);
+    pt->cpu = thread_cpu() - c0;
     return NULL;
 }
+
+static int g_cpu_clock;
 
 static double now(void) {
     struct timespec ts;
@@ -160,6 +175,11 @@ static double one_pass(const uint8_t *buf, size_t n, int nt, int method, uint64_
     }
     double dt = now() - t0;
     pthread_barrier_destroy(&start);
+    if (g_cpu_clock) {
+        double r = 0;
+        for (int t = 0; t < nt; t++) r += (double)share / parts[t].cpu / 1e9;
+        return r;
+    }
     return (double)(share * (size_t)nt) / dt / 1e9;
 }
 
@@ -168,10 +188,13 @@ int main(int argc, char **argv) {
     const char *tlist = argc > 2 ? argv[2] : "1";
     int passes = argc > 3 ? atoi(argv[3]) : 7;
     const char *pages = argc > 4 ? argv[4] : "4k";
-    if (passes < 1 || mib < 1 || (strcmp(pages, "4k") && strcmp(pages, "thp"))) {
-        fprintf(stderr, "usage: bench_membw [MiB] [threads, e.g. 1,2] [passes] [4k|thp]\n");
+    const char *clock = argc > 5 ? argv[5] : "wall";
+    if (passes < 1 || mib < 1 || (strcmp(pages, "4k") && strcmp(pages, "thp")) ||
+        (strcmp(clock, "wall") && strcmp(clock, "cpu"))) {
+        fprintf(stderr, "usage: bench_membw [MiB] [threads, e.g. 1,2] [passes] [4k|thp] [wall|cpu]\n");
         return 2;
     }
+    g_cpu_clock = !strcmp(clock, "cpu");
 #if HAVE_X86
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) {
@@ -187,8 +210,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n / 8; i++) ((uint64_t *)buf)[i] = i * 0x9e3779b97f4a7c15ull;
     double *gbs = malloc((size_t)passes * sizeof *gbs);
     uint64_t check = 0;
-    printf("read bandwidth, %zu MiB, %s pages, %s loads, median of %d passes (GB/s):\n", mib, pages,
-           HAVE_X86 && use_512 ? "512-bit" : "256-bit", passes);
+    printf("read bandwidth, %zu MiB, %s pages, %s loads, median of %d passes (GB/s, %s time):\n", mib, pages,
+           HAVE_X86 && use_512 ? "512-bit" : "256-bit", passes, g_cpu_clock ? "thread CPU" : "wall");
     for (const char *c = tlist; *c;) {
         int nt = atoi(c);
         if (nt < 1 || nt > 64) {

@@ -4,26 +4,55 @@ optionally, ik_llama.cpp's llama-bench as a third column), binaries built elsewh
 builds nothing), same file, same thread count, the engines in turn model by model.
 
 usage: bench/compare.py --llama-bench PATH [--ik-llama-bench PATH] [--llama-batched-bench PATH]
+                        [--kvlm-env VAR=VALUE] [--rounds N]
                         [-p 128] [-n 64] [-r 3] [-t 1,2] [-d 512,2048] MODEL[=LLAMA_MODEL] ...
 
 A MODEL=LLAMA_MODEL pair benchmarks kvlm on MODEL and the llama engines on LLAMA_MODEL (for
 formats they cannot read). -d D,...: instead of pp/tg, decode n tokens after D tokens of context
 (`kvlm bench -p 0 -n N -d D`; llama.cpp: `llama-batched-bench -npp D -ntg N -npl 1` when
 --llama-batched-bench is given, else `llama-bench -d D` of newer llama.cpp; ik_llama.cpp:
-`llama-bench -gp D,N`). Prints a markdown table with the ratios kvlm/llama.cpp (and kvlm/ik)."""
+`llama-bench -gp D,N`). Prints a markdown table with the ratios kvlm/llama.cpp (and kvlm/ik).
+--kvlm-env VAR=VALUE: kvlm once more with that environment (e.g. KVLM_INTERLEAVE=0, the weights in
+the file's layout), as a column "kvlm VAR=VALUE" and the ratio kvlm / it (an A/B in the same run).
+--rounds N: every engine runs N times in turn for each model and thread count (kvlm, kvlm with the
+environment, llama.cpp, ik_llama.cpp, then again), and each cell is the median of the N runs' t/s
+(± half the range of the N); N = 1 prints what the tools print (mean ± stddev of their -r reps).
+--cpu-time (for a machine shared with other work; meaningful with -t 1): t/s from CPU time instead
+of wall time, the same way for every engine: each is run twice, with -r 1 and with -r 1+R, and
+t/s = R * tokens / (difference of the two processes' CPU seconds), so loading, warm-up and
+the time slices other processes take cancel out. pp and tg are then separate runs."""
+import statistics
 import argparse, json, os, subprocess, sys
 
 
-def run(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
+def run(cmd, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {p.returncode}\n{p.stderr[-2000:]}")
     return p.stdout
 
 
-def run_json(cmd):
-    out = run(cmd)
+def run_json(cmd, env=None):
+    out = run(cmd, env)
     return json.loads(out[out.index("["):])
+
+
+def cpu_seconds(cmd, env=None):
+    """CPU seconds (user + system) of one run of cmd"""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    err = p.stderr.read().decode(errors="replace")
+    p.stderr.close()
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: status {status}\n{err[-2000:]}")
+    return ru.ru_utime + ru.ru_stime
+
+
+def cpu_rate(cmd, reps, tokens, env=None):
+    """t/s over CPU time: cmd run with -r 1 and with -r 1+reps (cmd ends with its -r argument's slot)"""
+    a = cpu_seconds(cmd + ["-r", "1"], env)
+    b = cpu_seconds(cmd + ["-r", str(1 + reps)], env)
+    return (reps * tokens / (b - a), 0.0) if b > a else None
 
 
 def jsonl_records(text):
@@ -65,32 +94,78 @@ def main():
     ap.add_argument("-r", type=int, default=3)
     ap.add_argument("-t", default="1,2")
     ap.add_argument("-d", default="", help="depths (comma-separated): tg -n after that many tokens")
+    ap.add_argument("--kvlm-env", help="VAR=VALUE: a second kvlm column run with that environment")
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--cpu-time", action="store_true", help="t/s from CPU time (see above)")
     ap.add_argument("models", nargs="+")
     a = ap.parse_args()
     depths = [int(x) for x in a.d.split(",") if x]
     ik = a.ik_llama_bench
-    head = "| model | threads | test | kvlm t/s | llama.cpp t/s |" + (" ik_llama.cpp t/s |" if ik else "")
-    head += " kvlm/llama.cpp |" + (" kvlm/ik |" if ik else "")
+    kenv = None
+    if a.kvlm_env:
+        var, _, val = a.kvlm_env.partition("=")
+        kenv = dict(os.environ, **{var: val})
+    head = "| model | threads | test | kvlm t/s |" + (f" kvlm {a.kvlm_env} t/s |" if kenv else "")
+    head += " llama.cpp t/s |" + (" ik_llama.cpp t/s |" if ik else "")
+    head += (f" kvlm/({a.kvlm_env}) |" if kenv else "") + " kvlm/llama.cpp |"
+    head += " kvlm/ik |" if ik else ""
     print(head)
-    print("|---|---:|---|---:|---:|" + ("---:|" if ik else "") + "---:|" + ("---:|" if ik else ""))
+    print("|---|---:|---|---:|" + ("---:|" if kenv else "") + "---:|" + ("---:|" if ik else "") +
+          ("---:|" if kenv else "") + "---:|" + ("---:|" if ik else ""))
 
-    def row(name, t, test, k, l, i):
-        s = f"| {name} | {t} | {test} | {fmt(k)} | {fmt(l)} |" + (f" {fmt(i)} |" if ik else "")
-        s += f" {ratio(k, l)} |" + (f" {ratio(k, i)} |" if ik else "")
+    def row(name, t, test, k, l, i, kb=None):
+        s = f"| {name} | {t} | {test} | {fmt(k)} |" + (f" {fmt(kb)} |" if kenv else "")
+        s += f" {fmt(l)} |" + (f" {fmt(i)} |" if ik else "")
+        s += (f" {ratio(k, kb)} |" if kenv else "") + f" {ratio(k, l)} |" + (f" {ratio(k, i)} |" if ik else "")
         print(s, flush=True)
+
+    def med(vals):
+        """the median of several runs' (t/s, spread) and half their range"""
+        vals = [v for v in vals if v is not None]
+        if not vals:
+            return None
+        if len(vals) == 1:
+            return vals[0]
+        xs = [v[0] for v in vals]
+        return (statistics.median(xs), (max(xs) - min(xs)) / 2)
 
     for spec in a.models:
         ours, theirs = (spec.split("=", 1) + [spec])[:2]
         name = os.path.basename(ours) + ("" if theirs == ours else " (llama: " + os.path.basename(theirs) + ")")
         for t in [int(x) for x in a.t.split(",")]:
             common = ["-r", str(a.r), "-t", str(t)]
-            if not depths:
-                k = run_json([a.kvlm, "bench", "-m", ours, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"])
-                l = run_json([a.llama_bench, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"])
-                i = run_json([ik, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"]) if ik else None
+            if not depths and a.cpu_time:
+                engines = [("k", a.kvlm, ["bench"], None), ("kb", a.kvlm, ["bench"], kenv),
+                           ("l", a.llama_bench, [], None), ("i", ik, [], None)]
+                runs = {key: {"pp": [], "tg": []} for key, *_ in engines}
+                for _ in range(a.rounds):
+                    for key, exe, sub, env in engines:
+                        if not exe or (key == "kb" and not kenv):
+                            continue
+                        base = [exe, *sub, "-m", ours if key in ("k", "kb") else theirs, "-t", str(t)]
+                        runs[key]["pp"].append(cpu_rate(base + ["-p", str(a.p), "-n", "0"], a.r, a.p, env))
+                        runs[key]["tg"].append(cpu_rate(base + ["-p", "0", "-n", str(a.n)], a.r, a.n, env))
                 for test in ("pp", "tg"):
                     n = a.p if test == "pp" else a.n
-                    row(name, t, f"{test}{n}", pick(k, test), pick(l, test), pick(i, test) if ik else None)
+                    cell = {key: med(v[test]) for key, v in runs.items()}
+                    row(name, t, f"{test}{n}", cell["k"], cell["l"], cell["i"] if ik else None, cell["kb"])
+                continue
+            if not depths:
+                runs = {"k": [], "kb": [], "l": [], "i": []}
+                kcmd = [a.kvlm, "bench", "-m", ours, "-p", str(a.p), "-n", str(a.n), *common, "-o", "json"]
+                for _ in range(a.rounds):
+                    runs["k"].append(run_json(kcmd))
+                    if kenv:
+                        runs["kb"].append(run_json(kcmd, kenv))
+                    runs["l"].append(run_json([a.llama_bench, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common,
+                                               "-o", "json"]))
+                    if ik:
+                        runs["i"].append(run_json([ik, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common,
+                                                   "-o", "json"]))
+                for test in ("pp", "tg"):
+                    n = a.p if test == "pp" else a.n
+                    cell = {key: med([pick(r, test) for r in v]) for key, v in runs.items()}
+                    row(name, t, f"{test}{n}", cell["k"], cell["l"], cell["i"] if ik else None, cell["kb"])
                 continue
             for d in depths:
                 k = pick(run_json([a.kvlm, "bench", "-m", ours, "-p", "0", "-n", str(a.n), "-d", str(d),

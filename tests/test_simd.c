@@ -716,6 +716,116 @@ static void test_gemm_packed(void **state) {
     assert_int_equal(bad, 0);
 }
 
+/* ------------------------------------------------------------ interleaved layout
+ *
+ * gemm_il over matrices repacked by kv_il_pack against the scalar
+ * reference on the original rows, bit for bit: row counts that are not a
+ * multiple of the layout's tile (and fewer rows than one tile), decode,
+ * batched-decode and prefill column counts, calls over the whole matrix
+ * and over ranges that start on a tile boundary (as forward's threads make
+ * them), with the software prefetch on and off; nothing written outside
+ * the outputs. kv_il_row gives each original row back. */
+static void test_gemm_interleaved(void **state) {
+    (void)state;
+    static const uint32_t tt[] = {KV_F32,  KV_F16,  KV_BF16, KV_Q8_0, KV_Q4_0,  KV_Q4_1,  KV_Q5_0, KV_Q5_1,
+                                  KV_Q2_K, KV_Q3_K, KV_Q4_K, KV_Q5_K, KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S};
+    static const int64_t n32[] = {32, 288, 800}, n256[] = {256, 768, 2560}, n128[] = {128, 384, 2560},
+                         nf[] = {16, 304, 1040};
+    static const int nrows_[] = {1, 3, 5, 8, 9, 13, 19}, ncs[] = {1, 2, 3, 4, 5, 7, 13};
+    enum { MAXR = 19, C = 13 };
+    int bad = 0, checked = 0;
+    rng r = {777};
+    for (size_t k = 0; k < sizeof tt / sizeof tt[0]; k++) {
+        const uint32_t t = tt[k];
+        const kv_quant_traits *s = kv_quant_get_isa(t, 0);
+        assert_null(kv_quant_get_gemm_isa(t, 0)->gemm_il); /* the scalar ISA reads the file layout */
+        assert_int_equal(kv_quant_get_gemm_isa(t, 0)->il_rows, 0);
+        const int64_t blk = block_of(t);
+        const int64_t *ns = blk == 32 ? n32 : blk == 256 ? n256 : blk == 128 ? n128 : nf;
+        for (size_t li = 0; li < 3; li++) {
+            const int64_t n = ns[li];
+            const size_t rb = row_bytes(t, n), xs = row_bytes(s->vec_dot_type, n) + 12;
+            assert_true(kv_il_unit(t, n) > 0);
+            assert_int_equal(rb % kv_il_unit(t, n), 0);
+            uint8_t *w = xmalloc(rb * MAXR), *wi = xmalloc(rb * MAXR), *x = xmalloc(xs * C), *row = xmalloc(rb);
+            for (int mode = 0; mode < N_MODES; mode++) {
+                make_rows(&r, t, n, mode, 0, w, rb, MAXR);
+                make_rows(&r, s->vec_dot_type, n, mode, 1, x, xs, C);
+                float ref[C][MAXR];
+                for (int c = 0; c < C; c++)
+                    for (int rr = 0; rr < MAXR; rr++) s->vec_dot(n, &ref[c][rr], w + rr * rb, x + c * xs);
+                for (int isa = 1; isa <= 2; isa++) {
+                    if (!isa_ok(isa)) continue;
+                    const kv_quant_gemm *g = kv_quant_get_gemm_isa(t, isa);
+                    if (!g->gemm_il) {
+                        print_message("%s %s has no interleaved gemm\n", tname(t), isa_name(isa));
+                        bad++;
+                        continue;
+                    }
+                    const int L = g->il_rows;
+                    assert_true(L >= 1 && L <= 64);
+                    for (size_t a = 0; a < sizeof nrows_ / sizeof nrows_[0]; a++) {
+                        const int NR = nrows_[a];
+                        memset(wi, 0xa5, rb * MAXR);
+                        kv_il_pack(t, n, NR, L, w, rb, wi);
+                        for (int q = 0; q < NR; q++) {
+                            memset(row, 0, rb);
+                            kv_il_row(t, n, NR, L, wi, q, row);
+                            if (memcmp(row, w + (size_t)q * rb, rb) != 0 && bad++ < 5)
+                                print_message("%s kv_il_row %d of %d (R %d) differs\n", tname(t), q, NR, L);
+                        }
+                        for (size_t b = 0; b < sizeof ncs / sizeof ncs[0]; b++) {
+                            const int nc = ncs[b];
+                            /* ranges [r0, r1): r0 on a tile boundary, r1 the end or whole tiles */
+                            for (int r0 = 0; r0 < NR; r0 += L)
+                                for (int r1 = r0 + L;; r1 += L) {
+                                    if (r1 > NR) r1 = NR;
+                                    const int nr = r1 - r0;
+                                    for (int pf = 1; pf >= 0; pf--) {
+                                        if (!pf && (nc > 1 || r0 > 0)) continue;
+                                        kv_quant_set_prefetch(pf);
+                                        const int64_t ldy = nr + 2;
+                                        float y[C * (MAXR + 2) + 2];
+                                        const int ny = (int)(nc * ldy + 2);
+                                        for (int i = 0; i < ny; i++) y[i] = -7.0f;
+                                        g->gemm_il(n, wi + (size_t)r0 * rb, rb, nr, x, xs, nc, y + 1, ldy);
+                                        checked++;
+                                        for (int i = 0; i < ny; i++) {
+                                            const int64_t q = i - 1;
+                                            const int ro = (int)(q % ldy), co = (int)(q / ldy);
+                                            const int in = q >= 0 && ro < nr && co < nc;
+                                            const float want = in ? ref[co][r0 + ro] : -7.0f;
+                                            if (!same(y[i], want) && bad++ < 5)
+                                                print_message("%s %s interleaved gemm rows %d..%d of %d x %d cols n=%lld "
+                                                              "mode %d pf %d at %d: 0x%08x want 0x%08x\n",
+                                                              tname(t), isa_name(isa), r0, r1, NR, nc, (long long)n,
+                                                              mode, pf, i, fbits(y[i]), fbits(want));
+                                        }
+                                    }
+                                    kv_quant_set_prefetch(1);
+                                    if (r1 == NR) break;
+                                }
+                        }
+                    }
+                }
+            }
+            free(w);
+            free(wi);
+            free(x);
+            free(row);
+        }
+    }
+    print_message("%d interleaved gemm calls checked\n", checked);
+    assert_true(checked > 0 || kv_quant_best_isa() == 0);
+    assert_int_equal(bad, 0);
+    /* what is not interleaved */
+    assert_int_equal(kv_il_unit(KV_F16, 17), 0);
+    assert_int_equal(kv_il_unit(KV_Q8_0, 48), 0);
+    assert_int_equal(kv_il_unit(KV_Q8_K, 256), 0);
+    assert_int_equal(kv_il_unit(KV_IQ2_XXS, 256), 0);
+    assert_int_equal(kv_il_unit(KV_Q4_K, 0), 0);
+}
+
 /* ------------------------------------------------------------ TQ1_0 trit decoding
  *
  * The SIMD kernels decode TQ1_0 without multiplies per trit; here the byte
@@ -887,6 +997,7 @@ int main(void) {
         cmocka_unit_test(test_half_from_float_sweep),
         cmocka_unit_test(test_gemm_tiled),
         cmocka_unit_test(test_gemm_packed),
+        cmocka_unit_test(test_gemm_interleaved),
         cmocka_unit_test(test_mad),
         cmocka_unit_test(test_tq1_0_trick),
         cmocka_unit_test(test_tq1_0_all_bytes),

@@ -100,7 +100,11 @@ typedef struct mm_job {
 static void mm_rows(const mm_job *j, const mm_one *o, int ith, int nth) {
     const kv_weight *w = o->w;
     int64_t r0, r1;
-    kv_split(w->ne1, ith, nth, &r0, &r1);
+    /* an interleaved weight is split in whole tiles of its layout */
+    const int64_t R = w->il ? w->il->il_rows : 1;
+    kv_split((w->ne1 + R - 1) / R, ith, nth, &r0, &r1);
+    r0 *= R;
+    r1 = r1 * R < w->ne1 ? r1 * R : w->ne1;
     if (r0 >= r1) return;
     if (o->gemm) {
         /* a register-tiled block of rows x tokens; each output equals vec_dot's bits */
@@ -156,7 +160,7 @@ static void dot_of(const kv_forward *f, const kv_weight *w, kv_vec_dot_fn *dot, 
     const kv_quant_traits *tr = kv_quant_get(w->type);
     const kv_quant_gemm *g = kv_quant_get_gemm(w->type);
     *dot = tr->vec_dot;
-    *gemm = g ? g->gemm : NULL;
+    *gemm = w->il ? w->il->gemm_il : g ? g->gemm : NULL;
     *act = tr->vec_dot_type;
 }
 

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -492,4 +494,93 @@ fail:
     gguf_close(g);
     free(m);
     return st;
+}
+
+/* ------------------------------------------------------------ interleaved weights */
+
+static bool env_off(const char *name) {
+    const char *v = getenv(name);
+    return v && (strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "no") == 0);
+}
+
+/* the gemm whose interleaved layout w gets, or NULL to keep the file's */
+static const kv_quant_gemm *il_gemm(const kvlm_model *m, const kv_weight *w) {
+    if (!w->data || (w->type == KV_I2_S && m->ternary_f32)) return NULL;
+    const kv_quant_gemm *g = kv_quant_get_gemm(w->type);
+    if (!g || !g->gemm_il || g->il_rows < 2) return NULL;
+    const size_t u = kv_il_unit(w->type, w->ne0);
+    if (!u || w->row_bytes % u) return NULL;
+    return g;
+}
+
+/* Drops our mapping's pages of [p, p + n) (whole pages inside it): a
+ * private file mapping that was never written reads them back from the
+ * file if they are touched again. */
+static void release_file_pages(const kvlm_model *m, const void *p, uint64_t n) {
+    const gguf_ctx *g = m->gguf;
+    if (!g->map) return; /* not a file mapping */
+    const long ps = sysconf(_SC_PAGESIZE);
+    if (ps <= 0) return;
+    const uintptr_t a = ((uintptr_t)p + (uintptr_t)ps - 1) & ~((uintptr_t)ps - 1);
+    const uintptr_t e = ((uintptr_t)p + (uintptr_t)n) & ~((uintptr_t)ps - 1);
+    const uintptr_t lo = (uintptr_t)g->map, hi = lo + g->map_size;
+    if (e <= a || a < lo || e > hi) return;
+    madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+void kv_model_interleave(kvlm_model *m) {
+    if (!m || m->vocab_only || m->il_map || env_off("KVLM_INTERLEAVE")) return;
+    /* KVLM_INTERLEAVE=copy: the same copy in the file's row order (to tell the layout from the pages in A/B runs) */
+    const char *mode = getenv("KVLM_INTERLEAVE");
+    const bool copy_only = mode && strcmp(mode, "copy") == 0;
+    const int nw = 7 * m->hp.n_layer + 1;
+    kv_weight **ws = malloc(sizeof *ws * (size_t)nw);
+    if (!ws) return;
+    int k = 0;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        kv_layer *L = &m->layers[l];
+        kv_weight *lw[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) ws[k++] = lw[i];
+    }
+    ws[k++] = &m->output;
+    size_t total = 0;
+    for (int i = 0; i < nw; i++)
+        if (il_gemm(m, ws[i])) total += ((size_t)(ws[i]->row_bytes * (uint64_t)ws[i]->ne1) + 63) & ~(size_t)63;
+    if (!total) {
+        free(ws);
+        return;
+    }
+    void *map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) {
+        free(ws);
+        return; /* the file's layout works too */
+    }
+#ifdef MADV_HUGEPAGE
+    if (!env_off("KVLM_HUGEPAGES")) madvise(map, total, MADV_HUGEPAGE);
+#endif
+    uint8_t *dst = map;
+    for (int i = 0; i < nw; i++) {
+        kv_weight *w = ws[i];
+        const kv_quant_gemm *g = il_gemm(m, w);
+        if (!g) continue;
+        const uint64_t bytes = w->row_bytes * (uint64_t)w->ne1;
+        if (copy_only) memcpy(dst, w->data, bytes);
+        else kv_il_pack(w->type, w->ne0, w->ne1, g->il_rows, w->data, w->row_bytes, dst);
+        release_file_pages(m, w->data, bytes);
+        w->data = dst;
+        w->il = copy_only ? NULL : g;
+        m->il_bytes += bytes;
+        dst += (bytes + 63) & ~(uint64_t)63;
+    }
+    mprotect(map, total, PROT_READ);
+    m->il_map = map;
+    m->il_map_size = total;
+    free(ws);
+}
+
+void kv_model_release_interleaved(kvlm_model *m) {
+    if (!m || !m->il_map) return;
+    munmap(m->il_map, m->il_map_size);
+    m->il_map = NULL;
+    m->il_map_size = 0;
 }

@@ -17,6 +17,8 @@ typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
 typedef enum kv_rope_scaling { KV_ROPE_SCALING_NONE = 0, KV_ROPE_SCALING_LINEAR, KV_ROPE_SCALING_YARN } kv_rope_scaling;
 typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
 
+struct kv_quant_gemm;
+
 /* A weight matrix: ne0 columns (the reduction length), ne1 rows. */
 typedef struct kv_weight {
     const void *data;
@@ -24,6 +26,10 @@ typedef struct kv_weight {
     int64_t ne0, ne1;
     uint64_t row_bytes;
     float scale; /* per-tensor scale (I2_S); 1 otherwise */
+    /* NULL: data is the file's rows. Else data is in the row-interleaved
+     * layout of il->il_rows rows (quant.h), to be multiplied with
+     * il->gemm_il, in row ranges that start on a multiple of il_rows. */
+    const struct kv_quant_gemm *il;
 } kv_weight;
 
 /* A 1-D f32 tensor (norm weights, biases); NULL data when absent. */
@@ -64,12 +70,33 @@ struct kvlm_model {
     bool vocab_only;
     bool ternary_f32; /* I2_S x float activations */
     uint64_t n_params, weight_bytes;
+    void *il_map;       /* the interleaved weights (anonymous memory), or NULL */
+    size_t il_map_size;
+    uint64_t il_bytes;  /* bytes of weights interleaved */
 };
 
 /* Binds an opened GGUF (takes ownership on success and on failure). With
  * vocab_only, only the tokenizer is loaded. */
 kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err);
 
+/* Repacks the matrices the forward pass multiplies (not the token
+ * embeddings' lookups, not I2_S with ternary_f32) into the row-interleaved
+ * layout of the running CPU's gemm kernels, once, into one anonymous
+ * mapping (transparent huge pages asked for), and gives the file
+ * mapping's pages of those tensors back to the kernel, so that resident
+ * memory holds one copy (the file stays mapped: whatever reads tensors
+ * through m->gguf, e.g. the session fingerprint, still reads the file's
+ * bytes). Every output keeps its bits. Nothing to do on a CPU without
+ * interleaved kernels; if the memory cannot be had, the weights stay in
+ * the file's layout. The environment can turn it off for A/B benchmarks:
+ * KVLM_INTERLEAVE=0 keeps the file layout (in the file's mapping),
+ * KVLM_INTERLEAVE=copy makes the same anonymous copy but in the file's row
+ * order, KVLM_HUGEPAGES=0 leaves the copy to the system's default page
+ * size. Call once, after the
+ * model's parameters are set. */
+void kv_model_interleave(kvlm_model *m);
+/* Frees what kv_model_interleave allocated (kvlm_model_free calls it). */
+void kv_model_release_interleaved(kvlm_model *m);
 /* The RoPE a session of n_ctx tokens uses (scaling, YaRN terms, frequency
  * factors), as llama.cpp derives it from the model's metadata and tensors. */
 void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *out);

@@ -83,12 +83,54 @@ typedef struct kv_quant_gemm {
     int32_t isa;    /* the ISA of this kernel (a fallback reports its own) */
     kv_gemm_fn gemm;
     int32_t nr, nc; /* its register tile (rows x columns), for information */
+    /* The same kernel over weights in the row-interleaved layout of il_rows
+     * rows (below); il_rows 0 and gemm_il NULL where there is none (the
+     * scalar ISA: it reads the file's layout only). */
+    int32_t il_rows;
+    kv_gemm_fn gemm_il;
 } kv_quant_gemm;
 
 /* Best for the running CPU / for one ISA (NULL as for kv_quant_get_isa).
  * The scalar ISA's gemm is a loop over the scalar vec_dot. */
 const kv_quant_gemm *kv_quant_get_gemm(uint32_t type);
 const kv_quant_gemm *kv_quant_get_gemm_isa(uint32_t type, int isa);
+
+/* ---- Row-interleaved weight layout (src/quant/interleave.c)
+ *
+ * A register tile of a gemm kernel reads R rows one unit at a time: a block
+ * of each row in turn (16 elements for F32/F16/BF16). With the rows one
+ * after the other, as files store them, that is R short streams at a row's
+ * distance from each other, which hardware prefetchers follow unevenly. In
+ * the interleaved layout of R rows the same reads are one ascending stream:
+ * the matrix is cut into tiles of R rows (the last may have fewer, rr), a
+ * tile starts where its first row started (row r0 at r0 * row bytes), and
+ * inside a tile of rr rows unit i of row r is at (i * rr + r) * unit bytes.
+ * The bytes of each unit are unchanged and the kernels do the same
+ * arithmetic in the same order, so every output keeps its bits; a model
+ * repacks its matrices once at load (src/model).
+ *
+ * gemm_il(n, w, ws, nr, x, xs, nc, y, ldy) is gemm over such a matrix with
+ * ws its row bytes: w must be the start of a tile (a row index that is a
+ * multiple of il_rows), and nr either reaches the last row of the matrix or
+ * is a multiple of il_rows (tiles are whole). */
+
+/* Bytes of the unit the layout moves for rows of n elements of type; 0 when
+ * rows of that type and length are not interleaved (types without
+ * kernels for it, float rows whose length is not a multiple of 16). */
+size_t kv_il_unit(uint32_t type, int64_t n);
+/* nrows rows of src (row stride src_stride bytes, n elements each) into
+ * dst in the layout of R rows (1 <= R <= 64; nrows * row bytes; dst must
+ * not overlap src). Does nothing when kv_il_unit(type, n) is 0. */
+void kv_il_pack(uint32_t type, int64_t n, int64_t nrows, int R, const void *src, uint64_t src_stride, void *dst);
+/* Row `row` of such a matrix of nrows rows back into its file layout
+ * (row bytes at dst). */
+void kv_il_row(uint32_t type, int64_t n, int64_t nrows, int R, const void *il, int64_t row, void *dst);
+
+/* For benchmarks: 0 turns the software prefetch of the gemm kernels off
+ * (both layouts), anything else back on (the default). Process-wide; calls
+ * already running keep what they read at their start. Results do not
+ * change, only speed. */
+void kv_quant_set_prefetch(int on);
 
 /* y[i] = fmaf(a, x[i], y[i]) for 0 <= i < n, x of type KV_F32 or KV_F16
  * (converted exactly first): attention's weighted sum of values. Each

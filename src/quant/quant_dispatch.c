@@ -8,6 +8,7 @@
  * the scalar one (the reference functions are static in their files, so a
  * constant table reaches them through one-line forwarders). */
 #include <math.h>
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include "fp16.h"
@@ -44,6 +45,10 @@ const char *kv_quant_isa_name(int isa) {
     default: return "?";
     }
 }
+
+static atomic_int g_prefetch = 1;
+void kv_quant_set_prefetch(int on) { atomic_store_explicit(&g_prefetch, on != 0, memory_order_relaxed); }
+int kv_quant_prefetch_on(void) { return atomic_load_explicit(&g_prefetch, memory_order_relaxed); }
 
 /* y[c * ldy + r] = dot(row r, column c), columns outer */
 static inline void gemm_loop(kv_vec_dot_fn dot, int64_t n, const void *w, uint64_t ws, int nr, const void *x,
@@ -85,7 +90,7 @@ const kv_vec_mad_fn kv_quant_mad_f16[3] = {mad_f16_scalar, NULL, NULL};
                                 int nc, float *y, int64_t ldy) {                                               \
         gemm_loop(kv_traits_##T.vec_dot, n, w, ws, nr, x, xs, nc, y, ldy);                                     \
     }                                                                                                          \
-    static const kv_quant_gemm g0_##T = {ID, KV_ISA_SCALAR, gemm_scalar_##T, 4, 4};
+    static const kv_quant_gemm g0_##T = {ID, KV_ISA_SCALAR, gemm_scalar_##T, 4, 4, 0, NULL};
 
 SCALAR(f32, KV_F32)
 SCALAR(f16, KV_F16)
@@ -113,12 +118,15 @@ SCALAR(i8_s, KV_I8_S)
 #define TRAITS(P, T, ID, VT, TO, FROM, REF, DOT) \
     static const kv_quant_traits P##_##T = {     \
         .type = ID, .to_float = TO, .from_float = FROM, .from_float_ref = REF, .vec_dot_type = VT, .vec_dot = DOT};
-#define GEMM(P, T, ID, ISA, FN, NR, NC) static const kv_quant_gemm g_##P##_##T = {ID, ISA, FN, NR, NC};
+#define GEMM(P, T, ID, ISA, FN, NR, NC) static const kv_quant_gemm g_##P##_##T = {ID, ISA, FN, NR, NC, 0, NULL};
+/* and over the interleaved layout of ILR rows */
+#define GEMMI(P, T, ID, ISA, FN, NR, NC, ILR, ILFN) \
+    static const kv_quant_gemm g_##P##_##T = {ID, ISA, FN, NR, NC, ILR, ILFN};
 
 /* weight types whose quantizers stay scalar */
 #define W_AVX2(T, ID, VT, NR, NC)                                                                        \
     TRAITS(avx2, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T, kv_avx2_vec_dot_##T) \
-    GEMM(avx2, T, ID, KV_ISA_AVX2, kv_avx2_gemm_##T, NR, NC)
+    GEMMI(avx2, T, ID, KV_ISA_AVX2, kv_avx2_gemm_##T, NR, NC, KV_AVX2_IL_ROWS, kv_avx2_gemm_il_##T)
 
 /* ---- AVX2 */
 TRAITS(avx2, f32, KV_F32, KV_F32, fwd_to_float_f32, fwd_from_float_f32, fwd_from_float_ref_f32, kv_avx2_vec_dot_f32)
@@ -134,10 +142,14 @@ TRAITS(avx2, q8_K, KV_Q8_K, KV_Q8_K, fwd_to_float_q8_K, kv_avx2_from_float_q8_K,
        kv_avx2_vec_dot_q8_K)
 TRAITS(avx2, i8_s, KV_I8_S, KV_I8_S, fwd_to_float_i8_s, kv_avx2_from_float_i8_s, kv_avx2_from_float_i8_s,
        kv_avx2_vec_dot_i8_s)
-GEMM(avx2, f32, KV_F32, KV_ISA_AVX2, kv_avx2_gemm_f32, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT)
-GEMM(avx2, f16, KV_F16, KV_ISA_AVX2, kv_avx2_gemm_f16, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT)
-GEMM(avx2, bf16, KV_BF16, KV_ISA_AVX2, kv_avx2_gemm_bf16, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT)
-GEMM(avx2, q8_0, KV_Q8_0, KV_ISA_AVX2, kv_avx2_gemm_q8_0, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
+GEMMI(avx2, f32, KV_F32, KV_ISA_AVX2, kv_avx2_gemm_f32, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT, KV_AVX2_IL_ROWS,
+      kv_avx2_gemm_il_f32)
+GEMMI(avx2, f16, KV_F16, KV_ISA_AVX2, kv_avx2_gemm_f16, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT, KV_AVX2_IL_ROWS,
+      kv_avx2_gemm_il_f16)
+GEMMI(avx2, bf16, KV_BF16, KV_ISA_AVX2, kv_avx2_gemm_bf16, KV_AVX2_NR_FLOAT, KV_AVX2_NC_FLOAT, KV_AVX2_IL_ROWS,
+      kv_avx2_gemm_il_bf16)
+GEMMI(avx2, q8_0, KV_Q8_0, KV_ISA_AVX2, kv_avx2_gemm_q8_0, KV_AVX2_NR_B32, KV_AVX2_NC_B32, KV_AVX2_IL_ROWS,
+      kv_avx2_gemm_il_q8_0)
 GEMM(avx2, q8_1, KV_Q8_1, KV_ISA_AVX2, kv_avx2_gemm_q8_1, KV_AVX2_NR_B32, KV_AVX2_NC_B32)
 GEMM(avx2, q8_K, KV_Q8_K, KV_ISA_AVX2, kv_avx2_gemm_q8_K, KV_AVX2_NR_K, KV_AVX2_NC_K)
 GEMM(avx2, i8_s, KV_I8_S, KV_ISA_AVX2, kv_avx2_gemm_i8_s, KV_AVX2_NR_I8S, KV_AVX2_NC_I8S)
@@ -158,7 +170,7 @@ W_AVX2(i2_s, KV_I2_S, KV_I8_S, KV_AVX2_NR_I2S, KV_AVX2_NC_I2S)
 #define W_AVX512(T, ID, VT, NR, NC)                                                                      \
     TRAITS(avx512, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T,               \
            kv_avx512_vec_dot_##T)                                                                        \
-    GEMM(avx512, T, ID, KV_ISA_AVX512, kv_avx512_gemm_##T, NR, NC)
+    GEMMI(avx512, T, ID, KV_ISA_AVX512, kv_avx512_gemm_##T, NR, NC, KV_AVX512_IL_ROWS, kv_avx512_gemm_il_##T)
 
 TRAITS(avx512, f32, KV_F32, KV_F32, fwd_to_float_f32, fwd_from_float_f32, fwd_from_float_ref_f32,
        kv_avx512_vec_dot_f32)
@@ -168,10 +180,14 @@ TRAITS(avx512, bf16, KV_BF16, KV_BF16, kv_avx2_to_float_bf16, kv_avx2_from_float
        kv_avx512_vec_dot_bf16)
 TRAITS(avx512, q8_0, KV_Q8_0, KV_Q8_0, kv_avx2_to_float_q8_0, kv_avx2_from_float_q8_0, fwd_from_float_ref_q8_0,
        kv_avx512_vec_dot_q8_0)
-GEMM(avx512, f32, KV_F32, KV_ISA_AVX512, kv_avx512_gemm_f32, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK)
-GEMM(avx512, f16, KV_F16, KV_ISA_AVX512, kv_avx512_gemm_f16, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK)
-GEMM(avx512, bf16, KV_BF16, KV_ISA_AVX512, kv_avx512_gemm_bf16, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK)
-GEMM(avx512, q8_0, KV_Q8_0, KV_ISA_AVX512, kv_avx512_gemm_q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK)
+GEMMI(avx512, f32, KV_F32, KV_ISA_AVX512, kv_avx512_gemm_f32, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK,
+      KV_AVX512_IL_ROWS_FLOAT, kv_avx512_gemm_il_f32)
+GEMMI(avx512, f16, KV_F16, KV_ISA_AVX512, kv_avx512_gemm_f16, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK,
+      KV_AVX512_IL_ROWS_FLOAT, kv_avx512_gemm_il_f16)
+GEMMI(avx512, bf16, KV_BF16, KV_ISA_AVX512, kv_avx512_gemm_bf16, KV_AVX512_NR_FPK, KV_AVX512_NC_FPK,
+      KV_AVX512_IL_ROWS_FLOAT, kv_avx512_gemm_il_bf16)
+GEMMI(avx512, q8_0, KV_Q8_0, KV_ISA_AVX512, kv_avx512_gemm_q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK, KV_AVX512_IL_ROWS,
+      kv_avx512_gemm_il_q8_0)
 W_AVX512(q4_0, KV_Q4_0, KV_Q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK)
 W_AVX512(q5_0, KV_Q5_0, KV_Q8_0, KV_AVX512_NR_PK, KV_AVX512_NC_PK)
 W_AVX512(q4_K, KV_Q4_K, KV_Q8_K, KV_AVX512_NR_K, KV_AVX512_NC_K)

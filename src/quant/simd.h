@@ -90,6 +90,29 @@ static inline void kv_pf_next(const uint8_t *const *W, int NR, uint64_t ws, int6
     }
 }
 
+/* Over the row-interleaved layout (quant.h) a call's rows are already one
+ * ascending stream, read unit group after unit group; the prefetch is the
+ * same stream KV_PF_IL_AHEAD bytes ahead of the group being read (the
+ * latency x bandwidth argument above), plus the start of the call. */
+#ifndef KV_PF_IL_AHEAD
+#define KV_PF_IL_AHEAD 4096
+#endif
+#ifndef KV_PF_IL_LOC
+#define KV_PF_IL_LOC 2 /* __builtin_prefetch locality: 3 prefetcht0, 2 prefetcht1 */
+#endif
+static inline void kv_pf_il(const uint8_t *p, size_t len) {
+    const uintptr_t a = (uintptr_t)p + KV_PF_IL_AHEAD, e = a + len;
+    for (uintptr_t q = a & ~(uintptr_t)63; q < e; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
+}
+static inline void kv_pf_il_head(const void *w, uint64_t bytes) {
+    const uintptr_t a = (uintptr_t)w;
+    const uint64_t len = bytes < KV_PF_IL_AHEAD ? bytes : KV_PF_IL_AHEAD;
+    for (uintptr_t p = a & ~(uintptr_t)63; p < a + len; p += 64) __builtin_prefetch((const void *)p, 0, KV_PF_IL_LOC);
+}
+
+/* whether the decode kernels prefetch (kv_quant_set_prefetch; read once per gemm call) */
+int kv_quant_prefetch_on(void);
+
 #if KV_X86_SIMD
 
 /* ---- simd_avx2.c */
@@ -119,6 +142,29 @@ KV_AVX2_KERNELS(tq1_0);
 KV_AVX2_KERNELS(tq2_0);
 KV_AVX2_KERNELS(i2_s);
 KV_AVX2_KERNELS(i8_s);
+
+/* gemm over the row-interleaved layout (quant.h), for the weight types */
+#define KV_AVX2_GEMM_IL_PROTO(T) \
+    void kv_avx2_gemm_il_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, \
+                             float *y, int64_t ldy)
+KV_AVX2_GEMM_IL_PROTO(f32);
+KV_AVX2_GEMM_IL_PROTO(f16);
+KV_AVX2_GEMM_IL_PROTO(bf16);
+KV_AVX2_GEMM_IL_PROTO(q8_0);
+KV_AVX2_GEMM_IL_PROTO(q4_0);
+KV_AVX2_GEMM_IL_PROTO(q4_1);
+KV_AVX2_GEMM_IL_PROTO(q5_0);
+KV_AVX2_GEMM_IL_PROTO(q5_1);
+KV_AVX2_GEMM_IL_PROTO(q2_K);
+KV_AVX2_GEMM_IL_PROTO(q3_K);
+KV_AVX2_GEMM_IL_PROTO(q4_K);
+KV_AVX2_GEMM_IL_PROTO(q5_K);
+KV_AVX2_GEMM_IL_PROTO(q6_K);
+KV_AVX2_GEMM_IL_PROTO(tq1_0);
+KV_AVX2_GEMM_IL_PROTO(tq2_0);
+KV_AVX2_GEMM_IL_PROTO(i2_s);
+/* rows per tile of their layout: the decode tile of every AVX2 kernel */
+#define KV_AVX2_IL_ROWS 4
 
 /* largest tiles of the AVX2 gemm kernels */
 #define KV_AVX2_NR_FLOAT 4
@@ -164,6 +210,25 @@ KV_AVX512_KERNELS(q6_K);
 KV_AVX512_KERNELS(tq1_0);
 KV_AVX512_KERNELS(tq2_0);
 KV_AVX512_KERNELS(i2_s);
+
+#define KV_AVX512_GEMM_IL_PROTO(T) \
+    void kv_avx512_gemm_il_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, \
+                               float *y, int64_t ldy)
+KV_AVX512_GEMM_IL_PROTO(f32);
+KV_AVX512_GEMM_IL_PROTO(f16);
+KV_AVX512_GEMM_IL_PROTO(bf16);
+KV_AVX512_GEMM_IL_PROTO(q8_0);
+KV_AVX512_GEMM_IL_PROTO(q4_0);
+KV_AVX512_GEMM_IL_PROTO(q5_0);
+KV_AVX512_GEMM_IL_PROTO(q4_K);
+KV_AVX512_GEMM_IL_PROTO(q5_K);
+KV_AVX512_GEMM_IL_PROTO(q6_K);
+KV_AVX512_GEMM_IL_PROTO(tq1_0);
+KV_AVX512_GEMM_IL_PROTO(tq2_0);
+KV_AVX512_GEMM_IL_PROTO(i2_s);
+/* rows per tile of their layouts: each kernel's decode tile */
+#define KV_AVX512_IL_ROWS_FLOAT 8
+#define KV_AVX512_IL_ROWS 4 /* the block types */
 
 #define KV_AVX512_NR_FLOAT 8 /* float types, fewer than 4 columns */
 #define KV_AVX512_NC_FLOAT 4

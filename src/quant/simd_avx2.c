@@ -152,12 +152,19 @@ TGT void kv_avx2_vec_dot_bf16(int64_t n, float *s, const void *x, const void *y)
  * read from there by every row. */
 #define FCH 256
 
-INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *x, uint64_t xs, float *y,
-               int64_t ldy, const int e, const int NR, const int NC) {
+/* NR rows (nr valid) x NC columns. Row r starts at W[r] = w + r * rs, and
+ * its elements i .. i+15 (i a multiple of 16) are at element i * sm from
+ * there: rs the row bytes and sm 1 in the file layout, rs one unit and sm
+ * the tile's rows in the interleaved one (quant.h; then n % 16 == 0).
+ * pf: 0 no prefetch, 1 the file layout's stream (rows rs apart, see
+ * kv_pf_next), 2 the interleaved layout's; only tiles of fewer than
+ * KV_PF_COLS columns prefetch. */
+INL void ftile(int64_t n, const uint8_t *w, uint64_t rs, int64_t sm, int nr, const uint8_t *x, uint64_t xs,
+               float *y, int64_t ldy, const int pf, const int e, const int NR, const int NC) {
     const size_t es = e == E_F32 ? 4 : 2;
     const uint8_t *W[MR];
     UNR
-    for (int r = 0; r < NR; r++) W[r] = w + (uint64_t)(r < nr ? r : nr - 1) * ws;
+    for (int r = 0; r < NR; r++) W[r] = w + (uint64_t)(r < nr ? r : nr - 1) * rs;
     __m256 a[MR][MC][2];
     UNR
     for (int r = 0; r < NR; r++) {
@@ -165,7 +172,6 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
         for (int c = 0; c < NC; c++) a[r][c][0] = a[r][c][1] = _mm256_setzero_ps();
     }
     _Alignas(32) float xb[MC][FCH];
-    const int pf = NC < KV_PF_COLS && ws == (uint64_t)n * es; /* decode, contiguous rows: see kv_pf_next */
     for (int64_t i0 = 0; i0 < n; i0 += FCH) {
         const int len = (int)(n - i0 < FCH ? n - i0 : FCH);
         const int full = len & ~15;
@@ -188,10 +194,12 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             xp[c] = xb[c];
         }
         for (int i = 0; i < full; i += 16) {
-            if (pf) kv_pf_stream(W[0], NR, ws, (uint64_t)(i0 + i) * es, 16 * es);
+            if (NC < KV_PF_COLS && pf == 1) kv_pf_stream(W[0], NR, rs, (uint64_t)(i0 + i) * es, 16 * es);
+            if (NC < KV_PF_COLS && pf == 2) kv_pf_il(W[0] + (uint64_t)(i0 + i) * (uint64_t)sm * es, (size_t)sm * 16 * es);
             UNR
             for (int r = 0; r < NR; r++) {
-                const __m256 wl = ld8(W[r], i0 + i, e), wh = ld8(W[r], i0 + i + 8, e);
+                const int64_t o = (i0 + i) * sm;
+                const __m256 wl = ld8(W[r], o, e), wh = ld8(W[r], o + 8, e);
                 UNR
                 for (int c = 0; c < NC; c++) {
                     a[r][c][0] = _mm256_fmadd_ps(wl, _mm256_loadu_ps(xp[c] + i), a[r][c][0]);
@@ -205,7 +213,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             UNR
             for (int r = 0; r < NR; r++) {
                 __m256 wl, wh;
-                ld16_tail(W[r], i0 + full, rem, e, &wl, &wh);
+                ld16_tail(W[r], (i0 + full) * sm, rem, e, &wl, &wh);
                 UNR
                 for (int c = 0; c < NC; c++) {
                     const __m256 xl = _mm256_loadu_ps(xp[c] + full), xh = _mm256_loadu_ps(xp[c] + full + 8);
@@ -221,30 +229,60 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
     }
 }
 
+/* rows wr (rr <= 2 of them; rs, sm, pf as for ftile) x all nc columns in tiles of three (or fewer) */
+INL void fcols3(int64_t n, const uint8_t *wr, uint64_t rs, int64_t sm, int rr, const uint8_t *x, uint64_t xs, int nc,
+                float *y, int64_t ldy, const int pf, const int e) {
+    int c0 = 0;
+    for (; c0 + 3 <= nc; c0 += 3) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, pf, e, 2, 3);
+    if (nc - c0 == 2) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, pf, e, 2, 2);
+    if (nc - c0 == 1) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, pf, e, 2, 1);
+}
+
 /* nc == 1: four rows at a time; otherwise tiles of two rows by three (or
  * fewer) columns, rows outer */
 INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
                int64_t ldy, const int e) {
     const uint8_t *w = vw, *x = vx;
-    if (nc < KV_PF_COLS && ws == (uint64_t)n * (e == E_F32 ? 4 : 2)) kv_pf_head(w, nr, ws, nc == 1 ? 4 : 2);
+    const int pf = ws == (uint64_t)n * (e == E_F32 ? 4 : 2) && kv_quant_prefetch_on();
+    if (pf && nc < KV_PF_COLS) kv_pf_head(w, nr, ws, nc == 1 ? 4 : 2);
     if (nc == 1) {
         for (int r0 = 0; r0 < nr; r0 += 4)
-            ftile(n, w + (uint64_t)r0 * ws, ws, nr - r0 < 4 ? nr - r0 : 4, x, xs, y + r0, ldy, e, 4, 1);
+            ftile(n, w + (uint64_t)r0 * ws, ws, 1, nr - r0 < 4 ? nr - r0 : 4, x, xs, y + r0, ldy, pf, e, 4, 1);
         return;
     }
-    for (int r0 = 0; r0 < nr; r0 += 2) {
-        const int rr = nr - r0 < 2 ? nr - r0 : 2;
-        const uint8_t *wr = w + (uint64_t)r0 * ws;
-        int c0 = 0;
-        for (; c0 + 3 <= nc; c0 += 3) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 2, 3);
-        if (nc - c0 == 2) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 2, 2);
-        if (nc - c0 == 1) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 2, 1);
+    for (int r0 = 0; r0 < nr; r0 += 2)
+        fcols3(n, w + (uint64_t)r0 * ws, ws, 1, nr - r0 < 2 ? nr - r0 : 2, x, xs, nc, y + r0, ldy, pf, e);
+}
+
+/* the same over the interleaved layout of 4 rows: a tile's rows at once
+ * (one column) or in halves of two */
+_Static_assert(KV_AVX2_IL_ROWS == 4, "fgemm_il's tiles are the 4-row ones of fgemm, or two halves of 2");
+INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                  int64_t ldy, const int e) {
+    const uint8_t *w = vw, *x = vx;
+    const size_t U = 16 * (e == E_F32 ? 4 : 2);
+    const int pf = kv_quant_prefetch_on() ? 2 : 0;
+    if (pf && nc < KV_PF_COLS) kv_pf_il_head(w, (uint64_t)nr * ws);
+    for (int r0 = 0; r0 < nr; r0 += 4) {
+        const int rr = nr - r0 < 4 ? nr - r0 : 4;
+        const uint8_t *t = w + (uint64_t)r0 * ws;
+        if (nc == 1) {
+            /* a whole tile with constant strides: the rows' addresses are fixed offsets of one pointer */
+            if (rr == 4) ftile(n, t, U, 4, 4, x, xs, y + r0, ldy, pf, e, 4, 1);
+            else ftile(n, t, U, rr, rr, x, xs, y + r0, ldy, pf, e, 4, 1);
+            continue;
+        }
+        for (int a = 0; a < rr; a += 2) /* the first half's rows asks for the whole tile's */
+            fcols3(n, t + a * U, U, rr, rr - a < 2 ? rr - a : 2, x, xs, nc, y + r0 + a, ldy, a ? 0 : pf, e);
     }
 }
 
-TGT KV_AVX2_GEMM_PROTO(f32) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32); }
-TGT KV_AVX2_GEMM_PROTO(f16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16); }
-TGT KV_AVX2_GEMM_PROTO(bf16) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16); }
+#define FLOAT_GEMMS(T, E)                                                                            \
+    TGT KV_AVX2_GEMM_PROTO(T) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E); }                         \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) { fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E); }
+FLOAT_GEMMS(f32, E_F32)
+FLOAT_GEMMS(f16, E_F16)
+FLOAT_GEMMS(bf16, E_BF16)
 
 /* ---- y += a * x, one fma per element (attention's weighted sum of values) */
 
@@ -512,47 +550,94 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 
 /* ------------------------------------------------------------ gemm entry points */
 
-/* TILE(n, w, ws, nr, x, xs, y, ldy, NR, NC) computes one register tile of
- * nr <= NR rows and exactly NC columns. The entry points take any nr and
- * nc: row tiles outer (a weight tile stays in L1 while every column goes
- * by), column tiles inner. */
-#define TILE_AT(TILE, NR, NC, r0, rr, c0) \
+/* TILE(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo) computes one register
+ * tile of nr <= NR rows and exactly NC columns; il: the rows are one tile
+ * of the interleaved layout of NR rows (quant.h), w its start; pfo:
+ * prefetch is on (tiles of fewer than KV_PF_COLS columns then ask for
+ * their stream). The entry points take any nr and nc: row tiles outer (a
+ * weight tile stays in L1 while every column goes by), column tiles
+ * inner; over the interleaved layout the row tiles are its tiles. */
+#define TILE_AT(TILE, NR, NC, r0, rr, c0, IL) \
     TILE(n, (const uint8_t *)w + (uint64_t)(r0) * ws, ws, rr, (const uint8_t *)x + (uint64_t)(c0) * xs, xs, \
-         y + (int64_t)(c0) * ldy + (r0), ldy, NR, NC)
+         y + (int64_t)(c0) * ldy + (r0), ldy, NR, NC, IL, pfo)
 
-#define DEF_GEMM_NC2(T, TILE, NR)                                       \
-    TGT KV_AVX2_GEMM_PROTO(T) {                                         \
-        if (nc < KV_PF_COLS) kv_pf_head(w, nr, ws, NR);                 \
-        for (int r0 = 0; r0 < nr; r0 += NR) {                           \
-            const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
-            int c0 = 0;                                                 \
-            for (; c0 + 2 <= nc; c0 += 2) TILE_AT(TILE, NR, 2, r0, rr, c0); \
-            if (c0 < nc) TILE_AT(TILE, NR, 1, r0, rr, c0);              \
+#define GEMM_HEAD(NR, IL)                                                            \
+    const int pfo = kv_quant_prefetch_on();                                          \
+    if (nc < KV_PF_COLS && pfo) {                                                    \
+        if (IL) kv_pf_il_head(w, (uint64_t)nr * ws);                                 \
+        else kv_pf_head(w, nr, ws, NR);                                              \
+    }
+
+#define BODY_NC2(TILE, NR, IL)                                          \
+    GEMM_HEAD(NR, IL)                                                   \
+    for (int r0 = 0; r0 < nr; r0 += NR) {                               \
+        const int rr = nr - r0 < NR ? nr - r0 : NR;                     \
+        int c0 = 0;                                                     \
+        for (; c0 + 2 <= nc; c0 += 2) TILE_AT(TILE, NR, 2, r0, rr, c0, IL); \
+        if (c0 < nc) {                                                  \
+            /* interleaved: a whole tile with constant strides */       \
+            if (IL && rr == NR) TILE_AT(TILE, NR, 1, r0, NR, c0, IL);   \
+            else TILE_AT(TILE, NR, 1, r0, rr, c0, IL);                  \
         }                                                               \
-    }                                                                   \
-    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+    }
 
-#define DEF_GEMM_NC4(T, TILE, NR)                                       \
-    TGT KV_AVX2_GEMM_PROTO(T) {                                         \
-        if (nc < KV_PF_COLS) kv_pf_head(w, nr, ws, NR);                 \
-        for (int r0 = 0; r0 < nr; r0 += NR) {                           \
-            const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
-            int c0 = 0;                                                 \
-            for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0); \
-            switch (nc - c0) {                                          \
-            case 3: TILE_AT(TILE, NR, 3, r0, rr, c0); break;            \
-            case 2: TILE_AT(TILE, NR, 2, r0, rr, c0); break;            \
-            case 1: TILE_AT(TILE, NR, 1, r0, rr, c0); break;            \
-            default: break;                                             \
-            }                                                           \
+#define BODY_NC4(TILE, NR, IL)                                          \
+    GEMM_HEAD(NR, IL)                                                   \
+    for (int r0 = 0; r0 < nr; r0 += NR) {                               \
+        const int rr = nr - r0 < NR ? nr - r0 : NR;                     \
+        int c0 = 0;                                                     \
+        for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0, IL); \
+        if (IL && rr == NR && nc - c0 == 1) { /* a whole tile, constant strides */ \
+            TILE_AT(TILE, NR, 1, r0, NR, c0, IL);                       \
+            continue;                                                   \
         }                                                               \
-    }                                                                   \
-    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+        switch (nc - c0) {                                              \
+        case 3: TILE_AT(TILE, NR, 3, r0, rr, c0, IL); break;            \
+        case 2: TILE_AT(TILE, NR, 2, r0, rr, c0, IL); break;            \
+        case 1: TILE_AT(TILE, NR, 1, r0, rr, c0, IL); break;            \
+        default: break;                                                 \
+        }                                                               \
+    }
 
+#define DEF_GEMM_NC2(T, TILE, NR)                       \
+    TGT KV_AVX2_GEMM_PROTO(T) { BODY_NC2(TILE, NR, 0) } \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
+#define DEF_GEMM_NC4(T, TILE, NR)                       \
+    TGT KV_AVX2_GEMM_PROTO(T) { BODY_NC4(TILE, NR, 0) } \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
+/* the weight types: also over the interleaved layout (tiles of NR rows) */
+#define DEF_GEMM_IL_NC2(T, TILE, NR) \
+    DEF_GEMM_NC2(T, TILE, NR)        \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) { BODY_NC2(TILE, NR, 1) }
+#define DEF_GEMM_IL_NC4(T, TILE, NR) \
+    DEF_GEMM_NC4(T, TILE, NR)        \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) { BODY_NC4(TILE, NR, 1) }
+_Static_assert(KV_AVX2_NR_B32 == KV_AVX2_IL_ROWS && KV_AVX2_NR_K == KV_AVX2_IL_ROWS && KV_AVX2_NR_I2S == KV_AVX2_IL_ROWS,
+               "the decode tiles are the interleaved layout's tiles");
+
+/* activation types (file layout only) */
 #define ROWS(T, W, NR)                                                                           \
     const T *W[MR];                                                                              \
     UNR                                                                                          \
     for (int r_ = 0; r_ < NR; r_++) W[r_] = (const T *)((const uint8_t *)w + (uint64_t)(r_ < nr ? r_ : nr - 1) * ws)
+
+/* weight types, W[r]: the rows of a tile, rs bytes apart (beyond nr the
+ * last row again); block i of row r at W[r] + i * bst. File layout:
+ * rs = ws, bst = BW (the block bytes). Interleaved: rs = BW, bst = nr * BW. */
+#define WROWS(W, NR, BW)                                                                             \
+    const uint64_t rs_ = il ? (uint64_t)(BW) : ws, bst = il ? (uint64_t)nr * (BW) : (uint64_t)(BW);  \
+    const uint8_t *W[MR];                                                                            \
+    UNR                                                                                              \
+    for (int r_ = 0; r_ < NR; r_++) W[r_] = (const uint8_t *)w + (uint64_t)(r_ < nr ? r_ : nr - 1) * rs_
+
+/* the prefetch of block step i (BW bytes a row) of a decode tile */
+#define PF_STEP(W, NR, NC, nb, i, BW)                                                  \
+    do {                                                                             \
+        if ((NC) < KV_PF_COLS && pfo) {                                              \
+            if (il) kv_pf_il(W[0] + (uint64_t)(i) * bst, (size_t)bst);               \
+            else kv_pf_next(W, NR, ws, nb, (uint64_t)(i) * (BW), (BW));              \
+        }                                                                            \
+    } while (0)
 #define COLS(T, X, NC)                                                     \
     const T *X[MC];                                                        \
     UNR                                                                \
@@ -561,10 +646,29 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 /* ------------------------------------------------------------ int8 x int8: Q8_0, Q8_1 */
 
 /* BS: block bytes, QO: offset of qs in a block (same for both operands) */
+/* the scalar reference of Q8_0 x Q8_0 over a row whose block i is at
+ * w + i * bst (kv_vec_dot_q8_0_q8_0_ref's operations, for the interleaved
+ * layout's fallback) */
+static void dot_q8_0_strided(int64_t n, float *s, const uint8_t *w, uint64_t bst, const kv_block_q8_0 *y) {
+    float acc[8] = {0};
+    for (int64_t i = 0; i < n / KV_QK8_0; i++) {
+        kv_block_q8_0 x;
+        memcpy(&x, w + (uint64_t)i * bst, sizeof x);
+        const float d = kv_f16_to_f32(x.d) * kv_f16_to_f32(y[i].d);
+        for (int l = 0; l < 8; l++) {
+            int32_t isum = 0;
+            for (int k = 0; k < 4; k++) isum += (int32_t)x.qs[4 * l + k] * (int32_t)y[i].qs[4 * l + k];
+            acc[l] = fmaf(d, (float)isum, acc[l]);
+        }
+    }
+    *s = kv_dot_reduce8(acc);
+}
+
 INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                  const int NR, const int NC, const int BS, const int QO, kv_vec_dot_fn ref) {
+                  const int NR, const int NC, const int il, const int pfo, const int BS, const int QO,
+                  kv_vec_dot_fn ref) {
     const int64_t nb = n / 32;
-    ROWS(uint8_t, W, NR);
+    WROWS(W, NR, BS);
     COLS(uint8_t, X, NC);
     __m256 acc[MR][MC];
     UNR
@@ -575,7 +679,7 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     __m256i bad = _mm256_setzero_si256();
     const __m256i m128 = _mm256_set1_epi8(-128);
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * (size_t)BS, (size_t)BS);
+        PF_STEP(W, NR, NC, nb, i, (size_t)BS);
         __m256i qy[MC];
         __m256 dy[MC];
         UNR
@@ -587,7 +691,7 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         }
         UNR
         for (int r = 0; r < NR; r++) {
-            const uint8_t *a = W[r] + i * BS;
+            const uint8_t *a = W[r] + i * bst;
             const __m256i qx = ld256(a + QO);
             const __m256i ux = _mm256_sign_epi8(qx, qx);
             const __m256 dx = _mm256_set1_ps(h2f(a));
@@ -601,7 +705,12 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
     if (!_mm256_testz_si256(bad, bad)) {
         for (int r = 0; r < NR && r < nr; r++) {
             UNR
-            for (int c = 0; c < NC; c++) ref(n, &y[c * ldy + r], W[r], X[c]);
+            for (int c = 0; c < NC; c++) {
+                if (il) /* only Q8_0 weights are interleaved */
+                    dot_q8_0_strided(n, &y[c * ldy + r], W[r], bst, (const kv_block_q8_0 *)X[c]);
+                else
+                    ref(n, &y[c * ldy + r], W[r], X[c]);
+            }
         }
         return;
     }
@@ -612,16 +721,16 @@ INL void tile_q8x(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
 }
 
 INL void tile_q8_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
-    tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, sizeof(kv_block_q8_0), offsetof(kv_block_q8_0, qs),
+                   const int NR, const int NC, const int il, const int pfo) {
+    tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, sizeof(kv_block_q8_0), offsetof(kv_block_q8_0, qs),
              kv_vec_dot_q8_0_q8_0_ref);
 }
 INL void tile_q8_1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
-    tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, sizeof(kv_block_q8_1), offsetof(kv_block_q8_1, qs),
+                   const int NR, const int NC, const int il, const int pfo) {
+    tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, sizeof(kv_block_q8_1), offsetof(kv_block_q8_1, qs),
              kv_traits_q8_1.vec_dot);
 }
-DEF_GEMM_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
+DEF_GEMM_IL_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
 DEF_GEMM_NC2(q8_1, tile_q8_1, KV_AVX2_NR_B32)
 
 /* ------------------------------------------------------------ Q4_0, Q4_1, Q5_0, Q5_1 */
@@ -645,7 +754,7 @@ INL __m256i unpack_b32(const uint8_t *blk, const int t) {
 }
 
 INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                  const int NR, const int NC, const int t) {
+                  const int NR, const int NC, const int il, const int pfo, const int t) {
     const int64_t nb = n / 32;
     const int with_min = t == T_Q4_1 || t == T_Q5_1;
     const int off = t == T_Q4_0 ? 8 : t == T_Q5_0 ? 16 : 0;
@@ -655,7 +764,7 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
                                     : sizeof(kv_block_q5_1);
     const size_t BX = with_min ? sizeof(kv_block_q8_1) : sizeof(kv_block_q8_0);
     const size_t XO = with_min ? offsetof(kv_block_q8_1, qs) : offsetof(kv_block_q8_0, qs);
-    ROWS(uint8_t, W, NR);
+    WROWS(W, NR, BW);
     COLS(uint8_t, X, NC);
     __m256 acc[MR][MC];
     float accm[MR][MC];
@@ -668,7 +777,7 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
+        PF_STEP(W, NR, NC, nb, i, BW);
         __m256i qy[MC], qo[MC];
         __m256 dy[MC];
         float sy[MC];
@@ -682,7 +791,7 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         }
         UNR
         for (int r = 0; r < NR; r++) {
-            const uint8_t *a = W[r] + i * BW;
+            const uint8_t *a = W[r] + i * bst;
             const __m256i u = unpack_b32(a, t);
             const __m256 dx = _mm256_set1_ps(h2f(a));
             const float mx = with_min ? h2f(a + 2) : 0.0f; /* m follows d in Q4_1 and Q5_1 */
@@ -703,10 +812,10 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
 
 #define B32_TILE(T, ID)                                                                                         \
     INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
-                      int64_t ldy, const int NR, const int NC) {                                               \
-        tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, ID);                                                      \
+                      int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                  \
+        tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                             \
     }                                                                                                          \
-    DEF_GEMM_NC2(T, tile_##T, KV_AVX2_NR_B32)
+    DEF_GEMM_IL_NC2(T, tile_##T, KV_AVX2_NR_B32)
 B32_TILE(q4_0, T_Q4_0)
 B32_TILE(q4_1, T_Q4_1)
 B32_TILE(q5_0, T_Q5_0)
@@ -874,7 +983,7 @@ INL __m256i k_isum(const krow *k, const int8_t *qy, const __m256i *yo, const int
 enum { K_Q2, K_Q3, K_Q4, K_Q5, K_Q6 };
 
 INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                const int NR, const int NC, const int t) {
+                const int NR, const int NC, const int il, const int pfo, const int t) {
     const int64_t nb = n / KV_QK_K;
     const size_t BW = t == K_Q2   ? sizeof(kv_block_q2_K)
                       : t == K_Q3 ? sizeof(kv_block_q3_K)
@@ -882,7 +991,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
                       : t == K_Q5 ? sizeof(kv_block_q5_K)
                                   : sizeof(kv_block_q6_K);
     const int off = t == K_Q3 ? 4 : t == K_Q6 ? 32 : 0;
-    ROWS(uint8_t, W, NR);
+    WROWS(W, NR, BW);
     COLS(kv_block_q8_K, X, NC);
     __m256 acc[MR][MC];
     __m128 accm4[MR][MC];
@@ -897,7 +1006,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
+        PF_STEP(W, NR, NC, nb, i, BW);
         __m256i yo[MC][8];
         if (off)
             UNR
@@ -908,7 +1017,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             }
         UNR
         for (int r = 0; r < NR; r++) {
-            const uint8_t *blk = W[r] + i * BW;
+            const uint8_t *blk = W[r] + i * bst;
             krow k;
             if (t == K_Q2) prep_q2_K((const kv_block_q2_K *)blk, &k);
             if (t == K_Q3) prep_q3_K((const kv_block_q3_K *)blk, &k);
@@ -951,10 +1060,10 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
 
 #define K_TILE(T, ID)                                                                                           \
     INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
-                      int64_t ldy, const int NR, const int NC) {                                               \
-        tile_k(n, w, ws, nr, x, xs, y, ldy, NR, NC, ID);                                                        \
+                      int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                  \
+        tile_k(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                               \
     }                                                                                                          \
-    DEF_GEMM_NC4(T, tile_##T, KV_AVX2_NR_K)
+    DEF_GEMM_IL_NC4(T, tile_##T, KV_AVX2_NR_K)
 K_TILE(q2_K, K_Q2)
 K_TILE(q3_K, K_Q3)
 K_TILE(q4_K, K_Q4)
@@ -964,7 +1073,8 @@ K_TILE(q6_K, K_Q6)
 /* ---- Q8_K x Q8_K (int8 both sides, the sign trick as for Q8_0) */
 
 INL void tile_q8_K(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
+                   const int NR, const int NC, const int il, const int pfo) {
+    (void)il, (void)pfo;
     const int64_t nb = n / KV_QK_K;
     ROWS(kv_block_q8_K, W, NR);
     COLS(kv_block_q8_K, X, NC);
@@ -1074,10 +1184,10 @@ INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {
 /* isum[l] = sum t * q over the lane - (bsums[2l] + bsums[2l+1]); the int16
  * sum of the 8 chunks' pairs stays below 8 * 3 * 128 * 2 in magnitude */
 INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                 const int NR, const int NC, const int tq1) {
+                 const int NR, const int NC, const int il, const int pfo, const int tq1) {
     const int64_t nb = n / KV_QK_K;
     const size_t BW = tq1 ? sizeof(kv_block_tq1_0) : sizeof(kv_block_tq2_0);
-    ROWS(uint8_t, W, NR);
+    WROWS(W, NR, BW);
     COLS(kv_block_q8_K, X, NC);
     __m256 acc[MR][MC];
     UNR
@@ -1086,13 +1196,13 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
+        PF_STEP(W, NR, NC, nb, i, BW);
         __m256i bs[MC];
         UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
         UNR
         for (int r = 0; r < NR; r++) {
-            const uint8_t *blk = W[r] + i * BW;
+            const uint8_t *blk = W[r] + i * bst;
             __m256i U[8];
             float dx;
             if (tq1) {
@@ -1120,22 +1230,22 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
 }
 
 INL void tile_tq1_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,
-                    int64_t ldy, const int NR, const int NC) {
-    tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, 1);
+                    int64_t ldy, const int NR, const int NC, const int il, const int pfo) {
+    tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, 1);
 }
 INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,
-                    int64_t ldy, const int NR, const int NC) {
-    tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, 0);
+                    int64_t ldy, const int NR, const int NC, const int il, const int pfo) {
+    tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, 0);
 }
-DEF_GEMM_NC4(tq1_0, tile_tq1_0, KV_AVX2_NR_K)
-DEF_GEMM_NC4(tq2_0, tile_tq2_0, KV_AVX2_NR_K)
+DEF_GEMM_IL_NC4(tq1_0, tile_tq1_0, KV_AVX2_NR_K)
+DEF_GEMM_IL_NC4(tq2_0, tile_tq2_0, KV_AVX2_NR_K)
 
 /* ------------------------------------------------------------ I2_S x I8_S */
 
 INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
+                   const int NR, const int NC, const int il, const int pfo) {
     const int64_t nb = n / KV_QK_I2_S;
-    ROWS(uint8_t, W, NR);
+    WROWS(W, NR, 32);
     COLS(uint8_t, X, NC);
     const __m256i m3 = _mm256_set1_epi8(3);
     __m256i acc[MR][MC];
@@ -1145,10 +1255,10 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_si256();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * 32, 32);
+        PF_STEP(W, NR, NC, nb, i, 32);
         UNR
         for (int r = 0; r < NR; r++) {
-            const __m256i b = ld256(W[r] + 32 * i);
+            const __m256i b = ld256(W[r] + i * bst);
             const __m256i u0 = _mm256_and_si256(_mm256_srli_epi16(b, 6), m3);
             const __m256i u1 = _mm256_and_si256(_mm256_srli_epi16(b, 4), m3);
             const __m256i u2 = _mm256_and_si256(_mm256_srli_epi16(b, 2), m3);
@@ -1174,12 +1284,13 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         }
     }
 }
-DEF_GEMM_NC4(i2_s, tile_i2_s, KV_AVX2_NR_I2S)
+DEF_GEMM_IL_NC4(i2_s, tile_i2_s, KV_AVX2_NR_I2S)
 
 /* ---- I8_S x I8_S: *s = (float)sum(qx * qy) / x.scale / y.scale */
 
 INL void tile_i8_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
+                   const int NR, const int NC, const int il, const int pfo) {
+    (void)il, (void)pfo;
     ROWS(uint8_t, W, NR);
     COLS(uint8_t, X, NC);
     const int64_t n32 = n & ~(int64_t)31;

@@ -139,12 +139,19 @@ TGT void kv_avx512_vec_dot_bf16(int64_t n, float *s, const void *x, const void *
 
 #define FCH 256
 
-INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *x, uint64_t xs, float *y,
-               int64_t ldy, const int e, const int NR, const int NC) {
+/* NR rows (nr valid) x NC columns. Row r starts at W[r] = w + r * rs, and
+ * its elements i .. i+15 (i a multiple of 16) are at element i * sm from
+ * there: rs the row bytes and sm 1 in the file layout, rs one unit and sm
+ * the tile's rows in the interleaved one (quant.h; then n % 16 == 0).
+ * pf: 0 no prefetch, 1 the file layout's stream (rows rs apart, see
+ * kv_pf_next), 2 the interleaved layout's; only tiles of fewer than
+ * KV_PF_COLS columns prefetch. */
+INL void ftile(int64_t n, const uint8_t *w, uint64_t rs, int64_t sm, int nr, const uint8_t *x, uint64_t xs,
+               float *y, int64_t ldy, const int pf, const int e, const int NR, const int NC) {
     const size_t es = e == E_F32 ? 4 : 2;
     const uint8_t *W[MR];
     UNR
-    for (int r = 0; r < NR; r++) W[r] = w + (uint64_t)(r < nr ? r : nr - 1) * ws;
+    for (int r = 0; r < NR; r++) W[r] = w + (uint64_t)(r < nr ? r : nr - 1) * rs;
     __m512 a[MR][MC];
     UNR
     for (int r = 0; r < NR; r++) {
@@ -152,7 +159,6 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
         for (int c = 0; c < NC; c++) a[r][c] = _mm512_setzero_ps();
     }
     _Alignas(64) float xb[MC][FCH];
-    const int pf = NC < KV_PF_COLS && ws == (uint64_t)n * es; /* decode, contiguous rows: see kv_pf_next */
     for (int64_t i0 = 0; i0 < n; i0 += FCH) {
         const int len = (int)(n - i0 < FCH ? n - i0 : FCH);
         const int full = len & ~15, rem = len - full;
@@ -169,10 +175,11 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             xp[c] = xb[c];
         }
         for (int i = 0; i < full; i += 16) {
-            if (pf) kv_pf_stream(W[0], NR, ws, (uint64_t)(i0 + i) * es, 16 * es);
+            if (NC < KV_PF_COLS && pf == 1) kv_pf_stream(W[0], NR, rs, (uint64_t)(i0 + i) * es, 16 * es);
+            if (NC < KV_PF_COLS && pf == 2) kv_pf_il(W[0] + (uint64_t)(i0 + i) * (uint64_t)sm * es, (size_t)sm * 16 * es);
             UNR
             for (int r = 0; r < NR; r++) {
-                const __m512 wv = ld16(W[r], i0 + i, e);
+                const __m512 wv = ld16(W[r], (i0 + i) * sm, e);
                 UNR
                 for (int c = 0; c < NC; c++) a[r][c] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp[c] + i), a[r][c]);
             }
@@ -181,7 +188,7 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
             const __mmask16 m = (__mmask16)((1u << rem) - 1);
             UNR
             for (int r = 0; r < NR; r++) {
-                const __m512 wv = ld16m(W[r], i0 + full, rem, e);
+                const __m512 wv = ld16m(W[r], (i0 + full) * sm, rem, e);
                 UNR
                 for (int c = 0; c < NC; c++)
                     a[r][c] = _mm512_mask3_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xp[c] + full), a[r][c], m);
@@ -194,25 +201,53 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t ws, int nr, const uint8_t *
     }
 }
 
+/* rows wr (nr of them, see ftile for rs, sm, pf) x all nc columns in tiles of four (or fewer) columns */
+INL void fcols4(int64_t n, const uint8_t *wr, uint64_t rs, int64_t sm, int rr, const uint8_t *x, uint64_t xs, int nc,
+                float *y, int64_t ldy, const int pf, const int e) {
+    int c0 = 0;
+    for (; c0 + 4 <= nc; c0 += 4) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, 0, e, 4, 4);
+    if (nc - c0 == 3) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, pf, e, 4, 3);
+    if (nc - c0 == 2) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, pf, e, 4, 2);
+    if (nc - c0 == 1) ftile(n, wr, rs, sm, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy, ldy, pf, e, 4, 1);
+}
+
 /* nc == 1: eight rows at a time; otherwise tiles of four rows by four (or
  * fewer) columns, rows outer */
 INL void fgemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
                int64_t ldy, const int e) {
     const uint8_t *w = vw, *x = vx;
-    if (nc < KV_PF_COLS && ws == (uint64_t)n * (e == E_F32 ? 4 : 2)) kv_pf_head(w, nr, ws, nc == 1 ? 8 : 4);
+    const int pf = ws == (uint64_t)n * (e == E_F32 ? 4 : 2) && kv_quant_prefetch_on();
+    if (pf && nc < KV_PF_COLS) kv_pf_head(w, nr, ws, nc == 1 ? 8 : 4);
     if (nc == 1) {
         for (int r0 = 0; r0 < nr; r0 += 8)
-            ftile(n, w + (uint64_t)r0 * ws, ws, nr - r0 < 8 ? nr - r0 : 8, x, xs, y + r0, ldy, e, 8, 1);
+            ftile(n, w + (uint64_t)r0 * ws, ws, 1, nr - r0 < 8 ? nr - r0 : 8, x, xs, y + r0, ldy, pf, e, 8, 1);
         return;
     }
-    for (int r0 = 0; r0 < nr; r0 += 4) {
-        const int rr = nr - r0 < 4 ? nr - r0 : 4;
-        const uint8_t *wr = w + (uint64_t)r0 * ws;
-        int c0 = 0;
-        for (; c0 + 4 <= nc; c0 += 4) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 4, 4);
-        if (nc - c0 == 3) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 4, 3);
-        if (nc - c0 == 2) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 4, 2);
-        if (nc - c0 == 1) ftile(n, wr, ws, rr, x + (uint64_t)c0 * xs, xs, y + c0 * ldy + r0, ldy, e, 4, 1);
+    for (int r0 = 0; r0 < nr; r0 += 4)
+        fcols4(n, w + (uint64_t)r0 * ws, ws, 1, nr - r0 < 4 ? nr - r0 : 4, x, xs, nc, y + r0, ldy, pf, e);
+}
+
+/* the same over the interleaved layout of FIL rows: a tile's eight rows at
+ * once (one column), or its halves of four rows (two or three) */
+#define FIL KV_AVX512_IL_ROWS_FLOAT
+_Static_assert(FIL == 8, "fgemm_il's tiles are the 8-row ones of fgemm, or two halves of 4");
+INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                  int64_t ldy, const int e) {
+    const uint8_t *w = vw, *x = vx;
+    const size_t U = 16 * (e == E_F32 ? 4 : 2);
+    const int pf = kv_quant_prefetch_on() ? 2 : 0;
+    if (pf && nc < KV_PF_COLS) kv_pf_il_head(w, (uint64_t)nr * ws);
+    for (int r0 = 0; r0 < nr; r0 += FIL) {
+        const int rr = nr - r0 < FIL ? nr - r0 : FIL;
+        const uint8_t *t = w + (uint64_t)r0 * ws;
+        if (nc == 1) {
+            /* a whole tile with constant strides: the rows' addresses are fixed offsets of one pointer */
+            if (rr == FIL) ftile(n, t, U, FIL, FIL, x, xs, y + r0, ldy, pf, e, 8, 1);
+            else ftile(n, t, U, rr, rr, x, xs, y + r0, ldy, pf, e, 8, 1);
+            continue;
+        }
+        for (int a = 0; a < rr; a += 4) /* the first half's rows asks for the whole tile's */
+            fcols4(n, t + a * U, U, rr, rr - a < 4 ? rr - a : 4, x, xs, nc, y + r0 + a, ldy, a ? 0 : pf, e);
     }
 }
 
@@ -324,8 +359,9 @@ INL void fp_tile(const float *wa, const float *xa, int nc, int64_t k0, int64_t k
 
 _Static_assert(FR == 8 && FC <= 4, "fp_tile's reduction pairs columns of 8 rows");
 
+/* il: the weights are in the interleaved layout of FR (= FIL) rows */
 INL int fp_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
-                int64_t ldy, const int e) {
+                int64_t ldy, const int e, const int il) {
     const int64_t nk = (n + 15) / 16, np = (nk + FK / 16 - 1) / (FK / 16);
     const int64_t kp = (nk + np - 1) / np; /* chunks in all, per panel (<= FK / 16, balanced) */
     const int rem = (int)(n % 16);
@@ -347,7 +383,11 @@ INL int fp_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, 
     for (int r0 = 0; r0 < nr; r0 += FR) {
         const int rr = nr - r0 < FR ? nr - r0 : FR;
         const uint8_t *W[FR];
-        for (int r = 0; r < FR; r++) W[r] = (const uint8_t *)vw + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws;
+        /* row r's chunk k at element 16 * k * sm of W[r] */
+        const int64_t sm = il ? rr : 1;
+        for (int r = 0; r < FR; r++)
+            W[r] = il ? (const uint8_t *)vw + (uint64_t)r0 * ws + (uint64_t)(r < rr ? r : rr - 1) * 16 * (e == E_F32 ? 4 : 2)
+                      : (const uint8_t *)vw + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws;
         if (r0 + FR < nr)
             prefetch_rows(vw, ws, r0 + FR, nr - r0 - FR < FR ? nr - r0 - FR : FR, (size_t)n * (e == E_F32 ? 4 : 2));
         for (int64_t k0 = 0; k0 < nk; k0 += kp) {
@@ -355,7 +395,8 @@ INL int fp_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, 
             const int last = k1 == nk;
             for (int64_t k = k0; k < k1; k++)
                 for (int r = 0; r < FR; r++) {
-                    const __m512 v = (rem && k == nk - 1) ? ld16m(W[r], 16 * k, rem, e) : ld16(W[r], 16 * k, e);
+                    const __m512 v =
+                        (rem && k == nk - 1) ? ld16m(W[r], 16 * k * sm, rem, e) : ld16(W[r], 16 * k * sm, e);
                     _mm512_store_ps(wa + ((size_t)(k - k0) * FR + (size_t)r) * 16, v);
                 }
             const int rm = last ? rem : 0;
@@ -375,18 +416,19 @@ INL int fp_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, 
     return 1;
 }
 
-TGT KV_AVX512_GEMM_PROTO(f32) {
-    if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32)) return;
-    fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F32);
-}
-TGT KV_AVX512_GEMM_PROTO(f16) {
-    if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16)) return;
-    fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_F16);
-}
-TGT KV_AVX512_GEMM_PROTO(bf16) {
-    if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16)) return;
-    fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E_BF16);
-}
+_Static_assert(FR == FIL, "the prefill tile is the interleaved layout's tile");
+#define FLOAT_GEMMS(T, E)                                                                                    \
+    TGT KV_AVX512_GEMM_PROTO(T) {                                                                            \
+        if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 0)) return;   \
+        fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                           \
+    }                                                                                                        \
+    TGT KV_AVX512_GEMM_IL_PROTO(T) {                                                                         \
+        if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 1)) return;   \
+        fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                        \
+    }
+FLOAT_GEMMS(f32, E_F32)
+FLOAT_GEMMS(f16, E_F16)
+FLOAT_GEMMS(bf16, E_BF16)
 
 /* ---- F16 conversions (see simd_avx2.c: the instruction matches the reference
  * except that it quiets signalling NaNs on the way to f32) */
@@ -422,31 +464,63 @@ TGT void kv_avx512_from_float_f16(const float *src, void *dst, int64_t n) {
 
 /* ------------------------------------------------------------ entry points */
 
-/* any nr, nc: register tiles of NR x 4, rows outer (see simd_avx2.c) */
-#define TILE_AT(TILE, NR, NC, r0, rr, c0) \
+/* any nr, nc: register tiles of NR x 4, rows outer (see simd_avx2.c).
+ *
+ * TILE(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo) computes nr <= NR rows
+ * x NC columns; il: the rows are one tile of the interleaved layout of NR
+ * rows (quant.h), w its start; pfo: prefetch is on (the tiles of fewer
+ * than KV_PF_COLS columns then ask for their stream, kv_pf_next or
+ * kv_pf_il). Over the interleaved layout the tiles are the layout's, so
+ * row tiles start on its tile boundaries. */
+#define TILE_AT(TILE, NR, NC, r0, rr, c0, IL) \
     TILE(n, (const uint8_t *)w + (uint64_t)(r0) * ws, ws, rr, (const uint8_t *)x + (uint64_t)(c0) * xs, xs, \
-         y + (int64_t)(c0) * ldy + (r0), ldy, NR, NC)
+         y + (int64_t)(c0) * ldy + (r0), ldy, NR, NC, IL, pfo)
 
-#define DEF_GEMM(T, TILE, NR)                                           \
-    TGT KV_AVX512_GEMM_PROTO(T) {                                       \
-        if (nc < KV_PF_COLS) kv_pf_head(w, nr, ws, NR);                 \
-        for (int r0 = 0; r0 < nr; r0 += NR) {                           \
-            const int rr = nr - r0 < NR ? nr - r0 : NR;                 \
-            int c0 = 0;                                                 \
-            for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0); \
-            switch (nc - c0) {                                          \
-            case 3: TILE_AT(TILE, NR, 3, r0, rr, c0); break;            \
-            case 2: TILE_AT(TILE, NR, 2, r0, rr, c0); break;            \
-            case 1: TILE_AT(TILE, NR, 1, r0, rr, c0); break;            \
-            default: break;                                             \
-            }                                                           \
-        }                                                               \
+#define GEMM_BODY(TILE, NR, IL)                                                      \
+    const int pfo = kv_quant_prefetch_on();                                          \
+    if (nc < KV_PF_COLS && pfo) {                                                    \
+        if (IL) kv_pf_il_head(w, (uint64_t)nr * ws);                                 \
+        else kv_pf_head(w, nr, ws, NR);                                              \
+    }                                                                                \
+    for (int r0 = 0; r0 < nr; r0 += NR) {                                            \
+        const int rr = nr - r0 < NR ? nr - r0 : NR;                                  \
+        int c0 = 0;                                                                  \
+        for (; c0 + 4 <= nc; c0 += 4) TILE_AT(TILE, NR, 4, r0, rr, c0, IL);          \
+        /* decode over the interleaved layout: a whole tile with constant strides */ \
+        if (IL && rr == NR && nc - c0 == 1) {                                        \
+            TILE_AT(TILE, NR, 1, r0, NR, c0, IL);                                    \
+            continue;                                                                \
+        }                                                                            \
+        switch (nc - c0) {                                                           \
+        case 3: TILE_AT(TILE, NR, 3, r0, rr, c0, IL); break;                         \
+        case 2: TILE_AT(TILE, NR, 2, r0, rr, c0, IL); break;                         \
+        case 1: TILE_AT(TILE, NR, 1, r0, rr, c0, IL); break;                         \
+        default: break;                                                              \
+        }                                                                            \
     }
 
-#define ROWS(W, NR)                                                                                      \
-    const uint8_t *W[MR];                                                                                \
-    UNR                                                                                          \
-    for (int r_ = 0; r_ < NR; r_++) W[r_] = (const uint8_t *)w + (uint64_t)(r_ < nr ? r_ : nr - 1) * ws
+/* the entry points over both layouts; SC: their storage class */
+#define DEF_GEMM(SC, T, TILE, NR)                                                    \
+    SC TGT KV_AVX512_GEMM_PROTO(T) { GEMM_BODY(TILE, NR, 0) }                        \
+    SC TGT KV_AVX512_GEMM_IL_PROTO(T) { GEMM_BODY(TILE, NR, 1) }
+
+/* W[r]: the rows of a tile, rs bytes apart (beyond nr the last row again);
+ * block i of row r at W[r] + i * bst. File layout: rs = ws, bst = BW (the
+ * block bytes). Interleaved: rs = BW, bst = nr * BW. */
+#define ROWS(W, NR, BW)                                                                              \
+    const uint64_t rs_ = il ? (uint64_t)(BW) : ws, bst = il ? (uint64_t)nr * (BW) : (uint64_t)(BW);  \
+    const uint8_t *W[MR];                                                                            \
+    UNR                                                                                              \
+    for (int r_ = 0; r_ < NR; r_++) W[r_] = (const uint8_t *)w + (uint64_t)(r_ < nr ? r_ : nr - 1) * rs_
+
+/* the prefetch of block step i (BW bytes a row) of a decode tile */
+#define PF_STEP(W, NR, NC, nb, i, BW)                                                  \
+    do {                                                                             \
+        if ((NC) < KV_PF_COLS && pfo) {                                              \
+            if (il) kv_pf_il(W[0] + (uint64_t)(i) * bst, (size_t)bst);               \
+            else kv_pf_next(W, NR, ws, nb, (uint64_t)(i) * (BW), (BW));              \
+        }                                                                            \
+    } while (0)
 #define COLS(X, NC)            \
     const uint8_t *X[MC];      \
     UNR                                                                \
@@ -467,12 +541,12 @@ INL uint32_t q5_qh(const uint8_t *blk) {
 }
 
 INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC, const int t) {
+                   const int NR, const int NC, const int il, const int pfo, const int t) {
     const int NP = NR / 2;
     const int64_t nb = n / 32;
     const size_t BW = B_BYTES(t);
     const size_t BX = sizeof(kv_block_q8_0);
-    ROWS(W, NR);
+    ROWS(W, NR, BW);
     COLS(X, NC);
     __m512 acc[MR / 2][MC];
     UNR
@@ -485,7 +559,7 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     const __m512i m4 = _mm512_set1_epi8(0x0f);
     const __m512i perm = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
+        PF_STEP(W, NR, NC, nb, i, BW);
         __m512i yb[MC], nco[MC];
         __m512 dy[MC];
         UNR
@@ -497,7 +571,7 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         }
         UNR
         for (int p = 0; p < NP; p++) {
-            const uint8_t *a0 = W[2 * p] + i * BW, *a1 = W[2 * p + 1] + i * BW;
+            const uint8_t *a0 = W[2 * p] + i * bst, *a1 = W[2 * p + 1] + i * bst;
             __m512i u;
             if (t != B_Q8) {
                 const size_t qo = t == B_Q4 ? offsetof(kv_block_q4_0, qs) : offsetof(kv_block_q5_0, qs);
@@ -535,21 +609,16 @@ INL void tile_pair(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     }
 }
 
-INL void tile_q8_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
-    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, B_Q8);
-}
-INL void tile_q4_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
-    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, B_Q4);
-}
-INL void tile_q5_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
-    tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, B_Q5);
-}
-static DEF_GEMM(pair_q8_0, tile_q8_0, KV_AVX512_NR_B32)
-static DEF_GEMM(pair_q4_0, tile_q4_0, KV_AVX512_NR_B32)
-static DEF_GEMM(pair_q5_0, tile_q5_0, KV_AVX512_NR_B32)
+#define PAIR_TILE(T, ID)                                                                                       \
+    INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,      \
+                      int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                 \
+        tile_pair(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                           \
+    }                                                                                                         \
+    DEF_GEMM(static, pair_##T, tile_##T, KV_AVX512_NR_B32)
+_Static_assert(KV_AVX512_NR_B32 == KV_AVX512_IL_ROWS, "the decode tile is the interleaved layout's tile");
+PAIR_TILE(q8_0, B_Q8)
+PAIR_TILE(q4_0, B_Q4)
+PAIR_TILE(q5_0, B_Q5)
 
 /* ------------------------------------------------------------ Q8_0, Q4_0, Q5_0 packed (prefill)
  *
@@ -582,8 +651,8 @@ typedef struct {
     float dx[PK_R];
 } pk_blk;
 
-/* 8 rows (from row pointers W, block i) into one packed block */
-INL void pk_weights(const uint8_t *const *W, int64_t i, pk_blk *o, const int t) {
+/* 8 rows (from row pointers W, block i of row r at W[r] + i * BS[r]) into one packed block */
+INL void pk_weights(const uint8_t *const *W, const uint64_t *BS, int64_t i, pk_blk *o, const int t) {
     const __m512i ilv = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     const __m512i c128 = _mm512_set1_epi8((char)0x80);
     UNR
@@ -591,20 +660,17 @@ INL void pk_weights(const uint8_t *const *W, int64_t i, pk_blk *o, const int t) 
         __m256i v[2];
         UNR
         for (int k = 0; k < 2; k++) {
-            const uint8_t *b = W[2 * p + k];
+            const uint8_t *b = W[2 * p + k] + (uint64_t)i * BS[2 * p + k];
             if (t == B_Q4) {
-                b += i * sizeof(kv_block_q4_0);
                 const __m128i q = ld128(b + 2);
                 const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
                 v[k] = _mm256_sub_epi8(u, _mm256_set1_epi8(8));
             } else if (t == B_Q5) {
-                b += i * sizeof(kv_block_q5_0);
                 const __m128i q = ld128(b + offsetof(kv_block_q5_0, qs));
                 const __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
                 /* code - 16: u - 16 where the high bit is clear, u where it is set */
                 v[k] = _mm256_mask_sub_epi8(u, _cvtu32_mask32(~q5_qh(b)), u, _mm256_set1_epi8(16));
             } else {
-                b += i * sizeof(kv_block_q8_0);
                 v[k] = ld256(b + 2);
             }
             o->dx[2 * p + k] = h2f(b);
@@ -689,9 +755,12 @@ INL void pk_tile(const pk_blk *pk, int64_t nb, const uint8_t *ya, const float *d
         _mm256_mask_storeu_ps(y + (int64_t)c * ldy, m, pk_reduce(acc[0][c], acc[1][c], acc[2][c], acc[3][c]));
 }
 
-/* returns 0 (nothing done) when the scratch cannot be had */
+/* returns 0 (nothing done) when the scratch cannot be had. il: the
+ * weights are in the interleaved layout of KV_AVX512_IL_ROWS rows (the 8
+ * rows of a packed tile are two of its tiles) */
+_Static_assert(PK_R % KV_AVX512_IL_ROWS == 0, "a packed tile is whole interleaved tiles");
 INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, float *y,
-                int64_t ldy, const int t) {
+                int64_t ldy, const int t, const int il) {
     const int64_t nb = n / 32;
     const size_t s_pk = (size_t)nb * sizeof(pk_blk), s_ya = (size_t)nc * (size_t)nb * 64,
                  s_dy = ((size_t)nc * (size_t)nb * 4 + 63) & ~(size_t)63;
@@ -705,8 +774,20 @@ INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
     for (int r0 = 0; r0 < nr; r0 += PK_R) {
         const int rr = nr - r0 < PK_R ? nr - r0 : PK_R;
         const uint8_t *W[PK_R];
-        for (int r = 0; r < PK_R; r++) W[r] = (const uint8_t *)w + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws;
-        for (int64_t i = 0; i < nb; i++) pk_weights(W, i, pk + i, t);
+        uint64_t BS[PK_R];
+        for (int r = 0; r < PK_R; r++) {
+            const int q = r < rr ? r : rr - 1;
+            if (il) {
+                enum { L = KV_AVX512_IL_ROWS };
+                const int t0 = q / L * L, tr = rr - t0 < L ? rr - t0 : L; /* q's tile and its rows */
+                W[r] = (const uint8_t *)w + (uint64_t)(r0 + t0) * ws + (uint64_t)(q - t0) * B_BYTES(t);
+                BS[r] = (uint64_t)tr * B_BYTES(t);
+            } else {
+                W[r] = (const uint8_t *)w + (uint64_t)(r0 + q) * ws;
+                BS[r] = B_BYTES(t);
+            }
+        }
+        for (int64_t i = 0; i < nb; i++) pk_weights(W, BS, i, pk + i, t);
         if (r0 + PK_R < nr)
             prefetch_rows(w, ws, r0 + PK_R, nr - r0 - PK_R < PK_R ? nr - r0 - PK_R : PK_R,
                           (size_t)nb * B_BYTES(t));
@@ -725,18 +806,18 @@ INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
     return 1;
 }
 
-TGT KV_AVX512_GEMM_PROTO(q8_0) {
-    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, B_Q8)) return;
-    kv_avx512_gemm_pair_q8_0(n, w, ws, nr, x, xs, nc, y, ldy);
-}
-TGT KV_AVX512_GEMM_PROTO(q4_0) {
-    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, B_Q4)) return;
-    kv_avx512_gemm_pair_q4_0(n, w, ws, nr, x, xs, nc, y, ldy);
-}
-TGT KV_AVX512_GEMM_PROTO(q5_0) {
-    if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, B_Q5)) return;
-    kv_avx512_gemm_pair_q5_0(n, w, ws, nr, x, xs, nc, y, ldy);
-}
+#define B32_GEMMS(T, ID)                                                                                 \
+    TGT KV_AVX512_GEMM_PROTO(T) {                                                                        \
+        if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 0)) return;      \
+        kv_avx512_gemm_pair_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                        \
+    }                                                                                                    \
+    TGT KV_AVX512_GEMM_IL_PROTO(T) {                                                                     \
+        if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 1)) return;      \
+        kv_avx512_gemm_il_pair_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                     \
+    }
+B32_GEMMS(q8_0, B_Q8)
+B32_GEMMS(q4_0, B_Q4)
+B32_GEMMS(q5_0, B_Q5)
 /* a single row: the pair kernel would do its integer work twice */
 TGT KV_AVX512_DOT_PROTO(q8_0) { kv_avx2_vec_dot_q8_0(n, s, x, y); }
 TGT KV_AVX512_DOT_PROTO(q4_0) { kv_avx2_vec_dot_q4_0(n, s, x, y); }
@@ -835,10 +916,10 @@ INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
 enum { K_Q4, K_Q5, K_Q6 };
 
 INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                const int NR, const int NC, const int t) {
+                const int NR, const int NC, const int il, const int pfo, const int t) {
     const int64_t nb = n / KV_QK_K;
     const size_t BW = t == K_Q4 ? sizeof(kv_block_q4_K) : t == K_Q5 ? sizeof(kv_block_q5_K) : sizeof(kv_block_q6_K);
-    ROWS(W, NR);
+    ROWS(W, NR, BW);
     COLS(X, NC);
     __m256 acc[MR][MC];
     __m128 accm4[MR][MC];
@@ -853,7 +934,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * BW, BW);
+        PF_STEP(W, NR, NC, nb, i, BW);
         const kv_block_q8_K *A[MC];
         __m512i yo[MC][4];
         UNR
@@ -866,7 +947,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
         UNR
         for (int r = 0; r < NR; r++) {
-            const uint8_t *blk = W[r] + i * BW;
+            const uint8_t *blk = W[r] + i * bst;
             krow k;
             if (t == K_Q4) prep_q4_K((const kv_block_q4_K *)blk, &k);
             if (t == K_Q5) prep_q5_K((const kv_block_q5_K *)blk, &k);
@@ -909,19 +990,21 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
 
 #define K_TILE(T, ID)                                                                                           \
     INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
-                      int64_t ldy, const int NR, const int NC) {                                               \
-        tile_k(n, w, ws, nr, x, xs, y, ldy, NR, NC, ID);                                                        \
+                      int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                  \
+        tile_k(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                               \
     }                                                                                                          \
-    DEF_GEMM(T, tile_##T, KV_AVX512_NR_K)                                                                       \
-    TGT KV_AVX512_DOT_PROTO(T) { tile_##T(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+    DEF_GEMM(, T, tile_##T, KV_AVX512_NR_K)                                                                     \
+    TGT KV_AVX512_DOT_PROTO(T) { tile_##T(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
+_Static_assert(KV_AVX512_NR_K == KV_AVX512_IL_ROWS && KV_AVX512_NR_I2S == KV_AVX512_IL_ROWS,
+               "the decode tiles are the interleaved layout's tiles");
 K_TILE(q4_K, K_Q4)
 K_TILE(q5_K, K_Q5)
 K_TILE(q6_K, K_Q6)
 
 INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                    const int NR, const int NC) {
+                    const int NR, const int NC, const int il, const int pfo) {
     const int64_t nb = n / KV_QK_K;
-    ROWS(W, NR);
+    ROWS(W, NR, sizeof(kv_block_tq2_0));
     COLS(X, NC);
     const __m512i m3 = _mm512_set1_epi8(3);
     __m256 acc[MR][MC];
@@ -931,7 +1014,7 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
         for (int c = 0; c < NC; c++) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * sizeof(kv_block_tq2_0), sizeof(kv_block_tq2_0));
+        PF_STEP(W, NR, NC, nb, i, sizeof(kv_block_tq2_0));
         const kv_block_q8_K *A[MC];
         __m256i bs[MC];
         UNR
@@ -941,7 +1024,7 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
         }
         UNR
         for (int r = 0; r < NR; r++) {
-            const kv_block_tq2_0 *b = (const kv_block_tq2_0 *)W[r] + i;
+            const kv_block_tq2_0 *b = (const kv_block_tq2_0 *)(W[r] + i * bst);
             __m512i U[4]; /* chunk 4h + l: shift 2l of qs[32h ..] */
             UNR
             for (int h = 0; h < 2; h++) {
@@ -966,8 +1049,8 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
         for (int c = 0; c < NC; c++) y[c * ldy + r] = hsum8(acc[r][c]);
     }
 }
-DEF_GEMM(tq2_0, tile_tq2_0, KV_AVX512_NR_K)
-TGT KV_AVX512_DOT_PROTO(tq2_0) { tile_tq2_0(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+DEF_GEMM(, tq2_0, tile_tq2_0, KV_AVX512_NR_K)
+TGT KV_AVX512_DOT_PROTO(tq2_0) { tile_tq2_0(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
 
 /* ------------------------------------------------------------ TQ1_0
  *
@@ -1048,18 +1131,17 @@ INL __m512 f2(float a, float b) {
  * read) the 64 * t of block i of row r are at pk + (i * NR + r) * 4 (zmm)
  * and its scale at pd[i * NR + r]. */
 INL void tile_tq1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                  const __m512i *pk, const float *pd, const int NR, const int NC) {
+                  const __m512i *pk, const float *pd, const int NR, const int NC, const int il, const int pfo) {
     const int64_t nb = n / KV_QK_K;
     const int NCP = (NC + 1) / 2;                /* column pairs (the last may repeat its column) */
     const int NP = NC == 1 ? (NR + 1) / 2 : NR * NCP; /* accumulators */
-    ROWS(W, NR);
+    ROWS(W, NR, sizeof(kv_block_tq1_0));
     COLS(X, NC);
     __m512 acc[MR * (MC / 2)];
     UNR
     for (int p = 0; p < NP; p++) acc[p] = _mm512_setzero_ps();
     for (int64_t i = 0; i < nb; i++) {
-        if (!pk && NC < KV_PF_COLS)
-            kv_pf_next(W, NR, ws, nb, (uint64_t)i * sizeof(kv_block_tq1_0), sizeof(kv_block_tq1_0));
+        if (!pk) PF_STEP(W, NR, NC, nb, i, sizeof(kv_block_tq1_0));
         const kv_block_q8_K *A[MC];
         __m256i bs[MC];
         UNR
@@ -1086,7 +1168,7 @@ INL void tile_tq1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
                 for (int h = 0; h < 4; h++) U[h] = _mm512_load_si512(u + h);
                 dx[r] = pd[i * NR + r];
             } else {
-                const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)W[r] + i;
+                const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)(W[r] + i * bst);
                 prep_tq1_0(b, U);
                 dx[r] = h2f(&b->d);
             }
@@ -1135,14 +1217,14 @@ INL void tile_tq1(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
 }
 
 INL void tile_tq1_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                    const int NR, const int NC) {
-    tile_tq1(n, w, ws, nr, x, xs, y, ldy, NULL, NULL, NR, NC);
+                    const int NR, const int NC, const int il, const int pfo) {
+    tile_tq1(n, w, ws, nr, x, xs, y, ldy, NULL, NULL, NR, NC, il, pfo);
 }
-static DEF_GEMM(dec_tq1_0, tile_tq1_0, KV_AVX512_NR_K)
+DEF_GEMM(static, dec_tq1_0, tile_tq1_0, KV_AVX512_NR_K)
 
 /* returns 0 (nothing done) when the scratch cannot be had */
 INL int tq1_pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, float *y,
-                    int64_t ldy) {
+                    int64_t ldy, const int il) {
     enum { NR = KV_AVX512_NR_K, NC = KV_AVX512_NC_K };
     const int64_t nb = n / KV_QK_K;
     const size_t s_u = (size_t)nb * NR * 256, s_d = ((size_t)nb * NR * 4 + 63) & ~(size_t)63;
@@ -1154,27 +1236,31 @@ INL int tq1_pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x
     prefetch_rows(w, ws, 0, nr < NR ? nr : NR, row_b);
     for (int r0 = 0; r0 < nr; r0 += NR) {
         const int rr = nr - r0 < NR ? nr - r0 : NR;
-        const kv_block_tq1_0 *R[NR];
+        /* block i of row r at R[r] + i * bst (one interleaved tile: NR is its rows) */
+        const uint8_t *R[NR];
+        const uint64_t bst = il ? (uint64_t)rr * sizeof(kv_block_tq1_0) : sizeof(kv_block_tq1_0);
         for (int r = 0; r < NR; r++)
-            R[r] = (const kv_block_tq1_0 *)((const uint8_t *)w + (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws);
+            R[r] = (const uint8_t *)w + (il ? (uint64_t)r0 * ws + (uint64_t)(r < rr ? r : rr - 1) * sizeof(kv_block_tq1_0)
+                                            : (uint64_t)(r0 + (r < rr ? r : rr - 1)) * ws);
         for (int64_t i = 0; i < nb; i++)
             for (int r = 0; r < NR; r++) {
+                const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)(R[r] + (uint64_t)i * bst);
                 __m512i U[4];
-                prep_tq1_0(R[r] + i, U);
+                prep_tq1_0(b, U);
                 for (int h = 0; h < 4; h++) _mm512_store_si512(pk + (i * NR + r) * 4 + h, U[h]);
-                pd[i * NR + r] = h2f(&R[r][i].d);
+                pd[i * NR + r] = h2f(&b->d);
             }
         if (r0 + NR < nr) prefetch_rows(w, ws, r0 + NR, nr - r0 - NR < NR ? nr - r0 - NR : NR, row_b);
         float *yr = y + r0;
         int c0 = 0;
         for (; c0 + NC <= nc; c0 += NC)
             tile_tq1(n, x, 0, rr, (const uint8_t *)x + (uint64_t)c0 * xs, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR,
-                     NC);
+                     NC, 0, 0);
         const uint8_t *xc = (const uint8_t *)x + (uint64_t)c0 * xs;
         switch (nc - c0) {
-        case 3: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 3); break;
-        case 2: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 2); break;
-        case 1: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 1); break;
+        case 3: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 3, 0, 0); break;
+        case 2: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 2, 0, 0); break;
+        case 1: tile_tq1(n, x, 0, rr, xc, xs, yr + (int64_t)c0 * ldy, ldy, pk, pd, NR, 1, 0, 0); break;
         default: break;
         }
     }
@@ -1183,17 +1269,21 @@ INL int tq1_pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x
 }
 
 TGT KV_AVX512_GEMM_PROTO(tq1_0) {
-    if (nc >= TQ1_PK_COLS && nr > 0 && n >= KV_QK_K && tq1_pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy)) return;
+    if (nc >= TQ1_PK_COLS && nr > 0 && n >= KV_QK_K && tq1_pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, 0)) return;
     kv_avx512_gemm_dec_tq1_0(n, w, ws, nr, x, xs, nc, y, ldy);
 }
-TGT KV_AVX512_DOT_PROTO(tq1_0) { tile_tq1_0(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+TGT KV_AVX512_GEMM_IL_PROTO(tq1_0) {
+    if (nc >= TQ1_PK_COLS && nr > 0 && n >= KV_QK_K && tq1_pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, 1)) return;
+    kv_avx512_gemm_il_dec_tq1_0(n, w, ws, nr, x, xs, nc, y, ldy);
+}
+TGT KV_AVX512_DOT_PROTO(tq1_0) { tile_tq1_0(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
 
 /* ------------------------------------------------------------ I2_S x I8_S */
 
 INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
-                   const int NR, const int NC) {
+                   const int NR, const int NC, const int il, const int pfo) {
     const int64_t nb = n / KV_QK_I2_S;
-    ROWS(W, NR);
+    ROWS(W, NR, 32);
     COLS(X, NC);
     const __m512i m3 = _mm512_set1_epi8(3), s0 = sh2(6, 4), s1 = sh2(2, 0);
     __m512i acc[MR][MC];
@@ -1203,10 +1293,10 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         for (int c = 0; c < NC; c++) acc[r][c] = _mm512_setzero_si512();
     }
     for (int64_t i = 0; i < nb; i++) {
-        if (NC < KV_PF_COLS) kv_pf_next(W, NR, ws, nb, (uint64_t)i * 32, 32);
+        PF_STEP(W, NR, NC, nb, i, 32);
         UNR
         for (int r = 0; r < NR; r++) {
-            const __m512i b = bcast256(W[r] + 32 * i);
+            const __m512i b = bcast256(W[r] + i * bst);
             const __m512i u0 = _mm512_and_si512(_mm512_srlv_epi16(b, s0), m3); /* values 0..63 of the block */
             const __m512i u1 = _mm512_and_si512(_mm512_srlv_epi16(b, s1), m3); /* values 64..127 */
             UNR
@@ -1228,7 +1318,7 @@ INL void tile_i2_s(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
         }
     }
 }
-DEF_GEMM(i2_s, tile_i2_s, KV_AVX512_NR_I2S)
-TGT KV_AVX512_DOT_PROTO(i2_s) { tile_i2_s(n, x, 0, 1, y, 0, s, 1, 1, 1); }
+DEF_GEMM(, i2_s, tile_i2_s, KV_AVX512_NR_I2S)
+TGT KV_AVX512_DOT_PROTO(i2_s) { tile_i2_s(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
 
 #endif /* KV_X86_SIMD */

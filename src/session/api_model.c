@@ -26,6 +26,7 @@ kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params, k
     if (st) return st;
     m->n_threads = p.n_threads > 0 ? p.n_threads : 1;
     m->ternary_f32 = p.ternary_float_activations;
+    kv_model_interleave(m); /* the gemm kernels' layout (src/model/model.h) */
     *out = m;
     return KVLM_OK;
 }
@@ -33,6 +34,7 @@ kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params, k
 void kvlm_model_free(kvlm_model *m) {
     if (!m) return;
     kv_vocab_free(m->vocab);
+    kv_model_release_interleaved(m);
     free(m->layers);
     gguf_close(m->gguf);
     free(m);
