@@ -39,7 +39,7 @@ double kv_sampler_bench_us(int32_t n_vocab, int iters) {
         if (i + 1 < (size_t)n_vocab * KV_BENCH_ROWS) logits[i + 1] = (float)(r * sin(a));
     }
 
-    kv_sampler_params p = kv_sampler_default_params();
+    kvlm_sampling_params p = kv_sampler_default_params();
     p.temperature = 0.8f;
     p.top_k = 40;
     p.top_p = 0.95f;

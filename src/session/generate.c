@@ -10,8 +10,6 @@
 #include "textstream.h"
 #include "tokenizer/vocab.h"
 
-kv_sampler_params kv_sampler_params_from(const kvlm_sampling_params *p);
-
 #define PROMPT_CHUNK 256
 
 const char *kvlm_finish_reason_name(kvlm_finish_reason r) {
@@ -116,8 +114,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                      n_ctx);
         goto fail;
     }
-    kv_sampler_params sp = kv_sampler_params_from(&gp->sampling);
-    if ((st = kv_sampler_new(&sp, n_vocab, &smp, err))) goto fail;
+    if ((st = kv_sampler_new(&gp->sampling, n_vocab, &smp, err))) goto fail;
     /* the penalties see the context, as llama.cpp's CLI does */
     for (int32_t i = 0; i < n; i++) kv_sampler_accept(smp, ctx[i], NULL);
 
