@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -58,13 +59,6 @@ struct kv_sampler {
 
 /* ------------------------------------------------------------------ PRNG */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t xoshiro_next(uint64_t st[4]) {
@@ -81,7 +75,7 @@ static uint64_t xoshiro_next(uint64_t st[4]) {
 
 static void rng_seed(uint64_t st[4], uint64_t seed) {
     uint64_t x = seed;
-    for (int i = 0; i < 4; i++) st[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++) st[i] = kv_splitmix64(&x);
 }
 
 /* ------------------------------------------------------------ parameters */
