@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "sampler/sampler.h"
+#include "sampler_bench.h" /* tools/kvlm: the bench of kvlm bench, compiled in */
 
 #define NV_MAX 32000
 
@@ -1089,14 +1090,15 @@ static void test_against_reference(void **state) {
     }
 }
 
+/* The sampler benchmark of kvlm bench (tools/kvlm/sampler_bench.c, on kvlm.h's sampler). */
 static void test_bench_fn(void **state) {
     (void)state;
-    const double us = kv_sampler_bench_us(32000, 20);
+    const double us = cli_sampler_bench_us(32000, 20);
     assert_true(us > 0.0);
     print_message("sampler: %.2f us per sample at n_vocab 32000 (debug build, 20 iterations)\n", us);
-    assert_true(kv_sampler_bench_us(100, 5) > 0.0);
-    assert_true(kv_sampler_bench_us(0, 5) < 0.0);
-    assert_true(kv_sampler_bench_us(100, 0) < 0.0);
+    assert_true(cli_sampler_bench_us(100, 5) > 0.0);
+    assert_true(cli_sampler_bench_us(0, 5) < 0.0);
+    assert_true(cli_sampler_bench_us(100, 0) < 0.0);
 }
 
 int main(void) {

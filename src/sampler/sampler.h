@@ -112,11 +112,4 @@ kvlm_status kv_sampler_candidates(kv_sampler *s, const float *logits,
                                   kv_sampler_candidate *out, int32_t cap,
                                   int32_t *n_out, kvlm_error *err);
 
-/* Mean microseconds per kv_sampler_sample (+ accept) over iters calls with
- * a typical chain (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat
- * penalty 1.1 over the last 64 tokens) on pseudo-random N(0, 2^2) logits of
- * n_vocab entries. Returns a negative value on failure (bad arguments, no
- * memory). */
-double kv_sampler_bench_us(int32_t n_vocab, int iters);
-
 #endif
