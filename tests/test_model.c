@@ -66,7 +66,7 @@ static void write_model(const breakage *br, char *path) {
         else gb_kv_u32(&b, k, vals[i]);
     }
     gb_kv_str(&b, "tokenizer.ggml.model", "llama");
-    const char *toks[NV] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab"};
+    const char *toks[NV] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", ("\xe2\x96\x81" "a"), "ab"};
     gb_key(&b, "tokenizer.ggml.tokens", 9); gb_u32(&b, 8); gb_u64(&b, NV);
     for (int i = 0; i < NV; i++) gb_str(&b, toks[i]);
     gb_key(&b, "tokenizer.ggml.scores", 9); gb_u32(&b, 6); gb_u64(&b, NV);
