@@ -8,7 +8,7 @@ N ?= 48
 # ON: compiler warnings are errors (KVLM_FATAL_WARNINGS; .ci/run builds that way)
 FATAL_WARNINGS ?= OFF
 
-.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus clean
+.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
 
 all: build
 
@@ -67,6 +67,10 @@ fuzz: fuzz-build
 # Regenerates the seed corpora of fuzz/corpus/ (with build/bin/kvlm).
 fuzz-corpus: build
 	@bash fuzz/make_corpus.sh $(BUILD)/bin/kvlm
+
+# What the library exports: only kvlm_* (declared in kvlm.h) and kv_* names; lists the others.
+exports: build
+	@bash scripts/check_exports.sh $(BUILD)/libkvlm.a include/kvlm.h
 
 clean:
 	rm -rf $(BUILD) build-san build-tsan build-fuzz
