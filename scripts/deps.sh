@@ -3,10 +3,14 @@
 # Usage: scripts/deps.sh [build|test|tsan|fuzz]   (--list MODE: print the packages, install nothing)
 #   test adds the test-only packages; tsan the ThreadSanitizer runtime (gcc);
 #   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev).
+# Without apt-get (another distribution, macOS) nothing is installed: each
+# package is looked for directly (its command, pkg-config module or Python
+# module); when all are there the build goes on, otherwise the missing ones
+# are listed with their names on the common package managers.
 set -eu
 list=0
 if [ "${1:-}" = --list ]; then list=1; shift; fi
-want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev"
+want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev"
 case "${1:-build}" in
   build) ;;
   test) want="$want libcmocka-dev python3-pytest python3-requests" ;; # tests/server runs Debian's /usr/bin/python3
@@ -15,6 +19,67 @@ case "${1:-build}" in
   *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz]" >&2; exit 2 ;;
 esac
 if [ $list = 1 ]; then echo "$want" | tr ' ' '\n'; exit 0; fi
+
+# A Debian package -> how to find it without dpkg, and its names elsewhere:
+# "KIND:WHAT|Fedora|Homebrew" (KIND: cmd, pc = pkg-config module, py = Python
+# module, cc = flags the C compiler must accept).
+probe() {
+  case "$1" in
+    cmake) echo "cmd:cmake|cmake|cmake" ;;
+    make) echo "cmd:make|make|make" ;;
+    gcc) echo "cmd:cc|gcc|(Xcode command line tools)" ;;
+    pkg-config) echo "cmd:pkg-config|pkgconf-pkg-config|pkgconf" ;;
+    libpcre2-dev) echo "pc:libpcre2-8|pcre2-devel|pcre2" ;;
+    libzstd-dev) echo "pc:libzstd|libzstd-devel|zstd" ;;
+    libxxhash-dev) echo "pc:libxxhash|xxhash-devel|xxhash" ;;
+    libcjson-dev) echo "pc:libcjson|cjson-devel|cjson" ;;
+    libmicrohttpd-dev) echo "pc:libmicrohttpd|libmicrohttpd-devel|libmicrohttpd" ;;
+    libedit-dev) echo "pc:libedit|libedit-devel|libedit" ;;
+    libcmocka-dev) echo "pc:cmocka|libcmocka-devel|cmocka" ;;
+    python3-pytest) echo "py:pytest|python3-pytest|(pip install pytest)" ;;
+    python3-requests) echo "py:requests|python3-requests|(pip install requests)" ;;
+    libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
+    clang) echo "cmd:clang|clang|llvm" ;;
+    libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;
+  esac
+}
+
+present() { # Debian package name -> status 0 when what it provides is found
+  local p k w
+  p=$(probe "$1")
+  k=${p%%:*}
+  w=${p#*:}
+  w=${w%%|*}
+  case "$k" in
+    cmd) command -v "$w" >/dev/null 2>&1 ;;
+    pc) command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "$w" ;;
+    py) python3 -c "import $w" >/dev/null 2>&1 ;;
+    cc)
+      local c=cc src='int main(void) { return 0; }'
+      if [ "$w" = -fsanitize=fuzzer ]; then
+        c=clang
+        src='int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }'
+      fi
+      echo "$src" | "$c" "$w" -x c - -o /dev/null >/dev/null 2>&1 ;;
+  esac
+}
+
+if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
+  missing=""
+  for p in $want; do present "$p" || missing="$missing $p"; done
+  [ -z "$missing" ] && exit 0
+  echo "scripts/deps.sh: no apt-get here, so nothing was installed; these are missing:" >&2
+  printf '  %-20s %-28s %-24s %s\n' "Debian" "looked for" "Fedora" "Homebrew" >&2
+  for p in $missing; do
+    i=$(probe "$p")
+    w=${i%%|*}
+    r=${i#*|}
+    printf '  %-20s %-28s %-24s %s\n' "$p" "$w" "${r%%|*}" "${r#*|}" >&2
+  done
+  echo "install them with your package manager (pkg-config must find the libraries), then run make again" >&2
+  exit 1
+fi
+
 missing=""
 for p in $want; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

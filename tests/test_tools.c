@@ -882,7 +882,8 @@ static void test_quantize_and_eval(void **state) {
     unlink(path);
 }
 
-/* A synth F32 model quantized to q4_k: the k-quant choices of llama-quantize. */
+/* A synth F32 model quantized to q4_k --pure --output-tensor-type q6_k (q4_k alone is llama-quantize's
+ * Q4_K_M mix): Q4_K weights, the output Q6_K, the fallbacks of llama-quantize. */
 static void test_quantize_synth_kquants(void **state) {
     (void)state;
     char src[256], dst[256];
@@ -892,7 +893,7 @@ static void test_quantize_synth_kquants(void **state) {
                          "--type f32",
                          KVLM, src),
                      0);
-    int rc = run("%s quantize %s %s q4_k", KVLM, src, dst);
+    int rc = run("%s quantize %s %s q4_k --pure --output-tensor-type q6_k", KVLM, src, dst);
     if (rc != 0) fail_msg("exit %d: %s", rc, g_out);
     gguf_ctx *g;
     kvlm_error err;

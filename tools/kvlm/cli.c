@@ -1,235 +1,114 @@
+/* Helpers of the kvlm command-line tool (the flags are in cli_flags.c). */
+#define _GNU_SOURCE /* sched_getaffinity */
 #include "cli.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
-static bool need(int argc, char **argv, int i) {
-    if (i + 1 >= argc) {
-        fprintf(stderr, "error: %s needs a value\n", argv[i]);
-        return false;
+/* The lowest CPU number in a sysfs CPU list ("0-1", "2,6"), or -1. */
+static int first_cpu_of(const char *path) {
+    FILE *fp = fopen(path, "r");
+    if (!fp) return -1;
+    int c = -1;
+    if (fscanf(fp, "%d", &c) != 1) c = -1;
+    fclose(fp);
+    return c;
+}
+
+int cli_default_threads(void) {
+    static int cached = 0;
+    if (cached > 0) return cached;
+    int n = 0;
+    /* KVLM_THREADS, like llama.cpp's LLAMA_ARG_THREADS, sets the default (the test suite runs with 1) */
+    const char *env = getenv("KVLM_THREADS");
+    if (env && *env) {
+        char *end;
+        const long v = strtol(env, &end, 10);
+        if (!*end && v >= 1 && v <= 256) return cached = (int)v;
+        fprintf(stderr, "warning: KVLM_THREADS='%s' is not a thread count in 1..256; ignored\n", env);
     }
-    return true;
-}
-
-/* The values each integer flag accepts. */
-static void int_range(const char *flag, long *lo, long *hi) {
-    static const struct {
-        const char *flag;
-        long lo, hi;
-    } k_ranges[] = {
-        {"-n", -1, 1 << 24},         {"--n-predict", -1, 1 << 24}, {"-t", 1, 256},
-        {"--threads", 1, 256},       {"-c", 0, 1 << 24},           {"--ctx-size", 0, 1 << 24},
-        {"--greedy", 0, 1 << 24},    {"--chunk", 0, 1 << 24},      {"-r", 1, 1000000},
-        {"--repetitions", 1, 1000000}, {"--chunks", 0, 1 << 24},   {"-d", 0, 1 << 24},
-        {"--depth", 0, 1 << 24},     {"--top-k", -1, 1 << 24},     {"--repeat-last-n", -1, 1 << 24},
-        {"--seed", -1, 2147483647L}, {"-s", -1, 2147483647L},      {"--keep", 0, 1 << 24},
-        {"--sink", 0, 1 << 24},      {"--window", 0, 1 << 24},     {"--kv-compress-after", 0, 1 << 24},
-        {"--page-tokens", 16, 256},  {"--kv-initial", 0, 1L << 30}, {"--kv-max", 16, 1L << 30},
-    };
-    *lo = -2147483647L;
-    *hi = 2147483647L;
-    for (size_t i = 0; i < sizeof k_ranges / sizeof k_ranges[0]; i++)
-        if (strcmp(flag, k_ranges[i].flag) == 0) {
-            *lo = k_ranges[i].lo;
-            *hi = k_ranges[i].hi;
-        }
-}
-
-static bool parse_int(const char *flag, const char *s, int *out) {
-    long lo, hi;
-    int_range(flag, &lo, &hi);
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "error: %s takes an integer in %ld..%ld, got '%s'\n", flag, lo, hi, s);
-        return false;
-    }
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_float(const char *flag, const char *s, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s) {
-        fprintf(stderr, "error: %s expects a number, got '%s'\n", flag, s);
-        return false;
-    }
-    *out = v;
-    return true;
-}
-
-static bool parse_kv_type(const char *flag, const char *s, kvlm_kv_type *out) {
-    if (strcmp(s, "f32") == 0) *out = KVLM_KV_F32;
-    else if (strcmp(s, "f16") == 0) *out = KVLM_KV_F16;
-    else if (strcmp(s, "q8_0") == 0) *out = KVLM_KV_Q8_0;
-    else if (strcmp(s, "q4_0") == 0) *out = KVLM_KV_Q4_0;
-    else {
-        fprintf(stderr, "error: %s: unknown cache type '%s' (f32, f16, q8_0, q4_0)\n", flag, s);
-        return false;
-    }
-    return true;
-}
-
-const char *cli_kv_help(void) {
-    return "KV cache: -ctk/--cache-type-k T, -ctv/--cache-type-v T (f32 f16 q8_0 q4_0; default f16),\n"
-           "  --overflow error|shift|sliding|ring, --keep N (shift), --sink N (sliding), --window N (ring),\n"
-           "  --kv-compress-after N [--kv-compress-type q8_0|q4_0], --page-tokens N, --kv-growth factor|linear|adaptive,\n"
-           "  --kv-growth-factor F, --kv-initial N, --kv-max N, --no-prefix-sharing, --kv-prefetch, --kv-stats\n";
-}
-
-bool cli_parse(int argc, char **argv, int first, cli_args *a) {
-    memset(a, 0, sizeof *a);
-    a->n_threads = 1;
-    a->n_prompt_bench = 128;
-    a->reps = 5;
-    a->sampling = kvlm_sampling_default_params();
-    a->sampling.temperature = 0.0f; /* kvlm run is greedy unless --temp is given */
-    a->sp = kvlm_session_default_params();
-    /* sentinels, resolved after the loop: whether -n, --overflow and --keep were given */
-    a->n_predict = INT32_MIN;
-    a->sp.overflow = (kvlm_overflow)-1;
-    a->sp.n_keep = -1;
-    kvlm_cache_params *cp = &a->sp.cache_params;
-    for (int i = first; i < argc; i++) {
-        const char *f = argv[i];
-#define IS(name) (strcmp(f, name) == 0)
-#define STR(name, field) else if (IS(name)) { if (!need(argc, argv, i)) return false; a->field = argv[++i]; }
-#define INT(name, field) else if (IS(name)) { if (!need(argc, argv, i) || !parse_int(f, argv[i + 1], &a->field)) return false; i++; }
-#define FLT(name, field) else if (IS(name)) { if (!need(argc, argv, i) || !parse_float(f, argv[i + 1], &a->field)) return false; i++; }
-        if (IS("-h") || IS("--help")) a->help = true;
-        STR("-m", model) STR("--model", model)
-        STR("-p", prompt) STR("--prompt", prompt)
-        STR("-f", file) STR("--file", file)
-        STR("--tokens", tokens)
-        STR("--dump-logits", dump_logits)
-        STR("--session", session)
-        STR("--chat-template", chat_template)
-        STR("--system", system)
-        INT("-n", n_predict) INT("--n-predict", n_predict)
-        INT("-t", n_threads) INT("--threads", n_threads)
-        INT("-c", n_ctx) INT("--ctx-size", n_ctx)
-        INT("--greedy", greedy)
-        INT("--chunk", chunk)
-        INT("-r", reps) INT("--repetitions", reps)
-        INT("--chunks", n_chunks)
-        INT("-d", depth) INT("--depth", depth)
-        FLT("--top-p", sampling.top_p)
-        FLT("--min-p", sampling.min_p)
-        FLT("--repeat-penalty", sampling.repeat_penalty)
-        FLT("--frequency-penalty", sampling.frequency_penalty)
-        FLT("--presence-penalty", sampling.presence_penalty)
-        INT("--top-k", sampling.top_k)
-        INT("--repeat-last-n", sampling.penalty_last_n)
-        else if (IS("--temp") || IS("--temperature")) {
-            if (!need(argc, argv, i) || !parse_float(f, argv[i + 1], &a->sampling.temperature)) return false;
-            a->temp_set = true;
-            i++;
-        } else if (IS("--seed") || IS("-s")) {
-            int v;
-            if (!need(argc, argv, i) || !parse_int(f, argv[i + 1], &v)) return false;
-            a->sampling.seed = (uint64_t)(uint32_t)v;
-            a->seed_set = true;
-            i++;
-        } else if (IS("--stop")) {
-            if (!need(argc, argv, i)) return false;
-            if (a->n_stop == CLI_MAX_STOP) {
-                fprintf(stderr, "error: at most %d --stop strings\n", CLI_MAX_STOP);
-                return false;
+#if defined(__linux__) && defined(CPU_COUNT)
+    /* cores among the CPUs this process may run on: each core is named by the lowest
+       CPU of its thread siblings, as llama.cpp counts distinct sibling sets */
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        static unsigned char core_seen[CPU_SETSIZE];
+        memset(core_seen, 0, sizeof core_seen);
+        int allowed = 0;
+        bool topo = true;
+        for (int c = 0; c < CPU_SETSIZE; c++) {
+            if (!CPU_ISSET(c, &set)) continue;
+            allowed++;
+            char path[96];
+            snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/thread_siblings_list", c);
+            const int core = first_cpu_of(path);
+            if (core < 0 || core >= CPU_SETSIZE) {
+                topo = false;
+                continue;
             }
-            a->stop[a->n_stop++] = argv[++i];
-        } else if (IS("--timeout")) {
-            float v;
-            if (!need(argc, argv, i) || !parse_float(f, argv[i + 1], &v)) return false;
-            a->timeout_s = v;
-            i++;
+            if (!core_seen[core]) n++;
+            core_seen[core] = 1;
         }
-        else if (IS("--ignore-eos")) a->ignore_eos = true;
-        else if (IS("--no-bos")) a->no_bos = true;
-        else if (IS("--no-parse-special")) a->no_parse_special = true;
-        else if (IS("--ids")) a->ids = true;
-        else if (IS("--json") || (IS("-o") && i + 1 < argc && strcmp(argv[i + 1], "json") == 0 && ++i)) a->json = true;
-        else if (IS("--incremental")) a->incremental = true;
-        else if (IS("--batch")) a->batch = true;
-        else if (IS("--cpu-time")) a->cpu_time = true;
-        else if (IS("--tokenize")) a->tokenize = true;
-        else if (IS("--kv-stats")) a->kv_stats = true;
-        else if (IS("--session-overwrite")) a->session_overwrite = true;
-        else if (IS("-v") || IS("--verbose")) a->verbose = true;
-        /* KV cache */
-        else if (IS("-ctk") || IS("--cache-type-k")) {
-            if (!need(argc, argv, i) || !parse_kv_type(f, argv[++i], &cp->type_k)) return false;
-        } else if (IS("-ctv") || IS("--cache-type-v")) {
-            if (!need(argc, argv, i) || !parse_kv_type(f, argv[++i], &cp->type_v)) return false;
-        } else if (IS("--kv-compress-type")) {
-            if (!need(argc, argv, i) || !parse_kv_type(f, argv[++i], &a->sp.compress_type)) return false;
-        } else if (IS("--overflow")) {
-            if (!need(argc, argv, i)) return false;
-            const char *v = argv[++i];
-            if (strcmp(v, "error") == 0) a->sp.overflow = KVLM_OVERFLOW_ERROR;
-            else if (strcmp(v, "shift") == 0) a->sp.overflow = KVLM_OVERFLOW_SHIFT;
-            else if (strcmp(v, "sliding") == 0) a->sp.overflow = KVLM_OVERFLOW_SLIDING;
-            else if (strcmp(v, "ring") == 0) a->sp.overflow = KVLM_OVERFLOW_RING;
-            else {
-                fprintf(stderr, "error: --overflow: '%s' is not error, shift, sliding or ring\n", v);
-                return false;
-            }
-        } else if (IS("--kv-growth")) {
-            if (!need(argc, argv, i)) return false;
-            const char *v = argv[++i];
-            if (strcmp(v, "factor") == 0) cp->growth = KVLM_GROWTH_FACTOR;
-            else if (strcmp(v, "linear") == 0) cp->growth = KVLM_GROWTH_LINEAR;
-            else if (strcmp(v, "adaptive") == 0) cp->growth = KVLM_GROWTH_ADAPTIVE;
-            else {
-                fprintf(stderr, "error: --kv-growth: '%s' is not factor, linear or adaptive\n", v);
-                return false;
-            }
-        }
-        INT("--keep", sp.n_keep) INT("--sink", sp.n_sink) INT("--window", sp.window)
-        INT("--kv-compress-after", sp.compress_after) INT("--page-tokens", sp.cache_params.page_tokens)
-        FLT("--kv-growth-factor", sp.cache_params.growth_factor)
-        else if (IS("--kv-initial") || IS("--kv-max")) {
-            int v;
-            if (!need(argc, argv, i) || !parse_int(f, argv[i + 1], &v)) return false;
-            if (IS("--kv-initial")) cp->initial_tokens = v;
-            else cp->max_tokens = v;
-            i++;
-        }
-        else if (IS("--no-prefix-sharing")) cp->prefix_sharing = false;
-        else if (IS("--kv-prefetch")) cp->prefetch = true;
-        else if (f[0] == '-' && f[1] != '\0') {
-            fprintf(stderr, "error: unknown flag '%s'\n", f);
-            return false;
-        } else if (a->n_pos < 8) {
-            a->pos[a->n_pos++] = f;
-        } else {
-            fprintf(stderr, "error: too many arguments\n");
-            return false;
-        }
-#undef IS
-#undef STR
-#undef INT
-#undef FLT
+        if (!topo) n = allowed;
     }
-    a->n_predict_set = a->n_predict != INT32_MIN;
-    if (!a->n_predict_set) a->n_predict = 32;
-    a->overflow_set = (int)a->sp.overflow != -1;
-    if (!a->overflow_set) a->sp.overflow = KVLM_OVERFLOW_ERROR;
-    a->keep_set = a->sp.n_keep >= 0;
-    if (!a->keep_set) a->sp.n_keep = 0;
-    if (a->n_threads < 1 || a->n_threads > 256) {
-        fprintf(stderr, "error: -t must be in 1..256\n");
-        return false;
+#elif defined(__APPLE__)
+    int v = 0;
+    size_t len = sizeof v;
+    if (sysctlbyname("hw.perflevel0.physicalcpu", &v, &len, NULL, 0) == 0 ||
+        sysctlbyname("hw.physicalcpu", &v, &len, NULL, 0) == 0)
+        n = v;
+#endif
+    if (n < 1) {
+        long on = sysconf(_SC_NPROCESSORS_ONLN);
+        n = on < 1 ? 1 : (int)on;
     }
-    if (a->temp_set && a->sampling.temperature > 0 && !a->seed_set)
-        a->sampling.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
-    return true;
+    cached = n > 256 ? 256 : n;
+    return cached;
+}
+
+void cli_process_escapes(char *s) {
+    char *o = s;
+    for (const char *p = s; *p; p++) {
+        if (*p != '\\' || !p[1]) {
+            *o++ = *p;
+            continue;
+        }
+        switch (*++p) {
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case '\'': *o++ = '\''; break;
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case 'x':
+            if (p[1] && p[2]) {
+                const char h[3] = {p[1], p[2], '\0'};
+                char *end;
+                const long v = strtol(h, &end, 16);
+                if (end == h + 2 && v > 0) {
+                    *o++ = (char)v;
+                    p += 2;
+                    break;
+                }
+            }
+            /* fall through */
+        default: /* kept as it is */
+            *o++ = '\\';
+            *o++ = *p;
+            break;
+        }
+    }
+    *o = '\0';
 }
 
 kvlm_session_params cli_session_params(const cli_args *a) {
@@ -251,7 +130,8 @@ int cli_note_threads(const cli_args *a, const kvlm_session *s) {
 }
 
 char *cli_read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
+    const bool is_stdin = strcmp(path, "-") == 0;
+    FILE *fp = is_stdin ? stdin : fopen(path, "rb");
     if (!fp) {
         fprintf(stderr, "error: cannot open '%s': %s\n", path, strerror(errno));
         return NULL;
@@ -272,10 +152,10 @@ char *cli_read_file(const char *path, size_t *len) {
         cap *= 2;
     }
     int bad = ferror(fp);
-    fclose(fp);
+    if (!is_stdin) fclose(fp);
     if (!buf || bad) {
         free(buf);
-        fprintf(stderr, "error: cannot read '%s'\n", path);
+        fprintf(stderr, "error: cannot read '%s'\n", is_stdin ? "standard input" : path);
         return NULL;
     }
     buf[n] = '\0';
@@ -284,14 +164,20 @@ char *cli_read_file(const char *path, size_t *len) {
 }
 
 char *cli_prompt_text(const cli_args *a, size_t *len) {
+    const int given = (a->prompt != NULL) + (a->file != NULL) + a->use_stdin;
+    if (given > 1) {
+        fprintf(stderr, "error: give one of -p TEXT, -f FILE%s\n", strcmp(a->cmd, "tokenize") == 0 ? " and --stdin" : "");
+        return NULL;
+    }
     if (a->prompt) {
         *len = strlen(a->prompt);
         char *s = malloc(*len + 1);
         if (s) memcpy(s, a->prompt, *len + 1);
         return s;
     }
-    if (a->file) return cli_read_file(a->file, len);
-    fprintf(stderr, "error: give a prompt with -p TEXT or -f FILE\n");
+    if (a->file || a->use_stdin) return cli_read_file(a->file ? a->file : "-", len);
+    fprintf(stderr, "error: give a prompt with -p TEXT or -f FILE%s\n",
+            strcmp(a->cmd, "tokenize") == 0 ? " (or --stdin)" : "");
     return NULL;
 }
 
@@ -380,4 +266,50 @@ static void on_sigint(int sig) {
 void cli_cancel_on_sigint(kvlm_session *s) {
     g_cancel_target = s;
     signal(SIGINT, s ? on_sigint : SIG_DFL);
+}
+
+bool cli_check_bias(const cli_args *a, const kvlm_model *m) {
+    const int32_t nv = kvlm_n_vocab(m);
+    for (int i = 0; i < a->n_bias; i++)
+        if (a->bias[i].token >= nv) {
+            fprintf(stderr, "error: --logit-bias: token %d is outside the vocabulary (%d tokens)\n", a->bias[i].token, nv);
+            return false;
+        }
+    return true;
+}
+
+void cli_progress_start(cli_progress *p, const char *what) {
+    p->on = isatty(STDERR_FILENO) == 1;
+    p->t0 = cli_now_s();
+    p->last = 0;
+    p->what = what;
+}
+
+static void fmt_secs(char *buf, size_t cap, double s) {
+    if (!(s >= 0)) s = 0;
+    if (s > 359999) s = 359999;
+    const int t = (int)(s + 0.5);
+    if (t >= 3600) snprintf(buf, cap, "%dh%02dm", t / 3600, t / 60 % 60);
+    else if (t >= 60) snprintf(buf, cap, "%dm%02ds", t / 60, t % 60);
+    else snprintf(buf, cap, "%ds", t);
+}
+
+void cli_progress_update(cli_progress *p, double done, double total, const char *detail) {
+    if (!p->on) return;
+    const double now = cli_now_s();
+    if (done < total && now - p->last < 0.1) return;
+    p->last = now;
+    const double el = now - p->t0;
+    char e[24], left[24] = "?";
+    fmt_secs(e, sizeof e, el);
+    if (done > 0 && total > 0) fmt_secs(left, sizeof left, el * (total - done) / done);
+    fprintf(stderr, "\r\033[K%s: %3.0f%% (%.0f/%.0f) %s elapsed, %s left%s%s", p->what,
+            total > 0 ? 100.0 * done / total : 0.0, done, total, e, left, detail ? "  " : "", detail ? detail : "");
+    fflush(stderr);
+}
+
+void cli_progress_end(cli_progress *p) {
+    if (!p->on) return;
+    fprintf(stderr, "\r\033[K");
+    fflush(stderr);
 }

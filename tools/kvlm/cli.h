@@ -4,15 +4,30 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "kvlm.h"
 
 #define CLI_MAX_STOP 16
+#define CLI_MAX_BIAS 64
+#define CLI_MAX_LIST 16
+#define CLI_MAX_PROBS 100
+
+/* bench: the values of a comma-separated (or repeated) flag */
+typedef struct cli_list {
+    int v[CLI_MAX_LIST];
+    int n;
+} cli_list;
+
+/* bench -o */
+typedef enum cli_output { CLI_OUT_MD = 0, CLI_OUT_CSV, CLI_OUT_JSON, CLI_OUT_JSONL } cli_output;
 
 typedef struct cli_args {
+    const char *cmd;         /* the subcommand (argv[1]) */
     const char *model;
-    const char *prompt;
-    const char *file;
+    const char *prompt;      /* -p, escapes processed unless --no-escape */
+    const char *file;        /* -f; "-" is standard input */
+    bool use_stdin;          /* tokenize --stdin */
     const char *tokens;      /* --tokens "1 2 3" */
     const char *dump_logits; /* --dump-logits OUT */
     const char *session;     /* --session FILE */
@@ -20,20 +35,24 @@ typedef struct cli_args {
     const char *chat_template;
     const char *system;      /* chat: system prompt */
     int n_predict;           /* -n */
-    bool n_predict_set, overflow_set, keep_set; /* -n, --overflow, --keep given */
-    int n_threads;           /* -t */
+    bool n_predict_set, overflow_set, keep_set, threads_set; /* -n, --overflow, --keep, -t given */
+    int n_threads;           /* -t (default: the physical cores this process may run on) */
     int n_ctx;               /* -c */
     int greedy;              /* --greedy N */
     int chunk;               /* --chunk K */
-    int n_prompt_bench;      /* bench -p */
     int reps;                /* bench -r */
     int n_chunks;            /* perplexity --chunks */
-    int depth;               /* bench -d: context already held before the test */
-    bool no_bos, no_parse_special, ids, help, json, incremental, kv_stats, ignore_eos, verbose, batch, tokenize,
-        cpu_time;
+    int n_probs;             /* --n-probs N */
+    bool no_bos, no_parse_special, no_escape, ids, show_count, help, incremental, kv_stats, ignore_eos, verbose,
+        batch, tokenize, cpu_time;
+    /* bench: llama-bench's lists (-p, -n, -t, -d, -ctk, -ctv) and -o */
+    cli_list b_prompt, b_gen, b_threads, b_depth, b_type_k, b_type_v;
+    cli_output output;
     /* sampling */
     kvlm_sampling_params sampling;
-    bool seed_set, temp_set;
+    bool seed_set, temp_set, seed_random, temp_defaulted;
+    kvlm_logit_bias bias[CLI_MAX_BIAS];
+    int n_bias;
     const char *stop[CLI_MAX_STOP];
     int n_stop;
     double timeout_s;
@@ -43,16 +62,28 @@ typedef struct cli_args {
     const char *pos[8];
 } cli_args;
 
-/* Parses argv[first..argc). Returns false (after printing why) on a bad flag. */
+/* Parses argv[first..argc) for the subcommand argv[first - 1]: a flag that
+ * this subcommand does not take is an error, as are positional arguments.
+ * Returns false (after printing why) on a bad flag. */
 bool cli_parse(int argc, char **argv, int first, cli_args *a);
+/* The subcommand's --help: its synopsis and exactly the flags it takes, with
+ * their defaults. */
+void cli_usage(const char *cmd, FILE *fp);
 /* Session parameters from the flags (n_ctx, threads, KV settings). */
 kvlm_session_params cli_session_params(const cli_args *a);
 /* The threads session s evaluates with; notes once on stderr when that is
  * fewer than -t asked for (more than the CPUs available to the process). */
 int cli_note_threads(const cli_args *a, const kvlm_session *s);
-/* The prompt text from -p or -f (malloc'd, NUL-terminated; *len set). NULL with a message if neither. */
+/* The default thread count, as llama.cpp's: the physical cores among the
+ * CPUs this process may run on (sched_getaffinity); at least 1. */
+int cli_default_threads(void);
+/* The prompt text from -p, -f (- for standard input) or --stdin (malloc'd,
+ * NUL-terminated; *len set). NULL with a message if none or more than one. */
 char *cli_prompt_text(const cli_args *a, size_t *len);
+/* A whole file ("-": standard input), malloc'd and NUL-terminated. */
 char *cli_read_file(const char *path, size_t *len);
+/* llama.cpp's escapes in place: \n \r \t \' \" \\ and \xHH. */
+void cli_process_escapes(char *s);
 /* Loads the model named by -m, printing the error on failure. */
 kvlm_model *cli_load_model(const cli_args *a);
 kvlm_model *cli_load_vocab(const cli_args *a);
@@ -68,7 +99,24 @@ int cli_print_token(const char *text, size_t len, kvlm_token tok, void *user_dat
 void cli_cancel_on_sigint(kvlm_session *s);
 /* Prints the session's KV statistics as one JSON line on stderr. */
 void cli_print_kv_stats(const kvlm_session *s);
+/* The KV cache flags, for `kvlm serve --help`. */
 const char *cli_kv_help(void);
+/* Checks that logit-bias tokens are in the model's vocabulary. */
+bool cli_check_bias(const cli_args *a, const kvlm_model *m);
+
+/* A progress line on stderr for long work, redrawn at most ~10 times a
+ * second, with the elapsed time and an estimate of the time left; nothing at
+ * all when stderr is not a terminal. */
+typedef struct cli_progress {
+    bool on;
+    double t0, last;
+    const char *what;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *what);
+/* done of total units; detail (may be NULL) is shown after the counts. */
+void cli_progress_update(cli_progress *p, double done, double total, const char *detail);
+/* Clears the line. */
+void cli_progress_end(cli_progress *p);
 
 int cmd_run(int argc, char **argv);
 int cmd_chat(int argc, char **argv);

@@ -2,8 +2,51 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <editline/readline.h>
 
 #include "cli.h"
+
+/* The chat's input: on a terminal libedit's line editing and history; otherwise plain reads, one
+ * line (of any length) per turn. */
+typedef struct line_reader {
+    bool tty;
+    char *line;           /* the last line read */
+    size_t cap;           /* getline's buffer size */
+} line_reader;
+
+static void reader_init(line_reader *r) {
+    memset(r, 0, sizeof *r);
+    r->tty = isatty(STDIN_FILENO) && isatty(STDERR_FILENO);
+    if (r->tty) {
+        rl_instream = stdin;
+        rl_outstream = stderr; /* the prompt and the echo go where the non-terminal prompt goes */
+        using_history();
+    }
+}
+
+/* The next line without its end-of-line, or NULL at the end of the input. Valid until the next call. */
+static char *reader_get(line_reader *r, const char *prompt) {
+    if (r->tty) {
+        free(r->line);
+        r->line = readline(prompt);
+        if (r->line && r->line[0]) add_history(r->line);
+        if (!r->line) fputc('\n', stderr); /* end of input (Ctrl-D) or Ctrl-C at the prompt: leave on a new line */
+        return r->line;
+    }
+    fputs(prompt, stderr);
+    fflush(stderr);
+    if (getline(&r->line, &r->cap, stdin) < 0) return NULL;
+    r->line[strcspn(r->line, "\r\n")] = '\0';
+    return r->line;
+}
+
+static void reader_free(line_reader *r) {
+    free(r->line);
+    if (r->tty) clear_history();
+    r->line = NULL;
+}
 
 typedef struct history {
     kvlm_chat_message *msgs;
@@ -96,13 +139,7 @@ int cmd_chat(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
-        printf("usage: kvlm chat -m MODEL [-n N] [-c CTX] [--system TEXT] [--chat-template NAME] [--kv-stats]\n"
-               "  sampling flags as kvlm run. Type a message and Enter; /reset starts over, /quit leaves;\n"
-               "  Ctrl-C stops the current answer.\n"
-               "  An answer runs until the end of the turn (-n N: at most N tokens; default -1, at most a\n"
-               "  context's worth). When the context is full the chat shifts it (--overflow shift, the\n"
-               "  default here), keeping the system prompt (--keep N to choose), so every turn goes on.\n%s",
-               cli_kv_help());
+        cli_usage("chat", stdout);
         return 0;
     }
     kvlm_model *m = cli_load_model(&a);
@@ -113,9 +150,12 @@ int cmd_chat(int argc, char **argv) {
     const char *tmpl = a.chat_template;
     /* a chat keeps going at a full context: shift, keeping the system prompt (at most half the context) */
     if (!a.overflow_set) sp.overflow = KVLM_OVERFLOW_SHIFT;
+    kvlm_model_info mi;
+    kvlm_model_get_info(m, &mi);
+    if (a.n_ctx > mi.n_ctx_train)
+        fprintf(stderr, "warning: -c %d is more than the %d tokens the model was trained on; past them the text may degrade\n",
+                a.n_ctx, mi.n_ctx_train);
     if (sp.overflow == KVLM_OVERFLOW_SHIFT && !a.keep_set) {
-        kvlm_model_info mi;
-        kvlm_model_get_info(m, &mi);
         const int32_t n_ctx = sp.n_ctx > 0 ? sp.n_ctx : mi.n_ctx_train;
         sp.n_keep = chat_keep(m, tmpl, a.system);
         if (sp.n_keep > n_ctx / 2) sp.n_keep = n_ctx / 2;
@@ -127,8 +167,17 @@ int cmd_chat(int argc, char **argv) {
         return 1;
     }
     cli_note_threads(&a, s);
+    if (!cli_check_bias(&a, m)) {
+        kvlm_session_free(s);
+        kvlm_model_free(m);
+        return 2;
+    }
     fprintf(stderr, "chat format: %s (/reset, /quit, Ctrl-C stops an answer)\n",
             tmpl ? tmpl : kvlm_chat_template(m));
+    if (a.sampling.temperature > 0)
+        fprintf(stderr, "sampling at temperature %g%s, seed %llu\n", a.sampling.temperature,
+                a.temp_defaulted ? " (llama.cpp's default with sampling flags; --temp 0: greedy)" : "",
+                (unsigned long long)a.sampling.seed);
     history h = {0};
     if (a.system) add(&h, "system", a.system);
     kvlm_generate_params gp = kvlm_generate_default_params();
@@ -146,7 +195,8 @@ int cmd_chat(int argc, char **argv) {
     gp.stop = plain_stops;
     gp.n_stop = n_stops;
     cli_cancel_on_sigint(s);
-    char line[8192];
+    line_reader in;
+    reader_init(&in);
     char *prompt = NULL;
     /* The text the cache holds for this conversation, when known: each turn then sends only what the
        chat format adds after it (the end of the last answer's turn, the new message, the opening of the
@@ -157,9 +207,8 @@ int cmd_chat(int argc, char **argv) {
     size_t held_len = 0;
     int rc = 0;
     for (;;) {
-        fprintf(stderr, "> ");
-        if (!fgets(line, sizeof line, stdin)) break;
-        line[strcspn(line, "\r\n")] = '\0';
+        char *line = reader_get(&in, "> ");
+        if (!line) break;
         if (strcmp(line, "/quit") == 0 || strcmp(line, "/exit") == 0) break;
         if (strcmp(line, "/reset") == 0) {
             clear(&h);
@@ -246,6 +295,7 @@ int cmd_chat(int argc, char **argv) {
         if (a.kv_stats) cli_print_kv_stats(s);
     }
     cli_cancel_on_sigint(NULL);
+    reader_free(&in);
     free(prompt);
     free(held);
     clear(&h);

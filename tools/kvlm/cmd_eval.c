@@ -47,9 +47,12 @@ int cmd_eval(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
-        printf("usage: kvlm eval -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [--greedy N] [--dump-logits OUT]"
-               " [--chunk K] [-t T] [-c CTX]\n%s", cli_kv_help());
+        cli_usage("eval", stdout);
         return 0;
+    }
+    if (a.tokens && (a.prompt || a.file)) {
+        fprintf(stderr, "error: give one of -p TEXT, -f FILE and --tokens\n");
+        return 2;
     }
     kvlm_model *m = cli_load_model(&a);
     if (!m) return 1;

@@ -24,7 +24,7 @@ int cmd_inspect(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help || !a.model) {
-        printf("usage: kvlm inspect -m MODEL\n");
+        cli_usage("inspect", a.help ? stdout : stderr);
         return a.help ? 0 : 2;
     }
     gguf_ctx *g;

@@ -11,9 +11,8 @@ int cmd_perplexity(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help || !a.file) {
-        printf("usage: kvlm perplexity -m MODEL -f TEXT [-c CTX (default 128)] [--chunks N] [--chunk K]\n"
-               "  --chunk K feeds each chunk K tokens at a time (so tiered KV compression acts between steps)\n%s",
-               cli_kv_help());
+        if (!a.help) fprintf(stderr, "error: give the text with -f FILE\n");
+        cli_usage("perplexity", a.help ? stdout : stderr);
         return a.help ? 0 : 2;
     }
     size_t len;
@@ -36,6 +35,7 @@ int cmd_perplexity(int argc, char **argv) {
     kvlm_token *chunk = malloc((size_t)n_ctx * sizeof *chunk);
     kvlm_session *s = NULL;
     kvlm_error err;
+    cli_progress pr = {0};
     if (n_chunks < 1) {
         fprintf(stderr, "error: the text has %d tokens, fewer than one chunk of %d\n", n_tok, n_ctx);
         goto out;
@@ -54,6 +54,7 @@ int cmd_perplexity(int argc, char **argv) {
     const int32_t first = n_ctx / 2;
     const int32_t bos = kvlm_token_bos(m);
     const double t0 = cli_now_s();
+    cli_progress_start(&pr, "perplexity");
     for (int32_t c = 0; c < n_chunks; c++) {
         memcpy(chunk, toks + (size_t)c * (size_t)n_ctx, (size_t)n_ctx * sizeof *chunk);
         if (bos >= 0 && kvlm_add_bos(m)) chunk[0] = bos;
@@ -74,14 +75,16 @@ int cmd_perplexity(int argc, char **argv) {
             nll2 += lp * lp;
             count++;
         }
-        fprintf(stderr, "[%d]%.4f ", c + 1, exp(nll / (double)count));
+        char detail[48];
+        snprintf(detail, sizeof detail, "PPL so far %.4f", exp(nll / (double)count));
+        cli_progress_update(&pr, c + 1, n_chunks, detail);
     }
+    cli_progress_end(&pr);
     {
         const double mean = nll / (double)count;
         const double var = nll2 / (double)count - mean * mean;
         const double ppl = exp(mean);
         const double err_ppl = ppl * sqrt(var > 0 ? var / (double)(count - 1 > 0 ? count - 1 : 1) : 0.0);
-        fprintf(stderr, "\n");
         printf("Final estimate: PPL = %.4f +/- %.5f  (%lld tokens scored, %.2f s)\n", ppl, err_ppl, (long long)count,
                cli_now_s() - t0);
     }
@@ -89,6 +92,7 @@ int cmd_perplexity(int argc, char **argv) {
     rc = 0;
     goto out;
 fail:
+    cli_progress_end(&pr);
     fprintf(stderr, "error: %s\n", err.msg);
 out:
     free(toks);

@@ -1,10 +1,8 @@
-/* kvlm quantize IN OUT TYPE: converts an F32/F16/BF16 GGUF to TYPE the way
- * llama-quantize does (same tensor choices, same reference quantizers, same
- * tensor order and metadata), so that for the same choices the output is
- * byte-identical to llama-quantize's.
- *
- * Also home of the type helpers `kvlm synth` shares (qz_*; cmd_synth.c
- * declares them). */
+/* kvlm quantize IN OUT TYPE: quantizes a GGUF the way llama-quantize does:
+ * its file types (Q4_K_M, 15, ...), its per-tensor type mixes, the same
+ * reference quantizers, tensor order and metadata, so that the output is
+ * byte-identical to llama-quantize's wherever kvlm has the types it picks.
+ * The type helpers it shares with `kvlm synth` are in qz.c. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,177 +16,21 @@
 #include "core/tpool.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_write.h"
+#include "qz.h"
 #include "quant/quant.h"
 
-/* ------------------------------------------------------------ type helpers */
-
-typedef struct qz_name {
-    const char *name;
-    uint32_t type;
-    int ftype; /* llama.cpp's general.file_type for a model mostly of this type */
-} qz_name;
-
-/* llama_ftype numbers (llama.h); i2_s: bitnet.cpp's MOSTLY_I2_S. q3_k and q5_k
- * make exactly llama-quantize's Q3_K_S and Q5_K_S (those mixes are uniform);
- * q2_k and q4_k are uniform Q2_K / Q4_K, which llama-quantize's Q2_K / Q4_K_S
- * mixes are not quite (they bump some attn_v / ffn_down tensors). */
-static const qz_name k_names[] = {
-    {"f32", KV_F32, 0},     {"f16", KV_F16, 1},     {"bf16", KV_BF16, 32},  {"q8_0", KV_Q8_0, 7},
-    {"q4_0", KV_Q4_0, 2},   {"q4_1", KV_Q4_1, 3},   {"q5_0", KV_Q5_0, 8},   {"q5_1", KV_Q5_1, 9},
-    {"q2_k", KV_Q2_K, 10},  {"q3_k", KV_Q3_K, 11},  {"q4_k", KV_Q4_K, 14},  {"q5_k", KV_Q5_K, 16},
-    {"q6_k", KV_Q6_K, 18},  {"tq1_0", KV_TQ1_0, 36}, {"tq2_0", KV_TQ2_0, 37}, {"i2_s", KV_I2_S, 40},
-};
-#define QZ_N_NAMES (sizeof k_names / sizeof k_names[0])
-
-const char *qz_type_list(void) {
-    return "f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k tq1_0 tq2_0 i2_s";
-}
-
-/* Case-insensitive type name -> kv_dtype. */
-bool qz_parse_type(const char *s, uint32_t *type) {
-    for (size_t i = 0; i < QZ_N_NAMES; i++)
-        if (strcasecmp(s, k_names[i].name) == 0) {
-            *type = k_names[i].type;
-            return true;
-        }
-    return false;
-}
-
-const char *qz_type_name(uint32_t t) {
-    for (size_t i = 0; i < QZ_N_NAMES; i++)
-        if (k_names[i].type == t) return k_names[i].name;
-    return kv_dtype_name(t);
-}
-
-/* llama.cpp's general.file_type for a model quantized to t; -1 when none. */
-int qz_ftype(uint32_t t) {
-    for (size_t i = 0; i < QZ_N_NAMES; i++)
-        if (k_names[i].type == t) return k_names[i].ftype;
-    return -1;
-}
-
-bool qz_is_float(uint32_t t) { return t == KV_F32 || t == KV_F16 || t == KV_BF16; }
-bool qz_is_ternary(uint32_t t) { return t == KV_TQ1_0 || t == KV_TQ2_0 || t == KV_I2_S; }
-
-/* What a row length must be a multiple of (I2_S: its 128-value blocks). */
-static uint64_t qz_block(uint32_t t) {
-    if (t == KV_I2_S) return 128;
-    const kv_dtype_info *i = kv_dtype_get(t);
-    return i ? (uint64_t)i->block_size : 1;
-}
-
-/* llama-quantize's fallback for rows that are not a whole number of blocks:
- * TQ1_0/TQ2_0 -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K/Q3_K
- * go to IQ4_NL there, which kvlm cannot compute, so Q4_0 (the same size)
- * here; I2_S -> Q4_0 as TQ*; then F16 when the fallback does not fit either.
- * The 32-block types (where llama-quantize gives up) go to F16 directly. */
-uint32_t qz_fallback(uint32_t t, uint64_t ne0, bool *fell) {
-    if (fell) *fell = false;
-    if (ne0 % qz_block(t) == 0) return t;
-    if (fell) *fell = true;
-    uint32_t f;
-    switch (t) {
-    case KV_TQ1_0: case KV_TQ2_0: case KV_I2_S: case KV_Q2_K: case KV_Q3_K: f = KV_Q4_0; break;
-    case KV_Q4_K: f = KV_Q5_0; break;
-    case KV_Q5_K: f = KV_Q5_1; break;
-    case KV_Q6_K: f = KV_Q8_0; break;
-    default: f = KV_F16; break;
-    }
-    if (ne0 % qz_block(f) != 0) f = KV_F16;
-    return f;
-}
-
-enum { QZ_ROLE_OTHER = 0, QZ_ROLE_EMBD = 1, QZ_ROLE_OUTPUT = 2 };
-
-/* The type of a tensor that is quantized (a 2-D weight) for target type
- * `target`, before the per-row fallback, as llama_tensor_get_type chooses it
- * (without the mixes of the _M/_L/IQ ftypes):
- * - the output (or, with no output.weight, the token embedding that stands in
- *   for it): Q8_0 when its rows do not fit the target's blocks, else Q6_K
- *   unless the target is Q8_0;
- * - the token embedding: the target type;
- * - ternary targets (TQ1_0, TQ2_0, I2_S): embedding and output Q8_0 (these are
- *   not ternary; llama-quantize would take Q4_K / Q6_K);
- * - float targets: the target everywhere.
- * embd_type / output_type (>= 0) override the choice for those tensors. */
-uint32_t qz_pick(uint32_t target, int role, bool has_output, uint64_t ne0, int embd_type, int output_type) {
-    uint32_t t = target;
-    const bool as_output = role == QZ_ROLE_OUTPUT || (role == QZ_ROLE_EMBD && !has_output);
-    if (!qz_is_float(target)) {
-        if (as_output) {
-            if (qz_is_ternary(target) || ne0 % qz_block(target) != 0) t = KV_Q8_0;
-            else if (target != KV_Q8_0) t = KV_Q6_K;
-        } else if (role == QZ_ROLE_EMBD && qz_is_ternary(target)) {
-            t = KV_Q8_0;
-        }
-    }
-    if (as_output && output_type >= 0) t = (uint32_t)output_type;
-    if (role == QZ_ROLE_EMBD && embd_type >= 0) t = (uint32_t)embd_type;
-    return t;
-}
-
-int qz_role(const char *name) {
-    if (strcmp(name, "token_embd.weight") == 0) return QZ_ROLE_EMBD;
-    if (strcmp(name, "output.weight") == 0) return QZ_ROLE_OUTPUT;
-    return QZ_ROLE_OTHER;
-}
-
-/* Converts n_rows rows of ne0 floats to type t (row by row with the reference
- * quantizer; I2_S over the whole tensor). dst holds the whole tensor. */
-bool qz_convert(const float *src, uint32_t t, uint64_t ne0, uint64_t n_rows, void *dst) {
-    const kv_quant_traits *q = kv_quant_get(t);
-    uint64_t rb;
-    if (!q || !q->from_float_ref) return false;
-    if (t == KV_I2_S) {
-        q->from_float_ref(src, dst, (int64_t)(ne0 * n_rows));
-        return true;
-    }
-    if (!kv_dtype_row_bytes(t, ne0, &rb)) return false;
-    for (uint64_t r = 0; r < n_rows; r++) q->from_float_ref(src + r * ne0, (uint8_t *)dst + r * rb, (int64_t)ne0);
-    return true;
-}
-
-typedef struct qz_conv_job {
-    const float *src;
-    uint32_t t;
-    uint64_t ne0, n_rows, rb;
-    void *dst;
-} qz_conv_job;
-
-static void qz_conv_worker(void *ctx, int ith, int nth) {
-    const qz_conv_job *j = ctx;
-    int64_t b, e;
-    kv_split((int64_t)j->n_rows, ith, nth, &b, &e);
-    if (e > b)
-        qz_convert(j->src + (uint64_t)b * j->ne0, j->t, j->ne0, (uint64_t)(e - b), (uint8_t *)j->dst + (uint64_t)b * j->rb);
-}
-
-/* qz_convert with the rows split over a pool (NULL: this thread). The result
- * does not depend on the number of threads. */
-bool qz_convert_mt(kv_tpool *pool, const float *src, uint32_t t, uint64_t ne0, uint64_t n_rows, void *dst) {
-    const kv_quant_traits *q = kv_quant_get(t);
-    uint64_t rb;
-    if (!q || !q->from_float_ref) return false;
-    if (!pool || t == KV_I2_S || n_rows < 2) return qz_convert(src, t, ne0, n_rows, dst);
-    if (!kv_dtype_row_bytes(t, ne0, &rb)) return false;
-    qz_conv_job j = {src, t, ne0, n_rows, rb, dst};
-    kv_tpool_run(pool, qz_conv_worker, &j);
-    return true;
-}
-
-/* Threads for -t: the given count, else the online CPUs (at most 8). */
-int qz_threads(int requested) {
-    if (requested > 0) return requested;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
-}
-
 /* ------------------------------------------------------------ quantize */
+
+typedef struct qprogress {
+    cli_progress p;
+    int done, total;
+} qprogress;
 
 typedef struct qjob {
     const gguf_tensor *src;
     uint32_t type;
     kv_tpool *pool;
+    qprogress *progress;
 } qjob;
 
 /* fill callback: source tensor -> f32 -> the new type */
@@ -208,23 +50,16 @@ static kvlm_status fill_quant(void *user, const char *name, void *dst, uint64_t 
         q->to_float(s->data, tmp, (int64_t)n);
         f = tmp;
     }
+    if (j->progress) {
+        char detail[160];
+        snprintf(detail, sizeof detail, "%s %s -> %s", name, kv_dtype_name(s->type), kv_dtype_name(j->type));
+        cli_progress_update(&j->progress->p, j->progress->done, j->progress->total, detail);
+    }
     bool ok = qz_convert_mt(j->pool, f, j->type, ne0, n / ne0, dst);
     free(tmp);
+    if (j->progress) j->progress->done++;
     if (!ok) return kv_fail(err, KVLM_ERR_UNSUPPORTED, "%s: cannot quantize to %s", name, kv_dtype_name(j->type));
     return KVLM_OK;
-}
-
-/* llama_model_loader's weight order: by layer ("blk.N."; others first), then by name */
-static int layer_of(const char *name) {
-    int l = -1;
-    if (sscanf(name, "blk.%d.", &l) != 1) l = -1;
-    return l;
-}
-static int cmp_weights(const void *a, const void *b) {
-    const gguf_tensor *x = *(const gguf_tensor *const *)a, *y = *(const gguf_tensor *const *)b;
-    int lx = layer_of(x->name), ly = layer_of(y->name);
-    if (lx != ly) return lx < ly ? -1 : 1;
-    return strcmp(x->name, y->name);
 }
 
 static bool ends_with(const char *s, const char *suf) {
@@ -254,16 +89,24 @@ static bool quantizable(const gguf_tensor *t) {
 
 static void quantize_usage(FILE *fp) {
     fprintf(fp,
-            "usage: kvlm quantize IN.gguf OUT.gguf TYPE [--embd-type T] [--output-type T] [-v]\n"
-            "  Quantizes an F32/F16/BF16 GGUF as llama-quantize does: 2-D weights become TYPE\n"
-            "  (rows that do not fit its blocks fall back: q4_k->q5_0, q5_k->q5_1, q6_k->q8_0,\n"
-            "  q2_k/q3_k/tq*/i2_s->q4_0, otherwise f16), output.weight q6_k (q8_0 when its rows\n"
-            "  do not fit, or for q8_0 and ternary targets), norms and biases f32.\n"
-            "  TYPE: %s\n"
-            "  --embd-type T / --output-type T   override token_embd.weight / output.weight\n"
-            "  -t N                               threads (default: the CPUs, at most 8)\n"
-            "  -v                                 print every tensor's conversion\n",
-            qz_type_list());
+            "usage: kvlm quantize [options] IN.gguf [OUT.gguf] TYPE [NTHREADS]\n"
+            "  Quantizes a GGUF as llama-quantize does: its file types and their per-tensor mixes (attn_v,\n"
+            "  ffn_down, attn_output and the output get more bits in the _M/_L types), rows that do not fit a\n"
+            "  type's blocks fall back (q4_K->q5_0, q5_K->q5_1, q6_K->q8_0, q2_K/q3_K->q4_0 where llama-quantize\n"
+            "  takes iq4_nl, which kvlm has not, tq*->q4_0, then f16), norms and biases f32. Without OUT, writes\n"
+            "  ggml-model-TYPE.gguf beside IN. A progress line per tensor on a terminal.\n"
+            "options:\n"
+            "  --pure                      every weight TYPE: no mixes (the overrides below still apply)\n"
+            "  --allow-requantize          accept quantized inputs (dequantized, then quantized again)\n"
+            "  --leave-output-tensor       leave output.weight as it is\n"
+            "  --output-tensor-type T      the type of output.weight (T: %s)\n"
+            "  --token-embedding-type T    the type of token_embd.weight\n"
+            "  -t, --threads N             threads (default: %d, the physical cores)\n"
+            "  -v, --verbose               list every tensor's type on stdout\n"
+            "  -h, --help                  this help\n"
+            "TYPE, by name (any case) or number:\n",
+            qz_type_list(), cli_default_threads());
+    qz_print_ftypes(fp);
 }
 
 static bool parse_type_flag(const char *flag, const char *s, int *out) {
@@ -280,10 +123,17 @@ static bool parse_type_flag(const char *flag, const char *s, int *out) {
     return true;
 }
 
+static uint32_t arch_u32(const gguf_ctx *g, const char *arch, const char *key, uint32_t def) {
+    char k[160];
+    uint32_t v;
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    return gguf_get_u32(g, k, &v) ? v : def;
+}
+
 int cmd_quantize(int argc, char **argv) {
-    const char *pos[3] = {0};
+    const char *pos[4] = {0};
     int npos = 0, embd_type = -1, output_type = -1, n_threads = 0;
-    bool verbose = false;
+    bool verbose = false, pure = false, requant = false, leave_output = false;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -306,29 +156,61 @@ int cmd_quantize(int argc, char **argv) {
             }
             n_threads = (int)v;
             i++;
+        } else if (strcmp(a, "--pure") == 0) {
+            pure = true;
+        } else if (strcmp(a, "--allow-requantize") == 0) {
+            requant = true;
+        } else if (strcmp(a, "--leave-output-tensor") == 0) {
+            leave_output = true;
         } else if (strcmp(a, "-v") == 0 || strcmp(a, "--verbose") == 0) {
             verbose = true;
         } else if (a[0] == '-' && a[1] != '\0') {
             fprintf(stderr, "error: unknown option '%s'\n", a);
             quantize_usage(stderr);
             return 2;
-        } else if (npos < 3) {
+        } else if (npos < 4) {
             pos[npos++] = a;
         } else {
             fprintf(stderr, "error: unexpected argument '%s'\n", a);
             return 2;
         }
     }
-    if (npos != 3) {
+    /* IN [OUT] TYPE [NTHREADS], as llama-quantize: TYPE is the first of the second and third that is one */
+    const qz_ftype_opt *ft = npos >= 2 ? qz_parse_ftype(pos[1]) : NULL;
+    const char *in = pos[0], *out = NULL, *nthreads_arg = NULL;
+    char out_buf[4096];
+    if (ft && npos <= 3) {
+        const char *slash = strrchr(in, '/');
+        snprintf(out_buf, sizeof out_buf, "%.*sggml-model-%s.gguf", slash ? (int)(slash - in + 1) : 0, in, ft->name);
+        out = out_buf;
+        nthreads_arg = npos == 3 ? pos[2] : NULL;
+    } else if (npos >= 3) {
+        out = pos[1];
+        ft = qz_parse_ftype(pos[2]);
+        nthreads_arg = npos == 4 ? pos[3] : NULL;
+        if (!ft) {
+            fprintf(stderr, "error: unknown type '%s' (kvlm quantize --help lists them)\n", pos[2]);
+            return 2;
+        }
+    } else {
+        if (npos == 2) fprintf(stderr, "error: unknown type '%s' (kvlm quantize --help lists them)\n", pos[1]);
         quantize_usage(stderr);
         return 2;
     }
-    const char *in = pos[0], *out = pos[1];
-    uint32_t target;
-    if (!qz_parse_type(pos[2], &target)) {
-        fprintf(stderr, "error: unknown type '%s' (one of: %s)\n", pos[2], qz_type_list());
+    if (nthreads_arg) {
+        char *end;
+        long v = strtol(nthreads_arg, &end, 10);
+        if (*end || end == nthreads_arg || v < 1 || v > 256) {
+            fprintf(stderr, "error: NTHREADS: expected a thread count in 1..256, got '%s'\n", nthreads_arg);
+            return 2;
+        }
+        n_threads = (int)v;
+    }
+    if (ft->why) {
+        fprintf(stderr, "error: cannot make %s: %s\n", ft->name, ft->why);
         return 2;
     }
+    const bool copy = strcmp(ft->name, "COPY") == 0;
 
     double t0 = cli_now_s();
     kvlm_error err;
@@ -342,16 +224,26 @@ int cmd_quantize(int argc, char **argv) {
     kv_tpool *pool = NULL;
     const gguf_tensor **order = NULL;
     qjob *jobs = NULL;
-    bool has_output = false;
+    qprogress progress = {0};
+    qz_mix mix = {.ftype = ft->ftype, .def_type = ft->def_type, .pure = pure, .embd_type = embd_type,
+                  .output_type = output_type};
+    gguf_str arch_s;
+    char arch[64] = "";
+    if (gguf_get_str(g, "general.architecture", &arch_s))
+        snprintf(arch, sizeof arch, "%.*s", (int)(arch_s.len < 63 ? arch_s.len : 63), arch_s.data);
+    const uint32_t n_head = arch_u32(g, arch, "attention.head_count", 0);
+    const uint32_t n_head_kv = arch_u32(g, arch, "attention.head_count_kv", n_head);
+    mix.n_layer = (int)arch_u32(g, arch, "block_count", 0);
+    mix.n_expert = (int)arch_u32(g, arch, "expert_count", 0);
+    mix.n_gqa = n_head_kv ? (int)(n_head / n_head_kv) : 0;
+    mix.falcon = strcmp(arch, "falcon") == 0;
+    mix.is_70b = strcmp(arch, "llama") == 0 && mix.n_layer == 80 && n_head != n_head_kv;
     for (uint64_t i = 0; i < g->n_tensors; i++) {
-        const gguf_tensor *t = &g->tensors[i];
-        if (!qz_is_float(t->type)) {
-            fprintf(stderr,
-                    "error: '%s' is already quantized (tensor '%s' is %s); quantize needs an F32, F16 or BF16 model\n",
-                    in, t->name, kv_dtype_name(t->type));
-            goto done;
-        }
-        if (strcmp(t->name, "output.weight") == 0) has_output = true;
+        const char *n = g->tensors[i].name;
+        if (strstr(n, "attn_v.weight") || strstr(n, "attn_qkv.weight") || strstr(n, "attn_kv_b.weight"))
+            mix.n_attention_wv++;
+        else if (strcmp(n, "output.weight") == 0)
+            mix.has_output = true;
     }
     if (g->n_tensors == 0) {
         fprintf(stderr, "error: '%s' has no tensors\n", in);
@@ -366,7 +258,13 @@ int cmd_quantize(int argc, char **argv) {
     gguf_writer_remove(w, "split.count");
     gguf_writer_remove(w, "split.tensors.count");
     gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
-    if (qz_ftype(target) >= 0) gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(target), NULL);
+    {
+        bool guessed;
+        const int in_ftype = qz_file_ftype(g, &guessed);
+        /* COPY keeps the input's file type (llama.cpp's guess, marked with its 1024 bit, when it has none) */
+        const uint32_t out_ftype = copy ? (uint32_t)in_ftype | (guessed ? 1024u : 0u) : (uint32_t)ft->ftype;
+        gguf_writer_set_u32(w, "general.file_type", out_ftype, NULL);
+    }
 
     order = malloc((size_t)g->n_tensors * sizeof *order);
     jobs = calloc((size_t)g->n_tensors, sizeof *jobs);
@@ -375,7 +273,7 @@ int cmd_quantize(int argc, char **argv) {
         goto done;
     }
     for (uint64_t i = 0; i < g->n_tensors; i++) order[i] = &g->tensors[i];
-    qsort(order, (size_t)g->n_tensors, sizeof *order, cmp_weights);
+    qz_sort_weights(order, (size_t)g->n_tensors);
 
     uint64_t bytes_in = 0, bytes_out = 0;
     int n_quant = 0, n_fallback = 0;
@@ -383,23 +281,39 @@ int cmd_quantize(int argc, char **argv) {
         const gguf_tensor *t = order[i];
         uint32_t nt = t->type;
         bool fell = false;
-        if (quantizable(t)) {
-            uint32_t want = qz_pick(target, qz_role(t->name), has_output, t->ne[0], embd_type, output_type);
-            nt = qz_fallback(want, t->ne[0], &fell);
+        const bool leave = copy || (leave_output && strcmp(t->name, "output.weight") == 0);
+        if (!leave && quantizable(t)) {
+            if (!qz_mix_type(&mix, t->name, t->ne[0], &nt, &fell)) {
+                fprintf(stderr, "error: '%s': cannot tell the layer of %s\n", in, t->name);
+                goto done;
+            }
             if (fell && (verbose || n_fallback == 0))
-                fprintf(stderr, "warning: %s: %llu columns do not fit %s blocks, using %s%s\n", t->name,
-                        (unsigned long long)t->ne[0], qz_type_name(want), qz_type_name(nt),
-                        verbose ? "" : " (-v lists every fallback)");
+                fprintf(stderr, "warning: %s: %llu columns do not fit the chosen type's blocks, using %s%s\n", t->name,
+                        (unsigned long long)t->ne[0], qz_type_name(nt), verbose ? "" : " (-v lists every fallback)");
             n_fallback += fell;
-        } else if (n_dims_eff(t) == 1) {
+        } else if (!leave && n_dims_eff(t) == 1) {
             nt = KV_F32; /* norms and biases stay (or become) f32 */
+        }
+        if (nt != t->type && !qz_is_float(t->type) && !requant) {
+            fprintf(stderr,
+                    "error: '%s' is already quantized (tensor '%s' is %s); requantizing needs --allow-requantize "
+                    "(and loses quality: quantize from the F32, F16 or BF16 model if there is one)\n",
+                    in, t->name, kv_dtype_name(t->type));
+            goto done;
+        }
+        if (nt != t->type) {
+            const kv_quant_traits *q = kv_quant_get(t->type);
+            if (t->type != KV_F32 && (!q || !q->to_float)) {
+                fprintf(stderr, "error: %s: kvlm cannot read %s tensors\n", t->name, kv_dtype_name(t->type));
+                goto done;
+            }
         }
         uint64_t ne[GGUF_MAX_DIMS];
         for (uint32_t d = 0; d < t->n_dims; d++) ne[d] = t->ne[d];
         if (nt == t->type) {
             gguf_writer_add_tensor(w, t->name, t->n_dims, ne, t->type, t->data, t->n_bytes, NULL);
         } else {
-            jobs[i] = (qjob){t, nt, pool};
+            jobs[i] = (qjob){t, nt, pool, &progress};
             gguf_writer_add_tensor_fill(w, t->name, t->n_dims, ne, nt, fill_quant, &jobs[i], NULL);
             n_quant++;
         }
@@ -413,12 +327,16 @@ int cmd_quantize(int argc, char **argv) {
                    (unsigned long long)(t->n_elements / t->ne[0]), kv_dtype_name(t->type), kv_dtype_name(nt),
                    (unsigned long long)nb);
     }
-    if (gguf_writer_write(w, out, &err) != KVLM_OK) goto fail;
+    progress.total = n_quant;
+    cli_progress_start(&progress.p, "quantize");
+    kvlm_status wst = gguf_writer_write(w, out, &err);
+    cli_progress_end(&progress.p);
+    if (wst != KVLM_OK) goto fail;
     uint64_t fsize = 0;
     gguf_writer_file_size(w, &fsize);
     printf("quantize: %s -> %s (%s): %llu tensors, %d converted, %d fallbacks, %.2f MiB -> %.2f MiB, %llu bytes, "
            "%.2f s\n",
-           in, out, qz_type_name(target), (unsigned long long)g->n_tensors, n_quant, n_fallback, bytes_in / 1048576.0,
+           in, out, ft->name, (unsigned long long)g->n_tensors, n_quant, n_fallback, bytes_in / 1048576.0,
            bytes_out / 1048576.0, (unsigned long long)fsize, cli_now_s() - t0);
     rc = 0;
     goto done;

@@ -18,19 +18,8 @@
 #include "core/tpool.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_write.h"
+#include "qz.h"
 
-/* shared with cmd_quantize.c (type names, llama-quantize's choices) */
-const char *qz_type_list(void);
-bool qz_parse_type(const char *s, uint32_t *type);
-const char *qz_type_name(uint32_t t);
-int qz_ftype(uint32_t t);
-bool qz_is_float(uint32_t t);
-bool qz_is_ternary(uint32_t t);
-uint32_t qz_fallback(uint32_t t, uint64_t ne0, bool *fell);
-uint32_t qz_pick(uint32_t target, int role, bool has_output, uint64_t ne0, int embd_type, int output_type);
-int qz_role(const char *name);
-bool qz_convert_mt(kv_tpool *pool, const float *src, uint32_t t, uint64_t ne0, uint64_t n_rows, void *dst);
-int qz_threads(int requested);
 
 /* ------------------------------------------------------------ random numbers */
 

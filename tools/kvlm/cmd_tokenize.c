@@ -1,4 +1,4 @@
-/* kvlm tokenize: print the token ids (or ids and pieces) of a text. */
+/* kvlm tokenize: the tokens of a text, printed as llama-tokenize prints them. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -8,7 +8,7 @@ int cmd_tokenize(int argc, char **argv) {
     cli_args a;
     if (!cli_parse(argc, argv, 2, &a)) return 2;
     if (a.help) {
-        printf("usage: kvlm tokenize -m MODEL (-p TEXT | -f FILE) [--no-bos] [--no-parse-special] [--ids]\n");
+        cli_usage("tokenize", stdout);
         return 0;
     }
     size_t len;
@@ -26,8 +26,10 @@ int cmd_tokenize(int argc, char **argv) {
         fprintf(stderr, "error: tokenization failed\n");
         rc = 1;
     } else if (a.ids) {
-        for (int32_t i = 0; i < n; i++) printf(i ? " %d" : "%d", t[i]);
-        printf("\n");
+        /* [1, 15043, ...]: a Python list */
+        printf("[");
+        for (int32_t i = 0; i < n; i++) printf(i ? ", %d" : "%d", t[i]);
+        printf("]\n");
     } else {
         char piece[256];
         for (int32_t i = 0; i < n; i++) {
@@ -35,6 +37,7 @@ int cmd_tokenize(int argc, char **argv) {
             printf("%6d -> '%.*s'\n", t[i], pl > 0 ? pl : 0, piece);
         }
     }
+    if (t && a.show_count) printf("Total number of tokens: %d\n", n);
     free(t);
     free(text);
     kvlm_model_free(m);

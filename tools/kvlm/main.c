@@ -10,18 +10,18 @@ static void usage(FILE *fp) {
     fprintf(fp,
             "usage: kvlm COMMAND [options]\n"
             "commands:\n"
-            "  run       -m MODEL -p PROMPT [-n N] [-t T] [-c CTX]   generate text (greedy unless --temp)\n"
-            "  chat      -m MODEL                                  interactive multi-turn chat\n"
-            "  eval      -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [--greedy N] [--dump-logits OUT]\n"
-            "            evaluate a prompt as one batch, then N greedy tokens one at a time\n"
-            "  tokenize  -m MODEL (-p TEXT | -f FILE) [--no-bos] [--no-parse-special] [--ids]\n"
-            "  inspect   -m MODEL                                  GGUF metadata and hyperparameters\n"
-            "  perplexity -m MODEL -f TEXT [-c CTX]                perplexity of a text\n"
-            "  bench     -m MODEL [-p 128] [-n 64] [-r 5] [--json] [--incremental]\n"
-            "  synth     OUT --arch A --dim D --layers L --heads H --ff F --vocab V --type T   random-weight model\n"
-            "  serve     -m MODEL [--host 127.0.0.1] [--port 8080] [--parallel N]   OpenAI-compatible HTTP server\n"
-            "  quantize  IN OUT TYPE [--embd-type T] [--output-type T]   quantize an F32/F16/BF16 GGUF\n"
-            "Every command takes -h for its options.\n");
+            "  run         -m MODEL -p PROMPT [-n N]      generate text (greedy unless --temp or a sampling flag)\n"
+            "  chat        -m MODEL [--system TEXT]       interactive multi-turn chat\n"
+            "  eval        -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [--greedy N] [--dump-logits OUT]\n"
+            "              evaluate a prompt as one batch, then N greedy tokens one at a time\n"
+            "  tokenize    -m MODEL (-p TEXT | -f FILE | --stdin) [--ids] [--show-count]\n"
+            "  inspect     -m MODEL                       GGUF metadata and hyperparameters\n"
+            "  perplexity  -m MODEL -f TEXT [-c CTX]      perplexity of a text\n"
+            "  bench       -m MODEL [-p 128] [-n 64] [-t T] [-o md|csv|json|jsonl]   llama-bench's tests\n"
+            "  synth       OUT --arch A --dim D --layers L --heads H --ff F --vocab V --type T   random-weight model\n"
+            "  serve       -m MODEL [--host 127.0.0.1] [--port 8080] [--parallel N]   OpenAI-compatible HTTP server\n"
+            "  quantize    IN OUT TYPE [options]          quantize a GGUF as llama-quantize does (Q4_K_M, Q8_0, 7, ...)\n"
+            "Every command takes -h for exactly its options and their defaults.\n");
 }
 
 int main(int argc, char **argv) {
