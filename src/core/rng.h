@@ -1,5 +1,5 @@
-/* splitmix64 (Steele, Lea, Flood 2014): the sampler seeds xoshiro256** with it, the
- * benchmarks draw their reproducible inputs from it. */
+/* splitmix64 (Steele, Lea, Flood 2014): the sampler seeds xoshiro256** with it; kvlm synth's
+ * random weights and the sampler benchmark's logits come from it. */
 #ifndef KV_CORE_RNG_H
 #define KV_CORE_RNG_H
 
