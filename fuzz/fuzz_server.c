@@ -57,7 +57,10 @@ static void check_job(const srv_job *j, bool chat) {
     for (int32_t i = 0; i < j->n_prompt; i++)
         FUZZ_CHECK(j->prompt[i] >= 0 && j->prompt[i] < g_e.n_vocab, "prompt[%d] = %d", (int)i, (int)j->prompt[i]);
     const int32_t room = N_CTX - j->n_prompt + 1;
-    FUZZ_CHECK(j->max_tokens >= 1 && j->max_tokens <= room, "max_tokens %d, room %d", (int)j->max_tokens, (int)room);
+    /* with echo, max_tokens 0 scores the prompt alone */
+    FUZZ_CHECK(j->max_tokens >= (j->echo ? 0 : 1) && j->max_tokens <= room, "max_tokens %d, room %d",
+               (int)j->max_tokens, (int)room);
+    FUZZ_CHECK(!j->echo || (!chat && j->echo_text && strlen(j->echo_text) == j->echo_len), "echo");
     FUZZ_CHECK(j->n >= 1 && j->n <= SRV_MAX_N && j->n <= PARALLEL, "n %d", j->n);
     const kvlm_sampling_params *s = &j->sampling;
     FUZZ_CHECK(in(s->temperature, 0, 100), "temperature %g", s->temperature);

@@ -55,7 +55,7 @@ void kvlm_model_free(kvlm_model *model);
 typedef struct kvlm_model_info {
     char arch[32];
     int32_t n_vocab;
-    int32_t n_ctx_train;
+    int32_t n_ctx_train;  /* the context the model was trained for (<arch>.context_length) */
     int32_t n_embd;
     int32_t n_layer;
     int32_t n_head;
@@ -68,6 +68,7 @@ typedef struct kvlm_model_info {
     bool tied_output;
     uint64_t n_params;
     uint64_t weight_bytes;
+    int32_t head_dim;     /* size of one attention head (<arch>.attention.key_length, else n_embd / n_head) */
 } kvlm_model_info;
 
 void kvlm_model_get_info(const kvlm_model *model, kvlm_model_info *info);

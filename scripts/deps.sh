@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
 # Usage: scripts/deps.sh [build|test|tsan|fuzz]   (--list MODE: print the packages, install nothing)
-#   test adds the test-only packages; tsan the ThreadSanitizer runtime (gcc);
+#   test adds the test-only packages (and nodejs / npm if there is no node / npm); tsan the ThreadSanitizer runtime (gcc);
 #   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev).
 # Without apt-get (another distribution, macOS) nothing is installed: each
 # package is looked for directly (its command, pkg-config module or Python
@@ -13,7 +13,11 @@ if [ "${1:-}" = --list ]; then list=1; shift; fi
 want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev"
 case "${1:-build}" in
   build) ;;
-  test) want="$want libcmocka-dev python3-pytest python3-requests" ;; # tests/server runs Debian's /usr/bin/python3
+  test) want="$want libcmocka-dev python3-pytest python3-requests" # tests/server runs Debian's /usr/bin/python3
+    # tests/server/test_openai_node.py: the official OpenAI client runs on Node.js, installed with npm
+    # (Debian's packages where the machine has no node / npm of its own)
+    command -v node >/dev/null 2>&1 || want="$want nodejs"
+    command -v npm >/dev/null 2>&1 || want="$want npm" ;;
   tsan) want="$want libcmocka-dev libtsan2" ;;
   fuzz) want="$want clang libclang-rt-14-dev" ;;
   *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz]" >&2; exit 2 ;;
@@ -38,6 +42,8 @@ probe() {
     libcmocka-dev) echo "pc:cmocka|libcmocka-devel|cmocka" ;;
     python3-pytest) echo "py:pytest|python3-pytest|(pip install pytest)" ;;
     python3-requests) echo "py:requests|python3-requests|(pip install requests)" ;;
+    nodejs) echo "cmd:node|nodejs|node" ;;
+    npm) echo "cmd:npm|npm|node" ;;
     libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
     clang) echo "cmd:clang|clang|llvm" ;;
     libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;

@@ -20,13 +20,27 @@
 #define NKV 2
 #define KVD (HD * NKV)
 
+/* Llama-3-style RoPE: base 500000 and per-pair frequency divisors, so that the
+ * re-rotation of shifted keys is checked with the factors too. */
+static const float k_freq_factors[HD / 2] = {1.0f, 1.0f, 1.0f, 2.5f, 7.0f, 32.0f, 32.0f, 32.0f};
+
+static kv_rope test_rope(void) {
+    kv_rope r = {.type = KV_ROPE_NORM, .n_rot = HD, .base = 500000.0f, .freq_scale = 1.0f, .attn_factor = 1.0f,
+                 .beta_fast = 32.0f, .beta_slow = 1.0f, .n_ctx_orig = 4096, .freq_factors = k_freq_factors};
+    kv_rope_init(&r);
+    return r;
+}
+
 /* A deterministic K/V row for (token, pos, layer); V does not depend on pos. */
 static void make_row(int32_t token, int32_t pos, int layer, float *k, float *v, bool rotate) {
     for (int i = 0; i < KVD; i++) {
         k[i] = sinf(0.37f * (float)token + 0.11f * (float)i + (float)layer);
         v[i] = cosf(0.23f * (float)token - 0.07f * (float)i + 0.5f * (float)layer);
     }
-    if (rotate) kv_rope(k, NKV, HD, HD, pos, 10000.0f, 1.0f, KV_ROPE_NORM);
+    if (rotate) {
+        const kv_rope r = test_rope();
+        kv_rope_apply(&r, k, NKV, HD, pos);
+    }
 }
 
 static kvlm_cache_params pool_params(int64_t initial, int64_t max) {
@@ -39,8 +53,8 @@ static kvlm_cache_params pool_params(int64_t initial, int64_t max) {
 
 static kv_seq_config seq_config(int32_t n_ctx) {
     kv_seq_config c = {.n_ctx = n_ctx, .n_layer = NL, .n_head_kv = NKV, .head_dim = HD, .type_k = KV_F32,
-                       .type_v = KV_F32, .overflow = KVLM_OVERFLOW_ERROR, .n_sink = 4, .rope_base = 10000.0f,
-                       .rope_scale = 1.0f, .rope_type = KV_ROPE_NORM, .n_rot = HD, .max_batch = 32};
+                       .type_v = KV_F32, .overflow = KVLM_OVERFLOW_ERROR, .n_sink = 4, .rope = test_rope(),
+                       .max_batch = 32};
     return c;
 }
 
@@ -78,6 +92,47 @@ static void check_rows(const kv_seq *s, float tol) {
             for (int i = 0; i < KVD; i++)
                 if (!(fabsf(kr[i] - k[i]) <= tol && fabsf(vr[i] - v[i]) <= tol))
                     fail_msg("slot %d layer %d elem %d: k %g vs %g, v %g vs %g", sl, l, i, kr[i], k[i], vr[i], v[i]);
+        }
+}
+
+/* RoPE: position 0 is the identity; with frequency factors, YaRN and a magnitude, a key rotated to p
+ * and then shifted by d equals the key rotated to p + d (the shift keeps the magnitude: it is applied
+ * once, when the key is made); each pair rotates by pos * base^(-2i/n_rot) / factor_i. */
+static void test_rope_math(void **state) {
+    (void)state;
+    kv_rope r = test_rope();
+    r.freq_scale = 0.25f;
+    r.ext_factor = 1.0f;
+    r.attn_factor = 1.0f;
+    r.n_ctx_orig = 64;
+    kv_rope_init(&r);
+    assert_true(r.corr_dims[0] >= 0.0f && r.corr_dims[1] <= (float)(HD - 1) && r.corr_dims[0] <= r.corr_dims[1]);
+    float x[KVD], y[KVD], z[KVD];
+    for (int i = 0; i < KVD; i++) x[i] = sinf(0.3f * (float)i + 0.1f);
+    memcpy(y, x, sizeof x);
+    kv_rope_apply(&r, y, NKV, HD, 0);
+    const float mscale = 1.0f + 0.1f * logf(4.0f); /* YaRN's magnitude for factor 4 */
+    for (int i = 0; i < KVD; i++) assert_float_equal(y[i], x[i] * mscale, 1e-6f);
+    for (int32_t p = 1; p < 200; p += 37) {
+        for (int32_t d = -p; d < 60; d += 29) {
+            memcpy(y, x, sizeof x);
+            kv_rope_apply(&r, y, NKV, HD, p);
+            kv_rope_shift(&r, y, NKV, HD, d);
+            memcpy(z, x, sizeof x);
+            kv_rope_apply(&r, z, NKV, HD, p + d);
+            for (int i = 0; i < KVD; i++) assert_float_equal(y[i], z[i], 2e-4f);
+        }
+    }
+    /* no scaling: pair i of head h turns by pos * 500000^(-2i/HD) / factor_i (NORM: adjacent dims) */
+    r = test_rope();
+    memcpy(y, x, sizeof x);
+    kv_rope_apply(&r, y, NKV, HD, 7);
+    for (int h = 0; h < NKV; h++)
+        for (int i = 0; i < HD / 2; i++) {
+            const double th = 7.0 * pow(500000.0, -2.0 * i / HD) / k_freq_factors[i];
+            const float *a = x + h * HD + 2 * i, *b = y + h * HD + 2 * i;
+            assert_float_equal(b[0], a[0] * cos(th) - a[1] * sin(th), 1e-5f);
+            assert_float_equal(b[1], a[0] * sin(th) + a[1] * cos(th), 1e-5f);
         }
 }
 
@@ -595,6 +650,7 @@ static void test_stats_json(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rope_math),
         cmocka_unit_test(test_paging_and_growth), cmocka_unit_test(test_growth_policies),
         cmocka_unit_test(test_100k_tokens),       cmocka_unit_test(test_overflow_error),
         cmocka_unit_test(test_overflow_shift),    cmocka_unit_test(test_overflow_sliding),

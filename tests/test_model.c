@@ -23,6 +23,14 @@ typedef struct breakage {
     uint64_t q_rows;          /* rows of attn_q */
     uint32_t wq_type;
     uint32_t block_count;     /* 0: 1 (the layers the file holds) */
+    const char *extra_tensor; /* an f32 tensor added to the file */
+    uint64_t extra_n;         /* its length (0: E) */
+    float extra_value;        /* its values (0: 1.0) */
+    const char *str_key, *str_val;  /* an extra string key */
+    const char *u32_key;            /* an extra u32 key */
+    uint32_t u32_val;
+    const char *f32_key;            /* an extra f32 key */
+    float f32_val;
 } breakage;
 
 #define E 32
@@ -30,7 +38,7 @@ typedef struct breakage {
 #define NV 8
 
 static breakage defaults(void) {
-    breakage b = {NULL, NULL, "llama", 4, 2, E, 0, 0};
+    breakage b = {NULL, NULL, "llama", 4, 2, E, 0, 0, NULL, 0, 0.0f, NULL, NULL, NULL, 0, NULL, 0.0f};
     return b;
 }
 
@@ -46,15 +54,16 @@ static void write_model(const breakage *br, char *path) {
         {"blk.0.attn_output.weight", E, E, 0}, {"blk.0.ffn_norm.weight", E, 1, 0},
         {"blk.0.ffn_gate.weight", E, FF, 0},  {"blk.0.ffn_up.weight", E, FF, 0},
         {"blk.0.ffn_down.weight", FF, E, 0},
+        {br->extra_tensor ? br->extra_tensor : "", br->extra_n ? br->extra_n : E, 1, 0},
     };
-    const int n_t = (int)(sizeof ts / sizeof ts[0]);
+    const int n_t = (int)(sizeof ts / sizeof ts[0]) - (br->extra_tensor ? 0 : 1);
     int n_tensors = 0;
     for (int i = 0; i < n_t; i++) n_tensors += !(br->skip_tensor && strcmp(br->skip_tensor, ts[i].name) == 0);
     const char *keys[] = {"llama.context_length", "llama.embedding_length", "llama.block_count",
                           "llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv",
                           "llama.attention.layer_norm_rms_epsilon"};
     const uint32_t vals[] = {64, E, br->block_count ? br->block_count : 1, FF, br->n_head, br->n_head_kv, 0};
-    int n_kv = 5; /* arch, tokenizer model, tokens, scores, types */
+    int n_kv = 5 + !!br->str_key + !!br->u32_key + !!br->f32_key; /* arch, tokenizer model, tokens, scores, types */
     for (size_t i = 0; i < 7; i++) n_kv += !(br->skip_key && strcmp(br->skip_key, keys[i]) == 0);
     gb_header(&b, 3, (uint64_t)n_tensors, (uint64_t)n_kv);
     gb_kv_str(&b, "general.architecture", br->arch);
@@ -65,6 +74,9 @@ static void write_model(const breakage *br, char *path) {
         if (i == 6) gb_kv_f32(&b, k, 1e-5f);
         else gb_kv_u32(&b, k, vals[i]);
     }
+    if (br->str_key) gb_kv_str(&b, br->str_key, br->str_val);
+    if (br->u32_key) gb_kv_u32(&b, br->u32_key, br->u32_val);
+    if (br->f32_key) gb_kv_f32(&b, br->f32_key, br->f32_val);
     gb_kv_str(&b, "tokenizer.ggml.model", "llama");
     const char *toks[NV] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", ("\xe2\x96\x81" "a"), "ab"};
     gb_key(&b, "tokenizer.ggml.tokens", 9); gb_u32(&b, 8); gb_u64(&b, NV);
@@ -91,7 +103,10 @@ static void write_model(const breakage *br, char *path) {
         if (ts[i].type != 0) continue;
         float *w = (float *)(b.p + data0 + offs[i]);
         for (uint64_t j = 0; j < ts[i].ne0 * ts[i].ne1; j++)
-            w[j] = ts[i].ne1 == 1 ? 1.0f : 0.05f * (float)((int)((j * 7 + (uint64_t)i * 13) % 17) - 8);
+            w[j] = ts[i].ne1 == 1 ? (br->extra_tensor && strcmp(ts[i].name, br->extra_tensor) == 0 && br->extra_value != 0.0f
+                                          ? br->extra_value
+                                          : 1.0f)
+                                  : 0.05f * (float)((int)((j * 7 + (uint64_t)i * 13) % 17) - 8);
     }
     strcpy(path, "/tmp/kvlm-test-model-XXXXXX");
     int fd = mkstemp(path);
@@ -190,6 +205,73 @@ static void test_missing_and_inconsistent(void **state) {
     expect_load(&br, KVLM_OK, "");
 }
 
+/* No silent misreads: whatever the loader would not honour is refused, naming it. */
+static void test_refused_not_ignored(void **state) {
+    (void)state;
+    breakage br = defaults();
+    /* a tensor the architecture does not read */
+    br.extra_tensor = "blk.0.attn_output.bias";
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "tensor 'blk.0.attn_output.bias' is not part of the llama architecture");
+    br = defaults();
+    br.extra_tensor = "blk.0.attn_sub_norm.weight"; /* a bitnet tensor in a llama file */
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "'blk.0.attn_sub_norm.weight' is not part of the llama architecture");
+    br = defaults();
+    br.extra_tensor = "rope_freqs.weight"; /* llama reads it: n_rot / 2 = 4 positive factors */
+    br.extra_n = E / 4 / 2;
+    expect_load(&br, KVLM_OK, "");
+    br.extra_n = E / 4;
+    expect_load(&br, KVLM_ERR_FORMAT, "tensor 'rope_freqs.weight' has shape [8, 1], expected [4, 1]");
+    br.extra_n = E / 4 / 2;
+    br.extra_value = -2.0f;
+    expect_load(&br, KVLM_ERR_FORMAT, "'rope_freqs.weight': factor 0 is -2");
+    /* architectures and RoPE scaling types kvlm does not know */
+    br = defaults();
+    br.arch = "gemma3";
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "unsupported architecture 'gemma3'");
+    br = defaults();
+    br.str_key = "llama.rope.scaling.type";
+    br.str_val = "dynamic-ntk";
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "unknown rope scaling type 'dynamic-ntk'");
+    br.str_val = "longrope";
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "rope scaling type 'longrope' is not supported");
+    br.str_val = "yarn";
+    expect_load(&br, KVLM_OK, "");
+    /* values out of range */
+    br = defaults();
+    br.f32_key = "llama.rope.scaling.factor";
+    br.f32_val = -4.0f;
+    expect_load(&br, KVLM_ERR_FORMAT, "llama.rope.scaling.factor' = -4 is out of range");
+    br.f32_key = "llama.rope.freq_base";
+    br.f32_val = 0.5f;
+    expect_load(&br, KVLM_ERR_FORMAT, "rope.freq_base 0.5 must be greater than 1");
+    br.f32_val = 1.0f / 0.0f;
+    expect_load(&br, KVLM_ERR_FORMAT, "'llama.rope.freq_base' is not finite");
+    br = defaults();
+    br.skip_key = "llama.attention.layer_norm_rms_epsilon";
+    br.f32_key = "llama.attention.layer_norm_rms_epsilon";
+    br.f32_val = 2.0f;
+    expect_load(&br, KVLM_ERR_FORMAT, "layer_norm_rms_epsilon' = 2 is out of range");
+    br = defaults();
+    br.u32_key = "llama.rope.scaling.original_context_length";
+    br.u32_val = 0;
+    expect_load(&br, KVLM_ERR_FORMAT, "original_context_length must be positive");
+    /* mixture of experts */
+    br = defaults();
+    br.u32_key = "llama.expert_count";
+    br.u32_val = 8;
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "llama.expert_count is 8: mixture-of-experts models are not supported");
+    br.u32_val = 0;
+    expect_load(&br, KVLM_OK, "");
+    /* head sizes */
+    br = defaults();
+    br.u32_key = "llama.attention.value_length";
+    br.u32_val = 16;
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "key_length 8 differs from value_length 16");
+    br.u32_key = "llama.attention.key_length";
+    br.u32_val = 16; /* value_length defaults to n_embd / n_head = 8, as in llama.cpp */
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "key_length 16 differs from value_length 8");
+}
+
 /* A vocabulary-only GGUF loads with vocab_only and tokenizes, but has no sessions. */
 static void test_vocab_only(void **state) {
     (void)state;
@@ -216,6 +298,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_tiny_model),
         cmocka_unit_test(test_missing_and_inconsistent),
+        cmocka_unit_test(test_refused_not_ignored),
         cmocka_unit_test(test_vocab_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

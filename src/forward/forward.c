@@ -1,14 +1,13 @@
 #include "forward.h"
 
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rope.h"
-#include "quant/fp16.h"
 #include "quant/quant.h"
 #include "quant/quant_i2s_float.h"
 #include "quant/quant_types.h"
@@ -19,13 +18,9 @@ struct kv_forward {
     kv_tpool *pool;
     int32_t ubatch;
     int nth;
-    bool prefetch;
+    kv_attention *attn;
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2;
     uint8_t *actq;     /* activations converted to a weight's vec_dot_type */
-    float *scores;     /* per thread: scores_cap */
-    int64_t scores_cap;
-    float *rowtmp;     /* per thread: kv_dim (dequantized K or V rows) */
-    kv_f16 *q16;       /* per thread: one head of q in f16 */
     int32_t *slots;    /* the slot of each token of the current pass */
     kv_seq **seqs;     /* the sequence of each token (one, or several when batching sessions) */
     int32_t *n_read;   /* ring sequences: slots attention may read, per token */
@@ -36,7 +31,8 @@ static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63)
 void kv_forward_free(kv_forward *f) {
     if (!f) return;
     free(f->x); free(f->xb); free(f->q); free(f->k); free(f->v); free(f->att);
-    free(f->hb); free(f->hb2); free(f->actq); free(f->scores); free(f->rowtmp); free(f->q16); free(f->slots); free(f->seqs); free(f->n_read);
+    free(f->hb); free(f->hb2); free(f->actq); free(f->slots); free(f->seqs); free(f->n_read);
+    kv_attention_free(f->attn);
     free(f);
 }
 
@@ -50,7 +46,6 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int
     f->seq = seq;
     f->pool = pool;
     f->ubatch = ubatch;
-    f->prefetch = prefetch;
     f->nth = kv_tpool_size(pool);
     const size_t B = (size_t)ubatch, E = (size_t)hp->n_embd, Q = (size_t)hp->n_head * (size_t)hp->head_dim;
     const size_t KV = (size_t)hp->n_head_kv * (size_t)hp->head_dim, F = (size_t)hp->n_ff;
@@ -65,17 +60,18 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int
     f->hb = xalloc(B * F * 4);
     f->hb2 = xalloc(B * F * 4);
     f->actq = xalloc(B * maxd * 4 + 64);
-    f->scores_cap = 4096;
-    f->scores = xalloc((size_t)f->nth * (size_t)f->scores_cap * 4);
-    f->rowtmp = xalloc((size_t)f->nth * KV * 4);
-    f->q16 = xalloc((size_t)f->nth * (size_t)hp->head_dim * 2);
     f->slots = xalloc(B * 4);
     f->seqs = calloc(B, sizeof *f->seqs);
     f->n_read = xalloc(B * 4);
-    if (!f->seqs || !f->n_read || !f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 || !f->actq || !f->scores ||
-        !f->rowtmp || !f->q16 || !f->slots) {
+    if (!f->seqs || !f->n_read || !f->x || !f->xb || !f->q || !f->k || !f->v || !f->att || !f->hb || !f->hb2 || !f->actq ||
+        !f->slots) {
         kv_forward_free(f);
         return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for activations");
+    }
+    kvlm_status st = kv_attention_new(f->nth, hp->n_head, hp->n_head_kv, hp->head_dim, prefetch, &f->attn, err);
+    if (st) {
+        kv_forward_free(f);
+        return st;
     }
     *out = f;
     return KVLM_OK;
@@ -298,172 +294,7 @@ static uint32_t stage_run(kv_forward *f, stage *s) {
     return s->in && s->conv != KV_F32 ? s->conv : UINT32_MAX;
 }
 
-/* ------------------------------------------------------------ attention */
-
-typedef struct att_job {
-    kv_forward *f;
-    int layer;
-    int32_t T;
-    atomic_long next; /* the next (token, head) item to take: threads take items until none is left */
-} att_job;
-
-/* One head of a cached K or V row as floats (quantized types). */
-static const float *head_floats(const uint8_t *row, uint32_t type, int h, int hd, int kv_dim, float *tmp) {
-    const kv_quant_traits *tr = kv_quant_get(type);
-    const kv_dtype_info *di = kv_dtype_get(type);
-    const int bs = di->block_size;
-    if (hd % bs == 0) {
-        tr->to_float(row + (uint64_t)(h * hd / bs) * (uint64_t)di->type_size, tmp, hd);
-        return tmp;
-    }
-    tr->to_float(row, tmp, kv_dim); /* heads straddle blocks: the whole row */
-    return tmp + (int64_t)h * hd;
-}
-
-static void prefetch_page(const kv_seq *s, int layer, int32_t slot, int kvh, int hd) {
-    if (slot >= s->n_pages * s->P) return;
-    for (int32_t t = 0; t < s->P; t++) {
-        kv_row r = kv_seq_row(s, layer, slot + t);
-        uint64_t ko = (uint64_t)kvh * (r.layout->k_row / (uint64_t)s->n_head_kv);
-        uint64_t vo = (uint64_t)kvh * (r.layout->v_row / (uint64_t)s->n_head_kv);
-        __builtin_prefetch(r.k + ko, 0, 1);
-        __builtin_prefetch(r.v + vo, 0, 1);
-        (void)hd;
-    }
-}
-
-static void att_worker(void *ctx, int ith, int nth) {
-    att_job *j = ctx;
-    kv_forward *f = j->f;
-    const kv_hparams *hp = &f->m->hp;
-    const int hd = hp->head_dim, gqa = hp->n_head / hp->n_head_kv, kv_dim = hp->n_head_kv * hd;
-    const int64_t Q = (int64_t)hp->n_head * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-    float *sc = f->scores + (int64_t)ith * f->scores_cap;
-    float *tmp = f->rowtmp + (int64_t)ith * kv_dim;
-    kv_f16 *q16 = f->q16 + (int64_t)ith * hd;
-    const kv_quant_traits *tf16 = kv_quant_get(KV_F16), *tf32 = kv_quant_get(KV_F32);
-    const kv_vec_mad_fn mad32 = kv_quant_get_mad(KV_F32);
-    const kv_vec_mad_rows_fn madr16 = kv_quant_get_mad_rows(KV_F16), madr32 = kv_quant_get_mad_rows(KV_F32);
-    const kv_softmax_fn softmax = kv_quant_get_softmax();
-    const kv_quant_gemm *g16 = kv_quant_get_gemm(KV_F16), *g32 = kv_quant_get_gemm(KV_F32);
-    const kv_gemm_fn gemm16 = g16 ? g16->gemm : NULL, gemm32 = g32 ? g32->gemm : NULL;
-
-    (void)nth;
-    /* items are taken one at a time: causal prefill makes later tokens
-       dearer, and a thread of a shared machine may be slowed at any time */
-    const int64_t n_items = (int64_t)j->T * hp->n_head;
-    for (int64_t it; (it = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < n_items;) {
-        const int32_t t = (int32_t)(it / hp->n_head);
-        const int h = (int)(it % hp->n_head), kvh = h / gqa;
-        const kv_seq *s = f->seqs[t];
-        const bool ring = s->overflow == KVLM_OVERFLOW_RING;
-        const int32_t p = s->pos[f->slots[t]];
-        /* non-ring slots hold positions 0..n in order: read those up to p */
-        const int32_t n_read = ring ? f->n_read[t] : p + 1;
-        const float *qh = f->q + (int64_t)t * Q + (int64_t)h * hd;
-        tf16->from_float(qh, q16, hd);
-
-        float mx = -INFINITY;
-        if (!ring) {
-            /* page by page: one gemm call scores a page's keys (each score is still one vec_dot's bits) */
-            for (int32_t start = 0; start < n_read; start += s->P) {
-                const int32_t cnt = n_read - start < s->P ? n_read - start : s->P;
-                if (f->prefetch) prefetch_page(s, j->layer, start + s->P, kvh, hd);
-                const kv_page *pg = s->pages[start / s->P];
-                const kv_layout *l = pg->layout;
-                const uint8_t *kb = pg->data + (uint64_t)j->layer * l->layer_bytes;
-                if (l->type_k == KV_F16 && gemm16) {
-                    gemm16(hd, kb + (uint64_t)kvh * hd * 2, l->k_row, cnt, q16, 0, 1, sc + start, cnt);
-                } else if (l->type_k == KV_F32 && gemm32) {
-                    gemm32(hd, kb + (uint64_t)kvh * hd * 4, l->k_row, cnt, qh, 0, 1, sc + start, cnt);
-                } else {
-                    for (int32_t o = 0; o < cnt; o++) {
-                        const uint8_t *kr = kb + (uint64_t)o * l->k_row;
-                        if (l->type_k == KV_F16) tf16->vec_dot(hd, &sc[start + o], kr + (uint64_t)kvh * hd * 2, q16);
-                        else if (l->type_k == KV_F32) tf32->vec_dot(hd, &sc[start + o], kr + (uint64_t)kvh * hd * 4, qh);
-                        else tf32->vec_dot(hd, &sc[start + o], head_floats(kr, l->type_k, kvh, hd, kv_dim, tmp), qh);
-                    }
-                }
-                for (int32_t o = start; o < start + cnt; o++) {
-                    sc[o] *= scale;
-                    mx = sc[o] > mx ? sc[o] : mx;
-                }
-            }
-        } else {
-            for (int32_t sl = 0; sl < n_read; sl++) {
-                if (s->pos[sl] > p || s->pos[sl] <= p - s->window) {
-                    sc[sl] = -INFINITY;
-                    continue;
-                }
-                const kv_row r = kv_seq_row(s, j->layer, sl);
-                const uint32_t tk = r.layout->type_k;
-                float d;
-                if (tk == KV_F16) {
-                    tf16->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 2, q16);
-                } else if (tk == KV_F32) {
-                    tf32->vec_dot(hd, &d, r.k + (uint64_t)kvh * hd * 4, qh);
-                } else {
-                    tf32->vec_dot(hd, &d, head_floats(r.k, tk, kvh, hd, kv_dim, tmp), qh);
-                }
-                d *= scale;
-                sc[sl] = d;
-                mx = d > mx ? d : mx;
-            }
-        }
-        const double sum = softmax(n_read, sc, mx); /* exp(-inf) = 0 for masked slots */
-        const float inv = (float)(1.0 / sum);
-
-        float *out = f->att + (int64_t)t * Q + (int64_t)h * hd;
-        for (int d = 0; d < hd; d++) out[d] = 0.0f;
-        /* slots in order, one fma per element and slot; F32/F16 values a
-           page at a time (same bits as slot by slot), slots of weight 0 skipped */
-        float wbuf[KV_PAGE_TOKENS_MAX];
-        kv_f16 wh16[KV_PAGE_TOKENS_MAX];
-        const void *rows[KV_PAGE_TOKENS_MAX];
-        for (int32_t start = 0; start < n_read; start += s->P) {
-            const int32_t cnt = n_read - start < s->P ? n_read - start : s->P;
-            const kv_page *pg = s->pages[start / s->P];
-            const kv_layout *l = pg->layout;
-            const uint8_t *vb = pg->data + (uint64_t)j->layer * l->layer_bytes + (uint64_t)s->P * l->k_row;
-            const uint32_t tv = l->type_v;
-            const kv_vec_mad_rows_fn mr = tv == KV_F16 ? madr16 : tv == KV_F32 ? madr32 : NULL;
-            int nr = 0;
-            float *pw = sc + start;
-            for (int32_t o = 0; o < cnt; o++) pw[o] *= inv;
-            if (tv == KV_F16) { /* the weights meet V in f16, as llama.cpp's kq x v does (0 stays 0) */
-                tf16->from_float(pw, wh16, cnt);
-                tf16->to_float(wh16, pw, cnt);
-            }
-            for (int32_t o = 0; o < cnt; o++) {
-                if (pw[o] == 0.0f) continue;
-                const float w = pw[o];
-                const uint8_t *vr = vb + (uint64_t)o * l->v_row;
-                if (mr) { /* F32/F16 rows: collected, summed in one call below */
-                    wbuf[nr] = w;
-                    rows[nr++] = vr + (uint64_t)kvh * hd * (tv == KV_F16 ? 2 : 4);
-                } else { /* quantized V: dequantized head, one row at a time */
-                    mad32(hd, w, head_floats(vr, tv, kvh, hd, kv_dim, tmp), out);
-                }
-            }
-            if (nr) mr(hd, nr, wbuf, rows, out);
-        }
-    }
-}
-
 /* ------------------------------------------------------------ the graph */
-
-static bool ensure_scores(kv_forward *f, int64_t n) {
-    if (n <= f->scores_cap) return true;
-    int64_t cap = f->scores_cap;
-    while (cap < n) cap *= 2;
-    float *sc = xalloc((size_t)f->nth * (size_t)cap * 4);
-    if (!sc) return false;
-    free(f->scores);
-    f->scores = sc;
-    f->scores_cap = cap;
-    return true;
-}
 
 /* One pass of T <= ubatch tokens whose slots (f->slots, f->seqs, f->n_read) are reserved. */
 static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *logits, bool all_logits) {
@@ -491,16 +322,16 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             if (L->bk.data) for (int64_t i = 0; i < KV; i++) f->k[t * KV + i] += L->bk.data[i];
             if (L->bv.data) for (int64_t i = 0; i < KV; i++) f->v[t * KV + i] += L->bv.data[i];
             kv_seq *s = f->seqs[t];
-            const int32_t pos = s->pos[f->slots[t]];
-            kv_rope(f->q + t * Q, hp->n_head, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base, hp->rope_freq_scale,
-                    hp->rope_type);
-            kv_rope(f->k + t * KV, hp->n_head_kv, hp->head_dim, hp->n_rot, pos, hp->rope_freq_base,
-                    hp->rope_freq_scale, hp->rope_type);
+            const int32_t pos = kv_seq_pos(s, f->slots[t]);
+            const kv_rope *rope = kv_seq_rope(s);
+            kv_rope_apply(rope, f->q + t * Q, hp->n_head, hp->head_dim, pos);
+            kv_rope_apply(rope, f->k + t * KV, hp->n_head_kv, hp->head_dim, pos);
             /* quantize-on-write: the cache holds the only copy attention reads */
             kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }
-        att_job aj = {f, l, T, 0};
-        kv_tpool_run(f->pool, att_worker, &aj);
+        const kv_att_batch ab = {.layer = l, .T = T, .q = f->q, .out = f->att, .seqs = f->seqs, .slots = f->slots,
+                                 .n_read = f->n_read};
+        kv_attention_run(f->attn, f->pool, &ab);
         /* (bitnet: att = sub_norm(att)), converted for wo */
         stage sb = {.T = T, .in = f->att, .out = f->att, .nw = L->attn_sub_norm.data, .n = Q, .conv = act_type(f, &L->wo)};
         pre = stage_run(f, &sb);
@@ -537,30 +368,29 @@ kvlm_status kv_forward_eval(kv_forward *f, const int32_t *tokens, int32_t n, flo
                             int32_t *n_done, kvlm_error *err) {
     *n_done = 0;
     const int64_t V = f->m->hp.n_vocab;
-    kv_seq *s = f->seq;
+    kv_seq *sq = f->seq;
     int32_t step = f->ubatch;
     /* a ring pass must not overwrite slots its own queries still read */
-    if (s->overflow == KVLM_OVERFLOW_RING && step > s->n_ctx - s->window) step = s->n_ctx - s->window;
+    const int32_t cap = kv_seq_pass_cap(sq);
+    if (step > cap) step = cap;
     for (int32_t i = 0; i < n; i += step) {
         const int32_t T = n - i < step ? n - i : step;
         const bool last = i + T == n;
         float *out = NULL;
         if (logits && all_logits) out = logits + (int64_t)i * V;
         else if (logits && last) out = logits;
-        kvlm_status st = kv_seq_prepare(s, T, err);
+        kvlm_status st = kv_seq_prepare(sq, T, err);
         if (st) return st;
-        if ((st = kv_seq_reserve(s, tokens + i, T, err))) return st;
-        int32_t n_slots = s->overflow == KVLM_OVERFLOW_RING
-                              ? (s->next_pos + T < s->n_ctx ? s->next_pos + T : s->n_ctx)
-                              : s->n + T;
+        if ((st = kv_seq_reserve(sq, tokens + i, T, err))) return st;
+        const int32_t n_slots = kv_seq_span(sq, T);
         for (int32_t t = 0; t < T; t++) {
-            f->slots[t] = kv_seq_slot(s, t);
-            f->seqs[t] = s;
+            f->slots[t] = kv_seq_slot(sq, t);
+            f->seqs[t] = sq;
             f->n_read[t] = n_slots;
         }
-        if (!ensure_scores(f, n_slots)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
+        if (!kv_attention_reserve(f->attn, n_slots)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
         eval_pass(f, tokens + i, T, out, all_logits);
-        kv_seq_commit(s, T);
+        kv_seq_commit(sq, T);
         *n_done += T;
     }
     return KVLM_OK;
@@ -572,17 +402,16 @@ kvlm_status kv_forward_eval_multi(kv_forward *f, kv_seq *const *seqs, const int3
                                       f->ubatch);
     int64_t most = 0;
     for (int32_t i = 0; i < n; i++) {
-        kv_seq *s = seqs[i];
-        kvlm_status st = kv_seq_prepare(s, 1, err);
-        if (!st) st = kv_seq_reserve(s, tokens + i, 1, err);
+        kv_seq *sq = seqs[i];
+        kvlm_status st = kv_seq_prepare(sq, 1, err);
+        if (!st) st = kv_seq_reserve(sq, tokens + i, 1, err);
         if (st) return st; /* earlier sequences reserved a slot but did not commit it: harmless */
-        f->slots[i] = kv_seq_slot(s, 0);
-        f->seqs[i] = s;
-        f->n_read[i] = s->overflow == KVLM_OVERFLOW_RING ? (s->next_pos + 1 < s->n_ctx ? s->next_pos + 1 : s->n_ctx)
-                                                         : s->n + 1;
+        f->slots[i] = kv_seq_slot(sq, 0);
+        f->seqs[i] = sq;
+        f->n_read[i] = kv_seq_span(sq, 1);
         if (f->n_read[i] > most) most = f->n_read[i];
     }
-    if (!ensure_scores(f, most)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
+    if (!kv_attention_reserve(f->attn, most)) return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for scores");
     eval_pass(f, tokens, n, logits, true);
     for (int32_t i = 0; i < n; i++) kv_seq_commit(seqs[i], 1);
     return KVLM_OK;

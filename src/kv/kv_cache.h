@@ -7,16 +7,24 @@
  * so growing the pool copies nothing. Full pages are content-addressed by a
  * hash chain over their tokens (key_j = H(key_{j-1}, tokens of page j)) so
  * sequences with a common prefix share them read-only, with reference
- * counts; unreferenced pages stay cached and are evicted LRU. */
+ * counts; unreferenced pages stay cached and are evicted LRU.
+ *
+ * This module owns its state. Outside src/kv/, nothing computes a page
+ * offset or reads a field of the pool (private to kv_pool.c) or of a
+ * sequence: the page layout is written once below (kv_layout_k_off and the
+ * row accessors built on it), the K/V codec lives on the layout, and the
+ * session layer asks for what it needs (kv_seq_sync for the n_past contract,
+ * kv_seq_export / kv_seq_import for session files, small accessors for the
+ * forward pass and attention). */
 #ifndef KV_KV_CACHE_H
 #define KV_KV_CACHE_H
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/rope.h"
 #include "kvlm.h"
+#include "quant/quant.h"
 
 /* page sizes the pool accepts (tokens per page); attention sizes per-page buffers by the maximum */
 #define KV_PAGE_TOKENS_MIN 16
@@ -30,6 +38,7 @@ typedef struct kv_layout kv_layout;
 struct kv_page {
     uint8_t *data;
     const kv_layout *layout;
+    /* the pool's own (under its lock) */
     int32_t refs;          /* sequences holding it (pool mutex) */
     bool indexed;          /* in the prefix index */
     uint64_t key, parent_key;
@@ -39,41 +48,84 @@ struct kv_page {
     kv_page *free_next;
 };
 
-/* Byte geometry of a page for one (type_k, type_v) pair. */
+/* How rows of one storage type are written and read, looked up once when a
+ * layout is registered (not per row). encode/decode are NULL for a type the
+ * quant module cannot convert (kv_seq_init refuses such a layout). */
+typedef struct kv_codec {
+    kv_from_float_fn encode; /* quantize-on-write: f32 -> the type */
+    kv_to_float_fn decode;   /* dequantize (attention, re-rotation, conversion) */
+    int32_t block;           /* values per block */
+    uint32_t block_bytes;
+} kv_codec;
+
+/* Byte geometry of a page for one (type_k, type_v) pair, and its codecs. */
 struct kv_layout {
     uint32_t type_k, type_v;
-    uint64_t k_row, v_row;   /* bytes of one token's K / V row */
+    uint64_t k_row, v_row;   /* bytes of one token's K / V row (the row strides in a page) */
+    uint64_t v_offset;       /* P * k_row: where a layer's V rows start after its K rows */
     uint64_t layer_bytes;    /* P * (k_row + v_row) */
     uint64_t page_bytes;
+    kv_codec k, v;
     int index;               /* class number in the pool */
 };
 
-#define KV_MAX_CLASSES 8
+/* The page layout, written once: layer l of a page is P K rows, then P V
+ * rows; these give the byte offset of slot i's K / V row of layer l. */
+static inline uint64_t kv_layout_k_off(const kv_layout *l, int layer, int32_t i) {
+    return (uint64_t)layer * l->layer_bytes + (uint64_t)i * l->k_row;
+}
+static inline uint64_t kv_layout_v_off(const kv_layout *l, int layer, int32_t i) {
+    return (uint64_t)layer * l->layer_bytes + l->v_offset + (uint64_t)i * l->v_row;
+}
+/* Row i (slot i of the page) of layer l, and a layer's first K / V row. */
+static inline uint8_t *kv_page_k_row(const kv_page *pg, int layer, int32_t i) {
+    return pg->data + kv_layout_k_off(pg->layout, layer, i);
+}
+static inline uint8_t *kv_page_v_row(const kv_page *pg, int layer, int32_t i) {
+    return pg->data + kv_layout_v_off(pg->layout, layer, i);
+}
+static inline uint8_t *kv_page_k(const kv_page *pg, int layer) { return kv_page_k_row(pg, layer, 0); }
+static inline uint8_t *kv_page_v(const kv_page *pg, int layer) { return kv_page_v_row(pg, layer, 0); }
+/* The rows of one layer of one page, for reading a run of slots: slot i's K
+ * row at k + i * k_stride, its V row at v + i * v_stride. */
+typedef struct kv_rows {
+    const uint8_t *k, *v;
+    uint64_t k_stride, v_stride;
+    const kv_layout *layout; /* types and codecs */
+} kv_rows;
+static inline kv_rows kv_page_rows(const kv_page *pg, int layer) {
+    kv_rows r = {kv_page_k(pg, layer), kv_page_v(pg, layer), pg->layout->k_row, pg->layout->v_row, pg->layout};
+    return r;
+}
+static inline const uint8_t *kv_rows_k(const kv_rows *r, int32_t i) { return r->k + (uint64_t)i * r->k_stride; }
+static inline const uint8_t *kv_rows_v(const kv_rows *r, int32_t i) { return r->v + (uint64_t)i * r->v_stride; }
+/* Head h (hd values) of a stored K or V row as floats: the head's own blocks
+ * when heads are whole blocks, else the whole row (kv_dim values) decoded
+ * into tmp (kv_dim floats) and a pointer into it. */
+static inline const float *kv_codec_head(const kv_codec *c, const uint8_t *row, int h, int hd, int kv_dim,
+                                         float *tmp) {
+    if (hd % c->block == 0) {
+        c->decode(row + (uint64_t)(h * hd / c->block) * (uint64_t)c->block_bytes, tmp, hd);
+        return tmp;
+    }
+    c->decode(row, tmp, kv_dim); /* heads straddle blocks: the whole row */
+    return tmp + (int64_t)h * hd;
+}
 
-struct kv_page_pool {
-    pthread_mutex_t mu;
-    int32_t P, n_layer, kv_dim;
-    kvlm_cache_params params;
-    kv_layout classes[KV_MAX_CLASSES];
-    kv_page *free_list[KV_MAX_CLASSES];
-    int n_classes;
-    int64_t pages_allocated, pages_free, capacity_pages, max_pages;
-    /* prefix index */
-    kv_page **buckets;
-    uint64_t n_buckets, n_indexed;
-    kv_page *lru_head, *lru_tail; /* head = least recently used */
-    int64_t lru_pages, lru_bytes;
-    /* statistics */
-    atomic_llong st_bytes, st_evictions, st_growth_events, st_compressions, st_bytes_saved, st_shifts;
-    atomic_llong st_hits, st_misses, st_recomputed, st_tokens;
-    atomic_llong st_bytes_by_type[4];
-    double growth_ms_total, growth_ms_max; /* under mu */
-    /* pages the owner needs (0: no target). With a target, growth never goes past it while a cached page
-       can be evicted instead, and pages past it are freed when released (a session with a fixed context
-       owning its pool holds no more than its context and policy need). */
-    int64_t target_pages;
-};
+/* Counters the sequences keep in their pool (kvlm_kv_stats). */
+typedef enum kv_pool_stat {
+    KV_STAT_TOKENS,       /* slots held by the pool's sequences */
+    KV_STAT_HITS,         /* tokens reused */
+    KV_STAT_MISSES,       /* tokens computed */
+    KV_STAT_RECOMPUTED,   /* tokens dropped because a request's history differed */
+    KV_STAT_SHIFTS,
+    KV_STAT_COMPRESSIONS,
+    KV_STAT_BYTES_SAVED,
+    KV_STAT_COUNT
+} kv_pool_stat;
 
+/* The pool itself is private to kv_pool.c; everything goes through these. It is internally locked:
+   sequences of several sessions may use one pool from several threads. */
 kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_params *params, kv_page_pool **out,
                            kvlm_error *err);
 void kv_pool_destroy(kv_page_pool *p);
@@ -92,19 +144,30 @@ kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, cons
                         uint32_t type_k, uint32_t type_v);
 /* Puts a full page in the index (no-op if an entry with the key exists). */
 void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens);
-/* Takes a page out of the index (its contents are about to change). */
-void kv_pool_unindex(kv_page_pool *p, kv_page *pg);
 uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n);
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
-/* Sets the target (see target_pages) and frees what is held past it. */
+/* Sets the pages the owner needs (0: none), and frees what is held past them. With a target, growth
+   never goes past it while a cached page can be evicted instead, and pages past it are freed when
+   released (a session with a fixed context owning its pool holds no more than its context and
+   policy need). */
 void kv_pool_set_target(kv_page_pool *p, int64_t pages);
 /* Whether pg is held by its caller alone and may be written in place; an indexed page is taken out of the
    index first when unindex is true, else refused. */
 bool kv_pool_claim(kv_page_pool *p, kv_page *pg, bool unindex);
 int kv_type_slot(uint32_t type); /* index into bytes_by_type, -1 if none */
+/* Tokens per page. */
+int32_t kv_pool_page_tokens(const kv_page_pool *p);
+/* The parameters the pool was made with (fixed for its life). */
+const kvlm_cache_params *kv_pool_params(const kv_page_pool *p);
+/* Whether the pool has a target (kv_pool_set_target). */
+bool kv_pool_has_target(kv_page_pool *p);
+/* Adds delta to one of the pool's counters. */
+void kv_pool_count(kv_page_pool *p, kv_pool_stat which, int64_t delta);
 
 /* ------------------------------------------------------------ sequences */
 
+/* A sequence's page table. Declared here so that a session can hold one by value and the module's
+   own tests can look inside; everything else goes through the functions that follow. */
 typedef struct kv_seq {
     kv_page_pool *pool;
     const kv_layout *layout; /* of newly written pages */
@@ -114,8 +177,7 @@ typedef struct kv_seq {
     int32_t n_keep, n_sink, window;
     int32_t compress_after;
     const kv_layout *compress_layout;
-    float rope_base, rope_scale;
-    int rope_type, n_rot;
+    kv_rope rope;            /* for re-rotating keys (shift, sliding) */
     kv_page **pages;
     int32_t n_pages, cap_pages;
     int32_t n;               /* slots in use */
@@ -141,8 +203,7 @@ typedef struct kv_seq_config {
     kvlm_overflow overflow;
     int32_t n_keep, n_sink, window, compress_after;
     uint32_t compress_type;
-    float rope_base, rope_scale;
-    int rope_type, n_rot;
+    kv_rope rope;
     int32_t max_batch; /* most tokens written in one pass (ring sizing) */
 } kv_seq_config;
 
@@ -178,6 +239,11 @@ kvlm_status kv_seq_prepare(kv_seq *s, int32_t n_new, kvlm_error *err);
 kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm_error *err);
 /* The slot the i-th reserved token goes to. */
 int32_t kv_seq_slot(const kv_seq *s, int32_t i);
+/* Most tokens one forward pass may write: a ring's slack (a pass must not overwrite slots its own
+   queries still read), else no limit (INT32_MAX). */
+int32_t kv_seq_pass_cap(const kv_seq *s);
+/* The slots attention may read once n_new reserved tokens are written (a ring: its fill). */
+int32_t kv_seq_span(const kv_seq *s, int32_t n_new);
 /* Marks the reserved tokens as stored; indexes newly full pages; compresses. */
 void kv_seq_commit(kv_seq *s, int32_t n_new);
 /* Counts n tokens as reused (a request's common prefix with what the sequence held). */
@@ -186,11 +252,58 @@ void kv_seq_count_hits(kv_seq *s, int32_t n);
 void kv_seq_reindex(kv_seq *s);
 /* Drops slots past n (non-ring sequences). */
 kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err);
+
+/* ---- what the session layer asks of a sequence. h_len is always the length of the history the
+   owner consumed (more than the slots held once a shift dropped some, or in a ring). */
+
+/* Whether the slots are still the whole history of h_len tokens, in order (not a ring, nothing
+   dropped): then any point of it can be rolled back to. */
+bool kv_seq_holds_history(const kv_seq *s, int64_t h_len);
+/* The n_past contract of kvlm_eval, for a request of tokens[0, n) (n >= 1; n_past KVLM_AUTO or in
+   0..min(h_len, n - 1)): rolls the sequence back to the longest part of its history it can keep
+   and the request repeats, up to n_past, or (KVLM_AUTO) as far as they agree leaving one token to
+   compute, the dropped part compared by its hash. Counts the kept part as reused (KVLM_AUTO) or
+   what an explicit n_past claimed but was not kept as recomputed. With attach (and a sequence
+   that holds its history) cached pages of what follows are attached too. *kept: the history
+   length now held, the first token to compute. On error the sequence is unchanged. */
+kvlm_status kv_seq_sync(kv_seq *s, int64_t h_len, const int32_t *tokens, int32_t n, int32_t n_past, bool attach,
+                        int32_t *kept, kvlm_error *err);
+/* kvlm_session_truncate: cuts the history back to its first h tokens (a plain cut while the slots
+   are the history, else to a point still held: kv_seq_can_rewind). */
+kvlm_status kv_seq_rollback(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err);
+/* The longest common prefix of the held slots (in slot order) and tokens[0, limit). */
+int32_t kv_seq_common_prefix(const kv_seq *s, const int32_t *tokens, int32_t limit);
+/* Whether a history of n_total tokens fits: always, unless the overflow policy is error and it is
+   longer than the context. */
+bool kv_seq_fits(const kv_seq *s, int64_t n_total);
+/* How many of the n tokens still to append the next forward pass should take: a policy that moves
+   slots (shift, sliding) fills what is free, or when little is, what one shift can always make room
+   for (kv_seq_max_pass); else all n. */
+int32_t kv_seq_next_pass(const kv_seq *s, int32_t n);
+/* The held tokens, oldest first (a ring's in position order); returns how many there are. */
+int32_t kv_seq_tokens(const kv_seq *s, int32_t *out, int32_t n_max);
+/* The pool's statistics with the sequence's own counts (tokens, hits, misses, recomputed). */
+void kv_seq_stats(const kv_seq *s, kvlm_kv_stats *st);
+/* Slots held, and the context (the most slots). */
+static inline int32_t kv_seq_n(const kv_seq *s) { return s->n; }
+static inline int32_t kv_seq_n_ctx(const kv_seq *s) { return s->n_ctx; }
+/* Tokens computed so far (the sequence's misses). */
+static inline int64_t kv_seq_misses(const kv_seq *s) { return s->misses; }
 /* Attaches cached pages for tokens[s->n .. n_tokens - 1) (leaving at least one
  * token to compute); returns how many tokens were attached. */
 int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens);
-/* Number of slots attention may read (n, or the ring's fill). */
-static inline int32_t kv_seq_slots(const kv_seq *s) { return s->n; }
+
+/* Read access for the forward pass and attention (the fields themselves are this module's). */
+static inline int32_t kv_seq_page_tokens(const kv_seq *s) { return s->P; }
+static inline int32_t kv_seq_n_pages(const kv_seq *s) { return s->n_pages; }
+static inline const kv_page *kv_seq_page(const kv_seq *s, int32_t j) { return s->pages[j]; }
+/* The position slot's K was rotated for. */
+static inline int32_t kv_seq_pos(const kv_seq *s, int32_t slot) { return s->pos[slot]; }
+/* The rotation keys and queries get (the model's RoPE for this sequence's context). */
+static inline const kv_rope *kv_seq_rope(const kv_seq *s) { return &s->rope; }
+static inline bool kv_seq_is_ring(const kv_seq *s) { return s->overflow == KVLM_OVERFLOW_RING; }
+/* A ring's attention window (positions (p - window, p] are visible from p). */
+static inline int32_t kv_seq_window(const kv_seq *s) { return s->window; }
 
 /* Row pointers for one slot, in the page's types. */
 typedef struct kv_row {
@@ -200,10 +313,8 @@ typedef struct kv_row {
 
 static inline kv_row kv_seq_row(const kv_seq *s, int layer, int32_t slot) {
     const kv_page *pg = s->pages[slot / s->P];
-    const kv_layout *l = pg->layout;
-    const uint8_t *base = pg->data + (uint64_t)layer * l->layer_bytes;
-    const uint64_t off = (uint64_t)(slot % s->P);
-    kv_row r = {base + off * l->k_row, base + (uint64_t)s->P * l->k_row + off * l->v_row, l};
+    const int32_t i = slot % s->P;
+    kv_row r = {kv_page_k_row(pg, layer, i), kv_page_v_row(pg, layer, i), pg->layout};
     return r;
 }
 /* Quantizes one token's K and V (f32, kv_dim each) into a slot (the page's types). */
@@ -211,15 +322,61 @@ void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const floa
 /* Bytes held by the sequence's pages. */
 uint64_t kv_seq_bytes(const kv_seq *s);
 
+/* ------------------------------------------------------------ export and import (session files) */
+
+/* A sequence's contents as a serializable description: the settings they were made under, the
+ * counts, and the per-slot arrays of slots [0, n). The pages go separately, one by one
+ * (kv_seq_export_page, kv_seq_import_page), each as its types, its size and its bytes. The field
+ * types are those of the session file's header. */
+typedef struct kv_seq_desc {
+    uint32_t page_tokens, n_layer, kv_dim;
+    uint32_t type_k, type_v;     /* of newly written pages */
+    uint32_t overflow;
+    uint32_t shareable;          /* the contents are a function of the token prefix (0 or 1) */
+    uint32_t n_pages;            /* pages holding slots [0, n) (a ring: all of its pages) */
+    int32_t n, next_pos;         /* slots held, position of the next token */
+    int32_t n_hist;              /* history length (tokens consumed; more than n after a shift) */
+    int32_t n_ctx;
+    const int32_t *tokens, *pos; /* n each; NULL while an import has not read them yet */
+} kv_seq_desc;
+
+typedef struct kv_page_desc {
+    uint32_t type_k, type_v;
+    uint64_t bytes;
+} kv_page_desc;
+
+/* Describes s, whose owner consumed a history of n_hist tokens, and checks the description is one
+ * an import accepts (kv_seq_check_desc, every page held and of a layout s writes);
+ * KVLM_ERR_INTERNAL with a phrase about s ("holds ...") otherwise. d points into s. */
+kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_error *err);
+/* Page j of an export: its types and size, and (dst not NULL) its bytes copied to dst with the
+ * rows past the last stored token zeroed (they were never written: files are deterministic). */
+kv_page_desc kv_seq_export_page(const kv_seq *s, int32_t j, uint8_t *dst);
+/* Import, in three steps, into s, a sequence fresh from kv_seq_init with the settings the contents
+ * will run under, d checked against it (kv_seq_check_desc, tokens and pos read):
+ *  - kv_seq_import takes the slot arrays;
+ *  - kv_seq_import_page, for each page j in order, gives the memory its pd->bytes bytes go to,
+ *    the page allocated (or a ring's own reused); NULL with KVLM_ERR_FORMAT and a phrase ("page
+ *    ...") when pd is not a layout s writes, with KVLM_ERR_NOMEM when the pool has no room;
+ *  - kv_seq_import_commit puts s in place of dst: dst's old contents are released, s moves in
+ *    (and is left empty), the counts of d apply and full pages enter the prefix index.
+ * Until the commit, kv_seq_destroy(s) undoes everything. */
+kvlm_status kv_seq_import(kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
+uint8_t *kv_seq_import_page(kv_seq *s, const kv_seq_desc *d, uint32_t j, const kv_page_desc *pd, kvlm_error *err);
+void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d);
+
 /* ------------------------------------------------------------ checks (kv_check.c) */
 
 /* Largest position counter a checked state may hold (room to continue without int32 overflow). */
 #define KV_POS_LIMIT (1 << 30)
-/* Whether a state read from outside (n slots, next position, per-slot positions
- * or NULL) is one the overflow policy of s can produce; s is a sequence with
- * the settings the state will run under. KVLM_ERR_FORMAT with the reason
- * (a phrase such as "holds 9 slots ...") otherwise. */
-kvlm_status kv_seq_check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err);
+/* Whether d was made under the settings of s (page size, layers, row size, K/V types, overflow
+ * policy); KVLM_ERR_INVALID_ARG with a phrase ("has other cache settings ...") otherwise. */
+kvlm_status kv_seq_check_settings(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
+/* Whether the contents d describes (from outside: a session file) are a state the overflow policy
+ * of s can produce, s being a sequence with the settings they will run under: slot and position
+ * counts, per-slot positions (if d->pos), history length, shareable flag, pages and context.
+ * KVLM_ERR_FORMAT with the reason (a phrase such as "holds 9 slots ...") otherwise. */
+kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
 /* The position slot `slot` holds in a valid state with that next position
  * (a ring's slot may also hold that plus the capacity: see kv_check.c). */
 int32_t kv_seq_state_pos(const kv_seq *s, int32_t next_pos, int32_t slot);

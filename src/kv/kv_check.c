@@ -1,7 +1,7 @@
-/* Checks of a page-table state that comes from outside the engine (a session
- * file) against what the sequence's overflow policy can produce, so that
- * attention never reads a page or slot that does not exist or was never
- * written. The rules follow kv_seq.c:
+/* Checks of a sequence's contents that come from outside the engine (a
+ * session file, as a kv_seq_desc) against what the sequence's overflow policy
+ * can produce, so that attention never reads a page or slot that does not
+ * exist or was never written. The rules follow kv_seq.c:
  *  - error, shift, sliding: slots [0, n) hold positions 0..n-1 in order
  *    (a shift re-rotates the survivors so positions stay contiguous), the
  *    next position is n, pages [0, ceil(n / P)) exist;
@@ -11,9 +11,13 @@
  *    before a rollback of the ring, which attention masks (its position is
  *    after every query) until a pass overwrites it; all C / P pages exist.
  * Position counters are bounded by KV_POS_LIMIT so continuing can never
- * overflow an int32. */
+ * overflow an int32. The history length (tokens consumed) is n for error,
+ * at least n for shift and sliding (a shift drops slots), next_pos for a
+ * ring; only an unshifted, non-ring sequence may be marked shareable (its
+ * pages go into the prefix index). */
 #include <stdio.h>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "kv_cache.h"
 
@@ -38,7 +42,8 @@ int64_t kv_seq_state_pages(const kv_seq *s, int32_t n) {
     return ((int64_t)n + s->P - 1) / s->P;
 }
 
-kvlm_status kv_seq_check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err) {
+/* n slots, the next position and the per-slot positions (or NULL). */
+static kvlm_status check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err) {
     const char *pol = policy_name(s->overflow);
     if (n < 0 || n > s->n_ctx)
         return kv_fail(err, KVLM_ERR_FORMAT, "holds %d slots, outside 0..%d (the %s cache's capacity)", n, s->n_ctx,
@@ -71,4 +76,42 @@ const kv_layout *kv_seq_page_layout(const kv_seq *s, uint32_t type_k, uint32_t t
     l = s->compress_layout; /* tiered compression never runs on a ring */
     if (l && s->overflow != KVLM_OVERFLOW_RING && l->type_k == type_k && l->type_v == type_v) return l;
     return NULL;
+}
+
+kvlm_status kv_seq_check_settings(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
+    const kv_layout *l = s->layout;
+    if ((int64_t)d->page_tokens != s->P || (int64_t)d->n_layer != s->n_layer || (int64_t)d->kv_dim != s->kv_dim ||
+        d->type_k != l->type_k || d->type_v != l->type_v || d->overflow != (uint32_t)s->overflow)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG,
+                       "has other cache settings (page %u, K %s, V %s, overflow %u) than the session "
+                       "(page %d, K %s, V %s, overflow %d)",
+                       d->page_tokens, kv_dtype_name(d->type_k), kv_dtype_name(d->type_v), d->overflow, s->P,
+                       kv_dtype_name(l->type_k), kv_dtype_name(l->type_v), (int)s->overflow);
+    return KVLM_OK;
+}
+
+kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
+    const int32_t n = d->n, next_pos = d->next_pos, n_hist = d->n_hist;
+    kvlm_status st = check_state(s, n, next_pos, d->pos, err);
+    if (st) return st;
+    bool ok;
+    switch (s->overflow) {
+    case KVLM_OVERFLOW_RING: ok = n_hist == next_pos; break;               /* every token passes through */
+    case KVLM_OVERFLOW_ERROR: ok = n_hist == n; break;                     /* nothing is ever dropped */
+    default: ok = n_hist >= n && n_hist <= KV_POS_LIMIT; break;            /* a shift drops slots */
+    }
+    if (!ok)
+        return kv_fail(err, KVLM_ERR_FORMAT, "counts %d consumed tokens for %d slots at position %d", n_hist, n,
+                       next_pos);
+    if (d->shareable > 1 || (d->shareable && (s->overflow == KVLM_OVERFLOW_RING || n_hist != n)))
+        return kv_fail(err, KVLM_ERR_FORMAT, "is marked shareable (%u) though its cache was shifted or is a ring",
+                       d->shareable);
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
+    const int64_t want_pages = kv_seq_state_pages(s, n);
+    if ((int64_t)d->n_pages != want_pages || (ring ? d->n_ctx != s->n_ctx : (d->n_ctx < 1 || d->n_ctx < n)))
+        return kv_fail(err, KVLM_ERR_FORMAT,
+                       "holds %d tokens in %u pages of a context of %d, which does not fit "
+                       "(this session: %lld pages, context %d)",
+                       n, d->n_pages, d->n_ctx, (long long)want_pages, s->n_ctx);
+    return KVLM_OK;
 }

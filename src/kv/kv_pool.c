@@ -1,4 +1,6 @@
 /* The page pool: allocation by class, growth, the prefix index and LRU. */
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,6 +12,32 @@
 #include "core/error.h"
 #include "kv_cache.h"
 
+#define KV_MAX_CLASSES 8
+
+struct kv_page_pool {
+    pthread_mutex_t mu;
+    int32_t P, n_layer, kv_dim;
+    kvlm_cache_params params;
+    kv_layout classes[KV_MAX_CLASSES];
+    kv_page *free_list[KV_MAX_CLASSES];
+    int n_classes;
+    int64_t pages_allocated, pages_free, capacity_pages, max_pages;
+    /* prefix index */
+    kv_page **buckets;
+    uint64_t n_buckets, n_indexed;
+    kv_page *lru_head, *lru_tail; /* head = least recently used */
+    int64_t lru_pages, lru_bytes;
+    /* statistics */
+    atomic_llong st_bytes, st_evictions, st_growth_events;
+    atomic_llong st_bytes_by_type[4];
+    atomic_llong counts[KV_STAT_COUNT]; /* kept by the sequences (kv_pool_count) */
+    double growth_ms_total, growth_ms_max; /* under mu */
+    /* pages the owner needs (0: no target). With a target, growth never goes past it while a cached page
+       can be evicted instead, and pages past it are freed when released (a session with a fixed context
+       owning its pool holds no more than its context and policy need). */
+    int64_t target_pages;
+};
+
 int kv_type_slot(uint32_t type) {
     switch (type) {
     case KV_F32: return 0;
@@ -18,6 +46,21 @@ int kv_type_slot(uint32_t type) {
     case KV_Q4_0: return 3;
     default: return -1;
     }
+}
+
+int32_t kv_pool_page_tokens(const kv_page_pool *p) { return p->P; }
+
+const kvlm_cache_params *kv_pool_params(const kv_page_pool *p) { return &p->params; }
+
+bool kv_pool_has_target(kv_page_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    const bool t = p->target_pages > 0;
+    pthread_mutex_unlock(&p->mu);
+    return t;
+}
+
+void kv_pool_count(kv_page_pool *p, kv_pool_stat which, int64_t delta) {
+    atomic_fetch_add(&p->counts[which], (long long)delta);
 }
 
 kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_params *params, kv_page_pool **out,
@@ -86,6 +129,13 @@ void kv_pool_destroy(kv_page_pool *p) {
     free(p);
 }
 
+static kv_codec codec_of(uint32_t type) {
+    const kv_quant_traits *tr = kv_quant_get(type);
+    const kv_dtype_info *di = kv_dtype_get(type);
+    kv_codec c = {tr ? tr->from_float : NULL, tr ? tr->to_float : NULL, di->block_size, (uint32_t)di->type_size};
+    return c;
+}
+
 const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_v) {
     pthread_mutex_lock(&p->mu);
     const kv_layout *found = NULL;
@@ -95,8 +145,11 @@ const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_
         kv_layout l = {.type_k = type_k, .type_v = type_v, .index = p->n_classes};
         if (kv_dtype_row_bytes(type_k, (uint64_t)p->kv_dim, &l.k_row) &&
             kv_dtype_row_bytes(type_v, (uint64_t)p->kv_dim, &l.v_row)) {
+            l.v_offset = (uint64_t)p->P * l.k_row;
             l.layer_bytes = (uint64_t)p->P * (l.k_row + l.v_row);
             l.page_bytes = l.layer_bytes * (uint64_t)p->n_layer;
+            l.k = codec_of(type_k);
+            l.v = codec_of(type_v);
             p->classes[p->n_classes] = l;
             found = &p->classes[p->n_classes++];
         }
@@ -367,12 +420,6 @@ void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_k
     pthread_mutex_unlock(&p->mu);
 }
 
-void kv_pool_unindex(kv_page_pool *p, kv_page *pg) {
-    pthread_mutex_lock(&p->mu);
-    if (pg->indexed) index_remove(p, pg);
-    pthread_mutex_unlock(&p->mu);
-}
-
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st) {
     memset(st, 0, sizeof *st);
     pthread_mutex_lock(&p->mu);
@@ -389,15 +436,15 @@ void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st) {
     pthread_mutex_unlock(&p->mu);
     st->bytes = atomic_load(&p->st_bytes);
     for (int i = 0; i < 4; i++) st->bytes_by_type[i] = atomic_load(&p->st_bytes_by_type[i]);
-    st->tokens = atomic_load(&p->st_tokens);
+    st->tokens = atomic_load(&p->counts[KV_STAT_TOKENS]);
     st->bytes_f32_equivalent = st->tokens * (int64_t)p->kv_dim * 2 * 4 * p->n_layer;
-    st->hits = atomic_load(&p->st_hits);
-    st->misses = atomic_load(&p->st_misses);
-    st->recomputed = atomic_load(&p->st_recomputed);
+    st->hits = atomic_load(&p->counts[KV_STAT_HITS]);
+    st->misses = atomic_load(&p->counts[KV_STAT_MISSES]);
+    st->recomputed = atomic_load(&p->counts[KV_STAT_RECOMPUTED]);
     st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
     st->evictions = atomic_load(&p->st_evictions);
-    st->compressions = atomic_load(&p->st_compressions);
-    st->bytes_saved = atomic_load(&p->st_bytes_saved);
-    st->shifts = atomic_load(&p->st_shifts);
+    st->compressions = atomic_load(&p->counts[KV_STAT_COMPRESSIONS]);
+    st->bytes_saved = atomic_load(&p->counts[KV_STAT_BYTES_SAVED]);
+    st->shifts = atomic_load(&p->counts[KV_STAT_SHIFTS]);
     st->growth_events = atomic_load(&p->st_growth_events);
 }

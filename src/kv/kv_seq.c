@@ -44,7 +44,7 @@ static bool ensure_slots(kv_seq *s, int32_t n) {
 kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err) {
     memset(s, 0, sizeof *s);
     s->pool = pool;
-    s->P = pool->P;
+    s->P = kv_pool_page_tokens(pool);
     s->n_layer = c->n_layer;
     s->n_head_kv = c->n_head_kv;
     s->head_dim = c->head_dim;
@@ -55,10 +55,7 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
     s->n_sink = c->n_sink;
     s->window = c->window > 0 ? c->window : c->n_ctx;
     s->compress_after = c->compress_after;
-    s->rope_base = c->rope_base;
-    s->rope_scale = c->rope_scale;
-    s->rope_type = c->rope_type;
-    s->n_rot = c->n_rot;
+    s->rope = c->rope;
     if ((unsigned)c->overflow > KVLM_OVERFLOW_RING)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: unknown overflow policy %d", (int)c->overflow);
     if (c->overflow == KVLM_OVERFLOW_SHIFT && (c->n_keep < 0 || c->n_keep >= c->n_ctx - 1))
@@ -73,15 +70,15 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
     if (!s->layout)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
                        kv_dtype_name(c->type_k), kv_dtype_name(c->type_v), s->kv_dim);
-    if (!kv_quant_get(c->type_k) || !kv_quant_get(c->type_v))
+    if (!s->layout->k.encode || !s->layout->v.encode)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: unsupported storage type");
     if (c->compress_after > 0) {
         s->compress_layout = kv_pool_layout(pool, c->compress_type, c->compress_type);
-        if (!s->compress_layout || !kv_quant_get(c->compress_type))
+        if (!s->compress_layout || !s->compress_layout->k.encode)
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
     }
-    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && pool->params.prefix_sharing;
+    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && kv_pool_params(pool)->prefix_sharing;
     if (c->overflow == KVLM_OVERFLOW_RING) {
         s->n_ctx = ring_capacity(s->window, c->max_batch, s->P);
         if (!ensure_slots(s, s->n_ctx)) {
@@ -105,7 +102,7 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
 
 void kv_seq_destroy(kv_seq *s) {
     for (int32_t j = 0; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
-    if (s->pool) atomic_fetch_sub(&s->pool->st_tokens, (long long)s->n);
+    if (s->pool) kv_pool_count(s->pool, KV_STAT_TOKENS, -s->n);
     free(s->pages);
     free(s->keys);
     free(s->tokens);
@@ -122,14 +119,14 @@ uint64_t kv_seq_bytes(const kv_seq *s) {
 /* ------------------------------------------------------------ row copies */
 
 /* One token's K (or V) row of kv_dim values, converted between types. */
-static void convert_row(const uint8_t *src, uint32_t st, uint8_t *dst, uint32_t dt, int32_t n, uint64_t bytes,
-                        float *tmp) {
+static void convert_row(const uint8_t *src, const kv_codec *sc, uint32_t st, uint8_t *dst, const kv_codec *dc,
+                        uint32_t dt, int32_t n, uint64_t bytes, float *tmp) {
     if (st == dt) {
         memcpy(dst, src, bytes);
         return;
     }
-    kv_quant_get(st)->to_float(src, tmp, n);
-    kv_quant_get(dt)->from_float(tmp, dst, n);
+    sc->decode(src, tmp, n);
+    dc->encode(tmp, dst, n);
 }
 
 /* Copies slot `from` of page a into slot `to` of page b for every layer,
@@ -138,18 +135,16 @@ static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *
                       float *tmp) {
     const kv_layout *la = a->layout, *lb = b->layout;
     for (int l = 0; l < s->n_layer; l++) {
-        const uint8_t *ka = a->data + (uint64_t)l * la->layer_bytes + (uint64_t)from * la->k_row;
-        const uint8_t *va = a->data + (uint64_t)l * la->layer_bytes + (uint64_t)s->P * la->k_row + (uint64_t)from * la->v_row;
-        uint8_t *kb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)to * lb->k_row;
-        uint8_t *vb = b->data + (uint64_t)l * lb->layer_bytes + (uint64_t)s->P * lb->k_row + (uint64_t)to * lb->v_row;
+        const uint8_t *ka = kv_page_k_row(a, l, from), *va = kv_page_v_row(a, l, from);
+        uint8_t *kb = kv_page_k_row(b, l, to), *vb = kv_page_v_row(b, l, to);
         if (delta != 0) {
-            kv_quant_get(la->type_k)->to_float(ka, tmp, s->kv_dim);
-            kv_rope(tmp, s->n_head_kv, s->head_dim, s->n_rot, delta, s->rope_base, s->rope_scale, s->rope_type);
-            kv_quant_get(lb->type_k)->from_float(tmp, kb, s->kv_dim);
+            la->k.decode(ka, tmp, s->kv_dim);
+            kv_rope_shift(&s->rope, tmp, s->n_head_kv, s->head_dim, delta);
+            lb->k.encode(tmp, kb, s->kv_dim);
         } else {
-            convert_row(ka, la->type_k, kb, lb->type_k, s->kv_dim, la->k_row, tmp);
+            convert_row(ka, &la->k, la->type_k, kb, &lb->k, lb->type_k, s->kv_dim, la->k_row, tmp);
         }
-        convert_row(va, la->type_v, vb, lb->type_v, s->kv_dim, la->v_row, tmp);
+        convert_row(va, &la->v, la->type_v, vb, &lb->v, lb->type_v, s->kv_dim, la->v_row, tmp);
     }
 }
 
@@ -176,7 +171,7 @@ static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
         free(tmp);
         return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory for a context shift");
     }
-    const bool unindex = s->pool->target_pages > 0;
+    const bool unindex = kv_pool_has_target(s->pool);
     for (int32_t i = 0; i < count; i++) {
         kv_page *pg = s->pages[first + i];
         if (pg->layout == s->layout && kv_pool_claim(s->pool, pg, unindex)) dst[i] = pg;
@@ -212,8 +207,8 @@ static kvlm_status shift(kv_seq *s, int32_t k, int32_t d, kvlm_error *err) {
     s->n = n_new;
     s->next_pos = n_new;
     s->shareable = false;
-    atomic_fetch_sub(&s->pool->st_tokens, (long long)d);
-    atomic_fetch_add(&s->pool->st_shifts, 1);
+    kv_pool_count(s->pool, KV_STAT_TOKENS, -d);
+    kv_pool_count(s->pool, KV_STAT_SHIFTS, 1);
     free(dst);
     free(fresh);
     free(tmp);
@@ -284,7 +279,7 @@ kvlm_status kv_seq_rewind(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err) 
         /* slots of positions >= h are stale: attention skips positions after the query, and a pass writes
            every position up to its last query before reading */
         const int32_t n = h < s->n_ctx ? (int32_t)h : s->n_ctx;
-        atomic_fetch_sub(&s->pool->st_tokens, (long long)(s->n - n));
+        kv_pool_count(s->pool, KV_STAT_TOKENS, -(int64_t)(s->n - n));
         s->n = n;
         s->next_pos = (int32_t)h;
         if (h == 0) {
@@ -384,6 +379,15 @@ int32_t kv_seq_slot(const kv_seq *s, int32_t i) {
     return s->n + i;
 }
 
+int32_t kv_seq_pass_cap(const kv_seq *s) {
+    return s->overflow == KVLM_OVERFLOW_RING ? s->n_ctx - s->window : INT32_MAX;
+}
+
+int32_t kv_seq_span(const kv_seq *s, int32_t n_new) {
+    if (s->overflow == KVLM_OVERFLOW_RING) return s->next_pos + n_new < s->n_ctx ? s->next_pos + n_new : s->n_ctx;
+    return s->n + n_new;
+}
+
 kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm_error *err) {
     if (s->overflow != KVLM_OVERFLOW_RING) {
         const int32_t end = s->n + n_new;
@@ -396,7 +400,7 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
                 s->n_pages = had;
                 return kv_fail(err, KVLM_ERR_NOMEM,
                                "kv cache: the page pool is full (%lld tokens at most) and nothing can be evicted",
-                               (long long)s->pool->params.max_tokens);
+                               (long long)kv_pool_params(s->pool)->max_tokens);
             }
             s->n_pages = j + 1;
         }
@@ -419,11 +423,9 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
 
 void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const float *v) {
     kv_page *pg = s->pages[slot / s->P];
-    const kv_layout *l = pg->layout;
-    uint8_t *base = pg->data + (uint64_t)layer * l->layer_bytes;
-    const uint64_t off = (uint64_t)(slot % s->P);
-    kv_quant_get(l->type_k)->from_float(k, base + off * l->k_row, s->kv_dim);
-    kv_quant_get(l->type_v)->from_float(v, base + (uint64_t)s->P * l->k_row + off * l->v_row, s->kv_dim);
+    const int32_t i = slot % s->P;
+    pg->layout->k.encode(k, kv_page_k_row(pg, layer, i), s->kv_dim);
+    pg->layout->v.encode(v, kv_page_v_row(pg, layer, i), s->kv_dim);
 }
 
 /* Re-quantizes pages older than compress_after into the compression type. */
@@ -438,9 +440,9 @@ static void compress_old_pages(kv_seq *s) {
         if (!pg) break; /* no room: try again after the next eval */
         for (int32_t t = 0; t < s->P; t++) copy_slot(s, old, t, pg, t, 0, tmp);
         s->pages[j] = pg;
-        atomic_fetch_add(&s->pool->st_compressions, 1);
-        atomic_fetch_add(&s->pool->st_bytes_saved,
-                         (long long)old->layout->page_bytes - (long long)pg->layout->page_bytes);
+        kv_pool_count(s->pool, KV_STAT_COMPRESSIONS, 1);
+        kv_pool_count(s->pool, KV_STAT_BYTES_SAVED,
+                      (int64_t)old->layout->page_bytes - (int64_t)pg->layout->page_bytes);
         kv_pool_release(s->pool, old); /* stays cached for others if indexed */
     }
     free(tmp);
@@ -448,18 +450,18 @@ static void compress_old_pages(kv_seq *s) {
 
 void kv_seq_commit(kv_seq *s, int32_t n_new) {
     s->misses += n_new;
-    atomic_fetch_add(&s->pool->st_misses, (long long)n_new);
+    kv_pool_count(s->pool, KV_STAT_MISSES, n_new);
     if (s->overflow == KVLM_OVERFLOW_RING) {
         int32_t before = s->n;
         s->next_pos += n_new;
         s->n = s->next_pos < s->n_ctx ? s->next_pos : s->n_ctx;
-        atomic_fetch_add(&s->pool->st_tokens, (long long)(s->n - before));
+        kv_pool_count(s->pool, KV_STAT_TOKENS, s->n - before);
         return;
     }
     const int32_t old_full = s->n / s->P;
     s->n += n_new;
     s->next_pos = s->n;
-    atomic_fetch_add(&s->pool->st_tokens, (long long)n_new);
+    kv_pool_count(s->pool, KV_STAT_TOKENS, n_new);
     if (s->shareable) {
         for (int32_t j = old_full; j < s->n / s->P; j++) {
             const uint64_t parent = j ? s->keys[j - 1] : root_key(s);
@@ -473,7 +475,7 @@ void kv_seq_commit(kv_seq *s, int32_t n_new) {
 void kv_seq_count_hits(kv_seq *s, int32_t n) {
     if (n <= 0) return;
     s->hits += n;
-    atomic_fetch_add(&s->pool->st_hits, (long long)n);
+    kv_pool_count(s->pool, KV_STAT_HITS, n);
 }
 
 void kv_seq_reindex(kv_seq *s) {
@@ -494,20 +496,14 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     if (n % s->P != 0) {
         /* the kept part of a shared or indexed page is copied, not written over */
         kv_page *pg = s->pages[keep - 1];
-        bool shared;
-        pthread_mutex_lock(&s->pool->mu);
-        shared = pg->refs > 1 || pg->indexed;
-        pthread_mutex_unlock(&s->pool->mu);
-        if (shared) {
+        if (!kv_pool_claim(s->pool, pg, false)) { /* shared or indexed */
             kv_page *cp = kv_pool_alloc(s->pool, pg->layout);
             if (!cp) return kv_fail(err, KVLM_ERR_NOMEM, "truncate: the pool has no room to copy a shared page");
             const kv_layout *l = pg->layout;
             const uint64_t m = (uint64_t)(n % s->P);
             for (int li = 0; li < s->n_layer; li++) {
-                const uint64_t o = (uint64_t)li * l->layer_bytes;
-                memcpy(cp->data + o, pg->data + o, m * l->k_row);
-                memcpy(cp->data + o + (uint64_t)s->P * l->k_row, pg->data + o + (uint64_t)s->P * l->k_row,
-                       m * l->v_row);
+                memcpy(kv_page_k(cp, li), kv_page_k(pg, li), m * l->k_row);
+                memcpy(kv_page_v(cp, li), kv_page_v(pg, li), m * l->v_row);
             }
             kv_pool_release(s->pool, pg);
             s->pages[keep - 1] = cp;
@@ -515,7 +511,7 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     }
     for (int32_t j = keep; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
     s->n_pages = keep;
-    atomic_fetch_sub(&s->pool->st_tokens, (long long)(s->n - n));
+    kv_pool_count(s->pool, KV_STAT_TOKENS, -(int64_t)(s->n - n));
     s->n = n;
     s->next_pos = n;
     return KVLM_OK;
@@ -545,7 +541,219 @@ int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens)
     }
     if (attached) {
         kv_seq_count_hits(s, attached);
-        atomic_fetch_add(&s->pool->st_tokens, (long long)attached);
+        kv_pool_count(s->pool, KV_STAT_TOKENS, attached);
     }
     return attached;
+}
+
+/* ------------------------------------------------------------ the session's requests */
+
+bool kv_seq_holds_history(const kv_seq *s, int64_t h_len) {
+    return s->overflow != KVLM_OVERFLOW_RING && s->n == h_len;
+}
+
+static void count_recomputed(kv_seq *s, int32_t n) {
+    s->recomputed += n;
+    kv_pool_count(s->pool, KV_STAT_RECOMPUTED, n);
+}
+
+int32_t kv_seq_common_prefix(const kv_seq *s, const int32_t *tokens, int32_t limit) {
+    if (limit > s->n) limit = s->n;
+    int32_t i = 0;
+    while (i < limit && s->tokens[i] == tokens[i]) i++;
+    return i;
+}
+
+kvlm_status kv_seq_sync(kv_seq *s, int64_t h_len, const int32_t *tokens, int32_t n, int32_t n_past, bool attach,
+                        int32_t *kept, kvlm_error *err) {
+    const bool autom = n_past == KVLM_AUTO;
+    int32_t start; /* first token to compute */
+    if (!kv_seq_holds_history(s, h_len)) {
+        /* after a shift (or in a ring) the cache no longer holds the whole history: it can go back only
+           to points it still holds (the kept head, the held tail, a ring's window) */
+        if (autom) {
+            /* the whole history is compared, the dropped part by its hash */
+            start = kv_seq_reuse_point(s, h_len, tokens, n - 1, true);
+        } else {
+            if (!kv_seq_can_rewind(s, h_len, n_past))
+                return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                               "eval: this session's cache was shifted or is a ring and no longer holds the "
+                               "history at n_past %d (it has consumed %lld tokens)",
+                               n_past, (long long)h_len);
+            start = kv_seq_reuse_point(s, h_len, tokens, n_past, false);
+            if (start < n_past) count_recomputed(s, n_past - start);
+        }
+        kvlm_status st = kv_seq_rewind(s, h_len, start, err);
+        if (st) return st;
+        if (autom) kv_seq_count_hits(s, start);
+    } else {
+        /* the longest common prefix of the history and the new tokens */
+        const int32_t lcp = kv_seq_common_prefix(s, tokens, autom ? n - 1 : n_past);
+        if (s->overflow == KVLM_OVERFLOW_ERROR && n > s->n_ctx)
+            return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", n, s->n_ctx);
+        if (!autom && lcp < n_past) count_recomputed(s, n_past - lcp);
+        kvlm_status st = kv_seq_truncate(s, lcp, err);
+        if (st) return st;
+        /* in auto mode the caller did not say what was cached: the common prefix counts as reuse */
+        if (autom) kv_seq_count_hits(s, lcp);
+        start = lcp;
+        /* reuse cached pages beyond the common prefix */
+        if (attach) start += kv_seq_attach_prefix(s, tokens, n);
+    }
+    *kept = start;
+    return KVLM_OK;
+}
+
+kvlm_status kv_seq_rollback(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err) {
+    if (h < 0 || h > h_len)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %lld is outside 0..%lld", (long long)h, (long long)h_len);
+    if (kv_seq_holds_history(s, h_len)) return kv_seq_truncate(s, (int32_t)h, err);
+    /* after a shift or in a ring: back to the points still held, or to 0 (a reset) */
+    if (!kv_seq_can_rewind(s, h_len, h))
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "truncate: the cache was shifted or is a ring and no longer holds the history at %lld",
+                       (long long)h);
+    return kv_seq_rewind(s, h_len, h, err);
+}
+
+bool kv_seq_fits(const kv_seq *s, int64_t n_total) {
+    return s->overflow != KVLM_OVERFLOW_ERROR || n_total <= s->n_ctx;
+}
+
+int32_t kv_seq_next_pass(const kv_seq *s, int32_t n) {
+    if (s->overflow != KVLM_OVERFLOW_SHIFT && s->overflow != KVLM_OVERFLOW_SLIDING) return n;
+    const int32_t room = s->n_ctx - s->n, most = kv_seq_max_pass(s);
+    const int32_t cap = room > most ? room : most;
+    return n > cap ? cap : n;
+}
+
+int32_t kv_seq_tokens(const kv_seq *s, int32_t *out, int32_t n_max) {
+    if (s->overflow == KVLM_OVERFLOW_RING) {
+        /* oldest first */
+        int32_t n = 0;
+        for (int32_t p = s->next_pos - s->n; p < s->next_pos; p++, n++)
+            if (n < n_max) out[n] = s->tokens[p % s->n_ctx];
+        return n;
+    }
+    for (int32_t i = 0; i < s->n && i < n_max; i++) out[i] = s->tokens[i];
+    return s->n;
+}
+
+void kv_seq_stats(const kv_seq *s, kvlm_kv_stats *st) {
+    kv_pool_stats(s->pool, st);
+    st->tokens = s->n;
+    st->bytes_f32_equivalent = (int64_t)s->n * s->kv_dim * 2 * 4 * s->n_layer;
+    st->hits = s->hits;
+    st->misses = s->misses;
+    st->recomputed = s->recomputed;
+    st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
+}
+
+/* ------------------------------------------------------------ export and import */
+
+kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_error *err) {
+    memset(d, 0, sizeof *d);
+    d->page_tokens = (uint32_t)s->P;
+    d->n_layer = (uint32_t)s->n_layer;
+    d->kv_dim = (uint32_t)s->kv_dim;
+    d->type_k = s->layout->type_k;
+    d->type_v = s->layout->type_v;
+    d->overflow = (uint32_t)s->overflow;
+    d->shareable = s->shareable;
+    /* pages past the last token (a failed pass's reservation) are not part of the contents */
+    const int64_t n_pages = kv_seq_state_pages(s, s->n);
+    d->n_pages = (uint32_t)n_pages;
+    d->n = s->n;
+    d->next_pos = s->next_pos;
+    d->n_hist = n_hist;
+    d->n_ctx = s->n_ctx;
+    /* slots in use: [0, n) (a ring fills its slots in order before wrapping) */
+    d->tokens = s->tokens;
+    d->pos = s->pos;
+    /* only contents an import accepts are described */
+    kvlm_error why;
+    if (kv_seq_check_desc(s, d, &why) != KVLM_OK) return kv_fail(err, KVLM_ERR_INTERNAL, "%s", why.msg);
+    if (n_pages > s->n_pages)
+        return kv_fail(err, KVLM_ERR_INTERNAL, "holds %d pages for %d tokens", s->n_pages, s->n);
+    for (int64_t j = 0; j < n_pages; j++) {
+        const kv_layout *l = s->pages[j]->layout;
+        if (kv_seq_page_layout(s, l->type_k, l->type_v) != l)
+            return kv_fail(err, KVLM_ERR_INTERNAL, "has page %lld in types %s/%s it does not use", (long long)j,
+                           kv_dtype_name(l->type_k), kv_dtype_name(l->type_v));
+    }
+    return KVLM_OK;
+}
+
+kv_page_desc kv_seq_export_page(const kv_seq *s, int32_t j, uint8_t *dst) {
+    const kv_page *pg = s->pages[j];
+    const kv_layout *l = pg->layout;
+    const kv_page_desc pd = {l->type_k, l->type_v, l->page_bytes};
+    if (!dst) return pd;
+    memcpy(dst, pg->data, l->page_bytes);
+    /* rows past the last stored token are unwritten: zero them so files are deterministic */
+    const int32_t used = s->n - j * s->P;
+    if (used < s->P) {
+        const int32_t m = used > 0 ? used : 0;
+        for (int li = 0; li < s->n_layer; li++) {
+            memset(dst + kv_layout_k_off(l, li, m), 0, (uint64_t)(s->P - m) * l->k_row);
+            memset(dst + kv_layout_v_off(l, li, m), 0, (uint64_t)(s->P - m) * l->v_row);
+        }
+    }
+    return pd;
+}
+
+kvlm_status kv_seq_import(kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
+    /* slot arrays for every page (a ring has them already) */
+    if (!ensure_slots(s, (int32_t)d->n_pages * s->P)) return kv_fail(err, KVLM_ERR_NOMEM, "out of memory");
+    if (d->n > 0) {
+        memcpy(s->tokens, d->tokens, (size_t)d->n * sizeof *s->tokens);
+        memcpy(s->pos, d->pos, (size_t)d->n * sizeof *s->pos);
+    }
+    return KVLM_OK;
+}
+
+uint8_t *kv_seq_import_page(kv_seq *s, const kv_seq_desc *d, uint32_t j, const kv_page_desc *pd, kvlm_error *err) {
+    /* only the layouts this sequence writes (its types, or its compression type) */
+    const kv_layout *l = kv_seq_page_layout(s, pd->type_k, pd->type_v);
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
+    if (!l) {
+        kv_fail(err, KVLM_ERR_FORMAT, "page %u is stored as %s/%s, which this session does not use (K %s, V %s%s%s)",
+                j, kv_dtype_name(pd->type_k), kv_dtype_name(pd->type_v), kv_dtype_name(s->layout->type_k),
+                kv_dtype_name(s->layout->type_v), s->compress_layout && !ring ? ", compressed " : "",
+                s->compress_layout && !ring ? kv_dtype_name(s->compress_layout->type_k) : "");
+        return NULL;
+    }
+    if (l->page_bytes != pd->bytes) {
+        kv_fail(err, KVLM_ERR_FORMAT, "page %u claims %llu bytes (a %s/%s page has %llu)", j,
+                (unsigned long long)pd->bytes, kv_dtype_name(pd->type_k), kv_dtype_name(pd->type_v),
+                (unsigned long long)l->page_bytes);
+        return NULL;
+    }
+    if (j >= d->n_pages || (int64_t)j > s->n_pages) {
+        kv_fail(err, KVLM_ERR_INTERNAL, "page %u imported out of order", j);
+        return NULL;
+    }
+    /* a ring already has its own pages; otherwise allocate */
+    if ((int32_t)j < s->n_pages && s->pages[j]->layout == l) return s->pages[j]->data;
+    kv_page *pg = kv_pool_alloc(s->pool, l);
+    if (!pg) {
+        kv_fail(err, KVLM_ERR_NOMEM, "the page pool has no room for %u pages", d->n_pages);
+        return NULL;
+    }
+    if ((int32_t)j < s->n_pages) kv_pool_release(s->pool, s->pages[j]);
+    s->pages[j] = pg;
+    if ((int32_t)j >= s->n_pages) s->n_pages = (int32_t)j + 1;
+    return pg->data;
+}
+
+void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d) {
+    s->n = d->n;
+    s->next_pos = d->next_pos;
+    s->shareable = s->shareable && d->shareable;
+    kv_pool_count(s->pool, KV_STAT_TOKENS, d->n);
+    /* the old contents go; whoever points at dst (the forward pass) now sees the new ones */
+    kv_seq_destroy(dst);
+    *dst = *s;
+    memset(s, 0, sizeof *s);
+    kv_seq_reindex(dst);
 }

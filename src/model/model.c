@@ -1,5 +1,6 @@
 #include "model.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,19 +10,34 @@
 #include "quant/quant.h"
 #include "quant/quant_types.h"
 
+/* What each architecture reads. A tensor the file holds that its
+ * architecture does not read is an error (llama.cpp refuses such files too):
+ * ignoring it would compute another model without a word. */
+enum { T_NO = 0, T_OPTIONAL, T_REQUIRED };
+
 typedef struct arch_desc {
     const char *name;
     kv_arch arch;
     kv_rope_type rope;
     kv_ffn_act act;
+    uint8_t qkv_bias;   /* blk.N.attn_{q,k,v}.bias */
+    uint8_t sub_norms;  /* blk.N.attn_sub_norm, blk.N.ffn_sub_norm (bitnet) */
+    bool weight_scales; /* blk.N.<matrix>.scale: one f32 multiplying the matrix (bitnet) */
+    bool rope_freqs;    /* rope_freqs.weight: per-pair divisors of the RoPE angle (Llama 3.x) */
 } arch_desc;
 
 static const arch_desc k_archs[] = {
-    {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU},
-    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU},
-    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU},
-    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2},
+    {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU, T_OPTIONAL, T_NO, false, true},
+    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU, T_REQUIRED, T_NO, false, false},
+    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_REQUIRED, true, false},
+    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2, T_NO, T_REQUIRED, true, false},
 };
+
+static const arch_desc *arch_of(const kv_hparams *hp) {
+    for (size_t i = 0; i < sizeof k_archs / sizeof k_archs[0]; i++)
+        if (k_archs[i].arch == hp->arch) return &k_archs[i];
+    return NULL;
+}
 
 /* "<arch>.<suffix>" */
 static const char *akey(const kv_hparams *hp, const char *suffix, char *buf, size_t n) {
@@ -62,6 +78,96 @@ static kvlm_status get_f32_opt(const gguf_ctx *g, const kv_hparams *hp, const ch
     akey(hp, suffix, k, sizeof k);
     if (!gguf_find(g, k)) return KVLM_OK;
     if (!gguf_get_f32(g, k, out)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a float", k);
+    if (!isfinite(*out)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not finite", k);
+    return KVLM_OK;
+}
+
+/* A float that must lie in [lo, hi] when present. */
+static kvlm_status get_f32_range(const gguf_ctx *g, const kv_hparams *hp, const char *suffix, float *out, float lo,
+                                 float hi, kvlm_error *err) {
+    kvlm_status st = get_f32_opt(g, hp, suffix, out, err);
+    if (st) return st;
+    if (!(*out >= lo && *out <= hi))
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s.%s' = %g is out of range [%g, %g]", hp->arch_name,
+                       suffix, *out, lo, hi);
+    return KVLM_OK;
+}
+
+/* Keys that would change the model if honoured and that kvlm does not run: refused, never ignored. */
+static kvlm_status refuse_experts(const gguf_ctx *g, const kv_hparams *hp, kvlm_error *err) {
+    static const char *const keys[] = {"expert_count", "expert_used_count"};
+    for (size_t i = 0; i < 2; i++) {
+        int32_t n = 0;
+        kvlm_status st;
+        if (get_u32_opt(g, hp, keys[i], &n, err, &st) && n != 0)
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                           "model: %s.%s is %d: mixture-of-experts models are not supported (it must be 0 or absent)",
+                           hp->arch_name, keys[i], n);
+        if (st) return st;
+    }
+    return KVLM_OK;
+}
+
+/* An integer key that the file gives as an array (per-layer values): a clear refusal. */
+static kvlm_status refuse_array(const gguf_ctx *g, const kv_hparams *hp, const char *suffix, kvlm_error *err) {
+    char k[128];
+    const gguf_kv *kv = gguf_find(g, akey(hp, suffix, k, sizeof k));
+    if (kv && kv->type == GGUF_ARRAY)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: '%s' is an array (per-layer values are not supported)", k);
+    return KVLM_OK;
+}
+
+/* RoPE keys, read as llama.cpp reads them (llama_model::load_hparams, llama_init_from_model). */
+static kvlm_status read_rope(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err) {
+    kvlm_status st;
+    char k[128];
+    hp->rope_freq_base = 10000.0f;
+    if ((st = get_f32_opt(g, hp, "rope.freq_base", &hp->rope_freq_base, err))) return st;
+    if (!(hp->rope_freq_base > 1.0f))
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: %s.rope.freq_base %g must be greater than 1", hp->arch_name,
+                       hp->rope_freq_base);
+    /* absent type: linear (with no factor, the identity) */
+    hp->rope_scaling = KV_ROPE_SCALING_LINEAR;
+    const gguf_kv *tk = gguf_find(g, akey(hp, "rope.scaling.type", k, sizeof k));
+    if (tk) {
+        gguf_str stype;
+        if (!gguf_get_str(g, k, &stype)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a string", k);
+        const int shown = (int)(stype.len > 40 ? 40 : stype.len);
+        if (gguf_str_eq(stype, "none")) hp->rope_scaling = KV_ROPE_SCALING_NONE;
+        else if (gguf_str_eq(stype, "linear")) hp->rope_scaling = KV_ROPE_SCALING_LINEAR;
+        else if (gguf_str_eq(stype, "yarn")) hp->rope_scaling = KV_ROPE_SCALING_YARN;
+        else if (gguf_str_eq(stype, "longrope"))
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: rope scaling type 'longrope' is not supported for %s",
+                           hp->arch_name);
+        else
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                           "model: unknown rope scaling type '%.*s' in %s (kvlm knows none, linear, yarn)", shown,
+                           stype.data, k);
+    }
+    /* the factor: rope.scaling.factor, else the older rope.scale_linear; 0 means none */
+    float factor = 0.0f;
+    if (gguf_find(g, akey(hp, "rope.scaling.factor", k, sizeof k))) {
+        if ((st = get_f32_range(g, hp, "rope.scaling.factor", &factor, 0.0f, 1e6f, err))) return st;
+    } else if ((st = get_f32_range(g, hp, "rope.scale_linear", &factor, 0.0f, 1e6f, err))) {
+        return st;
+    }
+    if (factor != 0.0f && !(factor >= 1e-6f))
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: rope scaling factor %g is out of range", factor);
+    hp->rope_freq_scale = factor == 0.0f || hp->rope_scaling == KV_ROPE_SCALING_NONE ? 1.0f : 1.0f / factor;
+    hp->rope_attn_factor = 1.0f;
+    if ((st = get_f32_range(g, hp, "rope.scaling.attn_factor", &hp->rope_attn_factor, 1e-6f, 1e6f, err))) return st;
+    hp->n_ctx_orig = hp->n_ctx_train;
+    int32_t orig = 0;
+    if (get_u32_opt(g, hp, "rope.scaling.original_context_length", &orig, err, &st)) {
+        if (orig <= 0)
+            return kv_fail(err, KVLM_ERR_FORMAT, "model: %s.rope.scaling.original_context_length must be positive",
+                           hp->arch_name);
+        hp->n_ctx_orig = orig;
+    }
+    if (st) return st;
+    const gguf_kv *ft = gguf_find(g, akey(hp, "rope.scaling.finetuned", k, sizeof k));
+    bool b;
+    if (ft && !gguf_get_bool(g, k, &b)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a bool", k);
     return KVLM_OK;
 }
 
@@ -73,7 +179,8 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     for (size_t i = 0; i < sizeof k_archs / sizeof k_archs[0]; i++)
         if (gguf_str_eq(arch, k_archs[i].name)) ad = &k_archs[i];
     if (!ad)
-        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: unsupported architecture '%.*s'",
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, bitnet, bitnet-b1.58)",
                        (int)(arch.len > 40 ? 40 : arch.len), arch.data);
     memset(hp, 0, sizeof *hp);
     hp->arch = ad->arch;
@@ -82,6 +189,10 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     snprintf(hp->arch_name, sizeof hp->arch_name, "%s", ad->name);
 
     kvlm_status st;
+    static const char *const maybe_arrays[] = {"feed_forward_length", "attention.head_count",
+                                               "attention.head_count_kv"};
+    for (size_t i = 0; i < 3; i++)
+        if ((st = refuse_array(g, hp, maybe_arrays[i], err))) return st;
     if ((st = get_u32_req(g, hp, "context_length", &hp->n_ctx_train, err))) return st;
     if ((st = get_u32_req(g, hp, "embedding_length", &hp->n_embd, err))) return st;
     if ((st = get_u32_req(g, hp, "block_count", &hp->n_layer, err))) return st;
@@ -90,6 +201,7 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
         return kv_fail(err, KVLM_ERR_FORMAT, "model: %s.block_count %d needs at least %llu tensors; the file has %llu",
                        hp->arch_name, hp->n_layer, 9ull * (unsigned long long)hp->n_layer,
                        (unsigned long long)g->n_tensors);
+    if ((st = refuse_experts(g, hp, err))) return st;
     if ((st = get_u32_req(g, hp, "feed_forward_length", &hp->n_ff, err))) return st;
     if ((st = get_u32_req(g, hp, "attention.head_count", &hp->n_head, err))) return st;
     hp->n_head_kv = hp->n_head;
@@ -98,69 +210,64 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if (hp->n_head_kv <= 0 || hp->n_head % hp->n_head_kv != 0)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: head_count %d is not a multiple of head_count_kv %d", hp->n_head,
                        hp->n_head_kv);
-    if (hp->n_embd % hp->n_head != 0)
-        return kv_fail(err, KVLM_ERR_FORMAT, "model: embedding_length %d is not a multiple of head_count %d",
-                       hp->n_embd, hp->n_head);
-    hp->head_dim = hp->n_embd / hp->n_head;
-    int32_t kl = hp->head_dim, vl = hp->head_dim;
-    get_u32_opt(g, hp, "attention.key_length", &kl, err, &st);
+    /* the head size: attention.key_length, else n_embd / n_head (as llama.cpp) */
+    int32_t kl = 0, vl = 0;
+    const bool has_kl = get_u32_opt(g, hp, "attention.key_length", &kl, err, &st);
     if (st) return st;
-    get_u32_opt(g, hp, "attention.value_length", &vl, err, &st);
+    const bool has_vl = get_u32_opt(g, hp, "attention.value_length", &vl, err, &st);
     if (st) return st;
-    if (kl != hp->head_dim || vl != hp->head_dim)
-        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: key/value length %d/%d differ from n_embd/n_head = %d", kl, vl,
-                       hp->head_dim);
+    if (!has_kl || !has_vl) {
+        if (hp->n_embd % hp->n_head != 0)
+            return kv_fail(err, KVLM_ERR_FORMAT, "model: embedding_length %d is not a multiple of head_count %d",
+                           hp->n_embd, hp->n_head);
+        if (!has_kl) kl = hp->n_embd / hp->n_head;
+        if (!has_vl) vl = hp->n_embd / hp->n_head;
+    }
+    if (kl != vl)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "model: %s.attention.key_length %d differs from value_length %d (not supported)", hp->arch_name,
+                       kl, vl);
+    if (kl <= 0 || kl % 2 != 0 || kl > 4096)
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: head size %d (attention.key_length) must be even and in 2..4096",
+                       kl);
+    hp->head_dim = kl;
     hp->n_rot = hp->head_dim;
     get_u32_opt(g, hp, "rope.dimension_count", &hp->n_rot, err, &st);
     if (st) return st;
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: rope.dimension_count %d must be even and in 2..%d", hp->n_rot,
                        hp->head_dim);
-
-    hp->rope_freq_base = 10000.0f;
-    hp->rope_freq_scale = 1.0f;
-    if ((st = get_f32_opt(g, hp, "rope.freq_base", &hp->rope_freq_base, err))) return st;
-    float factor = 0.0f;
-    char k[128];
-    gguf_str stype;
-    if (gguf_get_str(g, akey(hp, "rope.scaling.type", k, sizeof k), &stype)) {
-        if (gguf_str_eq(stype, "linear")) {
-            if ((st = get_f32_opt(g, hp, "rope.scaling.factor", &factor, err))) return st;
-        } else if (!gguf_str_eq(stype, "none")) {
-            return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: rope scaling type '%.*s' is not supported",
-                           (int)(stype.len > 20 ? 20 : stype.len), stype.data);
-        }
-    } else {
-        if ((st = get_f32_opt(g, hp, "rope.scale_linear", &factor, err))) return st;
-    }
-    if (factor != 0.0f) hp->rope_freq_scale = 1.0f / factor;
-    if (!(hp->rope_freq_base > 0.0f) || !(hp->rope_freq_scale > 0.0f))
-        return kv_fail(err, KVLM_ERR_FORMAT, "model: rope freq base %g / scale %g must be positive",
-                       hp->rope_freq_base, hp->rope_freq_scale);
+    if ((st = read_rope(g, hp, err))) return st;
     hp->norm_eps = -1.0f;
-    if ((st = get_f32_opt(g, hp, "attention.layer_norm_rms_epsilon", &hp->norm_eps, err))) return st;
-    if (hp->norm_eps < 0.0f)
-        return kv_fail(err, KVLM_ERR_FORMAT, "model: missing or negative %s.attention.layer_norm_rms_epsilon",
-                       hp->arch_name);
+    char k[128];
+    if (!gguf_find(g, akey(hp, "attention.layer_norm_rms_epsilon", k, sizeof k)))
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: missing %s", k);
+    if ((st = get_f32_range(g, hp, "attention.layer_norm_rms_epsilon", &hp->norm_eps, 0.0f, 1.0f, err))) return st;
     return KVLM_OK;
 }
 
+/* Binding: every tensor looked up is marked, so that those left over can be named. */
+typedef struct binder {
+    const gguf_ctx *g;
+    uint8_t *used; /* one per tensor of the file */
+} binder;
+
 /* Looks up a tensor and checks its shape: ne0 x ne1 (ne1 = 1 for vectors). */
-static kvlm_status find_shaped(const gguf_ctx *g, const char *name, int64_t ne0, int64_t ne1, bool required,
+static kvlm_status find_shaped(binder *b, const char *name, int64_t ne0, int64_t ne1, bool required,
                                const gguf_tensor **out, kvlm_error *err) {
-    const gguf_tensor *t = gguf_find_tensor(g, name);
+    const gguf_tensor *t = gguf_find_tensor(b->g, name);
     *out = t;
     if (!t) return required ? kv_fail(err, KVLM_ERR_FORMAT, "model: missing tensor '%s'", name) : KVLM_OK;
+    b->used[t - b->g->tensors] = 1;
     if (t->n_dims > 2 || (int64_t)t->ne[0] != ne0 || (int64_t)t->ne[1] != ne1)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s' has shape [%llu, %llu], expected [%lld, %lld]", name,
                        (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (long long)ne0, (long long)ne1);
     return KVLM_OK;
 }
 
-static kvlm_status bind_vec(const gguf_ctx *g, const char *name, int64_t n, bool required, kv_vec *v,
-                            kvlm_error *err) {
+static kvlm_status bind_vec(binder *b, const char *name, int64_t n, bool required, kv_vec *v, kvlm_error *err) {
     const gguf_tensor *t;
-    kvlm_status st = find_shaped(g, name, n, 1, required, &t, err);
+    kvlm_status st = find_shaped(b, name, n, 1, required, &t, err);
     if (st || !t) return st;
     if (t->type != KV_F32)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: tensor '%s' has type %s, expected f32", name,
@@ -170,10 +277,10 @@ static kvlm_status bind_vec(const gguf_ctx *g, const char *name, int64_t n, bool
     return KVLM_OK;
 }
 
-static kvlm_status bind_weight(const gguf_ctx *g, const char *name, int64_t ne0, int64_t ne1, bool required,
-                               kv_weight *w, kvlm_error *err) {
+static kvlm_status bind_weight(binder *b, const char *name, int64_t ne0, int64_t ne1, bool required, kv_weight *w,
+                               kvlm_error *err) {
     const gguf_tensor *t;
-    kvlm_status st = find_shaped(g, name, ne0, ne1, required, &t, err);
+    kvlm_status st = find_shaped(b, name, ne0, ne1, required, &t, err);
     if (st || !t) return st;
     const kv_quant_traits *q = kv_quant_get(t->type);
     if (!q || !q->vec_dot)
@@ -193,24 +300,26 @@ static kvlm_status bind_weight(const gguf_ctx *g, const char *name, int64_t ne0,
     if (t->type == KV_I2_S) {
         /* one f32 scale per tensor, after the packed values */
         w->scale = kv_i2_s_scale(t->data, (int64_t)t->n_elements);
-        if (!(w->scale == w->scale) || w->scale == 1.0f / 0.0f || w->scale == -1.0f / 0.0f)
+        if (!isfinite(w->scale))
             return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s': its I2_S scale is not finite", name);
     }
     return KVLM_OK;
 }
 
 /* An optional "<name>.scale" tensor (one f32) multiplies a weight (the "bitnet" layout). */
-static kvlm_status bind_scale(const gguf_ctx *g, const char *wname, kv_weight *w, kvlm_error *err) {
+static kvlm_status bind_scale(binder *b, const char *wname, kv_weight *w, kvlm_error *err) {
     char name[96];
     size_t n = strlen(wname);
     if (n < 7 || n + 1 > sizeof name) return KVLM_OK;
     snprintf(name, sizeof name, "%.*sscale", (int)(n - 6), wname); /* "x.weight" -> "x.scale" */
-    const gguf_tensor *t = gguf_find_tensor(g, name);
+    const gguf_tensor *t = gguf_find_tensor(b->g, name);
     if (!t) return KVLM_OK;
+    b->used[t - b->g->tensors] = 1;
     if (t->type != KV_F32 || t->n_elements != 1)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s' must be one f32", name);
     float v;
     memcpy(&v, t->data, 4);
+    if (!isfinite(v)) return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s' is not finite", name);
     w->scale *= v;
     return KVLM_OK;
 }
@@ -221,48 +330,67 @@ static void count(kvlm_model *m, const kv_weight *w) {
     m->weight_bytes += w->row_bytes * (uint64_t)w->ne1;
 }
 
-static kvlm_status bind_llama(kvlm_model *m, kvlm_error *err) {
-    const gguf_ctx *g = m->gguf;
+/* rope_freqs.weight: n_rot/2 f32 divisors of the RoPE angles, each finite and positive. */
+static kvlm_status bind_rope_freqs(binder *b, kvlm_model *m, kvlm_error *err) {
+    const char *name = "rope_freqs.weight";
+    kvlm_status st = bind_vec(b, name, m->hp.n_rot / 2, false, &m->rope_freqs, err);
+    if (st || !m->rope_freqs.data) return st;
+    for (int64_t i = 0; i < m->rope_freqs.n; i++) {
+        const float v = m->rope_freqs.data[i];
+        if (!isfinite(v) || !(v > 0.0f))
+            return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s': factor %lld is %g (must be positive and finite)",
+                           name, (long long)i, v);
+    }
+    return KVLM_OK;
+}
+
+static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvlm_error *err) {
     const kv_hparams *hp = &m->hp;
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
     const int64_t F = hp->n_ff, V = hp->n_vocab;
     kvlm_status st;
-    if ((st = bind_weight(g, "token_embd.weight", E, V, true, &m->tok_embd, err))) return st;
-    if ((st = bind_vec(g, "output_norm.weight", E, true, &m->output_norm, err))) return st;
-    if ((st = bind_weight(g, "output.weight", E, V, false, &m->output, err))) return st;
+    if ((st = bind_weight(b, "token_embd.weight", E, V, true, &m->tok_embd, err))) return st;
+    if ((st = bind_vec(b, "output_norm.weight", E, true, &m->output_norm, err))) return st;
+    if ((st = bind_weight(b, "output.weight", E, V, false, &m->output, err))) return st;
     m->tied_output = m->output.data == NULL;
     if (m->tied_output) m->output = m->tok_embd;
     count(m, &m->tok_embd);
     if (!m->tied_output) count(m, &m->output);
     m->n_params += (uint64_t)E;
+    if (ad->rope_freqs && (st = bind_rope_freqs(b, m, err))) return st;
 
     for (int l = 0; l < hp->n_layer; l++) {
         kv_layer *L = &m->layers[l];
         char n[96];
 #define NM(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
-        if ((st = bind_vec(g, NM("attn_norm.weight"), E, true, &L->attn_norm, err))) return st;
-        if ((st = bind_weight(g, NM("attn_q.weight"), E, Q, true, &L->wq, err))) return st;
-        if ((st = bind_weight(g, NM("attn_k.weight"), E, KV, true, &L->wk, err))) return st;
-        if ((st = bind_weight(g, NM("attn_v.weight"), E, KV, true, &L->wv, err))) return st;
-        if ((st = bind_weight(g, NM("attn_output.weight"), Q, E, true, &L->wo, err))) return st;
-        if ((st = bind_vec(g, NM("ffn_norm.weight"), E, true, &L->ffn_norm, err))) return st;
-        if ((st = bind_weight(g, NM("ffn_gate.weight"), E, F, true, &L->w_gate, err))) return st;
-        if ((st = bind_weight(g, NM("ffn_up.weight"), E, F, true, &L->w_up, err))) return st;
-        if ((st = bind_weight(g, NM("ffn_down.weight"), F, E, true, &L->w_down, err))) return st;
-        if ((st = bind_vec(g, NM("attn_q.bias"), Q, false, &L->bq, err))) return st;
-        if ((st = bind_vec(g, NM("attn_k.bias"), KV, false, &L->bk, err))) return st;
-        if ((st = bind_vec(g, NM("attn_v.bias"), KV, false, &L->bv, err))) return st;
-        const bool bitnet = hp->arch == KV_ARCH_BITNET || hp->arch == KV_ARCH_BITNET_B158;
-        if ((st = bind_vec(g, NM("attn_sub_norm.weight"), Q, bitnet, &L->attn_sub_norm, err))) return st;
-        if ((st = bind_vec(g, NM("ffn_sub_norm.weight"), F, bitnet, &L->ffn_sub_norm, err))) return st;
-        if (hp->arch == KV_ARCH_QWEN2 && (!L->bq.data || !L->bk.data || !L->bv.data))
-            return kv_fail(err, KVLM_ERR_FORMAT, "model: qwen2 layer %d lacks its q/k/v biases", l);
-        const char *wn[7] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-                             "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
-        kv_weight *wp[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (int i = 0; i < 7; i++) {
-            snprintf(n, sizeof n, "blk.%d.%s", l, wn[i]);
-            if ((st = bind_scale(g, n, wp[i], err))) return st;
+        if ((st = bind_vec(b, NM("attn_norm.weight"), E, true, &L->attn_norm, err))) return st;
+        if ((st = bind_weight(b, NM("attn_q.weight"), E, Q, true, &L->wq, err))) return st;
+        if ((st = bind_weight(b, NM("attn_k.weight"), E, KV, true, &L->wk, err))) return st;
+        if ((st = bind_weight(b, NM("attn_v.weight"), E, KV, true, &L->wv, err))) return st;
+        if ((st = bind_weight(b, NM("attn_output.weight"), Q, E, true, &L->wo, err))) return st;
+        if ((st = bind_vec(b, NM("ffn_norm.weight"), E, true, &L->ffn_norm, err))) return st;
+        if ((st = bind_weight(b, NM("ffn_gate.weight"), E, F, true, &L->w_gate, err))) return st;
+        if ((st = bind_weight(b, NM("ffn_up.weight"), E, F, true, &L->w_up, err))) return st;
+        if ((st = bind_weight(b, NM("ffn_down.weight"), F, E, true, &L->w_down, err))) return st;
+        if (ad->qkv_bias != T_NO) {
+            const bool req = ad->qkv_bias == T_REQUIRED;
+            if ((st = bind_vec(b, NM("attn_q.bias"), Q, req, &L->bq, err))) return st;
+            if ((st = bind_vec(b, NM("attn_k.bias"), KV, req, &L->bk, err))) return st;
+            if ((st = bind_vec(b, NM("attn_v.bias"), KV, req, &L->bv, err))) return st;
+        }
+        if (ad->sub_norms != T_NO) {
+            const bool req = ad->sub_norms == T_REQUIRED;
+            if ((st = bind_vec(b, NM("attn_sub_norm.weight"), Q, req, &L->attn_sub_norm, err))) return st;
+            if ((st = bind_vec(b, NM("ffn_sub_norm.weight"), F, req, &L->ffn_sub_norm, err))) return st;
+        }
+        if (ad->weight_scales) {
+            const char *wn[7] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                                 "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
+            kv_weight *wp[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+            for (int i = 0; i < 7; i++) {
+                snprintf(n, sizeof n, "blk.%d.%s", l, wn[i]);
+                if ((st = bind_scale(b, n, wp[i], err))) return st;
+            }
         }
 #undef NM
         const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -270,6 +398,46 @@ static kvlm_status bind_llama(kvlm_model *m, kvlm_error *err) {
         m->n_params += (uint64_t)(2 * E);
     }
     return KVLM_OK;
+}
+
+/* Binds the tensors of m's architecture, then refuses the file if it holds any other. */
+static kvlm_status bind_tensors(kvlm_model *m, kvlm_error *err) {
+    const gguf_ctx *g = m->gguf;
+    const arch_desc *ad = arch_of(&m->hp);
+    binder b = {g, calloc(g->n_tensors ? (size_t)g->n_tensors : 1, 1)};
+    if (!b.used) return kv_fail(err, KVLM_ERR_NOMEM, "model: out of memory");
+    kvlm_status st = bind_llama(&b, m, ad, err);
+    uint64_t n_unused = 0, first = 0;
+    for (uint64_t i = 0; !st && i < g->n_tensors; i++)
+        if (!b.used[i] && n_unused++ == 0) first = i;
+    if (!st && n_unused) {
+        char more[64] = "";
+        if (n_unused > 1) snprintf(more, sizeof more, " (nor are %llu more)", (unsigned long long)(n_unused - 1));
+        st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                     "model: tensor '%s' is not part of the %s architecture as kvlm runs it%s; refusing the file "
+                     "rather than ignoring it",
+                     g->tensors[first].name, ad->name, more);
+    }
+    free(b.used);
+    return st;
+}
+
+void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *r) {
+    const kv_hparams *hp = &m->hp;
+    (void)n_ctx; /* LongRoPE (phi3) will choose its factors by it */
+    memset(r, 0, sizeof *r);
+    r->type = hp->rope_type;
+    r->n_rot = hp->n_rot;
+    r->base = hp->rope_freq_base;
+    r->freq_scale = hp->rope_freq_scale;
+    /* llama_init_from_model's defaults: YaRN extrapolation on for yarn models, ramp 32..1 turns */
+    r->ext_factor = hp->rope_scaling == KV_ROPE_SCALING_YARN ? 1.0f : 0.0f;
+    r->attn_factor = hp->rope_attn_factor;
+    r->beta_fast = 32.0f;
+    r->beta_slow = 1.0f;
+    r->n_ctx_orig = hp->n_ctx_orig;
+    r->freq_factors = m->rope_freqs.data;
+    kv_rope_init(r);
 }
 
 kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err) {
@@ -315,7 +483,7 @@ kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, k
         st = kv_fail(err, KVLM_ERR_NOMEM, "model: out of memory");
         goto fail;
     }
-    if ((st = bind_llama(m, err))) goto fail;
+    if ((st = bind_tensors(m, err))) goto fail;
     *out = m;
     return KVLM_OK;
 fail:

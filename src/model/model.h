@@ -13,6 +13,8 @@ typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH
 #include "core/rope.h"
 
 typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
+/* <arch>.rope.scaling.type (absent: linear, as llama.cpp reads it) */
+typedef enum kv_rope_scaling { KV_ROPE_SCALING_NONE = 0, KV_ROPE_SCALING_LINEAR, KV_ROPE_SCALING_YARN } kv_rope_scaling;
 typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
 
 /* A weight matrix: ne0 columns (the reduction length), ne1 rows. */
@@ -43,6 +45,9 @@ typedef struct kv_hparams {
     int32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_rot;
     float rope_freq_base, rope_freq_scale, norm_eps;
     kv_rope_type rope_type;
+    kv_rope_scaling rope_scaling;
+    float rope_attn_factor;  /* rope.scaling.attn_factor (1 if absent) */
+    int32_t n_ctx_orig;      /* rope.scaling.original_context_length (n_ctx_train if absent) */
     kv_ffn_act ffn_act;
 } kv_hparams;
 
@@ -51,6 +56,7 @@ struct kvlm_model {
     kv_hparams hp;
     kv_weight tok_embd, output;
     kv_vec output_norm;
+    kv_vec rope_freqs; /* rope_freqs.weight: n_rot/2 divisors of the RoPE angles (Llama 3.x), or none */
     bool tied_output;
     kv_layer *layers;
     kv_vocab *vocab;
@@ -63,5 +69,9 @@ struct kvlm_model {
 /* Binds an opened GGUF (takes ownership on success and on failure). With
  * vocab_only, only the tokenizer is loaded. */
 kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err);
+
+/* The RoPE a session of n_ctx tokens uses (scaling, YaRN terms, frequency
+ * factors), as llama.cpp derives it from the model's metadata and tensors. */
+void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *out);
 
 #endif

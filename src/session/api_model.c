@@ -50,6 +50,7 @@ void kvlm_model_get_info(const kvlm_model *m, kvlm_model_info *info) {
     info->n_head_kv = hp->n_head_kv;
     info->n_ff = hp->n_ff;
     info->n_rot = hp->n_rot;
+    info->head_dim = hp->head_dim;
     info->rope_freq_base = hp->rope_freq_base;
     info->rope_freq_scale = hp->rope_freq_scale;
     info->norm_eps = hp->norm_eps;

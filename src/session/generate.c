@@ -63,7 +63,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                                    kvlm_token_callback cb, void *ud, kvlm_generate_result *res, kvlm_error *err) {
     const kvlm_model *m = s->model;
     const kv_vocab *v = m->vocab;
-    const int32_t n_vocab = m->hp.n_vocab, n_ctx = s->seq.n_ctx;
+    const int32_t n_vocab = m->hp.n_vocab, n_ctx = kv_seq_n_ctx(&s->seq);
     const double t0 = kv_now_s();
     const double deadline = gp->timeout_s > 0 ? t0 + gp->timeout_s : 0;
     kvlm_status st = KVLM_OK;
@@ -78,7 +78,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     /* the token context: history + prompt (append) or the prompt alone */
     const size_t plen = strlen(prompt);
     const bool append = gp->append;
-    int32_t n_hist = append ? s->seq.n : 0;
+    int32_t n_hist = append ? kv_seq_n(&s->seq) : 0;
     if (append && !kv_session_rewindable(s)) n_hist = 0; /* shifted: continue from what it holds */
     if (plen > (size_t)INT32_MAX / 2) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: the prompt is too long");
     int32_t cap = n_hist + (int32_t)plen + 8;
@@ -103,7 +103,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: empty prompt and empty session");
         goto fail;
     }
-    if (s->seq.overflow == KVLM_OVERFLOW_ERROR && n > n_ctx) {
+    if (!kv_seq_fits(&s->seq, n)) {
         st = kv_fail(err, KVLM_ERR_CONTEXT_FULL, "generate: the prompt has %d tokens, more than the context of %d", n,
                      n_ctx);
         goto fail;
@@ -114,23 +114,20 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
 
     /* prompt: reuse what the session holds, evaluate the rest in chunks (cancellable) */
     kvlm_finish_reason fin = KVLM_FINISH_LENGTH;
-    const int64_t misses_before = s->seq.misses;
+    const int64_t misses_before = kv_seq_misses(&s->seq);
     int32_t done;
     bool counted = false;
     if (!append && !kv_session_rewindable(s)) {
         /* shifted, or a ring: go back to the longest part of the history that the new context repeats
            and the cache still holds (the whole history is compared, the dropped part by its hash);
            from there the context is appended, shifting again as needed */
-        const int32_t keep = kv_seq_reuse_point(&s->seq, s->n_consumed, ctx, n - 1, true);
-        if ((st = kv_seq_rewind(&s->seq, s->n_consumed, keep, err))) goto fail;
+        int32_t keep;
+        if ((st = kv_seq_sync(&s->seq, s->n_consumed, ctx, n, KVLM_AUTO, false, &keep, err))) goto fail;
         s->n_consumed = keep;
-        kv_seq_count_hits(&s->seq, keep);
         counted = true;
     }
     if (kv_session_rewindable(s)) {
-        int32_t lcp = 0;
-        const int32_t limit = s->seq.n < n - 1 ? s->seq.n : n - 1;
-        while (lcp < limit && s->seq.tokens[lcp] == ctx[lcp]) lcp++;
+        const int32_t lcp = kv_seq_common_prefix(&s->seq, ctx, n - 1);
         if (!counted) kv_seq_count_hits(&s->seq, lcp);
         done = lcp;
         bool first = true;
@@ -156,7 +153,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             if (fin != KVLM_FINISH_LENGTH) break;
         }
     }
-    res->n_prompt_cached = n - (int32_t)(s->seq.misses - misses_before);
+    res->n_prompt_cached = n - (int32_t)(kv_seq_misses(&s->seq) - misses_before);
     if (res->n_prompt_cached < 0) res->n_prompt_cached = 0;
     if (st) goto fail;
     res->prompt_ms = (kv_now_s() - t0) * 1e3;
@@ -200,7 +197,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             if (n_gen == max_gen) break;
             /* feed it back */
             ctx[n] = t;
-            if (s->seq.overflow == KVLM_OVERFLOW_ERROR && s->seq.n + 1 > n_ctx) break; /* context full: length */
+            if (!kv_seq_fits(&s->seq, (int64_t)kv_seq_n(&s->seq) + 1)) break; /* context full: length */
             st = kv_session_append_locked(s, &t, 1, logits, false, err);
             if (st) goto fail;
             n++;

@@ -37,6 +37,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "core/buf.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "session_impl.h"
@@ -142,29 +143,6 @@ int kv_session_clean_temps(const char *path) {
 
 /* ------------------------------------------------------------ writing */
 
-typedef struct wbuf {
-    uint8_t *p;
-    size_t n, cap;
-    bool oom;
-} wbuf;
-
-static void put(wbuf *b, const void *src, size_t n) {
-    if (b->oom) return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 1 << 16;
-        while (cap < b->n + n) cap *= 2;
-        uint8_t *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = true;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-
 static void sync_dir_of(const char *path) {
     const char *slash = strrchr(path, '/');
     char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
@@ -222,90 +200,48 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
     return KVLM_OK;
 }
 
-/* The counts of a session state (q: a sequence with the settings it runs
- * under) against every rule the engine relies on. The message is a phrase
- * about the state ("holds ..."). */
-static kvlm_status check_counts(const kv_seq *q, int32_t n, int32_t next_pos, int32_t n_consumed, uint32_t shareable,
-                                const int32_t *pos, kvlm_error *err) {
-    kvlm_status st = kv_seq_check_state(q, n, next_pos, pos, err);
-    if (st) return st;
-    bool ok;
-    switch (q->overflow) {
-    case KVLM_OVERFLOW_RING: ok = n_consumed == next_pos; break;            /* every token passes through */
-    case KVLM_OVERFLOW_ERROR: ok = n_consumed == n; break;                  /* nothing is ever dropped */
-    default: ok = n_consumed >= n && n_consumed <= KV_POS_LIMIT; break; /* a shift drops slots */
-    }
-    if (!ok) return kv_fail(err, KVLM_ERR_FORMAT, "counts %d consumed tokens for %d slots at position %d", n_consumed,
-                            n, next_pos);
-    if (shareable > 1 || (shareable && (q->overflow == KVLM_OVERFLOW_RING || n_consumed != n)))
-        return kv_fail(err, KVLM_ERR_FORMAT, "is marked shareable (%u) though its cache was shifted or is a ring",
-                       shareable);
-    return KVLM_OK;
-}
-
 static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *err) {
     const kv_seq *q = &s->seq;
     /* only states a load accepts are written */
+    kv_seq_desc d;
     kvlm_error why;
-    const int64_t n_pages = kv_seq_state_pages(q, q->n);
-    if (check_counts(q, q->n, q->next_pos, s->n_consumed, q->shareable, q->pos, &why) != KVLM_OK)
+    if (kv_seq_export(q, s->n_consumed, &d, &why) != KVLM_OK)
         return kv_fail(err, KVLM_ERR_INTERNAL, "session_save: the session cannot be saved: it %s", why.msg);
-    if (n_pages > q->n_pages)
-        return kv_fail(err, KVLM_ERR_INTERNAL, "session_save: the session holds %d pages for %d tokens", q->n_pages,
-                       q->n);
-    for (int64_t j = 0; j < n_pages; j++) {
-        const kv_layout *l = q->pages[j]->layout;
-        if (kv_seq_page_layout(q, l->type_k, l->type_v) != l)
-            return kv_fail(err, KVLM_ERR_INTERNAL, "session_save: page %lld has types %s/%s the session does not use",
-                           (long long)j, kv_dtype_name(l->type_k), kv_dtype_name(l->type_v));
-    }
     ses_header h;
     memset(&h, 0, sizeof h);
     memcpy(h.magic, KV_SES_MAGIC, 8);
     h.version = KV_SES_VERSION;
     h.header_bytes = sizeof h;
     model_fingerprint(s->model, h.fingerprint);
-    h.page_tokens = (uint32_t)q->P;
-    h.n_layer = (uint32_t)q->n_layer;
-    h.kv_dim = (uint32_t)q->kv_dim;
-    h.type_k = q->layout->type_k;
-    h.type_v = q->layout->type_v;
-    h.overflow = (uint32_t)q->overflow;
-    h.shareable = q->shareable;
-    h.n_pages = (uint32_t)n_pages; /* pages past the last token (a failed pass's reservation) are not saved */
-    h.n = q->n;
-    h.next_pos = q->next_pos;
-    h.n_consumed = s->n_consumed;
-    h.n_ctx = q->n_ctx;
-    wbuf b = {0};
-    put(&b, &h, sizeof h);
-    /* slots in use: [0, n) (a ring fills its slots in order before wrapping) */
-    put(&b, q->tokens, (size_t)q->n * sizeof *q->tokens);
-    put(&b, q->pos, (size_t)q->n * sizeof *q->pos);
+    h.page_tokens = d.page_tokens;
+    h.n_layer = d.n_layer;
+    h.kv_dim = d.kv_dim;
+    h.type_k = d.type_k;
+    h.type_v = d.type_v;
+    h.overflow = d.overflow;
+    h.shareable = d.shareable;
+    h.n_pages = d.n_pages;
+    h.n = d.n;
+    h.next_pos = d.next_pos;
+    h.n_consumed = d.n_hist;
+    h.n_ctx = d.n_ctx;
+    kv_buf b = {0};
+    kv_buf_add(&b, &h, sizeof h);
+    kv_buf_add(&b, d.tokens, (size_t)d.n * sizeof *d.tokens);
+    kv_buf_add(&b, d.pos, (size_t)d.n * sizeof *d.pos);
     uint8_t *raw = NULL, *comp = NULL;
     size_t comp_cap = 0;
     kvlm_status st = KVLM_OK;
-    for (int32_t j = 0; j < (int32_t)n_pages && !b.oom; j++) {
-        const kv_page *pg = q->pages[j];
-        const kv_layout *l = pg->layout;
-        uint8_t *nr = realloc(raw, l->page_bytes);
+    for (int32_t j = 0; j < (int32_t)d.n_pages && !b.oom; j++) {
+        const kv_page_desc pd = kv_seq_export_page(q, j, NULL);
+        uint8_t *nr = realloc(raw, pd.bytes);
         if (!nr) {
             b.oom = true;
             break;
         }
         raw = nr;
-        memcpy(raw, pg->data, l->page_bytes);
-        /* rows past the last stored token are unwritten: zero them so files are deterministic */
-        const int32_t used = q->n - j * q->P;
-        if (used < q->P) {
-            const uint64_t m = (uint64_t)(used > 0 ? used : 0);
-            for (int li = 0; li < q->n_layer; li++) {
-                uint8_t *base = raw + (uint64_t)li * l->layer_bytes;
-                memset(base + m * l->k_row, 0, ((uint64_t)q->P - m) * l->k_row);
-                memset(base + (uint64_t)q->P * l->k_row + m * l->v_row, 0, ((uint64_t)q->P - m) * l->v_row);
-            }
-        }
-        size_t bound = ZSTD_compressBound(l->page_bytes);
+        kv_seq_export_page(q, j, raw);
+        size_t bound = ZSTD_compressBound(pd.bytes);
         if (bound > comp_cap) {
             uint8_t *nc = realloc(comp, bound);
             if (!nc) {
@@ -315,26 +251,27 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
             comp = nc;
             comp_cap = bound;
         }
-        size_t cn = ZSTD_compress(comp, comp_cap, raw, l->page_bytes, 1);
+        size_t cn = ZSTD_compress(comp, comp_cap, raw, pd.bytes, 1);
         if (ZSTD_isError(cn)) {
             st = kv_fail(err, KVLM_ERR_INTERNAL, "session_save: zstd: %s", ZSTD_getErrorName(cn));
             break;
         }
-        const uint32_t types[2] = {l->type_k, l->type_v};
-        const uint64_t sizes[2] = {l->page_bytes, cn};
-        put(&b, types, sizeof types);
-        put(&b, sizes, sizeof sizes);
-        put(&b, comp, cn);
+        const uint32_t types[2] = {pd.type_k, pd.type_v};
+        const uint64_t sizes[2] = {pd.bytes, cn};
+        kv_buf_add(&b, types, sizeof types);
+        kv_buf_add(&b, sizes, sizeof sizes);
+        kv_buf_add(&b, comp, cn);
     }
     free(raw);
     free(comp);
     if (!st && b.oom) st = kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory");
     if (!st) {
-        const uint64_t sum = kv_session_checksum(b.p, b.n);
-        put(&b, &sum, sizeof sum);
-        st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory") : write_atomically(path, b.p, b.n, err);
+        const uint64_t sum = kv_session_checksum(b.data, b.n);
+        kv_buf_add(&b, &sum, sizeof sum);
+        st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory")
+                   : write_atomically(path, (const uint8_t *)b.data, b.n, err);
     }
-    free(b.p);
+    free(b.data);
     return st;
 }
 
@@ -407,12 +344,23 @@ static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_er
     return KVLM_OK;
 }
 
+/* The description a header gives (the slot arrays come after it). */
+static kv_seq_desc desc_of(const ses_header *h) {
+    kv_seq_desc d = {
+        .page_tokens = h->page_tokens, .n_layer = h->n_layer, .kv_dim = h->kv_dim, .type_k = h->type_k,
+        .type_v = h->type_v, .overflow = h->overflow, .shareable = h->shareable, .n_pages = h->n_pages,
+        .n = h->n, .next_pos = h->next_pos, .n_hist = h->n_consumed, .n_ctx = h->n_ctx,
+    };
+    return d;
+}
+
 static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t size, const char *path,
                                      kvlm_error *err) {
     kvlm_status st = KVLM_OK;
     kv_seq fresh;
     memset(&fresh, 0, sizeof fresh);
     bool fresh_init = false;
+    int32_t *slots = NULL;
     ses_header h;
     kvlm_error why;
     rcur c = {buf, size, 0};
@@ -438,31 +386,17 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "session_load: '%s' was saved with another model", path);
         goto out;
     }
-    const kv_seq *q = &s->seq;
-    if ((int64_t)h.page_tokens != q->P || (int64_t)h.n_layer != q->n_layer || (int64_t)h.kv_dim != q->kv_dim ||
-        h.type_k != q->layout->type_k || h.type_v != q->layout->type_v || h.overflow != (uint32_t)q->overflow) {
-        st = kv_fail(err, KVLM_ERR_INVALID_ARG,
-                     "session_load: '%s' has other cache settings (page %u, K %s, V %s, overflow %u) than the session "
-                     "(page %d, K %s, V %s, overflow %d)",
-                     path, h.page_tokens, kv_dtype_name(h.type_k), kv_dtype_name(h.type_v), h.overflow, q->P,
-                     kv_dtype_name(q->layout->type_k), kv_dtype_name(q->layout->type_v), (int)q->overflow);
+    kv_seq_desc d = desc_of(&h);
+    if (kv_seq_check_settings(&s->seq, &d, &why) != KVLM_OK) {
+        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "session_load: '%s' %s", path, why.msg);
         goto out;
     }
     /* the counts, against a sequence with the session's settings (a ring's capacity comes from them) */
-    st = kv_seq_init(&fresh, q->pool, &s->seq_config, err);
+    st = kv_seq_init(&fresh, s->cache->pool, &s->seq_config, err);
     if (st) goto out;
     fresh_init = true;
-    const bool ring = fresh.overflow == KVLM_OVERFLOW_RING;
-    const int64_t want_pages = kv_seq_state_pages(&fresh, h.n);
-    if (check_counts(&fresh, h.n, h.next_pos, h.n_consumed, h.shareable, NULL, &why) != KVLM_OK) {
+    if (kv_seq_check_desc(&fresh, &d, &why) != KVLM_OK) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' %s", path, why.msg);
-        goto out;
-    }
-    if ((int64_t)h.n_pages != want_pages || (ring ? h.n_ctx != fresh.n_ctx : (h.n_ctx < 1 || h.n_ctx < h.n))) {
-        st = kv_fail(err, KVLM_ERR_FORMAT,
-                     "session_load: '%s' holds %d tokens in %u pages of a context of %d, which does not fit "
-                     "(this session: %lld pages, context %d)",
-                     path, h.n, h.n_pages, h.n_ctx, (long long)want_pages, fresh.n_ctx);
         goto out;
     }
     const int32_t n_vocab = s->model->hp.n_vocab;
@@ -470,39 +404,30 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated", path);
         goto out;
     }
-    /* slot arrays (a ring has them already) */
-    {
-        int32_t cap_pages = fresh.cap_pages;
-        int32_t need = (int32_t)h.n_pages;
-        if (need > cap_pages) {
-            int32_t *t = realloc(fresh.tokens, (size_t)need * (size_t)q->P * sizeof *t);
-            if (t) fresh.tokens = t;
-            int32_t *p = realloc(fresh.pos, (size_t)need * (size_t)q->P * sizeof *p);
-            if (p) fresh.pos = p;
-            kv_page **pg = realloc(fresh.pages, (size_t)need * sizeof *pg);
-            if (pg) fresh.pages = pg;
-            uint64_t *k = realloc(fresh.keys, (size_t)need * sizeof *k);
-            if (k) fresh.keys = k;
-            if (!t || !p || !pg || !k) {
-                st = kv_fail(err, KVLM_ERR_NOMEM, "session_load: out of memory");
-                goto out;
-            }
-            fresh.cap_pages = need;
-        }
+    /* the slot arrays: token ids, then positions */
+    slots = malloc((size_t)(h.n > 0 ? h.n : 1) * 2 * sizeof *slots);
+    if (!slots) {
+        st = kv_fail(err, KVLM_ERR_NOMEM, "session_load: out of memory");
+        goto out;
     }
-    take(&c, fresh.tokens, (size_t)h.n * 4);
-    take(&c, fresh.pos, (size_t)h.n * 4);
+    take(&c, slots, (size_t)h.n * 4);
+    take(&c, slots + h.n, (size_t)h.n * 4);
+    d.tokens = slots;
+    d.pos = slots + h.n;
     for (int32_t i = 0; i < h.n; i++)
-        if (fresh.tokens[i] < 0 || fresh.tokens[i] >= n_vocab) {
+        if (d.tokens[i] < 0 || d.tokens[i] >= n_vocab) {
             st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': slot %d holds token %d, outside the vocabulary (0..%d)",
-                         path, i, fresh.tokens[i], n_vocab - 1);
+                         path, i, d.tokens[i], n_vocab - 1);
             goto out;
         }
-    if (kv_seq_check_state(&fresh, h.n, h.next_pos, fresh.pos, &why) != KVLM_OK) {
+    if (kv_seq_check_desc(&fresh, &d, &why) != KVLM_OK) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' %s", path, why.msg);
         goto out;
     }
-    /* pages: a ring already has its own; otherwise allocate */
+    if (kv_seq_import(&fresh, &d, &why) != KVLM_OK) {
+        st = kv_fail(err, KVLM_ERR_NOMEM, "session_load: %s", why.msg);
+        goto out;
+    }
     for (uint32_t j = 0; j < h.n_pages; j++) {
         uint32_t types[2];
         uint64_t sizes[2];
@@ -510,37 +435,15 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
             st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated at page %u", path, j);
             goto out;
         }
-        /* only the layouts this session writes (its types, or its compression type) */
-        const kv_layout *l = kv_seq_page_layout(&fresh, types[0], types[1]);
-        if (!l) {
-            st = kv_fail(err, KVLM_ERR_FORMAT,
-                         "session_load: '%s': page %u is stored as %s/%s, which this session does not use (K %s, V %s%s%s)",
-                         path, j, kv_dtype_name(types[0]), kv_dtype_name(types[1]), kv_dtype_name(fresh.layout->type_k),
-                         kv_dtype_name(fresh.layout->type_v), fresh.compress_layout && !ring ? ", compressed " : "",
-                         fresh.compress_layout && !ring ? kv_dtype_name(fresh.compress_layout->type_k) : "");
+        const kv_page_desc pd = {types[0], types[1], sizes[0]};
+        uint8_t *dst = kv_seq_import_page(&fresh, &d, j, &pd, &why);
+        if (!dst) {
+            st = why.code == KVLM_ERR_FORMAT ? kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': %s", path, why.msg)
+                                             : kv_fail(err, why.code, "session_load: %s", why.msg);
             goto out;
         }
-        if (l->page_bytes != sizes[0]) {
-            st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': page %u claims %llu bytes (a %s/%s page has %llu)",
-                         path, j, (unsigned long long)sizes[0], kv_dtype_name(types[0]), kv_dtype_name(types[1]),
-                         (unsigned long long)l->page_bytes);
-            goto out;
-        }
-        kv_page *pg;
-        if ((int32_t)j < fresh.n_pages && fresh.pages[j]->layout == l) {
-            pg = fresh.pages[j];
-        } else {
-            pg = kv_pool_alloc(q->pool, l);
-            if (!pg) {
-                st = kv_fail(err, KVLM_ERR_NOMEM, "session_load: the page pool has no room for %u pages", h.n_pages);
-                goto out;
-            }
-            if ((int32_t)j < fresh.n_pages) kv_pool_release(q->pool, fresh.pages[j]);
-            fresh.pages[j] = pg;
-            if ((int32_t)j >= fresh.n_pages) fresh.n_pages = (int32_t)j + 1;
-        }
-        size_t dn = ZSTD_decompress(pg->data, l->page_bytes, c.p + c.off, (size_t)sizes[1]);
-        if (ZSTD_isError(dn) || dn != l->page_bytes) {
+        size_t dn = ZSTD_decompress(dst, (size_t)pd.bytes, c.p + c.off, (size_t)sizes[1]);
+        if (ZSTD_isError(dn) || dn != pd.bytes) {
             st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s': page %u does not decompress", path, j);
             goto out;
         }
@@ -550,17 +453,12 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' has %zu unexpected trailing bytes", path, c.n - c.off);
         goto out;
     }
-    fresh.n = h.n;
-    fresh.next_pos = h.next_pos;
-    fresh.shareable = fresh.shareable && h.shareable;
-    atomic_fetch_add(&q->pool->st_tokens, (long long)h.n);
     /* swap in: the old contents go, the forward pass keeps pointing at s->seq */
-    kv_seq_destroy(&s->seq);
-    s->seq = fresh;
+    kv_seq_import_commit(&s->seq, &fresh, &d);
     fresh_init = false;
-    kv_seq_reindex(&s->seq);
     s->n_consumed = h.n_consumed;
 out:
+    free(slots);
     if (fresh_init) kv_seq_destroy(&fresh);
     return st;
 }
@@ -595,14 +493,5 @@ kvlm_status kvlm_session_load(kvlm_session *s, const char *path, kvlm_error *err
 }
 
 int32_t kvlm_session_tokens(const kvlm_session *s, kvlm_token *out, int32_t n_max) {
-    const kv_seq *q = &s->seq;
-    if (q->overflow == KVLM_OVERFLOW_RING) {
-        /* oldest first */
-        int32_t n = 0;
-        for (int32_t p = q->next_pos - q->n; p < q->next_pos; p++, n++)
-            if (n < n_max) out[n] = q->tokens[p % q->n_ctx];
-        return n;
-    }
-    for (int32_t i = 0; i < q->n && i < n_max; i++) out[i] = q->tokens[i];
-    return q->n;
+    return kv_seq_tokens(&s->seq, out, n_max);
 }

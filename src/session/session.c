@@ -91,16 +91,16 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
     s->model = model;
     kvlm_status st = KVLM_OK;
     const int32_t ubatch = n_ctx < KV_UBATCH ? n_ctx : KV_UBATCH;
-    kvlm_cache_params cp = p.cache ? p.cache->pool->params : p.cache_params;
+    kvlm_cache_params cp = p.cache ? *kv_pool_params(p.cache->pool) : p.cache_params;
     if (!p.cache && cp.page_tokens == 0) cp = kvlm_cache_default_params();
     kv_seq_config sc = {
         .n_ctx = n_ctx, .n_layer = hp->n_layer, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim,
         .type_k = (uint32_t)cp.type_k, .type_v = (uint32_t)cp.type_v, .overflow = p.overflow,
         .n_keep = p.n_keep, .n_sink = p.n_sink, .window = p.window, .compress_after = p.compress_after,
-        .compress_type = (uint32_t)p.compress_type, .rope_base = hp->rope_freq_base,
-        .rope_scale = hp->rope_freq_scale, .rope_type = hp->rope_type, .n_rot = hp->n_rot,
+        .compress_type = (uint32_t)p.compress_type,
         .max_batch = ubatch < 32 ? ubatch : 32,
     };
+    kv_model_rope(model, n_ctx, &sc.rope);
     if (p.cache) {
         s->cache = p.cache;
     } else if (cp.page_tokens < 1 || cp.page_tokens > (1 << 20)) {
@@ -121,7 +121,7 @@ kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *param
         st = kv_seq_init(&s->seq, s->cache->pool, &sc, err);
     }
     if (!st) st = kv_tpool_new(nth, &s->tpool, err);
-    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, s->cache->pool->params.prefetch, &s->fwd, err);
+    if (!st) st = kv_forward_new(model, &s->seq, s->tpool, ubatch, kv_pool_params(s->cache->pool)->prefetch, &s->fwd, err);
     if (st) {
         kvlm_session_free(s);
         return st;
@@ -134,13 +134,13 @@ void kvlm_session_free(kvlm_session *s) {
     if (!s) return;
     kv_forward_free(s->fwd);
     kv_tpool_free(s->tpool);
-    if (s->seq.pool) kv_seq_destroy(&s->seq);
+    kv_seq_destroy(&s->seq);
     if (s->own_cache) kvlm_cache_free(s->cache);
     free(s);
 }
 
 int32_t kvlm_session_n_past(const kvlm_session *s) { return s->n_consumed; }
-int32_t kvlm_session_n_ctx(const kvlm_session *s) { return s->seq.n_ctx; }
+int32_t kvlm_session_n_ctx(const kvlm_session *s) { return kv_seq_n_ctx(&s->seq); }
 
 int kvlm_session_n_threads(const kvlm_session *s) { return kv_tpool_size(s->tpool); }
 
@@ -153,27 +153,16 @@ void kv_session_release(kvlm_session *s) { atomic_store(&s->busy, 0); }
 #define release kv_session_release
 
 /* Whether the session may roll back (its slots are still the token history). */
-bool kv_session_rewindable(const kvlm_session *s) {
-    return s->seq.overflow != KVLM_OVERFLOW_RING && s->seq.n == s->n_consumed;
-}
+bool kv_session_rewindable(const kvlm_session *s) { return kv_seq_holds_history(&s->seq, s->n_consumed); }
 
-/* The forward pass over toks in passes the overflow policy can always make room for: a shift frees
- * (n_ctx - n_keep) / 2 slots and sliding a few pages, so a pass of a whole context could never fit
- * after one. A pass fills what is free, or (when little is) takes kv_seq_max_pass tokens. */
+/* The forward pass over toks in passes the overflow policy can always make room for
+ * (kv_seq_next_pass: a pass of a whole context could never fit after one shift). */
 static kvlm_status forward_pieces(kvlm_session *s, const kvlm_token *toks, int32_t n, float *logits, bool all_logits,
                                   int32_t *done, kvlm_error *err) {
     *done = 0;
     const int64_t V = s->model->hp.n_vocab;
-    const kv_seq *q = &s->seq;
-    const bool moves = q->overflow == KVLM_OVERFLOW_SHIFT || q->overflow == KVLM_OVERFLOW_SLIDING;
-    const int32_t most = kv_seq_max_pass(q);
     while (*done < n) {
-        int32_t T = n - *done;
-        if (moves) {
-            const int32_t room = q->n_ctx - q->n;
-            const int32_t cap = room > most ? room : most;
-            if (T > cap) T = cap;
-        }
+        const int32_t T = kv_seq_next_pass(&s->seq, n - *done);
         const bool last = *done + T == n;
         float *out = NULL;
         if (logits && all_logits) out = logits + (int64_t)*done * V;
@@ -193,9 +182,9 @@ kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, in
         if (toks[i] < 0 || toks[i] >= n_vocab)
             return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: token %d is outside the vocabulary (0..%d)", toks[i],
                            n_vocab - 1);
-    if (s->seq.overflow == KVLM_OVERFLOW_ERROR && (int64_t)s->seq.n + n > s->seq.n_ctx)
-        return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", s->seq.n + n,
-                       s->seq.n_ctx);
+    if (!kv_seq_fits(&s->seq, (int64_t)kv_seq_n(&s->seq) + n))
+        return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", kv_seq_n(&s->seq) + n,
+                       kv_seq_n_ctx(&s->seq));
     int32_t done = 0;
     kvlm_status st = forward_pieces(s, toks, n, logits, all_logits, &done, err);
     s->n_consumed += done;
@@ -204,7 +193,6 @@ kvlm_status kv_session_append_locked(kvlm_session *s, const kvlm_token *toks, in
 
 kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens, int32_t n_past,
                                    float *logits, bool all_logits, kvlm_error *err) {
-    kv_seq *q = &s->seq;
     const int32_t n_vocab = s->model->hp.n_vocab;
     if (n_tokens <= 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: no tokens");
     if (n_past != KVLM_AUTO && (n_past < 0 || n_past > s->n_consumed))
@@ -218,54 +206,11 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
             return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval: token %d at index %d is outside the vocabulary (0..%d)",
                            tokens[i], i, n_vocab - 1);
 
+    /* roll back to what the request repeats, and (unless every row's logits are wanted) pick up cached pages */
     int32_t start; /* first token to compute */
-    if (!kv_session_rewindable(s)) {
-        /* after a shift (or in a ring) the cache no longer holds the whole history: it can go back only
-           to points it still holds (the kept head, the held tail, a ring's window) */
-        const int64_t H = s->n_consumed;
-        if (n_past == KVLM_AUTO) {
-            /* the whole history is compared, the dropped part by its hash */
-            start = kv_seq_reuse_point(q, H, tokens, n_tokens - 1, true);
-        } else {
-            if (!kv_seq_can_rewind(q, H, n_past))
-                return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                               "eval: this session's cache was shifted or is a ring and no longer holds the "
-                               "history at n_past %d (it has consumed %d tokens)",
-                               n_past, s->n_consumed);
-            start = kv_seq_reuse_point(q, H, tokens, n_past, false);
-            if (start < n_past) {
-                q->recomputed += n_past - start;
-                atomic_fetch_add(&q->pool->st_recomputed, (long long)(n_past - start));
-            }
-        }
-        kvlm_status st = kv_seq_rewind(q, H, start, err);
-        if (st) return st;
-        s->n_consumed = start;
-        if (n_past == KVLM_AUTO) kv_seq_count_hits(q, start);
-    } else {
-        /* the longest common prefix of the history and the new tokens */
-        const int32_t limit = n_past == KVLM_AUTO ? (q->n < n_tokens - 1 ? q->n : n_tokens - 1) : n_past;
-        int32_t lcp = 0;
-        while (lcp < limit && q->tokens[lcp] == tokens[lcp]) lcp++;
-        if (q->overflow == KVLM_OVERFLOW_ERROR && n_tokens > q->n_ctx)
-            return kv_fail(err, KVLM_ERR_CONTEXT_FULL, "eval: %d tokens exceed the context of %d", n_tokens,
-                           q->n_ctx);
-        if (n_past != KVLM_AUTO && lcp < n_past) {
-            q->recomputed += n_past - lcp;
-            atomic_fetch_add(&q->pool->st_recomputed, (long long)(n_past - lcp));
-        }
-        kvlm_status st = kv_seq_truncate(q, lcp, err);
-        if (st) return st;
-        s->n_consumed = lcp;
-        /* in auto mode the caller did not say what was cached: the common prefix counts as reuse */
-        if (n_past == KVLM_AUTO) kv_seq_count_hits(q, lcp);
-        start = lcp;
-        /* reuse cached pages beyond the common prefix (not when every row's logits are wanted) */
-        if (!all_logits) {
-            start += kv_seq_attach_prefix(q, tokens, n_tokens);
-            s->n_consumed = start;
-        }
-    }
+    kvlm_status st = kv_seq_sync(&s->seq, s->n_consumed, tokens, n_tokens, n_past, !all_logits, &start, err);
+    if (st) return st;
+    s->n_consumed = start;
     const int32_t first_row = n_past == KVLM_AUTO ? start : n_past;
     float *out = logits;
     float *tmp = NULL;
@@ -276,7 +221,7 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
         out = tmp;
     }
     int32_t done = 0;
-    kvlm_status st = forward_pieces(s, tokens + start, n_tokens - start, out, all_logits, &done, err);
+    st = forward_pieces(s, tokens + start, n_tokens - start, out, all_logits, &done, err);
     s->n_consumed = start + done;
     if (tmp) {
         if (st == KVLM_OK) memcpy(logits, tmp, (size_t)(n_tokens - start) * (size_t)n_vocab * sizeof *tmp);
@@ -319,9 +264,9 @@ kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *t
         kv_seq *seqs[KV_UBATCH];
         for (int32_t i = 0; i < n && !st; i++) {
             seqs[i] = &sessions[i]->seq;
-            if (seqs[i]->overflow == KVLM_OVERFLOW_ERROR && seqs[i]->n + 1 > seqs[i]->n_ctx)
+            if (!kv_seq_fits(seqs[i], (int64_t)kv_seq_n(seqs[i]) + 1))
                 st = kv_fail(err, KVLM_ERR_CONTEXT_FULL, "decode_batch: session %d's context of %d is full", i,
-                             seqs[i]->n_ctx);
+                             kv_seq_n_ctx(seqs[i]));
         }
         /* the first session's scratch and threads serve the batch */
         if (!st) st = kv_forward_eval_multi(sessions[0]->fwd, seqs, tokens, n, logits, err);
@@ -352,32 +297,13 @@ kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err) {
     kv_error_clear(err);
     if (!s) return kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: NULL session");
     if (!acquire(s)) return kv_fail(err, KVLM_ERR_BUSY, "truncate: the session is in use by another call");
-    kvlm_status st;
-    if (n < 0 || n > s->n_consumed)
-        st = kv_fail(err, KVLM_ERR_INVALID_ARG, "truncate: %d is outside 0..%d", n, s->n_consumed);
-    else if (!kv_session_rewindable(s)) {
-        /* after a shift or in a ring: back to the points still held, or to 0 (a reset) */
-        if (!kv_seq_can_rewind(&s->seq, s->n_consumed, n))
-            st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                         "truncate: the cache was shifted or is a ring and no longer holds the history at %d", n);
-        else if ((st = kv_seq_rewind(&s->seq, s->n_consumed, n, err)) == KVLM_OK)
-            s->n_consumed = n;
-    }
-    else if ((st = kv_seq_truncate(&s->seq, n, err)) == KVLM_OK)
-        s->n_consumed = n;
+    kvlm_status st = kv_seq_rollback(&s->seq, s->n_consumed, n, err);
+    if (st == KVLM_OK) s->n_consumed = n;
     release(s);
     return st;
 }
 
-void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *st) {
-    kv_pool_stats(s->cache->pool, st);
-    st->tokens = s->seq.n;
-    st->bytes_f32_equivalent = (int64_t)s->seq.n * s->seq.kv_dim * 2 * 4 * s->seq.n_layer;
-    st->hits = s->seq.hits;
-    st->misses = s->seq.misses;
-    st->recomputed = s->seq.recomputed;
-    st->hit_rate = st->hits + st->misses > 0 ? (double)st->hits / (double)(st->hits + st->misses) : 0.0;
-}
+void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *st) { kv_seq_stats(&s->seq, st); }
 
 int32_t kvlm_kv_stats_json(const kvlm_kv_stats *st, char *buf, int32_t size) {
     int n = snprintf(buf, size > 0 ? (size_t)size : 0,

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/buf.h"
 #include "core/utf8.h"
 #include "tokenizer/vocab.h"
 
@@ -74,12 +75,6 @@ typedef struct kv_ivec {
 
 bool kv_ivec_push(kv_ivec *v, int32_t x);
 
-typedef struct kv_buf {
-    char *data;
-    size_t n, cap;
-    bool oom;
-} kv_buf;
-
 /* A binary min-heap of fixed-size elements ordered by `before` (true when a
  * must come out before b): the merge queue of both tokenizers. The functions
  * are inline so that each caller's constant element size and comparator are
@@ -131,9 +126,6 @@ static inline __attribute__((always_inline)) void kv_heap_pop(kv_heap *h, void *
     }
     if (n) memcpy(h->d + i * size, last, size);
 }
-
-bool kv_buf_reserve(kv_buf *b, size_t extra);
-bool kv_buf_add(kv_buf *b, const void *p, size_t n);
 
 /* ------------------------------------------------------------ special tokens */
 typedef struct kv_trie_node {

@@ -74,39 +74,6 @@ bool kv_ivec_push(kv_ivec *v, int32_t x) {
     return true;
 }
 
-bool kv_buf_reserve(kv_buf *b, size_t extra) {
-    if (b->oom) return false;
-    if (extra > SIZE_MAX - b->n) {
-        b->oom = true;
-        return false;
-    }
-    size_t need = b->n + extra;
-    if (need <= b->cap) return true;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) {
-        if (cap > SIZE_MAX / 2) {
-            cap = need;
-            break;
-        }
-        cap *= 2;
-    }
-    char *d = realloc(b->data, cap);
-    if (!d) {
-        b->oom = true;
-        return false;
-    }
-    b->data = d;
-    b->cap = cap;
-    return true;
-}
-
-bool kv_buf_add(kv_buf *b, const void *p, size_t n) {
-    if (!kv_buf_reserve(b, n)) return false;
-    if (n) memcpy(b->data + b->n, p, n);
-    b->n += n;
-    return true;
-}
-
 /* GPT-2's printable bytes stand for themselves; the other 68 bytes are
  * given the codepoints 256, 257, ... in byte order. */
 static bool bpe_byte_is_printable(unsigned b) {

@@ -27,11 +27,11 @@ NO_EOS = {str(EOS): -100}  # bans it: generation runs to max_tokens
 
 
 class Server:
-    def __init__(self, *args, model=MODEL):
+    def __init__(self, *args, model=MODEL, env=None, wait_ready=True):
         self.log = tempfile.NamedTemporaryFile(prefix="kvlm-serve-", suffix=".log", delete=False)
         # under AddressSanitizer (make sanitize) freed memory would sit in its quarantine and look like
         # growth to the resident-memory test; leaks are still reported at exit
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env["ASAN_OPTIONS"] = ":".join(x for x in (env.get("ASAN_OPTIONS", ""), "quarantine_size_mb=0") if x)
         self.proc = subprocess.Popen([BIN, "serve", "-m", model, "--host", "127.0.0.1", "--port", "0", *args],
                                      stdout=subprocess.DEVNULL, stderr=self.log, env=env)
@@ -46,6 +46,21 @@ class Server:
             time.sleep(0.02)
         assert self.port, "server did not start: " + self.stderr()
         self.url = "http://127.0.0.1:%d" % self.port
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        """It listens before the model is loaded: wait until /health says ok."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("kvlm serve exited: " + self.stderr())
+            r = requests.get(self.url + "/health", timeout=30)
+            if r.status_code == 200:
+                return
+            assert r.status_code == 503 and r.json() == {"status": "loading"}, r.text
+            time.sleep(0.02)
+        raise AssertionError("the model did not load: " + self.stderr())
 
     def stderr(self):
         with open(self.log.name, "r", errors="replace") as f:
@@ -366,6 +381,73 @@ def test_logprobs(srv):
         assert max(top.values()) == l and top[tok] == l
 
 
+def test_echo(srv):
+    body = {"prompt": "Once upon a time", "max_tokens": 10, "temperature": 0, "logit_bias": NO_EOS}
+    plain = srv.post("/v1/completions", body).json()
+    d = srv.post("/v1/completions", dict(body, echo=True)).json()
+    # the prompt, then the same completion; usage counts the generated tokens only
+    assert d["choices"][0]["text"] == "Once upon a time" + plain["choices"][0]["text"]
+    assert d["usage"] == dict(plain["usage"], prompt_tokens_details=d["usage"]["prompt_tokens_details"])
+    texts, finish = stream_text(stream(srv, "/v1/completions", dict(body, echo=True)), chat=False)
+    assert texts[0] == d["choices"][0]["text"] and finish[0] == "length"
+    # token-id prompts echo their text
+    ids = srv.post("/tokenize", {"content": "The robot"}).json()["tokens"]
+    e = srv.post("/v1/completions", {"prompt": ids, "max_tokens": 1, "echo": True}).json()
+    assert e["choices"][0]["text"].startswith(srv.post("/detokenize", {"tokens": ids}).json()["content"])
+    # echo is a completions field: not an error for chat (unknown fields are ignored), and no echo there
+    c = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+                                          "temperature": 0, "echo": True}).json()
+    assert "Hi" not in c["choices"][0]["message"]["content"]
+    # without echo, max_tokens 0 stays an error
+    assert srv.post("/v1/completions", {"prompt": "x", "max_tokens": 0}).json()["error"]["param"] == "max_tokens"
+
+
+def test_echo_logprobs_score_the_prompt(srv):
+    """echo + logprobs + max_tokens 0 scores a text (as evaluation harnesses use it): the prompt's
+    logprobs must be exactly the logprobs the same tokens got when they were generated."""
+    n_vocab = srv.get("/v1/models").json()["data"][0]["meta"]["n_vocab"]
+    pieces = [srv.post("/detokenize", {"tokens": [i]}).json()["content"] for i in range(n_vocab)]
+    prompt = srv.post("/tokenize", {"content": "The little robot", "add_special": True}).json()["tokens"]
+    gen = srv.post("/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 3,
+                                       "logit_bias": NO_EOS}).json()["choices"][0]["logprobs"]
+    gen_ids = []
+    for t in gen["tokens"]:
+        # a piece names one token, but for the byte tokens (ids 3..258 in this vocabulary), which greedy
+        # decoding does not pick here: if it did, the comparison below would fail
+        ids = [i for i, p in enumerate(pieces) if p == t and not 3 <= i <= 258]
+        assert len(ids) == 1, t
+        gen_ids.append(ids[0])
+    full = prompt + gen_ids
+    d = srv.post("/v1/completions", {"prompt": full, "max_tokens": 0, "echo": True, "logprobs": 3}).json()
+    ch = d["choices"][0]
+    assert ch["finish_reason"] == "length" and d["usage"]["completion_tokens"] == 0
+    lp = ch["logprobs"]
+    assert lp["tokens"] == [pieces[i] for i in full]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(x <= 0 for x in lp["token_logprobs"][1:])
+    assert lp["token_logprobs"][len(prompt):] == gen["token_logprobs"]
+    assert lp["top_logprobs"][len(prompt):] == gen["top_logprobs"]
+    assert ch["text"] == "".join(pieces[i] for i in full)
+    assert lp["text_offset"] == sorted(lp["text_offset"])
+    # echo with generation: the prompt's entries, then the generated ones; offsets past the echoed text
+    d = srv.post("/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 3,
+                                     "logit_bias": NO_EOS, "echo": True}).json()
+    lp = d["choices"][0]["logprobs"]
+    assert lp["tokens"] == [pieces[i] for i in prompt] + gen["tokens"]
+    assert lp["token_logprobs"][len(prompt):] == gen["token_logprobs"]
+    echo_len = len(d["choices"][0]["text"].encode()) - len("".join(gen["tokens"]).encode())
+    assert [o - echo_len for o in lp["text_offset"][len(prompt):]] == gen["text_offset"]
+    # streamed: the same entries
+    chunks = stream(srv, "/v1/completions", {"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 3,
+                                             "logit_bias": NO_EOS, "echo": True})
+    streamed = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for c in chunks:
+        for x in c["choices"]:
+            for k in streamed:
+                streamed[k] += (x["logprobs"] or {}).get(k, [])
+    assert streamed == lp
+
+
 # ------------------------------------------------------------ engine
 
 def long_prefix():
@@ -387,6 +469,60 @@ def test_cached_tokens_on_shared_prefix(srv):
     assert m["kvlm:prefix_cache_hits_total"] >= cached
 
 
+def test_prefix_from_another_slot_reused_across_chunks():
+    """A prompt longer than a prefill chunk whose prefix another slot computed takes every full page
+    of it from the shared pool (not only those a chunk boundary leaves whole)."""
+    import random
+    rng = random.Random(7)
+    x = [1] + [rng.randrange(300, 30000) for _ in range(299)]
+    s = Server("-c", "2048", "--parallel", "2", model=SLOW_MODEL)  # prefill chunks of 128, pages of 32
+    try:
+        assert s.post("/v1/completions", {"prompt": x, "max_tokens": 1}).status_code == 200
+        # the slot that holds x stays busy: the next request gets the other slot, with nothing of its own
+        c = open_stream(s.url, {"prompt": x, "max_tokens": 1800, "temperature": 0, "logit_bias": NO_EOS})
+        try:
+            wait_for(lambda: (lambda m: m["kvlm:requests_running"] == 1 and m["kvlm:requests_prefilling"] == 0)(
+                s.metrics()), "x to be decoding")
+            y = x[:288] + [rng.randrange(300, 30000) for _ in range(5)]
+            d = s.post("/v1/completions", {"prompt": y, "max_tokens": 4, "temperature": 0}).json()
+            assert d["usage"]["prompt_tokens_details"]["cached_tokens"] == 288  # all 9 full pages
+            assert s.metrics()["kvlm:requests_running"] == 1
+        finally:
+            c.close()
+        # the same text as when nothing was cached (a fresh server)
+        other = Server("-c", "2048", "--parallel", "1", model=SLOW_MODEL)
+        try:
+            d2 = other.post("/v1/completions", {"prompt": y, "max_tokens": 4, "temperature": 0}).json()
+            assert d2["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+            assert d2["choices"][0]["text"] == d["choices"][0]["text"]
+        finally:
+            assert other.stop() == 0
+    finally:
+        assert s.stop() == 0
+
+
+def test_choices_take_the_shared_pages(srv):
+    """n = 4 choices of a prompt whose first 256 tokens are cached: choice 0 (in the slot that holds
+    them) computes the new 100, the other three, read in the steps after it, take every full page
+    (352 tokens) from the pool, whatever their slots held before; all four give the same text."""
+    import random
+    rng = random.Random(11)
+    a = [1] + [rng.randrange(259, 512) for _ in range(255)]
+    tail = [rng.randrange(259, 512) for _ in range(101)]
+    # every slot holds something that starts like the prompt (BOS) and nothing more
+    junk = [1] + [rng.randrange(259, 512) for _ in range(40)]
+    assert srv.post("/v1/completions", {"prompt": junk, "n": 4, "max_tokens": 1}).status_code == 200
+    assert srv.post("/v1/completions", {"prompt": a + [tail[0] ^ 1], "max_tokens": 1}).status_code == 200
+    m0 = srv.metrics()
+    d = srv.post("/v1/completions", {"prompt": a + tail, "n": 4, "max_tokens": 8, "temperature": 0}).json()
+    m1 = srv.metrics()
+    assert d["usage"]["prompt_tokens"] == 357 and d["usage"]["prompt_tokens_details"]["cached_tokens"] == 256
+    assert m1["kvlm:prefix_cache_queries_total"] - m0["kvlm:prefix_cache_queries_total"] == 4 * 357
+    assert m1["kvlm:prefix_cache_hits_total"] - m0["kvlm:prefix_cache_hits_total"] == 256 + 3 * 352
+    assert m1["kvlm:prompt_tokens_cached_total"] - m0["kvlm:prompt_tokens_cached_total"] == 256
+    assert len({c["text"] for c in d["choices"]}) == 1
+
+
 def test_chat_follow_up_reuses_previous_turn(srv):
     turn1 = [{"role": "system", "content": "You tell short stories about animals."},
              {"role": "user", "content": "Tell me about a fox who lived in the forest."}]
@@ -399,69 +535,69 @@ def test_chat_follow_up_reuses_previous_turn(srv):
     assert b["usage"]["prompt_tokens"] > a["usage"]["prompt_tokens"]
 
 
-def test_exact_under_load(srv):
-    prefix = long_prefix()
+def test_exact_under_load():
+    """A request's text and logprobs are byte-identical alone (cold), among 8 other requests that are
+    decoding in the same batched steps for its whole duration, once its prefix is cached, and on a
+    one-slot server that reads prompts in chunks of 7."""
+    s = Server("-c", "2048", "--parallel", "9", model=SLOW_MODEL)
     reqs = [
-        ("/v1/completions", {"prompt": prefix + "Then", "max_tokens": 40, "temperature": 0, "logprobs": 2,
-                             "logit_bias": NO_EOS}),
-        ("/v1/completions", {"prompt": prefix + "Then", "max_tokens": 40, "temperature": 0.9, "seed": 1234,
-                             "logprobs": 2, "logit_bias": NO_EOS}),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": prefix + "What next?"}],
+        ("/v1/completions", {"prompt": "Alpha. " + long_prefix() + "Then", "max_tokens": 40,
+                             "temperature": 0, "logprobs": 2, "logit_bias": NO_EOS}),
+        ("/v1/completions", {"prompt": "Bravo. " + long_prefix() + "Then", "max_tokens": 40,
+                             "temperature": 0.9, "seed": 1234, "logprobs": 2, "logit_bias": NO_EOS}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Charlie. " + long_prefix()}],
                                   "max_tokens": 40, "temperature": 0.8, "seed": 99, "logprobs": True,
-                                  "top_logprobs": 2}),
+                                  "top_logprobs": 2, "logit_bias": NO_EOS}),
     ]
-
-    def result(path, body):
-        d = srv.post(path, body).json()
-        ch = d["choices"][0]
-        text = ch.get("text", ch.get("message", {}).get("content"))
-        return text, json.dumps(ch["logprobs"], sort_keys=True), d["usage"]
-
-    others = [("/v1/completions", {"prompt": "Story %d: the %s" % (i, w), "max_tokens": 30 + 3 * i,
-                                   "temperature": 0.7, "seed": i, "stream": i % 2 == 0})
+    # the other requests: different prompts, lengths and sampling, far longer than the measured one
+    others = [{"prompt": "Story %d: the %s" % (i, w) + " and the sea" * i, "max_tokens": 1800,
+               "temperature": 0.7 if i % 2 else 0, "seed": i, "logit_bias": NO_EOS}
               for i, w in enumerate(["cat", "dog", "moon", "king", "sea", "tree", "fox", "owl"])]
 
-    m0 = srv.metrics()
-    expected = {}
-    for path, body in reqs:
-        alone = result(path, body)
-        # among 8 concurrent different requests (some streaming), started in between
-        results = {}
+    def result(srv, path, body):
+        r = srv.post(path, body)
+        assert r.status_code == 200, r.text
+        d = r.json()
+        ch = d["choices"][0]
+        text = ch.get("text", ch.get("message", {}).get("content"))
+        return text, json.dumps(ch["logprobs"], sort_keys=True), d["usage"]["prompt_tokens_details"]["cached_tokens"]
 
-        def run_other(i, p, b):
-            results[i] = srv.post(p, b).status_code
-
-        ts = [threading.Thread(target=run_other, args=(i, p, b)) for i, (p, b) in enumerate(others[:4])]
-        for t in ts:
-            t.start()
-        loaded = result(path, body)
-        ts2 = [threading.Thread(target=run_other, args=(i + 4, p, b)) for i, (p, b) in enumerate(others[4:])]
-        for t in ts2:
-            t.start()
-        for t in ts + ts2:
-            t.join()
-        assert all(s == 200 for s in results.values())
-        # again, now with its prompt cached
-        cached = result(path, body)
-        assert cached[2]["prompt_tokens_details"]["cached_tokens"] > 0
-        assert alone[0] == loaded[0] == cached[0]
-        assert alone[1] == loaded[1] == cached[1]
-        expected[path + json.dumps(body, sort_keys=True)] = alone
-    # the load was real: some decode steps carried several sequences
-    m1 = srv.metrics()
-    steps = m1["kvlm:decode_steps_total"] - m0["kvlm:decode_steps_total"]
-    seqs = m1["kvlm:decode_sequences_total"] - m0["kvlm:decode_sequences_total"]
-    assert seqs > steps
-    # another server with one slot and a small prefill chunk: the same bytes
-    other = Server("-c", "512", "--parallel", "1", "--prefill-chunk", "7")
+    expected = []
     try:
         for path, body in reqs:
-            d = other.post(path, body).json()
-            ch = d["choices"][0]
-            text = ch.get("text", ch.get("message", {}).get("content"))
-            want = expected[path + json.dumps(body, sort_keys=True)]
-            assert text == want[0]
-            assert json.dumps(ch["logprobs"], sort_keys=True) == want[1]
+            assert s.metrics()["kvlm:requests_running"] == 0
+            alone = result(s, path, body)
+            assert alone[2] <= 1  # cold: nothing of its prompt was cached (but BOS, that a slot may hold)
+            socks = [open_stream(s.url, b) for b in others]
+            try:
+                wait_for(lambda: (lambda m: m["kvlm:requests_running"] == 8 and m["kvlm:requests_prefilling"] == 0)(
+                    s.metrics()), "the 8 other requests to be decoding")
+                m0 = s.metrics()
+                loaded = result(s, path, body)
+                m1 = s.metrics()
+                # the others ran all along: every step of the measured request was a batch of 9
+                assert m1["kvlm:requests_running"] == 8
+                assert m1['kvlm:requests_total{finish_reason="length"}'] == m0['kvlm:requests_total{finish_reason="length"}'] + 1
+                steps = m1["kvlm:decode_steps_total"] - m0["kvlm:decode_steps_total"]
+                seqs = m1["kvlm:decode_sequences_total"] - m0["kvlm:decode_sequences_total"]
+                assert steps >= 39 and seqs >= 8 * steps + 39, (steps, seqs)
+            finally:
+                for c in socks:
+                    c.close()
+            wait_for(lambda: s.metrics()["kvlm:requests_running"] == 0, "the others to be cancelled")
+            cached = result(s, path, body)
+            assert cached[2] > 0
+            assert alone[0] == loaded[0] == cached[0]
+            assert alone[1] == loaded[1] == cached[1]
+            expected.append(alone)
+    finally:
+        assert s.stop() == 0
+    # another server with one slot and a small prefill chunk: the same bytes
+    other = Server("-c", "2048", "--parallel", "1", "--prefill-chunk", "7", model=SLOW_MODEL)
+    try:
+        for (path, body), want in zip(reqs, expected):
+            got = result(other, path, body)
+            assert got[:2] == want[:2]
     finally:
         assert other.stop() == 0
 
@@ -532,6 +668,24 @@ def test_disconnect_frees_slot():
         assert m['kvlm:requests_total{finish_reason="cancelled"}'] == 2
         s.healthy()
         assert "499" in s.stderr()
+    finally:
+        assert s.stop() == 0
+
+
+def test_disconnect_non_streaming_during_decode_frees_slot():
+    s = Server("-c", "4096", "--parallel", "1", model=SLOW_MODEL)
+    try:
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+        data = json.dumps({"prompt": "Forever", "max_tokens": 4000, "temperature": 0, "logit_bias": NO_EOS}).encode()
+        c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(data) + data)
+        wait_for(lambda: s.metrics()["kvlm:generation_tokens_total"] > 0, "the request to decode")
+        c.close()
+        wait_for(lambda: s.metrics()["kvlm:requests_running"] == 0, "the slot to be freed")
+        m = s.metrics()
+        assert m["kvlm:cancelled_total"] == 1 and m['kvlm:requests_total{finish_reason="cancelled"}'] == 1
+        assert 0 < m["kvlm:generation_tokens_total"] < 4000
+        s.healthy()
     finally:
         assert s.stop() == 0
 
@@ -612,7 +766,9 @@ BAD_FIELDS = [
     ("seed", 1.5), ("presence_penalty", 3), ("frequency_penalty", "no"), ("repeat_penalty", 0),
     ("logit_bias", [1]), ("logit_bias", {"abc": 1}), ("logit_bias", {"5": "x"}), ("logit_bias", {"999999": 1}),
     ("logit_bias", {"5": 200}), ("n", 0), ("n", 9), ("stream", "yes"), ("stream_options", 3), ("user", 5),
-    ("logprobs", "x"), ("logprobs", 21), ("model", 5),
+    ("logprobs", "x"), ("logprobs", 21), ("model", 5), ("echo", "yes"), ("suffix", 5), ("best_of", 0),
+    ("best_of", 1.5), ("response_format", "json"), ("response_format", {"type": "yaml"}), ("tools", {}),
+    ("tool_choice", 3),
 ]
 
 
@@ -623,6 +779,32 @@ def test_bad_field_is_400_naming_it(srv, name, value):
     e = r.json()["error"]
     assert e["param"] == name and e["type"] == "invalid_request_error" and name in e["message"]
     assert set(e) == {"message", "type", "param", "code"}
+
+
+UNSUPPORTED = [
+    ("suffix", "after"), ("best_of", 2), ("response_format", {"type": "json_object"}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]), ("tool_choice", "required"),
+    ("tool_choice", {"type": "function", "function": {"name": "f"}}), ("functions", [{"name": "f"}]),
+    ("function_call", {"name": "f"}),
+]
+
+
+@pytest.mark.parametrize("name,value", UNSUPPORTED)
+def test_unsupported_field_is_400(srv, name, value):
+    """What kvlm cannot do is refused, not silently ignored."""
+    paths = ["/v1/completions"] + ([] if name in ("suffix", "best_of") else ["/v1/chat/completions"])
+    for path in paths:
+        body = {"prompt": "Hi"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "Hi"}]}
+        r = srv.post(path, dict(body, max_tokens=2, **{name: value}))
+        assert r.status_code == 400, (path, r.text)
+        e = r.json()["error"]
+        assert e["param"] == name and e["type"] == "invalid_request_error" and "not supported" in e["message"], e
+    # their neutral values are fine
+    for extra in ({"suffix": ""}, {"best_of": 1}, {"best_of": 2, "n": 2}, {"response_format": {"type": "text"}},
+                  {"tools": []}, {"tool_choice": "none"}, {"tool_choice": "auto"}, {"functions": []}):
+        r = srv.post("/v1/completions", dict({"prompt": "Hi", "max_tokens": 2}, **extra))
+        assert r.status_code == 200, (extra, r.text)
 
 
 def test_bad_chat_fields(srv):
@@ -761,6 +943,73 @@ def test_api_key():
     finally:
         assert s.stop() == 0
         os.unlink(f.name)
+
+
+def test_health_while_loading():
+    """The server listens before the model is loaded: /health is 503 "loading" (and every other route
+    a 503 JSON error) until it is ready. KVLM_SERVE_HOLD_LOAD holds the loading while its file exists."""
+    with tempfile.NamedTemporaryFile(prefix="kvlm-hold-", delete=False) as f:
+        hold = f.name
+    s = Server("-c", "256", env={"KVLM_SERVE_HOLD_LOAD": hold}, wait_ready=False)
+    try:
+        for _ in range(3):
+            r = s.get("/health")
+            assert r.status_code == 503 and r.json() == {"status": "loading"}
+            assert r.headers["Retry-After"] == "1"
+        for path, body in (("/v1/completions", {"prompt": "Hi"}), ("/v1/chat/completions", {"messages": []}),
+                           ("/tokenize", {"content": "x"})):
+            r = s.post(path, body)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading", r.text
+        assert s.get("/v1/models").status_code == 503
+        assert s.get("/metrics").status_code == 503
+        assert "ready" not in s.stderr()
+        os.unlink(hold)
+        s.wait_ready()
+        s.healthy()
+        assert "kvlm serve: ready (model 'aidreams260K-f32.gguf'" in s.stderr()
+    finally:
+        if os.path.exists(hold):
+            os.unlink(hold)
+        assert s.stop() == 0
+
+
+def test_per_ip_connection_limit():
+    """--max-conn-per-ip N: an N+1th connection from the same address is closed without an answer;
+    once one of them goes away, requests are served again."""
+    s = Server("-c", "256", "--max-conn-per-ip", "3")
+    held = []
+    try:
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: the connection stays open
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+            held.append(c)
+        extra = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        try:
+            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = extra.recv(4096)
+        except (ConnectionResetError, BrokenPipeError):
+            got = b""
+        assert got == b"", got  # refused: closed, no response
+        extra.close()
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(s.url + "/health", timeout=10)
+        held.pop().close()
+        wait_for(lambda: probe_ok(s.url), "a connection slot to be free again")
+        for c in held:  # the held ones still work
+            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for c in held:
+            c.close()
+        assert s.stop() == 0
+
+
+def probe_ok(url):
+    try:
+        return requests.get(url + "/health", timeout=10).status_code == 200
+    except requests.exceptions.ConnectionError:
+        return False
 
 
 # ------------------------------------------------------------ metrics, memory, shutdown

@@ -62,7 +62,7 @@ int cmd_inspect(int argc, char **argv) {
            "  rope           %d dims, base %g, scale %g\n  rms eps        %g\n  output         %s\n"
            "  parameters     %llu (%.2f M)\n  weight bytes   %llu\n",
            mi.arch, mi.n_vocab, kvlm_token_bos(m), kvlm_token_eos(m), mi.n_ctx_train, mi.n_embd, mi.n_layer, mi.n_head,
-           mi.n_head_kv, mi.n_embd / mi.n_head, mi.n_ff, mi.n_rot, mi.rope_freq_base, mi.rope_freq_scale, mi.norm_eps,
+           mi.n_head_kv, mi.head_dim, mi.n_ff, mi.n_rot, mi.rope_freq_base, mi.rope_freq_scale, mi.norm_eps,
            mi.tied_output ? "tied to token embedding" : "separate", (unsigned long long)mi.n_params,
            mi.n_params / 1e6, (unsigned long long)mi.weight_bytes);
     kvlm_model_free(m);

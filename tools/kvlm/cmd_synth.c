@@ -71,7 +71,7 @@ static rng rng_for(uint64_t seed, uint64_t name_h, uint64_t row) {
 
 /* ------------------------------------------------------------ tensors */
 
-typedef enum { K_EMBD, K_GAUSS, K_TERNARY, K_NORM, K_NORM_JITTER, K_BIAS } gen_kind;
+typedef enum { K_EMBD, K_GAUSS, K_TERNARY, K_NORM, K_NORM_JITTER, K_BIAS, K_VALUES } gen_kind;
 
 typedef struct stensor {
     char name[64];
@@ -80,6 +80,7 @@ typedef struct stensor {
     uint32_t type, want;
     uint64_t seed;
     kv_tpool *pool;
+    const float *values; /* K_VALUES: the tensor's contents */
 } stensor;
 
 /* rows [r0, r1) of t into x (x points at row r0) */
@@ -107,6 +108,9 @@ static void generate_rows(const stensor *t, uint64_t r0, uint64_t r1, float *x) 
             break;
         case K_NORM_JITTER:
             for (uint64_t i = 0; i < n; i++) x[i] = (float)(0.9 + 0.2 * rng_unit(&r));
+            break;
+        case K_VALUES:
+            memcpy(x, t->values + row * n, (size_t)n * sizeof *x);
             break;
         }
     }
@@ -242,7 +246,100 @@ typedef struct synth_cfg {
     int embd_type, output_type, tied; /* -1: default */
     long long threads;
     float rope_base, eps;
+    /* RoPE beyond the base (self-contained: rope_opts) */
+    long long head_dim;                                    /* attention.key_length/value_length; 0: dim / heads */
+    const char *rope_scaling;                              /* rope.scaling.type, or NULL */
+    float rope_factor;                                     /* rope.scaling.factor (0: none written) */
+    long long rope_orig_ctx;                               /* rope.scaling.original_context_length (0: none) */
+    bool rope_freqs;                                       /* write rope_freqs.weight (Llama 3.x) */
+    double l3_factor, l3_low, l3_high, l3_orig;            /* its parameters */
 } synth_cfg;
+
+/* --rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX] (defaults 32:1:4:8192, Llama 3.2's). */
+static bool parse_rope_freqs(const char *v, synth_cfg *c) {
+    c->l3_factor = 32.0;
+    c->l3_low = 1.0;
+    c->l3_high = 4.0;
+    c->l3_orig = 8192.0;
+    if (strncmp(v, "llama3", 6) != 0 || (v[6] != '\0' && v[6] != ':')) {
+        fprintf(stderr, "error: --rope-freqs expects llama3[:FACTOR:LOW:HIGH:ORIG_CTX], got '%s'\n", v);
+        return false;
+    }
+    if (v[6] == ':') {
+        double p[4];
+        char tail;
+        if (sscanf(v + 7, "%lf:%lf:%lf:%lf%c", &p[0], &p[1], &p[2], &p[3], &tail) != 4 || !(p[0] >= 1.0) ||
+            !(p[1] > 0.0) || !(p[2] > p[1]) || !(p[3] >= 1.0) || p[0] > 1e6 || p[3] > 1e9) {
+            fprintf(stderr, "error: --rope-freqs llama3:FACTOR:LOW:HIGH:ORIG_CTX needs FACTOR >= 1, 0 < LOW < HIGH, "
+                            "ORIG_CTX >= 1; got '%s'\n", v);
+            return false;
+        }
+        c->l3_factor = p[0];
+        c->l3_low = p[1];
+        c->l3_high = p[2];
+        c->l3_orig = p[3];
+    }
+    c->rope_freqs = true;
+    return true;
+}
+
+/* The factors convert_hf_to_gguf.py derives from a Llama 3.x rope_scaling block: pairs
+ * whose wavelength is short keep 1, long ones get FACTOR, those between a smooth mix. */
+static void llama3_factors(const synth_cfg *c, double base, int n_rot, float *out) {
+    const double low_wl = c->l3_orig / c->l3_low, high_wl = c->l3_orig / c->l3_high;
+    for (int i = 0; i < n_rot / 2; i++) {
+        const double freq = 1.0 / pow(base, (double)(2 * i) / (double)n_rot);
+        const double wl = 2.0 * 3.14159265358979323846 / freq;
+        double f;
+        if (wl < high_wl) {
+            f = 1.0;
+        } else if (wl > low_wl) {
+            f = c->l3_factor;
+        } else {
+            const double smooth = (c->l3_orig / wl - c->l3_low) / (c->l3_high - c->l3_low);
+            f = 1.0 / ((1.0 - smooth) / c->l3_factor + smooth);
+        }
+        out[i] = (float)f;
+    }
+}
+
+/* The RoPE options; 1: handled, 0: not one of them, -1: bad value. */
+static int rope_opts(const char *a, const char *v, synth_cfg *c) {
+    char *end;
+    if (strcmp(a, "--head-dim") == 0) {
+        errno = 0;
+        c->head_dim = strtoll(v, &end, 10);
+        if (errno || end == v || *end || c->head_dim < 2 || c->head_dim > 4096 || c->head_dim % 2) {
+            fprintf(stderr, "error: --head-dim expects an even integer in 2..4096, got '%s'\n", v);
+            return -1;
+        }
+    } else if (strcmp(a, "--rope-scaling") == 0) {
+        if (strcmp(v, "none") && strcmp(v, "linear") && strcmp(v, "yarn")) {
+            fprintf(stderr, "error: --rope-scaling expects none, linear or yarn, got '%s'\n", v);
+            return -1;
+        }
+        c->rope_scaling = v;
+    } else if (strcmp(a, "--rope-factor") == 0) {
+        errno = 0;
+        c->rope_factor = strtof(v, &end);
+        if (errno || end == v || *end || !(c->rope_factor > 0.0f) || isinf(c->rope_factor)) {
+            fprintf(stderr, "error: --rope-factor expects a positive number, got '%s'\n", v);
+            return -1;
+        }
+    } else if (strcmp(a, "--rope-orig-ctx") == 0) {
+        errno = 0;
+        c->rope_orig_ctx = strtoll(v, &end, 10);
+        if (errno || end == v || *end || c->rope_orig_ctx < 1 || c->rope_orig_ctx > (1 << 30)) {
+            fprintf(stderr, "error: --rope-orig-ctx expects a positive integer, got '%s'\n", v);
+            return -1;
+        }
+    } else if (strcmp(a, "--rope-freqs") == 0) {
+        return parse_rope_freqs(v, c) ? 1 : -1;
+    } else {
+        return 0;
+    }
+    return 1;
+}
 
 static void synth_usage(FILE *fp) {
     fprintf(fp,
@@ -250,6 +347,8 @@ static void synth_usage(FILE *fp) {
             "                  [--kv-heads N] --ff F --vocab V [--ctx 2048] --type T [--seed S]\n"
             "                  [--vocab-from FILE.gguf] [--embd-type T] [--output-type T] [--tied|--untied]\n"
             "                  [--rope-base F] [--eps E] [--name NAME] [-t THREADS]\n"
+            "                  [--head-dim N] [--rope-scaling none|linear|yarn] [--rope-factor F]\n"
+            "                  [--rope-orig-ctx N] [--rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]]\n"
             "  Writes a model with random weights (deterministic from --seed, default 1): token\n"
             "  embedding N(0,0.02), matrices N(0,1/sqrt(fan_in)) (bitnet archs: ternary x scale), norms 1.\n"
             "  --type T        weight type: %s\n"
@@ -258,7 +357,12 @@ static void synth_usage(FILE *fp) {
             "  --vocab-from F  copy the tokenizer (every tokenizer.* key) of a GGUF; its size sets --vocab.\n"
             "                  Without it: a generated SentencePiece vocabulary of --vocab tokens.\n"
             "  --tied/--untied output.weight shares the embedding (default: tied for bitnet archs)\n"
-            "  --rope-base F   default 10000 (qwen2: 1000000); --eps default 1e-5 (qwen2: 1e-6)\n",
+            "  --rope-base F   default 10000 (qwen2: 1000000); --eps default 1e-5 (qwen2: 1e-6)\n"
+            "  --head-dim N    attention.key_length/value_length (default dim / heads; q is heads x N)\n"
+            "  --rope-scaling T, --rope-factor F, --rope-orig-ctx N: rope.scaling.type, .factor,\n"
+            "                  .original_context_length\n"
+            "  --rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]  a rope_freqs.weight tensor (llama only) with the\n"
+            "                  factors Llama 3.x's converter derives (defaults 32:1:4:8192, as Llama 3.2)\n",
             qz_type_list());
 }
 
@@ -322,6 +426,12 @@ static bool parse_args(int argc, char **argv, synth_cfg *c, bool *help) {
         }
         if (!takes) continue;
         bool ok = true;
+        const int ro = rope_opts(a, v, c);
+        if (ro < 0) return false;
+        if (ro > 0) {
+            i++;
+            continue;
+        }
         if (strcmp(a, "--arch") == 0) c->arch = v;
         else if (strcmp(a, "--dim") == 0) ok = parse_ll(a, v, 1, MAXD, &c->dim);
         else if (strcmp(a, "--layers") == 0) ok = parse_ll(a, v, 1, 4096, &c->layers);
@@ -390,7 +500,11 @@ int cmd_synth(int argc, char **argv) {
         return 2;
     }
     if (c.kv_heads < 0) c.kv_heads = c.heads;
-    if (c.dim % c.heads != 0 || (c.dim / c.heads) % 2 != 0) {
+    if (c.rope_freqs && strcmp(c.arch, "llama") != 0) {
+        fprintf(stderr, "error: --rope-freqs is for --arch llama (the others do not read rope_freqs.weight)\n");
+        return 2;
+    }
+    if (!c.head_dim && (c.dim % c.heads != 0 || (c.dim / c.heads) % 2 != 0)) {
         fprintf(stderr, "error: --dim %lld must be a multiple of --heads %lld with an even head size\n", c.dim, c.heads);
         return 2;
     }
@@ -409,6 +523,7 @@ int cmd_synth(int argc, char **argv) {
     gguf_writer *w = NULL;
     synth_vocab sv = {0};
     stensor *ts = NULL;
+    float *rope_factors = NULL;
     kv_tpool *pool = NULL;
 
     /* the tokenizer */
@@ -443,10 +558,11 @@ int cmd_synth(int argc, char **argv) {
         }
     }
 
-    const uint64_t E = (uint64_t)c.dim, HD = E / (uint64_t)c.heads, Q = E, KV = HD * (uint64_t)c.kv_heads;
+    const uint64_t E = (uint64_t)c.dim, HD = c.head_dim ? (uint64_t)c.head_dim : E / (uint64_t)c.heads;
+    const uint64_t Q = HD * (uint64_t)c.heads, KV = HD * (uint64_t)c.kv_heads;
     const uint64_t F = (uint64_t)c.ff, V = (uint64_t)c.vocab, L = (uint64_t)c.layers;
     const size_t per_layer = 14;
-    ts = calloc(3 + per_layer * (size_t)L, sizeof *ts);
+    ts = calloc(4 + per_layer * (size_t)L, sizeof *ts);
     if (!ts || gguf_writer_new(&w, &err) != KVLM_OK) {
         fprintf(stderr, "error: out of memory\n");
         goto done;
@@ -474,6 +590,13 @@ int cmd_synth(int argc, char **argv) {
     gguf_writer_set_f32(w, AK("attention.layer_norm_rms_epsilon"), c.eps, NULL);
     gguf_writer_set_u32(w, AK("rope.dimension_count"), (uint32_t)HD, NULL);
     gguf_writer_set_f32(w, AK("rope.freq_base"), c.rope_base, NULL);
+    if (c.head_dim) {
+        gguf_writer_set_u32(w, AK("attention.key_length"), (uint32_t)HD, NULL);
+        gguf_writer_set_u32(w, AK("attention.value_length"), (uint32_t)HD, NULL);
+    }
+    if (c.rope_scaling) gguf_writer_set_str(w, AK("rope.scaling.type"), c.rope_scaling, NULL);
+    if (c.rope_factor > 0.0f) gguf_writer_set_f32(w, AK("rope.scaling.factor"), c.rope_factor, NULL);
+    if (c.rope_orig_ctx) gguf_writer_set_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)c.rope_orig_ctx, NULL);
 #undef AK
     gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(c.type), NULL);
     gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
@@ -519,6 +642,16 @@ int cmd_synth(int argc, char **argv) {
         gguf_writer_add_tensor_fill(w, t_->name, mat_ ? 2 : 1, ne_, t_->type, fill_synth, t_, NULL);      \
     } while (0)
     const gen_kind MAT = bitnet ? K_TERNARY : K_GAUSS, NORM = bitnet ? K_NORM_JITTER : K_NORM;
+    if (c.rope_freqs) { /* first, where convert_hf_to_gguf.py puts it */
+        rope_factors = malloc((size_t)(HD / 2) * sizeof *rope_factors);
+        if (!rope_factors) {
+            fprintf(stderr, "error: out of memory\n");
+            goto done;
+        }
+        llama3_factors(&c, c.rope_base, (int)HD, rope_factors);
+        ts[nt].values = rope_factors;
+        T(K_VALUES, HD / 2, 1, "rope_freqs.weight");
+    }
     T(K_EMBD, E, V, "token_embd.weight");
     T(NORM, E, 1, "output_norm.weight");
     if (!c.tied) T(K_GAUSS, E, V, "output.weight");
@@ -553,7 +686,8 @@ int cmd_synth(int argc, char **argv) {
     }
     uint64_t fsize = 0;
     gguf_writer_file_size(w, &fsize);
-    const uint32_t et = ts[0].type, ot = c.tied ? et : ts[2].type;
+    const size_t e0 = c.rope_freqs ? 1 : 0; /* the embedding's entry */
+    const uint32_t et = ts[e0].type, ot = c.tied ? et : ts[e0 + 2].type;
     printf("synth: %s: %s, dim %lld, %lld layers, %lld heads (%lld kv), ff %lld, vocab %lld, ctx %lld; %.2fM params; "
            "%s (embedding %s, output %s%s); %llu bytes; %.2f s\n",
            c.out, c.arch, c.dim, c.layers, c.heads, c.kv_heads, c.ff, c.vocab, c.ctx, n_params / 1e6,
@@ -564,6 +698,7 @@ done:
     gguf_writer_free(w);
     kv_tpool_free(pool);
     free(ts);
+    free(rope_factors);
     vocab_free(&sv);
     gguf_close(vg);
     return rc;

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "serve.h"
@@ -54,6 +56,15 @@ static char *read_key_file(const char *path) {
         return NULL;
     }
     return s;
+}
+
+/* For the tests of the loading state: with KVLM_SERVE_HOLD_LOAD=PATH set, the
+ * server listens and waits while PATH exists before it loads the model. */
+static void hold_load(void) {
+    const char *p = getenv("KVLM_SERVE_HOLD_LOAD");
+    if (!p || !*p) return;
+    struct timespec ts = {0, 20 * 1000000L};
+    while (access(p, F_OK) == 0) nanosleep(&ts, NULL);
 }
 
 int cmd_serve(int argc, char **argv) {
@@ -158,8 +169,19 @@ int cmd_serve(int argc, char **argv) {
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* listen first: /health says "loading" (503) until the model is loaded and the engine runs */
+    static srv_engine e;
+    char msg[512];
+    srv_http *h = srv_http_start(&e, &cfg, msg, sizeof msg);
+    if (!h) {
+        fprintf(stderr, "error: %s\n", msg);
+        free(key_owned);
+        return 1;
+    }
+    hold_load();
     kvlm_model *m = cli_load_model(&a);
     if (!m) {
+        srv_http_stop(h);
         free(key_owned);
         return 1;
     }
@@ -167,28 +189,21 @@ int cmd_serve(int argc, char **argv) {
         kvlm_chat_message probe = {"user", "x"};
         if (kvlm_chat_apply(m, cfg.chat_template, &probe, 1, true, NULL, 0) == 0) {
             fprintf(stderr, "error: unknown --chat-template '%s'\n", cfg.chat_template);
+            srv_http_stop(h);
             kvlm_model_free(m);
             free(key_owned);
             return 2;
         }
     }
-    static srv_engine e;
-    char msg[512];
     if (srv_engine_start(&e, &cfg, m, msg, sizeof msg) != 0) {
         fprintf(stderr, "error: %s\n", msg);
+        srv_http_stop(h);
         srv_engine_stop(&e);
         kvlm_model_free(m);
         free(key_owned);
         return 1;
     }
-    srv_http *h = srv_http_start(&e, &cfg, msg, sizeof msg);
-    if (!h) {
-        fprintf(stderr, "error: %s\n", msg);
-        srv_engine_stop(&e);
-        kvlm_model_free(m);
-        free(key_owned);
-        return 1;
-    }
+    srv_http_set_ready(h);
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "kvlm serve: %s: shutting down (no new connections; running requests get %.0f s)\n",

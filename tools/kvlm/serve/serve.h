@@ -15,6 +15,8 @@
 #define SRV_MAX_N 8       /* choices per request */
 #define SRV_MAX_STOP 16   /* stop strings per request */
 #define SRV_MAX_TOP 20    /* top_logprobs */
+#define SRV_ATTACH_CHUNKS 8 /* prompt chunks taken from the shared pool per scheduler step */
+#define SRV_LP_CHUNK 32   /* prompt tokens per step when their logprobs are wanted (echo) */
 
 typedef struct srv_config {
     const char *model_path;
@@ -37,6 +39,8 @@ typedef struct srv_config {
 /* One generated token, kept for logprobs. */
 typedef struct srv_tok {
     kvlm_token id;
+    bool in_prompt; /* echo: a prompt token */
+    bool no_lp;     /* the prompt's first token: nothing predicted it */
     float logprob;
     int n_top;
     kvlm_token top_id[SRV_MAX_TOP];
@@ -79,6 +83,11 @@ typedef struct srv_job {
     int32_t max_tokens; /* already capped by the context */
     int n;
     int logprobs;       /* -1: none; else top alternatives per token (0..20) */
+    bool echo;          /* completions: the prompt comes first in the text (and its logprobs) */
+    char *echo_text;    /* the prompt as text (NUL-terminated) */
+    size_t echo_len;
+    srv_tok *plp;       /* echo with logprobs: one entry per prompt token, filled by the
+                           prefill of choice 0 (scheduler) and copied into every choice */
     /* state, under the engine mutex */
     srv_job_state state;
     bool cancel;        /* the client went away */
@@ -116,6 +125,7 @@ typedef struct srv_slot {
     bool prefilling;
     int32_t done;      /* prompt tokens evaluated */
     int64_t misses0;
+    int32_t wasted;    /* tokens computed and dropped again at chunk ends (page alignment) */
     bool has_pending;
     kvlm_token pending; /* sampled, to be fed at the next decode step */
     uint64_t order;    /* admission order (prefill goes oldest first) */
@@ -126,9 +136,11 @@ typedef struct srv_engine {
     kvlm_model *model;
     kvlm_cache *cache;
     int32_t n_vocab, n_ctx;
+    int32_t page_tokens; /* the pool's page size (0: no prefix sharing) */
     int parallel;
     srv_slot *slots;
     float *logits;      /* parallel * n_vocab */
+    float *rows;        /* SRV_LP_CHUNK * n_vocab: a prompt chunk's rows (echo with logprobs) */
     kvlm_token *scratch; /* n_ctx */
     pthread_mutex_t mu;
     pthread_cond_t wake; /* the scheduler waits for work */
@@ -159,7 +171,10 @@ char *srv_metrics_text(srv_engine *e);
 
 /* http */
 typedef struct srv_http srv_http;
+/* Listens (before the model is loaded: e is read only after srv_http_set_ready). */
 srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t msg_size);
+/* The model is loaded and the engine started: requests are served (before, 503 "loading"). */
+void srv_http_set_ready(srv_http *h);
 void srv_http_quiesce(srv_http *h);
 /* Waits (at most timeout_s) until every generation request has been answered. */
 void srv_http_wait_idle(srv_http *h, double timeout_s);

@@ -48,6 +48,8 @@ void srv_job_free(srv_job *j) {
     for (int i = 0; i < j->n_stop; i++) free(j->stop[i]);
     free(j->prompt);
     free(j->bias);
+    free(j->echo_text);
+    free(j->plp);
     free(j);
 }
 
@@ -297,7 +299,7 @@ static void publish(srv_engine *e, srv_slot *sl, const step_out *o) {
 
 /* One prompt chunk of a prefilling slot. Returns with the lock NOT held. */
 static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, int *job_cached, bool *failed,
-                          char *msg, size_t msg_size) {
+                          char *msg, size_t msg_size, int32_t budget, int32_t *used) {
     srv_job *j = sl->job;
     kvlm_error err;
     const int32_t n = j->n_prompt;
@@ -306,6 +308,11 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
     memset(o, 0, sizeof *o);
     *failed = false;
     *job_cached = -1;
+    kvlm_session_get_stats(sl->s, &st);
+    const int64_t misses_in = st.misses;
+    *used = budget; /* unless measured below */
+    /* echo with logprobs: choice 0 computes every prompt position (no reuse) for the prompt's logprobs */
+    const bool want_rows = j->echo && j->logprobs >= 0 && sl->choice == 0;
     if (sl->done < 0) {
         /* first chunk: keep the common prefix the session holds (one token
          * always computed for the logits), the rest may come from the shared pool */
@@ -313,30 +320,105 @@ static void prefill_chunk(srv_engine *e, srv_slot *sl, float *row, step_out *o, 
         if (held > e->n_ctx) held = e->n_ctx;
         int32_t l = lcp(e->scratch, held, j->prompt, n);
         if (l > n - 1) l = n - 1;
+        /* less than a page in common (often just BOS): start from 0, where the pool's pages can be
+         * taken; a session off a page boundary could take none in its first chunk */
+        if (e->page_tokens > 1 && l < e->page_tokens) l = 0;
         kvlm_session_get_stats(sl->s, &st);
         sl->misses0 = st.misses;
-        n_past = l;
+        n_past = want_rows ? 0 : l;
+        if (want_rows) {
+            j->plp = calloc((size_t)n, sizeof *j->plp);
+            if (!e->rows) e->rows = malloc((size_t)SRV_LP_CHUNK * (size_t)e->n_vocab * sizeof *e->rows);
+            if (!j->plp || !e->rows) {
+                *failed = true;
+                snprintf(msg, msg_size, "out of memory");
+                return;
+            }
+            j->plp[0].id = j->prompt[0];
+            j->plp[0].in_prompt = j->plp[0].no_lp = true;
+        }
     } else {
         n_past = sl->done;
     }
-    int32_t end = n_past + e->cfg->prefill_chunk;
-    if (end > n) end = n;
-    const bool last = end == n;
-    kvlm_status rc = kvlm_eval(sl->s, j->prompt, end, n_past, last ? row : NULL, false, &err);
-    if (rc != KVLM_OK) {
-        *failed = true;
-        snprintf(msg, msg_size, "prompt evaluation failed: %.400s", err.msg);
-        return;
+    if (sl->done < 0) sl->wasted = 0;
+    const int32_t P = e->page_tokens;
+    bool last = false;
+    if (want_rows) {
+        int32_t end = n_past + SRV_LP_CHUNK;
+        if (end > n) end = n;
+        last = end == n;
+        if (kvlm_eval(sl->s, j->prompt, end, n_past, e->rows, true, &err) != KVLM_OK) goto eval_failed;
+        /* row r (position n_past + r) predicts the prompt's next token */
+        for (int32_t p = n_past; p < end; p++) {
+            const float *r = e->rows + (size_t)(p - n_past) * (size_t)e->n_vocab;
+            if (p + 1 < n) {
+                srv_tok *t = &j->plp[p + 1];
+                t->id = j->prompt[p + 1];
+                t->in_prompt = true;
+                t->n_top = j->logprobs;
+                if (kvlm_logprobs(r, e->n_vocab, t->id, &t->logprob, j->logprobs, t->top_id, t->top_lp, &err))
+                    t->n_top = 0;
+            } else {
+                memcpy(row, r, (size_t)e->n_vocab * sizeof *row);
+            }
+        }
+        sl->done = end;
+    } else {
+        /* kvlm_eval takes full pages from the shared pool only below the last token it is given,
+         * and only from a page boundary on. So a chunk that does not end the prompt is evaluated
+         * one token past a page boundary (every page of the chunk may come from the pool) and
+         * that token is dropped again: the session ends on the boundary, where the next chunk can
+         * reuse pages too. A chunk that was all reused cost one token, so the step goes on with
+         * the next one (at most SRV_ATTACH_CHUNKS of them). */
+        const int32_t chunk = budget;
+        for (int k = 0;; k++) {
+            int32_t target = n_past + chunk;
+            if (P > 1 && chunk >= P && target < n) target -= target % P;
+            if (target >= n || chunk < P || P <= 1) {
+                int32_t end = target < n ? target : n;
+                last = end == n;
+                if (kvlm_eval(sl->s, j->prompt, end, n_past, last ? row : NULL, false, &err) != KVLM_OK)
+                    goto eval_failed;
+                sl->done = end;
+                break;
+            }
+            kvlm_session_get_stats(sl->s, &st);
+            const int64_t before = st.misses;
+            if (kvlm_eval(sl->s, j->prompt, target + 1, n_past, NULL, false, &err) != KVLM_OK ||
+                kvlm_session_truncate(sl->s, target, &err) != KVLM_OK)
+                goto eval_failed;
+            sl->wasted++;
+            sl->done = n_past = target;
+            kvlm_session_get_stats(sl->s, &st);
+            if (st.misses - before > 1 || k + 1 >= SRV_ATTACH_CHUNKS) break; /* real work was done */
+        }
     }
-    sl->done = end;
+    kvlm_session_get_stats(sl->s, &st);
+    *used = st.misses - misses_in > 0 ? (int32_t)(st.misses - misses_in) : 1;
     if (last) {
-        kvlm_session_get_stats(sl->s, &st);
-        int64_t computed = st.misses - sl->misses0;
+        int64_t computed = st.misses - sl->misses0 - sl->wasted; /* the dropped tokens count once */
         int32_t cached = (int32_t)(n - computed);
         *job_cached = cached < 0 ? 0 : cached; /* >= 0: the prompt is read (the caller clears
                                                   sl->prefilling under the lock, /metrics reads it) */
-        sample_next(e, sl, row, o);
+        memset(o, 0, sizeof *o);
+        o->text = "";
+        if (j->max_tokens == 0) o->finish = "length"; /* echo of the prompt alone */
+        else sample_next(e, sl, row, o);
     }
+    return;
+eval_failed:
+    *failed = true;
+    snprintf(msg, msg_size, "prompt evaluation failed: %.400s", err.msg);
+}
+
+/* Echo: the prompt's text (and its logprobs) start the choice (under mu, before its first token). */
+static bool echo_into(srv_job *j, srv_choice *c) {
+    if (!j->echo) return true;
+    if (!text_append(c, j->echo_text, j->echo_len)) return false;
+    if (j->plp)
+        for (int32_t i = 0; i < j->n_prompt; i++)
+            if (!tok_append(c, &j->plp[i])) return false;
+    return true;
 }
 
 /* Deadlines and cancellations (under mu). */
@@ -390,9 +472,14 @@ static void *scheduler(void *arg) {
     kvlm_session **bs = calloc((size_t)P, sizeof *bs);
     kvlm_token *bt = calloc((size_t)P, sizeof *bt);
     int *bi = calloc((size_t)P, sizeof *bi);
-    step_out *outs = calloc((size_t)P + 1, sizeof *outs);
+    step_out *outs = calloc((size_t)P, sizeof *outs);
     float *prow = malloc((size_t)e->n_vocab * sizeof *prow);
-    if (!bs || !bt || !bi || !outs || !prow) {
+    /* the prefills of a step */
+    int *pfi = calloc((size_t)P, sizeof *pfi), *pf_cached = calloc((size_t)P, sizeof *pf_cached);
+    bool *pf_failed = calloc((size_t)P, sizeof *pf_failed);
+    step_out *pf_out = calloc((size_t)P, sizeof *pf_out);
+    char *pf_msg = calloc((size_t)P, 512);
+    if (!bs || !bt || !bi || !outs || !prow || !pfi || !pf_cached || !pf_failed || !pf_out || !pf_msg) {
         fprintf(stderr, "kvlm serve: scheduler out of memory\n");
         abort();
     }
@@ -415,13 +502,21 @@ static void *scheduler(void *arg) {
             pthread_cond_timedwait(&e->wake, &e->mu, &ts);
             continue;
         }
-        /* the work of this step: the oldest prefilling slot, every slot with a token to feed */
-        int pf = -1, nb = 0;
+        /* the work of this step: prompt chunks of the prefilling slots, oldest first, up to
+         * --prefill-chunk computed tokens in all (so several short prompts, or the uncached rest
+         * of prompts whose prefix is cached, are read in one step), and one token for every slot
+         * with a token to feed */
+        int npf = 0, nb = 0;
         for (int i = 0; i < P; i++) {
             srv_slot *sl = &e->slots[i];
             if (!sl->job) continue;
             if (sl->prefilling) {
-                if (pf < 0 || sl->order < e->slots[pf].order) pf = i;
+                int k = npf++;
+                while (k > 0 && e->slots[pfi[k - 1]].order > sl->order) {
+                    pfi[k] = pfi[k - 1];
+                    k--;
+                }
+                pfi[k] = i;
             } else if (sl->has_pending) {
                 bs[nb] = sl->s;
                 bt[nb] = sl->pending;
@@ -431,11 +526,20 @@ static void *scheduler(void *arg) {
         }
         pthread_mutex_unlock(&e->mu);
 
-        /* prefill one chunk */
-        int cached = -1;
-        bool pf_failed = false;
-        char pf_msg[512] = "";
-        if (pf >= 0) prefill_chunk(e, &e->slots[pf], prow, &outs[P], &cached, &pf_failed, pf_msg, sizeof pf_msg);
+        /* prefill */
+        int32_t budget = e->cfg->prefill_chunk;
+        int done_pf = 0;
+        /* a later sequence starts only with at least a page of budget left: a chunk shorter than
+         * a page could reuse nothing from the pool and would leave the session off a page boundary */
+        const int32_t min_start = e->page_tokens > 1 ? e->page_tokens : 1;
+        while (done_pf < npf && budget > 0 && (done_pf == 0 || budget >= min_start)) {
+            const int k = done_pf++;
+            int32_t used = 0;
+            pf_msg[(size_t)k * 512] = '\0';
+            prefill_chunk(e, &e->slots[pfi[k]], prow, &pf_out[k], &pf_cached[k], &pf_failed[k],
+                          pf_msg + (size_t)k * 512, 512, budget, &used);
+            budget -= used;
+        }
         /* decode one token for every running sequence */
         kvlm_status drc = KVLM_OK;
         kvlm_error derr;
@@ -449,22 +553,29 @@ static void *scheduler(void *arg) {
         snapshot_kv(e);
 
         pthread_mutex_lock(&e->mu);
-        if (pf >= 0) {
-            srv_slot *sl = &e->slots[pf];
+        for (int k = 0; k < done_pf; k++) {
+            srv_slot *sl = &e->slots[pfi[k]];
             srv_job *j = sl->job;
-            if (pf_failed) {
-                job_fail(j, 500, pf_msg);
+            if (!j) continue;
+            if (pf_failed[k]) {
+                job_fail(j, 500, pf_msg + (size_t)k * 512);
                 slot_finish(e, sl, "error");
-            } else if (cached >= 0) {
+            } else if (pf_cached[k] >= 0) {
                 sl->prefilling = false;
                 if (sl->choice == 0) {
-                    j->n_cached = cached;
+                    j->n_cached = pf_cached[k];
                     e->m.prompt_tokens += (uint64_t)j->n_prompt;
-                    e->m.prompt_cached += (uint64_t)cached;
-                    e->m.prefix_queries += (uint64_t)j->n_prompt;
-                    e->m.prefix_hits += (uint64_t)cached;
+                    e->m.prompt_cached += (uint64_t)pf_cached[k];
                 }
-                publish(e, sl, &outs[P]);
+                /* every sequence looks its prompt up (the choices of n > 1 too) */
+                e->m.prefix_queries += (uint64_t)j->n_prompt;
+                e->m.prefix_hits += (uint64_t)pf_cached[k];
+                if (!echo_into(j, &j->ch[sl->choice])) {
+                    job_fail(j, 500, "out of memory");
+                    slot_finish(e, sl, "error");
+                } else {
+                    publish(e, sl, &pf_out[k]);
+                }
             }
         }
         if (nb > 0) {
@@ -491,6 +602,11 @@ static void *scheduler(void *arg) {
     free(bi);
     free(outs);
     free(prow);
+    free(pfi);
+    free(pf_cached);
+    free(pf_failed);
+    free(pf_out);
+    free(pf_msg);
     return NULL;
 }
 
@@ -511,6 +627,7 @@ int srv_engine_start(srv_engine *e, const srv_config *cfg, kvlm_model *model, ch
         return -1;
     }
     sp.cache = e->cache;
+    e->page_tokens = sp.cache_params.prefix_sharing ? sp.cache_params.page_tokens : 0;
     e->slots = calloc((size_t)e->parallel, sizeof *e->slots);
     if (!e->slots) {
         snprintf(msg, msg_size, "out of memory");
@@ -599,6 +716,7 @@ void srv_engine_stop(srv_engine *e) {
         for (int i = 0; i < e->parallel; i++) kvlm_session_free(e->slots[i].s);
     free(e->slots);
     free(e->logits);
+    free(e->rows);
     free(e->scratch);
     kvlm_cache_free(e->cache);
     memset(e, 0, sizeof *e);
@@ -688,8 +806,9 @@ char *srv_metrics_text(srv_engine *e) {
     gauge(&b, "kv_cache_tokens", "Tokens stored in the KV cache.", (double)m.kv.tokens);
     gauge(&b, "kv_cache_capacity_tokens", "Tokens the pool holds without growing.", (double)m.kv.capacity);
     gauge(&b, "kv_cache_bytes", "K/V bytes allocated.", (double)m.kv.bytes);
-    counter(&b, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", m.prefix_queries);
-    counter(&b, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", m.prefix_hits);
+    counter(&b, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache (every sequence).",
+            m.prefix_queries);
+    counter(&b, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache (every sequence).", m.prefix_hits);
     counter(&b, "kv_evictions_total", "Cached pages evicted.", (uint64_t)m.kv.evictions);
     counter(&b, "kv_compressions_total", "Pages re-quantized by tiered compression.", (uint64_t)m.kv.compressions);
     counter(&b, "kv_growth_events_total", "Times the page pool grew.", (uint64_t)m.kv.growth_events);

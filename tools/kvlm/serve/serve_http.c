@@ -27,6 +27,7 @@ struct srv_http {
     srv_engine *e;
     const srv_config *cfg;
     atomic_int draining;
+    atomic_int ready; /* the model is loaded and the engine runs (set once) */
     int inflight; /* generation requests not yet answered (under e->mu) */
 };
 
@@ -224,6 +225,91 @@ static kvlm_token *tokenize(const kvlm_model *m, const char *s, size_t n, bool a
     return t;
 }
 
+static char *piece_of(const kvlm_model *m, kvlm_token t, int32_t *len);
+
+/* The text of tokens (their pieces; invalid UTF-8 becomes U+FFFD), malloc'd. */
+static char *detokenize(const kvlm_model *m, const kvlm_token *t, int32_t n) {
+    size_t cap = 256, len = 0;
+    char *buf = malloc(cap);
+    for (int32_t i = 0; i < n && buf; i++) {
+        int32_t pl = 0;
+        char *p = piece_of(m, t[i], &pl);
+        if (!p) {
+            free(buf);
+            return NULL;
+        }
+        if (len + (size_t)pl + 1 > cap) {
+            while (len + (size_t)pl + 1 > cap) cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(p);
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+        }
+        memcpy(buf + len, p, (size_t)pl);
+        len += (size_t)pl;
+        free(p);
+    }
+    if (!buf) return NULL;
+    char *clean = srv_utf8_clean(buf, len);
+    free(buf);
+    return clean;
+}
+
+/* Fields of OpenAI's API that kvlm cannot honour: a clear 400 instead of an
+ * answer that silently ignores them. Their neutral values are accepted. */
+static bool check_unsupported(const cJSON *root, bool chat, perr *pe) {
+    cJSON *rf = field(root, "response_format");
+    if (rf) {
+        cJSON *ty = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+        if (!ty || !cJSON_IsString(ty))
+            return fail(pe, 400, "response_format", "'response_format' must be an object with a string 'type'");
+        if (strcmp(ty->valuestring, "json_object") == 0 || strcmp(ty->valuestring, "json_schema") == 0)
+            return fail(pe, 400, "response_format",
+                        "'response_format' type '%s' is not supported yet (constrained decoding is not "
+                        "implemented); use \"text\"", ty->valuestring);
+        if (strcmp(ty->valuestring, "text") != 0)
+            return fail(pe, 400, "response_format", "'response_format' type must be \"text\" (got '%.64s')",
+                        ty->valuestring);
+    }
+    static const char *const lists[] = {"tools", "functions"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *v = field(root, lists[i]);
+        if (!v) continue;
+        if (!cJSON_IsArray(v)) return fail(pe, 400, lists[i], "'%s' must be an array", lists[i]);
+        if (cJSON_GetArraySize(v) > 0)
+            return fail(pe, 400, lists[i], "'%s' (tool / function calling) is not supported yet", lists[i]);
+    }
+    static const char *const choices[] = {"tool_choice", "function_call"};
+    for (int i = 0; i < 2; i++) {
+        cJSON *v = field(root, choices[i]);
+        if (!v) continue;
+        if (!cJSON_IsString(v) || (strcmp(v->valuestring, "none") && strcmp(v->valuestring, "auto")))
+            return fail(pe, 400, choices[i], "'%s' other than \"none\" or \"auto\" is not supported yet (no "
+                        "tool calling)", choices[i]);
+    }
+    if (chat) return true;
+    cJSON *suffix = field(root, "suffix");
+    if (suffix) {
+        if (!cJSON_IsString(suffix)) return fail(pe, 400, "suffix", "'suffix' must be a string");
+        if (suffix->valuestring[0])
+            return fail(pe, 400, "suffix",
+                        "'suffix' (text inserted after the completion, fill-in-the-middle) is not supported");
+    }
+    double d = 0;
+    if (!get_num(root, "best_of", 1, SRV_MAX_N, true, &d, pe)) return false;
+    if (field(root, "best_of")) {
+        double n = 1;
+        if (!get_num(root, "n", 1, SRV_MAX_N, true, &n, pe)) return false;
+        if (d != n)
+            return fail(pe, 400, "best_of", "'best_of' other than 'n' (ranking candidates on the server) is not "
+                        "supported");
+    }
+    return true;
+}
+
 /* Parses and validates a completion or chat request into a job (serve.h). */
 srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const cJSON *root, bool chat, perr *pe) {
     srv_job *j = calloc(1, sizeof *j);
@@ -245,6 +331,8 @@ srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const 
     }
     const char *user = NULL;
     if (!get_str(root, "user", &user, pe)) goto bad;
+    if (!check_unsupported(root, chat, pe)) goto bad;
+    if (!chat && !get_bool(root, "echo", &j->echo, pe)) goto bad;
 
     /* the prompt */
     if (chat) {
@@ -388,11 +476,23 @@ srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const 
         goto bad;
     }
 
-    /* generation limits */
+    if (j->echo) {
+        cJSON *p = field(root, "prompt");
+        if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1 && cJSON_IsString(cJSON_GetArrayItem(p, 0)))
+            p = cJSON_GetArrayItem(p, 0);
+        j->echo_text = cJSON_IsString(p) ? strdup(p->valuestring) : detokenize(e->model, j->prompt, j->n_prompt);
+        if (!j->echo_text) {
+            fail(pe, 500, NULL, "out of memory");
+            goto bad;
+        }
+        j->echo_len = strlen(j->echo_text);
+    }
+
+    /* generation limits (with echo, max_tokens 0 asks for the prompt alone, as OpenAI's API allows) */
     int32_t room = e->n_ctx - j->n_prompt + 1; /* the last token need not be fed back */
     double mt = chat ? room : 16;
-    if (!get_num(root, "max_tokens", 1, 1e9, true, &mt, pe)) goto bad;
-    if (!get_num(root, "max_completion_tokens", 1, 1e9, true, &mt, pe)) goto bad;
+    if (!get_num(root, "max_tokens", j->echo ? 0 : 1, 1e9, true, &mt, pe)) goto bad;
+    if (!get_num(root, "max_completion_tokens", j->echo ? 0 : 1, 1e9, true, &mt, pe)) goto bad;
     j->max_tokens = mt > room ? room : (int32_t)mt;
     if (!get_num(root, "n", 1, SRV_MAX_N, true, &d, pe)) goto bad;
     else if (field(root, "n")) j->n = (int)d;
@@ -620,22 +720,32 @@ static cJSON *chat_logprobs(const kvlm_model *m, const srv_choice *c, int from, 
     return o;
 }
 
-/* Completions: {tokens, token_logprobs, top_logprobs, text_offset} for toks[from..to). */
-static cJSON *completion_logprobs(const kvlm_model *m, const srv_choice *c, int from, int to, size_t *offset) {
+/* Completions: {tokens, token_logprobs, top_logprobs, text_offset} for toks[from..to). With echo
+ * the prompt's tokens come first (the first with null logprobs, as OpenAI's API); text_offset
+ * counts the bytes of the pieces before a token, and the generated tokens' offsets start after
+ * the echoed prompt text (echo_len). */
+static cJSON *completion_logprobs(const kvlm_model *m, const srv_choice *c, int from, int to, size_t *offset,
+                                  size_t echo_len) {
     cJSON *o = cJSON_CreateObject();
     cJSON *toks = cJSON_AddArrayToObject(o, "tokens"), *lps = cJSON_AddArrayToObject(o, "token_logprobs");
     cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs"), *offs = cJSON_AddArrayToObject(o, "text_offset");
     for (int i = from; i < to; i++) {
         const srv_tok *t = &c->toks[i];
+        if (!t->in_prompt && (i == 0 || c->toks[i - 1].in_prompt)) *offset = echo_len; /* the first generated */
         int32_t pl = 0;
         char *p = piece_of(m, t->id, &pl);
         char *clean = p ? srv_utf8_clean(p, (size_t)pl) : NULL;
         cJSON_AddItemToArray(toks, cJSON_CreateString(clean ? clean : ""));
-        cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->logprob));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)*offset));
         *offset += (size_t)pl;
         free(clean);
         free(p);
+        if (t->no_lp) {
+            cJSON_AddItemToArray(lps, cJSON_CreateNull());
+            cJSON_AddItemToArray(tops, cJSON_CreateNull());
+            continue;
+        }
+        cJSON_AddItemToArray(lps, cJSON_CreateNumber(t->logprob));
         cJSON *top = cJSON_CreateObject();
         for (int k = 0; k < t->n_top; k++) {
             p = piece_of(m, t->top_id[k], &pl);
@@ -683,7 +793,7 @@ static cJSON *full_response(const srv_http *h, const srv_job *j) {
             cJSON_AddStringToObject(x, "text", c->text ? c->text : "");
             size_t off = 0;
             if (j->logprobs >= 0)
-                cJSON_AddItemToObject(x, "logprobs", completion_logprobs(h->e->model, c, 0, c->n_toks, &off));
+                cJSON_AddItemToObject(x, "logprobs", completion_logprobs(h->e->model, c, 0, c->n_toks, &off, j->echo_len));
             else cJSON_AddNullToObject(x, "logprobs");
         }
         cJSON_AddStringToObject(x, "finish_reason", c->finish ? c->finish : "error");
@@ -797,7 +907,7 @@ static char *next_event(sse *st, size_t *n) {
             if (j->logprobs >= 0 && c->n_toks > c->toks_sent) {
                 cJSON_AddItemToObject(x, "logprobs", j->chat ? chat_logprobs(m, c, c->toks_sent, c->n_toks)
                                                              : completion_logprobs(m, c, c->toks_sent, c->n_toks,
-                                                                                   &st->lp_off[i]));
+                                                                                   &st->lp_off[i], j->echo_len));
             } else {
                 cJSON_AddNullToObject(x, "logprobs");
             }
@@ -1119,6 +1229,17 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
     bool is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if ((want_post && strcmp(method, "POST")) || (!want_post && !is_get))
         return send_error(h, c, rq, 405, NULL, "method_not_allowed", "%s is not allowed on %s", method, url);
+    if (!atomic_load(&h->ready)) {
+        /* the model is still loading: nothing but this answer (llama-server's behaviour) */
+        if (rt == R_HEALTH) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "status", "loading");
+            char *s = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            return s ? send_text(h, c, rq, 503, "application/json", s, strlen(s), "Retry-After", "1") : MHD_NO;
+        }
+        return send_error(h, c, rq, 503, NULL, "model_loading", "the model is loading; retry later");
+    }
     if (rt == R_HEALTH) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "status", h->draining ? "shutting down" : "ok");
@@ -1259,9 +1380,15 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
         return NULL;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    fprintf(stderr, "kvlm serve: listening on http://%s:%u (model '%s', %d slots, context %d)\n", host,
-            di ? (unsigned)di->port : (unsigned)cfg->port, cfg->alias, cfg->parallel, (int)e->n_ctx);
+    fprintf(stderr, "kvlm serve: listening on http://%s:%u (loading model '%s')\n", host,
+            di ? (unsigned)di->port : (unsigned)cfg->port, cfg->alias);
     return h;
+}
+
+void srv_http_set_ready(srv_http *h) {
+    atomic_store(&h->ready, 1);
+    fprintf(stderr, "kvlm serve: ready (model '%s', %d slots, context %d)\n", h->cfg->alias, h->cfg->parallel,
+            (int)h->e->n_ctx);
 }
 
 void srv_http_quiesce(srv_http *h) {
