@@ -5,8 +5,10 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 MODEL ?= ../shared/models/llama/aidreams260K-f32.gguf
 PROMPT ?= Echoes of
 N ?= 48
+# ON: compiler warnings are errors (KVLM_FATAL_WARNINGS; .ci/run builds that way)
+FATAL_WARNINGS ?= OFF
 
-.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus clean
+.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
 
 all: build
 
@@ -17,7 +19,7 @@ test-deps:
 	@bash scripts/deps.sh test
 
 # configure quietly, but show warnings and errors (a missing package says which)
-CONFIGURE = cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release --log-level=WARNING
+CONFIGURE = cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release -DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) --log-level=WARNING
 
 build: deps
 	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
@@ -36,7 +38,7 @@ demo: deps
 
 # The test suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 sanitize: test-deps
-	@cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DKVLM_SANITIZE=ON >/dev/null
+	@cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DKVLM_SANITIZE=ON -DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
 	@cmake --build build-san -j $(JOBS)
 	@cd build-san && ctest --output-on-failure -j $(JOBS)
 
@@ -45,7 +47,7 @@ sanitize: test-deps
 TSAN_TESTS ?= test_exact|test_session|test_generate|test_tokenizer|test_kv
 tsan: test-deps
 	@bash scripts/deps.sh tsan
-	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DKVLM_TSAN=ON >/dev/null
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DKVLM_TSAN=ON -DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
 	@cmake --build build-tsan -j $(JOBS)
 	@cd build-tsan && TSAN_OPTIONS="halt_on_error=1 abort_on_error=1 $(TSAN_OPTIONS)" \
 		ctest --output-on-failure -j $(JOBS) -R '^($(TSAN_TESTS))$$'
@@ -55,7 +57,8 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= gguf tokenizer session chat server
 fuzz-build:
 	@bash scripts/deps.sh fuzz
-	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Release -DKVLM_FUZZ=ON >/dev/null
+	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Release -DKVLM_FUZZ=ON \
+		-DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
 	@cmake --build build-fuzz -j $(JOBS)
 
 fuzz: fuzz-build
@@ -64,6 +67,10 @@ fuzz: fuzz-build
 # Regenerates the seed corpora of fuzz/corpus/ (with build/bin/kvlm).
 fuzz-corpus: build
 	@bash fuzz/make_corpus.sh $(BUILD)/bin/kvlm
+
+# What the library exports: only kvlm_* (declared in kvlm.h) and kv_* names; lists the others.
+exports: build
+	@bash scripts/check_exports.sh $(BUILD)/libkvlm.a include/kvlm.h
 
 clean:
 	rm -rf $(BUILD) build-san build-tsan build-fuzz

@@ -77,10 +77,10 @@ __attribute__((target("avx2"))) static uint64_t read_avx2(const uint8_t *b, size
             if (pf == 1) _mm_prefetch((const char *)q + PF_AHEAD, _MM_HINT_T0);
             if (pf == 2) _mm_prefetch((const char *)q + PF_AHEAD, _MM_HINT_NTA);
             if (nt) {
-                a0 = _mm256_xor_si256(a0, _mm256_stream_load_si256((__m256i *)q));
-                a1 = _mm256_xor_si256(a1, _mm256_stream_load_si256((__m256i *)(q + 32)));
-                a2 = _mm256_xor_si256(a2, _mm256_stream_load_si256((__m256i *)(q + 64)));
-                a3 = _mm256_xor_si256(a3, _mm256_stream_load_si256((__m256i *)(q + 96)));
+                a0 = _mm256_xor_si256(a0, _mm256_stream_load_si256((const __m256i *)q));
+                a1 = _mm256_xor_si256(a1, _mm256_stream_load_si256((const __m256i *)(q + 32)));
+                a2 = _mm256_xor_si256(a2, _mm256_stream_load_si256((const __m256i *)(q + 64)));
+                a3 = _mm256_xor_si256(a3, _mm256_stream_load_si256((const __m256i *)(q + 96)));
             } else {
                 a0 = _mm256_xor_si256(a0, _mm256_load_si256((const __m256i *)q));
                 a1 = _mm256_xor_si256(a1, _mm256_load_si256((const __m256i *)(q + 32)));
@@ -101,8 +101,9 @@ __attribute__((target("avx512f"))) static uint64_t read_avx512(const uint8_t *b,
             if (pf == 1) _mm_prefetch((const char *)q + PF_AHEAD, _MM_HINT_T0);
             if (pf == 2) _mm_prefetch((const char *)q + PF_AHEAD, _MM_HINT_NTA);
             if (nt) {
-                a0 = _mm512_xor_si512(a0, _mm512_stream_load_si512((void *)q));
-                a1 = _mm512_xor_si512(a1, _mm512_stream_load_si512((void *)(q + 64)));
+                /* gcc 12 declares the operand void *, clang const void * */
+                a0 = _mm512_xor_si512(a0, _mm512_stream_load_si512((void *)(uintptr_t)q));
+                a1 = _mm512_xor_si512(a1, _mm512_stream_load_si512((void *)(uintptr_t)(q + 64)));
             } else {
                 a0 = _mm512_xor_si512(a0, _mm512_load_si512((const void *)q));
                 a1 = _mm512_xor_si512(a1, _mm512_load_si512((const void *)(q + 64)));

@@ -21,6 +21,10 @@ const char *fuzz_model_path(const char *rel);
 struct kvlm_model;
 struct kvlm_model *fuzz_load_model(const char *rel, bool vocab_only, const char *target);
 
+/* libFuzzer's entry points, which each target defines (Initialize is optional). */
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
 /* Reports a broken contract and aborts, so that libFuzzer records the input. */
 #define FUZZ_CHECK(cond, ...)                                                     \
     do {                                                                          \

@@ -12,6 +12,7 @@
 
 #include "golden.h"
 #include "kvlm.h"
+#include "test_util.h"
 
 #define KVLM KVLM_BIN_DIR "/kvlm"
 #define MODELS KVLM_MODELS_DIR
@@ -177,19 +178,6 @@ static void test_errors(void **state) {
     assert_non_null(strstr(buf, "error: "));
 }
 
-static bool files_equal(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    bool eq = fa && fb;
-    while (eq) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        if (ca != cb) eq = false;
-        if (ca == EOF || cb == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return eq;
-}
-
 /* eval --chunk K writes byte-identical logit files for K = 1, 7 and the whole prompt, at 1 and 2 threads. */
 static void test_eval_chunk_identical(void **state) {
     (void)state;
@@ -235,7 +223,7 @@ static long json_int(const char *json, const char *key) {
 static void test_run_session_and_stats(void **state) {
     (void)state;
     char cmd[1024], ses[64];
-    snprintf(ses, sizeof ses, "/tmp/kvlm-test-run-%d.ses", (int)getpid());
+    tmp_path(ses, sizeof ses, "run", ".ses");
     unlink(ses);
     snprintf(cmd, sizeof cmd, "%s run -m %s/llama/aidreams260K-f32.gguf -p 'Echoes of vectors' -n 8 --session %s --kv-stats 2>&1 >/dev/null",
              KVLM, MODELS, ses);
@@ -309,7 +297,7 @@ static void test_chat_pipe(void **state) {
 static void test_run_overflow_policies(void **state) {
     (void)state;
     char cmd[2048], path[128];
-    snprintf(path, sizeof path, "/tmp/kvlm-test-long-%d.txt", (int)getpid());
+    tmp_path(path, sizeof path, "long", ".txt");
     FILE *fp = fopen(path, "w");
     assert_non_null(fp);
     for (int i = 0; i < 40; i++) fputs("Once upon a time there was a little girl named Lily. ", fp);

@@ -19,6 +19,7 @@
 #include <xxhash.h>
 
 #include "session/session_impl.h"
+#include "test_util.h"
 
 #define KVLM KVLM_BIN_DIR "/kvlm"
 #define MODEL KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
@@ -43,30 +44,6 @@ static int run_kvlm(const char *model, const char *prompt, const char *flags) {
 }
 
 static void path_in_dir(char *buf, size_t cap, const char *name) { snprintf(buf, cap, "%s/%s", dir, name); }
-
-typedef struct img {
-    uint8_t *p;
-    size_t n;
-} img;
-
-static img slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    img m = {NULL, (size_t)ftell(f)};
-    fseek(f, 0, SEEK_SET);
-    m.p = malloc(m.n ? m.n : 1);
-    assert_int_equal(fread(m.p, 1, m.n, f), m.n);
-    fclose(f);
-    return m;
-}
-
-static void spit(const char *path, const img *m) {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(m->p, 1, m->n, f), m->n);
-    fclose(f);
-}
 
 static void assert_file_is(const char *path, const img *m) {
     img now = slurp(path);

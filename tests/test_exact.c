@@ -183,14 +183,14 @@ int main(void) {
     struct CMUnitTest tests[2 * N + 2];
     int n = 0;
     for (int i = 0; i < N; i++) {
-        struct CMUnitTest a = {models[i], test_f32, NULL, NULL, (void *)models[i]};
-        struct CMUnitTest b = {models[i], test_q8_0, NULL, NULL, (void *)models[i]};
+        struct CMUnitTest a = {models[i], test_f32, NULL, NULL, (void *)(uintptr_t)models[i]};
+        struct CMUnitTest b = {models[i], test_q8_0, NULL, NULL, (void *)(uintptr_t)models[i]};
         tests[n++] = a;
         tests[n++] = b;
     }
     /* the default F16 storage, against kvlm_eval_full, on two models */
-    struct CMUnitTest c = {k_models[0], test_f16, NULL, NULL, (void *)k_models[0]};
-    struct CMUnitTest d = {f16_second, test_f16, NULL, NULL, (void *)f16_second};
+    struct CMUnitTest c = {k_models[0], test_f16, NULL, NULL, (void *)(uintptr_t)k_models[0]};
+    struct CMUnitTest d = {f16_second, test_f16, NULL, NULL, (void *)(uintptr_t)f16_second};
     tests[n++] = c;
     tests[n++] = d;
     return _cmocka_run_group_tests("exactness", tests, (size_t)n, NULL, NULL);

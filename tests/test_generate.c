@@ -15,6 +15,7 @@
 
 #include "kvlm.h"
 #include "session/textstream.h"
+#include "test_util.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 #define SYNTH KVLM_MODELS_DIR "/llama/synth15M-q8_0.gguf"
@@ -95,22 +96,6 @@ static int on_token(const char *text, size_t len, kvlm_token tok, void *ud) {
     c->calls++;
     if (c->cancel_at && c->calls == c->cancel_at) kvlm_session_cancel(c->s);
     return c->stop_at && c->calls == c->stop_at;
-}
-
-static kvlm_model *load(const char *path) {
-    kvlm_model *m = NULL;
-    kvlm_error err;
-    if (kvlm_model_load(path, NULL, &m, &err) != KVLM_OK) fail_msg("%s: %s", path, err.msg);
-    return m;
-}
-
-static kvlm_session *session(kvlm_model *m, int n_ctx) {
-    kvlm_session_params p = kvlm_session_default_params();
-    p.n_ctx = n_ctx;
-    kvlm_session *s = NULL;
-    kvlm_error err;
-    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
-    return s;
 }
 
 static kvlm_generate_params greedy(int max) {

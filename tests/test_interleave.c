@@ -34,7 +34,7 @@ static kvlm_model *load_env(const char *path, const char *interleave) {
     return m;
 }
 
-static kvlm_session *session(kvlm_model *m, int threads) {
+static kvlm_session *threaded_session(kvlm_model *m, int threads) {
     kvlm_session_params p = kvlm_session_default_params();
     p.n_ctx = 96;
     p.n_threads = threads;
@@ -109,7 +109,7 @@ static void test_same_logits(void **state) {
         assert_non_null(li);
         kvlm_error err;
         for (int threads = 1; threads <= 2; threads++) {
-            kvlm_session *sf = session(mf, threads), *si = session(mi, threads);
+            kvlm_session *sf = threaded_session(mf, threads), *si = threaded_session(mi, threads);
             /* a prompt in one batch (the prefill kernels), then token by token (decode) */
             assert_int_equal(kvlm_eval(sf, toks, P, 0, lf, true, &err), KVLM_OK);
             assert_int_equal(kvlm_eval(si, toks, P, 0, li, true, &err), KVLM_OK);
@@ -128,8 +128,8 @@ static void test_same_logits(void **state) {
             kvlm_session *sf[B], *si[B];
             kvlm_token next[B];
             for (int b = 0; b < nb; b++) {
-                sf[b] = session(mf, 2);
-                si[b] = session(mi, 2);
+                sf[b] = threaded_session(mf, 2);
+                si[b] = threaded_session(mi, 2);
                 assert_int_equal(kvlm_eval(sf[b], toks, 5 + b, 0, NULL, false, &err), KVLM_OK);
                 assert_int_equal(kvlm_eval(si[b], toks, 5 + b, 0, NULL, false, &err), KVLM_OK);
                 next[b] = toks[10 + b];

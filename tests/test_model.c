@@ -78,7 +78,7 @@ static void write_model(const breakage *br, char *path) {
     if (br->u32_key) gb_kv_u32(&b, br->u32_key, br->u32_val);
     if (br->f32_key) gb_kv_f32(&b, br->f32_key, br->f32_val);
     gb_kv_str(&b, "tokenizer.ggml.model", "llama");
-    const char *toks[NV] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", "\xe2\x96\x81" "a", "ab"};
+    const char *toks[NV] = {"<unk>", "<s>", "</s>", "\xe2\x96\x81", "a", "b", ("\xe2\x96\x81" "a"), "ab"};
     gb_key(&b, "tokenizer.ggml.tokens", 9); gb_u32(&b, 8); gb_u64(&b, NV);
     for (int i = 0; i < NV; i++) gb_str(&b, toks[i]);
     gb_key(&b, "tokenizer.ggml.scores", 9); gb_u32(&b, 6); gb_u64(&b, NV);

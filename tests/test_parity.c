@@ -195,7 +195,7 @@ int main(void) {
     struct CMUnitTest tests[sizeof k_cases / sizeof k_cases[0] + 1];
     size_t n = 0;
     for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) {
-        struct CMUnitTest t = {k_cases[i].golden, test_case, NULL, NULL, (void *)&k_cases[i]};
+        struct CMUnitTest t = {k_cases[i].golden, test_case, NULL, NULL, (void *)(uintptr_t)&k_cases[i]};
         tests[n++] = t;
     }
     struct CMUnitTest g = cmocka_unit_test(test_greedy_aidreams);

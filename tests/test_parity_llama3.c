@@ -295,7 +295,7 @@ int main(void) {
     size_t n = 0;
     for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) {
         snprintf(names[i], sizeof names[i], "%s%s", k_cases[i].golden, k_cases[i].save_at ? " (saved, restored)" : "");
-        struct CMUnitTest t = {names[i], run_case, NULL, NULL, (void *)&k_cases[i]};
+        struct CMUnitTest t = {names[i], run_case, NULL, NULL, (void *)(uintptr_t)&k_cases[i]};
         tests[n++] = t;
     }
     struct CMUnitTest g = cmocka_unit_test(test_greedy);

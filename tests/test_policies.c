@@ -35,7 +35,7 @@ static int teardown(void **state) {
     return 0;
 }
 
-static kvlm_session *session(kvlm_overflow pol, int32_t n_ctx, int32_t n_keep) {
+static kvlm_session *policy_session(kvlm_overflow pol, int32_t n_ctx, int32_t n_keep) {
     kvlm_session_params p = kvlm_session_default_params();
     p.n_ctx = n_ctx;
     p.overflow = pol;
@@ -68,8 +68,8 @@ static void test_long_prompt_eval(void **state) {
     } cases[] = {{KVLM_OVERFLOW_SHIFT, 32, 0}, {KVLM_OVERFLOW_SHIFT, 64, 5}, {KVLM_OVERFLOW_SHIFT, 100, 1},
                  {KVLM_OVERFLOW_SLIDING, 96, 0}, {KVLM_OVERFLOW_RING, 64, 0}};
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        kvlm_session *one = session(cases[c].pol, cases[c].n_ctx, cases[c].n_keep);
-        kvlm_session *tok = session(cases[c].pol, cases[c].n_ctx, cases[c].n_keep);
+        kvlm_session *one = policy_session(cases[c].pol, cases[c].n_ctx, cases[c].n_keep);
+        kvlm_session *tok = policy_session(cases[c].pol, cases[c].n_ctx, cases[c].n_keep);
         if (kvlm_eval(one, t, N, 0, a, false, &err) != KVLM_OK)
             fail_msg("%s n_ctx %d: %s", pol_name(cases[c].pol), cases[c].n_ctx, err.msg);
         assert_int_equal(kvlm_session_n_past(one), N);
@@ -87,7 +87,7 @@ static void test_long_prompt_eval(void **state) {
         kvlm_session_free(tok);
     }
     /* error: a prompt longer than the context is a clear error and nothing changes */
-    kvlm_session *s = session(KVLM_OVERFLOW_ERROR, 64, 0);
+    kvlm_session *s = policy_session(KVLM_OVERFLOW_ERROR, 64, 0);
     assert_int_equal(kvlm_eval(s, t, 100, 0, a, false, &err), KVLM_ERR_CONTEXT_FULL);
     assert_non_null(strstr(err.msg, "context of 64"));
     assert_int_equal(kvlm_session_n_past(s), 0);
@@ -112,7 +112,7 @@ static void test_long_prompt_generate(void **state) {
     for (size_t p = 0; p < 4; p++)
         for (size_t c = 0; c < 3; c++) {
             if (pols[p] == KVLM_OVERFLOW_SLIDING && ctxs[c] <= 36) continue; /* n_sink + a page must fit */
-            kvlm_session *s = session(pols[p], ctxs[c], 0);
+            kvlm_session *s = policy_session(pols[p], ctxs[c], 0);
             kvlm_generate_params gp = kvlm_generate_default_params();
             gp.sampling.temperature = 0;
             gp.max_tokens = 20;
@@ -149,7 +149,7 @@ static void test_whole_context_after_shift(void **state) {
     kvlm_error err;
     const kvlm_overflow pols[] = {KVLM_OVERFLOW_SHIFT, KVLM_OVERFLOW_SLIDING};
     for (int k = 0; k < 2; k++) {
-        kvlm_session *s = session(pols[k], 96, 8), *ref = session(pols[k], 96, 8);
+        kvlm_session *s = policy_session(pols[k], 96, 8), *ref = policy_session(pols[k], 96, 8);
         assert_int_equal(kvlm_eval(s, t, N, 0, NULL, false, &err), KVLM_OK);
         assert_int_equal(kvlm_eval(ref, t, N, 0, NULL, false, &err), KVLM_OK);
         kvlm_kv_stats st0, st1;
@@ -216,7 +216,7 @@ static void test_ring_whole_context(void **state) {
     seq(t, N + 10, V, 44);
     float *a = malloc((size_t)V * 4), *b = malloc((size_t)V * 4);
     kvlm_error err;
-    kvlm_session *s = session(KVLM_OVERFLOW_RING, 48, 0), *ref = session(KVLM_OVERFLOW_RING, 48, 0);
+    kvlm_session *s = policy_session(KVLM_OVERFLOW_RING, 48, 0), *ref = policy_session(KVLM_OVERFLOW_RING, 48, 0);
     assert_int_equal(kvlm_eval(s, t, N, KVLM_AUTO, NULL, false, &err), KVLM_OK);
     assert_int_equal(kvlm_eval(ref, t, N, 0, NULL, false, &err), KVLM_OK);
     kvlm_kv_stats st0, st1;
@@ -240,7 +240,7 @@ static void test_ring_whole_context(void **state) {
     assert_memory_equal(a, full + (size_t)39 * V, (size_t)V * 4);
     free(full);
     /* kvlm_generate on a fresh ring (it used to refuse every call) */
-    kvlm_session *g = session(KVLM_OVERFLOW_RING, 32, 0);
+    kvlm_session *g = policy_session(KVLM_OVERFLOW_RING, 32, 0);
     kvlm_generate_params gp = kvlm_generate_default_params();
     gp.sampling.temperature = 0;
     gp.max_tokens = 40;
@@ -275,7 +275,7 @@ static void test_pool_capacity(void **state) {
     for (size_t c = 0; c < 2; c++)
         for (size_t p = 0; p < 4; p++) {
             const int32_t n_ctx = ctxs[c];
-            kvlm_session *s = session(pols[p], n_ctx, 4);
+            kvlm_session *s = policy_session(pols[p], n_ctx, 4);
             const int64_t ctx_pages = (n_ctx + 31) / 32;
             /* ring: the window (n_ctx) plus one pass of slack (32), in pages */
             const int64_t want = pols[p] == KVLM_OVERFLOW_RING ? (n_ctx + 32 + 31) / 32 * 32 : ctx_pages * 32;

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -19,33 +18,11 @@
 #include "quant/fp16.h"
 #include "quant/quant.h"
 #include "quant/quant_types.h"
+#include "test_util.h"
 
 /* ------------------------------------------------------------ helpers */
 
-/* xorshift64*; uniform floats are exact multiples of 2^-24 and the "normal"
- * is an Irwin-Hall sum, so inputs do not depend on libm. */
-typedef struct { uint64_t s; } rng;
-static uint32_t rng_u32(rng *r) {
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return (uint32_t)((r->s * 0x2545F4914F6CDD1DULL) >> 32);
-}
-static float rng_unif(rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
-static float rng_normal(rng *r) {
-    const float s = rng_unif(r) + rng_unif(r) + rng_unif(r) + rng_unif(r);
-    return (s - 2.0f) * 1.7320508f;
-}
-static void fill_normal(rng *r, float *x, int64_t n, float sigma) {
-    for (int64_t i = 0; i < n; i++) x[i] = sigma * rng_normal(r);
-}
-/* activations: normal with a few large outliers */
-static void fill_act(rng *r, float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = rng_normal(r);
-        if ((rng_u32(r) & 63) == 0) x[i] *= 8.0f;
-    }
-}
+/* random data (rng, fill_normal, fill_act), fbits, file_exists: test_util.h */
 
 /* Bytes of n elements of type t (for I2_S: a whole tensor, tail included). */
 static size_t qbytes(uint32_t t, int64_t n) {
@@ -64,12 +41,6 @@ static const kv_quant_traits *traits(uint32_t t) {
 }
 
 static const char *tname(uint32_t t) { return t == KV_I8_S ? "i8_s" : kv_dtype_name(t); }
-
-static uint32_t fbits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
 
 static const uint32_t k_weight_types[] = {KV_Q4_0, KV_Q4_1, KV_Q5_0, KV_Q5_1, KV_Q8_0, KV_Q2_K, KV_Q3_K,
                                           KV_Q4_K, KV_Q5_K, KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S};
@@ -787,11 +758,6 @@ static void test_dot_pinned(void **state) {
 }
 
 /* ------------------------------------------------------------ real files */
-
-static bool file_exists(const char *p) {
-    struct stat st;
-    return stat(p, &st) == 0;
-}
 
 static gguf_ctx *open_model(const char *rel) {
     char path[1024];

@@ -14,13 +14,14 @@
 #include <cmocka.h>
 
 #include "sampler/sampler.h"
+#include "sampler_bench.h" /* tools/kvlm: the bench of kvlm bench, compiled in */
 
 #define NV_MAX 32000
 
 /* ------------------------------------------------------------- helpers */
 
-static kv_sampler_params plain_params(void) {
-    kv_sampler_params p = kv_sampler_default_params();
+static kvlm_sampling_params plain_params(void) {
+    kvlm_sampling_params p = kv_sampler_default_params();
     p.temperature = 1.0f;
     p.top_k = 0;
     p.top_p = 1.0f;
@@ -33,7 +34,7 @@ static kv_sampler_params plain_params(void) {
     return p;
 }
 
-static kv_sampler *make(const kv_sampler_params *p, int32_t nv) {
+static kv_sampler *make(const kvlm_sampling_params *p, int32_t nv) {
     kv_sampler *s = NULL;
     kvlm_error err;
     kvlm_status st = kv_sampler_new(p, nv, &s, &err);
@@ -62,7 +63,7 @@ static kvlm_token sample1(kv_sampler *s, const float *logits) {
 }
 
 /* Candidates of a one-off sampler. */
-static int32_t run_once(const kv_sampler_params *p, const float *logits, int32_t nv,
+static int32_t run_once(const kvlm_sampling_params *p, const float *logits, int32_t nv,
                         kv_sampler_candidate *out, int32_t cap) {
     kv_sampler *s = make(p, nv);
     int32_t n = cands(s, logits, out, cap);
@@ -127,7 +128,7 @@ static double r_rel(float l, float lmax) { return l == lmax ? 0.0 : (double)l - 
 /* The documented rules, written plainly (full sort, counts recomputed from
  * the whole history). Fills c (sorted) and w; returns n, or -1 when no
  * candidate. */
-static int32_t reference_chain(const kv_sampler_params *p, int32_t nv, const float *logits,
+static int32_t reference_chain(const kvlm_sampling_params *p, int32_t nv, const float *logits,
                                const int32_t *hist, int32_t n_hist, r_cand *c, double *w) {
     float *work = malloc((size_t)nv * sizeof *work);
     int32_t *count = calloc((size_t)nv, sizeof *count);
@@ -200,7 +201,7 @@ static int32_t reference_chain(const kv_sampler_params *p, int32_t nv, const flo
 
 static void test_defaults(void **state) {
     (void)state;
-    kv_sampler_params p = kv_sampler_default_params();
+    kvlm_sampling_params p = kv_sampler_default_params();
     assert_true(p.temperature == 0.8f);
     assert_int_equal(p.top_k, 40);
     assert_true(p.top_p == 0.95f);
@@ -218,7 +219,7 @@ static void test_defaults(void **state) {
     kv_sampler_free(NULL);
 }
 
-static void expect_invalid(const kv_sampler_params *p, int32_t nv) {
+static void expect_invalid(const kvlm_sampling_params *p, int32_t nv) {
     kv_sampler *s = (kv_sampler *)&s; /* must be reset to NULL */
     kvlm_error err = {KVLM_OK, ""};
     assert_int_equal(kv_sampler_new(p, nv, &s, &err), KVLM_ERR_INVALID_ARG);
@@ -229,7 +230,7 @@ static void expect_invalid(const kv_sampler_params *p, int32_t nv) {
 
 static void test_invalid_params(void **state) {
     (void)state;
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     expect_invalid(&p, 0);
     expect_invalid(&p, -5);
     p.temperature = NAN;
@@ -254,13 +255,13 @@ static void test_invalid_params(void **state) {
     p.penalty_last_n = -2;
     expect_invalid(&p, 10);
     p = plain_params();
-    kv_logit_bias b[2] = {{3, 1.0f}, {10, 1.0f}};
+    kvlm_logit_bias b[2] = {{3, 1.0f}, {10, 1.0f}};
     p.logit_bias = b;
     p.n_logit_bias = 2;
     expect_invalid(&p, 10); /* token 10 outside [0, 10) */
-    b[1] = (kv_logit_bias){-1, 1.0f};
+    b[1] = (kvlm_logit_bias){-1, 1.0f};
     expect_invalid(&p, 10);
-    b[1] = (kv_logit_bias){4, NAN};
+    b[1] = (kvlm_logit_bias){4, NAN};
     expect_invalid(&p, 10);
     p.logit_bias = NULL;
     expect_invalid(&p, 10);
@@ -269,7 +270,7 @@ static void test_invalid_params(void **state) {
 
 static void test_greedy(void **state) {
     (void)state;
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.temperature = 0.0f;
     const float l[7] = {NAN, 1.0f, 5.0f, 3.0f, 5.0f, -INFINITY, 4.0f};
     kv_sampler *s = make(&p, 7);
@@ -298,7 +299,7 @@ static void test_all_masked(void **state) {
     const int32_t ks[3] = {0, 2, 1};
     for (int ti = 0; ti < 2; ti++)
         for (int ki = 0; ki < 3; ki++) {
-            kv_sampler_params p = plain_params();
+            kvlm_sampling_params p = plain_params();
             p.temperature = temps[ti];
             p.top_k = ks[ki];
             p.min_p = 0.1f;
@@ -314,8 +315,8 @@ static void test_all_masked(void **state) {
             kv_sampler_free(s);
         }
     /* a logit bias of -inf on the only finite token has the same effect */
-    kv_sampler_params p = plain_params();
-    const kv_logit_bias b = {1, -INFINITY};
+    kvlm_sampling_params p = plain_params();
+    const kvlm_logit_bias b = {1, -INFINITY};
     p.logit_bias = &b;
     p.n_logit_bias = 1;
     const float l2[3] = {-INFINITY, 2.0f, NAN};
@@ -327,7 +328,7 @@ static void test_all_masked(void **state) {
 
 static void test_bad_calls(void **state) {
     (void)state;
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     kv_sampler *s = make(&p, 4);
     const float l[4] = {0, 1, 2, 3};
     kvlm_token t;
@@ -351,7 +352,7 @@ static void test_temperature_softmax(void **state) {
     kv_sampler_candidate c[3];
     const int32_t ids[3] = {2, 1, 0};
     const float l[3] = {1.0f, 2.0f, 3.0f};
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     /* softmax([1,2,3]) */
     const double t1[3] = {0.6652409557748218, 0.24472847105479764, 0.09003057317038046};
     int32_t n = run_once(&p, l, 3, c, 3);
@@ -395,7 +396,7 @@ static void test_top_k(void **state) {
     (void)state;
     const float l[10] = {0.3f, 0.9f, 0.1f, 0.7f, 0.5f, 0.0f, 0.8f, 0.2f, 0.6f, 0.4f};
     kv_sampler_candidate c[16];
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.top_k = 3;
     int32_t n = run_once(&p, l, 10, c, 16);
     const int32_t ids3[3] = {1, 6, 3};
@@ -457,7 +458,7 @@ static void test_top_k_large(void **state) {
         qsort(r, (size_t)nv, sizeof *r, r_cmp);
         const int32_t ks[6] = {129, 200, 1000, 2999, 40, 128};
         for (int ki = 0; ki < 6; ki++) {
-            kv_sampler_params p = plain_params();
+            kvlm_sampling_params p = plain_params();
             p.top_k = ks[ki];
             int32_t n = run_once(&p, l, nv, c, nv);
             assert_int_equal(n, ks[ki]);
@@ -494,7 +495,7 @@ static void test_top_p(void **state) {
     const float mps[3] = {0.0f, 0.0f, 1e-3f};
     for (int path = 0; path < 3; path++)
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-            kv_sampler_params p = plain_params();
+            kvlm_sampling_params p = plain_params();
             p.top_p = cases[i].top_p;
             p.top_k = ks[path];
             p.min_p = mps[path];
@@ -512,7 +513,7 @@ static void test_top_p(void **state) {
     /* top-p looks at the distribution before temperature: at T = 2 the
      * tempered mass of the top two is only 0.63, still two are kept, then
      * reweighted as sqrt(1/2) : sqrt(1/4) */
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.top_p = 0.7f;
     p.temperature = 2.0f;
     int32_t n = run_once(&p, l, 5, c, 8);
@@ -544,7 +545,7 @@ static void test_min_p(void **state) {
     const float tps[3] = {1.0f, 1.0f, 0.999f};
     for (int path = 0; path < 3; path++) /* prefilter, block maxima, prefilter + top-p */
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-            kv_sampler_params p = plain_params();
+            kvlm_sampling_params p = plain_params();
             p.min_p = cases[i].min_p;
             p.top_k = ks[path];
             p.top_p = tps[path];
@@ -562,7 +563,7 @@ static void test_min_p(void **state) {
         }
 
     /* min-p combined with top-p: whichever cuts more wins */
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.top_p = 0.8f; /* 3 */
     p.min_p = 0.01f;
     assert_int_equal(run_once(&p, l, 5, c, 5), 3);
@@ -585,7 +586,7 @@ static void test_min_p(void **state) {
 static void test_penalties(void **state) {
     (void)state;
     const float l[6] = {1.0f, 4.0f, -1.0f, 2.0f, 0.0f, 3.0f};
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.repeat_penalty = 2.0f;
     p.frequency_penalty = 0.5f;
     p.presence_penalty = 0.25f;
@@ -661,7 +662,7 @@ static void test_penalty_window(void **state) {
     static double rw[NV];
     kv_sampler_candidate c[NV];
     for (int wi = 0; wi < 4; wi++) {
-        kv_sampler_params p = plain_params();
+        kvlm_sampling_params p = plain_params();
         p.repeat_penalty = 1.3f;
         p.frequency_penalty = 0.1f;
         p.presence_penalty = 0.2f;
@@ -702,7 +703,7 @@ static void test_block_paths(void **state) {
     /* greedy and top-k against the reference */
     const int32_t ks[6] = {1, 2, 40, 128, 129, 700};
     for (int ki = 0; ki < 6; ki++) {
-        kv_sampler_params p = plain_params();
+        kvlm_sampling_params p = plain_params();
         p.top_k = ks[ki];
         int32_t n = run_once(&p, l, NV, c, NV);
         int32_t rn = reference_chain(&p, NV, l, NULL, 0, r, w);
@@ -716,8 +717,8 @@ static void test_block_paths(void **state) {
     int32_t top = 0;
     for (int i = 1; i < NV; i++)
         if (l[i] > l[top] || isnan(l[top])) top = i;
-    const kv_logit_bias b = {12345, 5.0f};
-    kv_sampler_params p = plain_params();
+    const kvlm_logit_bias b = {12345, 5.0f};
+    kvlm_sampling_params p = plain_params();
     p.logit_bias = &b;
     p.n_logit_bias = 1;
     p.temperature = 0.0f;
@@ -765,8 +766,8 @@ static void test_block_paths(void **state) {
 static void test_logit_bias(void **state) {
     (void)state;
     const float l[5] = {1.0f, 3.0f, 2.0f, 0.5f, -1.0f};
-    kv_logit_bias b[4] = {{1, -INFINITY}, {0, 1.5f}, {4, 0.25f}, {4, 0.5f}};
-    kv_sampler_params p = plain_params();
+    kvlm_logit_bias b[4] = {{1, -INFINITY}, {0, 1.5f}, {4, 0.25f}, {4, 0.5f}};
+    kvlm_sampling_params p = plain_params();
     p.logit_bias = b;
     p.n_logit_bias = 4;
     kv_sampler *s = make(&p, 5);
@@ -787,7 +788,7 @@ static void test_logit_bias(void **state) {
     kv_sampler_free(s);
 
     /* +inf forces a token (uniformly among several) */
-    kv_logit_bias f[2] = {{3, INFINITY}, {4, INFINITY}};
+    kvlm_logit_bias f[2] = {{3, INFINITY}, {4, INFINITY}};
     p = plain_params();
     p.logit_bias = f;
     p.n_logit_bias = 2;
@@ -810,7 +811,7 @@ static void test_nan_inf_logits(void **state) {
     const float l[6] = {NAN, -INFINITY, 1.0f, INFINITY, 0.0f, INFINITY};
     const int32_t ks[3] = {0, 4, 200};
     for (int ki = 0; ki < 3; ki++) {
-        kv_sampler_params p = plain_params();
+        kvlm_sampling_params p = plain_params();
         p.top_k = ks[ki];
         kv_sampler *s = make(&p, 6);
         kv_sampler_candidate c[6];
@@ -827,7 +828,7 @@ static void test_nan_inf_logits(void **state) {
     }
     /* NaN and -inf are never drawn among finite logits */
     const float m[5] = {NAN, 0.0f, -INFINITY, 0.1f, NAN};
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     kv_sampler *s = make(&p, 5);
     for (int i = 0; i < 2000; i++) {
         const kvlm_token t = sample1(s, m);
@@ -839,7 +840,7 @@ static void test_nan_inf_logits(void **state) {
 static void test_candidates_cap(void **state) {
     (void)state;
     const float l[6] = {0.0f, 5.0f, 1.0f, 4.0f, 2.0f, 3.0f};
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     kv_sampler *s = make(&p, 6);
     kv_sampler_candidate c[4];
     memset(c, 0x5a, sizeof c);
@@ -872,7 +873,7 @@ static void test_pinned_sequence(void **state) {
     float flat[10];
     for (int i = 0; i < 10; i++) flat[i] = 0.25f;
     const int32_t pinned[20] = {0, 3, 6, 9, 9, 7, 7, 8, 7, 5, 6, 2, 8, 3, 7, 8, 6, 8, 7, 7};
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.seed = 42;
     kv_sampler *s = make(&p, 10);
     for (int i = 0; i < 20; i++) assert_int_equal(sample1(s, flat), pinned[i]);
@@ -928,7 +929,7 @@ static void test_reproducible(void **state) {
     static float l[NV];
     t_rng g;
     t_seed(&g, 3);
-    kv_sampler_params p = kv_sampler_default_params();
+    kvlm_sampling_params p = kv_sampler_default_params();
     p.repeat_penalty = 1.1f;
     p.frequency_penalty = 0.05f;
     p.seed = 2024;
@@ -955,7 +956,7 @@ static void test_reproducible(void **state) {
 static void test_chi_square(void **state) {
     (void)state;
     const float l[7] = {2.0f, 1.0f, 0.5f, 0.0f, -1.0f, -3.0f, -INFINITY};
-    kv_sampler_params p = plain_params();
+    kvlm_sampling_params p = plain_params();
     p.temperature = 0.9f;
     p.seed = 77;
     kv_sampler *s = make(&p, 7);
@@ -1038,7 +1039,7 @@ static void test_against_reference(void **state) {
                     break;
                 }
             }
-            kv_sampler_params p = plain_params();
+            kvlm_sampling_params p = plain_params();
             p.top_k = topks[t_next(&g) % 10];
             p.top_p = topps[t_next(&g) % 5];
             p.min_p = minps[t_next(&g) % 4];
@@ -1049,7 +1050,7 @@ static void test_against_reference(void **state) {
                 p.presence_penalty = (t_next(&g) % 2) ? 0.3f : 0.0f;
                 p.penalty_last_n = (t_next(&g) % 3) == 0 ? -1 : 16;
             }
-            kv_logit_bias b[3] = {{(int32_t)(t_next(&g) % (uint64_t)nv), -INFINITY},
+            kvlm_logit_bias b[3] = {{(int32_t)(t_next(&g) % (uint64_t)nv), -INFINITY},
                                   {(int32_t)(t_next(&g) % (uint64_t)nv), 2.5f},
                                   {(int32_t)(t_next(&g) % (uint64_t)nv), -0.75f}};
             if (t_next(&g) % 2) {
@@ -1089,14 +1090,15 @@ static void test_against_reference(void **state) {
     }
 }
 
+/* The sampler benchmark of kvlm bench (tools/kvlm/sampler_bench.c, on kvlm.h's sampler). */
 static void test_bench_fn(void **state) {
     (void)state;
-    const double us = kv_sampler_bench_us(32000, 20);
+    const double us = cli_sampler_bench_us(32000, 20);
     assert_true(us > 0.0);
     print_message("sampler: %.2f us per sample at n_vocab 32000 (debug build, 20 iterations)\n", us);
-    assert_true(kv_sampler_bench_us(100, 5) > 0.0);
-    assert_true(kv_sampler_bench_us(0, 5) < 0.0);
-    assert_true(kv_sampler_bench_us(100, 0) < 0.0);
+    assert_true(cli_sampler_bench_us(100, 5) > 0.0);
+    assert_true(cli_sampler_bench_us(0, 5) < 0.0);
+    assert_true(cli_sampler_bench_us(100, 0) < 0.0);
 }
 
 int main(void) {

@@ -26,19 +26,6 @@
 #define AIDREAMS16 KVLM_MODELS_DIR "/llama/aidreams260K-f16.gguf"
 #define SYNTH KVLM_MODELS_DIR "/llama/synth15M-q8_0.gguf"
 
-static kvlm_session *session(kvlm_model *m, int32_t n_ctx) {
-    kvlm_session_params p = kvlm_session_default_params();
-    p.n_ctx = n_ctx;
-    kvlm_session *s = NULL;
-    kvlm_error err;
-    if (kvlm_session_new(m, &p, &s, &err) != KVLM_OK) fail_msg("session: %s", err.msg);
-    return s;
-}
-
-static void tmp_path(char *buf, const char *tag) {
-    snprintf(buf, 128, "/tmp/kvlm-test-%s-%d.ses", tag, (int)getpid());
-}
-
 static void test_save_restore(void **state) {
     (void)state;
     kvlm_model *m = load(AIDREAMS);
@@ -52,7 +39,7 @@ static void test_save_restore(void **state) {
     kvlm_session *a = session(m, 128);
     assert_int_equal(kvlm_eval(a, t, 70, 0, NULL, false, &err), KVLM_OK);
     char path[128];
-    tmp_path(path, "save");
+    tmp_path(path, sizeof path, "save", ".ses");
     assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
     struct stat st;
     assert_int_equal(stat(path, &st), 0);
@@ -89,7 +76,7 @@ static void test_save_restore(void **state) {
     assert_int_equal(fread(bytes, 1, size, f), size);
     fclose(f);
     char bad[128];
-    tmp_path(bad, "bad");
+    tmp_path(bad, sizeof bad, "bad", ".ses");
     const int32_t before = kvlm_session_n_past(b);
     for (size_t off = 0; off < size; off += size / 97 + 1) {
         bytes[off] ^= 0x20;

@@ -22,29 +22,13 @@
 
 #include <cmocka.h>
 
+#include "core/clock.h"
 #include "kvlm.h"
+#include "test_util.h"
 
 #define MODEL KVLM_MODELS_DIR "/llama/synth15M-q8_0.gguf"
 #define SAVER KVLM_BIN_DIR "/kvlm_session_saver"
 #define KILLS 25
-
-typedef struct img {
-    uint8_t *p;
-    size_t n;
-} img;
-
-static img slurp(const char *path) {
-    img m = {NULL, 0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return m;
-    fseek(f, 0, SEEK_END);
-    m.n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    m.p = malloc(m.n ? m.n : 1);
-    if (fread(m.p, 1, m.n, f) != m.n) m.n = 0;
-    fclose(f);
-    return m;
-}
 
 static bool same(const img *a, const img *b) { return a->n == b->n && memcmp(a->p, b->p, a->n) == 0; }
 
@@ -60,26 +44,14 @@ static int temporaries(const char *dir, const char *base) {
     return n;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void test_kill_during_saves(void **state) {
     (void)state;
     kvlm_error err;
-    kvlm_model *m = NULL;
-    if (kvlm_model_load(MODEL, NULL, &m, &err) != KVLM_OK) fail_msg("%s", err.msg);
+    kvlm_model *m = load(MODEL);
     const int V = kvlm_n_vocab(m);
     enum { NA = 48, NB = 80 };
     kvlm_token t[NB + 1];
-    uint32_t seed = 99;
-    t[0] = 1;
-    for (int i = 1; i <= NB; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        t[i] = (kvlm_token)(3 + (seed >> 8) % (uint32_t)(V - 3));
-    }
+    seq(t, NB + 1, V, 99);
     /* references: the logits after each state, from a full evaluation */
     float *ref = malloc((size_t)(NB + 1) * V * 4), *got = malloc((size_t)V * 4);
     assert_int_equal(kvlm_eval_full(m, t, NB + 1, ref, true, &err), KVLM_OK);
@@ -97,14 +69,14 @@ static void test_kill_during_saves(void **state) {
     assert_int_equal(kvlm_eval(s, t, NA, 0, NULL, false, &err), KVLM_OK);
     assert_int_equal(kvlm_session_save(s, pa, &err), KVLM_OK);
     assert_int_equal(kvlm_eval(s, t, NB, NA, NULL, false, &err), KVLM_OK);
-    const double t0 = now_s();
+    const double t0 = kv_now_s();
     assert_int_equal(kvlm_session_save(s, pb, &err), KVLM_OK);
-    const double save_s = now_s() - t0; /* to spread the kills over a few saves */
+    const double save_s = kv_now_s() - t0; /* to spread the kills over a few saves */
     assert_int_equal(kvlm_session_save(s, target, &err), KVLM_OK);
-    const img A = slurp(pa), B = slurp(pb);
+    const img A = slurp_if(pa), B = slurp_if(pb);
     assert_true(A.n > 0 && B.n > 0 && !same(&A, &B));
 
-    unsigned rng = (unsigned)getpid();
+    unsigned lcg = (unsigned)getpid();
     int seen_a = 0, seen_b = 0, max_temps = 0, orphans = 0;
     alarm(300); /* a hung helper or wait fails the test instead of blocking the suite */
     for (int k = 0; k < KILLS; k++) {
@@ -120,14 +92,14 @@ static void test_kill_during_saves(void **state) {
             _exit(127);
         }
         close(fds[1]);
-        rng = rng * 1103515245u + 12345u;
-        if ((rng >> 16) % 5 != 0) { /* mostly in the save loop, sometimes while it starts */
+        lcg = lcg * 1103515245u + 12345u;
+        if ((lcg >> 16) % 5 != 0) { /* mostly in the save loop, sometimes while it starts */
             struct pollfd pfd = {fds[0], POLLIN, 0};
             char line[16] = {0};
             if (poll(&pfd, 1, 60000) != 1 || read(fds[0], line, sizeof line - 1) <= 0 || strncmp(line, "ready", 5))
                 fail_msg("kill %d: the saver did not start", k);
-            rng = rng * 1103515245u + 12345u;
-            const double d = ((rng >> 8) % 10000u) / 10000.0 * 3.0 * save_s; /* within the next few saves */
+            lcg = lcg * 1103515245u + 12345u;
+            const double d = ((lcg >> 8) % 10000u) / 10000.0 * 3.0 * save_s; /* within the next few saves */
             struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
             nanosleep(&ts, NULL);
         }
@@ -139,7 +111,7 @@ static void test_kill_during_saves(void **state) {
             fail_msg("kill %d: the saver ended by itself (status %d)", k, status);
 
         /* the file is one of the two sessions, exactly */
-        img now = slurp(target);
+        img now = slurp_if(target);
         const bool is_a = same(&now, &A), is_b = same(&now, &B);
         free(now.p);
         if (!is_a && !is_b) fail_msg("kill %d: the file is neither session (%zu bytes)", k, now.n);

@@ -30,38 +30,9 @@
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 
-static kvlm_session *session_with(kvlm_model *m, const kvlm_session_params *p) {
-    kvlm_session *s = NULL;
-    kvlm_error err;
-    if (kvlm_session_new(m, p, &s, &err) != KVLM_OK) fail_msg("session: %s", err.msg);
-    return s;
-}
-
 /* ------------------------------------------------------------ file images */
 
-typedef struct img {
-    uint8_t *p;
-    size_t n;
-} img;
-
-static img slurp(const char *path) {
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    img m = {NULL, (size_t)ftell(f)};
-    fseek(f, 0, SEEK_SET);
-    m.p = malloc(m.n);
-    assert_int_equal(fread(m.p, 1, m.n, f), m.n);
-    fclose(f);
-    return m;
-}
-
-static void spit(const char *path, const img *m) {
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(m->p, 1, m->n, f), m->n);
-    fclose(f);
-}
+/* img, slurp, spit: test_util.h */
 
 static img copy(const img *m) {
     img c = {malloc(m->n + 64), m->n};
@@ -145,8 +116,8 @@ static void test_crafted_error_policy(void **state) {
     kvlm_session *a = session_with(m, &p), *b = session_with(m, &p);
     assert_int_equal(kvlm_eval(a, t, 70, 0, NULL, false, &err), KVLM_OK);
     char path[128];
-    snprintf(path, sizeof path, "/tmp/kvlm-test-craft-%d.ses", (int)getpid());
-    snprintf(bad_path, sizeof bad_path, "/tmp/kvlm-test-craft-bad-%d.ses", (int)getpid());
+    tmp_path(path, sizeof path, "craft", ".ses");
+    tmp_path(bad_path, sizeof bad_path, "craft-bad", ".ses");
     assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
     img good = slurp(path);
     /* the library's checksum is the documented one */
@@ -332,8 +303,8 @@ static void test_crafted_ring(void **state) {
     p.window = 48;
     p.compress_after = 32; /* ignored by a ring: its pages are never compressed */
     char path[128];
-    snprintf(path, sizeof path, "/tmp/kvlm-test-ring-%d.ses", (int)getpid());
-    snprintf(bad_path, sizeof bad_path, "/tmp/kvlm-test-ring-bad-%d.ses", (int)getpid());
+    tmp_path(path, sizeof path, "ring", ".ses");
+    tmp_path(bad_path, sizeof bad_path, "ring-bad", ".ses");
     /* not wrapped yet (40 < capacity), then wrapped (150 > capacity) */
     const int lens[2] = {40, 150};
     for (int w = 0; w < 2; w++) {
@@ -446,8 +417,8 @@ static void test_crafted_shift_and_compression(void **state) {
     seq(t, 200, V, 41);
     kvlm_error err;
     char path[128];
-    snprintf(path, sizeof path, "/tmp/kvlm-test-shift-%d.ses", (int)getpid());
-    snprintf(bad_path, sizeof bad_path, "/tmp/kvlm-test-shift-bad-%d.ses", (int)getpid());
+    tmp_path(path, sizeof path, "shift", ".ses");
+    tmp_path(bad_path, sizeof bad_path, "shift-bad", ".ses");
 
     /* shift and sliding: after a shift n < n_consumed, positions are still 0..n-1 */
     const kvlm_overflow pols[2] = {KVLM_OVERFLOW_SHIFT, KVLM_OVERFLOW_SLIDING};
@@ -538,11 +509,11 @@ static void test_crafted_random(void **state) {
     seq(t, 100, V, 51);
     kvlm_error err;
     char path[128];
-    snprintf(path, sizeof path, "/tmp/kvlm-test-rand-%d.ses", (int)getpid());
-    snprintf(bad_path, sizeof bad_path, "/tmp/kvlm-test-rand-bad-%d.ses", (int)getpid());
+    tmp_path(path, sizeof path, "rand", ".ses");
+    tmp_path(bad_path, sizeof bad_path, "rand-bad", ".ses");
     const kvlm_overflow pols[3] = {KVLM_OVERFLOW_ERROR, KVLM_OVERFLOW_SHIFT, KVLM_OVERFLOW_RING};
     float *l = malloc((size_t)V * 4);
-    uint32_t rng = 12345;
+    uint32_t lcg = 12345;
     int accepted = 0, refused = 0;
     for (int k = 0; k < 3; k++) {
         kvlm_session_params p = kvlm_session_default_params();
@@ -561,24 +532,24 @@ static void test_crafted_random(void **state) {
         const size_t arrays = (size_t)n_of(&good) * 2;
         for (int it = 0; it < 150; it++) {
             img e = copy(&good);
-            const int edits = 1 + (int)((rng = rng * 1664525u + 1013904223u) >> 30);
+            const int edits = 1 + (int)((lcg = lcg * 1664525u + 1013904223u) >> 30);
             for (int x = 0; x < edits; x++) {
-                rng = rng * 1664525u + 1013904223u;
-                const uint32_t r = (rng >> 8) % 3u, u = rng >> 12;
+                lcg = lcg * 1664525u + 1013904223u;
+                const uint32_t r = (lcg >> 8) % 3u, u = lcg >> 12;
                 const size_t off = r == 0   ? 32 + (size_t)(u % 12u) * 4
                                    : r == 1 ? sizeof(kv_ses_header) + (size_t)(u % arrays) * 4
                                             : rec[(u / 6u) % n_pages] + (size_t)(u % 6u) * 4;
                 int32_t v;
                 memcpy(&v, e.p + off, 4);
-                rng = rng * 1664525u + 1013904223u;
-                switch (rng >> 29) {
+                lcg = lcg * 1664525u + 1013904223u;
+                switch (lcg >> 29) {
                 case 0: v += 1; break;
                 case 1: v -= 1; break;
                 case 2: v += 32; break;
                 case 3: v = -v; break;
-                case 4: v = (int32_t)(rng & 0xffff); break;
+                case 4: v = (int32_t)(lcg & 0xffff); break;
                 case 5: v = INT32_MAX; break;
-                default: v ^= (int32_t)(1u << (rng & 31)); break;
+                default: v ^= (int32_t)(1u << (lcg & 31)); break;
                 }
                 memcpy(e.p + off, &v, 4);
             }

@@ -22,38 +22,14 @@
 #include "quant/fp16.h"
 #include "quant/quant.h"
 #include "quant/quant_types.h"
+#include "test_util.h"
 
 /* ------------------------------------------------------------ helpers */
 
-typedef struct { uint64_t s; } rng;
-static uint32_t rng_u32(rng *r) {
-    r->s ^= r->s >> 12;
-    r->s ^= r->s << 25;
-    r->s ^= r->s >> 27;
-    return (uint32_t)((r->s * 0x2545F4914F6CDD1DULL) >> 32);
-}
-static float rng_unif(rng *r) { return (float)(rng_u32(r) >> 8) * (1.0f / 16777216.0f); }
-static float rng_normal(rng *r) {
-    const float s = rng_unif(r) + rng_unif(r) + rng_unif(r) + rng_unif(r);
-    return (s - 2.0f) * 1.7320508f;
-}
-static void fill_normal(rng *r, float *x, int64_t n, float sigma) {
-    for (int64_t i = 0; i < n; i++) x[i] = sigma * rng_normal(r);
-}
-static void fill_act(rng *r, float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = rng_normal(r);
-        if ((rng_u32(r) & 63) == 0) x[i] *= 8.0f;
-    }
-}
+/* rng, fill_normal, fill_act and fbits: test_util.h */
 static void fill_bytes(rng *r, void *p, size_t n) {
     uint8_t *b = p;
     for (size_t i = 0; i < n; i++) b[i] = (uint8_t)rng_u32(r);
-}
-static uint32_t fbits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
 }
 static float bits2f(uint32_t u) {
     float f;

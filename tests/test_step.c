@@ -12,22 +12,15 @@
 #include <cmocka.h>
 
 #include "kvlm.h"
+#include "test_util.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
-
-static kvlm_model *load(void) {
-    kvlm_model *m = NULL;
-    kvlm_error err;
-    kvlm_model_params mp = kvlm_model_default_params();
-    assert_int_equal(kvlm_model_load(AIDREAMS, &mp, &m, &err), KVLM_OK);
-    return m;
-}
 
 /* Decodes a sequence token by token with kvlm_eval and greedy argmax; the
  * text stream over those tokens must give kvlm_generate's text exactly. */
 static void test_stream_matches_generate(void **state) {
     (void)state;
-    kvlm_model *m = load();
+    kvlm_model *m = load(AIDREAMS);
     kvlm_session *s = NULL;
     kvlm_error err;
     kvlm_session_params sp = kvlm_session_default_params();
@@ -107,7 +100,7 @@ static void test_stream_matches_generate(void **state) {
  * in pieces and is emitted whole. */
 static void test_stream_utf8_tokens(void **state) {
     (void)state;
-    kvlm_model *m = load();
+    kvlm_model *m = load(AIDREAMS);
     kvlm_error err;
     kvlm_token toks[64];
     const char *text = "caf\xc3\xa9 \xe2\x82\xac";
@@ -146,7 +139,7 @@ static void test_stream_utf8_tokens(void **state) {
 
 static void test_stream_args(void **state) {
     (void)state;
-    kvlm_model *m = load();
+    kvlm_model *m = load(AIDREAMS);
     kvlm_error err;
     kvlm_text_stream *ts = (kvlm_text_stream *)1;
     const char *bad[] = {""};

@@ -19,6 +19,7 @@
 
 #include "gguf/gguf.h"
 #include "tokenizer/vocab.h"
+#include "test_util.h"
 
 #define VOCAB_DIR KVLM_MODELS_DIR "/vocab"
 
@@ -43,8 +44,6 @@ static char *read_file(const char *path, size_t *len) {
     *len = n;
     return buf;
 }
-
-static bool file_exists(const char *path) { return access(path, R_OK) == 0; }
 
 typedef struct vocab_file {
     gguf_ctx *g;

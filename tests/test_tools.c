@@ -18,6 +18,7 @@
 #include "gguf/gguf_write.h"
 #include "kvlm.h"
 #include "quant/quant.h"
+#include "test_util.h"
 
 #define KVLM KVLM_BIN_DIR "/kvlm"
 #define MODELS KVLM_MODELS_DIR
@@ -38,8 +39,8 @@ static int remove_dir(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
-/* dir/name */
-static const char *tmp_path(const char *name, char *buf, size_t cap) {
+/* g_dir/name: a file in this run's temporary directory. */
+static const char *work_path(const char *name, char *buf, size_t cap) {
     snprintf(buf, cap, "%s/%s", g_dir, name);
     return buf;
 }
@@ -59,19 +60,6 @@ static int run(const char *fmt, ...) {
     g_out[n] = '\0';
     int st = pclose(fp);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static bool files_equal(const char *a, const char *b) {
-    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-    bool eq = fa && fb;
-    while (eq) {
-        int ca = fgetc(fa), cb = fgetc(fb);
-        if (ca != cb) eq = false;
-        if (ca == EOF || cb == EOF) break;
-    }
-    if (fa) fclose(fa);
-    if (fb) fclose(fb);
-    return eq;
 }
 
 static uint64_t file_size(const char *p) {
@@ -229,7 +217,7 @@ static void test_writer_roundtrip(void **state) {
         gguf_writer *w = make_writer(aligns[ai], &tdata, tsize, &step);
         char path[256], name[64];
         snprintf(name, sizeof name, "rt-%u.gguf", aligns[ai]);
-        tmp_path(name, path, sizeof path);
+        work_path(name, path, sizeof path);
         kvlm_error err;
         assert_int_equal(gguf_writer_write(w, path, &err), KVLM_OK);
         uint64_t expect_size;
@@ -323,7 +311,7 @@ static void test_writer_roundtrip(void **state) {
                              KVLM_OK);
         }
         char path2[256];
-        tmp_path("rt-copy.gguf", path2, sizeof path2);
+        work_path("rt-copy.gguf", path2, sizeof path2);
         assert_int_equal(gguf_writer_write(w2, path2, &err), KVLM_OK);
         assert_true(files_equal(path, path2));
         gguf_writer_free(w2);
@@ -352,7 +340,7 @@ static void test_writer_copies_file(void **state) {
                          KVLM_OK);
     }
     char path[256];
-    tmp_path("copy.gguf", path, sizeof path);
+    work_path("copy.gguf", path, sizeof path);
     assert_int_equal(gguf_writer_write(w, path, &err), KVLM_OK);
     assert_true(files_equal(in, path));
     gguf_writer_free(w);
@@ -368,7 +356,7 @@ static void test_writer_errors(void **state) {
     float f[4] = {0};
     const uint64_t ne1[1] = {4}, ne_q8[2] = {48, 1}, ne0[1] = {0};
     char path[256];
-    tmp_path("never.gguf", path, sizeof path);
+    work_path("never.gguf", path, sizeof path);
 
     assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
     assert_int_equal(gguf_writer_add_tensor(w, "x", 1, ne1, KV_F32, f, 16, &err), KVLM_OK);
@@ -556,7 +544,7 @@ static void test_synth_archs_and_types(void **state) {
         const synth_case *c = &cases[i];
         char path[256], name[64];
         snprintf(name, sizeof name, "synth-%zu.gguf", i);
-        tmp_path(name, path, sizeof path);
+        work_path(name, path, sizeof path);
         int rc = run("%s synth %s --arch %s --dim 256 --layers 2 --vocab 600 --ctx 256 --seed %zu -t 2 %s --type %s",
                      KVLM, path, c->arch, i, c->shape, c->type);
         if (rc != 0) fail_msg("case %zu (%s %s): exit %d: %s", i, c->arch, c->type, rc, g_out);
@@ -604,9 +592,9 @@ static void test_synth_archs_and_types(void **state) {
 static void test_synth_deterministic(void **state) {
     (void)state;
     char a[256], b[256], c[256];
-    tmp_path("det-a.gguf", a, sizeof a);
-    tmp_path("det-b.gguf", b, sizeof b);
-    tmp_path("det-c.gguf", c, sizeof c);
+    work_path("det-a.gguf", a, sizeof a);
+    work_path("det-b.gguf", b, sizeof b);
+    work_path("det-c.gguf", c, sizeof c);
     const char *shape = "--arch llama --dim 128 --layers 1 --heads 4 --ff 256 --vocab 400 --type q4_0";
     assert_int_equal(run("%s synth %s %s --seed 7 -t 1", KVLM, a, shape), 0);
     assert_int_equal(run("%s synth %s %s --seed 7 -t 3", KVLM, b, shape), 0);
@@ -647,7 +635,7 @@ static void test_synth_deterministic(void **state) {
 static void test_synth_vocab(void **state) {
     (void)state;
     char path[256];
-    tmp_path("vocab.gguf", path, sizeof path);
+    work_path("vocab.gguf", path, sizeof path);
     const char *src = MODELS "/vocab/ggml-vocab-llama-spm.gguf";
     assert_int_equal(run("%s synth %s --arch llama --dim 64 --layers 1 --heads 2 --ff 128 --type q8_0 --vocab-from %s",
                          KVLM, path, src),
@@ -730,7 +718,7 @@ static void test_synth_vocab(void **state) {
 static void test_synth_errors(void **state) {
     (void)state;
     char path[256];
-    tmp_path("bad.gguf", path, sizeof path);
+    work_path("bad.gguf", path, sizeof path);
     const char *ok = "--dim 64 --layers 1 --heads 2 --ff 128 --vocab 300";
     struct {
         const char *args;
@@ -768,7 +756,7 @@ static void test_synth_errors(void **state) {
 static void test_quantize_matches_llama_quantize(void **state) {
     (void)state;
     char path[256];
-    tmp_path("q6k.gguf", path, sizeof path);
+    work_path("q6k.gguf", path, sizeof path);
     const char *ref = MODELS "/llama/aidreams260K-q8_0-ffndown-f16.gguf";
     int rc = run("%s quantize %s/llama/aidreams260K-f32.gguf %s q6_k", KVLM, MODELS, path);
     if (rc != 0) fail_msg("exit %d: %s", rc, g_out);
@@ -828,7 +816,7 @@ static void test_quantize_and_eval(void **state) {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char path[256], name[64];
         snprintf(name, sizeof name, "aid-%s.gguf", cases[i].type);
-        tmp_path(name, path, sizeof path);
+        work_path(name, path, sizeof path);
         int rc = run("%s quantize %s %s %s", KVLM, f32, path, cases[i].type);
         if (rc != 0) fail_msg("%s: exit %d: %s", cases[i].type, rc, g_out);
         gguf_ctx *g;
@@ -869,7 +857,7 @@ static void test_quantize_and_eval(void **state) {
         if (strcmp(cases[i].type, "bf16") == 0) {
             /* a BF16 (and an F16) input quantizes too */
             char p2[256];
-            tmp_path("aid-bf16-q4_0.gguf", p2, sizeof p2);
+            work_path("aid-bf16-q4_0.gguf", p2, sizeof p2);
             assert_int_equal(run("%s quantize %s %s q4_0", KVLM, path, p2), 0);
             eval_model(p2, "llama", 4, false, lg, NULL);
             assert_true(max_abs_diff(ref, lg, nv) <= 3.0f);
@@ -878,7 +866,7 @@ static void test_quantize_and_eval(void **state) {
         unlink(path);
     }
     char path[256];
-    tmp_path("aid-f16-q8_0.gguf", path, sizeof path);
+    work_path("aid-f16-q8_0.gguf", path, sizeof path);
     assert_int_equal(run("%s quantize %s/llama/aidreams260K-f16.gguf %s q8_0 --output-type f16 --embd-type q4_0", KVLM,
                          MODELS, path),
                      0);
@@ -899,8 +887,8 @@ static void test_quantize_and_eval(void **state) {
 static void test_quantize_synth_kquants(void **state) {
     (void)state;
     char src[256], dst[256];
-    tmp_path("ks-f32.gguf", src, sizeof src);
-    tmp_path("ks-q4k.gguf", dst, sizeof dst);
+    work_path("ks-f32.gguf", src, sizeof src);
+    work_path("ks-q4k.gguf", dst, sizeof dst);
     assert_int_equal(run("%s synth %s --arch qwen2 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ff 640 --vocab 500 "
                          "--type f32",
                          KVLM, src),
@@ -918,7 +906,7 @@ static void test_quantize_synth_kquants(void **state) {
     /* the same bytes as synth --type q4_k writes directly */
     gguf_close(g);
     char direct[256];
-    tmp_path("ks-direct.gguf", direct, sizeof direct);
+    work_path("ks-direct.gguf", direct, sizeof direct);
     assert_int_equal(run("%s synth %s --arch qwen2 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ff 640 --vocab 500 "
                          "--type q4_k",
                          KVLM, direct),
@@ -943,7 +931,7 @@ static void test_quantize_synth_kquants(void **state) {
 static void test_quantize_errors(void **state) {
     (void)state;
     char path[256];
-    tmp_path("qbad.gguf", path, sizeof path);
+    work_path("qbad.gguf", path, sizeof path);
     int rc = run("%s quantize /nonexistent/in.gguf %s q8_0", KVLM, path);
     assert_int_equal(rc, 1);
     assert_non_null(strstr(g_out, "cannot read"));

@@ -3,11 +3,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "core/clock.h"
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kv_cache.h"
@@ -46,12 +46,6 @@ int kv_type_slot(uint32_t type) {
     case KV_Q4_0: return 3;
     default: return -1;
     }
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
 }
 
 int32_t kv_pool_page_tokens(const kv_page_pool *p) { return p->P; }
@@ -288,7 +282,7 @@ kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
         pg = page_new(p, l);
     } else if (p->capacity_pages < p->max_pages && (target <= 0 || p->capacity_pages < target)) {
         /* grow: reserve the new pages up front; nothing stored moves */
-        double t0 = now_ms();
+        double t0 = kv_now_s();
         int64_t next = next_capacity(p);
         if (target > 0 && next > target) next = target; /* no overshoot past what the owner needs */
         int64_t want = next - p->pages_allocated;
@@ -299,7 +293,7 @@ kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
             if (!extra) break;
             to_free_list(p, extra);
         }
-        double ms = now_ms() - t0;
+        double ms = (kv_now_s() - t0) * 1e3;
         atomic_fetch_add(&p->st_growth_events, 1);
         p->growth_ms_total += ms;
         if (ms > p->growth_ms_max) p->growth_ms_max = ms;
@@ -316,11 +310,11 @@ kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
         } else if (p->capacity_pages < p->max_pages) {
             /* past the target (a transient need, e.g. a session load building its new table): one page,
                freed again when released */
-            double t0 = now_ms();
+            double t0 = kv_now_s();
             p->capacity_pages++;
             pg = page_new(p, l);
             if (!pg) p->capacity_pages--;
-            double ms = now_ms() - t0;
+            double ms = (kv_now_s() - t0) * 1e3;
             atomic_fetch_add(&p->st_growth_events, 1);
             p->growth_ms_total += ms;
             if (ms > p->growth_ms_max) p->growth_ms_max = ms;

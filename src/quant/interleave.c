@@ -72,7 +72,7 @@ void kv_il_pack(uint32_t type, int64_t n, int64_t nrows, int R, const void *src,
     uint8_t *rows[64];
     for (int64_t r0 = 0; r0 < nrows; r0 += R) {
         const int rr = nrows - r0 < R ? (int)(nrows - r0) : R;
-        for (int r = 0; r < rr; r++) rows[r] = (uint8_t *)src + (uint64_t)(r0 + r) * src_stride;
+        for (int r = 0; r < rr; r++) rows[r] = (uint8_t *)(uintptr_t)src + /* only read: to_tile */ (uint64_t)(r0 + r) * src_stride;
         tile_copy(U, nb, rr, rows, (uint8_t *)dst + (uint64_t)r0 * rb, 1);
     }
 }

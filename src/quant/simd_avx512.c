@@ -710,10 +710,11 @@ INL __m256 pk_reduce(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 
 /* [p0 p1 p0 p1 ..] from memory: one load-port uop. Written as asm so that
  * the compiler does not forward the just-stored products through
- * registers with shuffles (port 5, which the inner loop needs). */
+ * registers with shuffles (port 5, which the inner loop needs). The operand
+ * is a struct of two floats (gcc 12's -Wcast-qual misreads const float[2]). */
 INL __m512 bcast_pair(const float *p) {
     __m512 r;
-    __asm__("vbroadcastsd %1, %0" : "=v"(r) : "m"(*(const float(*)[2])p));
+    __asm__("vbroadcastsd %1, %0" : "=v"(r) : "m"(*(const struct { float f[2]; } *)p));
     return r;
 }
 

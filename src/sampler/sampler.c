@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "core/rng.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -27,9 +28,9 @@ typedef struct kv_cand {
 } kv_cand;
 
 struct kv_sampler {
-    kv_sampler_params params; /* .logit_bias points at bias */
+    kvlm_sampling_params params; /* .logit_bias points at bias */
     int32_t n_vocab;
-    kv_logit_bias *bias;
+    kvlm_logit_bias *bias;
 
     /* scratch, all sized at creation */
     float *work;   /* n_vocab: logits after bias and penalties */
@@ -58,13 +59,6 @@ struct kv_sampler {
 
 /* ------------------------------------------------------------------ PRNG */
 
-static uint64_t splitmix64(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
 static uint64_t xoshiro_next(uint64_t st[4]) {
@@ -81,13 +75,13 @@ static uint64_t xoshiro_next(uint64_t st[4]) {
 
 static void rng_seed(uint64_t st[4], uint64_t seed) {
     uint64_t x = seed;
-    for (int i = 0; i < 4; i++) st[i] = splitmix64(&x);
+    for (int i = 0; i < 4; i++) st[i] = kv_splitmix64(&x);
 }
 
 /* ------------------------------------------------------------ parameters */
 
-kv_sampler_params kv_sampler_default_params(void) {
-    kv_sampler_params p;
+kvlm_sampling_params kv_sampler_default_params(void) {
+    kvlm_sampling_params p;
     memset(&p, 0, sizeof p);
     p.temperature = 0.8f;
     p.top_k = 40;
@@ -103,7 +97,7 @@ kv_sampler_params kv_sampler_default_params(void) {
     return p;
 }
 
-static kvlm_status check_params(const kv_sampler_params *p, int32_t n_vocab, kvlm_error *err) {
+static kvlm_status check_params(const kvlm_sampling_params *p, int32_t n_vocab, kvlm_error *err) {
     if (n_vocab <= 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: n_vocab %d <= 0", (int)n_vocab);
     if (!isfinite(p->temperature))
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: temperature is not finite");
@@ -118,7 +112,7 @@ static kvlm_status check_params(const kv_sampler_params *p, int32_t n_vocab, kvl
     if (p->n_logit_bias < 0 || (p->n_logit_bias > 0 && !p->logit_bias))
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: bad logit bias list");
     for (int32_t i = 0; i < p->n_logit_bias; i++) {
-        const kv_logit_bias *b = &p->logit_bias[i];
+        const kvlm_logit_bias *b = &p->logit_bias[i];
         if (b->token < 0 || b->token >= n_vocab)
             return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: logit bias token %d outside [0, %d)",
                            (int)b->token, (int)n_vocab);
@@ -128,7 +122,7 @@ static kvlm_status check_params(const kv_sampler_params *p, int32_t n_vocab, kvl
     return KVLM_OK;
 }
 
-kvlm_status kv_sampler_new(const kv_sampler_params *params, int32_t n_vocab,
+kvlm_status kv_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab,
                            kv_sampler **out, kvlm_error *err) {
     if (!params || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: NULL argument");
     *out = NULL;
@@ -208,7 +202,7 @@ void kv_sampler_free(kv_sampler *s) {
     free(s);
 }
 
-const kv_sampler_params *kv_sampler_params_of(const kv_sampler *s) { return &s->params; }
+const kvlm_sampling_params *kv_sampler_params_of(const kv_sampler *s) { return &s->params; }
 int32_t kv_sampler_n_vocab(const kv_sampler *s) { return s->n_vocab; }
 
 void kv_sampler_set_seed(kv_sampler *s, uint64_t seed) {
@@ -347,7 +341,7 @@ static inline void mark_block(kv_sampler *s, int32_t t) {
 /* work = logits + bias, then penalties; bmax = block maxima of work (the
  * blocks that bias or penalties touch are rescanned afterwards). */
 static void prepare_logits(kv_sampler *s, const float *logits) {
-    const kv_sampler_params *p = &s->params;
+    const kvlm_sampling_params *p = &s->params;
     const int32_t nv = s->n_vocab, nb = (nv + KV_BLOCK - 1) / KV_BLOCK;
     float *work = s->work;
     const int32_t nfull = nv / KV_BLOCK;
@@ -611,7 +605,7 @@ static int32_t cut_min_p(const kv_cand *c, int32_t n, double thr) {
 /* Runs stages 1..7: fills cand[0..n_cand), w, wsum. Greedy leaves one
  * candidate with weight 1. */
 static kvlm_status run_chain(kv_sampler *s, const float *logits, kvlm_error *err) {
-    const kv_sampler_params *p = &s->params;
+    const kvlm_sampling_params *p = &s->params;
     const int32_t nv = s->n_vocab;
     prepare_logits(s, logits);
     const float *work = s->work;

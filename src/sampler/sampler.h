@@ -64,41 +64,22 @@
 
 #include "kvlm.h"
 
-typedef struct kv_logit_bias {
-    kvlm_token token;
-    float bias; /* added to the logit; -INFINITY bans the token */
-} kv_logit_bias;
-
-typedef struct kv_sampler_params {
-    float temperature;       /* <= 0: greedy */
-    int32_t top_k;           /* <= 0: off */
-    float top_p;             /* >= 1: off */
-    float min_p;             /* <= 0: off */
-    float repeat_penalty;    /* 1: off; must be > 0 */
-    float frequency_penalty; /* 0: off */
-    float presence_penalty;  /* 0: off */
-    int32_t penalty_last_n;  /* tokens of history the penalties look at;
-                                0: off, -1: the whole history */
-    uint64_t seed;
-    const kv_logit_bias *logit_bias; /* n_logit_bias entries, copied by _new */
-    int32_t n_logit_bias;
-} kv_sampler_params;
-
-/* llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
+/* The sampler takes the public parameters, kvlm_sampling_params of kvlm.h, as they are.
+ * llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
  * repeat 1.0, frequency 0, presence 0, last_n 64; seed 0, no logit bias. */
-kv_sampler_params kv_sampler_default_params(void);
+kvlm_sampling_params kv_sampler_default_params(void);
 
 typedef struct kv_sampler kv_sampler;
 
 /* Validates params (no NaN, finite temperature, repeat_penalty > 0,
  * penalty_last_n >= -1, bias tokens in [0, n_vocab)) and allocates every
  * buffer the sampler will need; sampling never allocates. */
-kvlm_status kv_sampler_new(const kv_sampler_params *params, int32_t n_vocab,
+kvlm_status kv_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab,
                            kv_sampler **out, kvlm_error *err);
 void kv_sampler_free(kv_sampler *s);
 
 /* The sampler's copy of its parameters (logit_bias points at its own copy). */
-const kv_sampler_params *kv_sampler_params_of(const kv_sampler *s);
+const kvlm_sampling_params *kv_sampler_params_of(const kv_sampler *s);
 int32_t kv_sampler_n_vocab(const kv_sampler *s);
 
 /* Clears the penalty history and reseeds the PRNG from params.seed, so the
@@ -130,12 +111,5 @@ typedef struct kv_sampler_candidate {
 kvlm_status kv_sampler_candidates(kv_sampler *s, const float *logits,
                                   kv_sampler_candidate *out, int32_t cap,
                                   int32_t *n_out, kvlm_error *err);
-
-/* Mean microseconds per kv_sampler_sample (+ accept) over iters calls with
- * a typical chain (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat
- * penalty 1.1 over the last 64 tokens) on pseudo-random N(0, 2^2) logits of
- * n_vocab entries. Returns a negative value on failure (bad arguments, no
- * memory). */
-double kv_sampler_bench_us(int32_t n_vocab, int iters);
 
 #endif

@@ -2,15 +2,13 @@
  * UTF-8 hold-back and stop strings, cancellation and deadlines. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "sampler/sampler.h"
 #include "session_impl.h"
 #include "textstream.h"
 #include "tokenizer/vocab.h"
-
-kv_sampler_params kv_sampler_params_from(const kvlm_sampling_params *p);
 
 #define PROMPT_CHUNK 256
 
@@ -46,12 +44,6 @@ void kvlm_session_cancel(kvlm_session *s) {
     if (s) atomic_store(&s->cancel, 1);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* ------------------------------------------------------------ generation */
 
 static kvlm_status fill_result(kvlm_generate_result *r, kv_stream *st, kvlm_token *gen, int32_t n_gen,
@@ -72,7 +64,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     const kvlm_model *m = s->model;
     const kv_vocab *v = m->vocab;
     const int32_t n_vocab = m->hp.n_vocab, n_ctx = kv_seq_n_ctx(&s->seq);
-    const double t0 = now_s();
+    const double t0 = kv_now_s();
     const double deadline = gp->timeout_s > 0 ? t0 + gp->timeout_s : 0;
     kvlm_status st = KVLM_OK;
     kvlm_token *ctx = NULL, *gen = NULL;
@@ -116,8 +108,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                      n_ctx);
         goto fail;
     }
-    kv_sampler_params sp = kv_sampler_params_from(&gp->sampling);
-    if ((st = kv_sampler_new(&sp, n_vocab, &smp, err))) goto fail;
+    if ((st = kv_sampler_new(&gp->sampling, n_vocab, &smp, err))) goto fail;
     /* the penalties see the context, as llama.cpp's CLI does */
     for (int32_t i = 0; i < n; i++) kv_sampler_accept(smp, ctx[i], NULL);
 
@@ -148,7 +139,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             first = false;
             done = end;
             if (done < n && atomic_load(&s->cancel)) fin = KVLM_FINISH_CANCELLED;
-            if (done < n && deadline && now_s() > deadline) fin = KVLM_FINISH_DEADLINE;
+            if (done < n && deadline && kv_now_s() > deadline) fin = KVLM_FINISH_DEADLINE;
             if (fin != KVLM_FINISH_LENGTH) break;
         }
     } else {
@@ -158,15 +149,15 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             st = kv_session_append_locked(s, ctx + done, end - done, logits, false, err);
             done = end;
             if (done < n && atomic_load(&s->cancel)) fin = KVLM_FINISH_CANCELLED;
-            if (done < n && deadline && now_s() > deadline) fin = KVLM_FINISH_DEADLINE;
+            if (done < n && deadline && kv_now_s() > deadline) fin = KVLM_FINISH_DEADLINE;
             if (fin != KVLM_FINISH_LENGTH) break;
         }
     }
     res->n_prompt_cached = n - (int32_t)(kv_seq_misses(&s->seq) - misses_before);
     if (res->n_prompt_cached < 0) res->n_prompt_cached = 0;
     if (st) goto fail;
-    res->prompt_ms = (now_s() - t0) * 1e3;
-    const double t1 = now_s();
+    res->prompt_ms = (kv_now_s() - t0) * 1e3;
+    const double t1 = kv_now_s();
     int32_t n_gen = 0;
     if (done == n && fin == KVLM_FINISH_LENGTH) {
         while (n_gen < max_gen) {
@@ -174,7 +165,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                 fin = KVLM_FINISH_CANCELLED;
                 break;
             }
-            if (deadline && now_s() > deadline) {
+            if (deadline && kv_now_s() > deadline) {
                 fin = KVLM_FINISH_DEADLINE;
                 break;
             }
@@ -222,7 +213,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             if (cb && str.chunk.n) cb(str.chunk.p, str.chunk.n, -1, ud);
         }
     }
-    res->generate_ms = (now_s() - t1) * 1e3;
+    res->generate_ms = (kv_now_s() - t1) * 1e3;
     st = fill_result(res, &str, gen, n_gen, fin, err);
     gen = NULL;
 fail:

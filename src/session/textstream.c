@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/utf8.h"
 
 bool kv_sb_put(kv_sbuf *b, const char *s, size_t n) {
     if (b->n + n + 1 > b->cap) {
@@ -18,15 +19,6 @@ bool kv_sb_put(kv_sbuf *b, const char *s, size_t n) {
     b->n += n;
     b->p[b->n] = '\0';
     return true;
-}
-
-/* Length of the UTF-8 sequence starting with byte c (0 if c cannot start one). */
-static int utf8_len(unsigned char c) {
-    if (c < 0x80) return 1;
-    if (c >= 0xc2 && c <= 0xdf) return 2;
-    if (c >= 0xe0 && c <= 0xef) return 3;
-    if (c >= 0xf0 && c <= 0xf4) return 4;
-    return 0;
 }
 
 /* Whether s[0..n) is a complete, valid sequence (overlongs and surrogates excluded). */
@@ -45,7 +37,7 @@ size_t kv_utf8_incomplete_tail(const char *s, size_t n) {
     for (size_t k = 1; k <= 3 && k <= n; k++) {
         unsigned char c = (unsigned char)s[n - k];
         if ((c & 0xc0) == 0x80) continue;
-        int len = utf8_len(c);
+        int len = (int)kv_utf8_lead_len(c);
         if (len > (int)k) {
             /* the bytes so far must be valid continuations */
             for (size_t i = n - k + 1; i < n; i++)
@@ -62,7 +54,7 @@ bool kv_utf8_sanitize(kv_sbuf *out, const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         const unsigned char *u = (const unsigned char *)s + i;
-        int len = utf8_len(u[0]);
+        int len = (int)kv_utf8_lead_len(u[0]);
         if (len > 0 && i + (size_t)len <= n && utf8_ok(u, len)) {
             if (!kv_sb_put(out, s + i, (size_t)len)) return false;
             i += (size_t)len;

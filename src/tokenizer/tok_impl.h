@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "core/buf.h"
+#include "core/utf8.h"
 #include "tokenizer/vocab.h"
 
 /* Token attributes (bit set), same meaning as llama.cpp's llama_token_attr. */
@@ -233,13 +234,5 @@ bool kv_pre_split(const kv_vocab *v, const char *text, size_t len, kv_buf *scrat
 void kv_bpe_byte_map(uint8_t enc[256][2], uint8_t enc_len[256]);
 /* Inverse for one codepoint: the byte, or -1 if cp stands for no byte. */
 int kv_bpe_cp_to_byte(uint32_t cp);
-
-/* UTF-8 helpers (llama.cpp's lenient rules). */
-size_t kv_utf8_len(unsigned char lead);
-/* Decodes one codepoint at s[*off] (*off < n) the lenient way; invalid
- * sequences give 0xFFFD and advance one byte. */
-uint32_t kv_utf8_decode(const char *s, size_t n, size_t *off);
-/* Encodes cp (<= 0x10FFFF) into out (4 bytes), returns the length. */
-size_t kv_utf8_encode(uint32_t cp, char *out);
 
 #endif

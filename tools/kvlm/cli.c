@@ -8,11 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #if defined(__APPLE__)
 #include <sys/sysctl.h>
 #endif
+
+#include "core/clock.h"
 
 /* The lowest CPU number in a sysfs CPU list ("0-1", "2,6"), or -1. */
 static int first_cpu_of(const char *path) {
@@ -232,11 +233,7 @@ int32_t cli_argmax(const float *logits, int32_t n) {
     return best;
 }
 
-double cli_now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+double cli_now_s(void) { return kv_now_s(); }
 
 void cli_print_kv_stats(const kvlm_session *s) {
     kvlm_kv_stats st;

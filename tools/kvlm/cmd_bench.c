@@ -11,7 +11,7 @@
 #include "cli.h"
 #include "gguf/gguf.h"
 #include "qz.h"
-#include "sampler/sampler.h"
+#include "sampler_bench.h"
 
 typedef struct stats {
     double avg, sd;
@@ -144,7 +144,7 @@ static int bench_incremental(kvlm_model *m, const cli_args *a) {
         free(full);
     }
     /* sampling cost against a decode step */
-    double us = kv_sampler_bench_us(V, 200);
+    double us = cli_sampler_bench_us(V, 200);
     bool ok;
     kvlm_session_params sp = cli_session_params(a);
     double tg = run_once(m, &sp, 0, 0, 32, 5, &err, &ok) / 32 * 1e6;

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "core/dtype.h"
 #include "core/error.h"
+#include "core/rng.h"
 #include "core/tpool.h"
 #include "gguf/gguf.h"
 #include "gguf/gguf_write.h"
@@ -23,13 +24,6 @@
 
 /* ------------------------------------------------------------ random numbers */
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 typedef struct rng {
     uint64_t s;
     bool has_spare;
@@ -37,7 +31,7 @@ typedef struct rng {
 } rng;
 
 /* uniform in (0, 1] */
-static double rng_unit(rng *r) { return ((double)(splitmix64(&r->s) >> 11) + 1.0) * (1.0 / 9007199254740992.0); }
+static double rng_unit(rng *r) { return ((double)(kv_splitmix64(&r->s) >> 11) + 1.0) * (1.0 / 9007199254740992.0); }
 
 /* standard normal (Marsaglia's polar method) */
 static double rng_gauss(rng *r) {
@@ -58,7 +52,7 @@ static double rng_gauss(rng *r) {
 }
 
 /* 0, 1 or 2, uniformly */
-static unsigned rng_3(rng *r) { return (unsigned)(((splitmix64(&r->s) >> 32) * 3) >> 32); }
+static unsigned rng_3(rng *r) { return (unsigned)(((kv_splitmix64(&r->s) >> 32) * 3) >> 32); }
 
 /* The stream of one row of one tensor: from the seed, the tensor's name and
  * the row, so that values depend neither on the other tensors, nor on the
@@ -70,8 +64,8 @@ static uint64_t name_hash(const char *name) {
 }
 static rng rng_for(uint64_t seed, uint64_t name_h, uint64_t row) {
     uint64_t s = seed ^ name_h;
-    s = splitmix64(&s) ^ (row * 0xD1B54A32D192ED03ull);
-    rng r = {splitmix64(&s), false, 0.0};
+    s = kv_splitmix64(&s) ^ (row * 0xD1B54A32D192ED03ull);
+    rng r = {kv_splitmix64(&s), false, 0.0};
     return r;
 }
 
