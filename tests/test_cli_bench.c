@@ -11,6 +11,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #define KVLM KVLM_BIN_DIR "/kvlm"
 #define MODELS KVLM_MODELS_DIR
 #define AID MODELS "/llama/aidreams260K-f32.gguf"
@@ -18,21 +20,7 @@
 
 static char g_out[1 << 18];
 
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
-    va_end(ap);
-    if (!strstr(cmd, "2>")) strcat(cmd, " 2>&1");
-    FILE *fp = popen(cmd, "r");
-    assert_non_null(fp);
-    size_t n = fread(g_out, 1, sizeof g_out - 1, fp);
-    g_out[n] = '\0';
-    int st = pclose(fp);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define run(...) run_into(g_out, sizeof g_out, __VA_ARGS__)
 
 static bool starts(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
 

@@ -15,6 +15,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "kvlm.h"
 
 #define KVLM KVLM_BIN_DIR "/kvlm"
@@ -30,22 +32,7 @@ static int32_t argmax(const float *x, int32_t n) {
     return b;
 }
 
-/* Runs a shell command (stderr merged unless the command redirects it); returns the exit status. */
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char cmd[1 << 14];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
-    va_end(ap);
-    if (!strstr(cmd, "2>")) strcat(cmd, " 2>&1");
-    FILE *fp = popen(cmd, "r");
-    assert_non_null(fp);
-    size_t n = fread(g_out, 1, sizeof g_out - 1, fp);
-    g_out[n] = '\0';
-    int st = pclose(fp);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define run(...) run_into(g_out, sizeof g_out, __VA_ARGS__)
 
 /* ------------------------------------------------------------ --help and the flags taken */
 

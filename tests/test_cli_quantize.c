@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "core/dtype.h"
 #include "gguf/gguf.h"
 #include "kvlm.h"
@@ -24,21 +26,7 @@
 static char g_dir[64];
 static char g_out[1 << 16];
 
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
-    va_end(ap);
-    strcat(cmd, " 2>&1");
-    FILE *fp = popen(cmd, "r");
-    assert_non_null(fp);
-    size_t n = fread(g_out, 1, sizeof g_out - 1, fp);
-    g_out[n] = '\0';
-    int st = pclose(fp);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define run(...) run_into(g_out, sizeof g_out, __VA_ARGS__)
 
 static void sha256(const char *path, char out[65]) {
     char cmd[512];

@@ -45,22 +45,7 @@ static const char *work_path(const char *name, char *buf, size_t cap) {
     return buf;
 }
 
-/* Runs a shell command with stderr merged into the captured output (g_out); returns the exit status. */
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
-    va_end(ap);
-    strcat(cmd, " 2>&1");
-    FILE *fp = popen(cmd, "r");
-    assert_non_null(fp);
-    size_t n = fread(g_out, 1, sizeof g_out - 1, fp);
-    g_out[n] = '\0';
-    int st = pclose(fp);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
+#define run(...) run_into(g_out, sizeof g_out, __VA_ARGS__)
 
 static uint64_t file_size(const char *p) {
     struct stat st;

@@ -3,14 +3,37 @@
 #ifndef KVLM_TEST_UTIL_H
 #define KVLM_TEST_UTIL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kvlm.h"
+
+/* ------------------------------------------------------------ commands */
+
+/* Runs a shell command made from fmt (stderr merged unless the command redirects it), captures
+ * up to cap - 1 bytes of its output in out, and returns its exit status (-1 if it did not exit).
+ * A test file wraps it as `#define run(...) run_into(g_out, sizeof g_out, __VA_ARGS__)`. */
+static inline int run_into(char *out, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline int run_into(char *out, size_t cap, const char *fmt, ...) {
+    char cmd[1 << 14];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
+    va_end(ap);
+    if (!strstr(cmd, "2>")) strcat(cmd, " 2>&1");
+    FILE *fp = popen(cmd, "r");
+    assert_non_null(fp);
+    size_t n = fread(out, 1, cap - 1, fp);
+    out[n] = '\0';
+    int st = pclose(fp);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
 
 /* ------------------------------------------------------------ models and sessions */
 
