@@ -20,7 +20,7 @@
 
 #include "fuzz_util.h"
 #include "kvlm.h"
-#include "session/session_impl.h"
+#include "api/session_impl.h"
 
 /* The header layout is the loader's own (kv_ses_header, session_impl.h). */
 typedef kv_ses_header ses_header;

@@ -18,7 +18,7 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-#include "session/session_impl.h"
+#include "api/session_impl.h"
 #include "test_util.h"
 
 #define KVLM KVLM_BIN_DIR "/kvlm"

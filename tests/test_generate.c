@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "kvlm.h"
-#include "session/textstream.h"
+#include "api/textstream.h"
 #include "test_util.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"

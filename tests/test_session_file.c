@@ -26,7 +26,7 @@
 
 #include "kvlm.h"
 #include "test_util.h"
-#include "session/session_impl.h"
+#include "api/session_impl.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 

@@ -1,4 +1,4 @@
-/* Attention and FFN helpers (src/quant/vmath.c, src/quant/mad_rows.c):
+/* Attention and FFN helpers (src/forward/vmath.c, src/quant/mad_rows.c):
  * every ISA against the scalar reference, bit for bit, and the exp
  * reference against libm's expf for accuracy and special values. */
 #include <math.h>
@@ -14,6 +14,7 @@
 
 #include "core/dtype.h"
 #include "quant/fp16.h"
+#include "forward/vmath.h"
 #include "quant/quant.h"
 
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "quant/fp16.h"
+#include "forward/vmath.h"
 #include "quant/quant.h"
 
 struct kv_attention {

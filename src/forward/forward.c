@@ -8,6 +8,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rope.h"
+#include "forward/vmath.h"
 #include "quant/quant.h"
 #include "quant/quant_i2s_float.h"
 #include "quant/quant_types.h"

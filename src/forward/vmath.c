@@ -14,8 +14,9 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "quant.h"
-#include "simd.h"
+#include "forward/vmath.h"
+#include "quant/quant.h"
+#include "quant/simd.h"
 
 #define EXP_LO (-104.0f)
 #define EXP_HI 88.7228f

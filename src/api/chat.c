@@ -5,7 +5,7 @@
 
 #include "kvlm.h"
 #include "model/model.h"
-#include "session/textstream.h"
+#include "api/textstream.h"
 
 typedef enum { T_PLAIN, T_CHATML, T_LLAMA2, T_LLAMA2_SYS, T_LLAMA3, T_PHI3, T_BITNET } tmpl_kind;
 
