@@ -129,6 +129,7 @@ def main():
         xs = [v[0] for v in vals]
         return (statistics.median(xs), (max(xs) - min(xs)) / 2)
 
+    tests = [x for x, k in (("pp", a.p), ("tg", a.n)) if k > 0]  # -p 0 or -n 0: that test is not run
     for spec in a.models:
         ours, theirs = (spec.split("=", 1) + [spec])[:2]
         name = os.path.basename(ours) + ("" if theirs == ours else " (llama: " + os.path.basename(theirs) + ")")
@@ -143,9 +144,11 @@ def main():
                         if not exe or (key == "kb" and not kenv):
                             continue
                         base = [exe, *sub, "-m", ours if key in ("k", "kb") else theirs, "-t", str(t)]
-                        runs[key]["pp"].append(cpu_rate(base + ["-p", str(a.p), "-n", "0"], a.r, a.p, env))
-                        runs[key]["tg"].append(cpu_rate(base + ["-p", "0", "-n", str(a.n)], a.r, a.n, env))
-                for test in ("pp", "tg"):
+                        if a.p > 0:
+                            runs[key]["pp"].append(cpu_rate(base + ["-p", str(a.p), "-n", "0"], a.r, a.p, env))
+                        if a.n > 0:
+                            runs[key]["tg"].append(cpu_rate(base + ["-p", "0", "-n", str(a.n)], a.r, a.n, env))
+                for test in tests:
                     n = a.p if test == "pp" else a.n
                     cell = {key: med(v[test]) for key, v in runs.items()}
                     row(name, t, f"{test}{n}", cell["k"], cell["l"], cell["i"] if ik else None, cell["kb"])
@@ -162,7 +165,7 @@ def main():
                     if ik:
                         runs["i"].append(run_json([ik, "-m", theirs, "-p", str(a.p), "-n", str(a.n), *common,
                                                    "-o", "json"]))
-                for test in ("pp", "tg"):
+                for test in tests:
                     n = a.p if test == "pp" else a.n
                     cell = {key: med([pick(r, test) for r in v]) for key, v in runs.items()}
                     row(name, t, f"{test}{n}", cell["k"], cell["l"], cell["i"] if ik else None, cell["kb"])
