@@ -8,7 +8,15 @@
  * spinning thread holds the core that the thread it waits for needs, and a
  * decode step (dozens of jobs) degrades to time-slice quanta per job. Such a
  * pool never spins: workers sleep on the condition variable between jobs and
- * the caller sleeps until the last worker signals that it is done. */
+ * the caller sleeps until the last worker signals that it is done.
+ *
+ * A job is nth shares (fn(ctx, ith, nth) for ith = 0..nth-1), and a share
+ * goes to whichever thread claims it first (an atomic counter), the caller
+ * included: when another process holds the core of a worker that has not
+ * started yet, the caller runs that worker's share instead of waiting a time
+ * slice for it. A share is still run exactly once per job, so what fn keeps
+ * per ith (scratch rows) is used by one thread at a time, and every result is
+ * the same whichever thread ran which share. */
 #define _GNU_SOURCE
 #include "tpool.h"
 
@@ -32,7 +40,8 @@ struct kv_tpool {
     kv_tpool_fn fn;
     void *ctx;
     atomic_ulong generation; /* bumped per job; fn/ctx are published before it */
-    atomic_int pending;      /* workers still running the current job */
+    atomic_int next;         /* the next share to claim (>= n: none left) */
+    atomic_int pending;      /* shares of the current job not finished yet */
     atomic_int sleepers;
     atomic_int stop;
 };
@@ -48,6 +57,24 @@ static inline void cpu_relax(void) {
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* Claims and runs shares of the current job until none is left. fn and ctx
+ * are read after a successful claim: the claim reads the counter the caller
+ * reset after writing them, so it sees them, and the job cannot end (and be
+ * replaced) before this share's pending count is given back. */
+static void run_shares(kv_tpool *p) {
+    const int n = p->n;
+    for (;;) {
+        int k = atomic_fetch_add(&p->next, 1);
+        if (k >= n) return;
+        p->fn(p->ctx, k, n);
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && !p->spin) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_broadcast(&p->done_cv);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
 }
 
 static void *worker(void *arg) {
@@ -72,12 +99,7 @@ static void *worker(void *arg) {
         }
         if (atomic_load(&p->stop)) return NULL;
         seen = g;
-        p->fn(p->ctx, wa.ith, p->n);
-        if (atomic_fetch_sub(&p->pending, 1) == 1 && !p->spin) {
-            pthread_mutex_lock(&p->mu);
-            pthread_cond_broadcast(&p->done_cv);
-            pthread_mutex_unlock(&p->mu);
-        }
+        run_shares(p);
     }
 }
 
@@ -105,6 +127,7 @@ kvlm_status kv_tpool_new(int n_threads, kv_tpool **out, kvlm_error *err) {
     pthread_cond_init(&p->cv, NULL);
     pthread_cond_init(&p->done_cv, NULL);
     p->spin = n_threads <= kv_cpu_count();
+    atomic_init(&p->next, 1 << 30); /* no job yet: nothing to claim */
     if (n_threads > 1) {
         p->threads = calloc((size_t)n_threads, sizeof *p->threads);
         if (!p->threads) {
@@ -158,14 +181,18 @@ void kv_tpool_run(kv_tpool *p, kv_tpool_fn fn, void *ctx) {
     }
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store(&p->pending, p->n - 1);
+    atomic_store(&p->pending, p->n);
+    /* A worker that saw the previous job late may claim from the counter at
+     * any time: before this store it finds no share left, after it a share of
+     * this job (with this fn/ctx). */
+    atomic_store(&p->next, 0);
     atomic_fetch_add(&p->generation, 1); /* seq_cst: pairs with the sleepers check below */
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
-    fn(ctx, 0, p->n);
+    run_shares(p);
     if (!p->spin) {
         pthread_mutex_lock(&p->mu);
         while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done_cv, &p->mu);

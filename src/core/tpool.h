@@ -1,5 +1,8 @@
-/* A persistent pthread pool: kv_tpool_run() calls fn(ctx, ith, nth) once on
- * each of nth threads (the caller is thread 0) and returns when all are done. */
+/* A persistent pthread pool: kv_tpool_run() calls fn(ctx, ith, nth) once for
+ * each ith in 0..nth-1 (nth = the pool's size), each share on whichever thread
+ * claims it first (the caller takes part), and returns when all are done. Two
+ * shares of one job never run on the same thread at once, and one share never
+ * on two threads. */
 #ifndef KV_CORE_TPOOL_H
 #define KV_CORE_TPOOL_H
 
