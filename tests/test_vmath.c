@@ -1,5 +1,6 @@
 /* Attention and FFN helpers (src/forward/vmath.c, src/quant/mad_rows.c):
- * every ISA against the scalar reference, bit for bit, and the exp
+ * every ISA against the scalar reference, bit for bit (Q8_0 value rows also
+ * against dequantize-then-F32), and the exp
  * reference against libm's expf for accuracy and special values. */
 #include <math.h>
 #include <setjmp.h>
@@ -180,8 +181,50 @@ static void test_mad_rows(void **state) {
             }
         }
     }
-    assert_null(kv_quant_get_mad_rows(KV_Q8_0));
+    assert_null(kv_quant_get_mad_rows(KV_Q4_0));
     assert_non_null(kv_quant_get_mad_rows(KV_F16));
+    assert_int_equal(bad, 0);
+}
+
+/* Q8_0 value rows read from their blocks: every ISA equals dequantizing each
+   row (the type's own to_float) and summing it with the scalar F32 step */
+static void test_mad_rows_q8_0(void **state) {
+    (void)state;
+    enum { NB = 6, N = NB * 32, R = 40 };
+    static float xf[N], y0[N], ya[N], yb[N], a[R], deq[N];
+    static uint8_t xq[R][NB * 34];
+    const kv_quant_traits *t8 = kv_quant_get_isa(KV_Q8_0, 0);
+    assert_non_null(t8);
+    int bad = 0, checked = 0;
+    for (int rep = 0; rep < 60; rep++) {
+        for (int r = 0; r < R; r++) {
+            const float sc = rep == 3 ? 1e-6f : unif(0.1f, 30.0f);
+            for (int i = 0; i < N; i++) xf[i] = unif(-sc, sc);
+            t8->from_float_ref(xf, xq[r], N);
+        }
+        for (int i = 0; i < N; i++) y0[i] = unif(-1.0f, 1.0f);
+        for (int r = 0; r < R; r++) a[r] = rep == 7 ? (r % 3 ? -0.0f : INFINITY) : unif(0.0f, 0.1f);
+        const int64_t n = 32 * ((int64_t)(rnd() % NB) + 1);
+        const int nr = (int)(rnd() % R) + 1;
+        const void *rows[R];
+        for (int r = 0; r < R; r++) rows[r] = xq[(r * 7) % R];
+        memcpy(ya, y0, sizeof ya);
+        for (int r = 0; r < nr; r++) {
+            t8->to_float(rows[r], deq, n);
+            kv_quant_get_mad_isa(KV_F32, 0)(n, a[r], deq, ya);
+        }
+        for (int isa = 0; isa <= 2; isa++) {
+            kv_vec_mad_rows_fn fn = kv_quant_get_mad_rows_isa(KV_Q8_0, isa);
+            if (!fn) continue;
+            memcpy(yb, y0, sizeof yb);
+            fn(n, nr, a, rows, yb);
+            checked++;
+            for (int i = 0; i < N; i++)
+                if (!same(ya[i], yb[i])) bad++;
+        }
+    }
+    assert_non_null(kv_quant_get_mad_rows_isa(KV_Q8_0, 0));
+    assert_true(checked >= 60);
     assert_int_equal(bad, 0);
 }
 
@@ -191,6 +234,7 @@ int main(void) {
         cmocka_unit_test(test_softmax_isas),
         cmocka_unit_test(test_silu_isas),
         cmocka_unit_test(test_mad_rows),
+        cmocka_unit_test(test_mad_rows_q8_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

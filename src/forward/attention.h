@@ -7,8 +7,18 @@
  * positions lie in (p - window, p]. Keys and values are read from the cache
  * only (through kv_cache.h's page accessors and codecs), so a token sees the
  * same bytes whether it was evaluated in a batch, alone or with other
- * sessions. Work is split over (token, head) items, each reduced in slot
- * order by one thread, so results do not depend on the thread count. */
+ * sessions.
+ *
+ * Work items are (up to 8 tokens of one sequence, a run of kv heads), taken
+ * one at a time by the threads; an item walks the pages with the kv heads
+ * inner, so a page's K (then V) rows are read once per item while they are
+ * in cache. Keys are dotted in place: q is converted once to the keys'
+ * vec_dot type (F16, or Q8_0 for Q8_0/Q4_0 keys) and a gemm per kv head and
+ * page scores all its query heads (GQA); F32, F16 and Q8_0 value rows are
+ * summed in place. Each query head's reduction (scores, softmax over all its
+ * slots, values in slot order) is fixed by its position and the page
+ * boundaries alone, so results do not depend on the batch, the items or the
+ * thread count. */
 #ifndef KV_ATTENTION_H
 #define KV_ATTENTION_H
 
@@ -26,7 +36,8 @@ typedef struct kv_attention kv_attention;
 kvlm_status kv_attention_new(int nth, int32_t n_head, int32_t n_head_kv, int32_t head_dim, bool prefetch,
                              kv_attention **out, kvlm_error *err);
 void kv_attention_free(kv_attention *a);
-/* Room for scores over n slots per thread; false when out of memory (the old room is kept). */
+/* Room for the scores of every head over n slots per thread (an item of several tokens uses more when
+   it fits); false when out of memory (the old room is kept). */
 bool kv_attention_reserve(kv_attention *a, int64_t n);
 
 /* One layer's attention for T query tokens. */

@@ -3,11 +3,15 @@
  * which is exactly nrows successive kv_vec_mad_fn calls (one fma per
  * element and row, rows in the given order), so every ISA gives the same
  * bits. The SIMD versions keep a chunk of y in registers across all rows
- * instead of loading and storing it once per row. */
+ * instead of loading and storing it once per row. Q8_0 rows are read from
+ * their blocks directly: x_r[i] = d * q[i] is exact in float (an f16 scale
+ * times an int8), so the result equals dequantizing the row first and
+ * summing it as F32. */
 #include <math.h>
 
 #include "fp16.h"
 #include "quant.h"
+#include "quant_types.h"
 #include "simd.h"
 
 static void mad_rows_f32_scalar(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
@@ -21,6 +25,18 @@ static void mad_rows_f16_scalar(int64_t n, int nrows, const float *a, const void
     for (int r = 0; r < nrows; r++) {
         const kv_f16 *xr = x[r];
         for (int64_t i = 0; i < n; i++) y[i] = fmaf(a[r], kv_f16_to_f32(xr[i]), y[i]);
+    }
+}
+
+/* Q8_0 rows of n elements (n a multiple of 32) */
+static void mad_rows_q8_0_scalar(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
+    for (int r = 0; r < nrows; r++) {
+        const kv_block_q8_0 *b = x[r];
+        for (int64_t ib = 0; ib < n / KV_QK8_0; ib++) {
+            const float d = kv_f16_to_f32(b[ib].d);
+            float *yb = y + ib * KV_QK8_0;
+            for (int j = 0; j < KV_QK8_0; j++) yb[j] = fmaf(a[r], d * (float)b[ib].qs[j], yb[j]);
+        }
     }
 }
 
@@ -86,17 +102,72 @@ MAD512(mad_rows_f16_avx512, LD_F16_512)
 MAD2(mad_rows_f32_avx2, LD_F32_2, mad_rows_f32_scalar, 4)
 MAD2(mad_rows_f16_avx2, LD_F16_2, mad_rows_f16_scalar, 2)
 
+/* Q8_0: one block (32 elements) of y in registers per pass over the rows
+   (two blocks with AVX-512); d * q is exact, then one fma as above */
+TGT512 static void mad_rows_q8_0_avx512(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
+    const int64_t nb = n / KV_QK8_0;
+    int64_t ib = 0;
+    for (; ib + 2 <= nb; ib += 2) {
+        __m512 acc[4];
+        for (int k = 0; k < 4; k++) acc[k] = _mm512_loadu_ps(y + ib * KV_QK8_0 + 16 * k);
+        for (int r = 0; r < nrows; r++) {
+            const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
+            const __m512 av = _mm512_set1_ps(a[r]);
+            for (int k = 0; k < 4; k++) {
+                const kv_block_q8_0 *bk = b + k / 2;
+                const __m512 d = _mm512_set1_ps(kv_f16_to_f32(bk->d));
+                const __m128i q8 = _mm_loadu_si128((const __m128i *)(bk->qs + 16 * (k % 2)));
+                const __m512 v = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8)));
+                acc[k] = _mm512_fmadd_ps(av, v, acc[k]);
+            }
+        }
+        for (int k = 0; k < 4; k++) _mm512_storeu_ps(y + ib * KV_QK8_0 + 16 * k, acc[k]);
+    }
+    for (; ib < nb; ib++) {
+        __m512 acc[2];
+        for (int k = 0; k < 2; k++) acc[k] = _mm512_loadu_ps(y + ib * KV_QK8_0 + 16 * k);
+        for (int r = 0; r < nrows; r++) {
+            const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
+            const __m512 av = _mm512_set1_ps(a[r]), d = _mm512_set1_ps(kv_f16_to_f32(b->d));
+            for (int k = 0; k < 2; k++) {
+                const __m128i q8 = _mm_loadu_si128((const __m128i *)(b->qs + 16 * k));
+                acc[k] = _mm512_fmadd_ps(av, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8))), acc[k]);
+            }
+        }
+        for (int k = 0; k < 2; k++) _mm512_storeu_ps(y + ib * KV_QK8_0 + 16 * k, acc[k]);
+    }
+}
+
+TGT2 static void mad_rows_q8_0_avx2(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
+    for (int64_t ib = 0; ib < n / KV_QK8_0; ib++) {
+        __m256 acc[4];
+        for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + ib * KV_QK8_0 + 8 * k);
+        for (int r = 0; r < nrows; r++) {
+            const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
+            const __m256 av = _mm256_set1_ps(a[r]), d = _mm256_set1_ps(kv_f16_to_f32(b->d));
+            for (int k = 0; k < 4; k++) {
+                const __m128i q8 = _mm_loadl_epi64((const __m128i *)(b->qs + 8 * k));
+                acc[k] = _mm256_fmadd_ps(av, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8))), acc[k]);
+            }
+        }
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + ib * KV_QK8_0 + 8 * k, acc[k]);
+    }
+}
+
 static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, mad_rows_f32_avx2, mad_rows_f32_avx512};
 static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, mad_rows_f16_avx2, mad_rows_f16_avx512};
+static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, mad_rows_q8_0_avx2, mad_rows_q8_0_avx512};
 #else
 static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, NULL, NULL};
 static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, NULL, NULL};
+static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, NULL, NULL};
 #endif
 
 kv_vec_mad_rows_fn kv_quant_get_mad_rows_isa(uint32_t type, int isa) {
     if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
     if (type == KV_F32) return t_f32[isa];
     if (type == KV_F16) return t_f16[isa];
+    if (type == KV_Q8_0) return t_q8_0[isa];
     return NULL;
 }
 

@@ -141,9 +141,11 @@ kv_vec_mad_fn kv_quant_get_mad(uint32_t type);
 kv_vec_mad_fn kv_quant_get_mad_isa(uint32_t type, int isa);
 
 /* nrows kv_vec_mad_fn steps in one call (src/quant/mad_rows.c): for r in
- * order, y[i] = fmaf(a[r], x[r][i], y[i]), x[r] rows of KV_F32 or KV_F16.
- * The same bits as nrows separate calls, on every ISA; y stays in
- * registers across the rows. NULL as for kv_quant_get_mad. */
+ * order, y[i] = fmaf(a[r], x[r][i], y[i]), x[r] rows of KV_F32, KV_F16 or
+ * KV_Q8_0 (n a multiple of 32; x[r][i] = d * q[i], exact, so the bits of
+ * dequantizing first). The same bits as nrows separate calls, on every ISA;
+ * y stays in registers across the rows. NULL for other types or an ISA the
+ * CPU lacks. */
 typedef void (*kv_vec_mad_rows_fn)(int64_t n, int nrows, const float *a, const void *const *x, float *y);
 kv_vec_mad_rows_fn kv_quant_get_mad_rows(uint32_t type);
 kv_vec_mad_rows_fn kv_quant_get_mad_rows_isa(uint32_t type, int isa);
