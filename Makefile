@@ -68,9 +68,11 @@ fuzz: fuzz-build
 fuzz-corpus: build
 	@bash fuzz/make_corpus.sh $(BUILD)/bin/kvlm
 
-# What the library exports: only kvlm_* (declared in kvlm.h) and kv_* names; lists the others.
+# What the library exports: libkvlm.a only kvlm_* (declared in kvlm.h) and kv_* names, libkvlm.so only
+# the kvlm_* ones; lists the others.
 exports: build
 	@bash scripts/check_exports.sh $(BUILD)/libkvlm.a include/kvlm.h
+	@bash scripts/check_exports.sh $(BUILD)/libkvlm.so include/kvlm.h
 
 clean:
 	rm -rf $(BUILD) build-san build-tsan build-fuzz
