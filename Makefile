@@ -8,7 +8,7 @@ N ?= 48
 # ON: compiler warnings are errors (KVLM_FATAL_WARNINGS; .ci/run builds that way)
 FATAL_WARNINGS ?= OFF
 
-.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
+.PHONY: all deps test-deps build test demo install sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
 
 all: build
 
@@ -35,6 +35,14 @@ demo: deps
 	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
 	@cmake --build $(BUILD) -j $(JOBS) --target kvlm_cli -- --no-print-directory >/dev/null
 	@$(BUILD)/bin/kvlm run -m $(MODEL) -p "$(PROMPT)" -n $(N)
+
+# Installs the header, libkvlm.a, libkvlm.so, kvlm.pc, the CMake package and the kvlm binary
+# under PREFIX (builds only those).
+PREFIX ?= /usr/local
+install: deps
+	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
+	@cmake --build $(BUILD) -j $(JOBS) --target kvlm kvlm_shared kvlm_cli -- --no-print-directory >/dev/null
+	@cmake --install $(BUILD) --prefix $(PREFIX)
 
 # The test suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 sanitize: test-deps

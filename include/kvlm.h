@@ -9,6 +9,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The library's version (CMakeLists.txt reads it from here: the package
+ * version and the shared library's SONAME, libkvlm.so.MAJOR, or
+ * libkvlm.so.0.MINOR while MAJOR is 0). kvlm_version() gives the version of
+ * the library actually linked. */
+#define KVLM_VERSION_MAJOR 0
+#define KVLM_VERSION_MINOR 1
+#define KVLM_VERSION_PATCH 0
+#define KVLM_VERSION_STRING "0.1.0"
+
 /* KVLM_API marks the public functions: the shared library is built with
  * -fvisibility=hidden and exports these (kvlm_*) names only. */
 #ifndef KVLM_API
@@ -39,6 +48,13 @@ typedef struct kvlm_error {
     kvlm_status code;
     char msg[512];
 } kvlm_error;
+
+/* The version of the library linked (KVLM_VERSION_STRING when it is the
+ * one this header came with), e.g. "0.1.0"; a static string. */
+KVLM_API const char *kvlm_version(void);
+/* The kernels the running CPU gets (the best instruction set the dispatch
+ * found: "avx512 (...)", "avx2 (...)" or "scalar (...)"); a static string. */
+KVLM_API const char *kvlm_cpu_features(void);
 
 /* A short, static name for a status ("ok", "format", ...). */
 KVLM_API const char *kvlm_status_name(kvlm_status s);
