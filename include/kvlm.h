@@ -1,7 +1,33 @@
 /* kvlm — LLM inference on CPUs around a first-class KV cache.
  * The one public header. All handles are opaque; every call that can fail
  * returns a kvlm_status and, when err is not NULL, fills it with a message.
- * The library never prints, never exits and keeps no global mutable state. */
+ * The library never prints, never exits and keeps no global mutable state.
+ *
+ * Ownership and threads:
+ * - A model is read-only once loaded: any number of threads may use it at
+ *   once (tokenize, make sessions and caches, evaluate through their own
+ *   sessions). It must outlive every cache, session and text stream made
+ *   from it: free those first, then the model.
+ * - A cache (page pool) may be shared by sessions on different threads (it
+ *   locks itself); it must outlive the sessions that use it.
+ * - A session is used by one call at a time. The calls that change it
+ *   (kvlm_eval, kvlm_decode_batch, kvlm_generate, kvlm_session_truncate,
+ *   kvlm_session_save, kvlm_session_load) refuse a concurrent call on the same
+ *   session with KVLM_ERR_BUSY; kvlm_session_cancel may be called from any
+ *   thread. The queries (kvlm_session_n_past, kvlm_session_tokens,
+ *   kvlm_session_get_stats) and kvlm_session_free must not overlap another
+ *   call on that session.
+ * - A sampler and a text stream are not thread-safe: one thread at a time.
+ * - Pointers passed in are borrowed for the call only unless stated: nothing
+ *   keeps them afterwards. kvlm_sampler_new copies the logit_bias array;
+ *   kvlm_text_stream_new copies the stop strings; kvlm_generate reads
+ *   params->sampling.logit_bias and params->stop during the call only.
+ *   Objects the library returns are freed with their *_free function (each
+ *   accepts NULL); a failing *_new / kvlm_model_load stores NULL in *out.
+ * - A NULL params pointer means the defaults (the *_default_params value).
+ * - kvlm_generate always initializes *result; after an error it holds nothing
+ *   to free (text and tokens are NULL), and kvlm_generate_result_free on it
+ *   is harmless either way. */
 #ifndef KVLM_H
 #define KVLM_H
 
@@ -210,7 +236,7 @@ typedef struct kvlm_session_params {
 
 KVLM_API kvlm_session_params kvlm_session_default_params(void);
 
-KVLM_API kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *params,
+KVLM_API kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params *params,
                              kvlm_session **out, kvlm_error *err);
 KVLM_API void kvlm_session_free(kvlm_session *s);
 
@@ -258,7 +284,7 @@ KVLM_API kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm
 
 /* The reference path: evaluates tokens from scratch in a private cache with
  * no reuse; logits as kvlm_eval with n_past = 0. */
-KVLM_API kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,
+KVLM_API kvlm_status kvlm_eval_full(const kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,
                            float *logits, bool all_logits, kvlm_error *err);
 
 /* Drops everything after the first n tokens, in time proportional to the pages dropped. After a
