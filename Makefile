@@ -8,7 +8,7 @@ N ?= 48
 # ON: compiler warnings are errors (KVLM_FATAL_WARNINGS; .ci/run builds that way)
 FATAL_WARNINGS ?= OFF
 
-.PHONY: all deps test-deps build test demo sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
+.PHONY: all deps test-deps build test demo install sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
 
 all: build
 
@@ -35,6 +35,14 @@ demo: deps
 	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
 	@cmake --build $(BUILD) -j $(JOBS) --target kvlm_cli -- --no-print-directory >/dev/null
 	@$(BUILD)/bin/kvlm run -m $(MODEL) -p "$(PROMPT)" -n $(N)
+
+# Installs the header, libkvlm.a, libkvlm.so, kvlm.pc, the CMake package and the kvlm binary
+# under PREFIX (builds only those).
+PREFIX ?= /usr/local
+install: deps
+	@$(CONFIGURE) -DKVLM_REQUIRE_TESTS=OFF
+	@cmake --build $(BUILD) -j $(JOBS) --target kvlm kvlm_shared kvlm_cli -- --no-print-directory >/dev/null
+	@cmake --install $(BUILD) --prefix $(PREFIX)
 
 # The test suite under AddressSanitizer + UndefinedBehaviorSanitizer.
 sanitize: test-deps
@@ -68,9 +76,11 @@ fuzz: fuzz-build
 fuzz-corpus: build
 	@bash fuzz/make_corpus.sh $(BUILD)/bin/kvlm
 
-# What the library exports: only kvlm_* (declared in kvlm.h) and kv_* names; lists the others.
+# What the library exports: libkvlm.a only kvlm_* (declared in kvlm.h) and kv_* names, libkvlm.so only
+# the kvlm_* ones; lists the others.
 exports: build
 	@bash scripts/check_exports.sh $(BUILD)/libkvlm.a include/kvlm.h
+	@bash scripts/check_exports.sh $(BUILD)/libkvlm.so include/kvlm.h
 
 clean:
 	rm -rf $(BUILD) build-san build-tsan build-fuzz

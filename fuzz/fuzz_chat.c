@@ -108,7 +108,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t gn = make_gguf(field[0], tn);
     gguf_ctx *g = NULL;
     kvlm_error err;
-    if (gguf_open_buffer(g_gguf, gn, &g, &err) != KVLM_OK) {
+    if (kv_gguf_open_buffer(g_gguf, gn, &g, &err) != KVLM_OK) {
         fprintf(stderr, "fuzz_chat: the harness's GGUF did not open: %s\n", err.msg);
         abort();
     }
@@ -138,7 +138,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
 
     g_model->gguf = saved;
-    gguf_close(g);
+    kv_gguf_close(g);
     free(copy);
     return 0;
 }

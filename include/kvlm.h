@@ -1,13 +1,58 @@
 /* kvlm — LLM inference on CPUs around a first-class KV cache.
  * The one public header. All handles are opaque; every call that can fail
  * returns a kvlm_status and, when err is not NULL, fills it with a message.
- * The library never prints, never exits and keeps no global mutable state. */
+ * The library never prints, never exits and keeps no global mutable state.
+ *
+ * Ownership and threads:
+ * - A model is read-only once loaded: any number of threads may use it at
+ *   once (tokenize, make sessions and caches, evaluate through their own
+ *   sessions). It must outlive every cache, session and text stream made
+ *   from it: free those first, then the model.
+ * - A cache (page pool) may be shared by sessions on different threads (it
+ *   locks itself); it must outlive the sessions that use it.
+ * - A session is used by one call at a time. The calls that change it
+ *   (kvlm_eval, kvlm_decode_batch, kvlm_generate, kvlm_session_truncate,
+ *   kvlm_session_save, kvlm_session_load) refuse a concurrent call on the same
+ *   session with KVLM_ERR_BUSY; kvlm_session_cancel may be called from any
+ *   thread. The queries (kvlm_session_n_past, kvlm_session_tokens,
+ *   kvlm_session_get_stats) and kvlm_session_free must not overlap another
+ *   call on that session.
+ * - A sampler and a text stream are not thread-safe: one thread at a time.
+ * - Pointers passed in are borrowed for the call only unless stated: nothing
+ *   keeps them afterwards. kvlm_sampler_new copies the logit_bias array;
+ *   kvlm_text_stream_new copies the stop strings; kvlm_generate reads
+ *   params->sampling.logit_bias and params->stop during the call only.
+ *   Objects the library returns are freed with their *_free function (each
+ *   accepts NULL); a failing *_new / kvlm_model_load stores NULL in *out.
+ * - A NULL params pointer means the defaults (the *_default_params value).
+ * - kvlm_generate always initializes *result; after an error it holds nothing
+ *   to free (text and tokens are NULL), and kvlm_generate_result_free on it
+ *   is harmless either way. */
 #ifndef KVLM_H
 #define KVLM_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* The library's version (CMakeLists.txt reads it from here: the package
+ * version and the shared library's SONAME, libkvlm.so.MAJOR, or
+ * libkvlm.so.0.MINOR while MAJOR is 0). kvlm_version() gives the version of
+ * the library actually linked. */
+#define KVLM_VERSION_MAJOR 0
+#define KVLM_VERSION_MINOR 1
+#define KVLM_VERSION_PATCH 0
+#define KVLM_VERSION_STRING "0.1.0"
+
+/* KVLM_API marks the public functions: the shared library is built with
+ * -fvisibility=hidden and exports these (kvlm_*) names only. */
+#ifndef KVLM_API
+#if defined(__GNUC__) || defined(__clang__)
+#define KVLM_API __attribute__((visibility("default")))
+#else
+#define KVLM_API
+#endif
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,8 +75,15 @@ typedef struct kvlm_error {
     char msg[512];
 } kvlm_error;
 
+/* The version of the library linked (KVLM_VERSION_STRING when it is the
+ * one this header came with), e.g. "0.1.0"; a static string. */
+KVLM_API const char *kvlm_version(void);
+/* The kernels the running CPU gets (the best instruction set the dispatch
+ * found: "avx512 (...)", "avx2 (...)" or "scalar (...)"); a static string. */
+KVLM_API const char *kvlm_cpu_features(void);
+
 /* A short, static name for a status ("ok", "format", ...). */
-const char *kvlm_status_name(kvlm_status s);
+KVLM_API const char *kvlm_status_name(kvlm_status s);
 
 typedef int32_t kvlm_token;
 
@@ -46,11 +98,11 @@ typedef struct kvlm_model_params {
                                        bitnet.cpp does) */
 } kvlm_model_params;
 
-kvlm_model_params kvlm_model_default_params(void);
+KVLM_API kvlm_model_params kvlm_model_default_params(void);
 
-kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params,
+KVLM_API kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params,
                             kvlm_model **out, kvlm_error *err);
-void kvlm_model_free(kvlm_model *model);
+KVLM_API void kvlm_model_free(kvlm_model *model);
 
 typedef struct kvlm_model_info {
     char arch[32];
@@ -71,27 +123,27 @@ typedef struct kvlm_model_info {
     int32_t head_dim;     /* size of one attention head (<arch>.attention.key_length, else n_embd / n_head) */
 } kvlm_model_info;
 
-void kvlm_model_get_info(const kvlm_model *model, kvlm_model_info *info);
+KVLM_API void kvlm_model_get_info(const kvlm_model *model, kvlm_model_info *info);
 
 /* ------------------------------------------------------------ tokenizer */
-kvlm_token kvlm_token_bos(const kvlm_model *model); /* -1 if none */
-kvlm_token kvlm_token_eos(const kvlm_model *model); /* -1 if none */
-bool kvlm_token_is_eog(const kvlm_model *model, kvlm_token t);
+KVLM_API kvlm_token kvlm_token_bos(const kvlm_model *model); /* -1 if none */
+KVLM_API kvlm_token kvlm_token_eos(const kvlm_model *model); /* -1 if none */
+KVLM_API bool kvlm_token_is_eog(const kvlm_model *model, kvlm_token t);
 /* Whether the model's vocabulary asks for BOS at the start of a prompt. */
-bool kvlm_add_bos(const kvlm_model *model);
+KVLM_API bool kvlm_add_bos(const kvlm_model *model);
 
 /* Tokenizes text[0..len). add_special: add BOS (and EOS) as the vocab asks.
  * parse_special: text spelling a special/control token maps to that token.
  * Returns the number of tokens, written to out when it fits in n_max; when it
  * does not fit, returns minus the number needed and writes nothing useful.
  * INT32_MIN: invalid arguments, out of memory, or more than INT32_MAX tokens. */
-int32_t kvlm_tokenize(const kvlm_model *model, const char *text, size_t len,
+KVLM_API int32_t kvlm_tokenize(const kvlm_model *model, const char *text, size_t len,
                       kvlm_token *out, int32_t n_max, bool add_special,
                       bool parse_special);
 
 /* Writes the bytes of one token to buf (not NUL-terminated). special: render
  * control tokens' text too. Returns bytes written, or minus the size needed. */
-int32_t kvlm_token_to_piece(const kvlm_model *model, kvlm_token t, char *buf,
+KVLM_API int32_t kvlm_token_to_piece(const kvlm_model *model, kvlm_token t, char *buf,
                             int32_t size, bool special);
 
 /* ------------------------------------------------------------ KV cache */
@@ -127,11 +179,11 @@ typedef struct kvlm_cache_params {
     bool prefetch;               /* software prefetch of the next page during attention */
 } kvlm_cache_params;
 
-kvlm_cache_params kvlm_cache_default_params(void);
-kvlm_status kvlm_cache_new(const kvlm_model *model, const kvlm_cache_params *params, kvlm_cache **out,
+KVLM_API kvlm_cache_params kvlm_cache_default_params(void);
+KVLM_API kvlm_status kvlm_cache_new(const kvlm_model *model, const kvlm_cache_params *params, kvlm_cache **out,
                            kvlm_error *err);
 /* Frees the pool; every session using it must be freed first. */
-void kvlm_cache_free(kvlm_cache *cache);
+KVLM_API void kvlm_cache_free(kvlm_cache *cache);
 
 typedef struct kvlm_kv_stats {
     int64_t tokens;               /* tokens stored (the session's, or all sessions' for a cache) */
@@ -154,7 +206,7 @@ typedef struct kvlm_kv_stats {
     double growth_ms_total, growth_ms_max;
 } kvlm_kv_stats;
 
-void kvlm_cache_get_stats(const kvlm_cache *cache, kvlm_kv_stats *stats);
+KVLM_API void kvlm_cache_get_stats(const kvlm_cache *cache, kvlm_kv_stats *stats);
 
 /* ------------------------------------------------------------ sessions */
 typedef struct kvlm_session kvlm_session;
@@ -182,18 +234,18 @@ typedef struct kvlm_session_params {
     kvlm_kv_type compress_type; /* the type they become (default Q8_0) */
 } kvlm_session_params;
 
-kvlm_session_params kvlm_session_default_params(void);
+KVLM_API kvlm_session_params kvlm_session_default_params(void);
 
-kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *params,
+KVLM_API kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params *params,
                              kvlm_session **out, kvlm_error *err);
-void kvlm_session_free(kvlm_session *s);
+KVLM_API void kvlm_session_free(kvlm_session *s);
 
 /* Tokens the session holds in its cache. */
-int32_t kvlm_session_n_past(const kvlm_session *s);
-int32_t kvlm_session_n_ctx(const kvlm_session *s);
+KVLM_API int32_t kvlm_session_n_past(const kvlm_session *s);
+KVLM_API int32_t kvlm_session_n_ctx(const kvlm_session *s);
 /* Threads the session evaluates with: the requested count, at most the CPUs
  * available to the process. */
-int kvlm_session_n_threads(const kvlm_session *s);
+KVLM_API int kvlm_session_n_threads(const kvlm_session *s);
 
 #define KVLM_AUTO (-1)
 
@@ -218,7 +270,7 @@ int kvlm_session_n_threads(const kvlm_session *s);
  * go back only to points it still holds: KVLM_AUTO finds the longest such
  * common prefix (the dropped part compared by a hash), an explicit n_past that
  * is no longer held is refused (KVLM_ERR_UNSUPPORTED, nothing changes). */
-kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens,
+KVLM_API kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_tokens,
                       int32_t n_past, float *logits, bool all_logits,
                       kvlm_error *err);
 
@@ -227,42 +279,42 @@ kvlm_status kvlm_eval(kvlm_session *s, const kvlm_token *tokens, int32_t n_token
  * them; this is what continuous batching builds on). logits: n * n_vocab, row
  * i for session i, bit-identical to what kvlm_eval would give that session.
  * Every session must be free (else KVLM_ERR_BUSY, nothing done). */
-kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *tokens, int32_t n, float *logits,
+KVLM_API kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *tokens, int32_t n, float *logits,
                               kvlm_error *err);
 
 /* The reference path: evaluates tokens from scratch in a private cache with
  * no reuse; logits as kvlm_eval with n_past = 0. */
-kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,
+KVLM_API kvlm_status kvlm_eval_full(const kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens,
                            float *logits, bool all_logits, kvlm_error *err);
 
 /* Drops everything after the first n tokens, in time proportional to the pages dropped. After a
  * shift (or once a ring wraps) only points the cache still holds are accepted (the kept head, the
  * held tail, a ring's window; KVLM_ERR_UNSUPPORTED otherwise); 0 always resets. */
-kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
+KVLM_API kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
 
 /* Saves the session (token history and K/V pages, zstd-compressed, with the
  * model's fingerprint and a checksum) to path, through a temporary file that
  * is flushed and renamed, so a crash never leaves a half-written file.
  * path must be a regular file or absent: a link, FIFO, device or directory
  * is refused. Orphaned temporaries of killed saves of path are removed. */
-kvlm_status kvlm_session_save(kvlm_session *s, const char *path, kvlm_error *err);
+KVLM_API kvlm_status kvlm_session_save(kvlm_session *s, const char *path, kvlm_error *err);
 /* Replaces the session's contents with a saved session. A file made for
  * another model or other KV settings, a truncated, corrupted or crafted file
  * (every field is checked against what the session's settings can produce),
  * a path that is not a regular file: a clear error, and the session is
  * untouched. */
-kvlm_status kvlm_session_load(kvlm_session *s, const char *path, kvlm_error *err);
+KVLM_API kvlm_status kvlm_session_load(kvlm_session *s, const char *path, kvlm_error *err);
 /* Copies up to n_max tokens of the session's history; returns how many it holds. */
-int32_t kvlm_session_tokens(const kvlm_session *s, kvlm_token *out, int32_t n_max);
+KVLM_API int32_t kvlm_session_tokens(const kvlm_session *s, kvlm_token *out, int32_t n_max);
 
 /* The session's view of the cache statistics (hits/misses/tokens are the
  * session's; capacity, bytes, evictions and growth are the pool's). */
-void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *stats);
+KVLM_API void kvlm_session_get_stats(const kvlm_session *s, kvlm_kv_stats *stats);
 /* Writes the statistics as one JSON object (no newline); returns its length
  * or minus the size needed. */
-int32_t kvlm_kv_stats_json(const kvlm_kv_stats *stats, char *buf, int32_t size);
+KVLM_API int32_t kvlm_kv_stats_json(const kvlm_kv_stats *stats, char *buf, int32_t size);
 
-int32_t kvlm_n_vocab(const kvlm_model *model);
+KVLM_API int32_t kvlm_n_vocab(const kvlm_model *model);
 
 /* ------------------------------------------------------------ chat templates */
 typedef struct kvlm_chat_message {
@@ -277,10 +329,10 @@ typedef struct kvlm_chat_message {
  * prompt (NUL-terminated) and returns its length, or minus the size needed
  * (terminator included); an unknown template name (or running out of
  * memory, or a prompt of 2 GiB or more) returns 0 and writes nothing. add_assistant: end with the opening of the assistant's turn. */
-int32_t kvlm_chat_apply(const kvlm_model *model, const char *tmpl, const kvlm_chat_message *msgs, int32_t n,
+KVLM_API int32_t kvlm_chat_apply(const kvlm_model *model, const char *tmpl, const kvlm_chat_message *msgs, int32_t n,
                         bool add_assistant, char *buf, int32_t size);
 /* The name of the format kvlm_chat_apply(model, NULL, ...) uses. */
-const char *kvlm_chat_template(const kvlm_model *model);
+KVLM_API const char *kvlm_chat_template(const kvlm_model *model);
 
 /* ------------------------------------------------------------ sampling */
 typedef struct kvlm_logit_bias {
@@ -304,19 +356,19 @@ typedef struct kvlm_sampling_params {
 
 /* llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
  * no penalties (window 64), seed 0. */
-kvlm_sampling_params kvlm_sampling_default_params(void);
+KVLM_API kvlm_sampling_params kvlm_sampling_default_params(void);
 
 /* A standalone sampler chain (bias, penalties, top-k, top-p, min-p, temperature, draw). */
 typedef struct kvlm_sampler kvlm_sampler;
-kvlm_status kvlm_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab, kvlm_sampler **out,
+KVLM_API kvlm_status kvlm_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab, kvlm_sampler **out,
                              kvlm_error *err);
-void kvlm_sampler_free(kvlm_sampler *s);
+KVLM_API void kvlm_sampler_free(kvlm_sampler *s);
 /* Picks a token from one row of logits (does not accept it). */
-kvlm_status kvlm_sampler_sample(kvlm_sampler *s, const float *logits, kvlm_token *out, kvlm_error *err);
+KVLM_API kvlm_status kvlm_sampler_sample(kvlm_sampler *s, const float *logits, kvlm_token *out, kvlm_error *err);
 /* Adds a token to the penalty history. */
-kvlm_status kvlm_sampler_accept(kvlm_sampler *s, kvlm_token t, kvlm_error *err);
+KVLM_API kvlm_status kvlm_sampler_accept(kvlm_sampler *s, kvlm_token t, kvlm_error *err);
 /* Clears the history and reseeds. */
-void kvlm_sampler_reset(kvlm_sampler *s);
+KVLM_API void kvlm_sampler_reset(kvlm_sampler *s);
 
 /* ------------------------------------------------------------ generation */
 typedef enum kvlm_finish_reason {
@@ -327,7 +379,7 @@ typedef enum kvlm_finish_reason {
     KVLM_FINISH_ERROR = 4,
 } kvlm_finish_reason;
 
-const char *kvlm_finish_reason_name(kvlm_finish_reason r); /* "stop", "length", ... */
+KVLM_API const char *kvlm_finish_reason_name(kvlm_finish_reason r); /* "stop", "length", ... */
 
 typedef struct kvlm_generate_params {
     kvlm_sampling_params sampling;
@@ -345,7 +397,7 @@ typedef struct kvlm_generate_params {
     bool parse_special;       /* special-token text in the prompt maps to the token (default true) */
 } kvlm_generate_params;
 
-kvlm_generate_params kvlm_generate_default_params(void);
+KVLM_API kvlm_generate_params kvlm_generate_default_params(void);
 
 /* Called once per generated token with the text it completes (valid UTF-8,
  * possibly empty when bytes are held back for a multi-byte character or a
@@ -363,15 +415,15 @@ typedef struct kvlm_generate_result {
     kvlm_token *tokens;       /* the completion's tokens */
 } kvlm_generate_result;
 
-void kvlm_generate_result_free(kvlm_generate_result *r);
+KVLM_API void kvlm_generate_result_free(kvlm_generate_result *r);
 
-kvlm_status kvlm_generate(kvlm_session *s, const char *prompt, const kvlm_generate_params *params,
+KVLM_API kvlm_status kvlm_generate(kvlm_session *s, const char *prompt, const kvlm_generate_params *params,
                           kvlm_token_callback callback, void *user_data, kvlm_generate_result *result,
                           kvlm_error *err);
 
 /* Asks the generation running on s (from any thread) to stop within one
  * decode step; it finishes with KVLM_FINISH_CANCELLED. */
-void kvlm_session_cancel(kvlm_session *s);
+KVLM_API void kvlm_session_cancel(kvlm_session *s);
 
 /* ------------------------------------------------------------ stepwise generation helpers
  * For programs that run their own decoding loop (for example a server that
@@ -385,25 +437,25 @@ void kvlm_session_cancel(kvlm_session *s);
 typedef struct kvlm_text_stream kvlm_text_stream;
 
 /* The stop strings are copied (at most 64, each non-empty). */
-kvlm_status kvlm_text_stream_new(const kvlm_model *model, const char *const *stop, int32_t n_stop,
+KVLM_API kvlm_status kvlm_text_stream_new(const kvlm_model *model, const char *const *stop, int32_t n_stop,
                                  kvlm_text_stream **out, kvlm_error *err);
-void kvlm_text_stream_free(kvlm_text_stream *ts);
+KVLM_API void kvlm_text_stream_free(kvlm_text_stream *ts);
 /* Adds the text of token t (t < 0: no token). final: emit everything held
  * back (an incomplete character becomes U+FFFD). text and len receive what can
  * be emitted now (valid until the next call on ts; may be empty). *stopped
  * is set when a stop string matched: the text before it was emitted and
  * nothing more will be. After a stop, pushes emit nothing. */
-kvlm_status kvlm_text_stream_push(kvlm_text_stream *ts, kvlm_token t, bool final, const char **text, size_t *len,
+KVLM_API kvlm_status kvlm_text_stream_push(kvlm_text_stream *ts, kvlm_token t, bool final, const char **text, size_t *len,
                                   bool *stopped, kvlm_error *err);
 /* Everything emitted so far (NUL-terminated). */
-const char *kvlm_text_stream_text(const kvlm_text_stream *ts, size_t *len);
+KVLM_API const char *kvlm_text_stream_text(const kvlm_text_stream *ts, size_t *len);
 
 /* The log-probability of `token` under softmax(logits) (the model's
  * distribution, before any sampling transform), and the top_n most probable
  * tokens in decreasing order (ties: the lower id first) with theirs. Computed
  * in double in index order, so the result depends only on the logits.
  * logprob, top_tokens and top_logprobs may be NULL; top_n <= n_vocab. */
-kvlm_status kvlm_logprobs(const float *logits, int32_t n_vocab, kvlm_token token, float *logprob, int32_t top_n,
+KVLM_API kvlm_status kvlm_logprobs(const float *logits, int32_t n_vocab, kvlm_token token, float *logprob, int32_t top_n,
                           kvlm_token *top_tokens, float *top_logprobs, kvlm_error *err);
 
 #ifdef __cplusplus

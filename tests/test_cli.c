@@ -436,8 +436,67 @@ static void test_perplexity_and_bench(void **state) {
     assert_non_null(strstr(buf, " tg8 |"));
 }
 
+/* Whether /proc/cpuinfo's first "flags" line lists every flag of want (space-separated). */
+static bool cpu_has_flags(const char *want) {
+    FILE *fp = fopen("/proc/cpuinfo", "r");
+    if (!fp) return false;
+    static char line[1 << 14];
+    bool found = false, all = false;
+    while (!found && fgets(line, sizeof line, fp))
+        if (strncmp(line, "flags", 5) == 0) found = true;
+    fclose(fp);
+    if (!found) return false;
+    char w[256];
+    snprintf(w, sizeof w, "%s", want);
+    all = true;
+    for (char *tok = strtok(w, " "); tok; tok = strtok(NULL, " ")) {
+        char pat[64];
+        snprintf(pat, sizeof pat, " %s", tok);
+        const char *p = line;
+        bool hit = false;
+        while ((p = strstr(p, pat)) != NULL) {
+            char next = p[strlen(pat)];
+            if (next == ' ' || next == '\n' || next == '\0') { hit = true; break; }
+            p++;
+        }
+        all = all && hit;
+    }
+    return all;
+}
+
+/* The header's version macros, kvlm_version() and kvlm --version (version, commit, compiler, and
+ * the kernels for this CPU, checked against /proc/cpuinfo's flags). */
+static void test_version(void **state) {
+    (void)state;
+    char want[64];
+    snprintf(want, sizeof want, "%d.%d.%d", KVLM_VERSION_MAJOR, KVLM_VERSION_MINOR, KVLM_VERSION_PATCH);
+    assert_string_equal(want, KVLM_VERSION_STRING);
+    assert_string_equal(kvlm_version(), KVLM_VERSION_STRING);
+    assert_int_equal(run(KVLM " --version 2>&1", buf, sizeof buf), 0);
+    char line[128];
+    snprintf(line, sizeof line, "kvlm %s\n", KVLM_VERSION_STRING);
+    assert_true(strncmp(buf, line, strlen(line)) == 0);
+    const char *c = strstr(buf, "\ncommit: ");
+    assert_non_null(c);
+    c += strlen("\ncommit: ");
+    size_t hex = strspn(c, "0123456789abcdef");
+    assert_true((hex >= 7 && c[hex] == ' ') || strncmp(c, "unknown", 7) == 0);
+    assert_true(strstr(buf, "\ncompiler: gcc ") || strstr(buf, "\ncompiler: clang "));
+    const char *cpu = strstr(buf, "\ncpu: ");
+    assert_non_null(cpu);
+    cpu += strlen("\ncpu: ");
+    assert_true(strncmp(cpu, kvlm_cpu_features(), strlen(kvlm_cpu_features())) == 0);
+#if defined(__x86_64__)
+    const char *isa = cpu_has_flags("avx512f avx512bw avx512dq avx512vl avx512_vnni avx2 fma f16c") ? "avx512 "
+                      : cpu_has_flags("avx2 fma f16c")                                             ? "avx2 "
+                                                                                                   : "scalar ";
+    assert_true(strncmp(cpu, isa, strlen(isa)) == 0);
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_version),
         cmocka_unit_test(test_eval_dump_logits), cmocka_unit_test(test_eval_greedy_from_text),
         cmocka_unit_test(test_tokenize_ids),     cmocka_unit_test(test_run_generates),
         cmocka_unit_test(test_inspect),          cmocka_unit_test(test_errors),

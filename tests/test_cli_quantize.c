@@ -173,8 +173,8 @@ static void test_names_numbers_file_type(void **state) {
     gguf_ctx *g;
     kvlm_error err;
     uint32_t ft;
-    assert_int_equal(gguf_open(a, &g, &err), KVLM_OK);
-    assert_true(gguf_get_u32(g, "general.file_type", &ft));
+    assert_int_equal(kv_gguf_open(a, &g, &err), KVLM_OK);
+    assert_true(kv_gguf_get_u32(g, "general.file_type", &ft));
     assert_int_equal(ft, 15);
     /* 288 columns do not fit Q4_K's 256: Q5_0 (q, k, o, gate, up, 4 attn_v) + Q8_0 (2 attn_v, the tied
        embedding) + ffn_down (768 columns) Q4_K x4 / Q6_K x2 */
@@ -184,14 +184,14 @@ static void test_names_numbers_file_type(void **state) {
     assert_int_equal(count_type(g, "ffn_down.weight", KV_Q6_K), 2);
     assert_int_equal(count_type(g, "attn_q.weight", KV_Q5_0), 6);
     assert_int_equal(count_type(g, "token_embd.weight", KV_Q8_0), 1);
-    gguf_close(g);
+    kv_gguf_close(g);
     /* COPY of a file without general.file_type: llama.cpp's guess (all F32) marked as guessed */
     snprintf(in, sizeof in, "%s/llama/aidreams260K-f32.gguf", MODELS);
     assert_int_equal(run("%s quantize %s %s COPY", KVLM, in, a), 0);
-    assert_int_equal(gguf_open(a, &g, &err), KVLM_OK);
-    assert_true(gguf_get_u32(g, "general.file_type", &ft));
+    assert_int_equal(kv_gguf_open(a, &g, &err), KVLM_OK);
+    assert_true(kv_gguf_get_u32(g, "general.file_type", &ft));
     assert_int_equal(ft, 1024);
-    gguf_close(g);
+    kv_gguf_close(g);
     unlink(a);
     unlink(b);
 }
@@ -206,9 +206,9 @@ static void test_iq4_nl_substitute(void **state) {
     assert_int_equal(run("%s quantize %s %s Q3_K_M", KVLM, in, out), 0);
     gguf_ctx *g;
     kvlm_error err;
-    assert_int_equal(gguf_open(out, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(out, &g, &err), KVLM_OK);
     assert_int_equal(count_type(g, "blk.", KV_Q4_0), 24);
-    gguf_close(g);
+    kv_gguf_close(g);
     unlink(out);
 }
 

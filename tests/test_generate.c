@@ -300,8 +300,63 @@ static void test_append_mode(void **state) {
     kvlm_model_free(m);
 }
 
+/* The rules kvlm.h states: NULL params mean the defaults; a result after an error holds nothing
+ * (text and tokens NULL); kvlm_sampler_new copies logit_bias (changing the caller's array later
+ * changes nothing); a const model makes sessions. */
+static void test_header_contract(void **state) {
+    (void)state;
+    kvlm_model *owned = load(AIDREAMS);
+    const kvlm_model *m = owned;
+    kvlm_session *s = NULL;
+    kvlm_error err;
+    assert_int_equal(kvlm_session_new(m, NULL, &s, &err), KVLM_OK);
+    kvlm_generate_result r1, r2;
+    kvlm_generate_params d = kvlm_generate_default_params();
+    d.max_tokens = 6;
+    assert_int_equal(kvlm_generate(s, "Echoes of", &d, NULL, NULL, &r1, &err), KVLM_OK);
+    kvlm_generate_result_free(&r1);
+    d = kvlm_generate_default_params();
+    assert_int_equal(kvlm_generate(s, "Echoes of", &d, NULL, NULL, &r1, &err), KVLM_OK);
+    assert_int_equal(kvlm_generate(s, "Echoes of", NULL, NULL, NULL, &r2, &err), KVLM_OK);
+    assert_int_equal(r1.n_completion, r2.n_completion);
+    assert_memory_equal(r1.tokens, r2.tokens, (size_t)r1.n_completion * sizeof(kvlm_token));
+    assert_string_equal(r1.text, r2.text);
+    kvlm_generate_result_free(&r1);
+    kvlm_generate_result_free(&r2);
+
+    d.n_stop = 1;
+    d.stop = (const char *const[]){""};
+    memset(&r1, 0x5a, sizeof r1);
+    assert_int_equal(kvlm_generate(s, "Echoes of", &d, NULL, NULL, &r1, &err), KVLM_ERR_INVALID_ARG);
+    assert_null(r1.text);
+    assert_null(r1.tokens);
+    assert_int_equal(r1.finish, KVLM_FINISH_ERROR);
+    kvlm_generate_result_free(&r1);
+
+    const int32_t V = kvlm_n_vocab(m);
+    float *logits = calloc((size_t)V, sizeof *logits);
+    assert_non_null(logits);
+    kvlm_logit_bias bias[1] = {{.token = 77, .bias = 100.0f}};
+    kvlm_sampling_params sp = kvlm_sampling_default_params();
+    sp.logit_bias = bias;
+    sp.n_logit_bias = 1;
+    kvlm_sampler *smp = NULL;
+    assert_int_equal(kvlm_sampler_new(&sp, V, &smp, &err), KVLM_OK);
+    bias[0].token = 5;
+    bias[0].bias = -INFINITY;
+    kvlm_token t = -1;
+    assert_int_equal(kvlm_sampler_sample(smp, logits, &t, &err), KVLM_OK);
+    assert_int_equal(t, 77);
+    kvlm_sampler_free(smp);
+    kvlm_sampler_free(NULL);
+    free(logits);
+    kvlm_session_free(s);
+    kvlm_model_free(owned);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_header_contract),
         cmocka_unit_test(test_stream_utf8),        cmocka_unit_test(test_stream_stop_strings),
         cmocka_unit_test(test_generate_greedy_and_stop), cmocka_unit_test(test_seeded_sampling),
         cmocka_unit_test(test_cancel_from_callback), cmocka_unit_test(test_cancel_from_thread_and_deadline),

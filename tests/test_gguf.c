@@ -43,7 +43,7 @@ static void build_valid(gb *b) {
 }
 
 static kvlm_status open_buf(const gb *b, gguf_ctx **g, kvlm_error *err) {
-    return gguf_open_buffer(b->p, b->n, g, err);
+    return kv_gguf_open_buffer(b->p, b->n, g, err);
 }
 
 static void test_valid(void **state) {
@@ -62,35 +62,35 @@ static void test_valid(void **state) {
     float f;
     bool bo;
     gguf_str s;
-    assert_true(gguf_get_u32(g, "k.u8", &u) && u == 200);
-    assert_true(gguf_get_i32(g, "k.i8", &i) && i == -5);
-    assert_true(gguf_get_u32(g, "k.u16", &u) && u == 60000);
-    assert_true(gguf_get_i32(g, "k.i16", &i) && i == -30000);
-    assert_true(gguf_get_u32(g, "k.u32", &u) && u == 4000000000u);
-    assert_false(gguf_get_i32(g, "k.u32", &i)); /* does not fit */
-    assert_true(gguf_get_i32(g, "k.i32", &i) && i == -2000000000);
-    assert_false(gguf_get_u32(g, "k.i32", &u)); /* negative */
-    assert_true(gguf_get_f32(g, "k.f32", &f) && f == 1.5f);
-    assert_true(gguf_get_bool(g, "k.bool", &bo) && bo);
-    assert_true(gguf_get_str(g, "k.str", &s) && gguf_str_eq(s, "hello"));
-    assert_int_equal(gguf_find(g, "k.u64")->v.u64, 1ull << 40);
-    assert_int_equal(gguf_find(g, "k.i64")->v.i64, -(1ll << 40));
-    assert_true(gguf_get_f32(g, "k.f64", &f) && f == 0.25f);
-    const gguf_kv *a = gguf_find(g, "k.arr_i32");
+    assert_true(kv_gguf_get_u32(g, "k.u8", &u) && u == 200);
+    assert_true(kv_gguf_get_i32(g, "k.i8", &i) && i == -5);
+    assert_true(kv_gguf_get_u32(g, "k.u16", &u) && u == 60000);
+    assert_true(kv_gguf_get_i32(g, "k.i16", &i) && i == -30000);
+    assert_true(kv_gguf_get_u32(g, "k.u32", &u) && u == 4000000000u);
+    assert_false(kv_gguf_get_i32(g, "k.u32", &i)); /* does not fit */
+    assert_true(kv_gguf_get_i32(g, "k.i32", &i) && i == -2000000000);
+    assert_false(kv_gguf_get_u32(g, "k.i32", &u)); /* negative */
+    assert_true(kv_gguf_get_f32(g, "k.f32", &f) && f == 1.5f);
+    assert_true(kv_gguf_get_bool(g, "k.bool", &bo) && bo);
+    assert_true(kv_gguf_get_str(g, "k.str", &s) && kv_gguf_str_eq(s, "hello"));
+    assert_int_equal(kv_gguf_find(g, "k.u64")->v.u64, 1ull << 40);
+    assert_int_equal(kv_gguf_find(g, "k.i64")->v.i64, -(1ll << 40));
+    assert_true(kv_gguf_get_f32(g, "k.f64", &f) && f == 0.25f);
+    const gguf_kv *a = kv_gguf_find(g, "k.arr_i32");
     int64_t v;
-    assert_true(a && a->arr_n == 3 && gguf_arr_i64(a, 2, &v) && v == -2);
-    assert_false(gguf_arr_i64(a, 3, &v));
-    const gguf_kv *as = gguf_find(g, "k.arr_str");
-    assert_true(as && as->arr_n == 2 && gguf_str_eq(as->arr_str[0], "ab") && as->arr_str[1].len == 0);
-    assert_null(gguf_find(g, "nope"));
-    const gguf_tensor *ta = gguf_find_tensor(g, "a"), *tb = gguf_find_tensor(g, "b");
+    assert_true(a && a->arr_n == 3 && kv_gguf_arr_i64(a, 2, &v) && v == -2);
+    assert_false(kv_gguf_arr_i64(a, 3, &v));
+    const gguf_kv *as = kv_gguf_find(g, "k.arr_str");
+    assert_true(as && as->arr_n == 2 && kv_gguf_str_eq(as->arr_str[0], "ab") && as->arr_str[1].len == 0);
+    assert_null(kv_gguf_find(g, "nope"));
+    const gguf_tensor *ta = kv_gguf_find_tensor(g, "a"), *tb = kv_gguf_find_tensor(g, "b");
     assert_non_null(ta);
     assert_non_null(tb);
     assert_int_equal(ta->n_bytes, 68);
     assert_int_equal(ta->n_elements, 64);
     assert_ptr_equal(ta->data, b.p + g->data_offset);
     assert_ptr_equal(tb->data, b.p + g->data_offset + 128);
-    gguf_close(g);
+    kv_gguf_close(g);
     free(b.p);
 }
 
@@ -102,7 +102,7 @@ static void test_truncated_everywhere(void **state) {
     for (size_t n = 0; n < b.n; n++) {
         gguf_ctx *g = NULL;
         kvlm_error err = {0};
-        kvlm_status st = gguf_open_buffer(b.p, n, &g, &err);
+        kvlm_status st = kv_gguf_open_buffer(b.p, n, &g, &err);
         if (st == KVLM_OK) fail_msg("prefix of %zu/%zu bytes was accepted", n, b.n);
         assert_int_equal(st, KVLM_ERR_FORMAT);
         assert_null(g);
@@ -141,7 +141,7 @@ static void test_bad_magic_and_version(void **state) {
     gb_kv_u32(&b, "x", 1);
     gguf_ctx *g;
     assert_int_equal(open_buf(&b, &g, NULL), KVLM_OK);
-    gguf_close(g);
+    kv_gguf_close(g);
     free(b.p);
 }
 
@@ -239,7 +239,7 @@ static void test_bad_tensors(void **state) {
     build_tensor(&b, 2, ne, 0, 0, 512);
     gguf_ctx *g;
     assert_int_equal(open_buf(&b, &g, NULL), KVLM_OK); /* the baseline is valid */
-    gguf_close(g);
+    kv_gguf_close(g);
     free(b.p);
 
     build_tensor(&b, 2, ne, 0, 0, 511); /* 32*4 f32 = 512 bytes, one short */
@@ -298,22 +298,22 @@ static void test_files(void **state) {
     (void)state;
     gguf_ctx *g = NULL;
     kvlm_error err;
-    assert_int_equal(gguf_open("/nonexistent/model.gguf", &g, &err), KVLM_ERR_IO);
+    assert_int_equal(kv_gguf_open("/nonexistent/model.gguf", &g, &err), KVLM_ERR_IO);
     assert_non_null(strstr(err.msg, "/nonexistent/model.gguf"));
     char path[] = "/tmp/kvlm-test-gguf-XXXXXX";
     int fd = mkstemp(path);
     assert_true(fd >= 0);
     close(fd);
-    assert_int_equal(gguf_open(path, &g, &err), KVLM_ERR_FORMAT); /* empty */
+    assert_int_equal(kv_gguf_open(path, &g, &err), KVLM_ERR_FORMAT); /* empty */
     gb b;
     build_valid(&b);
     FILE *fp = fopen(path, "wb");
     assert_non_null(fp);
     assert_int_equal(fwrite(b.p, 1, b.n, fp), b.n);
     fclose(fp);
-    assert_int_equal(gguf_open(path, &g, &err), KVLM_OK);
-    assert_int_equal(gguf_find_tensor(g, "b")->ne[0], 8);
-    gguf_close(g);
+    assert_int_equal(kv_gguf_open(path, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_find_tensor(g, "b")->ne[0], 8);
+    kv_gguf_close(g);
     unlink(path);
     free(b.p);
 
@@ -324,18 +324,18 @@ static void test_files(void **state) {
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         char p[512];
         snprintf(p, sizeof p, "%s%s", KVLM_MODELS_DIR, files[i]);
-        if (gguf_open(p, &g, &err) != KVLM_OK) fail_msg("%s: %s", p, err.msg);
-        gguf_close(g);
+        if (kv_gguf_open(p, &g, &err) != KVLM_OK) fail_msg("%s: %s", p, err.msg);
+        kv_gguf_close(g);
     }
     /* I2_S: per-tensor size is n/4 packed bytes plus a 32-byte scale tail */
     char p[512];
     snprintf(p, sizeof p, "%s/bitnet/synth-bitnet-b158-v512-i2_s.gguf", KVLM_MODELS_DIR);
-    assert_int_equal(gguf_open(p, &g, &err), KVLM_OK);
-    const gguf_tensor *t = gguf_find_tensor(g, "blk.0.attn_q.weight");
+    assert_int_equal(kv_gguf_open(p, &g, &err), KVLM_OK);
+    const gguf_tensor *t = kv_gguf_find_tensor(g, "blk.0.attn_q.weight");
     assert_non_null(t);
     assert_int_equal(t->type, KV_I2_S);
     assert_int_equal(t->n_bytes, 512 * 512 / 4 + 32);
-    gguf_close(g);
+    kv_gguf_close(g);
 }
 
 /* Special files as a model path are refused at once, naming what they are; a
@@ -347,18 +347,18 @@ static void test_special_files(void **state) {
     kvlm_error err;
     char dir[] = "/tmp/kvlm-test-gguf-dir-XXXXXX";
     assert_non_null(mkdtemp(dir));
-    assert_int_equal(gguf_open(dir, &g, &err), KVLM_ERR_IO);
+    assert_int_equal(kv_gguf_open(dir, &g, &err), KVLM_ERR_IO);
     assert_non_null(strstr(err.msg, "a directory"));
     assert_null(g);
     char fifo[600];
     snprintf(fifo, sizeof fifo, "%s/fifo.gguf", dir);
     assert_int_equal(mkfifo(fifo, 0600), 0);
     alarm(20);
-    assert_int_equal(gguf_open(fifo, &g, &err), KVLM_ERR_IO);
+    assert_int_equal(kv_gguf_open(fifo, &g, &err), KVLM_ERR_IO);
     alarm(0);
     assert_non_null(strstr(err.msg, "a FIFO"));
     assert_null(g);
-    assert_int_equal(gguf_open("/dev/null", &g, &err), KVLM_ERR_IO);
+    assert_int_equal(kv_gguf_open("/dev/null", &g, &err), KVLM_ERR_IO);
     assert_non_null(strstr(err.msg, "a character device"));
     unlink(fifo);
     rmdir(dir);
@@ -378,9 +378,9 @@ static void test_random_corruption(void **state) {
     assert_true(n > 100000);
     gguf_ctx *g;
     kvlm_error err;
-    assert_int_equal(gguf_open_buffer(buf, n, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open_buffer(buf, n, &g, &err), KVLM_OK);
     const size_t header = (size_t)g->data_offset;
-    gguf_close(g);
+    kv_gguf_close(g);
     uint64_t x = 0x9e3779b97f4a7c15ull;
     int rejected = 0;
     for (int it = 0; it < 3000; it++) {
@@ -389,8 +389,8 @@ static void test_random_corruption(void **state) {
         uint8_t old = buf[at];
         buf[at] ^= (uint8_t)(1u << (x >> 61)) | (uint8_t)((x >> 32) & 0xff);
         if (buf[at] == old) buf[at] ^= 0x80;
-        kvlm_status st = gguf_open_buffer(buf, n, &g, &err);
-        if (st == KVLM_OK) gguf_close(g);
+        kvlm_status st = kv_gguf_open_buffer(buf, n, &g, &err);
+        if (st == KVLM_OK) kv_gguf_close(g);
         else rejected++;
         buf[at] = old;
     }

@@ -436,6 +436,112 @@ static void test_tiered_compression(void **state) {
     kv_pool_destroy(pool);
 }
 
+/* With prefix sharing on, tiered compression really lowers the bytes held: the compressed page
+ * replaces the original in the prefix index and the original's memory is freed, not kept cached
+ * (it used to stay cached for its prefix, so compression raised the bytes allocated). bytes_saved is
+ * what was freed minus what was allocated, checked against page sizes computed here. A sequence
+ * sharing the prefix takes the indexed compressed copy; an original that another sequence still
+ * holds is freed, and counted, when that sequence lets it go. */
+static void test_compression_frees_memory(void **state) {
+    (void)state;
+    uint64_t f16r, q8r;
+    kv_dtype_row_bytes(KV_F16, KVD, &f16r);
+    kv_dtype_row_bytes(KV_Q8_0, KVD, &q8r);
+    const int64_t F = (int64_t)(32 * 2 * NL * f16r), Q = (int64_t)(32 * 2 * NL * q8r); /* page bytes */
+    kvlm_error err;
+    /* pools that grow one page at a time, so that bytes are exactly the pages held */
+    kvlm_cache_params pp = pool_params(32, 4096);
+    pp.growth = KVLM_GROWTH_LINEAR;
+    pp.growth_tokens = 32;
+    kv_seq_config c = seq_config(1024);
+    c.type_k = c.type_v = KV_F16;
+    kvlm_kv_stats st;
+
+    /* the reference: 200 tokens, no compression: 7 F16 pages */
+    kv_page_pool *pool;
+    kv_seq a, b;
+    assert_int_equal(kv_pool_create(NL, KVD, &pp, &pool, &err), KVLM_OK);
+    assert_int_equal(kv_seq_init(&a, pool, &c, &err), KVLM_OK);
+    assert_int_equal(append(&a, 0, 200, 10, &err), KVLM_OK);
+    kv_pool_stats(pool, &st);
+    const int64_t bytes_plain = st.bytes;
+    assert_int_equal(bytes_plain, 7 * F);
+    kv_seq_destroy(&a);
+    kv_pool_destroy(pool);
+
+    /* compressed after 32 tokens: pages 0..4 (5 * 32 <= 200 - 32) become Q8_0, nothing stays cached */
+    c.compress_after = 32;
+    c.compress_type = KV_Q8_0;
+    assert_int_equal(kv_pool_create(NL, KVD, &pp, &pool, &err), KVLM_OK);
+    assert_int_equal(kv_seq_init(&a, pool, &c, &err), KVLM_OK);
+    assert_int_equal(append(&a, 0, 200, 10, &err), KVLM_OK);
+    check_rows(&a, 1.5e-2f);
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.compressions, 5);
+    assert_int_equal(st.pages_cached, 0);
+    assert_int_equal(st.bytes, 2 * F + 5 * Q);
+    assert_int_equal(st.bytes_saved, 5 * (F - Q));
+    assert_int_equal(st.bytes, bytes_plain - st.bytes_saved);
+    assert_int_equal(st.bytes_by_type[2], 5 * Q);
+    /* a second sequence with the same prefix attaches the compressed pages: nothing is duplicated */
+    int32_t toks[200];
+    for (int i = 0; i < 200; i++) toks[i] = i * 7 + 1;
+    assert_int_equal(kv_seq_init(&b, pool, &c, &err), KVLM_OK);
+    assert_int_equal(kv_seq_attach_prefix(&b, toks, 200), 192);
+    for (int j = 0; j < 6; j++) assert_ptr_equal(b.pages[j], a.pages[j]);
+    assert_int_equal(append(&b, 192, 200, 8, &err), KVLM_OK);
+    check_rows(&b, 1.5e-2f);
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.compressions, 5);
+    assert_int_equal(st.pages_shared, 6);
+    assert_int_equal(st.bytes, 3 * F + 5 * Q);
+    kv_seq_destroy(&b);
+    kv_seq_destroy(&a);
+    kv_pool_destroy(pool);
+
+    /* an original another sequence holds: freed when that one releases it */
+    c.compress_after = 64;
+    kv_seq_config plain = c;
+    plain.compress_after = 0;
+    assert_int_equal(kv_pool_create(NL, KVD, &pp, &pool, &err), KVLM_OK);
+    assert_int_equal(kv_seq_init(&a, pool, &c, &err), KVLM_OK);
+    assert_int_equal(kv_seq_init(&b, pool, &plain, &err), KVLM_OK);
+    assert_int_equal(append(&a, 0, 64, 32, &err), KVLM_OK); /* pages 0, 1 indexed; nothing old yet */
+    assert_int_equal(kv_seq_attach_prefix(&b, toks, 80), 64);
+    kv_page *orig0 = a.pages[0];
+    kvlm_kv_stats before, after;
+    kv_pool_stats(pool, &before);
+    assert_int_equal(before.bytes, 2 * F);
+    assert_int_equal(append(&a, 64, 96, 32, &err), KVLM_OK); /* page 2 (F16) and page 0 compressed */
+    kv_pool_stats(pool, &after);
+    assert_int_equal(after.compressions, 1);
+    assert_int_equal(a.pages[0]->layout->type_k, KV_Q8_0);
+    assert_ptr_equal(b.pages[0], orig0); /* b keeps reading its F16 page */
+    assert_int_equal(after.bytes - before.bytes, F + Q);
+    assert_int_equal(after.bytes_saved, -Q);
+    check_rows(&a, 1.5e-2f);
+    check_rows(&b, 1.5e-2f);
+    kv_seq_destroy(&b); /* the original goes: its bytes are freed and counted */
+    kv_pool_stats(pool, &before);
+    assert_int_equal(after.bytes - before.bytes, F);
+    assert_int_equal(before.bytes_saved, F - Q);
+    assert_int_equal(before.pages_cached, 0);
+    /* the index holds the compressed page for that prefix: a compressing sequence attaches it, one
+       that stores F16 only finds nothing to reuse (the F16 original is gone) */
+    kv_seq d;
+    assert_int_equal(kv_seq_init(&b, pool, &c, &err), KVLM_OK);
+    assert_int_equal(kv_seq_attach_prefix(&b, toks, 40), 32);
+    assert_ptr_equal(b.pages[0], a.pages[0]);
+    assert_int_equal(kv_seq_init(&d, pool, &plain, &err), KVLM_OK);
+    assert_int_equal(kv_seq_attach_prefix(&d, toks, 40), 0);
+    kv_seq_destroy(&d);
+    kv_seq_destroy(&b);
+    kv_seq_destroy(&a);
+    kv_pool_stats(pool, &st);
+    assert_int_equal(st.bytes_saved, F - Q);
+    kv_pool_destroy(pool);
+}
+
 /* A shift rewrites pages the sequence holds alone in place, never a page another sequence shares; in a
  * pool without a target an indexed page is left for its prefix (a fresh page takes its place), with a
  * target it leaves the index and is rewritten in place. Rows stay exact either way. */
@@ -655,7 +761,8 @@ int main(void) {
         cmocka_unit_test(test_100k_tokens),       cmocka_unit_test(test_overflow_error),
         cmocka_unit_test(test_overflow_shift),    cmocka_unit_test(test_overflow_sliding),
         cmocka_unit_test(test_overflow_ring),     cmocka_unit_test(test_storage_types),
-        cmocka_unit_test(test_tiered_compression), cmocka_unit_test(test_prefix_sharing),
+        cmocka_unit_test(test_tiered_compression), cmocka_unit_test(test_compression_frees_memory),
+        cmocka_unit_test(test_prefix_sharing),
         cmocka_unit_test(test_shift_in_place),    cmocka_unit_test(test_pool_target),
         cmocka_unit_test(test_lru_eviction),      cmocka_unit_test(test_stats_json),
     };

@@ -767,8 +767,8 @@ static gguf_ctx *open_model(const char *rel) {
     }
     gguf_ctx *g = NULL;
     kvlm_error err;
-    const kvlm_status st = gguf_open(path, &g, &err);
-    if (st != KVLM_OK) fail_msg("gguf_open %s: %s", path, err.msg);
+    const kvlm_status st = kv_gguf_open(path, &g, &err);
+    if (st != KVLM_OK) fail_msg("kv_gguf_open %s: %s", path, err.msg);
     return g;
 }
 
@@ -876,7 +876,7 @@ static void check_model_file(const char *rel, file_stats *fs) {
         }
         free(y);
     }
-    gguf_close(g);
+    kv_gguf_close(g);
 }
 
 static void test_files_synth15m(void **state) {
@@ -903,7 +903,7 @@ static void test_file_q4_k_m_types(void **state) {
     assert_int_equal(count[KV_Q6_K], 2);
     assert_true(count[KV_Q5_0] > 0);
     assert_true(count[KV_Q8_0] > 0);
-    gguf_close(g);
+    kv_gguf_close(g);
 }
 
 static void test_files_tq_same_values(void **state) {
@@ -916,7 +916,7 @@ static void test_files_tq_same_values(void **state) {
     for (int layer = 0; layer < 64; layer++) {
         char name[64];
         snprintf(name, sizeof name, "blk.%d.ffn_down.weight", layer);
-        const gguf_tensor *a = gguf_find_tensor(g1, name), *b = gguf_find_tensor(g2, name);
+        const gguf_tensor *a = kv_gguf_find_tensor(g1, name), *b = kv_gguf_find_tensor(g2, name);
         if (!a && !b) break;
         assert_true(a && b);
         assert_int_equal(a->type, KV_TQ1_0);
@@ -935,8 +935,8 @@ static void test_files_tq_same_values(void **state) {
         n++;
     }
     assert_int_equal(n, 6);
-    gguf_close(g1);
-    gguf_close(g2);
+    kv_gguf_close(g1);
+    kv_gguf_close(g2);
 }
 
 static void test_file_bitnet_i2_s(void **state) {
@@ -1003,7 +1003,7 @@ static void test_file_bitnet_i2_s(void **state) {
         free(y);
     }
     assert_int_equal(n_i2s, 2 * 7);
-    gguf_close(g);
+    kv_gguf_close(g);
 }
 
 int main(void) {

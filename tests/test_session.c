@@ -372,6 +372,44 @@ static void test_tiered_session(void **state) {
     kvlm_model_free(m);
 }
 
+/* The issue's case through the public statistics: prefix sharing on (the default) and a context
+ * much larger than the tokens, so that uncompressed originals used to stay cached for their prefix
+ * and compression raised the bytes held. Now the bytes fall by exactly bytes_saved, nothing is
+ * cached, and bytes_saved is the compressed pages' worth of F16 minus Q8_0 (computed here). */
+static void test_tiered_session_frees(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    kvlm_model_info mi;
+    kvlm_model_get_info(m, &mi);
+    const int V = kvlm_n_vocab(m);
+    kvlm_error err;
+    kvlm_token t[250];
+    seq(t, 250, V, 9);
+    kvlm_kv_stats st[2];
+    for (int c = 0; c < 2; c++) {
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_ctx = 1024;
+        /* capacity for the whole context up front (pages are still allocated one by one): no growth
+           step reserves spare pages, so the bytes are exactly the pages held */
+        p.cache_params.initial_tokens = 1024;
+        p.compress_after = c ? 32 : 0;
+        kvlm_session *s = session_with(m, &p);
+        for (int i = 0; i < 250; i += 10) assert_int_equal(kvlm_eval(s, t, i + 10, i, NULL, false, &err), KVLM_OK);
+        kvlm_session_get_stats(s, &st[c]);
+        kvlm_session_free(s);
+    }
+    const int64_t row = (int64_t)mi.n_head_kv * mi.head_dim; /* values per K (or V) row */
+    const int64_t f16_page = 32 * 2 * mi.n_layer * row * 2, q8_page = 32 * 2 * mi.n_layer * (row / 32) * 34;
+    assert_int_equal(st[1].compressions, 6); /* pages 0..5: 6 * 32 <= 250 - 32 */
+    assert_int_equal(st[1].bytes_saved, 6 * (f16_page - q8_page));
+    assert_int_equal(st[1].pages_cached, 0);
+    assert_true(st[1].bytes < st[0].bytes);
+    assert_int_equal(st[1].bytes, st[0].bytes - st[1].bytes_saved);
+    printf("# tiered, prefix sharing on, n_ctx 1024: %lld -> %lld bytes (%lld saved)\n", (long long)st[0].bytes,
+           (long long)st[1].bytes, (long long)st[1].bytes_saved);
+    kvlm_model_free(m);
+}
+
 static int cpus_available(void) {
     cpu_set_t set;
     CPU_ZERO(&set);
@@ -506,7 +544,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_save_restore),    cmocka_unit_test(test_busy),
         cmocka_unit_test(test_concurrent_sessions), cmocka_unit_test(test_shared_prefix),
-        cmocka_unit_test(test_policies),        cmocka_unit_test(test_tiered_session),
+        cmocka_unit_test(test_policies),        cmocka_unit_test(test_tiered_session), cmocka_unit_test(test_tiered_session_frees),
         cmocka_unit_test(test_decode_batch),    cmocka_unit_test(test_threads_oversubscribed),
         cmocka_unit_test(test_pool_oversubscribed),
     };

@@ -53,11 +53,11 @@ typedef struct vocab_file {
 static kvlm_status open_vocab(const char *path, vocab_file *vf, kvlm_error *err) {
     vf->g = NULL;
     vf->v = NULL;
-    kvlm_status st = gguf_open(path, &vf->g, err);
+    kvlm_status st = kv_gguf_open(path, &vf->g, err);
     if (st) return st;
     st = kv_vocab_load(vf->g, &vf->v, err);
     /* the vocab must not need the GGUF after loading */
-    gguf_close(vf->g);
+    kv_gguf_close(vf->g);
     vf->g = NULL;
     return st;
 }
@@ -580,11 +580,11 @@ static void gb_finish(gb *b) {
 static kvlm_status load_built(gb *b, kv_vocab **out, kvlm_error *err) {
     gb_finish(b);
     gguf_ctx *g = NULL;
-    kvlm_status st = gguf_open_buffer(b->d, b->n, &g, err);
+    kvlm_status st = kv_gguf_open_buffer(b->d, b->n, &g, err);
     assert_int_equal(st, KVLM_OK);
     kv_vocab *v = NULL;
     st = kv_vocab_load(g, &v, err);
-    gguf_close(g);
+    kv_gguf_close(g);
     if (out)
         *out = v;
     else
@@ -965,9 +965,9 @@ static void test_pre_tokenizers(void **state) {
     }
     gguf_ctx *src = NULL;
     kvlm_error err;
-    assert_int_equal(gguf_open(path, &src, &err), KVLM_OK);
-    const gguf_kv *tokens = gguf_find(src, "tokenizer.ggml.tokens");
-    const gguf_kv *merges = gguf_find(src, "tokenizer.ggml.merges");
+    assert_int_equal(kv_gguf_open(path, &src, &err), KVLM_OK);
+    const gguf_kv *tokens = kv_gguf_find(src, "tokenizer.ggml.tokens");
+    const gguf_kv *merges = kv_gguf_find(src, "tokenizer.ggml.merges");
     assert_non_null(tokens);
     assert_non_null(merges);
     const size_t n_strs = sizeof pre_strs / sizeof pre_strs[0];
@@ -1005,7 +1005,7 @@ static void test_pre_tokenizers(void **state) {
         }
         kv_vocab_free(v);
     }
-    gguf_close(src);
+    kv_gguf_close(src);
     assert_int_equal(n_bad, 0);
 }
 
@@ -1018,9 +1018,9 @@ static void test_long_pieces(void **state) {
     if (!file_exists(path)) skip();
     gguf_ctx *src = NULL;
     kvlm_error err;
-    assert_int_equal(gguf_open(path, &src, &err), KVLM_OK);
-    const gguf_kv *tokens = gguf_find(src, "tokenizer.ggml.tokens");
-    const gguf_kv *merges = gguf_find(src, "tokenizer.ggml.merges");
+    assert_int_equal(kv_gguf_open(path, &src, &err), KVLM_OK);
+    const gguf_kv *tokens = kv_gguf_find(src, "tokenizer.ggml.tokens");
+    const gguf_kv *merges = kv_gguf_find(src, "tokenizer.ggml.merges");
     const char *pres[] = {"tekken", "deepseek-v3", "deepseek-llm", "llama-bpe", "default"};
     size_t len = 200000;
     char *text = malloc(len * 4);
@@ -1048,7 +1048,7 @@ static void test_long_pieces(void **state) {
         kv_vocab_free(v);
     }
     free(text);
-    gguf_close(src);
+    kv_gguf_close(src);
 }
 
 /* ------------------------------------------------------------ other vocabs */

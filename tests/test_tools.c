@@ -113,41 +113,41 @@ static const char *const k_strs[4] = {"x", "", "\xe2\x96\x81yz", "tab\there"};
 static gguf_writer *make_writer(uint32_t alignment, uint8_t **tdata, uint64_t *tsize, float *step) {
     gguf_writer *w;
     kvlm_error err;
-    assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_u32(w, "t.replaced", 1, &err), KVLM_OK);
-    if (alignment) assert_int_equal(gguf_writer_set_alignment(w, alignment, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_u8(w, "t.u8", 250, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_i8(w, "t.i8", -100, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_u16(w, "t.u16", 65000, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_i16(w, "t.i16", -30000, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_u32(w, "t.u32", 4000000000u, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_i32(w, "t.i32", -2000000000, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_u64(w, "t.u64", (1ull << 60) + 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_i64(w, "t.i64", -(1ll << 60), &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_f32(w, "t.f32", 3.25f, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_f64(w, "t.f64", -1e300, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_bool(w, "t.bool", true, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_str(w, "t.str", "hello \xe2\x96\x81 world", &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_strn(w, "t.strn", "a\0b", 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_str(w, "t.empty", "", &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.u8", GGUF_UINT8, k_u8, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.i8", GGUF_INT8, k_i8, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.u16", GGUF_UINT16, k_u16, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.i16", GGUF_INT16, k_i16, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.u32", GGUF_UINT32, k_u32, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.i32", GGUF_INT32, k_i32, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.u64", GGUF_UINT64, k_u64, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.i64", GGUF_INT64, k_i64, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.f32", GGUF_FLOAT32, k_f32, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.f64", GGUF_FLOAT64, k_f64, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.bool", GGUF_BOOL, k_bool, 3, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr_str(w, "a.str", k_strs, 4, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr(w, "a.empty", GGUF_INT32, NULL, 0, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_arr_str(w, "a.empty_str", NULL, 0, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_str(w, "t.removed", "gone", &err), KVLM_OK);
-    assert_true(gguf_writer_remove(w, "t.removed"));
-    assert_false(gguf_writer_remove(w, "t.removed"));
-    assert_int_equal(gguf_writer_set_u32(w, "t.replaced", 2, &err), KVLM_OK); /* moves to the end */
+    assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_u32(w, "t.replaced", 1, &err), KVLM_OK);
+    if (alignment) assert_int_equal(kv_gguf_writer_set_alignment(w, alignment, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_u8(w, "t.u8", 250, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_i8(w, "t.i8", -100, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_u16(w, "t.u16", 65000, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_i16(w, "t.i16", -30000, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_u32(w, "t.u32", 4000000000u, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_i32(w, "t.i32", -2000000000, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_u64(w, "t.u64", (1ull << 60) + 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_i64(w, "t.i64", -(1ll << 60), &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_f32(w, "t.f32", 3.25f, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_f64(w, "t.f64", -1e300, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_bool(w, "t.bool", true, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_str(w, "t.str", "hello \xe2\x96\x81 world", &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_strn(w, "t.strn", "a\0b", 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_str(w, "t.empty", "", &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.u8", GGUF_UINT8, k_u8, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.i8", GGUF_INT8, k_i8, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.u16", GGUF_UINT16, k_u16, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.i16", GGUF_INT16, k_i16, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.u32", GGUF_UINT32, k_u32, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.i32", GGUF_INT32, k_i32, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.u64", GGUF_UINT64, k_u64, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.i64", GGUF_INT64, k_i64, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.f32", GGUF_FLOAT32, k_f32, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.f64", GGUF_FLOAT64, k_f64, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.bool", GGUF_BOOL, k_bool, 3, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr_str(w, "a.str", k_strs, 4, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "a.empty", GGUF_INT32, NULL, 0, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_arr_str(w, "a.empty_str", NULL, 0, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_str(w, "t.removed", "gone", &err), KVLM_OK);
+    assert_true(kv_gguf_writer_remove(w, "t.removed"));
+    assert_false(kv_gguf_writer_remove(w, "t.removed"));
+    assert_int_equal(kv_gguf_writer_set_u32(w, "t.replaced", 2, &err), KVLM_OK); /* moves to the end */
 
     /* tensor bytes: a pattern per tensor */
     uint64_t total = 0, off[N_TENSORS];
@@ -166,22 +166,22 @@ static gguf_writer *make_writer(uint32_t alignment, uint8_t **tdata, uint64_t *t
     for (size_t i = 0; i < N_TENSORS; i++) {
         const ttensor *t = &k_tensors[i];
         if (t->fill) {
-            assert_int_equal(gguf_writer_add_tensor_fill(w, t->name, t->n_dims, t->ne, t->type, fill_ramp, step, &err),
+            assert_int_equal(kv_gguf_writer_add_tensor_fill(w, t->name, t->n_dims, t->ne, t->type, fill_ramp, step, &err),
                              KVLM_OK);
             float *f = (float *)(*tdata + off[i]);
             for (uint64_t j = 0; j < tsize[i] / 4; j++) memcpy(&f[j], &(float){*step * (float)j}, 4);
         } else {
             assert_int_equal(
-                gguf_writer_add_tensor(w, t->name, t->n_dims, t->ne, t->type, *tdata + off[i], tsize[i], &err),
+                kv_gguf_writer_add_tensor(w, t->name, t->n_dims, t->ne, t->type, *tdata + off[i], tsize[i], &err),
                 KVLM_OK);
         }
     }
-    assert_int_equal(gguf_writer_n_tensors(w), N_TENSORS);
+    assert_int_equal(kv_gguf_writer_n_tensors(w), N_TENSORS);
     return w;
 }
 
 static void check_array(const gguf_ctx *g, const char *key, gguf_vtype t, const void *vals, uint64_t n, size_t es) {
-    const gguf_kv *kv = gguf_find(g, key);
+    const gguf_kv *kv = kv_gguf_find(g, key);
     assert_non_null(kv);
     assert_int_equal(kv->type, GGUF_ARRAY);
     assert_int_equal(kv->arr_type, t);
@@ -204,49 +204,49 @@ static void test_writer_roundtrip(void **state) {
         snprintf(name, sizeof name, "rt-%u.gguf", aligns[ai]);
         work_path(name, path, sizeof path);
         kvlm_error err;
-        assert_int_equal(gguf_writer_write(w, path, &err), KVLM_OK);
+        assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_OK);
         uint64_t expect_size;
-        assert_true(gguf_writer_file_size(w, &expect_size));
+        assert_true(kv_gguf_writer_file_size(w, &expect_size));
         assert_int_equal(file_size(path), expect_size);
         assert_int_equal(expect_size % align, 0);
 
         gguf_ctx *g;
-        if (gguf_open(path, &g, &err) != KVLM_OK) fail_msg("gguf_open: %s", err.msg);
+        if (kv_gguf_open(path, &g, &err) != KVLM_OK) fail_msg("kv_gguf_open: %s", err.msg);
         assert_int_equal(g->version, 3);
         assert_int_equal(g->alignment, align);
-        assert_int_equal(g->n_kv, gguf_writer_n_kv(w));
-        assert_true((gguf_find(g, "general.alignment") != NULL) == (aligns[ai] != 0));
-        assert_null(gguf_find(g, "t.removed"));
+        assert_int_equal(g->n_kv, kv_gguf_writer_n_kv(w));
+        assert_true((kv_gguf_find(g, "general.alignment") != NULL) == (aligns[ai] != 0));
+        assert_null(kv_gguf_find(g, "t.removed"));
         /* the replaced key is last, with its new value */
         assert_string_equal(g->kv[g->n_kv - 1].key, "t.replaced");
         assert_int_equal(g->kv[g->n_kv - 1].v.u64, 2);
         const gguf_kv *kv;
-        assert_non_null(kv = gguf_find(g, "t.u8"));
+        assert_non_null(kv = kv_gguf_find(g, "t.u8"));
         assert_true(kv->type == GGUF_UINT8 && kv->v.u64 == 250);
-        assert_non_null(kv = gguf_find(g, "t.i8"));
+        assert_non_null(kv = kv_gguf_find(g, "t.i8"));
         assert_true(kv->type == GGUF_INT8 && kv->v.i64 == -100);
-        assert_non_null(kv = gguf_find(g, "t.u16"));
+        assert_non_null(kv = kv_gguf_find(g, "t.u16"));
         assert_true(kv->type == GGUF_UINT16 && kv->v.u64 == 65000);
-        assert_non_null(kv = gguf_find(g, "t.i16"));
+        assert_non_null(kv = kv_gguf_find(g, "t.i16"));
         assert_true(kv->type == GGUF_INT16 && kv->v.i64 == -30000);
-        assert_non_null(kv = gguf_find(g, "t.u32"));
+        assert_non_null(kv = kv_gguf_find(g, "t.u32"));
         assert_true(kv->type == GGUF_UINT32 && kv->v.u64 == 4000000000u);
-        assert_non_null(kv = gguf_find(g, "t.i32"));
+        assert_non_null(kv = kv_gguf_find(g, "t.i32"));
         assert_true(kv->type == GGUF_INT32 && kv->v.i64 == -2000000000);
-        assert_non_null(kv = gguf_find(g, "t.u64"));
+        assert_non_null(kv = kv_gguf_find(g, "t.u64"));
         assert_true(kv->type == GGUF_UINT64 && kv->v.u64 == (1ull << 60) + 3);
-        assert_non_null(kv = gguf_find(g, "t.i64"));
+        assert_non_null(kv = kv_gguf_find(g, "t.i64"));
         assert_true(kv->type == GGUF_INT64 && kv->v.i64 == -(1ll << 60));
-        assert_non_null(kv = gguf_find(g, "t.f32"));
+        assert_non_null(kv = kv_gguf_find(g, "t.f32"));
         assert_true(kv->type == GGUF_FLOAT32 && kv->v.f64 == 3.25);
-        assert_non_null(kv = gguf_find(g, "t.f64"));
+        assert_non_null(kv = kv_gguf_find(g, "t.f64"));
         assert_true(kv->type == GGUF_FLOAT64 && kv->v.f64 == -1e300);
-        assert_non_null(kv = gguf_find(g, "t.bool"));
+        assert_non_null(kv = kv_gguf_find(g, "t.bool"));
         assert_true(kv->type == GGUF_BOOL && kv->v.u64 == 1);
         gguf_str s;
-        assert_true(gguf_get_str(g, "t.str", &s) && gguf_str_eq(s, "hello \xe2\x96\x81 world"));
-        assert_true(gguf_get_str(g, "t.strn", &s) && s.len == 3 && memcmp(s.data, "a\0b", 3) == 0);
-        assert_true(gguf_get_str(g, "t.empty", &s) && s.len == 0);
+        assert_true(kv_gguf_get_str(g, "t.str", &s) && kv_gguf_str_eq(s, "hello \xe2\x96\x81 world"));
+        assert_true(kv_gguf_get_str(g, "t.strn", &s) && s.len == 3 && memcmp(s.data, "a\0b", 3) == 0);
+        assert_true(kv_gguf_get_str(g, "t.empty", &s) && s.len == 0);
         check_array(g, "a.u8", GGUF_UINT8, k_u8, 3, 1);
         check_array(g, "a.i8", GGUF_INT8, k_i8, 3, 1);
         check_array(g, "a.u16", GGUF_UINT16, k_u16, 3, 2);
@@ -259,10 +259,10 @@ static void test_writer_roundtrip(void **state) {
         check_array(g, "a.f64", GGUF_FLOAT64, k_f64, 3, 8);
         check_array(g, "a.bool", GGUF_BOOL, k_bool, 3, 1);
         check_array(g, "a.empty", GGUF_INT32, NULL, 0, 4);
-        assert_non_null(kv = gguf_find(g, "a.str"));
+        assert_non_null(kv = kv_gguf_find(g, "a.str"));
         assert_true(kv->type == GGUF_ARRAY && kv->arr_type == GGUF_STRING && kv->arr_n == 4);
-        for (int i = 0; i < 4; i++) assert_true(gguf_str_eq(kv->arr_str[i], k_strs[i]));
-        assert_non_null(kv = gguf_find(g, "a.empty_str"));
+        for (int i = 0; i < 4; i++) assert_true(kv_gguf_str_eq(kv->arr_str[i], k_strs[i]));
+        assert_non_null(kv = kv_gguf_find(g, "a.empty_str"));
         assert_true(kv->type == GGUF_ARRAY && kv->arr_type == GGUF_STRING && kv->arr_n == 0);
 
         /* tensors: order, shape, type, offsets as ggml computes them, bytes */
@@ -286,23 +286,23 @@ static void test_writer_roundtrip(void **state) {
         const uint8_t *end_of_last = (const uint8_t *)g->tensors[N_TENSORS - 1].data + tsize[N_TENSORS - 1];
         for (const uint8_t *p = end_of_last; p < g->base + g->size; p++) assert_int_equal(*p, 0);
 
-        /* every value type copied from the reader (gguf_writer_set_kv) writes the same file again */
+        /* every value type copied from the reader (kv_gguf_writer_set_kv) writes the same file again */
         gguf_writer *w2;
-        assert_int_equal(gguf_writer_new(&w2, &err), KVLM_OK);
-        for (uint64_t i = 0; i < g->n_kv; i++) assert_int_equal(gguf_writer_set_kv(w2, &g->kv[i], &err), KVLM_OK);
+        assert_int_equal(kv_gguf_writer_new(&w2, &err), KVLM_OK);
+        for (uint64_t i = 0; i < g->n_kv; i++) assert_int_equal(kv_gguf_writer_set_kv(w2, &g->kv[i], &err), KVLM_OK);
         for (uint64_t i = 0; i < g->n_tensors; i++) {
             const gguf_tensor *t = &g->tensors[i];
-            assert_int_equal(gguf_writer_add_tensor(w2, t->name, t->n_dims, t->ne, t->type, t->data, t->n_bytes, &err),
+            assert_int_equal(kv_gguf_writer_add_tensor(w2, t->name, t->n_dims, t->ne, t->type, t->data, t->n_bytes, &err),
                              KVLM_OK);
         }
         char path2[256];
         work_path("rt-copy.gguf", path2, sizeof path2);
-        assert_int_equal(gguf_writer_write(w2, path2, &err), KVLM_OK);
+        assert_int_equal(kv_gguf_writer_write(w2, path2, &err), KVLM_OK);
         assert_true(files_equal(path, path2));
-        gguf_writer_free(w2);
+        kv_gguf_writer_free(w2);
         unlink(path2);
-        gguf_close(g);
-        gguf_writer_free(w);
+        kv_gguf_close(g);
+        kv_gguf_writer_free(w);
         free(tdata);
     }
     assert_no_temp_files();
@@ -315,21 +315,21 @@ static void test_writer_copies_file(void **state) {
     const char *in = MODELS "/llama/aidreams260K-f32.gguf";
     gguf_ctx *g;
     kvlm_error err;
-    if (gguf_open(in, &g, &err) != KVLM_OK) fail_msg("%s", err.msg);
+    if (kv_gguf_open(in, &g, &err) != KVLM_OK) fail_msg("%s", err.msg);
     gguf_writer *w;
-    assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-    for (uint64_t i = 0; i < g->n_kv; i++) assert_int_equal(gguf_writer_set_kv(w, &g->kv[i], &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+    for (uint64_t i = 0; i < g->n_kv; i++) assert_int_equal(kv_gguf_writer_set_kv(w, &g->kv[i], &err), KVLM_OK);
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         const gguf_tensor *t = &g->tensors[i];
-        assert_int_equal(gguf_writer_add_tensor(w, t->name, t->n_dims, t->ne, t->type, t->data, t->n_bytes, &err),
+        assert_int_equal(kv_gguf_writer_add_tensor(w, t->name, t->n_dims, t->ne, t->type, t->data, t->n_bytes, &err),
                          KVLM_OK);
     }
     char path[256];
     work_path("copy.gguf", path, sizeof path);
-    assert_int_equal(gguf_writer_write(w, path, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_OK);
     assert_true(files_equal(in, path));
-    gguf_writer_free(w);
-    gguf_close(g);
+    kv_gguf_writer_free(w);
+    kv_gguf_close(g);
 }
 
 /* Bad arguments fail with a message, leave the writer unchanged and make the
@@ -343,15 +343,15 @@ static void test_writer_errors(void **state) {
     char path[256];
     work_path("never.gguf", path, sizeof path);
 
-    assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_add_tensor(w, "x", 1, ne1, KV_F32, f, 16, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_add_tensor(w, "x", 1, ne1, KV_F32, f, 16, &err), KVLM_ERR_INVALID_ARG);
+    assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_add_tensor(w, "x", 1, ne1, KV_F32, f, 16, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_add_tensor(w, "x", 1, ne1, KV_F32, f, 16, &err), KVLM_ERR_INVALID_ARG);
     assert_non_null(strstr(err.msg, "duplicate"));
-    assert_int_equal(gguf_writer_n_tensors(w), 1);
-    assert_int_equal(gguf_writer_write(w, path, &err), KVLM_ERR_INVALID_ARG); /* sticky */
+    assert_int_equal(kv_gguf_writer_n_tensors(w), 1);
+    assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_ERR_INVALID_ARG); /* sticky */
     assert_non_null(strstr(err.msg, "duplicate"));
     assert_int_equal(file_size(path), 0);
-    gguf_writer_free(w);
+    kv_gguf_writer_free(w);
 
     struct {
         const char *name;
@@ -371,50 +371,50 @@ static void test_writer_errors(void **state) {
         {"y", 1, ne1, KV_F32, 12, "bytes"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-        assert_int_equal(gguf_writer_add_tensor(w, bad[i].name, bad[i].n_dims, bad[i].ne, bad[i].type, f, bad[i].size, &err),
+        assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+        assert_int_equal(kv_gguf_writer_add_tensor(w, bad[i].name, bad[i].n_dims, bad[i].ne, bad[i].type, f, bad[i].size, &err),
                          KVLM_ERR_INVALID_ARG);
         if (!strstr(err.msg, bad[i].msg)) fail_msg("case %zu: '%s' lacks '%s'", i, err.msg, bad[i].msg);
-        assert_int_equal(gguf_writer_n_tensors(w), 0);
-        assert_int_not_equal(gguf_writer_write(w, path, &err), KVLM_OK);
-        gguf_writer_free(w);
+        assert_int_equal(kv_gguf_writer_n_tensors(w), 0);
+        assert_int_not_equal(kv_gguf_writer_write(w, path, &err), KVLM_OK);
+        kv_gguf_writer_free(w);
     }
 
     /* metadata */
-    assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_set_alignment(w, 24, &err), KVLM_ERR_INVALID_ARG);
-    assert_int_equal(gguf_writer_set_alignment(w, 0, &err), KVLM_ERR_INVALID_ARG);
-    assert_int_equal(gguf_writer_set_str(w, "general.alignment", "32", &err), KVLM_ERR_INVALID_ARG);
-    assert_false(gguf_writer_has(w, "general.alignment"));
-    assert_int_equal(gguf_writer_set_u32(w, "", 1, &err), KVLM_ERR_INVALID_ARG);
-    assert_int_equal(gguf_writer_set_arr(w, "k", GGUF_STRING, f, 1, &err), KVLM_ERR_INVALID_ARG);
-    assert_int_equal(gguf_writer_n_kv(w), 0);
-    assert_int_equal(gguf_writer_write(w, path, &err), KVLM_ERR_INVALID_ARG);
-    gguf_writer_free(w);
+    assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_set_alignment(w, 24, &err), KVLM_ERR_INVALID_ARG);
+    assert_int_equal(kv_gguf_writer_set_alignment(w, 0, &err), KVLM_ERR_INVALID_ARG);
+    assert_int_equal(kv_gguf_writer_set_str(w, "general.alignment", "32", &err), KVLM_ERR_INVALID_ARG);
+    assert_false(kv_gguf_writer_has(w, "general.alignment"));
+    assert_int_equal(kv_gguf_writer_set_u32(w, "", 1, &err), KVLM_ERR_INVALID_ARG);
+    assert_int_equal(kv_gguf_writer_set_arr(w, "k", GGUF_STRING, f, 1, &err), KVLM_ERR_INVALID_ARG);
+    assert_int_equal(kv_gguf_writer_n_kv(w), 0);
+    assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_ERR_INVALID_ARG);
+    kv_gguf_writer_free(w);
 
     /* a fill that fails, an unwritable folder: no file, no temporary */
-    assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_add_tensor_fill(w, "z", 1, ne1, KV_F32, fill_fails, NULL, &err), KVLM_OK);
-    assert_int_equal(gguf_writer_write(w, path, &err), KVLM_ERR_INTERNAL);
+    assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_add_tensor_fill(w, "z", 1, ne1, KV_F32, fill_fails, NULL, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_ERR_INTERNAL);
     assert_non_null(strstr(err.msg, "on purpose"));
     assert_int_equal(file_size(path), 0);
-    assert_int_equal(gguf_writer_write(w, "/nonexistent-dir/x.gguf", &err), KVLM_ERR_IO);
-    gguf_writer_free(w);
+    assert_int_equal(kv_gguf_writer_write(w, "/nonexistent-dir/x.gguf", &err), KVLM_ERR_IO);
+    kv_gguf_writer_free(w);
     assert_no_temp_files();
 
     /* an existing file is replaced whole */
-    assert_int_equal(gguf_writer_new(&w, &err), KVLM_OK);
-    gguf_writer_set_str(w, "k", "first", NULL);
-    assert_int_equal(gguf_writer_write(w, path, &err), KVLM_OK);
-    gguf_writer_set_str(w, "k", "second, longer value", NULL);
-    assert_int_equal(gguf_writer_write(w, path, &err), KVLM_OK);
-    gguf_writer_free(w);
+    assert_int_equal(kv_gguf_writer_new(&w, &err), KVLM_OK);
+    kv_gguf_writer_set_str(w, "k", "first", NULL);
+    assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_OK);
+    kv_gguf_writer_set_str(w, "k", "second, longer value", NULL);
+    assert_int_equal(kv_gguf_writer_write(w, path, &err), KVLM_OK);
+    kv_gguf_writer_free(w);
     gguf_ctx *g;
-    assert_int_equal(gguf_open(path, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(path, &g, &err), KVLM_OK);
     gguf_str s;
-    assert_true(gguf_get_str(g, "k", &s) && gguf_str_eq(s, "second, longer value"));
+    assert_true(kv_gguf_get_str(g, "k", &s) && kv_gguf_str_eq(s, "second, longer value"));
     assert_int_equal(g->n_tensors, 0);
-    gguf_close(g);
+    kv_gguf_close(g);
     unlink(path);
     assert_no_temp_files();
 }
@@ -459,7 +459,7 @@ static void eval_model(const char *path, const char *arch, int32_t n_head_kv, bo
 }
 
 static uint32_t tensor_type(const gguf_ctx *g, const char *name) {
-    const gguf_tensor *t = gguf_find_tensor(g, name);
+    const gguf_tensor *t = kv_gguf_find_tensor(g, name);
     if (!t) fail_msg("no tensor %s", name);
     return t->type;
 }
@@ -537,20 +537,20 @@ static void test_synth_archs_and_types(void **state) {
 
         gguf_ctx *g;
         kvlm_error err;
-        if (gguf_open(path, &g, &err) != KVLM_OK) fail_msg("%s", err.msg);
+        if (kv_gguf_open(path, &g, &err) != KVLM_OK) fail_msg("%s", err.msg);
         assert_string_equal(kv_dtype_name(tensor_type(g, "blk.1.attn_q.weight")), c->w);
         assert_string_equal(kv_dtype_name(tensor_type(g, "token_embd.weight")), c->embd);
         if (c->out) assert_string_equal(kv_dtype_name(tensor_type(g, "output.weight")), c->out);
-        else assert_null(gguf_find_tensor(g, "output.weight"));
+        else assert_null(kv_gguf_find_tensor(g, "output.weight"));
         assert_string_equal(kv_dtype_name(tensor_type(g, "blk.0.ffn_down.weight")), c->down);
         assert_int_equal(tensor_type(g, "blk.0.attn_norm.weight"), KV_F32);
         uint32_t ft;
-        assert_true(gguf_get_u32(g, "general.file_type", &ft));
+        assert_true(kv_gguf_get_u32(g, "general.file_type", &ft));
         const bool bitnet = strncmp(c->arch, "bitnet", 6) == 0;
         if (bitnet) {
-            assert_ternary(gguf_find_tensor(g, "blk.0.attn_k.weight"));
-            assert_ternary(gguf_find_tensor(g, "blk.1.ffn_up.weight"));
-            const gguf_tensor *sn = gguf_find_tensor(g, "blk.0.ffn_sub_norm.weight");
+            assert_ternary(kv_gguf_find_tensor(g, "blk.0.attn_k.weight"));
+            assert_ternary(kv_gguf_find_tensor(g, "blk.1.ffn_up.weight"));
+            const gguf_tensor *sn = kv_gguf_find_tensor(g, "blk.0.ffn_sub_norm.weight");
             assert_non_null(sn);
             const float *v = sn->data;
             bool differ = false;
@@ -559,15 +559,15 @@ static void test_synth_archs_and_types(void **state) {
                 differ |= v[k] != v[0];
             }
             assert_true(differ);
-            assert_non_null(gguf_find_tensor(g, "blk.1.attn_sub_norm.weight"));
+            assert_non_null(kv_gguf_find_tensor(g, "blk.1.attn_sub_norm.weight"));
         }
         if (strcmp(c->arch, "qwen2") == 0) {
-            const gguf_tensor *b = gguf_find_tensor(g, "blk.1.attn_k.bias");
+            const gguf_tensor *b = kv_gguf_find_tensor(g, "blk.1.attn_k.bias");
             assert_non_null(b);
             assert_int_equal(b->type, KV_F32);
             assert_true(((const float *)b->data)[0] != 0.0f);
         }
-        gguf_close(g);
+        kv_gguf_close(g);
         eval_model(path, c->arch, c->kv_heads, c->tied, NULL, NULL);
         unlink(path);
     }
@@ -591,11 +591,11 @@ static void test_synth_deterministic(void **state) {
     assert_int_equal(run("%s synth %s %s --seed 7 --type f32", KVLM, c, shape), 0);
     gguf_ctx *g;
     kvlm_error err;
-    assert_int_equal(gguf_open(c, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(c, &g, &err), KVLM_OK);
     const char *names[] = {"token_embd.weight", "blk.0.ffn_down.weight", "blk.0.attn_q.weight", "output.weight"};
     const double sds[] = {0.02, 1.0 / 16.0, 1.0 / sqrt(128.0), 1.0 / sqrt(128.0)};
     for (int k = 0; k < 4; k++) {
-        const gguf_tensor *t = gguf_find_tensor(g, names[k]);
+        const gguf_tensor *t = kv_gguf_find_tensor(g, names[k]);
         assert_non_null(t);
         const float *x = t->data;
         double s1 = 0, s2 = 0;
@@ -607,9 +607,9 @@ static void test_synth_deterministic(void **state) {
         if (fabs(sd / sds[k] - 1.0) > 0.05 || fabs(mean) > sds[k] * 0.05)
             fail_msg("%s: mean %g sd %g, expected sd %g", names[k], mean, sd, sds[k]);
     }
-    const gguf_tensor *n = gguf_find_tensor(g, "blk.0.ffn_norm.weight");
+    const gguf_tensor *n = kv_gguf_find_tensor(g, "blk.0.ffn_norm.weight");
     for (uint64_t i = 0; i < n->n_elements; i++) assert_true(((const float *)n->data)[i] == 1.0f);
-    gguf_close(g);
+    kv_gguf_close(g);
     unlink(a);
     unlink(b);
     unlink(c);
@@ -627,14 +627,14 @@ static void test_synth_vocab(void **state) {
                      0);
     gguf_ctx *a, *b;
     kvlm_error err;
-    assert_int_equal(gguf_open(src, &a, &err), KVLM_OK);
-    assert_int_equal(gguf_open(path, &b, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(src, &a, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(path, &b, &err), KVLM_OK);
     int n_tok_keys = 0;
     for (uint64_t i = 0; i < a->n_kv; i++) {
         const gguf_kv *x = &a->kv[i];
         if (strncmp(x->key, "tokenizer.", 10) != 0) continue;
         n_tok_keys++;
-        const gguf_kv *y = gguf_find(b, x->key);
+        const gguf_kv *y = kv_gguf_find(b, x->key);
         if (!y) fail_msg("%s was not copied", x->key);
         assert_int_equal(x->type, y->type);
         if (x->type == GGUF_STRING) {
@@ -658,10 +658,10 @@ static void test_synth_vocab(void **state) {
     }
     assert_true(n_tok_keys >= 8);
     uint32_t nv;
-    assert_true(gguf_get_u32(b, "llama.vocab_size", &nv));
+    assert_true(kv_gguf_get_u32(b, "llama.vocab_size", &nv));
     assert_int_equal(nv, 32000);
-    gguf_close(a);
-    gguf_close(b);
+    kv_gguf_close(a);
+    kv_gguf_close(b);
     eval_model(path, "llama", 2, false, NULL, NULL);
     /* --vocab that disagrees with the file */
     assert_int_not_equal(run("%s synth %s --arch llama --dim 64 --layers 1 --heads 2 --ff 128 --type q8_0 --vocab 500 "
@@ -747,12 +747,12 @@ static void test_quantize_matches_llama_quantize(void **state) {
     if (rc != 0) fail_msg("exit %d: %s", rc, g_out);
     gguf_ctx *a, *b;
     kvlm_error err;
-    assert_int_equal(gguf_open(ref, &a, &err), KVLM_OK);
-    assert_int_equal(gguf_open(path, &b, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(ref, &a, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(path, &b, &err), KVLM_OK);
     assert_int_equal(a->n_tensors, b->n_tensors);
     int n_q8 = 0, n_f16 = 0;
     for (uint64_t i = 0; i < a->n_tensors; i++) {
-        const gguf_tensor *x = &a->tensors[i], *y = gguf_find_tensor(b, x->name);
+        const gguf_tensor *x = &a->tensors[i], *y = kv_gguf_find_tensor(b, x->name);
         if (!y) fail_msg("missing %s", x->name);
         assert_int_equal(x->type, y->type);
         assert_int_equal(x->n_dims, y->n_dims);
@@ -765,10 +765,10 @@ static void test_quantize_matches_llama_quantize(void **state) {
     assert_int_equal(n_q8, 2 + 4 * 6);
     assert_int_equal(n_f16, 4);
     uint32_t ft;
-    assert_true(gguf_get_u32(b, "general.file_type", &ft));
+    assert_true(kv_gguf_get_u32(b, "general.file_type", &ft));
     assert_int_equal(ft, 18);
-    gguf_close(a);
-    gguf_close(b);
+    kv_gguf_close(a);
+    kv_gguf_close(b);
     assert_true(files_equal(ref, path)); /* metadata order and layout too */
     unlink(path);
 }
@@ -806,7 +806,7 @@ static void test_quantize_and_eval(void **state) {
         if (rc != 0) fail_msg("%s: exit %d: %s", cases[i].type, rc, g_out);
         gguf_ctx *g;
         kvlm_error err;
-        assert_int_equal(gguf_open(path, &g, &err), KVLM_OK);
+        assert_int_equal(kv_gguf_open(path, &g, &err), KVLM_OK);
         assert_int_equal(tensor_type(g, "blk.2.attn_v.weight"), cases[i].w);
         assert_int_equal(tensor_type(g, "blk.2.ffn_up.weight"), cases[i].w);
         assert_int_equal(tensor_type(g, "token_embd.weight"), cases[i].embd);
@@ -815,26 +815,26 @@ static void test_quantize_and_eval(void **state) {
         assert_int_equal(tensor_type(g, "blk.3.ffn_norm.weight"), KV_F32);
         assert_int_equal(tensor_type(g, "output_norm.weight"), KV_F32);
         uint32_t ft, qv;
-        assert_true(gguf_get_u32(g, "general.file_type", &ft));
+        assert_true(kv_gguf_get_u32(g, "general.file_type", &ft));
         assert_int_equal(ft, cases[i].ftype);
-        assert_true(gguf_get_u32(g, "general.quantization_version", &qv));
+        assert_true(kv_gguf_get_u32(g, "general.quantization_version", &qv));
         assert_int_equal(qv, 2);
         gguf_str s;
-        assert_true(gguf_get_str(g, "tokenizer.ggml.model", &s) && gguf_str_eq(s, "llama"));
-        gguf_close(g);
+        assert_true(kv_gguf_get_str(g, "tokenizer.ggml.model", &s) && kv_gguf_str_eq(s, "llama"));
+        kv_gguf_close(g);
         if (cases[i].w == KV_Q8_0) {
             /* the same tensor types as llama-quantize's Q6_K attempt, so the same bytes */
             gguf_ctx *r;
-            assert_int_equal(gguf_open(MODELS "/llama/aidreams260K-q8_0-ffndown-f16.gguf", &r, &err), KVLM_OK);
-            assert_int_equal(gguf_open(path, &g, &err), KVLM_OK);
+            assert_int_equal(kv_gguf_open(MODELS "/llama/aidreams260K-q8_0-ffndown-f16.gguf", &r, &err), KVLM_OK);
+            assert_int_equal(kv_gguf_open(path, &g, &err), KVLM_OK);
             for (uint64_t k = 0; k < r->n_tensors; k++) {
-                const gguf_tensor *x = &r->tensors[k], *y = gguf_find_tensor(g, x->name);
+                const gguf_tensor *x = &r->tensors[k], *y = kv_gguf_find_tensor(g, x->name);
                 assert_non_null(y);
                 assert_int_equal(x->type, y->type);
                 if (memcmp(x->data, y->data, (size_t)x->n_bytes) != 0) fail_msg("%s differs", x->name);
             }
-            gguf_close(r);
-            gguf_close(g);
+            kv_gguf_close(r);
+            kv_gguf_close(g);
         }
         eval_model(path, "llama", 4, false, lg, NULL);
         float d = max_abs_diff(ref, lg, nv);
@@ -857,11 +857,11 @@ static void test_quantize_and_eval(void **state) {
                      0);
     gguf_ctx *g;
     kvlm_error err;
-    assert_int_equal(gguf_open(path, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(path, &g, &err), KVLM_OK);
     assert_int_equal(tensor_type(g, "output.weight"), KV_F16);
     assert_int_equal(tensor_type(g, "token_embd.weight"), KV_Q4_0);
     assert_int_equal(tensor_type(g, "blk.0.attn_q.weight"), KV_Q8_0);
-    gguf_close(g);
+    kv_gguf_close(g);
     eval_model(path, "llama", 4, false, lg, NULL);
     assert_true(max_abs_diff(ref, lg, nv) <= 3.0f);
     unlink(path);
@@ -882,14 +882,14 @@ static void test_quantize_synth_kquants(void **state) {
     if (rc != 0) fail_msg("exit %d: %s", rc, g_out);
     gguf_ctx *g;
     kvlm_error err;
-    assert_int_equal(gguf_open(dst, &g, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(dst, &g, &err), KVLM_OK);
     assert_int_equal(tensor_type(g, "blk.0.attn_q.weight"), KV_Q4_K);
     assert_int_equal(tensor_type(g, "blk.0.ffn_down.weight"), KV_Q5_0); /* 640 columns */
     assert_int_equal(tensor_type(g, "token_embd.weight"), KV_Q4_K);
     assert_int_equal(tensor_type(g, "output.weight"), KV_Q6_K);
     assert_int_equal(tensor_type(g, "blk.0.attn_q.bias"), KV_F32);
     /* the same bytes as synth --type q4_k writes directly */
-    gguf_close(g);
+    kv_gguf_close(g);
     char direct[256];
     work_path("ks-direct.gguf", direct, sizeof direct);
     assert_int_equal(run("%s synth %s --arch qwen2 --dim 256 --layers 2 --heads 4 --kv-heads 2 --ff 640 --vocab 500 "
@@ -897,16 +897,16 @@ static void test_quantize_synth_kquants(void **state) {
                          KVLM, direct),
                      0);
     gguf_ctx *a, *b;
-    assert_int_equal(gguf_open(dst, &a, &err), KVLM_OK);
-    assert_int_equal(gguf_open(direct, &b, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(dst, &a, &err), KVLM_OK);
+    assert_int_equal(kv_gguf_open(direct, &b, &err), KVLM_OK);
     for (uint64_t i = 0; i < a->n_tensors; i++) {
-        const gguf_tensor *x = &a->tensors[i], *y = gguf_find_tensor(b, x->name);
+        const gguf_tensor *x = &a->tensors[i], *y = kv_gguf_find_tensor(b, x->name);
         assert_non_null(y);
         assert_int_equal(x->type, y->type);
         if (memcmp(x->data, y->data, (size_t)x->n_bytes) != 0) fail_msg("%s differs", x->name);
     }
-    gguf_close(a);
-    gguf_close(b);
+    kv_gguf_close(a);
+    kv_gguf_close(b);
     eval_model(dst, "qwen2", 2, false, NULL, NULL);
     unlink(src);
     unlink(dst);

@@ -18,7 +18,7 @@ kvlm_status kvlm_model_load(const char *path, const kvlm_model_params *params, k
     if (!path || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "model_load: NULL argument");
     *out = NULL;
     gguf_ctx *g;
-    kvlm_status st = gguf_open(path, &g, err);
+    kvlm_status st = kv_gguf_open(path, &g, err);
     if (st) return st;
     kvlm_model_params p = params ? *params : kvlm_model_default_params();
     kvlm_model *m;
@@ -36,7 +36,7 @@ void kvlm_model_free(kvlm_model *m) {
     kv_vocab_free(m->vocab);
     kv_model_release_interleaved(m);
     free(m->layers);
-    gguf_close(m->gguf);
+    kv_gguf_close(m->gguf);
     free(m);
 }
 

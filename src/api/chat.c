@@ -21,7 +21,7 @@ static bool has(gguf_str t, const char *needle) {
 
 static tmpl_kind detect(const kvlm_model *m) {
     gguf_str t;
-    if (!m->gguf || !gguf_get_str(m->gguf, "tokenizer.chat_template", &t)) return T_PLAIN;
+    if (!m->gguf || !kv_gguf_get_str(m->gguf, "tokenizer.chat_template", &t)) return T_PLAIN;
     if (has(t, "<|im_start|>")) return T_CHATML;
     if (has(t, "'Assistant: ' + message['content'] + '<|eot_id|>'") || has(t, "Assistant: ' + message['content']"))
         return T_BITNET;

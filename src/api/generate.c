@@ -50,9 +50,11 @@ static kvlm_status fill_result(kvlm_generate_result *r, kv_stream *st, kvlm_toke
                                kvlm_finish_reason fin, kvlm_error *err) {
     r->finish = fin;
     r->n_completion = n_gen;
-    r->tokens = gen;
-    if (!st->emitted.data && !kv_buf_add_z(&st->emitted, "", 0))
+    if (!st->emitted.data && !kv_buf_add_z(&st->emitted, "", 0)) {
+        free(gen); /* after an error the result holds nothing to free (kvlm.h) */
         return kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+    }
+    r->tokens = gen;
     r->text = st->emitted.data;
     r->text_len = st->emitted.n;
     st->emitted.data = NULL;

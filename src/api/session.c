@@ -27,7 +27,7 @@ kvlm_session_params kvlm_session_default_params(void) {
     return p;
 }
 
-kvlm_status kvlm_session_new(kvlm_model *model, const kvlm_session_params *params, kvlm_session **out,
+kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params *params, kvlm_session **out,
                              kvlm_error *err) {
     kv_error_clear(err);
     if (!model || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: NULL argument");
@@ -233,7 +233,7 @@ kvlm_status kvlm_decode_batch(kvlm_session *const *sessions, const kvlm_token *t
     return st;
 }
 
-kvlm_status kvlm_eval_full(kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens, float *logits,
+kvlm_status kvlm_eval_full(const kvlm_model *model, const kvlm_token *tokens, int32_t n_tokens, float *logits,
                            bool all_logits, kvlm_error *err) {
     kv_error_clear(err);
     if (!model) return kv_fail(err, KVLM_ERR_INVALID_ARG, "eval_full: NULL model");

@@ -19,7 +19,7 @@ struct kvlm_cache {
 };
 
 struct kvlm_session {
-    kvlm_model *model;
+    const kvlm_model *model;
     kvlm_cache *cache;
     bool own_cache;
     kv_seq seq;

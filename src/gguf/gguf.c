@@ -63,7 +63,7 @@ static size_t vtype_size(gguf_vtype t) {
     }
 }
 
-const char *gguf_vtype_name(gguf_vtype t) {
+const char *kv_gguf_vtype_name(gguf_vtype t) {
     static const char *const names[GGUF_VTYPE_COUNT] = {
         "u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"};
     return (unsigned)t < GGUF_VTYPE_COUNT ? names[t] : "?";
@@ -137,7 +137,7 @@ static bool rd_value(cursor *c, gguf_kv *kv) {
     uint64_t bytes;
     if (!kv_mul_u64(n, vtype_size(kv->arr_type), &bytes) || bytes > left(c)) {
         kv_fail(c->err, KVLM_ERR_FORMAT, "gguf: key '%s': array of %llu %s exceeds the %zu bytes left", kv->key,
-                (unsigned long long)n, gguf_vtype_name(kv->arr_type), left(c));
+                (unsigned long long)n, kv_gguf_vtype_name(kv->arr_type), left(c));
         return false;
     }
     if (at == GGUF_BOOL) {
@@ -171,7 +171,7 @@ static int cmp_tensor_name(const void *a, const void *b) {
     return strcmp((*x)->name, (*y)->name);
 }
 
-void gguf_close(gguf_ctx *g) {
+void kv_gguf_close(gguf_ctx *g) {
     if (!g) return;
     if (g->kv)
         for (uint64_t i = 0; i < g->n_kv; i++) free(g->kv[i].arr_str);
@@ -232,11 +232,11 @@ static kvlm_status parse(gguf_ctx *g, kvlm_error *err) {
             }
         free(keys);
     }
-    const gguf_kv *al = gguf_find(g, "general.alignment");
+    const gguf_kv *al = kv_gguf_find(g, "general.alignment");
     if (al) {
         if (al->type != GGUF_UINT32)
             return kv_fail(err, KVLM_ERR_FORMAT, "gguf: general.alignment has type %s, expected u32",
-                           gguf_vtype_name(al->type));
+                           kv_gguf_vtype_name(al->type));
         uint64_t a = al->v.u64;
         if (a == 0 || (a & (a - 1)) != 0)
             return kv_fail(err, KVLM_ERR_FORMAT, "gguf: general.alignment %llu is not a power of two",
@@ -319,7 +319,7 @@ static kvlm_status parse(gguf_ctx *g, kvlm_error *err) {
     return KVLM_OK;
 }
 
-kvlm_status gguf_open_buffer(const void *buf, size_t size, gguf_ctx **out, kvlm_error *err) {
+kvlm_status kv_gguf_open_buffer(const void *buf, size_t size, gguf_ctx **out, kvlm_error *err) {
     if (!out || (!buf && size)) return kv_fail(err, KVLM_ERR_INVALID_ARG, "gguf: NULL argument");
     *out = NULL;
     gguf_ctx *g = calloc(1, sizeof *g);
@@ -328,14 +328,14 @@ kvlm_status gguf_open_buffer(const void *buf, size_t size, gguf_ctx **out, kvlm_
     g->size = size;
     kvlm_status st = parse(g, err);
     if (st != KVLM_OK) {
-        gguf_close(g);
+        kv_gguf_close(g);
         return st;
     }
     *out = g;
     return KVLM_OK;
 }
 
-kvlm_status gguf_open(const char *path, gguf_ctx **out, kvlm_error *err) {
+kvlm_status kv_gguf_open(const char *path, gguf_ctx **out, kvlm_error *err) {
     if (!path || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "gguf: NULL argument");
     *out = NULL;
     /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below */
@@ -377,20 +377,20 @@ kvlm_status gguf_open(const char *path, gguf_ctx **out, kvlm_error *err) {
     g->size = size;
     kvlm_status s = parse(g, err);
     if (s != KVLM_OK) {
-        gguf_close(g);
+        kv_gguf_close(g);
         return s;
     }
     *out = g;
     return KVLM_OK;
 }
 
-const gguf_kv *gguf_find(const gguf_ctx *g, const char *key) {
+const gguf_kv *kv_gguf_find(const gguf_ctx *g, const char *key) {
     for (uint64_t i = 0; i < g->n_kv; i++)
         if (g->kv[i].key && strcmp(g->kv[i].key, key) == 0) return &g->kv[i];
     return NULL;
 }
 
-const gguf_tensor *gguf_find_tensor(const gguf_ctx *g, const char *name) {
+const gguf_tensor *kv_gguf_find_tensor(const gguf_ctx *g, const char *name) {
     for (uint64_t i = 0; i < g->n_tensors; i++)
         if (strcmp(g->tensors[i].name, name) == 0) return &g->tensors[i];
     return NULL;
@@ -416,49 +416,49 @@ static bool kv_as_i64(const gguf_kv *kv, int64_t *out) {
     return false;
 }
 
-bool gguf_get_u32(const gguf_ctx *g, const char *key, uint32_t *out) {
-    const gguf_kv *kv = gguf_find(g, key);
+bool kv_gguf_get_u32(const gguf_ctx *g, const char *key, uint32_t *out) {
+    const gguf_kv *kv = kv_gguf_find(g, key);
     int64_t v;
     if (!kv || kv->type == GGUF_BOOL || !kv_as_i64(kv, &v) || v < 0 || v > (int64_t)UINT32_MAX) return false;
     *out = (uint32_t)v;
     return true;
 }
 
-bool gguf_get_i32(const gguf_ctx *g, const char *key, int32_t *out) {
-    const gguf_kv *kv = gguf_find(g, key);
+bool kv_gguf_get_i32(const gguf_ctx *g, const char *key, int32_t *out) {
+    const gguf_kv *kv = kv_gguf_find(g, key);
     int64_t v;
     if (!kv || kv->type == GGUF_BOOL || !kv_as_i64(kv, &v) || v < INT32_MIN || v > INT32_MAX) return false;
     *out = (int32_t)v;
     return true;
 }
 
-bool gguf_get_f32(const gguf_ctx *g, const char *key, float *out) {
-    const gguf_kv *kv = gguf_find(g, key);
+bool kv_gguf_get_f32(const gguf_ctx *g, const char *key, float *out) {
+    const gguf_kv *kv = kv_gguf_find(g, key);
     if (!kv || (kv->type != GGUF_FLOAT32 && kv->type != GGUF_FLOAT64)) return false;
     *out = (float)kv->v.f64;
     return true;
 }
 
-bool gguf_get_bool(const gguf_ctx *g, const char *key, bool *out) {
-    const gguf_kv *kv = gguf_find(g, key);
+bool kv_gguf_get_bool(const gguf_ctx *g, const char *key, bool *out) {
+    const gguf_kv *kv = kv_gguf_find(g, key);
     if (!kv || kv->type != GGUF_BOOL) return false;
     *out = kv->v.u64 != 0;
     return true;
 }
 
-bool gguf_get_str(const gguf_ctx *g, const char *key, gguf_str *out) {
-    const gguf_kv *kv = gguf_find(g, key);
+bool kv_gguf_get_str(const gguf_ctx *g, const char *key, gguf_str *out) {
+    const gguf_kv *kv = kv_gguf_find(g, key);
     if (!kv || kv->type != GGUF_STRING) return false;
     *out = kv->v.str;
     return true;
 }
 
-bool gguf_str_eq(gguf_str s, const char *c) {
+bool kv_gguf_str_eq(gguf_str s, const char *c) {
     size_t n = strlen(c);
     return s.len == n && memcmp(s.data, c, n) == 0;
 }
 
-bool gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out) {
+bool kv_gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out) {
     if (!kv || kv->type != GGUF_ARRAY || i >= kv->arr_n || !kv->arr_data) return false;
     const uint8_t *p = kv->arr_data + i * vtype_size(kv->arr_type);
     switch (kv->arr_type) {
@@ -474,13 +474,13 @@ bool gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out) {
     }
 }
 
-bool gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out) {
+bool kv_gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out) {
     if (!kv || kv->type != GGUF_ARRAY || i >= kv->arr_n || !kv->arr_data) return false;
     const uint8_t *p = kv->arr_data + i * vtype_size(kv->arr_type);
     if (kv->arr_type == GGUF_FLOAT32) { float x; memcpy(&x, p, 4); *out = x; return true; }
     if (kv->arr_type == GGUF_FLOAT64) { memcpy(out, p, 8); return true; }
     int64_t v;
-    if (!gguf_arr_i64(kv, i, &v)) return false;
+    if (!kv_gguf_arr_i64(kv, i, &v)) return false;
     *out = (double)v;
     return true;
 }

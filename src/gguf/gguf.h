@@ -68,26 +68,26 @@ typedef struct gguf_ctx {
 } gguf_ctx;
 
 /* Opens and validates path through mmap. */
-kvlm_status gguf_open(const char *path, gguf_ctx **out, kvlm_error *err);
+kvlm_status kv_gguf_open(const char *path, gguf_ctx **out, kvlm_error *err);
 /* Same over a caller-owned buffer that must outlive the context. */
-kvlm_status gguf_open_buffer(const void *buf, size_t size, gguf_ctx **out, kvlm_error *err);
-void gguf_close(gguf_ctx *g);
+kvlm_status kv_gguf_open_buffer(const void *buf, size_t size, gguf_ctx **out, kvlm_error *err);
+void kv_gguf_close(gguf_ctx *g);
 
-const gguf_kv *gguf_find(const gguf_ctx *g, const char *key);
-const gguf_tensor *gguf_find_tensor(const gguf_ctx *g, const char *name);
-const char *gguf_vtype_name(gguf_vtype t);
+const gguf_kv *kv_gguf_find(const gguf_ctx *g, const char *key);
+const gguf_tensor *kv_gguf_find_tensor(const gguf_ctx *g, const char *name);
+const char *kv_gguf_vtype_name(gguf_vtype t);
 
 /* Typed getters: false when the key is missing or does not convert exactly
  * (an integer of any width that fits; a float from FLOAT32/FLOAT64). */
-bool gguf_get_u32(const gguf_ctx *g, const char *key, uint32_t *out);
-bool gguf_get_i32(const gguf_ctx *g, const char *key, int32_t *out);
-bool gguf_get_f32(const gguf_ctx *g, const char *key, float *out);
-bool gguf_get_bool(const gguf_ctx *g, const char *key, bool *out);
-bool gguf_get_str(const gguf_ctx *g, const char *key, gguf_str *out);
+bool kv_gguf_get_u32(const gguf_ctx *g, const char *key, uint32_t *out);
+bool kv_gguf_get_i32(const gguf_ctx *g, const char *key, int32_t *out);
+bool kv_gguf_get_f32(const gguf_ctx *g, const char *key, float *out);
+bool kv_gguf_get_bool(const gguf_ctx *g, const char *key, bool *out);
+bool kv_gguf_get_str(const gguf_ctx *g, const char *key, gguf_str *out);
 /* true when s equals the NUL-terminated c */
-bool gguf_str_eq(gguf_str s, const char *c);
+bool kv_gguf_str_eq(gguf_str s, const char *c);
 /* Element i of a numeric array as double/int64; false if out of range. */
-bool gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out);
-bool gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out);
+bool kv_gguf_arr_f64(const gguf_kv *kv, uint64_t i, double *out);
+bool kv_gguf_arr_i64(const gguf_kv *kv, uint64_t i, int64_t *out);
 
 #endif

@@ -58,14 +58,14 @@ static kvlm_status wfail(gguf_writer *w, kvlm_error *err, kvlm_status code, cons
     return kv_fail(err, code, "%s", msg);
 }
 
-kvlm_status gguf_writer_new(gguf_writer **out, kvlm_error *err) {
+kvlm_status kv_gguf_writer_new(gguf_writer **out, kvlm_error *err) {
     if (!out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "gguf_write: out is NULL");
     *out = calloc(1, sizeof **out);
     if (!*out) return kv_fail(err, KVLM_ERR_NOMEM, "gguf_write: out of memory");
     return KVLM_OK;
 }
 
-void gguf_writer_free(gguf_writer *w) {
+void kv_gguf_writer_free(gguf_writer *w) {
     if (!w) return;
     for (size_t i = 0; i < w->n_kv; i++) {
         free(w->kv[i].key);
@@ -95,10 +95,10 @@ static ssize_t find_kv(const gguf_writer *w, const char *key) {
     return -1;
 }
 
-bool gguf_writer_has(const gguf_writer *w, const char *key) { return w && key && find_kv(w, key) >= 0; }
-uint64_t gguf_writer_n_kv(const gguf_writer *w) { return w ? w->n_kv : 0; }
+bool kv_gguf_writer_has(const gguf_writer *w, const char *key) { return w && key && find_kv(w, key) >= 0; }
+uint64_t kv_gguf_writer_n_kv(const gguf_writer *w) { return w ? w->n_kv : 0; }
 
-bool gguf_writer_remove(gguf_writer *w, const char *key) {
+bool kv_gguf_writer_remove(gguf_writer *w, const char *key) {
     if (!w || !key) return false;
     ssize_t i = find_kv(w, key);
     if (i < 0) return false;
@@ -152,7 +152,7 @@ static kvlm_status put(gguf_writer *w, const char *key, uint8_t *val, size_t val
         w->cap_kv = cap;
     }
     memcpy(k, key, klen + 1);
-    gguf_writer_remove(w, key);
+    kv_gguf_writer_remove(w, key);
     w->kv[w->n_kv++] = (wkv){k, klen, val, val_len};
     return KVLM_OK;
 }
@@ -168,46 +168,46 @@ static kvlm_status put_scalar(gguf_writer *w, const char *key, gguf_vtype t, con
     return put(w, key, val, 4 + n, err);
 }
 
-kvlm_status gguf_writer_set_u8(gguf_writer *w, const char *key, uint8_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_u8(gguf_writer *w, const char *key, uint8_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_UINT8, &v, err);
 }
-kvlm_status gguf_writer_set_i8(gguf_writer *w, const char *key, int8_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_i8(gguf_writer *w, const char *key, int8_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_INT8, &v, err);
 }
-kvlm_status gguf_writer_set_u16(gguf_writer *w, const char *key, uint16_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_u16(gguf_writer *w, const char *key, uint16_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_UINT16, &v, err);
 }
-kvlm_status gguf_writer_set_i16(gguf_writer *w, const char *key, int16_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_i16(gguf_writer *w, const char *key, int16_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_INT16, &v, err);
 }
-kvlm_status gguf_writer_set_u32(gguf_writer *w, const char *key, uint32_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_u32(gguf_writer *w, const char *key, uint32_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_UINT32, &v, err);
 }
-kvlm_status gguf_writer_set_i32(gguf_writer *w, const char *key, int32_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_i32(gguf_writer *w, const char *key, int32_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_INT32, &v, err);
 }
-kvlm_status gguf_writer_set_u64(gguf_writer *w, const char *key, uint64_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_u64(gguf_writer *w, const char *key, uint64_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_UINT64, &v, err);
 }
-kvlm_status gguf_writer_set_i64(gguf_writer *w, const char *key, int64_t v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_i64(gguf_writer *w, const char *key, int64_t v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_INT64, &v, err);
 }
-kvlm_status gguf_writer_set_f32(gguf_writer *w, const char *key, float v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_f32(gguf_writer *w, const char *key, float v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_FLOAT32, &v, err);
 }
-kvlm_status gguf_writer_set_f64(gguf_writer *w, const char *key, double v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_f64(gguf_writer *w, const char *key, double v, kvlm_error *err) {
     return put_scalar(w, key, GGUF_FLOAT64, &v, err);
 }
-kvlm_status gguf_writer_set_bool(gguf_writer *w, const char *key, bool v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_bool(gguf_writer *w, const char *key, bool v, kvlm_error *err) {
     uint8_t b = v ? 1 : 0;
     return put_scalar(w, key, GGUF_BOOL, &b, err);
 }
 
-kvlm_status gguf_writer_set_alignment(gguf_writer *w, uint32_t alignment, kvlm_error *err) {
-    return gguf_writer_set_u32(w, "general.alignment", alignment, err);
+kvlm_status kv_gguf_writer_set_alignment(gguf_writer *w, uint32_t alignment, kvlm_error *err) {
+    return kv_gguf_writer_set_u32(w, "general.alignment", alignment, err);
 }
 
-kvlm_status gguf_writer_set_strn(gguf_writer *w, const char *key, const char *v, uint64_t len, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_strn(gguf_writer *w, const char *key, const char *v, uint64_t len, kvlm_error *err) {
     kvlm_status st = check_key(w, key, err);
     if (st) return st;
     if (!v && len) return wfail(w, err, KVLM_ERR_INVALID_ARG, "gguf_write: '%s': NULL string", key);
@@ -221,12 +221,12 @@ kvlm_status gguf_writer_set_strn(gguf_writer *w, const char *key, const char *v,
     return put(w, key, val, (size_t)len + 12, err);
 }
 
-kvlm_status gguf_writer_set_str(gguf_writer *w, const char *key, const char *v, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_str(gguf_writer *w, const char *key, const char *v, kvlm_error *err) {
     if (!v) {
         kvlm_status st = check_key(w, key, err);
         return st ? st : wfail(w, err, KVLM_ERR_INVALID_ARG, "gguf_write: '%s': NULL string", key);
     }
-    return gguf_writer_set_strn(w, key, v, strlen(v), err);
+    return kv_gguf_writer_set_strn(w, key, v, strlen(v), err);
 }
 
 /* array header: tag ARRAY, element type, count */
@@ -237,7 +237,7 @@ static void arr_head(uint8_t *val, gguf_vtype t, uint64_t n) {
     memcpy(val + 8, &n, 8);
 }
 
-kvlm_status gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype type, const void *data, uint64_t n,
+kvlm_status kv_gguf_writer_set_arr(gguf_writer *w, const char *key, gguf_vtype type, const void *data, uint64_t n,
                                 kvlm_error *err) {
     kvlm_status st = check_key(w, key, err);
     if (st) return st;
@@ -296,12 +296,12 @@ static kvlm_status set_arr_strings(gguf_writer *w, const char *key, const char *
     return put(w, key, val, (size_t)total, err);
 }
 
-kvlm_status gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
+kvlm_status kv_gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *strs, uint64_t n,
                                     kvlm_error *err) {
     return set_arr_strings(w, key, strs, NULL, n, err);
 }
 
-kvlm_status gguf_writer_set_arr_gstr(gguf_writer *w, const char *key, const gguf_str *strs, uint64_t n,
+kvlm_status kv_gguf_writer_set_arr_gstr(gguf_writer *w, const char *key, const gguf_str *strs, uint64_t n,
                                      kvlm_error *err) {
     if (!strs && n) {
         kvlm_status st = check_key(w, key, err);
@@ -311,25 +311,25 @@ kvlm_status gguf_writer_set_arr_gstr(gguf_writer *w, const char *key, const gguf
     return set_arr_strings(w, key, NULL, strs ? strs : &none, n, err);
 }
 
-kvlm_status gguf_writer_set_kv(gguf_writer *w, const gguf_kv *kv, kvlm_error *err) {
+kvlm_status kv_gguf_writer_set_kv(gguf_writer *w, const gguf_kv *kv, kvlm_error *err) {
     if (!kv) return check_key(w, NULL, err);
     const char *key = kv->key;
     switch (kv->type) {
-    case GGUF_UINT8: return gguf_writer_set_u8(w, key, (uint8_t)kv->v.u64, err);
-    case GGUF_INT8: return gguf_writer_set_i8(w, key, (int8_t)kv->v.i64, err);
-    case GGUF_UINT16: return gguf_writer_set_u16(w, key, (uint16_t)kv->v.u64, err);
-    case GGUF_INT16: return gguf_writer_set_i16(w, key, (int16_t)kv->v.i64, err);
-    case GGUF_UINT32: return gguf_writer_set_u32(w, key, (uint32_t)kv->v.u64, err);
-    case GGUF_INT32: return gguf_writer_set_i32(w, key, (int32_t)kv->v.i64, err);
-    case GGUF_UINT64: return gguf_writer_set_u64(w, key, kv->v.u64, err);
-    case GGUF_INT64: return gguf_writer_set_i64(w, key, kv->v.i64, err);
-    case GGUF_FLOAT32: return gguf_writer_set_f32(w, key, (float)kv->v.f64, err);
-    case GGUF_FLOAT64: return gguf_writer_set_f64(w, key, kv->v.f64, err);
-    case GGUF_BOOL: return gguf_writer_set_bool(w, key, kv->v.u64 != 0, err);
-    case GGUF_STRING: return gguf_writer_set_strn(w, key, kv->v.str.data, kv->v.str.len, err);
+    case GGUF_UINT8: return kv_gguf_writer_set_u8(w, key, (uint8_t)kv->v.u64, err);
+    case GGUF_INT8: return kv_gguf_writer_set_i8(w, key, (int8_t)kv->v.i64, err);
+    case GGUF_UINT16: return kv_gguf_writer_set_u16(w, key, (uint16_t)kv->v.u64, err);
+    case GGUF_INT16: return kv_gguf_writer_set_i16(w, key, (int16_t)kv->v.i64, err);
+    case GGUF_UINT32: return kv_gguf_writer_set_u32(w, key, (uint32_t)kv->v.u64, err);
+    case GGUF_INT32: return kv_gguf_writer_set_i32(w, key, (int32_t)kv->v.i64, err);
+    case GGUF_UINT64: return kv_gguf_writer_set_u64(w, key, kv->v.u64, err);
+    case GGUF_INT64: return kv_gguf_writer_set_i64(w, key, kv->v.i64, err);
+    case GGUF_FLOAT32: return kv_gguf_writer_set_f32(w, key, (float)kv->v.f64, err);
+    case GGUF_FLOAT64: return kv_gguf_writer_set_f64(w, key, kv->v.f64, err);
+    case GGUF_BOOL: return kv_gguf_writer_set_bool(w, key, kv->v.u64 != 0, err);
+    case GGUF_STRING: return kv_gguf_writer_set_strn(w, key, kv->v.str.data, kv->v.str.len, err);
     case GGUF_ARRAY:
-        if (kv->arr_type == GGUF_STRING) return gguf_writer_set_arr_gstr(w, key, kv->arr_str, kv->arr_n, err);
-        return gguf_writer_set_arr(w, key, kv->arr_type, kv->arr_data, kv->arr_n, err);
+        if (kv->arr_type == GGUF_STRING) return kv_gguf_writer_set_arr_gstr(w, key, kv->arr_str, kv->arr_n, err);
+        return kv_gguf_writer_set_arr(w, key, kv->arr_type, kv->arr_data, kv->arr_n, err);
     default: break;
     }
     kvlm_status st = check_key(w, key, err);
@@ -398,17 +398,17 @@ static kvlm_status add_tensor(gguf_writer *w, const char *name, uint32_t n_dims,
     return KVLM_OK;
 }
 
-kvlm_status gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
+kvlm_status kv_gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
                                    uint32_t type, const void *data, uint64_t size, kvlm_error *err) {
     return add_tensor(w, name, n_dims, ne, type, data, size, true, NULL, NULL, err);
 }
 
-kvlm_status gguf_writer_add_tensor_fill(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
+kvlm_status kv_gguf_writer_add_tensor_fill(gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
                                         uint32_t type, gguf_fill_fn fill, void *user, kvlm_error *err) {
     return add_tensor(w, name, n_dims, ne, type, NULL, 0, false, fill, user, err);
 }
 
-uint64_t gguf_writer_n_tensors(const gguf_writer *w) { return w ? w->n_t : 0; }
+uint64_t kv_gguf_writer_n_tensors(const gguf_writer *w) { return w ? w->n_t : 0; }
 
 /* ------------------------------------------------------------ layout */
 
@@ -450,7 +450,7 @@ static bool layout(const gguf_writer *w, uint64_t *meta, uint64_t *data_start, u
     return true;
 }
 
-bool gguf_writer_file_size(const gguf_writer *w, uint64_t *size) {
+bool kv_gguf_writer_file_size(const gguf_writer *w, uint64_t *size) {
     uint64_t m, d;
     return w && size && layout(w, &m, &d, size);
 }
@@ -554,7 +554,7 @@ static void sync_dir(const char *path) {
     free(dir);
 }
 
-kvlm_status gguf_writer_write(gguf_writer *w, const char *path, kvlm_error *err) {
+kvlm_status kv_gguf_writer_write(gguf_writer *w, const char *path, kvlm_error *err) {
     if (!w || !path || !*path) return kv_fail(err, KVLM_ERR_INVALID_ARG, "gguf_write: NULL writer or path");
     if (w->first != KVLM_OK) return kv_fail(err, w->first, "%s", w->first_msg);
     uint64_t meta, data_start, file_size;

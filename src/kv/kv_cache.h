@@ -41,6 +41,7 @@ struct kv_page {
     /* the pool's own (under its lock) */
     int32_t refs;          /* sequences holding it (pool mutex) */
     bool indexed;          /* in the prefix index */
+    bool superseded;       /* replaced by its compressed copy: freed when the last holder releases it */
     uint64_t key, parent_key;
     int32_t *tokens;       /* page_tokens ids, for verifying index hits */
     kv_page *hnext;        /* index bucket chain */
@@ -144,6 +145,11 @@ kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, cons
                         uint32_t type_k, uint32_t type_v);
 /* Puts a full page in the index (no-op if an entry with the key exists). */
 void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens);
+/* Tiered compression: cpg (old's contents in the compression layout, held by the caller) takes old's
+   place in the prefix index (unless a compressed copy is indexed already), and old is superseded: out
+   of the index, never kept cached, its memory freed as soon as no sequence holds it, and then counted
+   in bytes_saved. Drops the caller's reference to old. */
+void kv_pool_supersede(kv_page_pool *p, kv_page *old, kv_page *cpg);
 uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n);
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
 /* Sets the pages the owner needs (0: none), and frees what is held past them. With a target, growth

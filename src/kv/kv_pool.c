@@ -329,12 +329,21 @@ kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l) {
     return pg;
 }
 
+/* mu held: a superseded page nobody holds any more gives its memory back */
+static void free_superseded(kv_page_pool *p, kv_page *pg) {
+    atomic_fetch_add(&p->counts[KV_STAT_BYTES_SAVED], (long long)pg->layout->page_bytes);
+    page_free_memory(p, pg);
+    trim_to_target(p);
+}
+
 void kv_pool_release(kv_page_pool *p, kv_page *pg) {
     if (!pg) return;
     pthread_mutex_lock(&p->mu);
     if (--pg->refs <= 0) {
         pg->refs = 0;
-        if (pg->indexed && p->params.cached_bytes_budget != 0) {
+        if (pg->superseded) {
+            free_superseded(p, pg);
+        } else if (pg->indexed && p->params.cached_bytes_budget != 0) {
             lru_push(p, pg);
             while (p->params.cached_bytes_budget > 0 && p->lru_bytes > p->params.cached_bytes_budget) {
                 kv_page *v = evict_one(p);
@@ -401,21 +410,38 @@ static void index_grow(kv_page_pool *p) {
     p->n_buckets = nb;
 }
 
+/* mu held */
+static void index_insert(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens) {
+    if (pg->indexed || pg->superseded) return;
+    kv_page *q = p->buckets[key & (p->n_buckets - 1)];
+    while (q && q->key != key) q = q->hnext;
+    if (q) return;
+    if (p->n_indexed >= p->n_buckets) index_grow(p);
+    pg->key = key;
+    pg->parent_key = parent_key;
+    if (pg->tokens != tokens) memcpy(pg->tokens, tokens, (size_t)p->P * sizeof *tokens);
+    pg->hnext = p->buckets[key & (p->n_buckets - 1)];
+    p->buckets[key & (p->n_buckets - 1)] = pg;
+    pg->indexed = true;
+    p->n_indexed++;
+}
+
 void kv_pool_index(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens) {
     pthread_mutex_lock(&p->mu);
-    if (!pg->indexed) {
-        kv_page *q = p->buckets[key & (p->n_buckets - 1)];
-        while (q && q->key != key) q = q->hnext;
-        if (!q) {
-            if (p->n_indexed >= p->n_buckets) index_grow(p);
-            pg->key = key;
-            pg->parent_key = parent_key;
-            memcpy(pg->tokens, tokens, (size_t)p->P * sizeof *tokens);
-            pg->hnext = p->buckets[key & (p->n_buckets - 1)];
-            p->buckets[key & (p->n_buckets - 1)] = pg;
-            pg->indexed = true;
-            p->n_indexed++;
-        }
+    index_insert(p, pg, key, parent_key, tokens);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void kv_pool_supersede(kv_page_pool *p, kv_page *old, kv_page *cpg) {
+    pthread_mutex_lock(&p->mu);
+    if (old->indexed) {
+        index_remove(p, old); /* held by the caller, so not in the LRU */
+        index_insert(p, cpg, old->key, old->parent_key, old->tokens);
+    }
+    old->superseded = true;
+    if (--old->refs <= 0) {
+        old->refs = 0;
+        free_superseded(p, old);
     }
     pthread_mutex_unlock(&p->mu);
 }

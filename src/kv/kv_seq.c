@@ -428,22 +428,33 @@ void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const floa
     pg->layout->v.encode(v, kv_page_v_row(pg, layer, i), s->kv_dim);
 }
 
-/* Re-quantizes pages older than compress_after into the compression type. */
+/* Re-quantizes pages older than compress_after into the compression type. The compressed page
+ * replaces the original in the prefix index, and the original's memory is freed once no sequence
+ * holds it (kv_pool_supersede); a sequence sharing the prefix that compresses the same page later
+ * takes the indexed compressed copy (the same bytes: one conversion of the same rows) instead of
+ * making its own. bytes_saved counts what this frees minus what it allocates. */
 static void compress_old_pages(kv_seq *s) {
     const int32_t limit = s->n - s->compress_after; /* slots below this are old */
+    const kv_layout *cl = s->compress_layout;
     float *tmp = NULL;
     for (int32_t j = 0; (j + 1) * s->P <= limit; j++) {
         kv_page *old = s->pages[j];
-        if (old->layout == s->compress_layout) continue;
-        if (!tmp && !(tmp = malloc((size_t)s->kv_dim * sizeof *tmp))) return;
-        kv_page *pg = kv_pool_alloc(s->pool, s->compress_layout);
-        if (!pg) break; /* no room: try again after the next eval */
-        for (int32_t t = 0; t < s->P; t++) copy_slot(s, old, t, pg, t, 0, tmp);
+        if (old->layout == cl) continue;
+        kv_page *pg = NULL;
+        if (s->shareable) {
+            const uint64_t parent = j ? s->keys[j - 1] : root_key(s);
+            pg = kv_pool_lookup(s->pool, s->keys[j], parent, s->tokens + (int64_t)j * s->P, cl->type_k, cl->type_v);
+        }
+        if (!pg) {
+            if (!tmp && !(tmp = malloc((size_t)s->kv_dim * sizeof *tmp))) return;
+            pg = kv_pool_alloc(s->pool, cl);
+            if (!pg) break; /* no room: try again after the next eval */
+            for (int32_t t = 0; t < s->P; t++) copy_slot(s, old, t, pg, t, 0, tmp);
+            kv_pool_count(s->pool, KV_STAT_BYTES_SAVED, -(int64_t)cl->page_bytes);
+        }
         s->pages[j] = pg;
         kv_pool_count(s->pool, KV_STAT_COMPRESSIONS, 1);
-        kv_pool_count(s->pool, KV_STAT_BYTES_SAVED,
-                      (int64_t)old->layout->page_bytes - (int64_t)pg->layout->page_bytes);
-        kv_pool_release(s->pool, old); /* stays cached for others if indexed */
+        kv_pool_supersede(s->pool, old, pg);
     }
     free(tmp);
 }
@@ -527,6 +538,9 @@ int32_t kv_seq_attach_prefix(kv_seq *s, const int32_t *tokens, int32_t n_tokens)
         const uint64_t key = kv_page_key(parent, pt, s->P);
         if (!ensure_slots(s, s->n + s->P)) break;
         kv_page *pg = kv_pool_lookup(s->pool, key, parent, pt, s->layout->type_k, s->layout->type_v);
+        /* a compressing sequence also takes a page another one compressed (it replaced the original) */
+        if (!pg && s->compress_layout)
+            pg = kv_pool_lookup(s->pool, key, parent, pt, s->compress_layout->type_k, s->compress_layout->type_v);
         if (!pg) break;
         s->pages[j] = pg;
         s->n_pages = j + 1;

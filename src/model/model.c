@@ -52,8 +52,8 @@ static kvlm_status get_u32_req(const gguf_ctx *g, const kv_hparams *hp, const ch
     char k[128];
     uint32_t v;
     akey(hp, suffix, k, sizeof k);
-    if (!gguf_find(g, k)) return kv_fail(err, KVLM_ERR_FORMAT, "model: missing metadata key '%s'", k);
-    if (!gguf_get_u32(g, k, &v) || v == 0 || v > (1u << 30))
+    if (!kv_gguf_find(g, k)) return kv_fail(err, KVLM_ERR_FORMAT, "model: missing metadata key '%s'", k);
+    if (!kv_gguf_get_u32(g, k, &v) || v == 0 || v > (1u << 30))
         return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a positive integer in range", k);
     *out = (int32_t)v;
     return KVLM_OK;
@@ -65,8 +65,8 @@ static bool get_u32_opt(const gguf_ctx *g, const kv_hparams *hp, const char *suf
     uint32_t v;
     akey(hp, suffix, k, sizeof k);
     *st = KVLM_OK;
-    if (!gguf_find(g, k)) return false;
-    if (!gguf_get_u32(g, k, &v) || v > (1u << 30)) {
+    if (!kv_gguf_find(g, k)) return false;
+    if (!kv_gguf_get_u32(g, k, &v) || v > (1u << 30)) {
         *st = kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not an integer in range", k);
         return false;
     }
@@ -78,8 +78,8 @@ static kvlm_status get_f32_opt(const gguf_ctx *g, const kv_hparams *hp, const ch
                                kvlm_error *err) {
     char k[128];
     akey(hp, suffix, k, sizeof k);
-    if (!gguf_find(g, k)) return KVLM_OK;
-    if (!gguf_get_f32(g, k, out)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a float", k);
+    if (!kv_gguf_find(g, k)) return KVLM_OK;
+    if (!kv_gguf_get_f32(g, k, out)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a float", k);
     if (!isfinite(*out)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not finite", k);
     return KVLM_OK;
 }
@@ -113,7 +113,7 @@ static kvlm_status refuse_experts(const gguf_ctx *g, const kv_hparams *hp, kvlm_
 /* An integer key that the file gives as an array (per-layer values): a clear refusal. */
 static kvlm_status refuse_array(const gguf_ctx *g, const kv_hparams *hp, const char *suffix, kvlm_error *err) {
     char k[128];
-    const gguf_kv *kv = gguf_find(g, akey(hp, suffix, k, sizeof k));
+    const gguf_kv *kv = kv_gguf_find(g, akey(hp, suffix, k, sizeof k));
     if (kv && kv->type == GGUF_ARRAY)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: '%s' is an array (per-layer values are not supported)", k);
     return KVLM_OK;
@@ -130,15 +130,15 @@ static kvlm_status read_rope(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err)
                        hp->rope_freq_base);
     /* absent type: linear (with no factor, the identity) */
     hp->rope_scaling = KV_ROPE_SCALING_LINEAR;
-    const gguf_kv *tk = gguf_find(g, akey(hp, "rope.scaling.type", k, sizeof k));
+    const gguf_kv *tk = kv_gguf_find(g, akey(hp, "rope.scaling.type", k, sizeof k));
     if (tk) {
         gguf_str stype;
-        if (!gguf_get_str(g, k, &stype)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a string", k);
+        if (!kv_gguf_get_str(g, k, &stype)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a string", k);
         const int shown = (int)(stype.len > 40 ? 40 : stype.len);
-        if (gguf_str_eq(stype, "none")) hp->rope_scaling = KV_ROPE_SCALING_NONE;
-        else if (gguf_str_eq(stype, "linear")) hp->rope_scaling = KV_ROPE_SCALING_LINEAR;
-        else if (gguf_str_eq(stype, "yarn")) hp->rope_scaling = KV_ROPE_SCALING_YARN;
-        else if (gguf_str_eq(stype, "longrope"))
+        if (kv_gguf_str_eq(stype, "none")) hp->rope_scaling = KV_ROPE_SCALING_NONE;
+        else if (kv_gguf_str_eq(stype, "linear")) hp->rope_scaling = KV_ROPE_SCALING_LINEAR;
+        else if (kv_gguf_str_eq(stype, "yarn")) hp->rope_scaling = KV_ROPE_SCALING_YARN;
+        else if (kv_gguf_str_eq(stype, "longrope"))
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: rope scaling type 'longrope' is not supported for %s",
                            hp->arch_name);
         else
@@ -148,7 +148,7 @@ static kvlm_status read_rope(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err)
     }
     /* the factor: rope.scaling.factor, else the older rope.scale_linear; 0 means none */
     float factor = 0.0f;
-    if (gguf_find(g, akey(hp, "rope.scaling.factor", k, sizeof k))) {
+    if (kv_gguf_find(g, akey(hp, "rope.scaling.factor", k, sizeof k))) {
         if ((st = get_f32_range(g, hp, "rope.scaling.factor", &factor, 0.0f, 1e6f, err))) return st;
     } else if ((st = get_f32_range(g, hp, "rope.scale_linear", &factor, 0.0f, 1e6f, err))) {
         return st;
@@ -167,19 +167,19 @@ static kvlm_status read_rope(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err)
         hp->n_ctx_orig = orig;
     }
     if (st) return st;
-    const gguf_kv *ft = gguf_find(g, akey(hp, "rope.scaling.finetuned", k, sizeof k));
+    const gguf_kv *ft = kv_gguf_find(g, akey(hp, "rope.scaling.finetuned", k, sizeof k));
     bool b;
-    if (ft && !gguf_get_bool(g, k, &b)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a bool", k);
+    if (ft && !kv_gguf_get_bool(g, k, &b)) return kv_fail(err, KVLM_ERR_FORMAT, "model: metadata '%s' is not a bool", k);
     return KVLM_OK;
 }
 
 static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err) {
     gguf_str arch;
-    if (!gguf_get_str(g, "general.architecture", &arch))
+    if (!kv_gguf_get_str(g, "general.architecture", &arch))
         return kv_fail(err, KVLM_ERR_FORMAT, "model: missing general.architecture");
     const arch_desc *ad = NULL;
     for (size_t i = 0; i < sizeof k_archs / sizeof k_archs[0]; i++)
-        if (gguf_str_eq(arch, k_archs[i].name)) ad = &k_archs[i];
+        if (kv_gguf_str_eq(arch, k_archs[i].name)) ad = &k_archs[i];
     if (!ad)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED,
                        "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, bitnet, bitnet-b1.58)",
@@ -242,7 +242,7 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if ((st = read_rope(g, hp, err))) return st;
     hp->norm_eps = -1.0f;
     char k[128];
-    if (!gguf_find(g, akey(hp, "attention.layer_norm_rms_epsilon", k, sizeof k)))
+    if (!kv_gguf_find(g, akey(hp, "attention.layer_norm_rms_epsilon", k, sizeof k)))
         return kv_fail(err, KVLM_ERR_FORMAT, "model: missing %s", k);
     if ((st = get_f32_range(g, hp, "attention.layer_norm_rms_epsilon", &hp->norm_eps, 0.0f, 1.0f, err))) return st;
     return KVLM_OK;
@@ -257,7 +257,7 @@ typedef struct binder {
 /* Looks up a tensor and checks its shape: ne0 x ne1 (ne1 = 1 for vectors). */
 static kvlm_status find_shaped(binder *b, const char *name, int64_t ne0, int64_t ne1, bool required,
                                const gguf_tensor **out, kvlm_error *err) {
-    const gguf_tensor *t = gguf_find_tensor(b->g, name);
+    const gguf_tensor *t = kv_gguf_find_tensor(b->g, name);
     *out = t;
     if (!t) return required ? kv_fail(err, KVLM_ERR_FORMAT, "model: missing tensor '%s'", name) : KVLM_OK;
     b->used[t - b->g->tensors] = 1;
@@ -314,7 +314,7 @@ static kvlm_status bind_scale(binder *b, const char *wname, kv_weight *w, kvlm_e
     size_t n = strlen(wname);
     if (n < 7 || n + 1 > sizeof name) return KVLM_OK;
     snprintf(name, sizeof name, "%.*sscale", (int)(n - 6), wname); /* "x.weight" -> "x.scale" */
-    const gguf_tensor *t = gguf_find_tensor(b->g, name);
+    const gguf_tensor *t = kv_gguf_find_tensor(b->g, name);
     if (!t) return KVLM_OK;
     b->used[t - b->g->tensors] = 1;
     if (t->type != KV_F32 || t->n_elements != 1)
@@ -446,7 +446,7 @@ kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, k
     *out = NULL;
     kvlm_model *m = calloc(1, sizeof *m);
     if (!m) {
-        gguf_close(g);
+        kv_gguf_close(g);
         return kv_fail(err, KVLM_ERR_NOMEM, "model: out of memory");
     }
     m->gguf = g;
@@ -455,7 +455,7 @@ kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, k
     kvlm_status st;
     if (vocab_only) {
         gguf_str arch = {0, ""};
-        gguf_get_str(g, "general.architecture", &arch);
+        kv_gguf_get_str(g, "general.architecture", &arch);
         snprintf(m->hp.arch_name, sizeof m->hp.arch_name, "%.*s", (int)(arch.len > 31 ? 31 : arch.len), arch.data);
         if ((st = kv_vocab_load(g, &m->vocab, err))) goto fail;
         m->hp.n_vocab = kv_vocab_n_tokens(m->vocab);
@@ -491,7 +491,7 @@ kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, k
 fail:
     kv_vocab_free(m->vocab);
     free(m->layers);
-    gguf_close(g);
+    kv_gguf_close(g);
     free(m);
     return st;
 }

@@ -99,7 +99,7 @@ void kv_vocab_free(kv_vocab *v) {
 
 /* ------------------------------------------------------------ loading */
 
-static bool str_eq(gguf_str s, const char *c) { return gguf_str_eq(s, c); }
+static bool str_eq(gguf_str s, const char *c) { return kv_gguf_str_eq(s, c); }
 
 static bool is_numeric(gguf_vtype t) {
     return t != GGUF_STRING && t != GGUF_ARRAY && t < GGUF_VTYPE_COUNT;
@@ -108,21 +108,21 @@ static bool is_numeric(gguf_vtype t) {
 /* Special token id from metadata: kept only when it names a token. */
 static void read_id(const gguf_ctx *g, const char *key, int32_t n_tokens, int32_t *id) {
     uint32_t x;
-    if (gguf_get_u32(g, key, &x) && x < (uint32_t)n_tokens) *id = (int32_t)x;
+    if (kv_gguf_get_u32(g, key, &x) && x < (uint32_t)n_tokens) *id = (int32_t)x;
 }
 
 static kvlm_status read_flag(const gguf_ctx *g, const char *key, bool *flag, kvlm_error *err) {
-    const gguf_kv *kv = gguf_find(g, key);
+    const gguf_kv *kv = kv_gguf_find(g, key);
     if (!kv) return KVLM_OK;
     if (kv->type != GGUF_BOOL)
         return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s has type %s, expected bool", key,
-                       gguf_vtype_name(kv->type));
+                       kv_gguf_vtype_name(kv->type));
     *flag = kv->v.u64 != 0;
     return KVLM_OK;
 }
 
 static kvlm_status load_tokens(kv_vocab *v, const gguf_ctx *g, kvlm_error *err) {
-    const gguf_kv *tk = gguf_find(g, KEY_TOKENS);
+    const gguf_kv *tk = kv_gguf_find(g, KEY_TOKENS);
     if (!tk) return kv_fail(err, KVLM_ERR_FORMAT, "vocab: missing %s", KEY_TOKENS);
     if (tk->type != GGUF_ARRAY || tk->arr_type != GGUF_STRING || !tk->arr_str)
         return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s is not an array of strings", KEY_TOKENS);
@@ -133,7 +133,7 @@ static kvlm_status load_tokens(kv_vocab *v, const gguf_ctx *g, kvlm_error *err) 
     const int32_t n = (int32_t)tk->arr_n;
     v->n_tokens = n;
 
-    const gguf_kv *sc = gguf_find(g, KEY_SCORES);
+    const gguf_kv *sc = kv_gguf_find(g, KEY_SCORES);
     if (sc) {
         if (sc->type != GGUF_ARRAY || !is_numeric(sc->arr_type))
             return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s is not a numeric array", KEY_SCORES);
@@ -141,7 +141,7 @@ static kvlm_status load_tokens(kv_vocab *v, const gguf_ctx *g, kvlm_error *err) 
             return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s has %llu entries for %d tokens", KEY_SCORES,
                            (unsigned long long)sc->arr_n, n);
     }
-    const gguf_kv *ty = gguf_find(g, KEY_TYPES);
+    const gguf_kv *ty = kv_gguf_find(g, KEY_TYPES);
     if (ty) {
         if (ty->type != GGUF_ARRAY || !is_numeric(ty->arr_type) || ty->arr_type == GGUF_FLOAT32 ||
             ty->arr_type == GGUF_FLOAT64)
@@ -187,13 +187,13 @@ static kvlm_status load_tokens(kv_vocab *v, const gguf_ctx *g, kvlm_error *err) 
             off += (size_t)s.len + 1;
         }
         double d = 0.0;
-        if (sc && !gguf_arr_f64(sc, (uint64_t)i, &d))
+        if (sc && !kv_gguf_arr_f64(sc, (uint64_t)i, &d))
             return kv_fail(err, KVLM_ERR_FORMAT, "vocab: unreadable score of token %d", i);
         v->scores[i] = (float)d;
         uint16_t a = KV_ATTR_NORMAL;
         if (ty) {
             int64_t t;
-            if (!gguf_arr_i64(ty, (uint64_t)i, &t))
+            if (!kv_gguf_arr_i64(ty, (uint64_t)i, &t))
                 return kv_fail(err, KVLM_ERR_FORMAT, "vocab: unreadable type of token %d", i);
             switch (t) {
             case TT_UNKNOWN: a = KV_ATTR_UNKNOWN; break;
@@ -214,7 +214,7 @@ static kvlm_status load_tokens(kv_vocab *v, const gguf_ctx *g, kvlm_error *err) 
 }
 
 static kvlm_status load_merges(kv_vocab *v, const gguf_ctx *g, kvlm_error *err) {
-    const gguf_kv *mk = gguf_find(g, KEY_MERGES);
+    const gguf_kv *mk = kv_gguf_find(g, KEY_MERGES);
     if (!mk) return kv_fail(err, KVLM_ERR_FORMAT, "vocab: BPE vocab without %s", KEY_MERGES);
     if (mk->type != GGUF_ARRAY || mk->arr_type != GGUF_STRING || (mk->arr_n && !mk->arr_str))
         return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s is not an array of strings", KEY_MERGES);
@@ -511,8 +511,8 @@ static bool contains(gguf_str s, const char *needle) {
 /* Per-model token attributes that llama.cpp sets by name. */
 static void name_attrs(kv_vocab *v, const gguf_ctx *g) {
     gguf_str pre = {0, ""}, name = {0, ""};
-    gguf_get_str(g, KEY_PRE, &pre);
-    gguf_get_str(g, "general.name", &name);
+    kv_gguf_get_str(g, KEY_PRE, &pre);
+    kv_gguf_get_str(g, "general.name", &name);
     if (contains(pre, "jina-v2-de") || contains(pre, "jina-v2-es") || contains(pre, "jina-v2-code")) {
         int32_t id = find_cstr(v, "<mask>");
         if (id >= 0) v->attr[id] |= KV_ATTR_LSTRIP;
@@ -543,7 +543,7 @@ kvlm_status kv_vocab_load(const gguf_ctx *g, kv_vocab **out, kvlm_error *err) {
     *out = NULL;
     if (!g) return kv_fail(err, KVLM_ERR_INVALID_ARG, "vocab: no GGUF context");
 
-    const gguf_kv *mk = gguf_find(g, KEY_MODEL);
+    const gguf_kv *mk = kv_gguf_find(g, KEY_MODEL);
     if (!mk) return kv_fail(err, KVLM_ERR_FORMAT, "vocab: missing %s", KEY_MODEL);
     if (mk->type != GGUF_STRING) return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s is not a string", KEY_MODEL);
     gguf_str model = mk->v.str;
@@ -559,7 +559,7 @@ kvlm_status kv_vocab_load(const gguf_ctx *g, kv_vocab **out, kvlm_error *err) {
                        model.data);
     }
     gguf_str pre = {0, ""};
-    const gguf_kv *pk = gguf_find(g, KEY_PRE);
+    const gguf_kv *pk = kv_gguf_find(g, KEY_PRE);
     if (pk) {
         if (pk->type != GGUF_STRING) return kv_fail(err, KVLM_ERR_FORMAT, "vocab: %s is not a string", KEY_PRE);
         pre = pk->v.str;

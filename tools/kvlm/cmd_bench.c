@@ -272,12 +272,12 @@ static void model_type(const char *path, const kvlm_model_info *mi, char *buf, s
     kvlm_error err;
     int ft = 0;
     bool guessed = false;
-    if (gguf_open(path, &g, &err) == KVLM_OK) {
+    if (kv_gguf_open(path, &g, &err) == KVLM_OK) {
         ft = qz_file_ftype(g, &guessed);
         *bytes = 0;
         for (uint64_t i = 0; i < g->n_tensors; i++) *bytes += g->tensors[i].n_bytes;
     }
-    gguf_close(g);
+    kv_gguf_close(g);
     snprintf(buf, cap, "%s %s %s%s", mi->arch, size, qz_ftype_name(ft), guessed ? " (guessed)" : "");
 }
 

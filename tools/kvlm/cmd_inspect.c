@@ -12,7 +12,7 @@ static void print_value(const gguf_kv *kv) {
         if (kv->v.str.len > 80) printf("'%.*s...' (%llu bytes)", 80, kv->v.str.data, (unsigned long long)kv->v.str.len);
         else printf("'%.*s'", (int)kv->v.str.len, kv->v.str.data);
         break;
-    case GGUF_ARRAY: printf("[%s x %llu]", gguf_vtype_name(kv->arr_type), (unsigned long long)kv->arr_n); break;
+    case GGUF_ARRAY: printf("[%s x %llu]", kv_gguf_vtype_name(kv->arr_type), (unsigned long long)kv->arr_n); break;
     case GGUF_FLOAT32: case GGUF_FLOAT64: printf("%g", kv->v.f64); break;
     case GGUF_BOOL: printf("%s", kv->v.u64 ? "true" : "false"); break;
     case GGUF_INT8: case GGUF_INT16: case GGUF_INT32: case GGUF_INT64: printf("%lld", (long long)kv->v.i64); break;
@@ -29,7 +29,7 @@ int cmd_inspect(int argc, char **argv) {
     }
     gguf_ctx *g;
     kvlm_error err;
-    if (gguf_open(a.model, &g, &err) != KVLM_OK) {
+    if (kv_gguf_open(a.model, &g, &err) != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         return 1;
     }
@@ -38,7 +38,7 @@ int cmd_inspect(int argc, char **argv) {
            (unsigned long long)g->data_offset);
     printf("\nmetadata:\n");
     for (uint64_t i = 0; i < g->n_kv; i++) {
-        printf("  %-44s %-7s ", g->kv[i].key, gguf_vtype_name(g->kv[i].type));
+        printf("  %-44s %-7s ", g->kv[i].key, kv_gguf_vtype_name(g->kv[i].type));
         print_value(&g->kv[i]);
         printf("\n");
     }
@@ -51,7 +51,7 @@ int cmd_inspect(int argc, char **argv) {
     for (int t = 0; t < KV_DTYPE_COUNT; t++)
         if (count[t]) printf("  %-8s %5llu tensors %12llu bytes\n", kv_dtype_name((uint32_t)t),
                              (unsigned long long)count[t], (unsigned long long)bytes[t]);
-    gguf_close(g);
+    kv_gguf_close(g);
 
     kvlm_model *m = cli_load_model(&a);
     if (!m) return 1;

@@ -127,7 +127,7 @@ static uint32_t arch_u32(const gguf_ctx *g, const char *arch, const char *key, u
     char k[160];
     uint32_t v;
     snprintf(k, sizeof k, "%s.%s", arch, key);
-    return gguf_get_u32(g, k, &v) ? v : def;
+    return kv_gguf_get_u32(g, k, &v) ? v : def;
 }
 
 int cmd_quantize(int argc, char **argv) {
@@ -215,7 +215,7 @@ int cmd_quantize(int argc, char **argv) {
     double t0 = cli_now_s();
     kvlm_error err;
     gguf_ctx *g = NULL;
-    if (gguf_open(in, &g, &err) != KVLM_OK) {
+    if (kv_gguf_open(in, &g, &err) != KVLM_OK) {
         fprintf(stderr, "error: cannot read '%s': %s\n", in, err.msg);
         return 1;
     }
@@ -229,7 +229,7 @@ int cmd_quantize(int argc, char **argv) {
                   .output_type = output_type};
     gguf_str arch_s;
     char arch[64] = "";
-    if (gguf_get_str(g, "general.architecture", &arch_s))
+    if (kv_gguf_get_str(g, "general.architecture", &arch_s))
         snprintf(arch, sizeof arch, "%.*s", (int)(arch_s.len < 63 ? arch_s.len : 63), arch_s.data);
     const uint32_t n_head = arch_u32(g, arch, "attention.head_count", 0);
     const uint32_t n_head_kv = arch_u32(g, arch, "attention.head_count_kv", n_head);
@@ -249,21 +249,21 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "error: '%s' has no tensors\n", in);
         goto done;
     }
-    if (gguf_writer_new(&w, &err) != KVLM_OK) goto fail;
+    if (kv_gguf_writer_new(&w, &err) != KVLM_OK) goto fail;
     if (qz_threads(n_threads) > 1 && kv_tpool_new(qz_threads(n_threads), &pool, &err) != KVLM_OK) goto fail;
     /* metadata: everything, then (moved to the end, as llama-quantize does)
      * the quantization version and the file type; no split keys */
-    for (uint64_t i = 0; i < g->n_kv; i++) gguf_writer_set_kv(w, &g->kv[i], NULL);
-    gguf_writer_remove(w, "split.no");
-    gguf_writer_remove(w, "split.count");
-    gguf_writer_remove(w, "split.tensors.count");
-    gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
+    for (uint64_t i = 0; i < g->n_kv; i++) kv_gguf_writer_set_kv(w, &g->kv[i], NULL);
+    kv_gguf_writer_remove(w, "split.no");
+    kv_gguf_writer_remove(w, "split.count");
+    kv_gguf_writer_remove(w, "split.tensors.count");
+    kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
     {
         bool guessed;
         const int in_ftype = qz_file_ftype(g, &guessed);
         /* COPY keeps the input's file type (llama.cpp's guess, marked with its 1024 bit, when it has none) */
         const uint32_t out_ftype = copy ? (uint32_t)in_ftype | (guessed ? 1024u : 0u) : (uint32_t)ft->ftype;
-        gguf_writer_set_u32(w, "general.file_type", out_ftype, NULL);
+        kv_gguf_writer_set_u32(w, "general.file_type", out_ftype, NULL);
     }
 
     order = malloc((size_t)g->n_tensors * sizeof *order);
@@ -311,10 +311,10 @@ int cmd_quantize(int argc, char **argv) {
         uint64_t ne[GGUF_MAX_DIMS];
         for (uint32_t d = 0; d < t->n_dims; d++) ne[d] = t->ne[d];
         if (nt == t->type) {
-            gguf_writer_add_tensor(w, t->name, t->n_dims, ne, t->type, t->data, t->n_bytes, NULL);
+            kv_gguf_writer_add_tensor(w, t->name, t->n_dims, ne, t->type, t->data, t->n_bytes, NULL);
         } else {
             jobs[i] = (qjob){t, nt, pool, &progress};
-            gguf_writer_add_tensor_fill(w, t->name, t->n_dims, ne, nt, fill_quant, &jobs[i], NULL);
+            kv_gguf_writer_add_tensor_fill(w, t->name, t->n_dims, ne, nt, fill_quant, &jobs[i], NULL);
             n_quant++;
         }
         uint64_t nb = 0;
@@ -329,11 +329,11 @@ int cmd_quantize(int argc, char **argv) {
     }
     progress.total = n_quant;
     cli_progress_start(&progress.p, "quantize");
-    kvlm_status wst = gguf_writer_write(w, out, &err);
+    kvlm_status wst = kv_gguf_writer_write(w, out, &err);
     cli_progress_end(&progress.p);
     if (wst != KVLM_OK) goto fail;
     uint64_t fsize = 0;
-    gguf_writer_file_size(w, &fsize);
+    kv_gguf_writer_file_size(w, &fsize);
     printf("quantize: %s -> %s (%s): %llu tensors, %d converted, %d fallbacks, %.2f MiB -> %.2f MiB, %llu bytes, "
            "%.2f s\n",
            in, out, ft->name, (unsigned long long)g->n_tensors, n_quant, n_fallback, bytes_in / 1048576.0,
@@ -343,10 +343,10 @@ int cmd_quantize(int argc, char **argv) {
 fail:
     fprintf(stderr, "error: %s\n", err.msg);
 done:
-    gguf_writer_free(w);
+    kv_gguf_writer_free(w);
     kv_tpool_free(pool);
     free(order);
     free(jobs);
-    gguf_close(g);
+    kv_gguf_close(g);
     return rc;
 }

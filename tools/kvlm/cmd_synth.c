@@ -528,11 +528,11 @@ int cmd_synth(int argc, char **argv) {
 
     /* the tokenizer */
     if (c.vocab_from) {
-        if (gguf_open(c.vocab_from, &vg, &err) != KVLM_OK) {
+        if (kv_gguf_open(c.vocab_from, &vg, &err) != KVLM_OK) {
             fprintf(stderr, "error: --vocab-from '%s': %s\n", c.vocab_from, err.msg);
             goto done;
         }
-        const gguf_kv *tk = gguf_find(vg, "tokenizer.ggml.tokens");
+        const gguf_kv *tk = kv_gguf_find(vg, "tokenizer.ggml.tokens");
         if (!tk || tk->type != GGUF_ARRAY || tk->arr_type != GGUF_STRING || tk->arr_n == 0) {
             fprintf(stderr, "error: --vocab-from '%s' has no tokenizer.ggml.tokens\n", c.vocab_from);
             goto done;
@@ -563,7 +563,7 @@ int cmd_synth(int argc, char **argv) {
     const uint64_t F = (uint64_t)c.ff, V = (uint64_t)c.vocab, L = (uint64_t)c.layers;
     const size_t per_layer = 14;
     ts = calloc(4 + per_layer * (size_t)L, sizeof *ts);
-    if (!ts || gguf_writer_new(&w, &err) != KVLM_OK) {
+    if (!ts || kv_gguf_writer_new(&w, &err) != KVLM_OK) {
         fprintf(stderr, "error: out of memory\n");
         goto done;
     }
@@ -578,42 +578,42 @@ int cmd_synth(int argc, char **argv) {
 #define AK(s) (snprintf(k, sizeof k, "%s." s, c.arch), k)
     if (c.name) snprintf(name, sizeof name, "%s", c.name);
     else snprintf(name, sizeof name, "kvlm-synth-%s", c.arch);
-    gguf_writer_set_str(w, "general.architecture", c.arch, NULL);
-    gguf_writer_set_str(w, "general.name", name, NULL);
-    gguf_writer_set_u32(w, AK("vocab_size"), (uint32_t)V, NULL);
-    gguf_writer_set_u32(w, AK("context_length"), (uint32_t)c.ctx, NULL);
-    gguf_writer_set_u32(w, AK("embedding_length"), (uint32_t)E, NULL);
-    gguf_writer_set_u32(w, AK("block_count"), (uint32_t)L, NULL);
-    gguf_writer_set_u32(w, AK("feed_forward_length"), (uint32_t)F, NULL);
-    gguf_writer_set_u32(w, AK("attention.head_count"), (uint32_t)c.heads, NULL);
-    gguf_writer_set_u32(w, AK("attention.head_count_kv"), (uint32_t)c.kv_heads, NULL);
-    gguf_writer_set_f32(w, AK("attention.layer_norm_rms_epsilon"), c.eps, NULL);
-    gguf_writer_set_u32(w, AK("rope.dimension_count"), (uint32_t)HD, NULL);
-    gguf_writer_set_f32(w, AK("rope.freq_base"), c.rope_base, NULL);
+    kv_gguf_writer_set_str(w, "general.architecture", c.arch, NULL);
+    kv_gguf_writer_set_str(w, "general.name", name, NULL);
+    kv_gguf_writer_set_u32(w, AK("vocab_size"), (uint32_t)V, NULL);
+    kv_gguf_writer_set_u32(w, AK("context_length"), (uint32_t)c.ctx, NULL);
+    kv_gguf_writer_set_u32(w, AK("embedding_length"), (uint32_t)E, NULL);
+    kv_gguf_writer_set_u32(w, AK("block_count"), (uint32_t)L, NULL);
+    kv_gguf_writer_set_u32(w, AK("feed_forward_length"), (uint32_t)F, NULL);
+    kv_gguf_writer_set_u32(w, AK("attention.head_count"), (uint32_t)c.heads, NULL);
+    kv_gguf_writer_set_u32(w, AK("attention.head_count_kv"), (uint32_t)c.kv_heads, NULL);
+    kv_gguf_writer_set_f32(w, AK("attention.layer_norm_rms_epsilon"), c.eps, NULL);
+    kv_gguf_writer_set_u32(w, AK("rope.dimension_count"), (uint32_t)HD, NULL);
+    kv_gguf_writer_set_f32(w, AK("rope.freq_base"), c.rope_base, NULL);
     if (c.head_dim) {
-        gguf_writer_set_u32(w, AK("attention.key_length"), (uint32_t)HD, NULL);
-        gguf_writer_set_u32(w, AK("attention.value_length"), (uint32_t)HD, NULL);
+        kv_gguf_writer_set_u32(w, AK("attention.key_length"), (uint32_t)HD, NULL);
+        kv_gguf_writer_set_u32(w, AK("attention.value_length"), (uint32_t)HD, NULL);
     }
-    if (c.rope_scaling) gguf_writer_set_str(w, AK("rope.scaling.type"), c.rope_scaling, NULL);
-    if (c.rope_factor > 0.0f) gguf_writer_set_f32(w, AK("rope.scaling.factor"), c.rope_factor, NULL);
-    if (c.rope_orig_ctx) gguf_writer_set_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)c.rope_orig_ctx, NULL);
+    if (c.rope_scaling) kv_gguf_writer_set_str(w, AK("rope.scaling.type"), c.rope_scaling, NULL);
+    if (c.rope_factor > 0.0f) kv_gguf_writer_set_f32(w, AK("rope.scaling.factor"), c.rope_factor, NULL);
+    if (c.rope_orig_ctx) kv_gguf_writer_set_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)c.rope_orig_ctx, NULL);
 #undef AK
-    gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(c.type), NULL);
-    gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
+    kv_gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(c.type), NULL);
+    kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
     if (vg) {
         for (uint64_t i = 0; i < vg->n_kv; i++)
-            if (strncmp(vg->kv[i].key, "tokenizer.", 10) == 0) gguf_writer_set_kv(w, &vg->kv[i], NULL);
+            if (strncmp(vg->kv[i].key, "tokenizer.", 10) == 0) kv_gguf_writer_set_kv(w, &vg->kv[i], NULL);
     } else {
-        gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", NULL);
-        gguf_writer_set_str(w, "tokenizer.ggml.pre", "default", NULL);
-        gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)sv.tok, sv.n, NULL);
-        gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_FLOAT32, sv.score, sv.n, NULL);
-        gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_INT32, sv.type, sv.n, NULL);
-        gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1, NULL);
-        gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2, NULL);
-        gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0, NULL);
-        gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true, NULL);
-        gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", false, NULL);
+        kv_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama", NULL);
+        kv_gguf_writer_set_str(w, "tokenizer.ggml.pre", "default", NULL);
+        kv_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)sv.tok, sv.n, NULL);
+        kv_gguf_writer_set_arr(w, "tokenizer.ggml.scores", GGUF_FLOAT32, sv.score, sv.n, NULL);
+        kv_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", GGUF_INT32, sv.type, sv.n, NULL);
+        kv_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 1, NULL);
+        kv_gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 2, NULL);
+        kv_gguf_writer_set_u32(w, "tokenizer.ggml.unknown_token_id", 0, NULL);
+        kv_gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", true, NULL);
+        kv_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", false, NULL);
     }
 
     /* tensors */
@@ -639,7 +639,7 @@ int cmd_synth(int argc, char **argv) {
         n_fallback += fell_;                                                                              \
         n_params += t_->ne0 * t_->ne1;                                                                    \
         uint64_t ne_[2] = {t_->ne0, t_->ne1};                                                             \
-        gguf_writer_add_tensor_fill(w, t_->name, mat_ ? 2 : 1, ne_, t_->type, fill_synth, t_, NULL);      \
+        kv_gguf_writer_add_tensor_fill(w, t_->name, mat_ ? 2 : 1, ne_, t_->type, fill_synth, t_, NULL);      \
     } while (0)
     const gen_kind MAT = bitnet ? K_TERNARY : K_GAUSS, NORM = bitnet ? K_NORM_JITTER : K_NORM;
     if (c.rope_freqs) { /* first, where convert_hf_to_gguf.py puts it */
@@ -680,12 +680,12 @@ int cmd_synth(int argc, char **argv) {
                 n_fallback, first_fb->name, (unsigned long long)first_fb->ne0, qz_type_name(first_fb->want),
                 qz_type_name(first_fb->type));
 
-    if (gguf_writer_write(w, c.out, &err) != KVLM_OK) {
+    if (kv_gguf_writer_write(w, c.out, &err) != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto done;
     }
     uint64_t fsize = 0;
-    gguf_writer_file_size(w, &fsize);
+    kv_gguf_writer_file_size(w, &fsize);
     const size_t e0 = c.rope_freqs ? 1 : 0; /* the embedding's entry */
     const uint32_t et = ts[e0].type, ot = c.tied ? et : ts[e0 + 2].type;
     printf("synth: %s: %s, dim %lld, %lld layers, %lld heads (%lld kv), ff %lld, vocab %lld, ctx %lld; %.2fM params; "
@@ -695,11 +695,11 @@ int cmd_synth(int argc, char **argv) {
            cli_now_s() - t0);
     rc = 0;
 done:
-    gguf_writer_free(w);
+    kv_gguf_writer_free(w);
     kv_tpool_free(pool);
     free(ts);
     free(rope_factors);
     vocab_free(&sv);
-    gguf_close(vg);
+    kv_gguf_close(vg);
     return rc;
 }

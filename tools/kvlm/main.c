@@ -3,6 +3,31 @@
 #include <string.h>
 
 #include "cli.h"
+#include "kvlm.h"
+
+#ifndef KVLM_BUILD_COMMIT
+#define KVLM_BUILD_COMMIT "unknown"
+#endif
+#ifndef KVLM_BUILD_NUMBER
+#define KVLM_BUILD_NUMBER 0
+#endif
+#if defined(__clang__)
+#define KVLM_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define KVLM_COMPILER "gcc " __VERSION__
+#else
+#define KVLM_COMPILER "unknown"
+#endif
+
+/* kvlm --version: the version, the commit it was configured from, the compiler and the kernels
+ * the dispatch picks on this CPU. */
+static int print_version(void) {
+    printf("kvlm %s\n", kvlm_version());
+    printf("commit: %s (%d)\n", KVLM_BUILD_COMMIT, KVLM_BUILD_NUMBER);
+    printf("compiler: %s\n", KVLM_COMPILER);
+    printf("cpu: %s\n", kvlm_cpu_features());
+    return 0;
+}
 
 int cmd_serve(int argc, char **argv); /* serve/cmd_serve.c */
 
@@ -21,7 +46,8 @@ static void usage(FILE *fp) {
             "  synth       OUT --arch A --dim D --layers L --heads H --ff F --vocab V --type T   random-weight model\n"
             "  serve       -m MODEL [--host 127.0.0.1] [--port 8080] [--parallel N]   OpenAI-compatible HTTP server\n"
             "  quantize    IN OUT TYPE [options]          quantize a GGUF as llama-quantize does (Q4_K_M, Q8_0, 7, ...)\n"
-            "Every command takes -h for exactly its options and their defaults.\n");
+            "Every command takes -h for exactly its options and their defaults; kvlm --version prints the\n"
+            "version, commit, compiler and the CPU kernels in use.\n");
 }
 
 int main(int argc, char **argv) {
@@ -30,6 +56,7 @@ int main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
+    if (strcmp(cmd, "--version") == 0) return print_version();
     if (strcmp(cmd, "run") == 0) return cmd_run(argc, argv);
     if (strcmp(cmd, "eval") == 0) return cmd_eval(argc, argv);
     if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc, argv);

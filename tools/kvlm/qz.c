@@ -209,7 +209,7 @@ void qz_sort_weights(const gguf_tensor **t, size_t n) { qsort(t, n, sizeof *t, c
 int qz_file_ftype(const gguf_ctx *g, bool *guessed) {
     uint32_t ft;
     *guessed = false;
-    if (gguf_get_u32(g, "general.file_type", &ft)) return (int)ft;
+    if (kv_gguf_get_u32(g, "general.file_type", &ft)) return (int)ft;
     /* as llama.cpp guesses: the type of the most tensors (the first to get there in weight order) */
     *guessed = true;
     const gguf_tensor **order = malloc((size_t)(g->n_tensors ? g->n_tensors : 1) * sizeof *order);
