@@ -1,6 +1,11 @@
 /* Saving and restoring a session: header, token history, zstd-compressed
  * pages, checksum; written to a temporary file, flushed and renamed.
  *
+ * Version 2 files also hold the dropped-token record of a shifted or wrapped
+ * cache (kept head, count, hash), so a loaded session checks a request
+ * against its whole history as the live one did; version 1 files load only
+ * when nothing was dropped.
+ *
  * Loading trusts nothing the checksum covers (anyone can recompute it): every
  * count, position, type and size is checked against what the loading
  * session's settings can produce (kv_check.c for the page table) before
@@ -225,6 +230,9 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     h.next_pos = d.next_pos;
     h.n_consumed = d.n_hist;
     h.n_ctx = d.n_ctx;
+    h.n_head = d.n_head;
+    h.n_dropped = d.n_dropped;
+    h.drop_hash = d.drop_hash;
     kv_buf b = {0};
     kv_buf_add(&b, &h, sizeof h);
     kv_buf_add(&b, d.tokens, (size_t)d.n * sizeof *d.tokens);
@@ -350,6 +358,7 @@ static kv_seq_desc desc_of(const ses_header *h) {
         .page_tokens = h->page_tokens, .n_layer = h->n_layer, .kv_dim = h->kv_dim, .type_k = h->type_k,
         .type_v = h->type_v, .overflow = h->overflow, .shareable = h->shareable, .n_pages = h->n_pages,
         .n = h->n, .next_pos = h->next_pos, .n_hist = h->n_consumed, .n_ctx = h->n_ctx,
+        .n_head = h->n_head, .n_dropped = h->n_dropped, .drop_hash = h->drop_hash,
     };
     return d;
 }
@@ -364,13 +373,19 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
     ses_header h;
     kvlm_error why;
     rcur c = {buf, size, 0};
-    if (size < sizeof h + 8 || !take(&c, &h, sizeof h) || memcmp(h.magic, KV_SES_MAGIC, 8) != 0) {
+    memset(&h, 0, sizeof h);
+    if (size < KV_SES_V1_HEADER + 8 || !take(&c, &h, KV_SES_V1_HEADER) || memcmp(h.magic, KV_SES_MAGIC, 8) != 0) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is not a kvlm session file", path);
         goto out;
     }
-    if (h.version != KV_SES_VERSION || h.header_bytes != sizeof h) {
-        st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u)", path,
-                     h.version, KV_SES_VERSION);
+    const bool v1 = h.version == KV_SES_VERSION_V1 && h.header_bytes == KV_SES_V1_HEADER;
+    if (!v1 && (h.version != KV_SES_VERSION || h.header_bytes != sizeof h)) {
+        st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u and %u)", path,
+                     h.version, KV_SES_VERSION_V1, KV_SES_VERSION);
+        goto out;
+    }
+    if (!v1 && (size < sizeof h + 8 || !take(&c, (uint8_t *)&h + KV_SES_V1_HEADER, sizeof h - KV_SES_V1_HEADER))) {
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated", path);
         goto out;
     }
     uint64_t sum;
@@ -389,6 +404,24 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
     kv_seq_desc d = desc_of(&h);
     if (kv_seq_check_settings(&s->seq, &d, &why) != KVLM_OK) {
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "session_load: '%s' %s", path, why.msg);
+        goto out;
+    }
+    if (v1) {
+        /* version 1 has no dropped-token record: it loads when nothing was dropped (never shifted, a ring
+           that never wrapped), with this session's head and an empty record; the checks below refuse a
+           ring slot that was overwritten */
+        const bool ring = h.overflow == KVLM_OVERFLOW_RING;
+        if (ring ? h.next_pos > h.n_ctx : h.n_consumed != h.n) {
+            st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                         "session_load: '%s' is a version 1 file of a cache that was %s (%d tokens consumed, %d "
+                         "held); version 1 has no record of the dropped tokens: start over (--session-overwrite "
+                         "in the CLI)",
+                         path, ring ? "wrapped" : "shifted", h.n_consumed, h.n);
+            goto out;
+        }
+        d.n_head = h.overflow == KVLM_OVERFLOW_RING || h.overflow == KVLM_OVERFLOW_ERROR ? 0 : kv_seq_head(&s->seq);
+    } else if (h.reserved != 0) {
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' has a non-zero reserved header field", path);
         goto out;
     }
     /* the counts, against a sequence with the session's settings (a ring's capacity comes from them) */
