@@ -81,10 +81,10 @@ static const char *kind_of(mode_t m) {
     return "not a regular file";
 }
 
-static kvlm_status refuse_kind(const char *who, const char *path, const char *kind, kvlm_error *err) {
-    const bool save = strcmp(who, "session_save") == 0;
+static kvlm_status refuse_kind(const char *who, const char *path, const char *kind, bool absent_ok,
+                               kvlm_error *err) {
     return kv_fail(err, KVLM_ERR_INVALID_ARG, "%s: '%s' is %s; refused (a session file must be a regular file%s)", who,
-                   path, kind, save ? " or not exist yet" : "");
+                   path, kind, absent_ok ? " or not exist yet" : "");
 }
 
 kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *who, kvlm_error *err) {
@@ -94,7 +94,7 @@ kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *
         return kv_fail(err, KVLM_ERR_IO, "%s: cannot use '%s': %s", who, path, strerror(errno));
     }
     const char *k = kind_of(st.st_mode);
-    return k ? refuse_kind(who, path, k, err) : KVLM_OK;
+    return k ? refuse_kind(who, path, k, absent_ok, err) : KVLM_OK;
 }
 
 static bool temp_suffix(const char *r) { /* the six characters mkstemp puts in place of XXXXXX */
@@ -159,17 +159,18 @@ static void sync_dir_of(const char *path) {
     close(fd);
 }
 
-static kvlm_status write_atomically(const char *path, const uint8_t *data, size_t n, kvlm_error *err) {
-    kvlm_status st = kv_session_check_path(path, true, "session_save", err);
+kvlm_status kv_session_write_file(const char *path, const void *bytes, size_t n, const char *who, kvlm_error *err) {
+    const uint8_t *data = bytes;
+    kvlm_status st = kv_session_check_path(path, true, who, err);
     if (st) return st;
     kv_session_clean_temps(path);
     const size_t cap = strlen(path) + 40;
     char *tmp = malloc(cap);
-    if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory");
+    if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "%s: out of memory", who);
     snprintf(tmp, cap, "%s.tmp.%ld.XXXXXX", path, (long)getpid());
     const int fd = mkstemp(tmp);
     if (fd < 0) {
-        st = kv_fail(err, KVLM_ERR_IO, "session_save: cannot create a temporary file beside '%s': %s", path,
+        st = kv_fail(err, KVLM_ERR_IO, "%s: cannot create a temporary file beside '%s': %s", who, path,
                      strerror(errno));
         free(tmp);
         return st;
@@ -187,7 +188,7 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
     bool ok = off == n && fsync(fd) == 0;
     if (!ok && off == n) e = errno;
     /* what is at the path may have changed while writing: check again just before replacing it */
-    if (ok && (st = kv_session_check_path(path, true, "session_save", err)) != KVLM_OK) {
+    if (ok && (st = kv_session_check_path(path, true, who, err)) != KVLM_OK) {
         unlink(tmp);
         close(fd);
         free(tmp);
@@ -200,7 +201,7 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
     if (!ok) unlink(tmp);
     close(fd); /* after the rename: the lock is held until the file has its name; the data is fsync'd */
     free(tmp);
-    if (!ok) return kv_fail(err, KVLM_ERR_IO, "session_save: writing '%s' failed: %s", path, strerror(e));
+    if (!ok) return kv_fail(err, KVLM_ERR_IO, "%s: writing '%s' failed: %s", who, path, strerror(e));
     sync_dir_of(path);
     return KVLM_OK;
 }
@@ -277,7 +278,7 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
         const uint64_t sum = kv_session_checksum(b.data, b.n);
         kv_buf_add(&b, &sum, sizeof sum);
         st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory")
-                   : write_atomically(path, (const uint8_t *)b.data, b.n, err);
+                   : kv_session_write_file(path, b.data, b.n, "session_save", err);
     }
     free(b.data);
     return st;
@@ -306,26 +307,26 @@ static bool take(rcur *c, void *dst, size_t n) {
     return true;
 }
 
-static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_error *err) {
+kvlm_status kv_session_read_file(const char *path, const char *who, uint8_t **out, size_t *n, kvlm_error *err) {
     /* lstat first, so a device or FIFO is refused without being opened; then
        open without following or blocking and check what was opened */
-    kvlm_status st = kv_session_check_path(path, false, "session_load", err);
+    kvlm_status st = kv_session_check_path(path, false, who, err);
     if (st) return st;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
-        if (errno == ELOOP) return refuse_kind("session_load", path, "a symbolic link", err);
-        return kv_fail(err, KVLM_ERR_IO, "session_load: cannot open '%s': %s", path, strerror(errno));
+        if (errno == ELOOP) return refuse_kind(who, path, "a symbolic link", false, err);
+        return kv_fail(err, KVLM_ERR_IO, "%s: cannot open '%s': %s", who, path, strerror(errno));
     }
     struct stat stt;
     if (fstat(fd, &stt) != 0) {
-        st = kv_fail(err, KVLM_ERR_IO, "session_load: cannot stat '%s': %s", path, strerror(errno));
+        st = kv_fail(err, KVLM_ERR_IO, "%s: cannot stat '%s': %s", who, path, strerror(errno));
         close(fd);
         return st;
     }
     const char *kind = kind_of(stt.st_mode);
     if (kind || (uint64_t)stt.st_size > SES_MAX_FILE) {
-        st = kind ? refuse_kind("session_load", path, kind, err)
-                  : kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is too large for a session file", path);
+        st = kind ? refuse_kind(who, path, kind, false, err)
+                  : kv_fail(err, KVLM_ERR_FORMAT, "%s: '%s' is too large for a session file", who, path);
         close(fd);
         return st;
     }
@@ -333,7 +334,7 @@ static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_er
     uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
         close(fd);
-        return kv_fail(err, KVLM_ERR_NOMEM, "session_load: out of memory for %zu bytes", size);
+        return kv_fail(err, KVLM_ERR_NOMEM, "%s: out of memory for %zu bytes", who, size);
     }
     size_t off = 0;
     while (off < size) {
@@ -345,7 +346,7 @@ static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_er
     close(fd);
     if (off != size) {
         free(buf);
-        return kv_fail(err, KVLM_ERR_IO, "session_load: reading '%s' failed", path);
+        return kv_fail(err, KVLM_ERR_IO, "%s: reading '%s' failed", who, path);
     }
     *out = buf;
     *n = size;
@@ -509,7 +510,7 @@ kvlm_status kv_session_load_buffer(kvlm_session *s, const uint8_t *buf, size_t n
 static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *err) {
     uint8_t *buf = NULL;
     size_t size = 0;
-    kvlm_status st = read_file(path, &buf, &size, err);
+    kvlm_status st = kv_session_read_file(path, "session_load", &buf, &size, err);
     if (st) return st;
     st = load_bytes_locked(s, buf, size, path, err);
     free(buf);

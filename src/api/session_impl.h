@@ -89,6 +89,13 @@ kvlm_status kv_session_load_buffer(kvlm_session *s, const uint8_t *buf, size_t n
  * (not followed if it is a symbolic link) or, when absent_ok, nothing.
  * Checks with lstat only (never opens the path). `who` prefixes the message. */
 kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *who, kvlm_error *err);
+/* How session files are written and read, for the session's own files and the files that go with
+ * them (the chat's conversation beside its session): writes n bytes to path through a temporary
+ * beside it (cleaning the orphans of killed saves first), fsync'd and renamed over it, refusing
+ * anything at path that is not a regular file; reads a regular file whole (never following a link
+ * or blocking on a FIFO; *out malloc'd). `who` prefixes the messages. */
+kvlm_status kv_session_write_file(const char *path, const void *data, size_t n, const char *who, kvlm_error *err);
+kvlm_status kv_session_read_file(const char *path, const char *who, uint8_t **out, size_t *n, kvlm_error *err);
 /* Removes the temporaries that killed saves of `path` left behind (see persist.c);
  * returns how many it removed. */
 int kv_session_clean_temps(const char *path);
