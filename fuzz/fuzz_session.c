@@ -13,6 +13,7 @@
  * load, whose attention reads every loaded position (issue 12, defect 1; the
  * reproducers found before the loader was hardened are in fuzz/known/). */
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define XXH_INLINE_ALL
@@ -84,6 +85,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         sp.cache_params.type_v = kv_type(h.type_v);
         sp.overflow = (kvlm_overflow)(h.overflow % 4);
         if (h.n_ctx >= 16 && h.n_ctx <= 256) sp.n_ctx = h.n_ctx;
+        /* the kept head the file claims (format v2), when a session can have it, so that shifted files
+           reach the dropped-record checks and their whole-history reuse */
+        if (h.version >= 2 && h.n_head >= 0 && h.n_head < sp.n_ctx - 1) {
+            if (sp.overflow == KVLM_OVERFLOW_SHIFT) sp.n_keep = h.n_head;
+            if (sp.overflow == KVLM_OVERFLOW_SLIDING && h.n_head + sp.cache_params.page_tokens < sp.n_ctx)
+                sp.n_sink = h.n_head;
+        }
     }
     sp.cache_params.initial_tokens = sp.n_ctx;
     sp.cache_params.max_tokens = 4 * sp.n_ctx + 4 * sp.cache_params.page_tokens;
@@ -105,6 +113,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(kv_session_acquire(s), "the session is busy");
         (void)kv_session_append_locked(s, &next, 1, g_logits, false, &err);
         kv_session_release(s);
+        /* then a whole-history request that differs in its last token: the dropped-token record decides
+           how far back it goes (the held tail, the kept head or the start) */
+        const int32_t np = kvlm_session_n_past(s);
+        if (np >= 2 && np <= 4096) {
+            kvlm_token *all = calloc((size_t)np, sizeof *all);
+            FUZZ_CHECK(all != NULL, "out of memory");
+            const int32_t nh = kvlm_session_tokens(s, NULL, 0);
+            /* the held tokens at the end, zeros before (where a shifted history's dropped part was) */
+            if (nh <= np && nh <= 512) kvlm_session_tokens(s, all + (np - nh), nh);
+            all[np - 1] = 2;
+            (void)kvlm_eval(s, all, np, KVLM_AUTO, g_logits, false, &err);
+            free(all);
+        }
     }
     kvlm_session_free(s);
     return 0;

@@ -19,7 +19,8 @@ synth llama-q4_0-untied --arch llama --dim 32 --layers 2 --heads 2 --ff 32 --typ
 synth qwen2-q8_0-gqa --arch qwen2 --dim 32 --layers 1 --heads 4 --kv-heads 2 --ff 32 --type q8_0
 synth bitnet-b158-i2_s --arch bitnet-b1.58 --dim 128 --layers 1 --heads 2 --ff 128 --type i2_s
 
-# session: files saved by the model fuzz_session loads, one per policy and K/V type
+# session: files saved by the model fuzz_session loads, one per policy and K/V type (format v2: the
+# shifted, sliding and ring ones carry a dropped-token record)
 m=$models/llama/aidreams260K-f32.gguf
 ses() {
   local name=$1; shift
@@ -30,6 +31,7 @@ ses q4_0 -p "Once upon" -c 64 --page-tokens 16 -ctk q4_0 -ctv q4_0
 ses q8_0-f16 -p "A robot" -c 32 --page-tokens 16 -ctk q8_0 -ctv f16
 ses shift-q4_0 -p "The sun rose over the quiet hills" -n 14 -c 16 --page-tokens 16 --overflow shift -ctk q4_0 -ctv q4_0
 ses sliding-q4_0 -p "Echoes of" -n 40 -c 32 --page-tokens 16 --overflow sliding --sink 2 -ctk q4_0 -ctv q4_0
+ses ring-q4_0 -p "Once upon a time" -n 90 --ignore-eos -c 32 --page-tokens 16 --overflow ring -ctk q4_0 -ctv q4_0
 ses empty-q4_0 -p "" -n 0 -c 32 --page-tokens 16 -ctk q4_0 -ctv q4_0 || true
 
 # tokenizer: byte 0 = vocab (0 aidreams SPM, 1 llama SPM, 2 gpt-2 BPE, 3 deepseek-coder BPE) | 4 (parse special)

@@ -364,18 +364,15 @@ static void test_crafted_ring(void **state) {
             expect_refused(b, &e, KVLM_ERR_FORMAT, "does not use", "ring page type");
             free(e.p);
         }
-        /* one lap ahead is a slot left from before a rollback of the ring (attention masks it until it is
-           overwritten): accepted, and the session runs; so is the state of a rollback by a few tokens */
+        /* one lap ahead is what a slot of a dropped position holds after a rollback of the ring (attention
+           masks it until it is overwritten); a held position's slot cannot (format v2 records which
+           positions were dropped): refused. The state of a rollback by a few tokens is accepted */
         {
             img e = copy(&good);
             pos_of(&e)[slot] += cap;
-            seal(&e);
-            spit(bad_path, &e);
+            expect_refused(b, &e, KVLM_ERR_FORMAT, "position", "ring slot a lap ahead");
             free(e.p);
-            assert_int_equal(kvlm_session_load(b, bad_path, &err), KVLM_OK);
             float *lg = malloc((size_t)V * 4);
-            for (int i = lens[w]; i < lens[w] + 3; i++)
-                assert_int_equal(kvlm_eval(b, t, i + 1, i, lg, false, &err), KVLM_OK);
             if (w == 1) { /* wrapped: n stays the capacity, the last 3 slots are a lap ahead */
                 e = copy(&good);
                 const int32_t back = np - 3;
@@ -536,7 +533,7 @@ static void test_crafted_random(void **state) {
             for (int x = 0; x < edits; x++) {
                 lcg = lcg * 1664525u + 1013904223u;
                 const uint32_t r = (lcg >> 8) % 3u, u = lcg >> 12;
-                const size_t off = r == 0   ? 32 + (size_t)(u % 12u) * 4
+                const size_t off = r == 0   ? 32 + (size_t)(u % 18u) * 4
                                    : r == 1 ? sizeof(kv_ses_header) + (size_t)(u % arrays) * 4
                                             : rec[(u / 6u) % n_pages] + (size_t)(u % 6u) * 4;
                 int32_t v;
@@ -580,6 +577,245 @@ static void test_crafted_random(void **state) {
     printf("# random edits of resealed files: %d refused, %d accepted and evaluated\n", refused, accepted);
     assert_true(refused > 300);
     free(l);
+    unlink(path);
+    unlink(bad_path);
+    kvlm_model_free(m);
+}
+
+/* ------------------------------------------------------------ the dropped-token record (format v2) */
+
+static void stats_of(kvlm_session *s, int64_t out[3]) {
+    kvlm_kv_stats st;
+    kvlm_session_get_stats(s, &st);
+    out[0] = st.hits;
+    out[1] = st.misses;
+    out[2] = st.recomputed;
+}
+
+/* The whole-history request r[0, n) (KVLM_AUTO) on the live session a and the loaded b: identical
+ * logits, identical reuse counts; returns the tokens reused. */
+static int64_t same_request(kvlm_session *a, kvlm_session *b, const kvlm_token *r, int n, int V) {
+    kvlm_error err;
+    float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4);
+    int64_t sa0[3], sb0[3], sa1[3], sb1[3];
+    stats_of(a, sa0);
+    stats_of(b, sb0);
+    if (kvlm_eval(a, r, n, KVLM_AUTO, la, false, &err) != KVLM_OK) fail_msg("live: %s", err.msg);
+    if (kvlm_eval(b, r, n, KVLM_AUTO, lb, false, &err) != KVLM_OK) fail_msg("loaded: %s", err.msg);
+    stats_of(a, sa1);
+    stats_of(b, sb1);
+    for (int i = 0; i < 3; i++) assert_int_equal(sa1[i] - sa0[i], sb1[i] - sb0[i]);
+    assert_memory_equal(la, lb, (size_t)V * 4);
+    assert_int_equal(kvlm_session_n_past(a), n);
+    assert_int_equal(kvlm_session_n_past(b), n);
+    free(la);
+    free(lb);
+    return sa1[0] - sa0[0];
+}
+
+/* A version 1 image of a version 2 file: the header without the dropped-token record. */
+static img to_v1(const img *m) {
+    const size_t extra = sizeof(kv_ses_header) - KV_SES_V1_HEADER;
+    img c = {malloc(m->n), m->n - extra};
+    memcpy(c.p, m->p, KV_SES_V1_HEADER);
+    memcpy(c.p + KV_SES_V1_HEADER, m->p + sizeof(kv_ses_header), m->n - sizeof(kv_ses_header));
+    kv_ses_header *h = (kv_ses_header *)c.p;
+    h->version = 1;
+    h->header_bytes = KV_SES_V1_HEADER;
+    seal(&c);
+    return c;
+}
+
+/* A shifted (shift, sliding) or wrapped (ring) session saved and loaded checks a request against its
+ * whole history as the live session does: the whole history reuses the held tail, a difference
+ * inside the dropped part goes back to the kept head. Crafted records are refused. */
+static void test_shifted_history(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    const int V = kvlm_n_vocab(m);
+    kvlm_token t[220], r[220];
+    seq(t, 220, V, 61);
+    kvlm_error err;
+    char path[128];
+    tmp_path(path, sizeof path, "hist", ".ses");
+    tmp_path(bad_path, sizeof bad_path, "hist-bad", ".ses");
+    const kvlm_overflow pols[3] = {KVLM_OVERFLOW_SHIFT, KVLM_OVERFLOW_SLIDING, KVLM_OVERFLOW_RING};
+    for (int k = 0; k < 3; k++) {
+        const bool ring = pols[k] == KVLM_OVERFLOW_RING;
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_ctx = ring ? 400 : 64;
+        p.overflow = pols[k];
+        p.n_keep = 8;
+        p.n_sink = 4;
+        p.window = 48;
+        const int head = pols[k] == KVLM_OVERFLOW_SHIFT ? 8 : pols[k] == KVLM_OVERFLOW_SLIDING ? 4 : 0;
+        const int L = ring ? 150 : 100;
+        kvlm_session *a = session_with(m, &p), *b = session_with(m, &p);
+        for (int i = 0; i < L; i += 10) assert_int_equal(kvlm_eval(a, t, i + 10, i, NULL, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
+        img good = slurp(path);
+        const kv_ses_header *h = hdr(&good);
+        assert_int_equal(h->version, 2);
+        assert_int_equal(h->n_head, head);
+        assert_true(h->n_dropped > 3);
+        if (ring) {
+            assert_int_equal(h->n_dropped, L - h->n_ctx);
+        } else {
+            assert_int_equal(h->n_dropped, L - h->n);
+        }
+        /* the hash is the chain of the dropped tokens, in order (the format's definition) */
+        uint64_t hh = 0;
+        for (int64_t i = head; i < head + h->n_dropped; i++) hh = kv_hist_hash(hh, t[i]);
+        assert_true(hh == h->drop_hash);
+
+        /* the whole history and 5 more tokens: the loaded session reuses the held tail like the live one */
+        assert_int_equal(kvlm_session_load(b, path, &err), KVLM_OK);
+        assert_int_equal(same_request(a, b, t, L + 5, V), L);
+        /* one differing inside the dropped part goes back to the kept head, on both */
+        assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
+        assert_int_equal(kvlm_session_load(b, path, &err), KVLM_OK);
+        memcpy(r, t, sizeof r);
+        r[head + 2] = (r[head + 2] + 1) % V;
+        assert_int_equal(same_request(a, b, r, L + 8, V), head);
+        /* and back to the original history: computed again on both, still in step */
+        same_request(a, b, t, L + 12, V);
+
+        /* a record that was edited and resealed */
+        const int64_t nd = h->n_dropped;
+        const int32_t np = h->next_pos, cap = h->n_ctx;
+        struct {
+            size_t off;
+            int64_t value;
+            int bytes;
+            const char *what;
+        } fields[] = {
+            {offsetof(kv_ses_header, n_dropped), nd + 1, 8, NULL},
+            {offsetof(kv_ses_header, n_dropped), nd - 1, 8, NULL},
+            {offsetof(kv_ses_header, n_dropped), 0, 8, ring ? NULL : "dropped"},
+            {offsetof(kv_ses_header, n_dropped), -1, 8, NULL},
+            {offsetof(kv_ses_header, n_dropped), (int64_t)1 << 40, 8, NULL},
+            {offsetof(kv_ses_header, n_dropped), ring ? np + 1 : L, 8, NULL},
+            {offsetof(kv_ses_header, n_dropped), ring ? np - cap - 1 : nd + 64, 8, NULL},
+            {offsetof(kv_ses_header, n_head), head + 1, 4, "head"},
+            {offsetof(kv_ses_header, n_head), ring ? 1 : head - 1, 4, "head"},
+            {offsetof(kv_ses_header, n_head), -1, 4, "head"},
+            {offsetof(kv_ses_header, reserved), 1, 4, "reserved"},
+            {offsetof(kv_ses_header, n_consumed), ring ? np + 1 : L + 1, 4, NULL},
+        };
+        for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+            img e = copy(&good);
+            if (fields[i].bytes == 8) {
+                memcpy(e.p + fields[i].off, &fields[i].value, 8);
+            } else {
+                const int32_t v = (int32_t)fields[i].value;
+                memcpy(e.p + fields[i].off, &v, 4);
+            }
+            char label[96];
+            snprintf(label, sizeof label, "policy %d: record field at %zu = %lld", (int)pols[k], fields[i].off,
+                     (long long)fields[i].value);
+            expect_refused(b, &e, KVLM_ERR_FORMAT, fields[i].what, label);
+            free(e.p);
+        }
+        /* a hash with nothing dropped */
+        {
+            img e = copy(&good);
+            hdr(&e)->n_dropped = 0;
+            if (!ring) hdr(&e)->n_consumed = hdr(&e)->n;
+            expect_refused(b, &e, KVLM_ERR_FORMAT, NULL, "hash without dropped tokens");
+            free(e.p);
+        }
+        /* a shifted version 1 file has no record: refused, not loaded as something else */
+        {
+            img e = to_v1(&good);
+            spit(bad_path, &e);
+            const snapshot before = snap(b);
+            assert_int_equal(kvlm_session_load(b, bad_path, &err), KVLM_ERR_UNSUPPORTED);
+            assert_non_null(strstr(err.msg, "version 1"));
+            assert_same(b, &before);
+            free(e.p);
+        }
+        /* a session whose head differs cannot take a shifted file (its history splits elsewhere) */
+        if (!ring) {
+            kvlm_session_params q = p;
+            q.n_keep = 6;
+            q.n_sink = 2;
+            kvlm_session *c = session_with(m, &q);
+            img e = copy(&good);
+            expect_refused(c, &e, KVLM_ERR_FORMAT, "head", "another head");
+            free(e.p);
+            kvlm_session_free(c);
+        }
+        /* another hash cannot be told from the file: it loads, and the whole history then goes back to
+           the kept head (the dropped part no longer matches) */
+        {
+            img e = copy(&good);
+            hdr(&e)->drop_hash ^= 1;
+            seal(&e);
+            spit(bad_path, &e);
+            assert_int_equal(kvlm_session_load(b, bad_path, &err), KVLM_OK);
+            int64_t s0[3], s1[3];
+            stats_of(b, s0);
+            assert_int_equal(kvlm_eval(b, t, L + 1, KVLM_AUTO, NULL, false, &err), KVLM_OK);
+            stats_of(b, s1);
+            assert_int_equal(s1[0] - s0[0], head);
+            free(e.p);
+        }
+        free(good.p);
+        kvlm_session_free(a);
+        kvlm_session_free(b);
+    }
+    unlink(path);
+    unlink(bad_path);
+    kvlm_model_free(m);
+}
+
+/* Version 1 files (no record) of caches that never dropped anything load with the old rules and
+ * continue exactly; a v1 header with a v2 size, or an unknown version, is refused. */
+static void test_version1(void **state) {
+    (void)state;
+    kvlm_model *m = load(AIDREAMS);
+    const int V = kvlm_n_vocab(m);
+    kvlm_token t[100];
+    seq(t, 100, V, 71);
+    kvlm_error err;
+    char path[128];
+    tmp_path(path, sizeof path, "v1", ".ses");
+    tmp_path(bad_path, sizeof bad_path, "v1-bad", ".ses");
+    const kvlm_overflow pols[3] = {KVLM_OVERFLOW_ERROR, KVLM_OVERFLOW_SHIFT, KVLM_OVERFLOW_RING};
+    float *la = malloc((size_t)V * 4), *lb = malloc((size_t)V * 4);
+    for (int k = 0; k < 3; k++) {
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_ctx = 128;
+        p.overflow = pols[k];
+        p.window = 48;
+        kvlm_session *a = session_with(m, &p), *b = session_with(m, &p);
+        assert_int_equal(kvlm_eval(a, t, 40, 0, NULL, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
+        img good = slurp(path);
+        img v1 = to_v1(&good);
+        spit(bad_path, &v1);
+        if (kvlm_session_load(b, bad_path, &err) != KVLM_OK) fail_msg("v1 load: %s", err.msg);
+        assert_int_equal(kvlm_session_n_past(b), 40);
+        /* the whole history: reused on both */
+        assert_int_equal(kvlm_eval(a, t, 45, KVLM_AUTO, la, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_eval(b, t, 45, KVLM_AUTO, lb, false, &err), KVLM_OK);
+        assert_memory_equal(la, lb, (size_t)V * 4);
+        /* a v1 version with a v2 header size, a v2 with a v1 size, version 3 */
+        const uint32_t bad[3][2] = {{1, sizeof(kv_ses_header)}, {2, KV_SES_V1_HEADER}, {3, sizeof(kv_ses_header)}};
+        for (int i = 0; i < 3; i++) {
+            img e = copy(i == 1 ? &v1 : &good);
+            hdr(&e)->version = bad[i][0];
+            hdr(&e)->header_bytes = bad[i][1];
+            expect_refused(b, &e, KVLM_ERR_UNSUPPORTED, "version", "version/size");
+            free(e.p);
+        }
+        free(v1.p);
+        free(good.p);
+        kvlm_session_free(a);
+        kvlm_session_free(b);
+    }
+    free(la);
+    free(lb);
     unlink(path);
     unlink(bad_path);
     kvlm_model_free(m);
@@ -795,6 +1031,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crafted_error_policy), cmocka_unit_test(test_crafted_ring),
         cmocka_unit_test(test_crafted_shift_and_compression), cmocka_unit_test(test_crafted_random),
+        cmocka_unit_test(test_shifted_history), cmocka_unit_test(test_version1),
         cmocka_unit_test(test_paths), cmocka_unit_test(test_temporaries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,11 @@
 /* Saving and restoring a session: header, token history, zstd-compressed
  * pages, checksum; written to a temporary file, flushed and renamed.
  *
+ * Version 2 files also hold the dropped-token record of a shifted or wrapped
+ * cache (kept head, count, hash), so a loaded session checks a request
+ * against its whole history as the live one did; version 1 files load only
+ * when nothing was dropped.
+ *
  * Loading trusts nothing the checksum covers (anyone can recompute it): every
  * count, position, type and size is checked against what the loading
  * session's settings can produce (kv_check.c for the page table) before
@@ -76,10 +81,10 @@ static const char *kind_of(mode_t m) {
     return "not a regular file";
 }
 
-static kvlm_status refuse_kind(const char *who, const char *path, const char *kind, kvlm_error *err) {
-    const bool save = strcmp(who, "session_save") == 0;
+static kvlm_status refuse_kind(const char *who, const char *path, const char *kind, bool absent_ok,
+                               kvlm_error *err) {
     return kv_fail(err, KVLM_ERR_INVALID_ARG, "%s: '%s' is %s; refused (a session file must be a regular file%s)", who,
-                   path, kind, save ? " or not exist yet" : "");
+                   path, kind, absent_ok ? " or not exist yet" : "");
 }
 
 kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *who, kvlm_error *err) {
@@ -89,7 +94,7 @@ kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *
         return kv_fail(err, KVLM_ERR_IO, "%s: cannot use '%s': %s", who, path, strerror(errno));
     }
     const char *k = kind_of(st.st_mode);
-    return k ? refuse_kind(who, path, k, err) : KVLM_OK;
+    return k ? refuse_kind(who, path, k, absent_ok, err) : KVLM_OK;
 }
 
 static bool temp_suffix(const char *r) { /* the six characters mkstemp puts in place of XXXXXX */
@@ -154,17 +159,18 @@ static void sync_dir_of(const char *path) {
     close(fd);
 }
 
-static kvlm_status write_atomically(const char *path, const uint8_t *data, size_t n, kvlm_error *err) {
-    kvlm_status st = kv_session_check_path(path, true, "session_save", err);
+kvlm_status kv_session_write_file(const char *path, const void *bytes, size_t n, const char *who, kvlm_error *err) {
+    const uint8_t *data = bytes;
+    kvlm_status st = kv_session_check_path(path, true, who, err);
     if (st) return st;
     kv_session_clean_temps(path);
     const size_t cap = strlen(path) + 40;
     char *tmp = malloc(cap);
-    if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory");
+    if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "%s: out of memory", who);
     snprintf(tmp, cap, "%s.tmp.%ld.XXXXXX", path, (long)getpid());
     const int fd = mkstemp(tmp);
     if (fd < 0) {
-        st = kv_fail(err, KVLM_ERR_IO, "session_save: cannot create a temporary file beside '%s': %s", path,
+        st = kv_fail(err, KVLM_ERR_IO, "%s: cannot create a temporary file beside '%s': %s", who, path,
                      strerror(errno));
         free(tmp);
         return st;
@@ -182,7 +188,7 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
     bool ok = off == n && fsync(fd) == 0;
     if (!ok && off == n) e = errno;
     /* what is at the path may have changed while writing: check again just before replacing it */
-    if (ok && (st = kv_session_check_path(path, true, "session_save", err)) != KVLM_OK) {
+    if (ok && (st = kv_session_check_path(path, true, who, err)) != KVLM_OK) {
         unlink(tmp);
         close(fd);
         free(tmp);
@@ -195,7 +201,7 @@ static kvlm_status write_atomically(const char *path, const uint8_t *data, size_
     if (!ok) unlink(tmp);
     close(fd); /* after the rename: the lock is held until the file has its name; the data is fsync'd */
     free(tmp);
-    if (!ok) return kv_fail(err, KVLM_ERR_IO, "session_save: writing '%s' failed: %s", path, strerror(e));
+    if (!ok) return kv_fail(err, KVLM_ERR_IO, "%s: writing '%s' failed: %s", who, path, strerror(e));
     sync_dir_of(path);
     return KVLM_OK;
 }
@@ -225,6 +231,9 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     h.next_pos = d.next_pos;
     h.n_consumed = d.n_hist;
     h.n_ctx = d.n_ctx;
+    h.n_head = d.n_head;
+    h.n_dropped = d.n_dropped;
+    h.drop_hash = d.drop_hash;
     kv_buf b = {0};
     kv_buf_add(&b, &h, sizeof h);
     kv_buf_add(&b, d.tokens, (size_t)d.n * sizeof *d.tokens);
@@ -269,7 +278,7 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
         const uint64_t sum = kv_session_checksum(b.data, b.n);
         kv_buf_add(&b, &sum, sizeof sum);
         st = b.oom ? kv_fail(err, KVLM_ERR_NOMEM, "session_save: out of memory")
-                   : write_atomically(path, (const uint8_t *)b.data, b.n, err);
+                   : kv_session_write_file(path, b.data, b.n, "session_save", err);
     }
     free(b.data);
     return st;
@@ -298,26 +307,26 @@ static bool take(rcur *c, void *dst, size_t n) {
     return true;
 }
 
-static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_error *err) {
+kvlm_status kv_session_read_file(const char *path, const char *who, uint8_t **out, size_t *n, kvlm_error *err) {
     /* lstat first, so a device or FIFO is refused without being opened; then
        open without following or blocking and check what was opened */
-    kvlm_status st = kv_session_check_path(path, false, "session_load", err);
+    kvlm_status st = kv_session_check_path(path, false, who, err);
     if (st) return st;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
-        if (errno == ELOOP) return refuse_kind("session_load", path, "a symbolic link", err);
-        return kv_fail(err, KVLM_ERR_IO, "session_load: cannot open '%s': %s", path, strerror(errno));
+        if (errno == ELOOP) return refuse_kind(who, path, "a symbolic link", false, err);
+        return kv_fail(err, KVLM_ERR_IO, "%s: cannot open '%s': %s", who, path, strerror(errno));
     }
     struct stat stt;
     if (fstat(fd, &stt) != 0) {
-        st = kv_fail(err, KVLM_ERR_IO, "session_load: cannot stat '%s': %s", path, strerror(errno));
+        st = kv_fail(err, KVLM_ERR_IO, "%s: cannot stat '%s': %s", who, path, strerror(errno));
         close(fd);
         return st;
     }
     const char *kind = kind_of(stt.st_mode);
     if (kind || (uint64_t)stt.st_size > SES_MAX_FILE) {
-        st = kind ? refuse_kind("session_load", path, kind, err)
-                  : kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is too large for a session file", path);
+        st = kind ? refuse_kind(who, path, kind, false, err)
+                  : kv_fail(err, KVLM_ERR_FORMAT, "%s: '%s' is too large for a session file", who, path);
         close(fd);
         return st;
     }
@@ -325,7 +334,7 @@ static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_er
     uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
         close(fd);
-        return kv_fail(err, KVLM_ERR_NOMEM, "session_load: out of memory for %zu bytes", size);
+        return kv_fail(err, KVLM_ERR_NOMEM, "%s: out of memory for %zu bytes", who, size);
     }
     size_t off = 0;
     while (off < size) {
@@ -337,7 +346,7 @@ static kvlm_status read_file(const char *path, uint8_t **out, size_t *n, kvlm_er
     close(fd);
     if (off != size) {
         free(buf);
-        return kv_fail(err, KVLM_ERR_IO, "session_load: reading '%s' failed", path);
+        return kv_fail(err, KVLM_ERR_IO, "%s: reading '%s' failed", who, path);
     }
     *out = buf;
     *n = size;
@@ -350,6 +359,7 @@ static kv_seq_desc desc_of(const ses_header *h) {
         .page_tokens = h->page_tokens, .n_layer = h->n_layer, .kv_dim = h->kv_dim, .type_k = h->type_k,
         .type_v = h->type_v, .overflow = h->overflow, .shareable = h->shareable, .n_pages = h->n_pages,
         .n = h->n, .next_pos = h->next_pos, .n_hist = h->n_consumed, .n_ctx = h->n_ctx,
+        .n_head = h->n_head, .n_dropped = h->n_dropped, .drop_hash = h->drop_hash,
     };
     return d;
 }
@@ -364,13 +374,19 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
     ses_header h;
     kvlm_error why;
     rcur c = {buf, size, 0};
-    if (size < sizeof h + 8 || !take(&c, &h, sizeof h) || memcmp(h.magic, KV_SES_MAGIC, 8) != 0) {
+    memset(&h, 0, sizeof h);
+    if (size < KV_SES_V1_HEADER + 8 || !take(&c, &h, KV_SES_V1_HEADER) || memcmp(h.magic, KV_SES_MAGIC, 8) != 0) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is not a kvlm session file", path);
         goto out;
     }
-    if (h.version != KV_SES_VERSION || h.header_bytes != sizeof h) {
-        st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u)", path,
-                     h.version, KV_SES_VERSION);
+    const bool v1 = h.version == KV_SES_VERSION_V1 && h.header_bytes == KV_SES_V1_HEADER;
+    if (!v1 && (h.version != KV_SES_VERSION || h.header_bytes != sizeof h)) {
+        st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u and %u)", path,
+                     h.version, KV_SES_VERSION_V1, KV_SES_VERSION);
+        goto out;
+    }
+    if (!v1 && (size < sizeof h + 8 || !take(&c, (uint8_t *)&h + KV_SES_V1_HEADER, sizeof h - KV_SES_V1_HEADER))) {
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated", path);
         goto out;
     }
     uint64_t sum;
@@ -389,6 +405,24 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
     kv_seq_desc d = desc_of(&h);
     if (kv_seq_check_settings(&s->seq, &d, &why) != KVLM_OK) {
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "session_load: '%s' %s", path, why.msg);
+        goto out;
+    }
+    if (v1) {
+        /* version 1 has no dropped-token record: it loads when nothing was dropped (never shifted, a ring
+           that never wrapped), with this session's head and an empty record; the checks below refuse a
+           ring slot that was overwritten */
+        const bool ring = h.overflow == KVLM_OVERFLOW_RING;
+        if (ring ? h.next_pos > h.n_ctx : h.n_consumed != h.n) {
+            st = kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                         "session_load: '%s' is a version 1 file of a cache that was %s (%d tokens consumed, %d "
+                         "held); version 1 has no record of the dropped tokens: start over (--session-overwrite "
+                         "in the CLI)",
+                         path, ring ? "wrapped" : "shifted", h.n_consumed, h.n);
+            goto out;
+        }
+        d.n_head = h.overflow == KVLM_OVERFLOW_RING || h.overflow == KVLM_OVERFLOW_ERROR ? 0 : kv_seq_head(&s->seq);
+    } else if (h.reserved != 0) {
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' has a non-zero reserved header field", path);
         goto out;
     }
     /* the counts, against a sequence with the session's settings (a ring's capacity comes from them) */
@@ -476,7 +510,7 @@ kvlm_status kv_session_load_buffer(kvlm_session *s, const uint8_t *buf, size_t n
 static kvlm_status load_locked(kvlm_session *s, const char *path, kvlm_error *err) {
     uint8_t *buf = NULL;
     size_t size = 0;
-    kvlm_status st = read_file(path, &buf, &size, err);
+    kvlm_status st = kv_session_read_file(path, "session_load", &buf, &size, err);
     if (st) return st;
     st = load_bytes_locked(s, buf, size, path, err);
     free(buf);

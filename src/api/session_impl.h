@@ -45,12 +45,18 @@ bool kv_session_rewindable(const kvlm_session *s);
 /* ------------------------------------------------------------ session files (persist.c) */
 
 #define KV_SES_MAGIC "KVLMSES1"
-#define KV_SES_VERSION 1u
+#define KV_SES_VERSION 2u
+/* Version 1 files (no dropped-token record; header_bytes KV_SES_V1_HEADER) still load when their
+ * cache was never shifted (see persist.c). */
+#define KV_SES_VERSION_V1 1u
 
 /* The fixed part of a session file's header (little-endian, no padding).
  * After it: n token ids, n positions (int32), then each page as
  * {uint32 type_k, type_v; uint64 raw bytes, compressed bytes; zstd data},
- * then the checksum (kv_session_checksum of everything before it). */
+ * then the checksum (kv_session_checksum of everything before it).
+ * Version 2 adds the record a shifted or wrapped cache needs to check a request against its whole
+ * history: the kept head (n_keep for shift, n_sink for sliding, else 0), how many history tokens
+ * were dropped and their chained hash (kv_seq's n_dropped / drop_hash). */
 typedef struct kv_ses_header {
     char magic[8];
     uint32_t version;
@@ -59,7 +65,14 @@ typedef struct kv_ses_header {
     uint32_t page_tokens, n_layer, kv_dim, type_k, type_v;
     uint32_t overflow, shareable, n_pages;
     int32_t n, next_pos, n_consumed, n_ctx;
+    /* version 2 */
+    int32_t n_head;   /* the kept head of the history */
+    uint32_t reserved; /* 0 */
+    int64_t n_dropped;
+    uint64_t drop_hash;
 } kv_ses_header;
+/* The size of a version 1 header: the fields before n_head. */
+#define KV_SES_V1_HEADER 80u
 
 /* The checksum the loader verifies: XXH3-64 of the file's bytes before the
  * last 8 (which hold it). A plain hash, not a MAC: it catches corruption;
@@ -76,6 +89,13 @@ kvlm_status kv_session_load_buffer(kvlm_session *s, const uint8_t *buf, size_t n
  * (not followed if it is a symbolic link) or, when absent_ok, nothing.
  * Checks with lstat only (never opens the path). `who` prefixes the message. */
 kvlm_status kv_session_check_path(const char *path, bool absent_ok, const char *who, kvlm_error *err);
+/* How session files are written and read, for the session's own files and the files that go with
+ * them (the chat's conversation beside its session): writes n bytes to path through a temporary
+ * beside it (cleaning the orphans of killed saves first), fsync'd and renamed over it, refusing
+ * anything at path that is not a regular file; reads a regular file whole (never following a link
+ * or blocking on a FIFO; *out malloc'd). `who` prefixes the messages. */
+kvlm_status kv_session_write_file(const char *path, const void *data, size_t n, const char *who, kvlm_error *err);
+kvlm_status kv_session_read_file(const char *path, const char *who, uint8_t **out, size_t *n, kvlm_error *err);
 /* Removes the temporaries that killed saves of `path` left behind (see persist.c);
  * returns how many it removed. */
 int kv_session_clean_temps(const char *path);

@@ -262,6 +262,9 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err);
 /* ---- what the session layer asks of a sequence. h_len is always the length of the history the
    owner consumed (more than the slots held once a shift dropped some, or in a ring). */
 
+/* The leading slots a shift never moves: n_keep (shift), n_sink (sliding), else 0. After a shift
+   they are the history's first tokens, and the dropped tokens follow them. */
+int32_t kv_seq_head(const kv_seq *s);
 /* Whether the slots are still the whole history of h_len tokens, in order (not a ring, nothing
    dropped): then any point of it can be rolled back to. */
 bool kv_seq_holds_history(const kv_seq *s, int64_t h_len);
@@ -343,6 +346,11 @@ typedef struct kv_seq_desc {
     int32_t n, next_pos;         /* slots held, position of the next token */
     int32_t n_hist;              /* history length (tokens consumed; more than n after a shift) */
     int32_t n_ctx;
+    /* the dropped-token record (kv_seq's): the kept head (n_keep for shift, n_sink for sliding, else
+       0), history tokens no longer held and their chained hash */
+    int32_t n_head;
+    int64_t n_dropped;
+    uint64_t drop_hash;
     const int32_t *tokens, *pos; /* n each; NULL while an import has not read them yet */
 } kv_seq_desc;
 
@@ -380,7 +388,9 @@ void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d);
 kvlm_status kv_seq_check_settings(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
 /* Whether the contents d describes (from outside: a session file) are a state the overflow policy
  * of s can produce, s being a sequence with the settings they will run under: slot and position
- * counts, per-slot positions (if d->pos), history length, shareable flag, pages and context.
+ * counts, per-slot positions (if d->pos), history length, the dropped-token record (its count
+ * matches the history and the slots, its head is the policy's, a ring's dropped positions are
+ * exactly those its slots no longer hold), shareable flag, pages and context.
  * KVLM_ERR_FORMAT with the reason (a phrase such as "holds 9 slots ...") otherwise. */
 kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err);
 /* The position slot `slot` holds in a valid state with that next position

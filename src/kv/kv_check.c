@@ -7,14 +7,25 @@
  *    next position is n, pages [0, ceil(n / P)) exist;
  *  - ring (capacity C = s->n_ctx, a multiple of P): slot = position mod C,
  *    n = min(next_pos, C), slot i holds the one position c of
- *    [next_pos - n, next_pos) congruent to i, or c + C: a slot written
- *    before a rollback of the ring, which attention masks (its position is
- *    after every query) until a pass overwrites it; all C / P pages exist.
+ *    [next_pos - n, next_pos) congruent to i, or c + C when c was dropped
+ *    (c < n_dropped): a slot written before a rollback of the ring, which
+ *    attention masks (its position is after every query) until a pass
+ *    overwrites it; all C / P pages exist.
  * Position counters are bounded by KV_POS_LIMIT so continuing can never
  * overflow an int32. The history length (tokens consumed) is n for error,
  * at least n for shift and sliding (a shift drops slots), next_pos for a
  * ring; only an unshifted, non-ring sequence may be marked shareable (its
- * pages go into the prefix index). */
+ * pages go into the prefix index).
+ * The dropped-token record (n_head, n_dropped, drop_hash; kv_seq.c):
+ *  - error: nothing is dropped, no head;
+ *  - shift, sliding: n_dropped = history - n (what the shifts removed); once
+ *    something was dropped the head is the policy's (n_keep, n_sink: the
+ *    request check splits the history there) and all of it is held (n >= head);
+ *  - ring: no head; positions [n_dropped, next_pos) are held and the ones
+ *    before were overwritten, so max(0, next_pos - C) <= n_dropped <= next_pos
+ *    and a slot whose position c is below n_dropped holds c + C (it was
+ *    overwritten by that one, which a rollback then left behind);
+ *  - a hash with nothing dropped is 0. */
 #include <stdio.h>
 
 #include "core/dtype.h"
@@ -42,8 +53,10 @@ int64_t kv_seq_state_pages(const kv_seq *s, int32_t n) {
     return ((int64_t)n + s->P - 1) / s->P;
 }
 
-/* n slots, the next position and the per-slot positions (or NULL). */
-static kvlm_status check_state(const kv_seq *s, int32_t n, int32_t next_pos, const int32_t *pos, kvlm_error *err) {
+/* n slots, the next position and the per-slot positions (or NULL); a ring's dropped count (checked
+ * in range by the caller) says which slots were overwritten. */
+static kvlm_status check_state(const kv_seq *s, int32_t n, int32_t next_pos, int64_t n_dropped, const int32_t *pos,
+                               kvlm_error *err) {
     const char *pol = policy_name(s->overflow);
     if (n < 0 || n > s->n_ctx)
         return kv_fail(err, KVLM_ERR_FORMAT, "holds %d slots, outside 0..%d (the %s cache's capacity)", n, s->n_ctx,
@@ -62,10 +75,13 @@ static kvlm_status check_state(const kv_seq *s, int32_t n, int32_t next_pos, con
     const bool ring = s->overflow == KVLM_OVERFLOW_RING;
     if (pos)
         for (int32_t i = 0; i < n; i++) {
-            const int32_t want = kv_seq_state_pos(s, next_pos, i);
-            if (pos[i] != want && !(ring && (int64_t)pos[i] == (int64_t)want + s->n_ctx))
-                return kv_fail(err, KVLM_ERR_FORMAT, "has position %d in slot %d (a %s cache holds %d there)", pos[i],
-                               i, pol, want);
+            const int32_t c = kv_seq_state_pos(s, next_pos, i);
+            /* a ring's slot of a dropped position holds the one that overwrote it */
+            const int64_t want = ring && c < n_dropped ? (int64_t)c + s->n_ctx : c;
+            if (pos[i] != want)
+                return kv_fail(err, KVLM_ERR_FORMAT,
+                               "has position %d in slot %d (a %s cache with %lld dropped tokens holds %lld there)",
+                               pos[i], i, pol, (long long)n_dropped, (long long)want);
         }
     return KVLM_OK;
 }
@@ -92,7 +108,35 @@ kvlm_status kv_seq_check_settings(const kv_seq *s, const kv_seq_desc *d, kvlm_er
 
 kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
     const int32_t n = d->n, next_pos = d->next_pos, n_hist = d->n_hist;
-    kvlm_status st = check_state(s, n, next_pos, d->pos, err);
+    const int64_t dropped = d->n_dropped;
+    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
+    /* the dropped record first: the ring's slot check depends on it */
+    if (ring) {
+        const int64_t low = (int64_t)next_pos - s->n_ctx;
+        if (dropped < (low > 0 ? low : 0) || dropped > next_pos || d->n_head != 0)
+            return kv_fail(err, KVLM_ERR_FORMAT,
+                           "is a ring of %d slots at position %d that dropped %lld tokens with a head of %d "
+                           "(it drops %lld..%d with no head)",
+                           s->n_ctx, next_pos, (long long)dropped, d->n_head, (long long)(low > 0 ? low : 0),
+                           next_pos);
+    } else if (s->overflow == KVLM_OVERFLOW_ERROR) {
+        if (dropped != 0 || d->n_head != 0)
+            return kv_fail(err, KVLM_ERR_FORMAT, "records %lld dropped tokens and a head of %d (an error cache drops "
+                           "none and has no head)", (long long)dropped, d->n_head);
+    } else {
+        if (dropped < 0 || dropped > KV_POS_LIMIT || dropped != (int64_t)n_hist - n)
+            return kv_fail(err, KVLM_ERR_FORMAT, "records %lld dropped tokens for %d consumed tokens in %d slots "
+                           "(must be %lld)", (long long)dropped, n_hist, n, (long long)n_hist - n);
+        const int32_t head = kv_seq_head(s);
+        if (d->n_head < 0 || d->n_head > s->n_ctx || (dropped > 0 && (d->n_head != head || n < head)))
+            return kv_fail(err, KVLM_ERR_FORMAT,
+                           "was shifted keeping a head of %d tokens with %d slots and %lld dropped (this session "
+                           "keeps %d and must hold them)",
+                           d->n_head, n, (long long)dropped, head);
+    }
+    if (dropped == 0 && d->drop_hash != 0)
+        return kv_fail(err, KVLM_ERR_FORMAT, "has a dropped-token hash but no dropped tokens");
+    kvlm_status st = check_state(s, n, next_pos, dropped, d->pos, err);
     if (st) return st;
     bool ok;
     switch (s->overflow) {
@@ -106,7 +150,6 @@ kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error 
     if (d->shareable > 1 || (d->shareable && (s->overflow == KVLM_OVERFLOW_RING || n_hist != n)))
         return kv_fail(err, KVLM_ERR_FORMAT, "is marked shareable (%u) though its cache was shifted or is a ring",
                        d->shareable);
-    const bool ring = s->overflow == KVLM_OVERFLOW_RING;
     const int64_t want_pages = kv_seq_state_pages(s, n);
     if ((int64_t)d->n_pages != want_pages || (ring ? d->n_ctx != s->n_ctx : (d->n_ctx < 1 || d->n_ctx < n)))
         return kv_fail(err, KVLM_ERR_FORMAT,

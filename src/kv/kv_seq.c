@@ -242,8 +242,7 @@ int64_t kv_seq_pages_needed(const kv_seq_config *c, int32_t P) {
     return ((int64_t)c->n_ctx + P - 1) / P;
 }
 
-/* Leading slots a shift never moves (after one, they are the history's first tokens). */
-static int32_t fixed_head(const kv_seq *s) {
+int32_t kv_seq_head(const kv_seq *s) {
     switch (s->overflow) {
     case KVLM_OVERFLOW_SHIFT: return s->n_keep;
     case KVLM_OVERFLOW_SLIDING: return s->n_sink;
@@ -251,8 +250,8 @@ static int32_t fixed_head(const kv_seq *s) {
     }
 }
 
-/* Whether the dropped-token record describes a history of h_len tokens (it does not for a sequence
- * loaded from a file after shifts: the file holds no record of what was dropped). */
+/* Whether the dropped-token record describes a history of h_len tokens (always, for a sequence the
+ * engine built or loaded from a checked file; a guard against an owner's count gone wrong). */
 static bool drop_known(const kv_seq *s, int64_t h_len) {
     if (s->overflow == KVLM_OVERFLOW_RING)
         return h_len == s->next_pos && s->n_dropped >= (int64_t)s->next_pos - s->n_ctx && s->n_dropped <= s->next_pos;
@@ -265,7 +264,7 @@ bool kv_seq_can_rewind(const kv_seq *s, int64_t h_len, int64_t h) {
     if (!drop_known(s, h_len)) return false;
     if (s->n_dropped == 0) return true; /* everything is held */
     if (s->overflow == KVLM_OVERFLOW_RING) return h >= s->n_dropped + s->window - 1; /* the window before h is held */
-    const int32_t head = fixed_head(s);
+    const int32_t head = kv_seq_head(s);
     return h <= head || h >= head + s->n_dropped;
 }
 
@@ -288,7 +287,7 @@ kvlm_status kv_seq_rewind(kv_seq *s, int64_t h_len, int64_t h, kvlm_error *err) 
         }
         return KVLM_OK;
     }
-    const int32_t head = fixed_head(s);
+    const int32_t head = kv_seq_head(s);
     int64_t slots = h;
     if (s->n_dropped > 0 && h > head) slots = h - s->n_dropped; /* in the held tail */
     kvlm_status st = kv_seq_truncate(s, (int32_t)slots, err);
@@ -324,7 +323,7 @@ int32_t kv_seq_reuse_point(const kv_seq *s, int64_t h_len, const int32_t *ctx, i
         while (p < limit && s->tokens[p % s->n_ctx] == ctx[p]) p++;
         return p >= low ? (int32_t)p : 0;
     }
-    const int32_t head = fixed_head(s);
+    const int32_t head = kv_seq_head(s);
     const int32_t hl = limit < head ? limit : head;
     int32_t i = 0;
     while (i < hl && s->tokens[i] == ctx[i]) i++;
@@ -681,6 +680,9 @@ kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_
     d->next_pos = s->next_pos;
     d->n_hist = n_hist;
     d->n_ctx = s->n_ctx;
+    d->n_head = kv_seq_head(s);
+    d->n_dropped = s->n_dropped;
+    d->drop_hash = s->drop_hash;
     /* slots in use: [0, n) (a ring fills its slots in order before wrapping) */
     d->tokens = s->tokens;
     d->pos = s->pos;
@@ -764,6 +766,8 @@ void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d) {
     s->n = d->n;
     s->next_pos = d->next_pos;
     s->shareable = s->shareable && d->shareable;
+    s->n_dropped = d->n_dropped;
+    s->drop_hash = d->drop_hash;
     kv_pool_count(s->pool, KV_STAT_TOKENS, d->n);
     /* the old contents go; whoever points at dst (the forward pass) now sees the new ones */
     kv_seq_destroy(dst);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #if defined(__APPLE__)
 #include <sys/sysctl.h>
@@ -309,4 +310,34 @@ void cli_progress_end(cli_progress *p) {
     if (!p->on) return;
     fprintf(stderr, "\r\033[K");
     fflush(stderr);
+}
+
+/* Loads --session FILE if something is there. A file that does not load is
+ * not overwritten at the end unless --session-overwrite says so; what is not
+ * a regular file is refused either way (saving would refuse it too). */
+bool cli_use_session_file(kvlm_session *s, const cli_args *a) {
+    struct stat stt;
+    if (lstat(a->session, &stt) != 0) {
+        if (errno == ENOENT) return true; /* created at the end */
+        fprintf(stderr, "error: --session '%s': %s\n", a->session, strerror(errno));
+        return false;
+    }
+    kvlm_error err;
+    if (kvlm_session_load(s, a->session, &err) == KVLM_OK) {
+        if (a->verbose) fprintf(stderr, "loaded %d tokens from %s\n", kvlm_session_n_past(s), a->session);
+        return true;
+    }
+    if (!S_ISREG(stt.st_mode)) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return false;
+    }
+    if (!a->session_overwrite) {
+        fprintf(stderr,
+                "error: %s\nerror: '%s' could not be loaded, so it is not overwritten; pass --session-overwrite to "
+                "replace it with this run's session\n",
+                err.msg, a->session);
+        return false;
+    }
+    fprintf(stderr, "warning: not using the session file (%s); it will be replaced (--session-overwrite)\n", err.msg);
+    return true;
 }

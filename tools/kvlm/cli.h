@@ -97,6 +97,10 @@ double cli_now_s(void);
 int cli_print_token(const char *text, size_t len, kvlm_token tok, void *user_data);
 /* Ctrl-C cancels generation on s (NULL: back to the default action). */
 void cli_cancel_on_sigint(kvlm_session *s);
+/* Loads --session FILE into s if something is there (run, chat); false (after a message) when the
+ * command must stop: FILE is not a regular file, or it does not load and --session-overwrite was not
+ * given. */
+bool cli_use_session_file(kvlm_session *s, const cli_args *a);
 /* Prints the session's KV statistics as one JSON line on stderr. */
 void cli_print_kv_stats(const kvlm_session *s);
 /* The KV cache flags, for `kvlm serve --help`. */

@@ -45,7 +45,11 @@ static const struct {
      "  /reset starts over, /quit (or end of input) leaves; Ctrl-C stops the current answer. On a terminal\n"
      "  the line has history and editing (libedit); from a pipe each line is one turn, however long.\n"
      "  An answer runs until the end of the turn. When the context is full the chat shifts it, keeping\n"
-     "  the system prompt, so every turn goes on.\n"},
+     "  the system prompt, so every turn goes on.\n"
+     "  --session FILE: the chat goes on across invocations: the KV cache is kept in FILE, the\n"
+     "  conversation (system prompt, messages) in FILE.chat (JSON), both loaded at the start when there\n"
+     "  and saved when the chat ends. Both must be regular files or absent; when only one is there or\n"
+     "  one does not load, the chat stops (nothing is overwritten) unless --session-overwrite starts over.\n"},
     {"eval", C_EVAL,
      "usage: kvlm eval -m MODEL (-p TEXT | -f FILE | --tokens \"1 2 3\") [options]\n"
      "  Evaluates a prompt as one batch, then --greedy N tokens one at a time; prints the greedy ids and\n"
@@ -112,8 +116,12 @@ static const flag_spec k_flags[] = {
      "feed each chunk K tokens at a time, so tiered KV compression acts between steps (default: 0, all at once)"},
     {NULL, "--chunks", "N", C_PPL, F_CHUNKS, V_INT, 0, N24, "score at most N chunks (default: 0, all)"},
     {NULL, "--session", "FILE", C_RUN, F_SESSION, V_STR, 0, 0, "load the session from FILE and save it there (see above)"},
+    {NULL, "--session", "FILE", C_CHAT, F_SESSION, V_STR, 0, 0,
+     "continue the chat kept in FILE and FILE.chat, and keep it there (see above)"},
     {NULL, "--session-overwrite", NULL, C_RUN, F_SESSION_OVERWRITE, V_NONE, 0, 0,
      "replace a --session FILE that does not load"},
+    {NULL, "--session-overwrite", NULL, C_CHAT, F_SESSION_OVERWRITE, V_NONE, 0, 0,
+     "start over when the --session files do not load (they are replaced at the end)"},
     {NULL, "--chat-template", "NAME", C_CHAT | C_SERVE, F_TEMPLATE, V_STR, 0, 0,
      "chatml, llama2, llama2-sys, llama3, phi3, bitnet or plain (default: from the model)"},
     {NULL, "--system", "TEXT", C_CHAT, F_SYSTEM, V_STR, 0, 0, "the system prompt (default: none)"},

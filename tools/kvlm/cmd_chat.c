@@ -1,11 +1,16 @@
-/* kvlm chat: an interactive multi-turn REPL that keeps the KV cache across turns. */
+/* kvlm chat: an interactive multi-turn REPL that keeps the KV cache across turns, and with
+ * --session FILE across invocations (the cache in FILE, the conversation in FILE.chat). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <editline/readline.h>
 
+#include "api/session_impl.h"
 #include "cli.h"
 
 /* The chat's input: on a terminal libedit's line editing and history; otherwise plain reads, one
@@ -79,6 +84,174 @@ static void clear(history *h) {
     h->n = 0;
 }
 
+/* ------------------------------------------------------------ the conversation file (FILE.chat)
+ *
+ * One JSON object: {"format": "kvlm-chat", "version": 1, "template": NAME or null (--chat-template),
+ * "system": TEXT or null, "messages": [{"role": "user" | "assistant", "content": TEXT}, ...],
+ * "held": the text the cache holds (null: not known), "n_past": the tokens the session held when it
+ * was saved}. Written and read with the session file's rules (kv_session_write_file, _read_file):
+ * a regular file or nothing, never through a link, a FIFO or a device, replaced atomically. */
+
+typedef struct chat_saved {
+    char *tmpl, *system, *held;
+    history conv; /* user and assistant messages */
+    int32_t n_past;
+} chat_saved;
+
+static void saved_free(chat_saved *c) {
+    free(c->tmpl);
+    free(c->system);
+    free(c->held);
+    clear(&c->conv);
+    free(c->conv.msgs);
+    free(c->conv.owned);
+    memset(c, 0, sizeof *c);
+}
+
+/* A string member or null; false when it is something else. */
+static bool opt_string(const cJSON *o, const char *name, char **out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    *out = NULL;
+    if (!v || cJSON_IsNull(v)) return true;
+    if (!cJSON_IsString(v) || !v->valuestring) return false;
+    return (*out = strdup(v->valuestring)) != NULL;
+}
+
+/* Parses a conversation file; on failure *why says what is wrong. */
+static bool saved_parse(const char *text, size_t len, chat_saved *c, const char **why) {
+    memset(c, 0, sizeof *c);
+    cJSON *o = cJSON_ParseWithLength(text, len);
+    bool ok = false;
+    *why = "it is not JSON";
+    if (!o) return false;
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(o, "format");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "version");
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(o, "messages");
+    const cJSON *np = cJSON_GetObjectItemCaseSensitive(o, "n_past");
+    *why = "it is not a kvlm chat conversation";
+    if (!cJSON_IsObject(o) || !cJSON_IsString(fmt) || strcmp(fmt->valuestring, "kvlm-chat") != 0) goto out;
+    *why = "it has another version (this build reads 1)";
+    if (!cJSON_IsNumber(ver) || ver->valuedouble != 1) goto out;
+    *why = "a field is missing or of the wrong type";
+    if (!cJSON_IsArray(msgs) || !cJSON_IsNumber(np) || np->valuedouble < 0 || np->valuedouble > (1 << 30) ||
+        np->valuedouble != (double)(int32_t)np->valuedouble)
+        goto out;
+    if (!opt_string(o, "template", &c->tmpl) || !opt_string(o, "system", &c->system) ||
+        !opt_string(o, "held", &c->held))
+        goto out;
+    c->n_past = (int32_t)np->valuedouble;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        *why = "a message is not {\"role\": \"user\" or \"assistant\", \"content\": TEXT}";
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role) || !cJSON_IsString(content)) goto out;
+        const char *r = strcmp(role->valuestring, "user") == 0        ? "user"
+                        : strcmp(role->valuestring, "assistant") == 0 ? "assistant"
+                                                                      : NULL;
+        if (!r) goto out;
+        *why = "out of memory";
+        if (!add(&c->conv, r, content->valuestring)) goto out;
+    }
+    ok = true;
+out:
+    cJSON_Delete(o);
+    if (!ok) saved_free(c);
+    return ok;
+}
+
+static bool add_opt(cJSON *o, const char *name, const char *v) {
+    return (v ? cJSON_AddStringToObject(o, name, v) : cJSON_AddNullToObject(o, name)) != NULL;
+}
+
+/* Writes the conversation (h, whose first message is the system prompt when there is one). */
+static bool saved_write(const char *path, const char *tmpl, const char *system, const history *h, const char *held,
+                        int32_t n_past) {
+    cJSON *o = cJSON_CreateObject(), *msgs = NULL;
+    bool ok = o && cJSON_AddStringToObject(o, "format", "kvlm-chat") && cJSON_AddNumberToObject(o, "version", 1) &&
+              add_opt(o, "template", tmpl) && add_opt(o, "system", system) &&
+              (msgs = cJSON_AddArrayToObject(o, "messages")) != NULL;
+    for (int i = system ? 1 : 0; ok && i < h->n; i++) {
+        cJSON *m = cJSON_CreateObject();
+        ok = m && cJSON_AddItemToArray(msgs, m) && cJSON_AddStringToObject(m, "role", h->msgs[i].role) &&
+             cJSON_AddStringToObject(m, "content", h->msgs[i].content);
+    }
+    ok = ok && add_opt(o, "held", held) && cJSON_AddNumberToObject(o, "n_past", n_past);
+    char *text = ok ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!text) {
+        fprintf(stderr, "error: --session: out of memory writing the conversation\n");
+        return false;
+    }
+    kvlm_error err;
+    const size_t n = strlen(text);
+    text[n] = '\n'; /* the terminator becomes the file's last line end */
+    ok = kv_session_write_file(path, text, n + 1, "chat", &err) == KVLM_OK;
+    free(text);
+    if (!ok) fprintf(stderr, "error: %s\n", err.msg);
+    return ok;
+}
+
+/* Whether something is at path (any kind); false with errno ENOENT when nothing is. */
+static bool exists(const char *path, bool *other_error) {
+    struct stat st;
+    *other_error = false;
+    if (lstat(path, &st) == 0) return true;
+    *other_error = errno != ENOENT;
+    return false;
+}
+
+/* What --session FILE starts from: 1 a saved conversation (in *c; FILE is loaded later), 0 a new
+ * one (nothing there, or --session-overwrite starting over), -1 stop (after a message). */
+static int saved_open(const cli_args *a, const char *side, chat_saved *c) {
+    bool err_ses, err_side;
+    const bool has_ses = exists(a->session, &err_ses), has_side = exists(side, &err_side);
+    if (err_ses || err_side) {
+        fprintf(stderr, "error: --session '%s': %s\n", err_ses ? a->session : side, strerror(errno));
+        return -1;
+    }
+    kvlm_error err;
+    /* anything but a regular file is refused either way (saving would refuse it too) */
+    if ((has_ses && kv_session_check_path(a->session, false, "chat", &err) != KVLM_OK) ||
+        (has_side && kv_session_check_path(side, false, "chat", &err) != KVLM_OK)) {
+        fprintf(stderr, "error: %s\n", err.msg);
+        return -1;
+    }
+    if (!has_ses && !has_side) return 0;
+    char problem[512];
+    if (has_side) {
+        uint8_t *text = NULL;
+        size_t len = 0;
+        const char *why = NULL;
+        if (kv_session_read_file(side, "chat", &text, &len, &err) != KVLM_OK) {
+            snprintf(problem, sizeof problem, "%s", err.msg);
+        } else if (!saved_parse((const char *)text, len, c, &why)) {
+            snprintf(problem, sizeof problem, "'%s' does not load: %s", side, why);
+        } else if (!has_ses) {
+            saved_free(c);
+            snprintf(problem, sizeof problem, "'%s' has no session file '%s' beside it", side, a->session);
+        } else {
+            free(text);
+            return 1;
+        }
+        free(text);
+    } else {
+        snprintf(problem, sizeof problem, "'%s' has no conversation file '%s' beside it (was it saved by kvlm run?)",
+                 a->session, side);
+    }
+    if (!a->session_overwrite) {
+        fprintf(stderr,
+                "error: %s\nerror: the chat in '%s' cannot be continued, so nothing is overwritten; pass "
+                "--session-overwrite to start over (both files are replaced at the end)\n",
+                problem, a->session);
+        return -1;
+    }
+    fprintf(stderr, "warning: %s; starting over (--session-overwrite): both files are replaced at the end\n", problem);
+    return 0;
+}
+
+static bool same_text(const char *x, const char *y) { return x == y || (x && y && strcmp(x, y) == 0); }
+
 /* The conversation in the chat format (malloc'd), or NULL. */
 static char *render(const kvlm_model *m, const char *tmpl, const history *h, bool add_assistant) {
     int32_t need = kvlm_chat_apply(m, tmpl, h->msgs, h->n, add_assistant, NULL, 0);
@@ -147,6 +320,37 @@ int cmd_chat(int argc, char **argv) {
     kvlm_error err;
     kvlm_session *s = NULL;
     kvlm_session_params sp = cli_session_params(&a);
+    /* --session FILE: the conversation beside it decides the system prompt and the template (what the
+       cache holds was made with them) */
+    chat_saved saved = {0};
+    char *side = NULL;
+    int resume = 0;
+    if (a.session) {
+        const size_t sl = strlen(a.session) + 6;
+        side = malloc(sl);
+        if (side) snprintf(side, sl, "%s.chat", a.session);
+        resume = side ? saved_open(&a, side, &saved) : -1;
+        const char *bad = resume == 1 && a.system && !same_text(a.system, saved.system)           ? "--system"
+                          : resume == 1 && a.chat_template && !same_text(a.chat_template, saved.tmpl) ? "--chat-template"
+                                                                                                   : NULL;
+        if (bad) {
+            fprintf(stderr,
+                    "error: the chat in '%s' was started with another %s; leave %s out to continue it, or start "
+                    "another with a new --session FILE\n",
+                    side, bad, bad);
+            resume = -1;
+        }
+        if (resume < 0) {
+            saved_free(&saved);
+            free(side);
+            kvlm_model_free(m);
+            return 1;
+        }
+        if (resume == 1) {
+            a.system = saved.system;
+            a.chat_template = saved.tmpl;
+        }
+    }
     const char *tmpl = a.chat_template;
     /* a chat keeps going at a full context: shift, keeping the system prompt (at most half the context) */
     if (!a.overflow_set) sp.overflow = KVLM_OVERFLOW_SHIFT;
@@ -170,8 +374,32 @@ int cmd_chat(int argc, char **argv) {
     if (!cli_check_bias(&a, m)) {
         kvlm_session_free(s);
         kvlm_model_free(m);
+        saved_free(&saved);
+        free(side);
         return 2;
     }
+    if (resume == 1 && kvlm_session_load(s, a.session, &err) != KVLM_OK) {
+        if (!a.session_overwrite) {
+            fprintf(stderr,
+                    "error: %s\nerror: the chat in '%s' cannot be continued, so nothing is overwritten; pass "
+                    "--session-overwrite to start over (both files are replaced at the end)\n",
+                    err.msg, a.session);
+            kvlm_session_free(s);
+            kvlm_model_free(m);
+            saved_free(&saved);
+            free(side);
+            return 1;
+        }
+        fprintf(stderr, "warning: %s; starting over (--session-overwrite): both files are replaced at the end\n",
+                err.msg);
+        resume = 0;
+        clear(&saved.conv);
+        free(saved.held);
+        saved.held = NULL;
+    }
+    if (resume == 1 && a.verbose)
+        fprintf(stderr, "continuing the chat in %s: %d messages, %d tokens cached\n", side, saved.conv.n,
+                kvlm_session_n_past(s));
     fprintf(stderr, "chat format: %s (/reset, /quit, Ctrl-C stops an answer)\n",
             tmpl ? tmpl : kvlm_chat_template(m));
     if (a.sampling.temperature > 0)
@@ -180,6 +408,7 @@ int cmd_chat(int argc, char **argv) {
                 (unsigned long long)a.sampling.seed);
     history h = {0};
     if (a.system) add(&h, "system", a.system);
+    for (int i = 0; i < saved.conv.n; i++) add(&h, saved.conv.msgs[i].role, saved.conv.msgs[i].content);
     kvlm_generate_params gp = kvlm_generate_default_params();
     gp.sampling = a.sampling;
     /* until the end of the turn (at most a context's worth), as llama.cpp's chat; -n N caps it */
@@ -205,6 +434,11 @@ int cmd_chat(int argc, char **argv) {
        it can of it. */
     char *held = NULL;
     size_t held_len = 0;
+    /* a continued chat: the text its cache holds, if the files agree on what that is */
+    if (resume == 1 && saved.held && saved.n_past == kvlm_session_n_past(s)) {
+        held = strdup(saved.held);
+        held_len = held ? strlen(held) : 0;
+    }
     int rc = 0;
     for (;;) {
         char *line = reader_get(&in, "> ");
@@ -296,6 +530,18 @@ int cmd_chat(int argc, char **argv) {
     }
     cli_cancel_on_sigint(NULL);
     reader_free(&in);
+    /* --session: the cache, then the conversation (a conversation whose n_past does not match its
+       cache is continued without the held text: the whole conversation is sent and compared) */
+    if (rc == 0 && a.session) {
+        if (kvlm_session_save(s, a.session, &err) != KVLM_OK) {
+            fprintf(stderr, "error: %s\n", err.msg);
+            rc = 1;
+        } else if (!saved_write(side, a.chat_template, a.system, &h, held, kvlm_session_n_past(s))) {
+            rc = 1;
+        }
+    }
+    saved_free(&saved);
+    free(side);
     free(prompt);
     free(held);
     clear(&h);

@@ -1,42 +1,10 @@
 /* kvlm run: generate text, streaming to stdout, timings to stderr. */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli.h"
-
-/* Loads --session FILE if something is there. A file that does not load is
- * not overwritten at the end unless --session-overwrite says so; what is not
- * a regular file is refused either way (saving would refuse it too). */
-static bool use_session_file(kvlm_session *s, const cli_args *a) {
-    struct stat stt;
-    if (lstat(a->session, &stt) != 0) {
-        if (errno == ENOENT) return true; /* created at the end */
-        fprintf(stderr, "error: --session '%s': %s\n", a->session, strerror(errno));
-        return false;
-    }
-    kvlm_error err;
-    if (kvlm_session_load(s, a->session, &err) == KVLM_OK) {
-        if (a->verbose) fprintf(stderr, "loaded %d tokens from %s\n", kvlm_session_n_past(s), a->session);
-        return true;
-    }
-    if (!S_ISREG(stt.st_mode)) {
-        fprintf(stderr, "error: %s\n", err.msg);
-        return false;
-    }
-    if (!a->session_overwrite) {
-        fprintf(stderr,
-                "error: %s\nerror: '%s' could not be loaded, so it is not overwritten; pass --session-overwrite to "
-                "replace it with this run's session\n",
-                err.msg, a->session);
-        return false;
-    }
-    fprintf(stderr, "warning: not using the session file (%s); it will be replaced (--session-overwrite)\n", err.msg);
-    return true;
-}
 
 /* A token's text for the probability table: quoted, control bytes escaped. */
 static void print_piece(const kvlm_model *m, kvlm_token t, int width) {
@@ -143,7 +111,7 @@ int cmd_run(int argc, char **argv) {
         goto out;
     }
     cli_note_threads(&a, s);
-    if (a.session && !use_session_file(s, &a)) goto out;
+    if (a.session && !cli_use_session_file(s, &a)) goto out;
     if (a.temp_defaulted)
         fprintf(stderr, "note: sampling at temperature 0.8, llama.cpp's default with sampling flags (--temp 0: greedy)\n");
     kvlm_generate_params gp = kvlm_generate_default_params();

@@ -34,6 +34,10 @@ typedef struct srv_config {
     double shutdown_grace_s;
     const char *chat_template;
     kvlm_session_params sp; /* n_ctx, threads, KV settings */
+    /* Embedded (fuzz/fuzz_http.c): no listening socket and no threads of the HTTP side's own; the
+       caller hands it connections (MHD_add_connection on srv_http_daemon) and runs it (MHD_run,
+       external select); nothing is logged on stderr. */
+    bool embedded;
 } srv_config;
 
 /* One generated token, kept for logprobs. */
@@ -179,6 +183,8 @@ void srv_http_quiesce(srv_http *h);
 /* Waits (at most timeout_s) until every generation request has been answered. */
 void srv_http_wait_idle(srv_http *h, double timeout_s);
 void srv_http_stop(srv_http *h);
+/* The libmicrohttpd daemon (an embedded server's caller runs it). */
+struct MHD_Daemon *srv_http_daemon(srv_http *h);
 
 /* request parsing (serve_http.c; also driven by fuzz/fuzz_server.c) */
 struct cJSON;

@@ -1330,14 +1330,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
-    (void)cls;
+    const srv_http *h = cls;
     (void)c;
     req *rq = *con_cls;
     if (!rq) return;
     double ms = (srv_now() - rq->t0) * 1e3;
     int status = rq->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200 && rq->is_stream) status = 499;
-    if (strcmp(rq->path, "/health") && strcmp(rq->path, "/metrics")) {
+    if (strcmp(rq->path, "/health") && strcmp(rq->path, "/metrics") && !h->cfg->embedded) {
         if (rq->ttft_ms >= 0 && (rq->n_prompt || rq->n_completion))
             fprintf(stderr, "%s %s %d prompt=%d cached=%d completion=%d ttft_ms=%.1f total_ms=%.1f\n", rq->method,
                     rq->path, status, rq->n_prompt, rq->n_cached, rq->n_completion, rq->ttft_ms, ms);
@@ -1368,6 +1368,19 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
         free(h);
         return NULL;
     }
+    if (cfg->embedded) {
+        /* external select, connections added by the caller */
+        h->d = MHD_start_daemon(MHD_USE_NO_LISTEN_SOCKET, 0, NULL, NULL, on_request, h,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                                (unsigned)cfg->max_conn_per_ip, MHD_OPTION_CONNECTION_LIMIT, (unsigned)1000,
+                                MHD_OPTION_END);
+        if (!h->d) {
+            snprintf(msg, msg_size, "cannot start an embedded HTTP daemon");
+            free(h);
+            return NULL;
+        }
+        return h;
+    }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_POLL |
                      MHD_USE_ERROR_LOG;
     h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, &addr,
@@ -1387,7 +1400,8 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
 
 void srv_http_set_ready(srv_http *h) {
     atomic_store(&h->ready, 1);
-    fprintf(stderr, "kvlm serve: ready (model '%s', %d slots, context %d)\n", h->cfg->alias, h->cfg->parallel,
+    if (!h->cfg->embedded)
+        fprintf(stderr, "kvlm serve: ready (model '%s', %d slots, context %d)\n", h->cfg->alias, h->cfg->parallel,
             (int)h->e->n_ctx);
 }
 
@@ -1410,3 +1424,5 @@ void srv_http_stop(srv_http *h) {
     MHD_stop_daemon(h->d);
     free(h);
 }
+
+struct MHD_Daemon *srv_http_daemon(srv_http *h) { return h->d; }
