@@ -980,9 +980,20 @@ def test_per_ip_connection_limit():
     held = []
     try:
         for _ in range(3):
-            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
-            c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: the connection stays open
-            assert c.recv(4096).startswith(b"HTTP/1.1 200")
+            # the readiness probes' connections count until the server has seen them close, which
+            # can take a moment on a busy machine: a held connection may be refused at first
+            for attempt in range(100):
+                c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+                try:
+                    c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # keep-alive: it stays open
+                    got = c.recv(4096)
+                except ConnectionResetError:
+                    got = b""
+                if got:
+                    break
+                c.close()
+                time.sleep(0.05)
+            assert got.startswith(b"HTTP/1.1 200"), got
             held.append(c)
         extra = socket.create_connection(("127.0.0.1", s.port), timeout=10)
         try:
