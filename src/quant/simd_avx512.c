@@ -919,8 +919,10 @@ INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
 #define MC_R 4 /* rows per tile: two pairs */
 _Static_assert(MC_R == KV_AVX512_IL_ROWS, "a batched-decode tile is one interleaved tile");
 
-/* rows W[0..3] (block i of row r at W[r] + i * BS[r]; nr <= 4 valid) x NC columns */
-INL void mc_tile(const uint8_t *const *W, const uint64_t *BS, int64_t nb, const uint8_t *ya, const float *dy, int nc,
+/* rows W[0..3] (block i of row r at W[r] + i * BS[r]; nr <= 4 valid) x NC columns; block i of
+ * the activations: column c at ya + (i * nc + c) * 64 (pk_acts), its scale in lane 4c .. 4c+3 of
+ * dq + 32 i */
+INL void mc_tile(const uint8_t *const *W, const uint64_t *BS, int64_t nb, const uint8_t *ya, const float *dq, int nc,
                  float *y, int64_t ldy, int nr, const int pf, const int il, uint64_t ws, const int t, const int NC) {
     const __m512i ilv = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
     const __m512i c128 = _mm512_set1_epi8((char)0x80);
@@ -932,7 +934,7 @@ INL void mc_tile(const uint8_t *const *W, const uint64_t *BS, int64_t nb, const 
     }
     _Alignas(64) float D[MC_MAX_COLS][MC_R];
     const size_t ystep = (size_t)nc * 64;
-    for (int64_t i = 0; i < nb; i++, ya += ystep, dy += nc) {
+    for (int64_t i = 0; i < nb; i++, ya += ystep, dq += 32) {
         if (pf) {
             if (il) kv_pf_il(W[0] + (uint64_t)i * BS[0], (size_t)BS[0]);
             else kv_pf_next(W, MC_R, ws, nb, (uint64_t)i * B_BYTES(t), B_BYTES(t));
@@ -965,9 +967,10 @@ INL void mc_tile(const uint8_t *const *W, const uint64_t *BS, int64_t nb, const 
         }
         uint64_t h64;
         memcpy(&h64, h, 8);
-        const __m128 dx = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h64));
-        UNR
-        for (int c = 0; c < NC; c++) _mm_store_ps(D[c], _mm_mul_ps(dx, _mm_set1_ps(dy[c])));
+        /* D[c][r] = dx[r] * dy[c], four columns per multiply (dq: dy[c] in lanes 4c..4c+3) */
+        const __m512 dx = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h64)));
+        _mm512_store_ps(D[0], _mm512_mul_ps(dx, _mm512_load_ps(dq)));
+        if (NC > 4) _mm512_store_ps(D[4], _mm512_mul_ps(dx, _mm512_load_ps(dq + 16)));
         UNR
         for (int c = 0; c < NC; c++) {
             const __m512i a = _mm512_load_si512(ya + 64 * c);
@@ -989,11 +992,12 @@ INL int mc_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
                 int64_t ldy, const int t, const int il) {
     const int64_t nb = n / 32;
     const size_t BW = B_BYTES(t);
-    const size_t s_ya = (size_t)nc * (size_t)nb * 64, s_dy = ((size_t)nc * (size_t)nb * 4 + 63) & ~(size_t)63;
-    uint8_t *buf = aligned_alloc(64, s_ya + s_dy);
+    const size_t s_ya = (size_t)nc * (size_t)nb * 64, s_dy = ((size_t)nc * (size_t)nb * 4 + 63) & ~(size_t)63,
+                 s_dq = (size_t)nb * 128;
+    uint8_t *buf = aligned_alloc(64, s_ya + s_dy + s_dq);
     if (!buf) return 0;
     uint8_t *ya = buf;
-    float *dy = (float *)(buf + s_ya);
+    float *dy = (float *)(buf + s_ya), *dq = (float *)(buf + s_ya + s_dy);
     const int pfo = kv_quant_prefetch_on();
     /* file layout: the stream prefetch needs contiguous rows */
     const int pf = pfo && (il || ws == (uint64_t)nb * BW);
@@ -1002,6 +1006,8 @@ INL int mc_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         else kv_pf_head(w, nr, ws, MC_R);
     }
     for (int c = 0; c < nc; c++) pk_acts((const uint8_t *)x + (uint64_t)c * xs, nb, nc, ya + (size_t)c * 64, dy + c);
+    for (int64_t i = 0; i < nb; i++)
+        for (int l = 0; l < 32; l++) dq[i * 32 + l] = l / 4 < nc ? dy[i * nc + l / 4] : 0.0f;
     for (int r0 = 0; r0 < nr; r0 += MC_R) {
         const int rr = nr - r0 < MC_R ? nr - r0 : MC_R;
         const uint8_t *W[MC_R];
@@ -1018,7 +1024,7 @@ INL int mc_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
         }
         float *yr = y + r0;
 #define MC_CASE(NC)                                                                                         \
-    case NC: mc_tile(W, BS, nb, ya, dy, nc, yr, ldy, rr, pf, il, ws, t, NC); break;
+    case NC: mc_tile(W, BS, nb, ya, dq, nc, yr, ldy, rr, pf, il, ws, t, NC); break;
         switch (nc) {
             MC_CASE(4)
             MC_CASE(5)
