@@ -275,8 +275,8 @@ typedef struct kvlm_chat_message {
  * tokenizer.chat_template the way llama.cpp does ("plain" — "User: ...\n
  * Assistant: ..." — when there is none or it is not recognized). Writes the
  * prompt (NUL-terminated) and returns its length, or minus the size needed
- * (terminator included); an unknown template name returns 0 and writes
- * nothing. add_assistant: end with the opening of the assistant's turn. */
+ * (terminator included); an unknown template name (or running out of
+ * memory, or a prompt of 2 GiB or more) returns 0 and writes nothing. add_assistant: end with the opening of the assistant's turn. */
 int32_t kvlm_chat_apply(const kvlm_model *model, const char *tmpl, const kvlm_chat_message *msgs, int32_t n,
                         bool add_assistant, char *buf, int32_t size);
 /* The name of the format kvlm_chat_apply(model, NULL, ...) uses. */

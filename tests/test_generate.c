@@ -26,7 +26,7 @@ static void push(kv_stream *st, const char *bytes, int expect_stop, const char *
     int r = kv_stream_push(st, bytes, strlen(bytes), false);
     assert_int_equal(r, expect_stop);
     assert_int_equal(st->chunk.n, strlen(expect_chunk));
-    if (st->chunk.n) assert_memory_equal(st->chunk.p, expect_chunk, st->chunk.n);
+    if (st->chunk.n) assert_memory_equal(st->chunk.data, expect_chunk, st->chunk.n);
 }
 
 static void test_stream_utf8(void **state) {
@@ -45,11 +45,11 @@ static void test_stream_utf8(void **state) {
     /* an incomplete character at the end is flushed as U+FFFD */
     push(&st, "\xe2\x82", 0, "");
     assert_int_equal(kv_stream_push(&st, "", 0, true), 0);
-    assert_string_equal(st.chunk.p, "\xef\xbf\xbd");
-    assert_string_equal(st.emitted.p, "a\xc3\xa9\xf0\x9f\x98\x80!\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd");
-    free(st.pending.p);
-    free(st.emitted.p);
-    free(st.chunk.p);
+    assert_string_equal(st.chunk.data, "\xef\xbf\xbd");
+    assert_string_equal(st.emitted.data, "a\xc3\xa9\xf0\x9f\x98\x80!\xef\xbf\xbd" "b\xef\xbf\xbd\xef\xbf\xbd");
+    free(st.pending.data);
+    free(st.emitted.data);
+    free(st.chunk.data);
 }
 
 static void test_stream_stop_strings(void **state) {
@@ -61,17 +61,17 @@ static void test_stream_stop_strings(void **state) {
     push(&st, " E", 0, " ");
     push(&st, "N", 0, "");
     push(&st, "D and more", 1, "");   /* "END" matched across three tokens: nothing of it is emitted */
-    assert_string_equal(st.emitted.p, "Hello Ex ");
-    free(st.pending.p);
-    free(st.emitted.p);
-    free(st.chunk.p);
+    assert_string_equal(st.emitted.data, "Hello Ex ");
+    free(st.pending.data);
+    free(st.emitted.data);
+    free(st.chunk.data);
     kv_stream s2 = {.stop = stops, .n_stop = 2};
     push(&s2, "line\n", 0, "line");
     push(&s2, "\nnext", 1, "");
-    assert_string_equal(s2.emitted.p, "line");
-    free(s2.pending.p);
-    free(s2.emitted.p);
-    free(s2.chunk.p);
+    assert_string_equal(s2.emitted.data, "line");
+    free(s2.pending.data);
+    free(s2.emitted.data);
+    free(s2.chunk.data);
 }
 
 /* ------------------------------------------------------------ through the model */

@@ -1,4 +1,4 @@
-/* kvlm.h: model and tokenizer entry points. */
+/* kvlm.h, section "model": loading, freeing, describing a model. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,7 +6,7 @@
 #include "core/error.h"
 #include "kvlm.h"
 #include "model/model.h"
-#include "tokenizer/vocab.h"
+#include "tokenizer/vocab.h" /* the model owns its vocabulary */
 
 kvlm_model_params kvlm_model_default_params(void) {
     kvlm_model_params p = {.n_threads = 1, .vocab_only = false, .ternary_float_activations = false};
@@ -62,16 +62,3 @@ void kvlm_model_get_info(const kvlm_model *m, kvlm_model_info *info) {
 }
 
 int32_t kvlm_n_vocab(const kvlm_model *m) { return m->hp.n_vocab; }
-kvlm_token kvlm_token_bos(const kvlm_model *m) { return kv_vocab_bos(m->vocab); }
-kvlm_token kvlm_token_eos(const kvlm_model *m) { return kv_vocab_eos(m->vocab); }
-bool kvlm_token_is_eog(const kvlm_model *m, kvlm_token t) { return kv_vocab_is_eog(m->vocab, t); }
-bool kvlm_add_bos(const kvlm_model *m) { return kv_vocab_add_bos(m->vocab); }
-
-int32_t kvlm_tokenize(const kvlm_model *m, const char *text, size_t len, kvlm_token *out, int32_t n_max,
-                      bool add_special, bool parse_special) {
-    return kv_vocab_tokenize(m->vocab, text, len, out, n_max, add_special, parse_special);
-}
-
-int32_t kvlm_token_to_piece(const kvlm_model *m, kvlm_token t, char *buf, int32_t size, bool special) {
-    return kv_vocab_token_to_piece(m->vocab, t, buf, size, special);
-}

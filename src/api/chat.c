@@ -41,7 +41,7 @@ static void trim(const char *s, const char **b, size_t *n) {
     *n = len - i;
 }
 
-static void put(kv_sbuf *b, const char *s) { kv_sb_put(b, s, strlen(s)); }
+static void put(kv_buf *b, const char *s) { kv_buf_add_z(b, s, strlen(s)); }
 
 int32_t kvlm_chat_apply(const kvlm_model *m, const char *tmpl, const kvlm_chat_message *msgs, int32_t n,
                         bool add_assistant, char *buf, int32_t size) {
@@ -55,7 +55,7 @@ int32_t kvlm_chat_apply(const kvlm_model *m, const char *tmpl, const kvlm_chat_m
         if (found < 0) return 0;
         k = (tmpl_kind)found;
     }
-    kv_sbuf b = {0};
+    kv_buf b = {0};
     bool inside_turn = true;
     if (k == T_LLAMA2 || k == T_LLAMA2_SYS) put(&b, "[INST] ");
     for (int32_t i = 0; i < n; i++) {
@@ -70,7 +70,7 @@ int32_t kvlm_chat_apply(const kvlm_model *m, const char *tmpl, const kvlm_chat_m
             size_t cn;
             trim(content, &c, &cn);
             put(&b, "<|start_header_id|>"); put(&b, role); put(&b, "<|end_header_id|>\n\n");
-            kv_sb_put(&b, c, cn);
+            kv_buf_add_z(&b, c, cn);
             put(&b, "<|eot_id|>");
             break;
         }
@@ -117,16 +117,19 @@ int32_t kvlm_chat_apply(const kvlm_model *m, const char *tmpl, const kvlm_chat_m
         default: put(&b, "Assistant:"); break;
         }
     }
+    if (b.oom || b.n >= INT32_MAX) { /* out of memory, or more than the return type can say */
+        free(b.data);
+        return 0;
+    }
     int32_t len = (int32_t)b.n;
-    if (!b.p) len = 0;
     int32_t ret;
     if (len + 1 > size) {
         ret = -(len + 1);
     } else {
-        if (len) memcpy(buf, b.p, (size_t)len);
+        if (len) memcpy(buf, b.data, (size_t)len);
         buf[len] = '\0';
         ret = len;
     }
-    free(b.p);
+    free(b.data);
     return ret;
 }

@@ -51,11 +51,11 @@ static kvlm_status fill_result(kvlm_generate_result *r, kv_stream *st, kvlm_toke
     r->finish = fin;
     r->n_completion = n_gen;
     r->tokens = gen;
-    if (!st->emitted.p && !kv_sb_put(&st->emitted, "", 0))
+    if (!st->emitted.data && !kv_buf_add_z(&st->emitted, "", 0))
         return kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
-    r->text = st->emitted.p;
+    r->text = st->emitted.data;
     r->text_len = st->emitted.n;
-    st->emitted.p = NULL;
+    st->emitted.data = NULL;
     return KVLM_OK;
 }
 
@@ -185,7 +185,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                 st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
                 goto fail;
             }
-            if (cb && cb(str.chunk.p ? str.chunk.p : "", str.chunk.n, t, ud)) {
+            if (cb && cb(str.chunk.data ? str.chunk.data : "", str.chunk.n, t, ud)) {
                 fin = KVLM_FINISH_STOP;
                 break;
             }
@@ -210,7 +210,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                 st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
                 goto fail;
             }
-            if (cb && str.chunk.n) cb(str.chunk.p, str.chunk.n, -1, ud);
+            if (cb && str.chunk.n) cb(str.chunk.data, str.chunk.n, -1, ud);
         }
     }
     res->generate_ms = (kv_now_s() - t1) * 1e3;
@@ -221,9 +221,9 @@ fail:
     free(gen);
     free(logits);
     kv_sampler_free(smp);
-    free(str.pending.p);
-    free(str.emitted.p);
-    free(str.chunk.p);
+    free(str.pending.data);
+    free(str.emitted.data);
+    free(str.chunk.data);
     if (st) res->finish = KVLM_FINISH_ERROR;
     return st;
 }

@@ -49,9 +49,9 @@ kvlm_status kvlm_text_stream_new(const kvlm_model *model, const char *const *sto
 void kvlm_text_stream_free(kvlm_text_stream *ts) {
     if (!ts) return;
     for (int i = 0; i < TS_MAX_STOP; i++) free(ts->stop_copy[i]);
-    free(ts->st.pending.p);
-    free(ts->st.emitted.p);
-    free(ts->st.chunk.p);
+    free(ts->st.pending.data);
+    free(ts->st.emitted.data);
+    free(ts->st.chunk.data);
     free(ts);
 }
 
@@ -84,15 +84,15 @@ kvlm_status kvlm_text_stream_push(kvlm_text_stream *ts, kvlm_token t, bool final
         ts->stopped = true;
         ts->st.pending.n = 0;
     }
-    if (text) *text = ts->st.chunk.p ? ts->st.chunk.p : "";
+    if (text) *text = ts->st.chunk.data ? ts->st.chunk.data : "";
     if (len) *len = ts->st.chunk.n;
     if (stopped) *stopped = ts->stopped;
     return KVLM_OK;
 }
 
 const char *kvlm_text_stream_text(const kvlm_text_stream *ts, size_t *len) {
-    if (len) *len = ts && ts->st.emitted.p ? ts->st.emitted.n : 0;
-    return ts && ts->st.emitted.p ? ts->st.emitted.p : "";
+    if (len) *len = ts && ts->st.emitted.data ? ts->st.emitted.n : 0;
+    return ts && ts->st.emitted.data ? ts->st.emitted.data : "";
 }
 
 kvlm_status kvlm_logprobs(const float *logits, int32_t n_vocab, kvlm_token token, float *logprob, int32_t top_n,

@@ -6,21 +6,6 @@
 
 #include "core/utf8.h"
 
-bool kv_sb_put(kv_sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *np = realloc(b->p, cap);
-        if (!np) return false;
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return true;
-}
-
 /* Whether s[0..n) is a complete, valid sequence (overlongs and surrogates excluded). */
 static bool utf8_ok(const unsigned char *s, int n) {
     for (int i = 1; i < n; i++)
@@ -50,19 +35,19 @@ size_t kv_utf8_incomplete_tail(const char *s, size_t n) {
 }
 
 /* Appends s[0..n) to out with every invalid sequence replaced by U+FFFD. */
-bool kv_utf8_sanitize(kv_sbuf *out, const char *s, size_t n) {
+bool kv_utf8_sanitize(kv_buf *out, const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         const unsigned char *u = (const unsigned char *)s + i;
         int len = (int)kv_utf8_lead_len(u[0]);
         if (len > 0 && i + (size_t)len <= n && utf8_ok(u, len)) {
-            if (!kv_sb_put(out, s + i, (size_t)len)) return false;
+            if (!kv_buf_add_z(out, s + i, (size_t)len)) return false;
             i += (size_t)len;
         } else {
             /* one U+FFFD per maximal subpart: a lead byte and the continuation bytes that follow it */
             size_t k = 1;
             while (len > 1 && k < (size_t)len && i + k < n && (u[k] & 0xc0) == 0x80) k++;
-            if (!kv_sb_put(out, "\xef\xbf\xbd", 3)) return false;
+            if (!kv_buf_add_z(out, "\xef\xbf\xbd", 3)) return false;
             i += k;
         }
     }
@@ -85,9 +70,9 @@ static size_t stop_prefix_tail(const kv_stream *st, const char *s, size_t n) {
 
 int kv_stream_push(kv_stream *st, const char *piece, size_t n, bool final) {
     st->chunk.n = 0;
-    if (st->chunk.p) st->chunk.p[0] = '\0';
-    if (n && !kv_sb_put(&st->pending, piece, n)) return -1;
-    const char *p = st->pending.p ? st->pending.p : "";
+    if (st->chunk.data) st->chunk.data[0] = '\0';
+    if (n && !kv_buf_add_z(&st->pending, piece, n)) return -1;
+    const char *p = st->pending.data ? st->pending.data : "";
     size_t pn = st->pending.n;
     /* earliest stop string occurrence */
     size_t at = (size_t)-1;
@@ -112,8 +97,8 @@ int kv_stream_push(kv_stream *st, const char *piece, size_t n, bool final) {
         emit -= kv_utf8_incomplete_tail(p, emit);
     }
     if (!kv_utf8_sanitize(&st->chunk, p, emit)) return -1;
-    if (st->chunk.n && !kv_sb_put(&st->emitted, st->chunk.p, st->chunk.n)) return -1;
-    if (pn > emit) memmove(st->pending.p, st->pending.p + emit, pn - emit);
+    if (st->chunk.n && !kv_buf_add_z(&st->emitted, st->chunk.data, st->chunk.n)) return -1;
+    if (pn > emit) memmove(st->pending.data, st->pending.data + emit, pn - emit);
     st->pending.n = pn - emit;
     return stopped;
 }

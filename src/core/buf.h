@@ -1,5 +1,5 @@
 /* A growable byte buffer, the one the library's modules share (tokenizer
- * scratch and piece pools, session file images). Out of memory, or a size
+ * scratch and piece pools, session file images, streamed and chat text). Out of memory, or a size
  * that would overflow, sets oom and makes every later call fail, so a writer
  * can append a run of pieces and check once at the end. */
 #ifndef KV_CORE_BUF_H
@@ -49,6 +49,19 @@ static inline bool kv_buf_add(kv_buf *b, const void *p, size_t n) {
     if (!kv_buf_reserve(b, n)) return false;
     if (n) memcpy(b->data + b->n, p, n);
     b->n += n;
+    return true;
+}
+
+/* Appends p[0..n) and keeps a NUL after the bytes (not counted in n), so
+ * data is a C string; false (nothing appended) once oom. */
+static inline bool kv_buf_add_z(kv_buf *b, const void *p, size_t n) {
+    if (n == SIZE_MAX || !kv_buf_reserve(b, n + 1)) {
+        b->oom = true;
+        return false;
+    }
+    if (n) memcpy(b->data + b->n, p, n);
+    b->n += n;
+    b->data[b->n] = '\0';
     return true;
 }
 
