@@ -494,15 +494,20 @@ static void test_pool_oversubscribed(void **state) {
     kv_tpool_free(pool);
 }
 
-/* Decoding several sessions in one pass equals decoding each alone, bit for bit. */
+/* Decoding several sessions in one pass equals decoding each alone, bit for
+ * bit, for every batch size the kernels distinguish (1..3 columns: the
+ * decode tiles; 4..8: the batched-decode kernels): each step decodes the
+ * first nb sessions together, the others wait. */
 static void test_decode_batch(void **state) {
     (void)state;
     kvlm_model *m = load(SYNTH);
     const int V = kvlm_n_vocab(m);
     kvlm_error err;
-    enum { NS = 4, STEPS = 6 };
+    enum { NS = 8, STEPS = 8 };
+    static const int sizes[STEPS] = {8, 4, 5, 2, 6, 7, 3, 8};
     kvlm_session *bs[NS], *ref[NS];
     kvlm_token hist[NS][64];
+    int pos[NS];
     float *lb = malloc((size_t)NS * V * 4), *lr = malloc((size_t)V * 4);
     for (int i = 0; i < NS; i++) {
         seq(hist[i], 64, V, 200 + (uint32_t)i);
@@ -512,19 +517,21 @@ static void test_decode_batch(void **state) {
         if (i == 3) p.cache_params.type_k = p.cache_params.type_v = KVLM_KV_Q8_0; /* mixed storage types */
         assert_int_equal(kvlm_session_new(m, &p, &bs[i], &err), KVLM_OK);
         assert_int_equal(kvlm_session_new(m, &p, &ref[i], &err), KVLM_OK);
-        int n0 = 10 + 7 * i; /* different lengths */
-        assert_int_equal(kvlm_eval(bs[i], hist[i], n0, 0, NULL, false, &err), KVLM_OK);
-        assert_int_equal(kvlm_eval(ref[i], hist[i], n0, 0, NULL, false, &err), KVLM_OK);
+        pos[i] = 10 + 5 * i; /* different lengths */
+        assert_int_equal(kvlm_eval(bs[i], hist[i], pos[i], 0, NULL, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_eval(ref[i], hist[i], pos[i], 0, NULL, false, &err), KVLM_OK);
     }
     for (int step = 0; step < STEPS; step++) {
+        const int nb = sizes[step];
         kvlm_token t[NS];
-        for (int i = 0; i < NS; i++) t[i] = hist[i][10 + 7 * i + step];
-        assert_int_equal(kvlm_decode_batch(bs, t, NS, lb, &err), KVLM_OK);
-        for (int i = 0; i < NS; i++) {
-            int n = 10 + 7 * i + step;
+        for (int i = 0; i < nb; i++) t[i] = hist[i][pos[i]];
+        assert_int_equal(kvlm_decode_batch(bs, t, nb, lb, &err), KVLM_OK);
+        for (int i = 0; i < nb; i++) {
+            const int n = pos[i];
             assert_int_equal(kvlm_eval(ref[i], hist[i], n + 1, n, lr, false, &err), KVLM_OK);
             assert_memory_equal(lb + (size_t)i * V, lr, (size_t)V * 4);
             assert_int_equal(kvlm_session_n_past(bs[i]), n + 1);
+            pos[i]++;
         }
     }
     /* the same session twice, or a busy one, is refused */

@@ -416,6 +416,93 @@ INL int fp_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, 
     return 1;
 }
 
+/* ---- batched decode over the interleaved layout (4..8 columns)
+ *
+ * Too few columns for fp_gemm's packing of weight panels to pay off, and
+ * each weight byte is used only nc times, so the weights stream from
+ * memory while the columns are computed: the activations are converted to
+ * f32 once per call (fp_gemm's chunk-major scratch), then each tile of FIL
+ * rows is read straight from the weights, two rows at a time, each unit of
+ * 16 elements converted once and multiplied into all nc columns (2 x nc
+ * accumulators in registers). Every lane does the reference's fma in
+ * increasing i and the tree is hsum16, so the bits are vec_dot's. While a
+ * tile is computed its passes ask for the next tile (one line per unit and
+ * pass: the passes together cover it), which is the ascending stream of
+ * the layout one tile ahead. */
+#define FMC_MIN_COLS 4
+#define FMC_MAX_COLS 8
+
+/* rows r, r+1 (TWO: both valid, else r only) of the tile at t (rr rows, nu units) x NC columns */
+INL void fmc_rows(const uint8_t *t, int rr, int r, int64_t nu, const float *xa, int nc, float *y, int64_t ldy,
+                  const uint8_t *pfp, size_t pfl, const int e, const int TWO, const int NC) {
+    const size_t U = 16 * (e == E_F32 ? 4 : 2);
+    __m512 a0[FMC_MAX_COLS], a1[FMC_MAX_COLS];
+    UNR
+    for (int c = 0; c < NC; c++) a0[c] = a1[c] = _mm512_setzero_ps();
+    const uint8_t *u = t + (size_t)r * U;
+    const size_t ustep = (size_t)rr * U;
+    for (int64_t i = 0; i < nu; i++, u += ustep, xa += (size_t)nc * 16) {
+        if (pfp)
+            for (size_t o = 0; o < pfl; o += 64) _mm_prefetch((const char *)pfp + (size_t)i * pfl + o, _MM_HINT_T1);
+        const __m512 w0 = ld16(u, 0, e);
+        const __m512 w1 = TWO ? ld16(u + U, 0, e) : w0;
+        UNR
+        for (int c = 0; c < NC; c++) {
+            const __m512 xv = _mm512_load_ps(xa + 16 * c);
+            a0[c] = _mm512_fmadd_ps(w0, xv, a0[c]);
+            if (TWO) a1[c] = _mm512_fmadd_ps(w1, xv, a1[c]);
+        }
+    }
+    UNR
+    for (int c = 0; c < NC; c++) {
+        y[(int64_t)c * ldy + r] = hsum16(a0[c]);
+        if (TWO) y[(int64_t)c * ldy + r + 1] = hsum16(a1[c]);
+    }
+}
+
+/* FMC_MIN_COLS <= nc <= FMC_MAX_COLS, n % 16 == 0 (the layout's condition);
+ * returns 0 (nothing done) when the scratch cannot be had */
+INL int fmc_gemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                    int64_t ldy, const int e) {
+    const int64_t nu = n / 16;
+    const size_t U = 16 * (e == E_F32 ? 4 : 2);
+    float *xa = aligned_alloc(64, (size_t)nu * (size_t)nc * 64);
+    if (!xa) return 0;
+    const uint8_t *w = vw;
+    const int pf = kv_quant_prefetch_on();
+    if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *xc = (const uint8_t *)vx + (uint64_t)c * xs;
+        for (int64_t k = 0; k < nu; k++) _mm512_store_ps(xa + ((size_t)k * (size_t)nc + (size_t)c) * 16, ld16(xc, 16 * k, e));
+    }
+    for (int r0 = 0; r0 < nr; r0 += FIL) {
+        const int rr = nr - r0 < FIL ? nr - r0 : FIL;
+        const uint8_t *t = w + (uint64_t)r0 * ws;
+        /* the next tile, in (rr + 1) / 2 passes of nu steps of pfl bytes */
+        const int np = (rr + 1) / 2;
+        const size_t pfl = ((size_t)FIL * U + (size_t)np - 1) / (size_t)np;
+        for (int r = 0; r < rr; r += 2) {
+            const uint8_t *pfp = pf && r0 + FIL < nr ? t + (uint64_t)rr * ws + (size_t)(r / 2) * (size_t)nu * pfl : NULL;
+#define FMC_CASE(NC)                                                                             \
+    case NC:                                                                                     \
+        if (r + 1 < rr) fmc_rows(t, rr, r, nu, xa, nc, y + r0, ldy, pfp, pfl, e, 1, NC);         \
+        else fmc_rows(t, rr, r, nu, xa, nc, y + r0, ldy, pfp, pfl, e, 0, NC);                    \
+        break;
+            switch (nc) {
+                FMC_CASE(4)
+                FMC_CASE(5)
+                FMC_CASE(6)
+                FMC_CASE(7)
+                FMC_CASE(8)
+            default: break;
+            }
+#undef FMC_CASE
+        }
+    }
+    free(xa);
+    return 1;
+}
+
 _Static_assert(FR == FIL, "the prefill tile is the interleaved layout's tile");
 #define FLOAT_GEMMS(T, E)                                                                                    \
     TGT KV_AVX512_GEMM_PROTO(T) {                                                                            \
@@ -423,6 +510,8 @@ _Static_assert(FR == FIL, "the prefill tile is the interleaved layout's tile");
         fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                           \
     }                                                                                                        \
     TGT KV_AVX512_GEMM_IL_PROTO(T) {                                                                         \
+        if (nc >= FMC_MIN_COLS && nc <= FMC_MAX_COLS && nr > 0 && n > 0 && fmc_gemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E)) \
+            return;                                                                                          \
         if (nc >= F_MIN_COLS && nr > 0 && n > 0 && fp_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 1)) return;   \
         fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                        \
     }
@@ -807,12 +896,159 @@ INL int pk_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
     return 1;
 }
 
+/* ------------------------------------------------------------ Q8_0, Q4_0, Q5_0 batched decode (4..8 columns)
+ *
+ * Several sessions decoded together (kvlm_decode_batch) call gemm with one
+ * column per session: too few columns to amortise pk_gemm's packing of every
+ * weight tile into a scratch, and each weight byte is still used only nc
+ * times, so the weights must stream from memory while the columns are
+ * computed. This kernel reads each weight block once, straight from the
+ * weights, for all nc columns: a row tile of 4 rows (the interleaved
+ * layout's tile, or 4 rows of the file layout) as two row pairs in pk's lane
+ * order (lane 2g + k: group g of row 2p + k) and the correction term of
+ * pk_weights, built in registers per block; the activations are converted
+ * once per call as pk_acts does. Per block and column the inner loop is
+ * pk_tile's (vpdpbusd, cvt, fma against the broadcast dx * dy pair), with
+ * all 2 x nc accumulators in registers, and the weights are asked for as
+ * one stream KV_PF_IL_AHEAD bytes ahead (kv_pf_il / kv_pf_next). Every lane
+ * does the reference's fma(dx * dy, isum, acc) block after block and
+ * pk_reduce is its tree, so the bits are those of vec_dot. */
+
+#define MC_MIN_COLS 4
+#define MC_MAX_COLS 8
+#define MC_R 4 /* rows per tile: two pairs */
+_Static_assert(MC_R == KV_AVX512_IL_ROWS, "a batched-decode tile is one interleaved tile");
+
+/* rows W[0..3] (block i of row r at W[r] + i * BS[r]; nr <= 4 valid) x NC columns; block i of
+ * the activations: column c at ya + (i * nc + c) * 64 (pk_acts), its scale in lane 4c .. 4c+3 of
+ * dq + 32 i */
+INL void mc_tile(const uint8_t *const *W, const uint64_t *BS, int64_t nb, const uint8_t *ya, const float *dq, int nc,
+                 float *y, int64_t ldy, int nr, const int pf, const int il, uint64_t ws, const int t, const int NC) {
+    const __m512i ilv = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+    const __m512i c128 = _mm512_set1_epi8((char)0x80);
+    __m512 acc[MC_R / 2][MC_MAX_COLS];
+    UNR
+    for (int p = 0; p < MC_R / 2; p++) {
+        UNR
+        for (int c = 0; c < NC; c++) acc[p][c] = _mm512_setzero_ps();
+    }
+    _Alignas(64) float D[MC_MAX_COLS][MC_R];
+    const size_t ystep = (size_t)nc * 64;
+    for (int64_t i = 0; i < nb; i++, ya += ystep, dq += 32) {
+        if (pf) {
+            if (il) kv_pf_il(W[0] + (uint64_t)i * BS[0], (size_t)BS[0]);
+            else kv_pf_next(W, MC_R, ws, nb, (uint64_t)i * B_BYTES(t), B_BYTES(t));
+        }
+        __m512i wv[MC_R / 2], cr[MC_R / 2];
+        uint16_t h[MC_R];
+        UNR
+        for (int p = 0; p < MC_R / 2; p++) {
+            __m256i v[2];
+            UNR
+            for (int k = 0; k < 2; k++) {
+                const uint8_t *b = W[2 * p + k] + (uint64_t)i * BS[2 * p + k];
+                if (t == B_Q4) {
+                    const __m128i q = ld128(b + offsetof(kv_block_q4_0, qs));
+                    const __m256i u =
+                        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+                    v[k] = _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+                } else if (t == B_Q5) {
+                    const __m128i q = ld128(b + offsetof(kv_block_q5_0, qs));
+                    const __m256i u =
+                        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), _mm256_set1_epi8(0x0f));
+                    v[k] = _mm256_mask_sub_epi8(u, _cvtu32_mask32(~q5_qh(b)), u, _mm256_set1_epi8(16));
+                } else {
+                    v[k] = ld256(b + offsetof(kv_block_q8_0, qs));
+                }
+                memcpy(&h[2 * p + k], b, 2);
+            }
+            wv[p] = _mm512_permutexvar_epi32(ilv, _mm512_inserti64x4(_mm512_castsi256_si512(v[0]), v[1], 1));
+            cr[p] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), c128, wv[p]));
+        }
+        uint64_t h64;
+        memcpy(&h64, h, 8);
+        /* D[c][r] = dx[r] * dy[c], four columns per multiply (dq: dy[c] in lanes 4c..4c+3) */
+        const __m512 dx = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)h64)));
+        _mm512_store_ps(D[0], _mm512_mul_ps(dx, _mm512_load_ps(dq)));
+        if (NC > 4) _mm512_store_ps(D[4], _mm512_mul_ps(dx, _mm512_load_ps(dq + 16)));
+        UNR
+        for (int c = 0; c < NC; c++) {
+            const __m512i a = _mm512_load_si512(ya + 64 * c);
+            UNR
+            for (int p = 0; p < MC_R / 2; p++) {
+                const __m512i is = _mm512_dpbusd_epi32(cr[p], a, wv[p]);
+                acc[p][c] = _mm512_fmadd_ps(bcast_pair(&D[c][2 * p]), _mm512_cvtepi32_ps(is), acc[p][c]);
+            }
+        }
+    }
+    const __mmask8 m = (__mmask8)((1u << nr) - 1);
+    UNR
+    for (int c = 0; c < NC; c++)
+        _mm256_mask_storeu_ps(y + (int64_t)c * ldy, m, pk_reduce(acc[0][c], acc[1][c], acc[0][c], acc[1][c]));
+}
+
+/* MC_MIN_COLS <= nc <= MC_MAX_COLS; returns 0 (nothing done) when the scratch cannot be had */
+INL int mc_gemm(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, int nc, float *y,
+                int64_t ldy, const int t, const int il) {
+    const int64_t nb = n / 32;
+    const size_t BW = B_BYTES(t);
+    const size_t s_ya = (size_t)nc * (size_t)nb * 64, s_dy = ((size_t)nc * (size_t)nb * 4 + 63) & ~(size_t)63,
+                 s_dq = (size_t)nb * 128;
+    uint8_t *buf = aligned_alloc(64, s_ya + s_dy + s_dq);
+    if (!buf) return 0;
+    uint8_t *ya = buf;
+    float *dy = (float *)(buf + s_ya), *dq = (float *)(buf + s_ya + s_dy);
+    const int pfo = kv_quant_prefetch_on();
+    /* file layout: the stream prefetch needs contiguous rows */
+    const int pf = pfo && (il || ws == (uint64_t)nb * BW);
+    if (pf) {
+        if (il) kv_pf_il_head(w, (uint64_t)nr * ws);
+        else kv_pf_head(w, nr, ws, MC_R);
+    }
+    for (int c = 0; c < nc; c++) pk_acts((const uint8_t *)x + (uint64_t)c * xs, nb, nc, ya + (size_t)c * 64, dy + c);
+    for (int64_t i = 0; i < nb; i++)
+        for (int l = 0; l < 32; l++) dq[i * 32 + l] = l / 4 < nc ? dy[i * nc + l / 4] : 0.0f;
+    for (int r0 = 0; r0 < nr; r0 += MC_R) {
+        const int rr = nr - r0 < MC_R ? nr - r0 : MC_R;
+        const uint8_t *W[MC_R];
+        uint64_t BS[MC_R];
+        for (int r = 0; r < MC_R; r++) {
+            const int q = r < rr ? r : rr - 1;
+            if (il) {
+                W[r] = (const uint8_t *)w + (uint64_t)r0 * ws + (uint64_t)q * BW;
+                BS[r] = (uint64_t)rr * BW;
+            } else {
+                W[r] = (const uint8_t *)w + (uint64_t)(r0 + q) * ws;
+                BS[r] = BW;
+            }
+        }
+        float *yr = y + r0;
+#define MC_CASE(NC)                                                                                         \
+    case NC: mc_tile(W, BS, nb, ya, dq, nc, yr, ldy, rr, pf, il, ws, t, NC); break;
+        switch (nc) {
+            MC_CASE(4)
+            MC_CASE(5)
+            MC_CASE(6)
+            MC_CASE(7)
+            MC_CASE(8)
+        default: break;
+        }
+#undef MC_CASE
+    }
+    free(buf);
+    return 1;
+}
+
 #define B32_GEMMS(T, ID)                                                                                 \
     TGT KV_AVX512_GEMM_PROTO(T) {                                                                        \
+        if (nc >= MC_MIN_COLS && nc <= MC_MAX_COLS && nr > 0 && mc_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 0)) \
+            return;                                                                                      \
         if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 0)) return;      \
         kv_avx512_gemm_pair_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                        \
     }                                                                                                    \
     TGT KV_AVX512_GEMM_IL_PROTO(T) {                                                                     \
+        if (nc >= MC_MIN_COLS && nc <= MC_MAX_COLS && nr > 0 && mc_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 1)) \
+            return;                                                                                      \
         if (nc >= PK_MIN_COLS && nr > 0 && pk_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 1)) return;      \
         kv_avx512_gemm_il_pair_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                     \
     }
