@@ -282,21 +282,34 @@ INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx
  * floats, at xa + (k * nc + c) * 16), then each weight row is read unit by
  * unit, each unit converted once for up to FMB_COLS columns (2 x FMB_COLS
  * accumulators in registers). A tile of the interleaved layout (or 4
- * rows of the file layout) is done row after row, so its bytes come from
- * memory once; each row's pass asks for a share of the next tile. Lanes
- * j and j + 8 of a column are its two accumulators, each an fma in
- * increasing i, and hsum8(lo + hi) is the reference's tree. */
+ * rows of the file layout) is done a span of FMB_SPAN units at a time, and
+ * in a span group of columns after group, row after row: the tile's bytes
+ * come from memory once (the first group's passes, which also ask for a
+ * share of the next tile) and a group's activations for the span stay in
+ * L1 for the tile's rows; the accumulators wait in the scratch between
+ * spans. Lanes j and j + 8 of a column are its two accumulators, each an
+ * fma in increasing i whatever the spans, and hsum8(lo + hi) is the
+ * reference's tree. */
 #define FMB_COLS 4
 #define FMB_MIN_COLS 2
+#ifndef FMB_SPAN
+#define FMB_SPAN 16 /* units of K per span */
+#endif
 
-INL void fmb_row(const uint8_t *wr, uint64_t ust, int64_t nu, const float *xa, int nc, int c0, float *y, int64_t ldy,
-                 const uint8_t *pfp, size_t pfl, const int e, const int NC) {
+/* units [k0, k1) of one weight row (unit k at wr + k * ust) x columns c0 .. c0 + NC - 1; the
+ * accumulators come from and go back to sv (2 x NC vectors); last: store the outputs */
+INL void fmb_row(const uint8_t *wr, uint64_t ust, int64_t k0, int64_t k1, const float *xa, int nc, int c0,
+                 __m256 *sv, int last, float *y, int64_t ldy, const uint8_t *pfp, size_t pfl, const int e,
+                 const int NC) {
     __m256 a0[FMB_COLS], a1[FMB_COLS];
     UNR
-    for (int c = 0; c < NC; c++) a0[c] = a1[c] = _mm256_setzero_ps();
-    const float *xk = xa + (size_t)c0 * 16;
+    for (int c = 0; c < NC; c++) {
+        a0[c] = sv[2 * c];
+        a1[c] = sv[2 * c + 1];
+    }
     const size_t xstep = (size_t)nc * 16;
-    for (int64_t k = 0; k < nu; k++, xk += xstep) {
+    const float *xk = xa + (size_t)k0 * xstep + (size_t)c0 * 16;
+    for (int64_t k = k0; k < k1; k++, xk += xstep) {
         const uint8_t *u = wr + (uint64_t)k * ust;
         if (pfp) {
             const uintptr_t a = (uintptr_t)pfp + (size_t)k * pfl, end = a + pfl;
@@ -310,7 +323,11 @@ INL void fmb_row(const uint8_t *wr, uint64_t ust, int64_t nu, const float *xa, i
         }
     }
     UNR
-    for (int c = 0; c < NC; c++) y[(int64_t)(c0 + c) * ldy] = hsum8(_mm256_add_ps(a0[c], a1[c]));
+    for (int c = 0; c < NC; c++) {
+        sv[2 * c] = a0[c];
+        sv[2 * c + 1] = a1[c];
+        if (last) y[(int64_t)(c0 + c) * ldy] = hsum8(_mm256_add_ps(a0[c], a1[c]));
+    }
 }
 
 /* nc >= 1, n % 16 == 0; il: w in the interleaved layout of 4 rows. Returns
@@ -319,8 +336,11 @@ INL int fmb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx,
                  int64_t ldy, const int e, const int il) {
     const int64_t nu = n / 16;
     const size_t U = 16 * (e == E_F32 ? 4 : 2);
-    float *xa = aligned_alloc(32, (size_t)nu * (size_t)nc * 64);
+    enum { R = KV_AVX2_IL_ROWS };
+    /* the activations, then the accumulators of a tile (R rows x nc columns x 2 vectors) */
+    float *xa = aligned_alloc(32, (size_t)nu * (size_t)nc * 64 + (size_t)R * (size_t)nc * 64);
     if (!xa) return 0;
+    __m256 *sv = (__m256 *)(xa + (size_t)nu * (size_t)nc * 16);
     const uint8_t *w = vw, *x = vx;
     const int pf = kv_quant_prefetch_on() && (il || ws == (uint64_t)nu * U);
     if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
@@ -332,26 +352,33 @@ INL int fmb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx,
             _mm256_store_ps(d + 8, ld8(xc, 16 * k + 8, e));
         }
     }
-    enum { R = KV_AVX2_IL_ROWS };
     for (int r0 = 0; r0 < nr; r0 += R) {
         const int rr = nr - r0 < R ? nr - r0 : R;
         const int rn = nr - r0 - rr < R ? nr - r0 - rr : R;
         const size_t pfl = ((size_t)rn * (size_t)nu * U + (size_t)rr * (size_t)nu - 1) / ((size_t)rr * (size_t)nu);
         const uint8_t *next = w + (uint64_t)(r0 + rr) * ws;
-        for (int r = 0; r < rr; r++) {
-            const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * U : w + (uint64_t)(r0 + r) * ws;
-            const uint64_t ust = il ? (uint64_t)rr * U : U;
-            const uint8_t *pfp = pf && rn > 0 ? next + (size_t)r * (size_t)nu * pfl : NULL;
-            for (int c0 = 0; c0 < nc; c0 += FMB_COLS) {
-                float *yr = y + r0 + r;
-                const uint8_t *p = c0 ? NULL : pfp;
-                switch (nc - c0 < FMB_COLS ? nc - c0 : FMB_COLS) {
-                case 1: fmb_row(wr, ust, nu, xa, nc, c0, yr, ldy, p, pfl, e, 1); break;
-                case 2: fmb_row(wr, ust, nu, xa, nc, c0, yr, ldy, p, pfl, e, 2); break;
-                case 3: fmb_row(wr, ust, nu, xa, nc, c0, yr, ldy, p, pfl, e, 3); break;
-                default: fmb_row(wr, ust, nu, xa, nc, c0, yr, ldy, p, pfl, e, 4); break;
+        /* K in spans of FMB_SPAN units, then column groups, then the tile's rows: a group's
+           activations over one span (FMB_SPAN * 256 bytes) stay in L1 for the tile's rows; the
+           accumulators wait in sv between spans (each lane still adds in increasing i) */
+        for (int c = 0; c < R * 2 * nc; c++) sv[c] = _mm256_setzero_ps();
+        for (int64_t k0 = 0; k0 < nu; k0 += FMB_SPAN) {
+            const int64_t k1 = nu - k0 < FMB_SPAN ? nu : k0 + FMB_SPAN;
+            for (int c0 = 0; c0 < nc; c0 += FMB_COLS)
+                for (int r = 0; r < rr; r++) {
+                    const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * U : w + (uint64_t)(r0 + r) * ws;
+                    const uint64_t ust = il ? (uint64_t)rr * U : U;
+                    /* the first group's passes ask for the next tile (pfp + k * pfl for unit k) */
+                    const uint8_t *p = pf && rn > 0 && c0 == 0 ? next + (size_t)r * (size_t)nu * pfl : NULL;
+                    float *yr = y + r0 + r;
+                    __m256 *a = sv + (size_t)r * 2 * (size_t)nc + 2 * (size_t)c0;
+                    const int last = k1 == nu;
+                    switch (nc - c0 < FMB_COLS ? nc - c0 : FMB_COLS) {
+                    case 1: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 1); break;
+                    case 2: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 2); break;
+                    case 3: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 3); break;
+                    default: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 4); break;
+                    }
                 }
-            }
         }
     }
     free(xa);
