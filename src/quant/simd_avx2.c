@@ -843,22 +843,40 @@ INL __m256i k4_scales(const uint8_t *q) {
     return _mm256_cvtepu8_epi16(v);
 }
 
-/* from int16 [s0..s15] (both 128-bit lanes may differ): the vector with
- * s[2c] in its low lane and s[2c+1] in its high lane (one scale per
- * 16-element sub-block, as a chunk's lanes 0..3 and 4..7 need) */
-INL __m256i sc_pair(__m256i s16, int c) {
-    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(c));
-    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3,
-                                                   2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+/* Sub-block scales are spread over a chunk's lanes with in-lane byte
+ * shuffles only: a lane-crossing permute per chunk (vpermd) costs several
+ * uops on some cores (3 on Zen 1), far more than the multiplies it feeds.
+ * The sources are the scales with a 128-bit half copied into both lanes,
+ * made once per super-block. */
+typedef struct {
+    __m256i lo, hi; /* [s0..s7 | s0..s7], [s8..s15 | s8..s15] */
+} sc16;
+
+INL sc16 sc_src(__m256i s16) {
+    sc16 v;
+    v.lo = _mm256_permute2x128_si256(s16, s16, 0x00);
+    v.hi = _mm256_permute2x128_si256(s16, s16, 0x11);
+    return v;
 }
 
-/* from int16 [s0..s7 | ...]: s[j] in every element */
-INL __m256i sc_bcast(__m256i s16, int j) {
-    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(j >> 1));
-    const int b = 2 * (j & 1);
-    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                                   b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                                   b + 1, b, b + 1, b, b + 1));
+/* from int16 [s0..s15]: the vector with s[2c] in its low lane and s[2c+1]
+ * in its high lane (one scale per 16-element sub-block, as a chunk's lanes
+ * 0..3 and 4..7 need) */
+INL __m256i sc_pair(const sc16 *s, int c) {
+    const int a = 2 * ((2 * c) & 7), b = a + 2;
+    return _mm256_shuffle_epi8(c < 4 ? s->lo : s->hi,
+                               _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                                a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                b + 1, b, b + 1));
+}
+
+/* from int16 [s0..s7 | ...] with the low half in both lanes (sc16.lo):
+ * s[j] in every element */
+INL __m256i sc_bcast(__m256i lo, int j) {
+    const int b = 2 * j;
+    return _mm256_shuffle_epi8(lo, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                    b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                    b + 1, b, b + 1, b, b + 1));
 }
 
 /* [m0, m0, m1, m1, .., m7, m7] from [sc | mn] */
@@ -877,9 +895,9 @@ INL void prep_q2_K(const kv_block_q2_K *b, krow *k) {
         for (int j = 0; j < 4; j++) k->U[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
     }
     const __m128i sb = ld128(b->scales);
-    const __m256i s16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f)));
+    const sc16 s16 = sc_src(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f))));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
     k->dx = h2f(&b->d);
     k->dmx = h2f(&b->dmin);
@@ -906,22 +924,23 @@ INL void prep_q3_K(const kv_block_q3_K *b, krow *k) {
     const __m128i lo = _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
     const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2), (int)((u[2] >> 6) & m2));
     const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
-    const __m256i s16 = _mm256_cvtepi8_epi16(s8);
+    const sc16 s16 = sc_src(_mm256_cvtepi8_epi16(s8));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->dx = h2f(&b->d);
 }
 
 INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i v16 = k4_scales(b->scales);
+    const __m256i scl = _mm256_permute2x128_si256(v16, v16, 0x00);
     UNR
     for (int c = 0; c < 4; c++) {
         const __m256i q = ld256(b->qs + 32 * c);
         k->U[2 * c] = _mm256_and_si256(q, m4);
         k->U[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        k->SC[2 * c] = sc_bcast(v16, 2 * c);
-        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
+        k->SC[2 * c] = sc_bcast(scl, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(scl, 2 * c + 1);
     }
     k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
@@ -931,6 +950,7 @@ INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
 INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     const __m256i v16 = k4_scales(b->scales);
+    const __m256i scl = _mm256_permute2x128_si256(v16, v16, 0x00);
     const __m256i hb = ld256(b->qh);
     UNR
     for (int c = 0; c < 4; c++) {
@@ -939,8 +959,8 @@ INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
         const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one);
         k->U[2 * c] = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
         k->U[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
-        k->SC[2 * c] = sc_bcast(v16, 2 * c);
-        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
+        k->SC[2 * c] = sc_bcast(scl, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(scl, 2 * c + 1);
     }
     k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
@@ -961,9 +981,9 @@ INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
         k->U[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2);
         k->U[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3);
     }
-    const __m256i s16 = _mm256_cvtepi8_epi16(ld128(b->scales));
+    const sc16 s16 = sc_src(_mm256_cvtepi8_epi16(ld128(b->scales)));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->dx = h2f(&b->d);
 }
 
