@@ -1002,6 +1002,121 @@ INL __m256i k_isum(const krow *k, const int8_t *qy, const __m256i *yo, const int
 
 enum { K_Q2, K_Q3, K_Q4, K_Q5, K_Q6 };
 
+/* One column (decode): the same lane sums as k_isum, each chunk's codes and
+ * scales made right where they are multiplied, so nothing of a super-block
+ * is held but its scale sources (an unpacked krow of 17 vectors spills on
+ * 16 registers, and GCC keeps source order on x86). */
+typedef struct {
+    sc16 s;      /* Q2/Q3/Q6: the 16 sub-block scales */
+    __m256i scl; /* Q4/Q5: [sc0..sc7 | sc0..sc7] */
+    __m256i MX;
+    float dx, dmx;
+} khead;
+
+INL void k_head(const int t, const uint8_t *blk, khead *h) {
+    if (t == K_Q2) {
+        const kv_block_q2_K *b = (const kv_block_q2_K *)blk;
+        const __m128i sb = ld128(b->scales);
+        h->s = sc_src(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f))));
+        h->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
+        h->dx = h2f(&b->d);
+        h->dmx = h2f(&b->dmin);
+    } else if (t == K_Q3) {
+        const kv_block_q3_K *b = (const kv_block_q3_K *)blk;
+        uint32_t u[3];
+        memcpy(u, b->scales, 12);
+        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+        const __m128i lo =
+            _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
+        const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2),
+                                          (int)((u[2] >> 6) & m2));
+        const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+        h->s = sc_src(_mm256_cvtepi8_epi16(s8));
+        h->dx = h2f(&b->d);
+    } else if (t == K_Q4 || t == K_Q5) {
+        const uint8_t *sc = t == K_Q4 ? ((const kv_block_q4_K *)blk)->scales : ((const kv_block_q5_K *)blk)->scales;
+        const __m256i v16 = k4_scales(sc);
+        h->scl = _mm256_permute2x128_si256(v16, v16, 0x00);
+        h->MX = mins_pairs(v16);
+        if (t == K_Q4) {
+            h->dx = h2f(&((const kv_block_q4_K *)blk)->d);
+            h->dmx = h2f(&((const kv_block_q4_K *)blk)->dmin);
+        } else {
+            h->dx = h2f(&((const kv_block_q5_K *)blk)->d);
+            h->dmx = h2f(&((const kv_block_q5_K *)blk)->dmin);
+        }
+    } else {
+        const kv_block_q6_K *b = (const kv_block_q6_K *)blk;
+        h->s = sc_src(_mm256_cvtepi8_epi16(ld128(b->scales)));
+        h->dx = h2f(&b->d);
+    }
+}
+
+/* the unsigned codes of chunk c (elements 32c..32c+31), as prep_* makes them */
+INL __m256i k_codes(const int t, const uint8_t *blk, const int c) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    if (t == K_Q2) {
+        const __m256i q = ld256(((const kv_block_q2_K *)blk)->qs + 32 * (c >> 2));
+        return _mm256_and_si256(_mm256_srli_epi16(q, 2 * (c & 3)), m3);
+    }
+    if (t == K_Q3) {
+        const kv_block_q3_K *b = (const kv_block_q3_K *)blk;
+        const __m256i q = ld256(b->qs + 32 * (c >> 2));
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(ld256(b->hmask), c), one);
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * (c & 3)), m3), _mm256_slli_epi16(hb, 2));
+    }
+    if (t == K_Q4) {
+        const __m256i q = ld256(((const kv_block_q4_K *)blk)->qs + 32 * (c >> 1));
+        return _mm256_and_si256(c & 1 ? _mm256_srli_epi16(q, 4) : q, m4);
+    }
+    if (t == K_Q5) {
+        const kv_block_q5_K *b = (const kv_block_q5_K *)blk;
+        const __m256i q = ld256(b->qs + 32 * (c >> 1));
+        const __m256i h = _mm256_and_si256(_mm256_srli_epi16(ld256(b->qh), c), one);
+        return _mm256_or_si256(_mm256_and_si256(c & 1 ? _mm256_srli_epi16(q, 4) : q, m4), _mm256_slli_epi16(h, 4));
+    }
+    const kv_block_q6_K *b = (const kv_block_q6_K *)blk;
+    const int hh = c >> 2, j = c & 3;
+    const __m256i l = ld256(b->ql + 64 * hh + 32 * (j & 1)), qh = ld256(b->qh + 32 * hh);
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), m3), 4);
+    return _mm256_or_si256(_mm256_and_si256(j & 2 ? _mm256_srli_epi16(l, 4) : l, m4), hi);
+}
+
+INL __m256i k_isum1(const int t, const uint8_t *blk, const khead *h, const int8_t *qy, const __m256i *yo,
+                    const int has_off) {
+    __m256i is = _mm256_setzero_si256();
+    UNR
+    for (int c = 0; c < 8; c++) {
+        __m256i p = _mm256_maddubs_epi16(k_codes(t, blk, c), ld256(qy + 32 * c));
+        if (has_off) p = _mm256_sub_epi16(p, yo[c]);
+        const __m256i sc = t == K_Q4 || t == K_Q5 ? sc_bcast(h->scl, c) : sc_pair(&h->s, c);
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(p, sc));
+    }
+    return is;
+}
+
+/* row r, column c's float steps for one super-block (k: its krow or khead,
+ * a: the activation block, is: the lane sums) */
+#define K_ACC(r, c)                                                                                              \
+    do {                                                                                                         \
+        const float d_ = a->d * k.dx;                                                                            \
+        if (t == K_Q2) {                                                                                         \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);                                         \
+            acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);                  \
+        } else if (t == K_Q4) {                                                                                  \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);                                        \
+            const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));    \
+            accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);                       \
+        } else if (t == K_Q5) {                                                                                  \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));                             \
+            accm[r][c] = fma1(nd, (float)summ, accm[r][c]);                                                      \
+        }                                                                                                        \
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d_), _mm256_cvtepi32_ps(is), acc[r][c]);                      \
+    } while (0)
+
 INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
                 const int NR, const int NC, const int il, const int pfo, const int t) {
     const int64_t nb = n / KV_QK_K;
@@ -1035,6 +1150,18 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
                 for (int k = 0; k < 8; k++)
                     yo[c][k] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), ld256(X[c][i].qs + 32 * k));
             }
+        if (NC == 1) {
+            const kv_block_q8_K *a = &X[0][i];
+            UNR
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *blk = W[r] + i * bst;
+                khead k;
+                k_head(t, blk, &k);
+                const __m256i is = k_isum1(t, blk, &k, a->qs, yo[0], off != 0);
+                K_ACC(r, 0);
+            }
+            continue;
+        }
         UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * bst;
@@ -1048,22 +1175,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             for (int c = 0; c < NC; c++) {
                 const kv_block_q8_K *a = &X[c][i];
                 const __m256i is = k_isum(&k, a->qs, yo[c], off != 0);
-                const float d = a->d * k.dx;
-                if (t == K_Q2) {
-                    const float nd = -(a->d * k.dmx);
-                    const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);
-                } else if (t == K_Q4) {
-                    const float nd = -(a->d * k.dmx);
-                    const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);
-                    const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));
-                    accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);
-                } else if (t == K_Q5) {
-                    const float nd = -(a->d * k.dmx);
-                    const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));
-                    accm[r][c] = fma1(nd, (float)summ, accm[r][c]);
-                }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
+                K_ACC(r, c);
             }
         }
     }
