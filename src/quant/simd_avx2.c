@@ -1152,7 +1152,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             }
         if (NC == 1) {
             const kv_block_q8_K *a = &X[0][i];
-            UNR
+            _Pragma("GCC unroll 1")
             for (int r = 0; r < NR; r++) {
                 const uint8_t *blk = W[r] + i * bst;
                 khead k;
