@@ -1313,6 +1313,43 @@ INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {
     }
 }
 
+/* One column (decode): the int16 pair sums of a block against qy, each
+ * chunk's trits made where they are multiplied (as prep_*, in order) */
+INL __m256i tq_s16_1(const int tq1, const uint8_t *blk, const int8_t *qy) {
+    if (!tq1) {
+        const kv_block_tq2_0 *b = (const kv_block_tq2_0 *)blk;
+        const __m256i m3 = _mm256_set1_epi8(3);
+        __m256i s16 = _mm256_setzero_si256();
+        UNR
+        for (int h = 0; h < 2; h++) {
+            const __m256i q = ld256(b->qs + 32 * h);
+            UNR
+            for (int l = 0; l < 4; l++)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 2 * l), m3),
+                                                                 ld256(qy + 32 * (4 * h + l))));
+        }
+        return s16;
+    }
+    const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)blk;
+    __m256i p = ld256(b->qs);
+    __m256i s16 = _mm256_maddubs_epi16(trit8(p), ld256(qy));
+    UNR
+    for (int k = 1; k < 5; k++) {
+        p = mul3(p);
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(p), ld256(qy + 32 * k)));
+    }
+    const __m128i c = ld128(b->qs + 32);
+    const __m256i cc = _mm256_set_m128i(c, c);
+    const __m256i c01 = _mm256_blend_epi32(cc, mul3(cc), 0xf0);
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(c01), ld256(qy + 160)));
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(mul9(c01)), ld256(qy + 192)));
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    const __m256i x = _mm256_set_m128i(_mm_set1_epi32((int)qh), c);
+    const __m256i u7 = trit8(mul8(x, _mm256_setr_epi32(W2(81), W2(81), W2(81), W2(81), W2(1), W2(3), W2(9), W2(27))));
+    return _mm256_add_epi16(s16, _mm256_maddubs_epi16(u7, ld256(qy + 224)));
+}
+
 /* isum[l] = sum t * q over the lane - (bsums[2l] + bsums[2l+1]); the int16
  * sum of the 8 chunks' pairs stays below 8 * 3 * 128 * 2 in magnitude */
 INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
@@ -1332,6 +1369,17 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
         __m256i bs[MC];
         UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
+        if (NC == 1) {
+            const kv_block_q8_K *a = &X[0][i];
+            _Pragma("GCC unroll 1")
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *blk = W[r] + i * bst;
+                const float dx = tq1 ? h2f(&((const kv_block_tq1_0 *)blk)->d) : h2f(&((const kv_block_tq2_0 *)blk)->d);
+                const __m256i is = _mm256_sub_epi32(sum4(tq_s16_1(tq1, blk, a->qs)), bs[0]);
+                acc[r][0] = _mm256_fmadd_ps(_mm256_set1_ps(a->d * dx), _mm256_cvtepi32_ps(is), acc[r][0]);
+            }
+            continue;
+        }
         UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * bst;
