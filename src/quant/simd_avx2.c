@@ -1163,22 +1163,40 @@ INL __m256i k4_scales(const uint8_t *q) {
     return _mm256_cvtepu8_epi16(v);
 }
 
-/* from int16 [s0..s15] (both 128-bit lanes may differ): the vector with
- * s[2c] in its low lane and s[2c+1] in its high lane (one scale per
- * 16-element sub-block, as a chunk's lanes 0..3 and 4..7 need) */
-INL __m256i sc_pair(__m256i s16, int c) {
-    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(c));
-    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3,
-                                                   2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+/* Sub-block scales are spread over a chunk's lanes with in-lane byte
+ * shuffles only: a lane-crossing permute per chunk (vpermd) costs several
+ * uops on some cores (3 on Zen 1), far more than the multiplies it feeds.
+ * The sources are the scales with a 128-bit half copied into both lanes,
+ * made once per super-block. */
+typedef struct {
+    __m256i lo, hi; /* [s0..s7 | s0..s7], [s8..s15 | s8..s15] */
+} sc16;
+
+INL sc16 sc_src(__m256i s16) {
+    sc16 v;
+    v.lo = _mm256_permute2x128_si256(s16, s16, 0x00);
+    v.hi = _mm256_permute2x128_si256(s16, s16, 0x11);
+    return v;
 }
 
-/* from int16 [s0..s7 | ...]: s[j] in every element */
-INL __m256i sc_bcast(__m256i s16, int j) {
-    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(j >> 1));
-    const int b = 2 * (j & 1);
-    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                                   b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                                   b + 1, b, b + 1, b, b + 1));
+/* from int16 [s0..s15]: the vector with s[2c] in its low lane and s[2c+1]
+ * in its high lane (one scale per 16-element sub-block, as a chunk's lanes
+ * 0..3 and 4..7 need) */
+INL __m256i sc_pair(const sc16 *s, int c) {
+    const int a = 2 * ((2 * c) & 7), b = a + 2;
+    return _mm256_shuffle_epi8(c < 4 ? s->lo : s->hi,
+                               _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                                a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                b + 1, b, b + 1));
+}
+
+/* from int16 [s0..s7 | ...] with the low half in both lanes (sc16.lo):
+ * s[j] in every element */
+INL __m256i sc_bcast(__m256i lo, int j) {
+    const int b = 2 * j;
+    return _mm256_shuffle_epi8(lo, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                    b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                    b + 1, b, b + 1, b, b + 1));
 }
 
 /* [m0, m0, m1, m1, .., m7, m7] from [sc | mn] */
@@ -1197,9 +1215,9 @@ INL void prep_q2_K(const kv_block_q2_K *b, krow *k) {
         for (int j = 0; j < 4; j++) k->U[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
     }
     const __m128i sb = ld128(b->scales);
-    const __m256i s16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f)));
+    const sc16 s16 = sc_src(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f))));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
     k->dx = h2f(&b->d);
     k->dmx = h2f(&b->dmin);
@@ -1226,22 +1244,23 @@ INL void prep_q3_K(const kv_block_q3_K *b, krow *k) {
     const __m128i lo = _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
     const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2), (int)((u[2] >> 6) & m2));
     const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
-    const __m256i s16 = _mm256_cvtepi8_epi16(s8);
+    const sc16 s16 = sc_src(_mm256_cvtepi8_epi16(s8));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->dx = h2f(&b->d);
 }
 
 INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i v16 = k4_scales(b->scales);
+    const __m256i scl = _mm256_permute2x128_si256(v16, v16, 0x00);
     UNR
     for (int c = 0; c < 4; c++) {
         const __m256i q = ld256(b->qs + 32 * c);
         k->U[2 * c] = _mm256_and_si256(q, m4);
         k->U[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        k->SC[2 * c] = sc_bcast(v16, 2 * c);
-        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
+        k->SC[2 * c] = sc_bcast(scl, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(scl, 2 * c + 1);
     }
     k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
@@ -1251,6 +1270,7 @@ INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
 INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     const __m256i v16 = k4_scales(b->scales);
+    const __m256i scl = _mm256_permute2x128_si256(v16, v16, 0x00);
     const __m256i hb = ld256(b->qh);
     UNR
     for (int c = 0; c < 4; c++) {
@@ -1259,8 +1279,8 @@ INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
         const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one);
         k->U[2 * c] = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
         k->U[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
-        k->SC[2 * c] = sc_bcast(v16, 2 * c);
-        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
+        k->SC[2 * c] = sc_bcast(scl, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(scl, 2 * c + 1);
     }
     k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
@@ -1281,9 +1301,9 @@ INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
         k->U[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2);
         k->U[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3);
     }
-    const __m256i s16 = _mm256_cvtepi8_epi16(ld128(b->scales));
+    const sc16 s16 = sc_src(_mm256_cvtepi8_epi16(ld128(b->scales)));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->dx = h2f(&b->d);
 }
 
@@ -1301,6 +1321,121 @@ INL __m256i k_isum(const krow *k, const int8_t *qy, const __m256i *yo, const int
 }
 
 enum { K_Q2, K_Q3, K_Q4, K_Q5, K_Q6 };
+
+/* One column (decode): the same lane sums as k_isum, each chunk's codes and
+ * scales made right where they are multiplied, so nothing of a super-block
+ * is held but its scale sources (an unpacked krow of 17 vectors spills on
+ * 16 registers, and GCC keeps source order on x86). */
+typedef struct {
+    sc16 s;      /* Q2/Q3/Q6: the 16 sub-block scales */
+    __m256i scl; /* Q4/Q5: [sc0..sc7 | sc0..sc7] */
+    __m256i MX;
+    float dx, dmx;
+} khead;
+
+INL void k_head(const int t, const uint8_t *blk, khead *h) {
+    if (t == K_Q2) {
+        const kv_block_q2_K *b = (const kv_block_q2_K *)blk;
+        const __m128i sb = ld128(b->scales);
+        h->s = sc_src(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f))));
+        h->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
+        h->dx = h2f(&b->d);
+        h->dmx = h2f(&b->dmin);
+    } else if (t == K_Q3) {
+        const kv_block_q3_K *b = (const kv_block_q3_K *)blk;
+        uint32_t u[3];
+        memcpy(u, b->scales, 12);
+        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+        const __m128i lo =
+            _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
+        const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2),
+                                          (int)((u[2] >> 6) & m2));
+        const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+        h->s = sc_src(_mm256_cvtepi8_epi16(s8));
+        h->dx = h2f(&b->d);
+    } else if (t == K_Q4 || t == K_Q5) {
+        const uint8_t *sc = t == K_Q4 ? ((const kv_block_q4_K *)blk)->scales : ((const kv_block_q5_K *)blk)->scales;
+        const __m256i v16 = k4_scales(sc);
+        h->scl = _mm256_permute2x128_si256(v16, v16, 0x00);
+        h->MX = mins_pairs(v16);
+        if (t == K_Q4) {
+            h->dx = h2f(&((const kv_block_q4_K *)blk)->d);
+            h->dmx = h2f(&((const kv_block_q4_K *)blk)->dmin);
+        } else {
+            h->dx = h2f(&((const kv_block_q5_K *)blk)->d);
+            h->dmx = h2f(&((const kv_block_q5_K *)blk)->dmin);
+        }
+    } else {
+        const kv_block_q6_K *b = (const kv_block_q6_K *)blk;
+        h->s = sc_src(_mm256_cvtepi8_epi16(ld128(b->scales)));
+        h->dx = h2f(&b->d);
+    }
+}
+
+/* the unsigned codes of chunk c (elements 32c..32c+31), as prep_* makes them */
+INL __m256i k_codes(const int t, const uint8_t *blk, const int c) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    if (t == K_Q2) {
+        const __m256i q = ld256(((const kv_block_q2_K *)blk)->qs + 32 * (c >> 2));
+        return _mm256_and_si256(_mm256_srli_epi16(q, 2 * (c & 3)), m3);
+    }
+    if (t == K_Q3) {
+        const kv_block_q3_K *b = (const kv_block_q3_K *)blk;
+        const __m256i q = ld256(b->qs + 32 * (c >> 2));
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(ld256(b->hmask), c), one);
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * (c & 3)), m3), _mm256_slli_epi16(hb, 2));
+    }
+    if (t == K_Q4) {
+        const __m256i q = ld256(((const kv_block_q4_K *)blk)->qs + 32 * (c >> 1));
+        return _mm256_and_si256(c & 1 ? _mm256_srli_epi16(q, 4) : q, m4);
+    }
+    if (t == K_Q5) {
+        const kv_block_q5_K *b = (const kv_block_q5_K *)blk;
+        const __m256i q = ld256(b->qs + 32 * (c >> 1));
+        const __m256i h = _mm256_and_si256(_mm256_srli_epi16(ld256(b->qh), c), one);
+        return _mm256_or_si256(_mm256_and_si256(c & 1 ? _mm256_srli_epi16(q, 4) : q, m4), _mm256_slli_epi16(h, 4));
+    }
+    const kv_block_q6_K *b = (const kv_block_q6_K *)blk;
+    const int hh = c >> 2, j = c & 3;
+    const __m256i l = ld256(b->ql + 64 * hh + 32 * (j & 1)), qh = ld256(b->qh + 32 * hh);
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), m3), 4);
+    return _mm256_or_si256(_mm256_and_si256(j & 2 ? _mm256_srli_epi16(l, 4) : l, m4), hi);
+}
+
+INL __m256i k_isum1(const int t, const uint8_t *blk, const khead *h, const int8_t *qy, const __m256i *yo,
+                    const int has_off) {
+    __m256i is = _mm256_setzero_si256();
+    UNR
+    for (int c = 0; c < 8; c++) {
+        __m256i p = _mm256_maddubs_epi16(k_codes(t, blk, c), ld256(qy + 32 * c));
+        if (has_off) p = _mm256_sub_epi16(p, yo[c]);
+        const __m256i sc = t == K_Q4 || t == K_Q5 ? sc_bcast(h->scl, c) : sc_pair(&h->s, c);
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(p, sc));
+    }
+    return is;
+}
+
+/* row r, column c's float steps for one super-block (k: its krow or khead,
+ * a: the activation block, is: the lane sums) */
+#define K_ACC(r, c)                                                                                              \
+    do {                                                                                                         \
+        const float d_ = a->d * k.dx;                                                                            \
+        if (t == K_Q2) {                                                                                         \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);                                         \
+            acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);                  \
+        } else if (t == K_Q4) {                                                                                  \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);                                        \
+            const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));    \
+            accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);                       \
+        } else if (t == K_Q5) {                                                                                  \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));                             \
+            accm[r][c] = fma1(nd, (float)summ, accm[r][c]);                                                      \
+        }                                                                                                        \
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d_), _mm256_cvtepi32_ps(is), acc[r][c]);                      \
+    } while (0)
 
 INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
                 const int NR, const int NC, const int il, const int pfo, const int t) {
@@ -1335,6 +1470,18 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
                 for (int k = 0; k < 8; k++)
                     yo[c][k] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), ld256(X[c][i].qs + 32 * k));
             }
+        if (NC == 1) {
+            const kv_block_q8_K *a = &X[0][i];
+            _Pragma("GCC unroll 1")
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *blk = W[r] + i * bst;
+                khead k;
+                k_head(t, blk, &k);
+                const __m256i is = k_isum1(t, blk, &k, a->qs, yo[0], off != 0);
+                K_ACC(r, 0);
+            }
+            continue;
+        }
         UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * bst;
@@ -1348,22 +1495,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             for (int c = 0; c < NC; c++) {
                 const kv_block_q8_K *a = &X[c][i];
                 const __m256i is = k_isum(&k, a->qs, yo[c], off != 0);
-                const float d = a->d * k.dx;
-                if (t == K_Q2) {
-                    const float nd = -(a->d * k.dmx);
-                    const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);
-                } else if (t == K_Q4) {
-                    const float nd = -(a->d * k.dmx);
-                    const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);
-                    const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));
-                    accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);
-                } else if (t == K_Q5) {
-                    const float nd = -(a->d * k.dmx);
-                    const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));
-                    accm[r][c] = fma1(nd, (float)summ, accm[r][c]);
-                }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
+                K_ACC(r, c);
             }
         }
     }
@@ -1501,6 +1633,43 @@ INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {
     }
 }
 
+/* One column (decode): the int16 pair sums of a block against qy, each
+ * chunk's trits made where they are multiplied (as prep_*, in order) */
+INL __m256i tq_s16_1(const int tq1, const uint8_t *blk, const int8_t *qy) {
+    if (!tq1) {
+        const kv_block_tq2_0 *b = (const kv_block_tq2_0 *)blk;
+        const __m256i m3 = _mm256_set1_epi8(3);
+        __m256i s16 = _mm256_setzero_si256();
+        UNR
+        for (int h = 0; h < 2; h++) {
+            const __m256i q = ld256(b->qs + 32 * h);
+            UNR
+            for (int l = 0; l < 4; l++)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 2 * l), m3),
+                                                                 ld256(qy + 32 * (4 * h + l))));
+        }
+        return s16;
+    }
+    const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)blk;
+    __m256i p = ld256(b->qs);
+    __m256i s16 = _mm256_maddubs_epi16(trit8(p), ld256(qy));
+    UNR
+    for (int k = 1; k < 5; k++) {
+        p = mul3(p);
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(p), ld256(qy + 32 * k)));
+    }
+    const __m128i c = ld128(b->qs + 32);
+    const __m256i cc = _mm256_set_m128i(c, c);
+    const __m256i c01 = _mm256_blend_epi32(cc, mul3(cc), 0xf0);
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(c01), ld256(qy + 160)));
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(mul9(c01)), ld256(qy + 192)));
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    const __m256i x = _mm256_set_m128i(_mm_set1_epi32((int)qh), c);
+    const __m256i u7 = trit8(mul8(x, _mm256_setr_epi32(W2(81), W2(81), W2(81), W2(81), W2(1), W2(3), W2(9), W2(27))));
+    return _mm256_add_epi16(s16, _mm256_maddubs_epi16(u7, ld256(qy + 224)));
+}
+
 /* isum[l] = sum t * q over the lane - (bsums[2l] + bsums[2l+1]); the int16
  * sum of the 8 chunks' pairs stays below 8 * 3 * 128 * 2 in magnitude */
 INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
@@ -1520,6 +1689,17 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
         __m256i bs[MC];
         UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
+        if (NC == 1) {
+            const kv_block_q8_K *a = &X[0][i];
+            _Pragma("GCC unroll 1")
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *blk = W[r] + i * bst;
+                const float dx = tq1 ? h2f(&((const kv_block_tq1_0 *)blk)->d) : h2f(&((const kv_block_tq2_0 *)blk)->d);
+                const __m256i is = _mm256_sub_epi32(sum4(tq_s16_1(tq1, blk, a->qs)), bs[0]);
+                acc[r][0] = _mm256_fmadd_ps(_mm256_set1_ps(a->d * dx), _mm256_cvtepi32_ps(is), acc[r][0]);
+            }
+            continue;
+        }
         UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * bst;
