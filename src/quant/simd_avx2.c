@@ -277,9 +277,124 @@ INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx
     }
 }
 
-#define FLOAT_GEMMS(T, E)                                                                            \
-    TGT KV_AVX2_GEMM_PROTO(T) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E); }                         \
-    TGT KV_AVX2_GEMM_IL_PROTO(T) { fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E); }
+/* ---- several columns (batched decode, prefill): the activations are
+ * converted to f32 once per call (chunk-major: unit k of column c, 16
+ * floats, at xa + (k * nc + c) * 16), then each weight row is read unit by
+ * unit, each unit converted once for up to FMB_COLS columns (2 x FMB_COLS
+ * accumulators in registers). A tile of the interleaved layout (or 4
+ * rows of the file layout) is done a span of FMB_SPAN units at a time, and
+ * in a span group of columns after group, row after row: the tile's bytes
+ * come from memory once (the first group's passes, which also ask for a
+ * share of the next tile) and a group's activations for the span stay in
+ * L1 for the tile's rows; the accumulators wait in the scratch between
+ * spans. Lanes j and j + 8 of a column are its two accumulators, each an
+ * fma in increasing i whatever the spans, and hsum8(lo + hi) is the
+ * reference's tree. */
+#define FMB_COLS 4
+#define FMB_MIN_COLS 2
+#ifndef FMB_SPAN
+#define FMB_SPAN 16 /* units of K per span */
+#endif
+
+/* units [k0, k1) of one weight row (unit k at wr + k * ust) x columns c0 .. c0 + NC - 1; the
+ * accumulators come from and go back to sv (2 x NC vectors); last: store the outputs */
+INL void fmb_row(const uint8_t *wr, uint64_t ust, int64_t k0, int64_t k1, const float *xa, int nc, int c0,
+                 __m256 *sv, int last, float *y, int64_t ldy, const uint8_t *pfp, size_t pfl, const int e,
+                 const int NC) {
+    __m256 a0[FMB_COLS], a1[FMB_COLS];
+    UNR
+    for (int c = 0; c < NC; c++) {
+        a0[c] = sv[2 * c];
+        a1[c] = sv[2 * c + 1];
+    }
+    const size_t xstep = (size_t)nc * 16;
+    const float *xk = xa + (size_t)k0 * xstep + (size_t)c0 * 16;
+    for (int64_t k = k0; k < k1; k++, xk += xstep) {
+        const uint8_t *u = wr + (uint64_t)k * ust;
+        if (pfp) {
+            const uintptr_t a = (uintptr_t)pfp + (size_t)k * pfl, end = a + pfl;
+            for (uintptr_t q = a & ~(uintptr_t)63; q < end; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
+        }
+        const __m256 wl = ld8(u, 0, e), wh = ld8(u, 8, e);
+        UNR
+        for (int c = 0; c < NC; c++) {
+            a0[c] = _mm256_fmadd_ps(wl, _mm256_load_ps(xk + 16 * c), a0[c]);
+            a1[c] = _mm256_fmadd_ps(wh, _mm256_load_ps(xk + 16 * c + 8), a1[c]);
+        }
+    }
+    UNR
+    for (int c = 0; c < NC; c++) {
+        sv[2 * c] = a0[c];
+        sv[2 * c + 1] = a1[c];
+        if (last) y[(int64_t)(c0 + c) * ldy] = hsum8(_mm256_add_ps(a0[c], a1[c]));
+    }
+}
+
+/* nc >= 1, n % 16 == 0; il: w in the interleaved layout of 4 rows. Returns
+ * 0 (nothing done) when the scratch cannot be had. */
+INL int fmb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                 int64_t ldy, const int e, const int il) {
+    const int64_t nu = n / 16;
+    const size_t U = 16 * (e == E_F32 ? 4 : 2);
+    enum { R = KV_AVX2_IL_ROWS };
+    /* the activations, then the accumulators of a tile (R rows x nc columns x 2 vectors) */
+    float *xa = aligned_alloc(32, (size_t)nu * (size_t)nc * 64 + (size_t)R * (size_t)nc * 64);
+    if (!xa) return 0;
+    __m256 *sv = (__m256 *)(xa + (size_t)nu * (size_t)nc * 16);
+    const uint8_t *w = vw, *x = vx;
+    const int pf = kv_quant_prefetch_on() && (il || ws == (uint64_t)nu * U);
+    if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *xc = x + (uint64_t)c * xs;
+        for (int64_t k = 0; k < nu; k++) {
+            float *d = xa + ((size_t)k * (size_t)nc + (size_t)c) * 16;
+            _mm256_store_ps(d, ld8(xc, 16 * k, e));
+            _mm256_store_ps(d + 8, ld8(xc, 16 * k + 8, e));
+        }
+    }
+    for (int r0 = 0; r0 < nr; r0 += R) {
+        const int rr = nr - r0 < R ? nr - r0 : R;
+        const int rn = nr - r0 - rr < R ? nr - r0 - rr : R;
+        const size_t pfl = ((size_t)rn * (size_t)nu * U + (size_t)rr * (size_t)nu - 1) / ((size_t)rr * (size_t)nu);
+        const uint8_t *next = w + (uint64_t)(r0 + rr) * ws;
+        /* K in spans of FMB_SPAN units, then column groups, then the tile's rows: a group's
+           activations over one span (FMB_SPAN * 256 bytes) stay in L1 for the tile's rows; the
+           accumulators wait in sv between spans (each lane still adds in increasing i) */
+        for (int c = 0; c < R * 2 * nc; c++) sv[c] = _mm256_setzero_ps();
+        for (int64_t k0 = 0; k0 < nu; k0 += FMB_SPAN) {
+            const int64_t k1 = nu - k0 < FMB_SPAN ? nu : k0 + FMB_SPAN;
+            for (int c0 = 0; c0 < nc; c0 += FMB_COLS)
+                for (int r = 0; r < rr; r++) {
+                    const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * U : w + (uint64_t)(r0 + r) * ws;
+                    const uint64_t ust = il ? (uint64_t)rr * U : U;
+                    /* the first group's passes ask for the next tile (pfp + k * pfl for unit k) */
+                    const uint8_t *p = pf && rn > 0 && c0 == 0 ? next + (size_t)r * (size_t)nu * pfl : NULL;
+                    float *yr = y + r0 + r;
+                    __m256 *a = sv + (size_t)r * 2 * (size_t)nc + 2 * (size_t)c0;
+                    const int last = k1 == nu;
+                    switch (nc - c0 < FMB_COLS ? nc - c0 : FMB_COLS) {
+                    case 1: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 1); break;
+                    case 2: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 2); break;
+                    case 3: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 3); break;
+                    default: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 4); break;
+                    }
+                }
+        }
+    }
+    free(xa);
+    return 1;
+}
+
+#define FLOAT_GEMMS(T, E)                                                                                    \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                                                              \
+        if (nc >= FMB_MIN_COLS && nr > 0 && n > 0 && n % 16 == 0 && fmb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 0)) \
+            return;                                                                                          \
+        fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                           \
+    }                                                                                                        \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) {                                                                           \
+        if (nc >= FMB_MIN_COLS && nr > 0 && n > 0 && fmb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 1)) return; \
+        fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                        \
+    }
 FLOAT_GEMMS(f32, E_F32)
 FLOAT_GEMMS(f16, E_F16)
 FLOAT_GEMMS(bf16, E_BF16)
@@ -612,6 +727,19 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 #define DEF_GEMM_IL_NC4(T, TILE, NR) \
     DEF_GEMM_NC4(T, TILE, NR)        \
     TGT KV_AVX2_GEMM_IL_PROTO(T) { BODY_NC4(TILE, NR, 1) }
+/* the same as static functions tiles_gemm_T / tiles_gemm_il_T (and the
+ * public vec_dot), for types whose public entry points first try the
+ * batched kernels */
+#define DEF_TILES_IL_NC2(T, TILE, NR)                                                                      \
+    static TGT void tiles_gemm_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, \
+                                   int nc, float *y, int64_t ldy) {                                        \
+        BODY_NC2(TILE, NR, 0)                                                                              \
+    }                                                                                                      \
+    static TGT void tiles_gemm_il_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x,         \
+                                      uint64_t xs, int nc, float *y, int64_t ldy) {                        \
+        BODY_NC2(TILE, NR, 1)                                                                              \
+    }                                                                                                      \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
 _Static_assert(KV_AVX2_NR_B32 == KV_AVX2_IL_ROWS && KV_AVX2_NR_K == KV_AVX2_IL_ROWS && KV_AVX2_NR_I2S == KV_AVX2_IL_ROWS,
                "the decode tiles are the interleaved layout's tiles");
 
@@ -730,7 +858,7 @@ INL void tile_q8_1(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, sizeof(kv_block_q8_1), offsetof(kv_block_q8_1, qs),
              kv_traits_q8_1.vec_dot);
 }
-DEF_GEMM_IL_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
+DEF_TILES_IL_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
 DEF_GEMM_NC2(q8_1, tile_q8_1, KV_AVX2_NR_B32)
 
 /* ------------------------------------------------------------ Q4_0, Q4_1, Q5_0, Q5_1 */
@@ -816,10 +944,202 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                             \
     }                                                                                                          \
     DEF_GEMM_IL_NC2(T, tile_##T, KV_AVX2_NR_B32)
-B32_TILE(q4_0, T_Q4_0)
+#define B32_TILE_MC(T, ID)                                                                                      \
+    INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
+                      int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                  \
+        tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                             \
+    }                                                                                                          \
+    DEF_TILES_IL_NC2(T, tile_##T, KV_AVX2_NR_B32)
+B32_TILE_MC(q4_0, T_Q4_0)
 B32_TILE(q4_1, T_Q4_1)
-B32_TILE(q5_0, T_Q5_0)
+B32_TILE_MC(q5_0, T_Q5_0)
 B32_TILE(q5_1, T_Q5_1)
+
+
+/* ------------------------------------------------------------ Q8_0, Q4_0, Q5_0 with several columns
+ *
+ * Several sessions decoded together (kvlm_decode_batch) call gemm with one
+ * column per session, and prefill with one per token. The register tiles
+ * above (4 rows x 2 columns) redo a weight block's unpacking, its scale's
+ * conversion and an activation block's checks for every column tile, and
+ * their 8 accumulators with the operands do not fit the 16 ymm registers.
+ * Here the work is laid out so that each (row, column, block) costs the
+ * reference's arithmetic and little else:
+ *   - the activations are converted once per call into a block-major
+ *     scratch: block i of column c's 32 int8 values at qa + (i * nc + c) *
+ *     32 (aligned), for Q4_0/Q5_0 next to them the offset term
+ *     maddubs(off, q) as int16 pairs, and the scales as floats, eight
+ *     columns to a row (dy[i * ncp + c], zero beyond nc); for Q8_0 an
+ *     activation holding -128 (which the sign trick cannot take, and our
+ *     quantizers never write) sends the whole call to the tiles above;
+ *   - a weight row is read one block at a time, unpacked once (Q8_0: |q|
+ *     and q for the signs; Q4_0/Q5_0: the unsigned codes) and its scale
+ *     converted once, for up to MB_COLS columns at a time; dx * dy for
+ *     those columns is one multiply, stored, and each column's product is
+ *     broadcast from memory (a load, no shuffle);
+ *   - per column and block: (sign,) maddubs, (offset,) madd, convert, fma
+ *     into that column's accumulator, MB_COLS of them in registers.
+ * A tile of the interleaved layout (or 4 rows of the file layout) is done
+ * row after row, so its bytes come from memory once (the first row's pass)
+ * and from L1 for the other rows; each pass asks for a quarter of the next
+ * tile (the layout's ascending stream one tile ahead). Lane l of a column's
+ * accumulator does the reference's fma(dx * dy, (float)isum_l, acc) block
+ * after block and hsum8 is its tree, so every output has vec_dot's bits
+ * whatever nc or the grouping of the columns. */
+
+enum { MB_Q8, MB_Q4, MB_Q5 };
+#ifndef MB_DSTORE
+#define MB_DSTORE 1
+#endif
+#define MB_COLS 8 /* columns per pass over a row (accumulators in registers) */
+#define MB_ROWS 4 /* rows per tile: the interleaved layout's */
+_Static_assert(MB_ROWS == KV_AVX2_IL_ROWS, "the batched kernel walks the interleaved layout's tiles");
+#define MB_BYTES(t) \
+    ((t) == MB_Q4 ? sizeof(kv_block_q4_0) : (t) == MB_Q5 ? sizeof(kv_block_q5_0) : sizeof(kv_block_q8_0))
+
+/* a float from memory into every lane: one load-port uop (written as asm so
+ * that the compiler does not forward a just-stored value through shuffles) */
+INL __m256 bcast_mem(const float *p) {
+    __m256 r;
+    __asm__("vbroadcastss %1, %0" : "=x"(r) : "m"(*p));
+    return r;
+}
+
+/* one weight row (block i at wr + i * bst) x columns c0 .. c0 + NC - 1 */
+INL void mb_row(const uint8_t *wr, uint64_t bst, int64_t nb, const uint8_t *qa, const uint8_t *qo, const float *dy,
+                int nc, int ncp, int c0, float *y, int64_t ldy, const uint8_t *pfp, size_t pfl, const int t,
+                const int NC) {
+    __m256 acc[MB_COLS];
+    UNR
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+#if MB_DSTORE
+    _Alignas(32) float D[MB_COLS];
+#endif
+    const size_t qstep = (size_t)nc * 32;
+    const uint8_t *qi = qa + (size_t)c0 * 32, *oi = qo ? qo + (size_t)c0 * 32 : NULL;
+    const float *di = dy + c0;
+    for (int64_t i = 0; i < nb; i++, qi += qstep, oi = oi ? oi + qstep : NULL, di += ncp) {
+        const uint8_t *b = wr + (uint64_t)i * bst;
+        if (pfp) {
+            const uintptr_t a = (uintptr_t)pfp + (size_t)i * pfl, e = a + pfl;
+            for (uintptr_t q = a & ~(uintptr_t)63; q < e; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
+        }
+        __m256i u, sx = _mm256_setzero_si256();
+        if (t == MB_Q8) {
+            sx = ld256(b + offsetof(kv_block_q8_0, qs));
+            u = _mm256_sign_epi8(sx, sx);
+        } else {
+            u = unpack_b32(b, t == MB_Q4 ? T_Q4_0 : T_Q5_0);
+        }
+        const __m256 dx = _mm256_set1_ps(h2f(b));
+#if MB_DSTORE
+        if (NC > 4) _mm256_store_ps(D, _mm256_mul_ps(dx, _mm256_load_ps(di)));
+        else _mm_store_ps(D, _mm_mul_ps(_mm256_castps256_ps128(dx), _mm_load_ps(di)));
+#endif
+        UNR
+        for (int c = 0; c < NC; c++) {
+            const __m256i q = _mm256_load_si256((const __m256i *)(qi + 32 * c));
+            __m256i p;
+            if (t == MB_Q8) p = _mm256_maddubs_epi16(u, _mm256_sign_epi8(q, sx));
+            else p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, q), _mm256_load_si256((const __m256i *)(oi + 32 * c)));
+#if MB_DSTORE
+            acc[c] = _mm256_fmadd_ps(bcast_mem(&D[c]), _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), acc[c]);
+#else
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dx, bcast_mem(di + c)), _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), acc[c]);
+#endif
+        }
+    }
+    UNR
+    for (int c = 0; c < NC; c++) y[(int64_t)(c0 + c) * ldy] = hsum8(acc[c]);
+}
+
+/* any nr, nc >= 1; il: w is in the interleaved layout of MB_ROWS rows.
+ * Returns 0 (nothing done) when the scratch cannot be had or a Q8_0
+ * activation holds -128. */
+INL int mb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                int64_t ldy, const int t, const int il) {
+    const int64_t nb = n / 32;
+    const size_t BW = MB_BYTES(t);
+    const int ncp = (nc + MB_COLS - 1) / MB_COLS * MB_COLS;
+    const size_t s_q = (size_t)nb * (size_t)nc * 32, s_o = t == MB_Q8 ? 0 : s_q, s_d = (size_t)nb * (size_t)ncp * 4;
+    uint8_t *buf = aligned_alloc(32, (s_q + s_o + s_d + 31) & ~(size_t)31);
+    if (!buf) return 0;
+    uint8_t *qa = buf, *qo = t == MB_Q8 ? NULL : buf + s_q;
+    float *dy = (float *)(buf + s_q + s_o);
+    const uint8_t *w = vw, *x = vx;
+    const int pfo = kv_quant_prefetch_on();
+    /* file layout: the stream prefetch needs contiguous rows */
+    const int pf = pfo && (il || ws == (uint64_t)nb * BW);
+    if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
+    const __m256i m128 = _mm256_set1_epi8(-128), offv = _mm256_set1_epi8(t == MB_Q4 ? 8 : 16);
+    __m256i bad = _mm256_setzero_si256();
+    for (int64_t i = 0; i < nb; i++) {
+        for (int c = 0; c < nc; c++) {
+            const uint8_t *b = x + (uint64_t)c * xs + (uint64_t)i * sizeof(kv_block_q8_0);
+            const __m256i q = ld256(b + offsetof(kv_block_q8_0, qs));
+            const size_t o = ((size_t)i * (size_t)nc + (size_t)c) * 32;
+            _mm256_store_si256((__m256i *)(qa + o), q);
+            if (t == MB_Q8) bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(q, m128));
+            else _mm256_store_si256((__m256i *)(qo + o), _mm256_maddubs_epi16(offv, q));
+            dy[i * ncp + c] = h2f(b);
+        }
+        for (int c = nc; c < ncp; c++) dy[i * ncp + c] = 0.0f;
+    }
+    if (!_mm256_testz_si256(bad, bad)) {
+        free(buf);
+        return 0;
+    }
+    for (int r0 = 0; r0 < nr; r0 += MB_ROWS) {
+        const int rr = nr - r0 < MB_ROWS ? nr - r0 : MB_ROWS;
+        /* the next tile (rn rows), a share of it per pass: rr passes of nb steps of pfl bytes */
+        const int rn = nr - r0 - rr < MB_ROWS ? nr - r0 - rr : MB_ROWS;
+        const size_t pfl = ((size_t)rn * (size_t)nb * BW + (size_t)rr * (size_t)nb - 1) / ((size_t)rr * (size_t)nb);
+        const uint8_t *next = w + (uint64_t)(r0 + rr) * ws;
+        for (int r = 0; r < rr; r++) {
+            const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * BW : w + (uint64_t)(r0 + r) * ws;
+            const uint64_t bst = il ? (uint64_t)rr * BW : BW;
+            const uint8_t *pfp = pf && rn > 0 ? next + (size_t)r * (size_t)nb * pfl : NULL;
+            for (int c0 = 0; c0 < nc; c0 += MB_COLS) {
+                float *yr = y + r0 + r;
+#define MB_CASE(NC) \
+    case NC: mb_row(wr, bst, nb, qa, qo, dy, nc, ncp, c0, yr, ldy, c0 ? NULL : pfp, pfl, t, NC); break;
+                switch (nc - c0 < MB_COLS ? nc - c0 : MB_COLS) {
+                    MB_CASE(1)
+                    MB_CASE(2)
+                    MB_CASE(3)
+                    MB_CASE(4)
+                    MB_CASE(5)
+                    MB_CASE(6)
+                    MB_CASE(7)
+                    MB_CASE(8)
+                default: break;
+                }
+#undef MB_CASE
+            }
+        }
+    }
+    free(buf);
+    return 1;
+}
+
+/* the public gemm entry points of the three types: the batched kernel from
+ * MB_MIN_COLS columns, the register tiles below that (decode) */
+#ifndef MB_MIN_COLS
+#define MB_MIN_COLS 2
+#endif
+#define MB_GEMMS(T, ID)                                                                                    \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                                                            \
+        if (nc >= MB_MIN_COLS && nr > 0 && n > 0 && mb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 0)) return; \
+        tiles_gemm_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                                   \
+    }                                                                                                      \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) {                                                                         \
+        if (nc >= MB_MIN_COLS && nr > 0 && n > 0 && mb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 1)) return; \
+        tiles_gemm_il_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                                \
+    }
+MB_GEMMS(q8_0, MB_Q8)
+MB_GEMMS(q4_0, MB_Q4)
+MB_GEMMS(q5_0, MB_Q5)
 
 /* ------------------------------------------------------------ K-quants */
 
