@@ -574,6 +574,10 @@ int cmd_synth(int argc, char **argv) {
         return 2;
     }
     if (c.tied < 0) c.tied = bitnet ? 1 : 0;
+    /* BitNet b1.58 2B4T as published (ggml-model-i2_s.gguf, docs/PARITY.md): microsoft/BitNet's converter
+       keeps the token embedding in F16 beside the I2_S matrices and writes no quantization version */
+    const bool b158_i2s = strcmp(c.arch, "bitnet-b1.58") == 0 && c.type == KV_I2_S;
+    if (b158_i2s && c.embd_type < 0) c.embd_type = KV_F16;
     if (c.rope_base == 0.0f) c.rope_base = qwen2 ? 1000000.0f : 10000.0f;
     if (c.eps == 0.0f) c.eps = qwen2 ? 1e-6f : 1e-5f;
 
@@ -666,7 +670,7 @@ int cmd_synth(int argc, char **argv) {
     }
 #undef AK
     kv_gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(c.type), NULL);
-    kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
+    if (!b158_i2s) kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
     if (vg) {
         for (uint64_t i = 0; i < vg->n_kv; i++)
             if (strncmp(vg->kv[i].key, "tokenizer.", 10) == 0) kv_gguf_writer_set_kv(w, &vg->kv[i], NULL);
