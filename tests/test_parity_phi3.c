@@ -21,6 +21,8 @@
 #include <cmocka.h>
 
 #include "golden.h"
+#include "gguf/gguf.h"
+#include "gguf/gguf_write.h"
 #include "kvlm.h"
 
 #define GOLDENS KVLM_SOURCE_DIR "/tests/goldens/phi3/"
@@ -338,8 +340,97 @@ static void test_window_refused(void **state) {
     kvlm_model_free(m);
 }
 
+/* A copy of the f16 LongRoPE model with one change: a key dropped or set (u32 or string), a tensor
+ * dropped, or a tensor added (a copy of `like`'s type and shape, or an f32 vector of extra_n ones). */
+typedef struct edit {
+    const char *drop_key, *set_key, *set_str;
+    uint32_t set_u32;
+    const char *drop_tensor, *add_tensor, *like;
+    uint64_t extra_n;
+    float extra_value;
+} edit;
+
+static kvlm_status load_edited(const edit *e, kvlm_error *err) {
+    gguf_ctx *g = NULL;
+    gguf_writer *w = NULL;
+    assert_int_equal(kv_gguf_open(g_path[LR_F16], &g, err), KVLM_OK);
+    assert_int_equal(kv_gguf_writer_new(&w, err), KVLM_OK);
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        if (!e->drop_key || strcmp(g->kv[i].key, e->drop_key) != 0) assert_int_equal(kv_gguf_writer_set_kv(w, &g->kv[i], err), KVLM_OK);
+    if (e->set_key && e->set_str) assert_int_equal(kv_gguf_writer_set_str(w, e->set_key, e->set_str, err), KVLM_OK);
+    else if (e->set_key) assert_int_equal(kv_gguf_writer_set_u32(w, e->set_key, e->set_u32, err), KVLM_OK);
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const gguf_tensor *t = &g->tensors[i];
+        if (e->drop_tensor && strcmp(t->name, e->drop_tensor) == 0) continue;
+        assert_int_equal(kv_gguf_writer_add_tensor(w, t->name, t->n_dims, t->ne, t->type, t->data, t->n_bytes, err),
+                         KVLM_OK);
+    }
+    float vals[64];
+    for (int i = 0; i < 64; i++) vals[i] = e->extra_value != 0.0f ? e->extra_value : 1.0f;
+    if (e->add_tensor && e->like) {
+        const gguf_tensor *t = kv_gguf_find_tensor(g, e->like);
+        assert_non_null(t);
+        assert_int_equal(kv_gguf_writer_add_tensor(w, e->add_tensor, t->n_dims, t->ne, t->type, t->data, t->n_bytes, err),
+                         KVLM_OK);
+    } else if (e->add_tensor) {
+        const uint64_t ne[1] = {e->extra_n};
+        assert_true(e->extra_n <= 64);
+        assert_int_equal(kv_gguf_writer_add_tensor(w, e->add_tensor, 1, ne, 0, vals, e->extra_n * 4, err), KVLM_OK);
+    }
+    char path[128];
+    snprintf(path, sizeof path, "%s/edited.gguf", g_dir);
+    assert_int_equal(kv_gguf_writer_write(w, path, err), KVLM_OK);
+    kv_gguf_writer_free(w);
+    kv_gguf_close(g);
+    kvlm_model *m = NULL;
+    const kvlm_status st = kvlm_model_load(path, NULL, &m, err);
+    kvlm_model_free(m);
+    unlink(path);
+    return st;
+}
+
+static void expect_edit(const edit *e, kvlm_status want, const char *needle) {
+    kvlm_error err = {0};
+    const kvlm_status st = load_edited(e, &err);
+    if (st != want) fail_msg("expected %d, got %d: %s", want, st, err.msg);
+    if (want != KVLM_OK && !strstr(err.msg, needle)) fail_msg("message '%s' lacks '%s'", err.msg, needle);
+}
+
+/* The loader reads phi3 as llama.cpp does and refuses what it would not honour, naming it. */
+static void test_loader(void **state) {
+    (void)state;
+    const edit none = {0};
+    expect_edit(&none, KVLM_OK, "");
+    /* no sliding_window and none of llama.cpp's Phi-3 defaults applies (2 layers): refused as llama.cpp does */
+    edit e = {.drop_key = "phi3.attention.sliding_window"};
+    expect_edit(&e, KVLM_ERR_FORMAT, "phi3.attention.sliding_window is missing");
+    /* separate q/k/v and a Llama 3 rope_freqs tensor are not part of phi3 */
+    e = (edit){.add_tensor = "blk.0.attn_q.weight", .like = "blk.0.attn_output.weight"};
+    expect_edit(&e, KVLM_ERR_UNSUPPORTED, "tensor 'blk.0.attn_q.weight' is not part of the phi3 architecture");
+    e = (edit){.add_tensor = "rope_freqs.weight", .extra_n = 16};
+    expect_edit(&e, KVLM_ERR_UNSUPPORTED, "tensor 'rope_freqs.weight' is not part of the phi3 architecture");
+    e = (edit){.drop_tensor = "blk.1.attn_qkv.weight"};
+    expect_edit(&e, KVLM_ERR_FORMAT, "missing tensor 'blk.1.attn_qkv.weight'");
+    e = (edit){.drop_tensor = "output.weight"};
+    expect_edit(&e, KVLM_ERR_FORMAT, "missing tensor 'output.weight'");
+    /* LongRoPE factors: head_dim / 2 = 16 each, positive */
+    e = (edit){.drop_tensor = "rope_factors_short.weight", .add_tensor = "rope_factors_short.weight", .extra_n = 12};
+    expect_edit(&e, KVLM_ERR_FORMAT, "tensor 'rope_factors_short.weight' has shape [12, 1], expected [16, 1]");
+    e = (edit){.drop_tensor = "rope_factors_long.weight", .add_tensor = "rope_factors_long.weight", .extra_n = 16,
+               .extra_value = -1.0f};
+    expect_edit(&e, KVLM_ERR_FORMAT, "'rope_factors_long.weight': factor 0 is -1");
+    /* rope.scaling.type longrope is phi3's (the converter writes none; llama.cpp reads it when present) */
+    e = (edit){.set_key = "phi3.rope.scaling.type", .set_str = "longrope"};
+    expect_edit(&e, KVLM_OK, "");
+    e = (edit){.set_key = "phi3.rope.scaling.type", .set_str = "su"};
+    expect_edit(&e, KVLM_ERR_UNSUPPORTED, "unknown rope scaling type 'su'");
+    /* the head must be n_embd / n_head (attn_qkv is split at n_embd) */
+    e = (edit){.set_key = "phi3.attention.key_length", .set_u32 = 16};
+    expect_edit(&e, KVLM_ERR_UNSUPPORTED, "key_length 16 differs from value_length 32");
+}
+
 int main(void) {
-    struct CMUnitTest tests[sizeof k_cases / sizeof k_cases[0] + 2];
+    struct CMUnitTest tests[sizeof k_cases / sizeof k_cases[0] + 3];
     static char names[sizeof k_cases / sizeof k_cases[0]][96];
     size_t n = 0;
     for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) {
@@ -351,5 +442,7 @@ int main(void) {
     tests[n++] = g;
     struct CMUnitTest w = cmocka_unit_test(test_window_refused);
     tests[n++] = w;
+    struct CMUnitTest ld = cmocka_unit_test(test_loader);
+    tests[n++] = ld;
     return _cmocka_run_group_tests("parity_phi3", tests, n, setup, teardown);
 }
