@@ -2,13 +2,16 @@
  * The reference path (kvlm_eval_full), one batch, one token at a time, chunks
  * of 3, 7 and 64, 1 and 2 threads, and rollback + re-evaluation must all give
  * memcmp-equal logits, on every llama model in the shared models folder, with
- * F32 and with Q8_0 KV storage. */
+ * F32 and with Q8_0 KV storage; and on phi3 models made by kvlm synth at test
+ * time (fused qkv and gate/up, partial rotary, LongRoPE long factors), where
+ * sessions decoded together (kvlm_decode_batch) must give each one's rows too. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -58,9 +61,71 @@ static void expect_same(const fixture *fx, const float *got, const char *what, c
             fail_msg("%s (%s KV %d): row %d differs from the reference", model, what, fx->kv, r);
 }
 
+/* Three sessions holding different prefixes of the sequence decode their next tokens together: each row
+ * must be the reference row of its prefix. */
+static void expect_batched(fixture *fx, const char *model) {
+    enum { B = 3 };
+    const int lens[B] = {fx->n / 4, fx->n / 2, fx->n - 1};
+    kvlm_session *ss[B];
+    kvlm_token next[B];
+    kvlm_error err;
+    float *rows = malloc((size_t)B * (size_t)fx->V * sizeof(float));
+    assert_non_null(rows);
+    for (int i = 0; i < B; i++) {
+        ss[i] = new_session(fx, 2);
+        assert_int_equal(kvlm_eval(ss[i], fx->toks, lens[i], 0, NULL, false, &err), KVLM_OK);
+        next[i] = fx->toks[lens[i]];
+    }
+    assert_int_equal(kvlm_decode_batch(ss, next, B, rows, &err), KVLM_OK);
+    for (int i = 0; i < B; i++) {
+        if (memcmp(rows + (size_t)i * fx->V, fx->ref + (size_t)lens[i] * fx->V, (size_t)fx->V * sizeof(float)) != 0)
+            fail_msg("%s (batched decode, KV %d): session %d's row %d differs from the reference", model, fx->kv, i,
+                     lens[i]);
+        kvlm_session_free(ss[i]);
+    }
+    free(rows);
+}
+
+static void run_model(const char *name, kvlm_kv_type kv);
+
+/* phi3 models, made by kvlm synth in setup_phi3 */
+static char g_phi3_dir[64];
+static const char *k_phi3[] = {"phi3-lr-f16.gguf", "phi3-lr-q8_0.gguf"};
+static const char *k_phi3_synth[] = {
+    "--type f16", "--type q8_0",
+};
+
+static int setup_phi3(void **state) {
+    (void)state;
+    strcpy(g_phi3_dir, "/tmp/kvlm-exact-XXXXXX");
+    if (!mkdtemp(g_phi3_dir)) return -1;
+    for (size_t i = 0; i < sizeof k_phi3 / sizeof k_phi3[0]; i++) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd,
+                 "%s/kvlm synth %s/%s --arch phi3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512 "
+                 "--ctx 512 --rope-orig-ctx 64 --rope-scaling longrope --rope-dims 24 %s >/dev/null",
+                 KVLM_BIN_DIR, g_phi3_dir, k_phi3[i], k_phi3_synth[i]);
+        if (system(cmd) != 0) return -1;
+    }
+    return 0;
+}
+
+static int teardown_phi3(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof k_phi3 / sizeof k_phi3[0]; i++) {
+        char path[256];
+        snprintf(path, sizeof path, "%s/%s", g_phi3_dir, k_phi3[i]);
+        unlink(path);
+    }
+    rmdir(g_phi3_dir);
+    return 0;
+}
+
 static void run_model(const char *name, kvlm_kv_type kv) {
     char path[512];
-    snprintf(path, sizeof path, "%s/llama/%s", KVLM_MODELS_DIR, name);
+    const bool phi3 = strncmp(name, "phi3-", 5) == 0;
+    if (phi3) snprintf(path, sizeof path, "%s/%s", g_phi3_dir, name);
+    else snprintf(path, sizeof path, "%s/llama/%s", KVLM_MODELS_DIR, name);
     fixture fx = {.kv = kv};
     kvlm_error err;
     if (kvlm_model_load(path, NULL, &fx.m, &err) != KVLM_OK) fail_msg("%s: %s", path, err.msg);
@@ -145,8 +210,10 @@ static void run_model(const char *name, kvlm_kv_type kv) {
         free(tmp);
         kvlm_session_free(s);
     }
-    printf("# %-36s %s KV: %d rows memcmp-equal over 5 chunkings x 2 thread counts, rollback, n_past rollback\n",
-           name, kv == KVLM_KV_F32 ? "F32" : (kv == KVLM_KV_F16 ? "F16" : "Q8_0"), fx.n);
+    if (phi3) expect_batched(&fx, name);
+    printf("# %-36s %s KV: %d rows memcmp-equal over 5 chunkings x 2 thread counts, rollback, n_past rollback%s\n",
+           name, kv == KVLM_KV_F32 ? "F32" : (kv == KVLM_KV_F16 ? "F16" : "Q8_0"), fx.n,
+           phi3 ? ", batched decode" : "");
 out:
     free(fx.ref);
     free(got);
@@ -180,7 +247,7 @@ int main(void) {
     enum { N = sizeof k_models / sizeof k_models[0] };
     const char *const *models = k_models;
 #endif
-    struct CMUnitTest tests[2 * N + 2];
+    struct CMUnitTest tests[2 * N + 2 + 3 * (sizeof k_phi3 / sizeof k_phi3[0])];
     int n = 0;
     for (int i = 0; i < N; i++) {
         struct CMUnitTest a = {models[i], test_f32, NULL, NULL, (void *)(uintptr_t)models[i]};
@@ -193,5 +260,13 @@ int main(void) {
     struct CMUnitTest d = {f16_second, test_f16, NULL, NULL, (void *)(uintptr_t)f16_second};
     tests[n++] = c;
     tests[n++] = d;
-    return _cmocka_run_group_tests("exactness", tests, (size_t)n, NULL, NULL);
+    for (size_t i = 0; i < sizeof k_phi3 / sizeof k_phi3[0]; i++) {
+        struct CMUnitTest a = {k_phi3[i], test_f32, NULL, NULL, (void *)(uintptr_t)k_phi3[i]};
+        struct CMUnitTest b = {k_phi3[i], test_q8_0, NULL, NULL, (void *)(uintptr_t)k_phi3[i]};
+        struct CMUnitTest e = {k_phi3[i], test_f16, NULL, NULL, (void *)(uintptr_t)k_phi3[i]};
+        tests[n++] = a;
+        tests[n++] = b;
+        tests[n++] = e;
+    }
+    return _cmocka_run_group_tests("exactness", tests, (size_t)n, setup_phi3, teardown_phi3);
 }

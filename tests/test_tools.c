@@ -521,7 +521,8 @@ static void test_synth_archs_and_types(void **state) {
         {"qwen2", "q4_k", "--heads 4 --kv-heads 1 --ff 512 --tied", 1, true, "q4_K", "q6_K", NULL, "q4_K"},
         {"bitnet", "tq2_0", "--heads 4 --ff 512", 4, true, "tq2_0", "q8_0", NULL, "tq2_0"},
         {"bitnet", "f16", "--heads 4 --kv-heads 2 --ff 640 --untied", 2, false, "f16", "f16", "f16", "f16"},
-        {"bitnet-b1.58", "i2_s", "--heads 4 --kv-heads 1 --ff 640", 1, true, "i2_s", "q8_0", NULL, "i2_s"},
+        /* 2B4T's published layout keeps the embedding in F16 (test_bitnet_layout) */
+        {"bitnet-b1.58", "i2_s", "--heads 4 --kv-heads 1 --ff 640", 1, true, "i2_s", "f16", NULL, "i2_s"},
         {"bitnet-b1.58", "tq1_0", "--heads 4 --ff 640", 4, true, "tq1_0", "q8_0", NULL, "q4_0"},
         {"bitnet-b1.58", "f32", "--heads 2 --ff 384 --embd-type q4_0", 2, true, "f32", "q4_0", NULL, "f32"},
     };
@@ -716,6 +717,10 @@ static void test_synth_errors(void **state) {
         {"--arch llama --type q8_0 --embd-type i2_s", "i2_s"},
         {"--arch llama --type q8_0 --vocab-from /nonexistent.gguf", "/nonexistent.gguf"},
         {"--arch llama --type q8_0 --bogus 1", "unknown option"},
+        {"--arch phi3 --type q8_0 --tied", "untied output"},
+        {"--arch phi3 --type q8_0 --rope-scaling longrope", "needs --rope-orig-ctx"},
+        {"--arch phi3 --type q8_0 --rope-dims 34", "exceeds the head size"},
+        {"--arch llama --type q8_0 --sliding-window 8", "for --arch phi3"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = run("%s synth %s %s %s", KVLM, path, ok, bad[i].args);

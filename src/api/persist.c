@@ -59,6 +59,14 @@ static void model_fingerprint(const kvlm_model *m, uint64_t out[2]) {
     out[1] = h.high64;
 }
 
+/* The model's fingerprint, marked with the session's RoPE variant when the model has context-dependent
+ * rotations (phi3's LongRoPE long factors: variant 1), so that keys rotated one way are never continued
+ * by a session that rotates the other (variant 0 leaves it as it was). */
+static void session_fingerprint(const kvlm_model *m, uint32_t variant, uint64_t out[2]) {
+    model_fingerprint(m, out);
+    out[0] ^= 0x4c6f6e67526f5045ull * variant;
+}
+
 uint64_t kv_session_checksum(const void *data, size_t n) { return XXH3_64bits(data, n); }
 
 void kv_session_seal(uint8_t *file, size_t n) {
@@ -218,7 +226,7 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     memcpy(h.magic, KV_SES_MAGIC, 8);
     h.version = KV_SES_VERSION;
     h.header_bytes = sizeof h;
-    model_fingerprint(s->model, h.fingerprint);
+    session_fingerprint(s->model, kv_seq_rope(&s->seq)->variant, h.fingerprint);
     h.page_tokens = d.page_tokens;
     h.n_layer = d.n_layer;
     h.kv_dim = d.kv_dim;
@@ -397,8 +405,17 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
     }
     c.n = size - 8;
     uint64_t fp[2];
-    model_fingerprint(s->model, fp);
+    const uint32_t variant = kv_seq_rope(&s->seq)->variant;
+    session_fingerprint(s->model, variant, fp);
     if (fp[0] != h.fingerprint[0] || fp[1] != h.fingerprint[1]) {
+        session_fingerprint(s->model, variant ^ 1u, fp);
+        if (fp[0] == h.fingerprint[0] && fp[1] == h.fingerprint[1]) {
+            st = kv_fail(err, KVLM_ERR_INVALID_ARG,
+                         "session_load: '%s' was saved from a session that rotates keys with the model's LongRoPE %s "
+                         "factors; this one (context %d) uses the %s ones (the choice follows the context length)",
+                         path, variant ? "short" : "long", (int)kvlm_session_n_ctx(s), variant ? "long" : "short");
+            goto out;
+        }
         st = kv_fail(err, KVLM_ERR_INVALID_ARG, "session_load: '%s' was saved with another model", path);
         goto out;
     }

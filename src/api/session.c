@@ -37,6 +37,8 @@ kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params 
     const kv_hparams *hp = &model->hp;
     const int32_t n_ctx = p.n_ctx > 0 ? p.n_ctx : hp->n_ctx_train;
     if (n_ctx > (1 << 24)) return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: n_ctx %d is too large", n_ctx);
+    kvlm_status cst = kv_model_check_session(model, n_ctx, (int)p.overflow, p.window, err);
+    if (cst) return cst;
     if (p.cache && p.cache->model != model)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "session_new: the cache belongs to another model");
     int nth = p.n_threads > 0 ? p.n_threads : model->n_threads;

@@ -22,6 +22,9 @@ typedef struct kv_rope {
     int32_t n_ctx_orig;        /* the context the model was trained for before scaling */
     float corr_dims[2];        /* YaRN ramp bounds in pairs, from the above (kv_rope_init) */
     const float *freq_factors; /* n_rot/2 divisors of theta_i (Llama 3.x rope_freqs, LongRoPE), or NULL */
+    uint32_t variant;          /* which of a model's context-dependent rotations this is (LongRoPE: 1 long,
+                                  0 short or none): enters the prefix-cache key, so that pages rotated one
+                                  way are never reused by a sequence that rotates the other */
 } kv_rope;
 
 /* Fills the derived fields (corr_dims) once the others are set. */

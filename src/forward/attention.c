@@ -130,7 +130,7 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
     const int hd = a->head_dim, gqa = a->n_head / a->n_head_kv, kv_dim = a->n_head_kv * hd;
     const int64_t Q = (int64_t)a->n_head * hd;
     const int64_t TH = (int64_t)ATT_TB * a->n_head;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = b->q_scaled ? 1.0f : 1.0f / sqrtf((float)hd);
     uint8_t *qc = a->qc + (uint64_t)ith * VD_N * (uint64_t)TH * a->qrow;
     float *tmp = a->rowtmp + (int64_t)ith * kv_dim;
     const kv_seq *sq = b->seqs[t0];

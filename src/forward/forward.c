@@ -330,12 +330,16 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             const int32_t pos = kv_seq_pos(s, f->slots[t]);
             const kv_rope *rope = kv_seq_rope(s);
             kv_rope_apply(rope, f->q + t * Q, hp->n_head, hp->head_dim, pos);
+            if (hp->q_prescaled) { /* phi3: Qcur = ggml_scale(rope(Qcur), 1/sqrt(head_dim)), then kq unscaled */
+                const float qs = 1.0f / sqrtf((float)hp->head_dim);
+                for (int64_t i = 0; i < Q; i++) f->q[t * Q + i] *= qs;
+            }
             kv_rope_apply(rope, f->k + t * KV, hp->n_head_kv, hp->head_dim, pos);
             /* quantize-on-write: the cache holds the only copy attention reads */
             kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }
         const kv_att_batch ab = {.layer = l, .T = T, .q = f->q, .out = f->att, .seqs = f->seqs, .slots = f->slots,
-                                 .n_read = f->n_read};
+                                 .n_read = f->n_read, .q_scaled = hp->q_prescaled};
         kv_attention_run(f->attn, f->pool, &ab);
         /* (bitnet: att = sub_norm(att)), converted for wo */
         stage sb = {.T = T, .in = f->att, .out = f->att, .nw = L->attn_sub_norm.data, .n = Q, .conv = act_type(f, &L->wo)};

@@ -10,7 +10,9 @@
 #include "quant/quant.h"
 
 static uint64_t root_key(const kv_seq *s) {
-    const int32_t meta[4] = {(int32_t)s->layout->type_k, (int32_t)s->layout->type_v, s->P, 0x6b766c6d};
+    /* a context-dependent RoPE (phi3's LongRoPE factors) rotates keys differently: its own prefix tree */
+    const int32_t meta[4] = {(int32_t)s->layout->type_k, (int32_t)s->layout->type_v, s->P,
+                             0x6b766c6d + (int32_t)s->rope.variant};
     return kv_page_key(0x9e3779b97f4a7c15ull, meta, 4);
 }
 

@@ -33,6 +33,9 @@ static const arch_desc k_archs[] = {
     {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU, T_REQUIRED, T_NO, false, false},
     {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_REQUIRED, true, false},
     {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2, T_NO, T_REQUIRED, true, false},
+    /* phi3 binds its own layout (bind_phi3): fused blk.N.attn_qkv (q, k, v rows) and blk.N.ffn_up (gate
+       rows, then up rows), output.weight required, rope_factors_long/short (LongRoPE); read_phi3 */
+    {"phi3", KV_ARCH_PHI3, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_NO, false, false},
 };
 
 static const arch_desc *arch_of(const kv_hparams *hp) {
@@ -138,6 +141,8 @@ static kvlm_status read_rope(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err)
         if (kv_gguf_str_eq(stype, "none")) hp->rope_scaling = KV_ROPE_SCALING_NONE;
         else if (kv_gguf_str_eq(stype, "linear")) hp->rope_scaling = KV_ROPE_SCALING_LINEAR;
         else if (kv_gguf_str_eq(stype, "yarn")) hp->rope_scaling = KV_ROPE_SCALING_YARN;
+        else if (kv_gguf_str_eq(stype, "longrope") && hp->arch == KV_ARCH_PHI3)
+            hp->rope_scaling = KV_ROPE_SCALING_LONGROPE; /* the factors are tensors (bind_phi3) */
         else if (kv_gguf_str_eq(stype, "longrope"))
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "model: rope scaling type 'longrope' is not supported for %s",
                            hp->arch_name);
@@ -173,6 +178,28 @@ static kvlm_status read_rope(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err)
     return KVLM_OK;
 }
 
+/* phi3's own keys, as llama.cpp's load_hparams reads them: the sliding window (with its defaults for
+ * the Phi-3 files converted before the key existed; 0 written means none, as for Phi-4), a head of
+ * n_embd / n_head (the fused attn_qkv is split at n_embd), q scaled before the cache. */
+static kvlm_status read_phi3(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err) {
+    if ((int64_t)hp->n_head * hp->head_dim != hp->n_embd)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "model: phi3 needs head_count x head size = embedding_length (%d x %d != %d)", hp->n_head,
+                       hp->head_dim, hp->n_embd);
+    hp->q_prescaled = true;
+    hp->n_swa = 0;
+    if ((hp->n_layer == 32 || hp->n_layer == 40) && hp->n_ctx_train == 4096) hp->n_swa = 2047;
+    else if (hp->n_layer == 32 && hp->n_head_kv == 32 && hp->n_ctx_train == 131072) hp->n_swa = 262144;
+    else if (hp->n_layer == 40 && hp->n_ctx_train == 131072) hp->n_swa = 131072;
+    kvlm_status st;
+    const bool found = get_u32_opt(g, hp, "attention.sliding_window", &hp->n_swa, err, &st);
+    if (st) return st;
+    if (!found && hp->n_swa == 0)
+        return kv_fail(err, KVLM_ERR_FORMAT,
+                       "model: phi3.attention.sliding_window is missing (llama.cpp refuses such a phi3 file too)");
+    return KVLM_OK;
+}
+
 static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err) {
     gguf_str arch;
     if (!kv_gguf_get_str(g, "general.architecture", &arch))
@@ -182,7 +209,7 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
         if (kv_gguf_str_eq(arch, k_archs[i].name)) ad = &k_archs[i];
     if (!ad)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, bitnet, bitnet-b1.58)",
+                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, bitnet, bitnet-b1.58, phi3)",
                        (int)(arch.len > 40 ? 40 : arch.len), arch.data);
     memset(hp, 0, sizeof *hp);
     hp->arch = ad->arch;
@@ -198,10 +225,12 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if ((st = get_u32_req(g, hp, "context_length", &hp->n_ctx_train, err))) return st;
     if ((st = get_u32_req(g, hp, "embedding_length", &hp->n_embd, err))) return st;
     if ((st = get_u32_req(g, hp, "block_count", &hp->n_layer, err))) return st;
-    /* each layer has at least 9 tensors: a count the file cannot hold is refused before anything is sized by it */
-    if ((uint64_t)hp->n_layer > g->n_tensors / 9)
+    /* each layer has at least 9 tensors (phi3's fused ones: 6): a count the file cannot hold is refused before
+       anything is sized by it */
+    const uint64_t per_layer = ad->arch == KV_ARCH_PHI3 ? 6 : 9;
+    if ((uint64_t)hp->n_layer > g->n_tensors / per_layer)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: %s.block_count %d needs at least %llu tensors; the file has %llu",
-                       hp->arch_name, hp->n_layer, 9ull * (unsigned long long)hp->n_layer,
+                       hp->arch_name, hp->n_layer, per_layer * (unsigned long long)hp->n_layer,
                        (unsigned long long)g->n_tensors);
     if ((st = refuse_experts(g, hp, err))) return st;
     if ((st = get_u32_req(g, hp, "feed_forward_length", &hp->n_ff, err))) return st;
@@ -245,6 +274,7 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if (!kv_gguf_find(g, akey(hp, "attention.layer_norm_rms_epsilon", k, sizeof k)))
         return kv_fail(err, KVLM_ERR_FORMAT, "model: missing %s", k);
     if ((st = get_f32_range(g, hp, "attention.layer_norm_rms_epsilon", &hp->norm_eps, 0.0f, 1.0f, err))) return st;
+    if (ad->arch == KV_ARCH_PHI3 && (st = read_phi3(g, hp, err))) return st;
     return KVLM_OK;
 }
 
@@ -402,13 +432,74 @@ static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvl
     return KVLM_OK;
 }
 
+/* Rows [r0, r0 + n) of a bound weight, as a weight of their own (a part of a fused matrix). */
+static kv_weight weight_rows(const kv_weight *full, int64_t r0, int64_t n) {
+    kv_weight w = *full;
+    w.data = (const uint8_t *)full->data + (uint64_t)r0 * full->row_bytes;
+    w.ne1 = n;
+    return w;
+}
+
+/* A LongRoPE factor tensor (head_dim/2 f32, as llama.cpp's phi3 reads it), positive and finite. */
+static kvlm_status bind_rope_factors(binder *b, const char *name, int64_t n, kv_vec *v, kvlm_error *err) {
+    kvlm_status st = bind_vec(b, name, n, false, v, err);
+    if (st || !v->data) return st;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(v->data[i]) || !(v->data[i] > 0.0f))
+            return kv_fail(err, KVLM_ERR_FORMAT, "model: tensor '%s': factor %lld is %g (must be positive and finite)",
+                           name, (long long)i, v->data[i]);
+    return KVLM_OK;
+}
+
+/* phi3 (llama.cpp's LLM_ARCH_PHI3 tensors): blk.N.attn_qkv holds the q rows, then k, then v;
+ * blk.N.ffn_up holds 2 x n_ff rows, the gate's (SiLU) then the up projection's, as its SWIGLU
+ * splits them. They are bound as views of their rows, so the forward pass multiplies them as
+ * separate matrices: every output row is the same dot product either way. */
+static kvlm_status bind_phi3(binder *b, kvlm_model *m, kvlm_error *err) {
+    const kv_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t F = hp->n_ff, V = hp->n_vocab;
+    kvlm_status st;
+    if ((st = bind_weight(b, "token_embd.weight", E, V, true, &m->tok_embd, err))) return st;
+    if ((st = bind_vec(b, "output_norm.weight", E, true, &m->output_norm, err))) return st;
+    if ((st = bind_weight(b, "output.weight", E, V, true, &m->output, err))) return st;
+    m->tied_output = false;
+    count(m, &m->tok_embd);
+    count(m, &m->output);
+    m->n_params += (uint64_t)E;
+    if ((st = bind_rope_factors(b, "rope_factors_long.weight", hp->head_dim / 2, &m->rope_long, err))) return st;
+    if ((st = bind_rope_factors(b, "rope_factors_short.weight", hp->head_dim / 2, &m->rope_short, err))) return st;
+    for (int l = 0; l < hp->n_layer; l++) {
+        kv_layer *L = &m->layers[l];
+        char n[96];
+        kv_weight qkv, gate_up;
+#define NM(s) (snprintf(n, sizeof n, "blk.%d." s, l), n)
+        if ((st = bind_vec(b, NM("attn_norm.weight"), E, true, &L->attn_norm, err))) return st;
+        if ((st = bind_weight(b, NM("attn_qkv.weight"), E, Q + 2 * KV, true, &qkv, err))) return st;
+        if ((st = bind_weight(b, NM("attn_output.weight"), Q, E, true, &L->wo, err))) return st;
+        if ((st = bind_vec(b, NM("ffn_norm.weight"), E, true, &L->ffn_norm, err))) return st;
+        if ((st = bind_weight(b, NM("ffn_up.weight"), E, 2 * F, true, &gate_up, err))) return st;
+        if ((st = bind_weight(b, NM("ffn_down.weight"), F, E, true, &L->w_down, err))) return st;
+#undef NM
+        L->wq = weight_rows(&qkv, 0, Q);
+        L->wk = weight_rows(&qkv, Q, KV);
+        L->wv = weight_rows(&qkv, Q + KV, KV);
+        L->w_gate = weight_rows(&gate_up, 0, F);
+        L->w_up = weight_rows(&gate_up, F, F);
+        const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);
+        m->n_params += (uint64_t)(2 * E);
+    }
+    return KVLM_OK;
+}
+
 /* Binds the tensors of m's architecture, then refuses the file if it holds any other. */
 static kvlm_status bind_tensors(kvlm_model *m, kvlm_error *err) {
     const gguf_ctx *g = m->gguf;
     const arch_desc *ad = arch_of(&m->hp);
     binder b = {g, calloc(g->n_tensors ? (size_t)g->n_tensors : 1, 1)};
     if (!b.used) return kv_fail(err, KVLM_ERR_NOMEM, "model: out of memory");
-    kvlm_status st = bind_llama(&b, m, ad, err);
+    kvlm_status st = ad->arch == KV_ARCH_PHI3 ? bind_phi3(&b, m, err) : bind_llama(&b, m, ad, err);
     uint64_t n_unused = 0, first = 0;
     for (uint64_t i = 0; !st && i < g->n_tensors; i++)
         if (!b.used[i] && n_unused++ == 0) first = i;
@@ -426,7 +517,6 @@ static kvlm_status bind_tensors(kvlm_model *m, kvlm_error *err) {
 
 void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *r) {
     const kv_hparams *hp = &m->hp;
-    (void)n_ctx; /* LongRoPE (phi3) will choose its factors by it */
     memset(r, 0, sizeof *r);
     r->type = hp->rope_type;
     r->n_rot = hp->n_rot;
@@ -439,7 +529,34 @@ void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *r) {
     r->beta_slow = 1.0f;
     r->n_ctx_orig = hp->n_ctx_orig;
     r->freq_factors = m->rope_freqs.data;
+    if (m->rope_long.data || m->rope_short.data) {
+        /* LongRoPE, as llama.cpp's build_rope_factors: the long factors when the context (per sequence)
+           exceeds the original one. (llama.cpp first rounds n_ctx up to a multiple of 32, 256 with flash
+           attention; the choice is the same whenever the original context is such a multiple.) */
+        const bool long_ctx = n_ctx > hp->n_ctx_orig;
+        r->freq_factors = long_ctx ? m->rope_long.data : m->rope_short.data;
+        r->variant = long_ctx ? 1u : 0u;
+    }
     kv_rope_init(r);
+}
+
+kvlm_status kv_model_check_session(const kvlm_model *m, int32_t n_ctx, int overflow, int32_t window, kvlm_error *err) {
+    const kv_hparams *hp = &m->hp;
+    if (hp->n_swa <= 0) return KVLM_OK;
+    if (overflow == KVLM_OVERFLOW_RING) {
+        const int32_t w = window > 0 ? window : n_ctx;
+        if (w <= hp->n_swa) return KVLM_OK; /* the ring hides at least what the model's window does */
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "session: this %s model attends to the last %d positions (attention.sliding_window); a "
+                       "ring window of %d would show it more: use a window of at most %d",
+                       hp->arch_name, hp->n_swa, w, hp->n_swa);
+    }
+    if (n_ctx <= hp->n_swa) return KVLM_OK; /* no key is ever n_swa positions back */
+    return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                   "session: this %s model attends to the last %d positions only (attention.sliding_window); kvlm "
+                   "runs that window as the ring policy: use a context of at most %d, or the ring policy with a "
+                   "window of %d (-c %d, or --overflow ring --window %d)",
+                   hp->arch_name, hp->n_swa, hp->n_swa, hp->n_swa, hp->n_swa, hp->n_swa);
 }
 
 kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err) {

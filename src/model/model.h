@@ -9,12 +9,17 @@
 #include "kvlm.h"
 #include "tokenizer/vocab.h"
 
-typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158 } kv_arch;
+typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158, KV_ARCH_PHI3 = 32 } kv_arch;
 #include "core/rope.h"
 
 typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
 /* <arch>.rope.scaling.type (absent: linear, as llama.cpp reads it) */
-typedef enum kv_rope_scaling { KV_ROPE_SCALING_NONE = 0, KV_ROPE_SCALING_LINEAR, KV_ROPE_SCALING_YARN } kv_rope_scaling;
+typedef enum kv_rope_scaling {
+    KV_ROPE_SCALING_NONE = 0,
+    KV_ROPE_SCALING_LINEAR,
+    KV_ROPE_SCALING_YARN,
+    KV_ROPE_SCALING_LONGROPE = 16 /* phi3: rope_factors_long/short chosen by the context (kv_model_rope) */
+} kv_rope_scaling;
 typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
 
 struct kv_quant_gemm;
@@ -55,6 +60,9 @@ typedef struct kv_hparams {
     float rope_attn_factor;  /* rope.scaling.attn_factor (1 if absent) */
     int32_t n_ctx_orig;      /* rope.scaling.original_context_length (n_ctx_train if absent) */
     kv_ffn_act ffn_act;
+    /* phi3 */
+    int32_t n_swa;           /* attention.sliding_window: a query sees the last n_swa positions (0: all) */
+    bool q_prescaled;        /* q is multiplied by 1/sqrt(head_dim) after RoPE, before the cache (phi3's graph) */
 } kv_hparams;
 
 struct kvlm_model {
@@ -63,6 +71,7 @@ struct kvlm_model {
     kv_weight tok_embd, output;
     kv_vec output_norm;
     kv_vec rope_freqs; /* rope_freqs.weight: n_rot/2 divisors of the RoPE angles (Llama 3.x), or none */
+    kv_vec rope_long, rope_short; /* phi3 LongRoPE: rope_factors_{long,short}.weight (head_dim/2 each), or none */
     bool tied_output;
     kv_layer *layers;
     kv_vocab *vocab;
@@ -100,5 +109,10 @@ void kv_model_release_interleaved(kvlm_model *m);
 /* The RoPE a session of n_ctx tokens uses (scaling, YaRN terms, frequency
  * factors), as llama.cpp derives it from the model's metadata and tensors. */
 void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *out);
+/* Refuses a session the model's attention would not run as the reference
+ * does: phi3's sliding window masks keys n_swa or more positions back, which
+ * kvlm's attention does only as the ring policy's window; any other session
+ * must have n_ctx <= n_swa (then no key is ever that far back). */
+kvlm_status kv_model_check_session(const kvlm_model *m, int32_t n_ctx, int overflow, int32_t window, kvlm_error *err);
 
 #endif

@@ -253,7 +253,38 @@ typedef struct synth_cfg {
     long long rope_orig_ctx;                               /* rope.scaling.original_context_length (0: none) */
     bool rope_freqs;                                       /* write rope_freqs.weight (Llama 3.x) */
     double l3_factor, l3_low, l3_high, l3_orig;            /* its parameters */
+    /* phi3 (phi3_opts) */
+    long long rope_dims;                                   /* rope.dimension_count (0: the head size) */
+    long long swa;                                         /* attention.sliding_window (phi3: written, 0 = none) */
+    bool longrope;                                         /* rope_factors_long/short + rope.scaling.attn_factor */
 } synth_cfg;
+
+/* phi3's options; 1: handled, 0: not one of them, -1: bad value. */
+static int phi3_opts(const char *a, const char *v, synth_cfg *c) {
+    char *end;
+    long long *dst = strcmp(a, "--rope-dims") == 0 ? &c->rope_dims : strcmp(a, "--sliding-window") == 0 ? &c->swa : NULL;
+    if (!dst) return 0;
+    errno = 0;
+    *dst = strtoll(v, &end, 10);
+    if (errno || end == v || *end || *dst < 0 || *dst > (1 << 30) || (dst == &c->rope_dims && (*dst < 2 || *dst % 2))) {
+        fprintf(stderr, "error: %s expects %s, got '%s'\n", a,
+                dst == &c->rope_dims ? "an even integer >= 2" : "an integer >= 0", v);
+        return -1;
+    }
+    return 1;
+}
+
+/* LongRoPE factors for head size hd (hd/2 of each, as phi3's rope_factors_{long,short} hold): short
+ * ones from 1 to 1.5, long ones from 1 to 2 x ctx/orig, rising linearly over the pairs. */
+static void longrope_factors(const synth_cfg *c, uint64_t hd, float *lng, float *shrt) {
+    const uint64_t n = hd / 2;
+    const double scale = (double)c->ctx / (double)c->rope_orig_ctx;
+    for (uint64_t i = 0; i < n; i++) {
+        const double x = n > 1 ? (double)i / (double)(n - 1) : 0.0;
+        shrt[i] = (float)(1.0 + 0.5 * x);
+        lng[i] = (float)(1.0 + (2.0 * scale - 1.0) * x);
+    }
+}
 
 /* --rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX] (defaults 32:1:4:8192, Llama 3.2's). */
 static bool parse_rope_freqs(const char *v, synth_cfg *c) {
@@ -314,8 +345,12 @@ static int rope_opts(const char *a, const char *v, synth_cfg *c) {
             return -1;
         }
     } else if (strcmp(a, "--rope-scaling") == 0) {
+        if (strcmp(v, "longrope") == 0) { /* phi3: tensors and attn_factor, no type key (as the converter) */
+            c->longrope = true;
+            return 1;
+        }
         if (strcmp(v, "none") && strcmp(v, "linear") && strcmp(v, "yarn")) {
-            fprintf(stderr, "error: --rope-scaling expects none, linear or yarn, got '%s'\n", v);
+            fprintf(stderr, "error: --rope-scaling expects none, linear, yarn or longrope, got '%s'\n", v);
             return -1;
         }
         c->rope_scaling = v;
@@ -343,12 +378,13 @@ static int rope_opts(const char *a, const char *v, synth_cfg *c) {
 
 static void synth_usage(FILE *fp) {
     fprintf(fp,
-            "usage: kvlm synth OUT.gguf --arch llama|qwen2|bitnet|bitnet-b1.58 --dim D --layers L --heads H\n"
+            "usage: kvlm synth OUT.gguf --arch llama|qwen2|bitnet|bitnet-b1.58|phi3 --dim D --layers L --heads H\n"
             "                  [--kv-heads N] --ff F --vocab V [--ctx 2048] --type T [--seed S]\n"
             "                  [--vocab-from FILE.gguf] [--embd-type T] [--output-type T] [--tied|--untied]\n"
             "                  [--rope-base F] [--eps E] [--name NAME] [-t THREADS]\n"
             "                  [--head-dim N] [--rope-scaling none|linear|yarn] [--rope-factor F]\n"
             "                  [--rope-orig-ctx N] [--rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]]\n"
+            "                  [--rope-dims N] [--sliding-window N]\n"
             "  Writes a model with random weights (deterministic from --seed, default 1): token\n"
             "  embedding N(0,0.02), matrices N(0,1/sqrt(fan_in)) (bitnet archs: ternary x scale), norms 1.\n"
             "  --type T        weight type: %s\n"
@@ -362,7 +398,11 @@ static void synth_usage(FILE *fp) {
             "  --rope-scaling T, --rope-factor F, --rope-orig-ctx N: rope.scaling.type, .factor,\n"
             "                  .original_context_length\n"
             "  --rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]  a rope_freqs.weight tensor (llama only) with the\n"
-            "                  factors Llama 3.x's converter derives (defaults 32:1:4:8192, as Llama 3.2)\n",
+            "                  factors Llama 3.x's converter derives (defaults 32:1:4:8192, as Llama 3.2)\n"
+            "  phi3: fused attn_qkv and ffn_up (gate | up), untied output; --rope-dims N (rope.dimension_count,\n"
+            "                  partial rotary), --sliding-window N (attention.sliding_window, default 0: none),\n"
+            "                  --rope-scaling longrope with --rope-orig-ctx N < --ctx: rope_factors_long/short\n"
+            "                  and rope.scaling.attn_factor sqrt(1 + ln(ctx/N) / ln N), as convert_hf_to_gguf.py\n",
             qz_type_list());
 }
 
@@ -426,7 +466,8 @@ static bool parse_args(int argc, char **argv, synth_cfg *c, bool *help) {
         }
         if (!takes) continue;
         bool ok = true;
-        const int ro = rope_opts(a, v, c);
+        int ro = rope_opts(a, v, c);
+        if (ro == 0) ro = phi3_opts(a, v, c);
         if (ro < 0) return false;
         if (ro > 0) {
             i++;
@@ -495,9 +536,29 @@ int cmd_synth(int argc, char **argv) {
     }
     const bool bitnet = strcmp(c.arch, "bitnet") == 0 || strcmp(c.arch, "bitnet-b1.58") == 0;
     const bool qwen2 = strcmp(c.arch, "qwen2") == 0;
-    if (!bitnet && !qwen2 && strcmp(c.arch, "llama") != 0) {
-        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, bitnet, bitnet-b1.58\n", c.arch);
+    const bool phi3 = strcmp(c.arch, "phi3") == 0;
+    if (!bitnet && !qwen2 && !phi3 && strcmp(c.arch, "llama") != 0) {
+        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, bitnet, bitnet-b1.58, phi3\n", c.arch);
         return 2;
+    }
+    if (!phi3 && (c.longrope || c.swa || c.rope_dims)) {
+        fprintf(stderr, "error: --rope-scaling longrope, --sliding-window and --rope-dims are for --arch phi3\n");
+        return 2;
+    }
+    if (phi3) {
+        if (c.tied == 1 || (c.head_dim && c.head_dim * c.heads != c.dim)) {
+            fprintf(stderr, "error: phi3 has an untied output and a head of --dim / --heads\n");
+            return 2;
+        }
+        c.tied = 0;
+        if (c.longrope && !(c.rope_orig_ctx > 0 && c.rope_orig_ctx < c.ctx)) {
+            fprintf(stderr, "error: --rope-scaling longrope needs --rope-orig-ctx N below --ctx\n");
+            return 2;
+        }
+        if (c.rope_dims && (c.dim % c.heads || c.rope_dims > c.dim / c.heads)) {
+            fprintf(stderr, "error: --rope-dims %lld exceeds the head size\n", c.rope_dims);
+            return 2;
+        }
     }
     if (c.kv_heads < 0) c.kv_heads = c.heads;
     if (c.rope_freqs && strcmp(c.arch, "llama") != 0) {
@@ -513,6 +574,10 @@ int cmd_synth(int argc, char **argv) {
         return 2;
     }
     if (c.tied < 0) c.tied = bitnet ? 1 : 0;
+    /* BitNet b1.58 2B4T as published (ggml-model-i2_s.gguf, docs/PARITY.md): microsoft/BitNet's converter
+       keeps the token embedding in F16 beside the I2_S matrices and writes no quantization version */
+    const bool b158_i2s = strcmp(c.arch, "bitnet-b1.58") == 0 && c.type == KV_I2_S;
+    if (b158_i2s && c.embd_type < 0) c.embd_type = KV_F16;
     if (c.rope_base == 0.0f) c.rope_base = qwen2 ? 1000000.0f : 10000.0f;
     if (c.eps == 0.0f) c.eps = qwen2 ? 1e-6f : 1e-5f;
 
@@ -562,7 +627,7 @@ int cmd_synth(int argc, char **argv) {
     const uint64_t Q = HD * (uint64_t)c.heads, KV = HD * (uint64_t)c.kv_heads;
     const uint64_t F = (uint64_t)c.ff, V = (uint64_t)c.vocab, L = (uint64_t)c.layers;
     const size_t per_layer = 14;
-    ts = calloc(4 + per_layer * (size_t)L, sizeof *ts);
+    ts = calloc(6 + per_layer * (size_t)L, sizeof *ts);
     if (!ts || kv_gguf_writer_new(&w, &err) != KVLM_OK) {
         fprintf(stderr, "error: out of memory\n");
         goto done;
@@ -588,7 +653,7 @@ int cmd_synth(int argc, char **argv) {
     kv_gguf_writer_set_u32(w, AK("attention.head_count"), (uint32_t)c.heads, NULL);
     kv_gguf_writer_set_u32(w, AK("attention.head_count_kv"), (uint32_t)c.kv_heads, NULL);
     kv_gguf_writer_set_f32(w, AK("attention.layer_norm_rms_epsilon"), c.eps, NULL);
-    kv_gguf_writer_set_u32(w, AK("rope.dimension_count"), (uint32_t)HD, NULL);
+    kv_gguf_writer_set_u32(w, AK("rope.dimension_count"), (uint32_t)(c.rope_dims ? c.rope_dims : (long long)HD), NULL);
     kv_gguf_writer_set_f32(w, AK("rope.freq_base"), c.rope_base, NULL);
     if (c.head_dim) {
         kv_gguf_writer_set_u32(w, AK("attention.key_length"), (uint32_t)HD, NULL);
@@ -597,9 +662,15 @@ int cmd_synth(int argc, char **argv) {
     if (c.rope_scaling) kv_gguf_writer_set_str(w, AK("rope.scaling.type"), c.rope_scaling, NULL);
     if (c.rope_factor > 0.0f) kv_gguf_writer_set_f32(w, AK("rope.scaling.factor"), c.rope_factor, NULL);
     if (c.rope_orig_ctx) kv_gguf_writer_set_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)c.rope_orig_ctx, NULL);
+    if (phi3) kv_gguf_writer_set_u32(w, AK("attention.sliding_window"), (uint32_t)c.swa, NULL);
+    if (c.longrope) { /* convert_hf_to_gguf.py's Phi3MiniModel: sqrt(1 + ln(scale) / ln(orig)) for scale > 1 */
+        const double scale = (double)c.ctx / (double)c.rope_orig_ctx;
+        const double af = scale > 1.0 ? sqrt(1.0 + log(scale) / log((double)c.rope_orig_ctx)) : 1.0;
+        kv_gguf_writer_set_f32(w, AK("rope.scaling.attn_factor"), (float)af, NULL);
+    }
 #undef AK
     kv_gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(c.type), NULL);
-    kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
+    if (!b158_i2s) kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
     if (vg) {
         for (uint64_t i = 0; i < vg->n_kv; i++)
             if (strncmp(vg->kv[i].key, "tokenizer.", 10) == 0) kv_gguf_writer_set_kv(w, &vg->kv[i], NULL);
@@ -652,10 +723,33 @@ int cmd_synth(int argc, char **argv) {
         ts[nt].values = rope_factors;
         T(K_VALUES, HD / 2, 1, "rope_freqs.weight");
     }
+    size_t e0 = nt; /* the embedding's entry */
+    if (c.longrope) { /* first, as the converter's extra tensors */
+        rope_factors = malloc((size_t)HD * sizeof *rope_factors);
+        if (!rope_factors) {
+            fprintf(stderr, "error: out of memory\n");
+            goto done;
+        }
+        longrope_factors(&c, HD, rope_factors, rope_factors + HD / 2);
+        ts[nt].values = rope_factors;
+        T(K_VALUES, HD / 2, 1, "rope_factors_long.weight");
+        ts[nt].values = rope_factors + HD / 2;
+        T(K_VALUES, HD / 2, 1, "rope_factors_short.weight");
+        e0 = nt;
+    }
     T(K_EMBD, E, V, "token_embd.weight");
     T(NORM, E, 1, "output_norm.weight");
     if (!c.tied) T(K_GAUSS, E, V, "output.weight");
-    for (uint64_t l = 0; l < L; l++) {
+    for (uint64_t l = 0; phi3 && l < L; l++) { /* llama.cpp's LLM_ARCH_PHI3 tensors */
+        unsigned long long li = (unsigned long long)l;
+        T(NORM, E, 1, "blk.%llu.attn_norm.weight", li);
+        T(MAT, E, Q + 2 * KV, "blk.%llu.attn_qkv.weight", li);
+        T(MAT, Q, E, "blk.%llu.attn_output.weight", li);
+        T(NORM, E, 1, "blk.%llu.ffn_norm.weight", li);
+        T(MAT, E, 2 * F, "blk.%llu.ffn_up.weight", li);
+        T(MAT, F, E, "blk.%llu.ffn_down.weight", li);
+    }
+    for (uint64_t l = 0; !phi3 && l < L; l++) {
         unsigned long long li = (unsigned long long)l;
         T(NORM, E, 1, "blk.%llu.attn_norm.weight", li);
         T(MAT, E, Q, "blk.%llu.attn_q.weight", li);
@@ -686,7 +780,6 @@ int cmd_synth(int argc, char **argv) {
     }
     uint64_t fsize = 0;
     kv_gguf_writer_file_size(w, &fsize);
-    const size_t e0 = c.rope_freqs ? 1 : 0; /* the embedding's entry */
     const uint32_t et = ts[e0].type, ot = c.tied ? et : ts[e0 + 2].type;
     printf("synth: %s: %s, dim %lld, %lld layers, %lld heads (%lld kv), ff %lld, vocab %lld, ctx %lld; %.2fM params; "
            "%s (embedding %s, output %s%s); %llu bytes; %.2f s\n",
