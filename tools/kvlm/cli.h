@@ -8,6 +8,15 @@
 
 #include "kvlm.h"
 
+/* The commit the build was configured from and its number (git rev-list --count), as CMake defines
+ * them; kvlm --version and bench's build: line print them. */
+#ifndef KVLM_BUILD_COMMIT
+#define KVLM_BUILD_COMMIT "unknown"
+#endif
+#ifndef KVLM_BUILD_NUMBER
+#define KVLM_BUILD_NUMBER 0
+#endif
+
 #define CLI_MAX_STOP 16
 #define CLI_MAX_BIAS 64
 #define CLI_MAX_LIST 16
