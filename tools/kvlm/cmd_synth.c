@@ -365,6 +365,8 @@ static void synth_usage(FILE *fp) {
             "                  [--rope-orig-ctx N] [--rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]]\n"
             "  Writes a model with random weights (deterministic from --seed, default 1): token\n"
             "  embedding N(0,0.02), matrices N(0,1/sqrt(fan_in)) (bitnet archs: ternary x scale), norms 1.\n"
+            "  -t N            threads (default: %d, the physical cores); --kv-heads default: --heads;\n"
+            "                  --name default: kvlm-synth-ARCH. A progress line per tensor on a terminal.\n"
             "  --type T        weight type: %s\n"
             "                  (rows that do not fit fall back as llama-quantize does; embedding and output\n"
             "                  types are chosen as kvlm quantize does, or set with --embd-type / --output-type)\n"
@@ -377,7 +379,7 @@ static void synth_usage(FILE *fp) {
             "                  .original_context_length\n"
             "  --rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]  a rope_freqs.weight tensor (llama only) with the\n"
             "                  factors Llama 3.x's converter derives (defaults 32:1:4:8192, as Llama 3.2)\n",
-            qz_type_list());
+            cli_default_threads(), qz_type_list());
 }
 
 static bool parse_ll(const char *flag, const char *s, long long lo, long long hi, long long *out) {
