@@ -227,11 +227,14 @@ static void test_threads_default(void **state) {
     if (!strstr(g_out, want)) fail_msg("want %s: %s", want, g_out);
     assert_int_equal(run("env -u KVLM_THREADS %s bench -m %s -p 8 -n 0 -r 1 -o jsonl -t 1", KVLM, AID), 0);
     assert_non_null(strstr(g_out, "\"n_threads\": 1,"));
-    /* serve: the same default in its --help, and what its slot sessions run with */
-    assert_int_equal(run("env -u KVLM_THREADS %s serve --help", KVLM), 0);
-    const char *d = strstr(g_out, "threads (default: ");
-    assert_non_null(d);
-    assert_int_equal(atoi(d + strlen("threads (default: ")), cores);
+    /* every subcommand's --help says the same default; serve: also what its slot sessions run with */
+    static const char *const cmds[] = {"chat", "eval", "perplexity", "serve", "synth", "quantize"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        assert_int_equal(run("env -u KVLM_THREADS %s %s --help", KVLM, cmds[i]), 0);
+        const char *d = strstr(g_out, "threads (default: ");
+        if (!d) fail_msg("kvlm %s --help: no threads default: %s", cmds[i], g_out);
+        assert_int_equal(atoi(d + strlen("threads (default: ")), cores);
+    }
     snprintf(want, sizeof want, "context 64, %d thread%s)", cores < cpus ? cores : (int)cpus,
              (cores < cpus ? cores : cpus) == 1 ? "" : "s");
     serve_ready_line("", g_out, sizeof g_out);
