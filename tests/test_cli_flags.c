@@ -105,6 +105,7 @@ static const char *value_for(const char *meta) {
         {"N", "32"},     {"K", "32"},   {"LIST", "32"}, {"T", "q8_0"}, {"TYPES", "f16,q8_0"},     {"TEMP", "0.5"}, {"F", "1.5"},
         {"P", "0.5"},    {"R", "1.1"},  {"SEC", "1"},   {"FILE", "/dev/null"}, {"TEXT", "x"}, {"IDS", "1"},
         {"OUT", "/dev/null"}, {"STR", "x"}, {"NAME", "chatml"}, {"TOKEN(+|-)BIAS", "1+1"},
+        {"ADDR", "127.0.0.1"}, {"KEY", "k"}, {"ORIGIN", "x"},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         if (strcmp(meta, k[i][0]) == 0) return k[i][1];
@@ -118,10 +119,11 @@ static const flag *find(const help *h, const char *name) {
     return NULL;
 }
 
-/* Every flag of every subcommand's --help, given to every subcommand: taken exactly where listed. */
+/* Every flag of every subcommand's --help, given to every subcommand: taken exactly where listed.
+ * (serve's own flags, such as --port, are unknown to the others.) */
 static void test_help_lists_exactly_the_flags(void **state) {
     (void)state;
-    static const char *const cmds[] = {"run", "chat", "eval", "tokenize", "inspect", "perplexity", "bench"};
+    static const char *const cmds[] = {"run", "chat", "eval", "tokenize", "inspect", "perplexity", "bench", "serve"};
     enum { NC = sizeof cmds / sizeof cmds[0] };
     static help h[NC];
     help all = {.n = 0};
@@ -138,10 +140,13 @@ static void test_help_lists_exactly_the_flags(void **state) {
         for (int i = 0; i < all.n; i++) {
             const flag *mine = find(&h[c], all.f[i].name);
             const flag *f = mine ? mine : &all.f[i];
+            bool serve_only = find(&h[NC - 1], f->name) != NULL;
+            for (int o = 0; o < NC - 1; o++) serve_only = serve_only && !find(&h[o], f->name);
             const int rc = run("%s %s %s %s -h", KVLM, cmds[c], f->name, value_for(f->meta));
             if (mine && rc != 0) fail_msg("kvlm %s lists %s but refuses it: %s", cmds[c], f->name, g_out);
             if (!mine && rc != 2) fail_msg("kvlm %s takes %s, which its --help does not list", cmds[c], f->name);
-            if (!mine && !strstr(g_out, "does not take")) fail_msg("kvlm %s %s: %s", cmds[c], f->name, g_out);
+            if (!mine && !strstr(g_out, serve_only ? "unknown flag" : "does not take"))
+                fail_msg("kvlm %s %s: %s", cmds[c], f->name, g_out);
         }
     /* the two of the issue */
     assert_int_equal(run("%s run -m %s -p Once --dump-logits /tmp/x", KVLM, AID), 2);
@@ -150,6 +155,9 @@ static void test_help_lists_exactly_the_flags(void **state) {
     assert_non_null(strstr(g_out, "error: kvlm run does not take --system"));
     assert_int_equal(run("%s run -m %s -p Once stray", KVLM, AID), 2);
     assert_non_null(strstr(g_out, "unexpected argument 'stray'"));
+    /* serve caps requests by the context: the overflow policies are not its flags */
+    assert_int_equal(run("%s serve -m %s --overflow shift", KVLM, AID), 2);
+    assert_non_null(strstr(g_out, "error: kvlm serve does not take --overflow"));
 }
 
 /* ------------------------------------------------------------ threads */
@@ -189,6 +197,20 @@ static int default_in_help(const char *prefix) {
     return atoi(d + strlen("threads (default: "));
 }
 
+/* kvlm serve's start-up messages (stderr) up to its "ready" line, with the extra flags; then it is
+ * stopped with SIGTERM. */
+static void serve_ready_line(const char *flags, char *out, size_t cap) {
+    char log[64];
+    snprintf(log, sizeof log, "/tmp/kvlm-serve-%d.log", (int)getpid());
+    const int rc = run_into(out, cap,
+                            "env -u KVLM_THREADS %s serve -m %s --port 0 -c 64 --parallel 2 %s 2>%s & p=$!; "
+                            "for i in $(seq 600); do grep -q 'ready' %s && break; sleep 0.1; done; "
+                            "kill -TERM $p; wait $p; cat %s",
+                            KVLM, AID, flags, log, log, log);
+    unlink(log);
+    if (rc != 0 || !strstr(out, "kvlm serve: ready")) fail_msg("serve %s: %s", flags, out);
+}
+
 static void test_threads_default(void **state) {
     (void)state;
     const int cores = physical_cores();
@@ -205,6 +227,20 @@ static void test_threads_default(void **state) {
     if (!strstr(g_out, want)) fail_msg("want %s: %s", want, g_out);
     assert_int_equal(run("env -u KVLM_THREADS %s bench -m %s -p 8 -n 0 -r 1 -o jsonl -t 1", KVLM, AID), 0);
     assert_non_null(strstr(g_out, "\"n_threads\": 1,"));
+    /* every subcommand's --help says the same default; serve: also what its slot sessions run with */
+    static const char *const cmds[] = {"chat", "eval", "perplexity", "serve", "synth", "quantize"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        assert_int_equal(run("env -u KVLM_THREADS %s %s --help", KVLM, cmds[i]), 0);
+        const char *d = strstr(g_out, "threads (default: ");
+        if (!d) fail_msg("kvlm %s --help: no threads default: %s", cmds[i], g_out);
+        assert_int_equal(atoi(d + strlen("threads (default: ")), cores);
+    }
+    snprintf(want, sizeof want, "context 64, %d thread%s)", cores < cpus ? cores : (int)cpus,
+             (cores < cpus ? cores : cpus) == 1 ? "" : "s");
+    serve_ready_line("", g_out, sizeof g_out);
+    if (!strstr(g_out, want)) fail_msg("want %s: %s", want, g_out);
+    serve_ready_line("-t 1", g_out, sizeof g_out);
+    assert_non_null(strstr(g_out, "context 64, 1 thread)"));
 }
 
 /* ------------------------------------------------------------ sampling */
@@ -498,6 +534,34 @@ static void test_perplexity_progress(void **state) {
     assert_true(strtod(p + 6, NULL) == quiet);
 }
 
+/* synth: a progress line per tensor on a terminal, nothing when stderr is a pipe, the same file
+ * either way. */
+static void test_synth_progress(void **state) {
+    (void)state;
+    char a[64], b[64];
+    snprintf(a, sizeof a, "/tmp/kvlm-synth-a-%d.gguf", (int)getpid());
+    snprintf(b, sizeof b, "/tmp/kvlm-synth-b-%d.gguf", (int)getpid());
+    const char *shape = "--arch llama --dim 64 --layers 2 --heads 2 --ff 128 --vocab 300 --type q8_0 -t 1";
+    assert_int_equal(run("%s synth %s %s", KVLM, a, shape), 0);
+    assert_null(strstr(g_out, "left"));
+    assert_null(strchr(g_out, '\r'));
+    assert_null(strchr(g_out, '\033'));
+    assert_non_null(strstr(g_out, "synth: "));
+    assert_int_equal(run("script -qec '%s synth %s %s' /dev/null", KVLM, b, shape), 0);
+    /* the first tensor's line is always drawn; the others at most ~10 times a second */
+    if (!strstr(g_out, "\r\033[Ksynth:   0% (0/21) ")) fail_msg("no progress line: %s", g_out);
+    assert_non_null(strstr(g_out, " left  token_embd.weight"));
+    assert_non_null(strstr(g_out, "\r\033[K")); /* cleared at the end */
+    img fa = slurp(a), fb = slurp(b);
+    assert_true(fa.n > 0);
+    assert_int_equal(fa.n, fb.n);
+    assert_memory_equal(fa.p, fb.p, fa.n);
+    free(fa.p);
+    free(fb.p);
+    unlink(a);
+    unlink(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_lists_exactly_the_flags),
@@ -510,6 +574,7 @@ int main(void) {
         cmocka_unit_test(test_run_timings_and_context),
         cmocka_unit_test(test_chat_line_editing),
         cmocka_unit_test(test_perplexity_progress),
+        cmocka_unit_test(test_synth_progress),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

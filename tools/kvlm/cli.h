@@ -8,6 +8,15 @@
 
 #include "kvlm.h"
 
+/* The commit the build was configured from and its number (git rev-list --count), as CMake defines
+ * them; kvlm --version and bench's build: line print them. */
+#ifndef KVLM_BUILD_COMMIT
+#define KVLM_BUILD_COMMIT "unknown"
+#endif
+#ifndef KVLM_BUILD_NUMBER
+#define KVLM_BUILD_NUMBER 0
+#endif
+
 #define CLI_MAX_STOP 16
 #define CLI_MAX_BIAS 64
 #define CLI_MAX_LIST 16
@@ -69,6 +78,10 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a);
 /* The subcommand's --help: its synopsis and exactly the flags it takes, with
  * their defaults. */
 void cli_usage(const char *cmd, FILE *fp);
+/* The same, with a subcommand's own flags (printed by own with cli_usage_line) listed first. */
+void cli_usage_with(const char *cmd, void (*own)(FILE *fp), FILE *fp);
+/* One line of an options list: the flag names and value, then the help text. */
+void cli_usage_line(const char *names, const char *help, FILE *fp);
 /* Session parameters from the flags (n_ctx, threads, KV settings). */
 kvlm_session_params cli_session_params(const cli_args *a);
 /* The threads session s evaluates with; notes once on stderr when that is
@@ -103,8 +116,6 @@ void cli_cancel_on_sigint(kvlm_session *s);
 bool cli_use_session_file(kvlm_session *s, const cli_args *a);
 /* Prints the session's KV statistics as one JSON line on stderr. */
 void cli_print_kv_stats(const kvlm_session *s);
-/* The KV cache flags, for `kvlm serve --help`. */
-const char *cli_kv_help(void);
 /* Checks that logit-bias tokens are in the model's vocabulary. */
 bool cli_check_bias(const cli_args *a, const kvlm_model *m);
 

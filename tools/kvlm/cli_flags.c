@@ -23,7 +23,7 @@ enum {
     C_ALL = 0xff,
     C_GEN = C_RUN | C_CHAT,                         /* sampling */
     C_KV = C_RUN | C_CHAT | C_EVAL | C_PPL | C_SERVE, /* KV cache settings (bench: a subset) */
-    C_POLICY = C_RUN | C_CHAT | C_EVAL | C_SERVE,   /* what happens at a full context */
+    C_POLICY = C_RUN | C_CHAT | C_EVAL,             /* what happens at a full context (serve: requests are capped) */
 };
 
 static const struct {
@@ -69,7 +69,11 @@ static const struct {
      "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
      "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
      "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"},
-    {"serve", C_SERVE, "usage: kvlm serve -m MODEL [options]\n"},
+    {"serve", C_SERVE,
+     "usage: kvlm serve -m MODEL [options]\n"
+     "  An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models, /health,\n"
+     "  /metrics. Up to --parallel sequences are decoded together, one token each per step, with -t\n"
+     "  threads; a request is capped by the context (no overflow policy).\n"},
 };
 
 enum {
@@ -131,10 +135,9 @@ static const flag_spec k_flags[] = {
      "most tokens per answer (default: -1, until the end of the turn; at most a context's worth)"},
     {"-n", "--n-gen", "LIST", C_BENCH, F_NPRED, V_LIST, 0, N24,
      "generation lengths of the tg tests (default: 64; --batch: decode steps, default 32)"},
-    {"-t", "--threads", "N", C_RUN | C_CHAT | C_EVAL | C_PPL, F_THREADS, V_INT, 1, 256,
+    {"-t", "--threads", "N", C_RUN | C_CHAT | C_EVAL | C_PPL | C_SERVE, F_THREADS, V_INT, 1, 256,
      "threads (default: {threads}: the physical cores this process may run on, or KVLM_THREADS)"},
     {"-t", "--threads", "LIST", C_BENCH, F_THREADS, V_LIST, 1, 256, "thread counts (default: {threads}: the physical cores, or KVLM_THREADS)"},
-    {"-t", "--threads", "N", C_SERVE, F_THREADS, V_INT, 1, 256, "threads per slot session (default: 1)"},
     {"-c", "--ctx-size", "N", C_RUN | C_CHAT | C_SERVE, F_CTX, V_INT, 0, N24,
      "context size in tokens (default: 0, the model's training context)"},
     {"-c", "--ctx-size", "N", C_EVAL, F_CTX, V_INT, 0, N24, "context size in tokens (default: 0, the tokens evaluated)"},
@@ -221,11 +224,16 @@ static const flag_spec *find_flag(const char *arg, unsigned bit, bool *exists) {
     return NULL;
 }
 
-void cli_usage(const char *cmd, FILE *fp) {
+void cli_usage(const char *cmd, FILE *fp) { cli_usage_with(cmd, NULL, fp); }
+
+void cli_usage_line(const char *names, const char *help, FILE *fp) { fprintf(fp, "  %-34s %s\n", names, help); }
+
+void cli_usage_with(const char *cmd, void (*own)(FILE *fp), FILE *fp) {
     const unsigned bit = cmd_bit(cmd);
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         if (k_cmds[i].bit == bit) fputs(k_cmds[i].synopsis, fp);
     fprintf(fp, "options:\n");
+    if (own) own(fp);
     char threads[16];
     snprintf(threads, sizeof threads, "%d", cli_default_threads());
     for (size_t i = 0; i < N_FLAGS; i++) {
@@ -242,13 +250,6 @@ void cli_usage(const char *cmd, FILE *fp) {
     if (bit & C_BENCH)
         fprintf(fp, "A list is comma-separated (-p 128,512) or the flag is repeated; the table is llama-bench's,\n"
                     "ending with its build: line.\n");
-}
-
-const char *cli_kv_help(void) {
-    return "KV cache: -ctk/--cache-type-k T, -ctv/--cache-type-v T (f32 f16 q8_0 q4_0; default f16),\n"
-           "  --overflow error|shift|sliding|ring, --keep N (shift), --sink N (sliding), --window N (ring),\n"
-           "  --kv-compress-after N [--kv-compress-type q8_0|q4_0], --page-tokens N, --kv-growth factor|linear|adaptive,\n"
-           "  --kv-growth-factor F, --kv-initial N, --kv-max N, --no-prefix-sharing, --kv-prefetch\n";
 }
 
 static bool parse_ll(const char *flag, const char *s, long long lo, long long hi, long long *out) {
@@ -571,7 +572,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
     if (!a->overflow_set) a->sp.overflow = KVLM_OVERFLOW_ERROR;
     a->keep_set = a->sp.n_keep >= 0;
     if (!a->keep_set) a->sp.n_keep = 0;
-    if (!a->threads_set) a->n_threads = bit == C_SERVE ? 1 : cli_default_threads();
+    if (!a->threads_set) a->n_threads = cli_default_threads();
     if (!a->no_escape)
         for (int i = 0; i < n_esc; i++) cli_process_escapes(esc[i]);
     for (int i = 0; i < a->n_stop; i++)

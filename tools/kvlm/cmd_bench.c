@@ -232,13 +232,6 @@ static int bench_tokenize(kvlm_model *m, const cli_args *a) {
     return 0;
 }
 
-#ifndef KVLM_BUILD_COMMIT
-#define KVLM_BUILD_COMMIT "unknown"
-#endif
-#ifndef KVLM_BUILD_NUMBER
-#define KVLM_BUILD_NUMBER 0
-#endif
-
 /* llama.cpp's size class of a llama model (llm_type by layer count), else the parameter count. */
 static void size_label(const kvlm_model_info *mi, char *buf, size_t cap) {
     const char *t = NULL;

@@ -134,10 +134,24 @@ static void generate(const stensor *t, float *x) {
     else generate_rows(t, 0, t->ne1, x);
 }
 
+/* The progress line (on a terminal only): tensors written so far, as kvlm quantize counts them,
+ * and the one being generated. */
+typedef struct synth_progress {
+    cli_progress p;
+    size_t done, total;
+} synth_progress;
+static synth_progress g_progress;
+
+static void progress_tensor(const char *name) {
+    cli_progress_update(&g_progress.p, (double)g_progress.done, (double)g_progress.total, name);
+    g_progress.done++;
+}
+
 static kvlm_status fill_synth(void *user, const char *name, void *dst, uint64_t size, kvlm_error *err) {
     const stensor *t = user;
     const uint64_t n = t->ne0 * t->ne1;
     (void)size;
+    progress_tensor(name);
     if (t->type == KV_F32) {
         generate(t, dst);
         return KVLM_OK;
@@ -387,6 +401,8 @@ static void synth_usage(FILE *fp) {
             "                  [--rope-dims N] [--sliding-window N]\n"
             "  Writes a model with random weights (deterministic from --seed, default 1): token\n"
             "  embedding N(0,0.02), matrices N(0,1/sqrt(fan_in)) (bitnet archs: ternary x scale), norms 1.\n"
+            "  -t N            threads (default: %d, the physical cores); --kv-heads default: --heads;\n"
+            "                  --name default: kvlm-synth-ARCH. A progress line per tensor on a terminal.\n"
             "  --type T        weight type: %s\n"
             "                  (rows that do not fit fall back as llama-quantize does; embedding and output\n"
             "                  types are chosen as kvlm quantize does, or set with --embd-type / --output-type)\n"
@@ -403,7 +419,7 @@ static void synth_usage(FILE *fp) {
             "                  partial rotary), --sliding-window N (attention.sliding_window, default 0: none),\n"
             "                  --rope-scaling longrope with --rope-orig-ctx N < --ctx: rope_factors_long/short\n"
             "                  and rope.scaling.attn_factor sqrt(1 + ln(ctx/N) / ln N), as convert_hf_to_gguf.py\n",
-            qz_type_list());
+            cli_default_threads(), qz_type_list());
 }
 
 static bool parse_ll(const char *flag, const char *s, long long lo, long long hi, long long *out) {
@@ -774,7 +790,11 @@ int cmd_synth(int argc, char **argv) {
                 n_fallback, first_fb->name, (unsigned long long)first_fb->ne0, qz_type_name(first_fb->want),
                 qz_type_name(first_fb->type));
 
-    if (kv_gguf_writer_write(w, c.out, &err) != KVLM_OK) {
+    g_progress = (synth_progress){.total = nt};
+    cli_progress_start(&g_progress.p, "synth");
+    const kvlm_status wst = kv_gguf_writer_write(w, c.out, &err);
+    cli_progress_end(&g_progress.p);
+    if (wst != KVLM_OK) {
         fprintf(stderr, "error: %s\n", err.msg);
         goto done;
     }

@@ -5,12 +5,6 @@
 #include "cli.h"
 #include "kvlm.h"
 
-#ifndef KVLM_BUILD_COMMIT
-#define KVLM_BUILD_COMMIT "unknown"
-#endif
-#ifndef KVLM_BUILD_NUMBER
-#define KVLM_BUILD_NUMBER 0
-#endif
 #if defined(__clang__)
 #define KVLM_COMPILER "clang " __clang_version__
 #elif defined(__GNUC__)

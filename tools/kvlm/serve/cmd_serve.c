@@ -11,27 +11,24 @@
 #include "cli.h"
 #include "serve.h"
 
-static void serve_usage(FILE *fp) {
-    fprintf(fp,
-            "usage: kvlm serve -m MODEL [options]\n"
-            "  --host ADDR          IPv4 address to listen on (default 127.0.0.1)\n"
-            "  --port N             port (default 8080; 0: any free port, printed at start)\n"
-            "  -t N                 threads per slot session (default 1)\n"
-            "  -c CTX               context per sequence (default: the model's)\n"
-            "  --parallel N         sequences decoded together (default 4)\n"
-            "  --queue N            waiting requests before 503 (default 64)\n"
-            "  --api-key KEY | --api-key-file F   require 'Authorization: Bearer KEY'\n"
-            "  --alias NAME         the model id clients use (default: the file name)\n"
-            "  --timeout S          per-request limit in seconds (0: none)\n"
-            "  --max-body BYTES     request body limit (default 4194304)\n"
-            "  --cors-origin ORIGIN Access-Control-Allow-Origin (default *)\n"
-            "  --prefill-chunk N    prompt tokens evaluated per scheduler step (default 128)\n"
-            "  --max-conn-per-ip N  concurrent connections per client address (default 128)\n"
-            "  --shutdown-grace S   on SIGINT/SIGTERM, time running requests get to finish (default 3)\n"
-            "  --chat-template NAME chat format (default: from the model)\n"
-            "%s",
-            cli_kv_help());
+/* serve's own flags; the ones it shares with the other commands (model, threads, context, KV cache)
+ * come from the CLI's flag table. */
+static void serve_flags(FILE *fp) {
+    cli_usage_line("--host ADDR", "IPv4 address to listen on (default: 127.0.0.1)", fp);
+    cli_usage_line("--port N", "port (default: 8080; 0: any free port, printed at start)", fp);
+    cli_usage_line("-np, --parallel N", "sequences decoded together (default: 4)", fp);
+    cli_usage_line("--queue N", "waiting requests before 503 (default: 64)", fp);
+    cli_usage_line("--api-key KEY", "require 'Authorization: Bearer KEY' (default: none)", fp);
+    cli_usage_line("--api-key-file FILE", "the same, the key read from FILE", fp);
+    cli_usage_line("--alias NAME", "the model id clients use (default: the file name)", fp);
+    cli_usage_line("--max-body N", "request body limit in bytes (default: 4194304)", fp);
+    cli_usage_line("--cors-origin ORIGIN", "Access-Control-Allow-Origin (default: *)", fp);
+    cli_usage_line("--prefill-chunk N", "prompt tokens evaluated per scheduler step (default: 128)", fp);
+    cli_usage_line("--max-conn-per-ip N", "concurrent connections per client address (default: 128)", fp);
+    cli_usage_line("--shutdown-grace SEC", "on SIGINT/SIGTERM, time running requests get to finish (default: 3)", fp);
 }
+
+static void serve_usage(FILE *fp) { cli_usage_with("serve", serve_flags, fp); }
 
 static bool parse_long(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;
@@ -132,10 +129,6 @@ int cmd_serve(int argc, char **argv) {
     }
     if (a.n_pos) {
         fprintf(stderr, "error: unexpected argument '%s'\n", a.pos[0]);
-        return 2;
-    }
-    if (a.sp.overflow != KVLM_OVERFLOW_ERROR) {
-        fprintf(stderr, "error: serve supports only --overflow error (requests are capped by the context)\n");
         return 2;
     }
     if (cfg.api_key && key_file) {

@@ -140,6 +140,7 @@ typedef struct srv_engine {
     kvlm_model *model;
     kvlm_cache *cache;
     int32_t n_vocab, n_ctx;
+    int n_threads;       /* each slot session's (-t, default the physical cores) */
     int32_t page_tokens; /* the pool's page size (0: no prefix sharing) */
     int parallel;
     srv_slot *slots;

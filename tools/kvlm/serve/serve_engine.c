@@ -640,6 +640,7 @@ int srv_engine_start(srv_engine *e, const srv_config *cfg, kvlm_model *model, ch
         }
     }
     e->n_ctx = kvlm_session_n_ctx(e->slots[0].s);
+    e->n_threads = kvlm_session_n_threads(e->slots[0].s);
     e->logits = malloc((size_t)e->parallel * (size_t)e->n_vocab * sizeof *e->logits);
     e->scratch = malloc(((size_t)e->n_ctx + 1) * sizeof *e->scratch);
     if (!e->logits || !e->scratch) {

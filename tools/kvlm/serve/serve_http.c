@@ -1401,8 +1401,8 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
 void srv_http_set_ready(srv_http *h) {
     atomic_store(&h->ready, 1);
     if (!h->cfg->embedded)
-        fprintf(stderr, "kvlm serve: ready (model '%s', %d slots, context %d)\n", h->cfg->alias, h->cfg->parallel,
-            (int)h->e->n_ctx);
+        fprintf(stderr, "kvlm serve: ready (model '%s', %d slots, context %d, %d thread%s)\n", h->cfg->alias,
+                h->cfg->parallel, (int)h->e->n_ctx, h->e->n_threads, h->e->n_threads == 1 ? "" : "s");
 }
 
 void srv_http_quiesce(srv_http *h) {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# scripts/deps.sh on a machine without apt-get (another distribution, macOS): PATH holds every
+# command of this one but apt-get, apt and dpkg-query. With everything there it says nothing and
+# succeeds, so make goes on; with libraries pkg-config cannot find it installs nothing, fails, and
+# names each missing package (Debian, what it looked for, Fedora, Homebrew) and only those.
+set -u
+root=${1:?source dir}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir "$tmp/bin" "$tmp/pc"
+IFS=: read -ra dirs <<<"$PATH"
+for d in "${dirs[@]}"; do
+  for f in "$d"/*; do
+    b=$(basename "$f")
+    case $b in apt-get | apt | dpkg-query) continue ;; esac
+    [ -x "$f" ] && [ ! -e "$tmp/bin/$b" ] && ln -s "$f" "$tmp/bin/$b"
+  done
+done
+fail() { echo "FAIL: $*" >&2; exit 1; }
+[ ! -e "$tmp/bin/apt-get" ] || fail "apt-get still on PATH"
+nopath() { env PATH="$tmp/bin" "$@"; }
+nopath bash -c 'command -v apt-get' >/dev/null && fail "apt-get found"
+
+for mode in build test; do
+  out=$(nopath bash "$root/scripts/deps.sh" $mode 2>&1) || fail "deps.sh $mode without apt-get, all present: $out"
+  [ -z "$out" ] || fail "deps.sh $mode printed: $out"
+done
+# make's own first step (make build runs deps.sh build) goes on
+nopath make -C "$root" deps >/dev/null 2>&1 || fail "make deps without apt-get"
+
+# no .pc file visible: the libraries are missing, the commands are not
+out=$(env PATH="$tmp/bin" PKG_CONFIG_LIBDIR="$tmp/pc" bash "$root/scripts/deps.sh" build 2>&1)
+rc=$?
+[ $rc = 1 ] || fail "deps.sh with missing libraries exited $rc: $out"
+grep -q "no apt-get here, so nothing was installed" <<<"$out" || fail "no explanation: $out"
+for p in libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev; do
+  grep -q "^  $p " <<<"$out" || fail "$p not listed: $out"
+done
+grep -q "libzstd-devel" <<<"$out" || fail "no Fedora name: $out"
+for p in cmake make gcc pkg-config; do
+  grep -q "^  $p " <<<"$out" && fail "$p listed though present: $out"
+done
+echo "deps.sh without apt-get: ok"
