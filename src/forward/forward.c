@@ -226,6 +226,11 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float e
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
 
+/* Each of n_heads rows of head_dim floats, in place: rmsnorm(row) * w (the q/k norms of qwen3). */
+static void qk_norm(float *x, int32_t n_heads, int32_t head_dim, const float *w, float eps) {
+    for (int32_t h = 0; h < n_heads; h++) rmsnorm(x + (int64_t)h * head_dim, x + (int64_t)h * head_dim, w, head_dim, eps);
+}
+
 /* ------------------------------------------------------------ row stages
  *
  * The per-token work between two matmuls, fused into one pass over the
@@ -326,6 +331,9 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             if (L->bq.data) for (int64_t i = 0; i < Q; i++) f->q[t * Q + i] += L->bq.data[i];
             if (L->bk.data) for (int64_t i = 0; i < KV; i++) f->k[t * KV + i] += L->bk.data[i];
             if (L->bv.data) for (int64_t i = 0; i < KV; i++) f->v[t * KV + i] += L->bv.data[i];
+            if (L->attn_q_norm.data) /* qwen3: RMSNorm of each head of q and k, before RoPE */
+                qk_norm(f->q + t * Q, hp->n_head, hp->head_dim, L->attn_q_norm.data, hp->norm_eps);
+            if (L->attn_k_norm.data) qk_norm(f->k + t * KV, hp->n_head_kv, hp->head_dim, L->attn_k_norm.data, hp->norm_eps);
             kv_seq *s = f->seqs[t];
             const int32_t pos = kv_seq_pos(s, f->slots[t]);
             const kv_rope *rope = kv_seq_rope(s);

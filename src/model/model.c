@@ -26,13 +26,16 @@ typedef struct arch_desc {
     uint8_t sub_norms;  /* blk.N.attn_sub_norm, blk.N.ffn_sub_norm (bitnet) */
     bool weight_scales; /* blk.N.<matrix>.scale: one f32 multiplying the matrix (bitnet) */
     bool rope_freqs;    /* rope_freqs.weight: per-pair divisors of the RoPE angle (Llama 3.x) */
+    uint8_t qk_norm;    /* blk.N.attn_{q,k}_norm.weight: per-head RMSNorm of q and k before RoPE (qwen3) */
 } arch_desc;
 
 static const arch_desc k_archs[] = {
-    {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU, T_OPTIONAL, T_NO, false, true},
-    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU, T_REQUIRED, T_NO, false, false},
-    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_REQUIRED, true, false},
-    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2, T_NO, T_REQUIRED, true, false},
+    {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU, T_OPTIONAL, T_NO, false, true, T_NO},
+    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU, T_REQUIRED, T_NO, false, false, T_NO},
+    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_REQUIRED, true, false, T_NO},
+    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2, T_NO, T_REQUIRED, true, false, T_NO},
+    /* qwen3: NEOX RoPE (llama_rope_type), no biases, q/k norms */
+    {"qwen3", KV_ARCH_QWEN3, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_NO, false, false, T_REQUIRED},
 };
 
 static const arch_desc *arch_of(const kv_hparams *hp) {
@@ -182,7 +185,7 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
         if (kv_gguf_str_eq(arch, k_archs[i].name)) ad = &k_archs[i];
     if (!ad)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, bitnet, bitnet-b1.58)",
+                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, qwen3, bitnet, bitnet-b1.58)",
                        (int)(arch.len > 40 ? 40 : arch.len), arch.data);
     memset(hp, 0, sizeof *hp);
     hp->arch = ad->arch;
@@ -239,6 +242,10 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: rope.dimension_count %d must be even and in 2..%d", hp->n_rot,
                        hp->head_dim);
+    if (hp->arch == KV_ARCH_QWEN3 && hp->n_rot != hp->head_dim)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "model: qwen3 rotates the whole head: rope.dimension_count %d must equal the head size %d",
+                       hp->n_rot, hp->head_dim);
     if ((st = read_rope(g, hp, err))) return st;
     hp->norm_eps = -1.0f;
     char k[128];
@@ -380,6 +387,11 @@ static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvl
             if ((st = bind_vec(b, NM("attn_k.bias"), KV, req, &L->bk, err))) return st;
             if ((st = bind_vec(b, NM("attn_v.bias"), KV, req, &L->bv, err))) return st;
         }
+        if (ad->qk_norm != T_NO) {
+            const bool req = ad->qk_norm == T_REQUIRED;
+            if ((st = bind_vec(b, NM("attn_q_norm.weight"), hp->head_dim, req, &L->attn_q_norm, err))) return st;
+            if ((st = bind_vec(b, NM("attn_k_norm.weight"), hp->head_dim, req, &L->attn_k_norm, err))) return st;
+        }
         if (ad->sub_norms != T_NO) {
             const bool req = ad->sub_norms == T_REQUIRED;
             if ((st = bind_vec(b, NM("attn_sub_norm.weight"), Q, req, &L->attn_sub_norm, err))) return st;
@@ -398,6 +410,7 @@ static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvl
         const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);
         m->n_params += (uint64_t)(2 * E);
+        if (L->attn_q_norm.data) m->n_params += (uint64_t)(2 * hp->head_dim);
     }
     return KVLM_OK;
 }

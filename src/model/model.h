@@ -9,7 +9,8 @@
 #include "kvlm.h"
 #include "tokenizer/vocab.h"
 
-typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158 } kv_arch;
+typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158,
+               KV_ARCH_QWEN3 } kv_arch;
 #include "core/rope.h"
 
 typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
@@ -43,6 +44,7 @@ typedef struct kv_layer {
     kv_weight wq, wk, wv, wo;
     kv_vec bq, bk, bv;
     kv_weight w_gate, w_up, w_down;
+    kv_vec attn_q_norm, attn_k_norm; /* qwen3: RMSNorm weights (head_dim) of each head of q and k, before RoPE */
 } kv_layer;
 
 typedef struct kv_hparams {

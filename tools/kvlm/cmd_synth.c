@@ -4,7 +4,8 @@
  * embedding N(0, 0.02), matrices N(0, 1/sqrt(fan_in)), norms 1.0; the bitnet
  * architectures get ternary matrices ({-1, 0, +1} times a per-tensor scale
  * sqrt(1.5 / fan_in), so the variance is 1/fan_in as well) and norms 1 +/- 0.1;
- * qwen2 gets N(0, 0.02) q/k/v biases. Each tensor is generated and quantized
+ * qwen2 gets N(0, 0.02) q/k/v biases; qwen3 q/k norms 1 +/- 0.1 (so that a
+ * norm weight left out changes the logits). Each tensor is generated and quantized
  * when the writer reaches it, so only one f32 tensor is held at a time. */
 #include <errno.h>
 #include <math.h>
@@ -343,8 +344,9 @@ static int rope_opts(const char *a, const char *v, synth_cfg *c) {
 
 static void synth_usage(FILE *fp) {
     fprintf(fp,
-            "usage: kvlm synth OUT.gguf --arch llama|qwen2|bitnet|bitnet-b1.58 --dim D --layers L --heads H\n"
-            "                  [--kv-heads N] --ff F --vocab V [--ctx 2048] --type T [--seed S]\n"
+            "usage: kvlm synth OUT.gguf --arch llama|qwen2|qwen3|bitnet|bitnet-b1.58\n"
+            "                  --dim D --layers L --heads H [--kv-heads N] --ff F --vocab V [--ctx 2048]\n"
+            "                  --type T [--seed S]\n"
             "                  [--vocab-from FILE.gguf] [--embd-type T] [--output-type T] [--tied|--untied]\n"
             "                  [--rope-base F] [--eps E] [--name NAME] [-t THREADS]\n"
             "                  [--head-dim N] [--rope-scaling none|linear|yarn] [--rope-factor F]\n"
@@ -357,7 +359,7 @@ static void synth_usage(FILE *fp) {
             "  --vocab-from F  copy the tokenizer (every tokenizer.* key) of a GGUF; its size sets --vocab.\n"
             "                  Without it: a generated SentencePiece vocabulary of --vocab tokens.\n"
             "  --tied/--untied output.weight shares the embedding (default: tied for bitnet archs)\n"
-            "  --rope-base F   default 10000 (qwen2: 1000000); --eps default 1e-5 (qwen2: 1e-6)\n"
+            "  --rope-base F   default 10000 (qwen2, qwen3: 1000000); --eps default 1e-5 (qwen2, qwen3: 1e-6)\n"
             "  --head-dim N    attention.key_length/value_length (default dim / heads; q is heads x N)\n"
             "  --rope-scaling T, --rope-factor F, --rope-orig-ctx N: rope.scaling.type, .factor,\n"
             "                  .original_context_length\n"
@@ -495,8 +497,9 @@ int cmd_synth(int argc, char **argv) {
     }
     const bool bitnet = strcmp(c.arch, "bitnet") == 0 || strcmp(c.arch, "bitnet-b1.58") == 0;
     const bool qwen2 = strcmp(c.arch, "qwen2") == 0;
-    if (!bitnet && !qwen2 && strcmp(c.arch, "llama") != 0) {
-        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, bitnet, bitnet-b1.58\n", c.arch);
+    const bool qwen3 = strcmp(c.arch, "qwen3") == 0;
+    if (!bitnet && !qwen2 && !qwen3 && strcmp(c.arch, "llama") != 0) {
+        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, qwen3, bitnet, bitnet-b1.58\n", c.arch);
         return 2;
     }
     if (c.kv_heads < 0) c.kv_heads = c.heads;
@@ -513,8 +516,8 @@ int cmd_synth(int argc, char **argv) {
         return 2;
     }
     if (c.tied < 0) c.tied = bitnet ? 1 : 0;
-    if (c.rope_base == 0.0f) c.rope_base = qwen2 ? 1000000.0f : 10000.0f;
-    if (c.eps == 0.0f) c.eps = qwen2 ? 1e-6f : 1e-5f;
+    if (c.rope_base == 0.0f) c.rope_base = qwen2 || qwen3 ? 1000000.0f : 10000.0f;
+    if (c.eps == 0.0f) c.eps = qwen2 || qwen3 ? 1e-6f : 1e-5f;
 
     const double t0 = cli_now_s();
     int rc = 1;
@@ -665,6 +668,10 @@ int cmd_synth(int argc, char **argv) {
             T(K_BIAS, Q, 1, "blk.%llu.attn_q.bias", li);
             T(K_BIAS, KV, 1, "blk.%llu.attn_k.bias", li);
             T(K_BIAS, KV, 1, "blk.%llu.attn_v.bias", li);
+        }
+        if (qwen3) {
+            T(K_NORM_JITTER, HD, 1, "blk.%llu.attn_q_norm.weight", li);
+            T(K_NORM_JITTER, HD, 1, "blk.%llu.attn_k_norm.weight", li);
         }
         if (bitnet) T(K_NORM_JITTER, Q, 1, "blk.%llu.attn_sub_norm.weight", li);
         T(MAT, Q, E, "blk.%llu.attn_output.weight", li);
