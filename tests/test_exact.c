@@ -3,7 +3,7 @@
  * of 3, 7 and 64, 1 and 2 threads, and rollback + re-evaluation must all give
  * memcmp-equal logits, on every llama model in the shared models folder, with
  * F32 and with Q8_0 KV storage. The architectures with no shared model
- * (qwen3) run on small models made by `kvlm synth` at test time, and also
+ * (qwen3, gemma3) run on small models made by `kvlm synth` at test time, and also
  * check batched decoding (kvlm_decode_batch) against each session alone. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -33,6 +33,11 @@ static const synth_model k_synth[] = {
                             "--vocab 512 --type f16"},
     {"qwen3-q8_0.gguf", "--arch qwen3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512 --type q8_0 "
                         "--tied"},
+    /* gemma3: 6 layers = 5 local (window 8, their own RoPE base) + 1 global, post norms, GELU, scaled embedding */
+    {"gemma3-f16.gguf", "--arch gemma3 --dim 256 --layers 6 --heads 4 --kv-heads 2 --head-dim 64 --ff 512 --vocab 512 "
+                        "--type f16 --tied --sliding-window 8"},
+    {"gemma3-q8_0.gguf", "--arch gemma3 --dim 256 --layers 6 --heads 4 --kv-heads 1 --ff 512 --vocab 512 --type q8_0 "
+                         "--sliding-window 5"},
 };
 enum { N_SYNTH = sizeof k_synth / sizeof k_synth[0] };
 static char g_synth_dir[64];
@@ -44,7 +49,7 @@ static int setup_synth(void **state) {
     if (!mkdtemp(g_synth_dir)) return -1;
     for (int i = 0; i < N_SYNTH; i++) {
         snprintf(g_synth_path[i], sizeof g_synth_path[i], "%s/%s", g_synth_dir, k_synth[i].file);
-        char cmd[1024];
+        char cmd[2048];
         snprintf(cmd, sizeof cmd, "%s/kvlm synth %s %s >/dev/null", KVLM_BIN_DIR, g_synth_path[i], k_synth[i].args);
         if (system(cmd) != 0) {
             fprintf(stderr, "synth failed: %s\n", cmd);
@@ -239,6 +244,28 @@ out:
     kvlm_model_free(fx.m);
 }
 
+/* gemma3: the overflow policies that re-rotate keys (one RoPE for all layers) are refused; ring holds. */
+static void test_gemma3_policies(void **state) {
+    (void)state;
+    kvlm_model *m = NULL;
+    kvlm_error err;
+    assert_int_equal(kvlm_model_load(g_synth_path[2], NULL, &m, &err), KVLM_OK);
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 32;
+    kvlm_session *s = NULL;
+    p.overflow = KVLM_OVERFLOW_SHIFT;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "shift overflow policy is not supported for gemma3"));
+    p.overflow = KVLM_OVERFLOW_SLIDING;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "sliding overflow policy is not supported for gemma3"));
+    p.overflow = KVLM_OVERFLOW_RING;
+    p.window = 16;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+    kvlm_session_free(s);
+    kvlm_model_free(m);
+}
+
 static void test_f32(void **state) { run_model((const char *)*state, KVLM_KV_F32); }
 static void test_q8_0(void **state) { run_model((const char *)*state, KVLM_KV_Q8_0); }
 static void test_f16(void **state) { run_model((const char *)*state, KVLM_KV_F16); }
@@ -266,7 +293,7 @@ int main(void) {
     enum { N = sizeof k_models / sizeof k_models[0] };
     const char *const *models = k_models;
 #endif
-    struct CMUnitTest tests[2 * N + 2 + 3 * N_SYNTH];
+    struct CMUnitTest tests[2 * N + 2 + 3 * N_SYNTH + 1];
     int n = 0;
     for (int i = 0; i < N; i++) {
         struct CMUnitTest a = {models[i], test_f32, NULL, NULL, (void *)(uintptr_t)models[i]};
@@ -288,5 +315,7 @@ int main(void) {
         tests[n++] = b;
         tests[n++] = e;
     }
+    struct CMUnitTest gp = cmocka_unit_test(test_gemma3_policies);
+    tests[n++] = gp;
     return _cmocka_run_group_tests("exactness", tests, (size_t)n, setup_synth, teardown_synth);
 }

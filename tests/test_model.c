@@ -232,8 +232,11 @@ static void test_refused_not_ignored(void **state) {
     expect_load(&br, KVLM_ERR_FORMAT, "'rope_freqs.weight': factor 0 is -2");
     /* architectures and RoPE scaling types kvlm does not know */
     br = defaults();
-    br.arch = "gemma3";
-    expect_load(&br, KVLM_ERR_UNSUPPORTED, "unsupported architecture 'gemma3'");
+    br.arch = "falcon";
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "unsupported architecture 'falcon'");
+    br = defaults();
+    br.arch = "gemma3"; /* no attention.sliding_window (checked before its tensors) */
+    expect_load(&br, KVLM_ERR_FORMAT, "missing metadata key 'gemma3.attention.sliding_window'");
     br = defaults();
     br.str_key = "llama.rope.scaling.type";
     br.str_val = "dynamic-ntk";

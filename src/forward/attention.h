@@ -49,6 +49,7 @@ typedef struct kv_att_batch {
     kv_seq *const *seqs;    /* per token: its sequence (K/V of this layer already written) */
     const int32_t *slots;   /* per token: the slot it was written to */
     const int32_t *n_read;  /* per token: the slots a ring sequence may read (unused otherwise) */
+    int32_t swa;            /* > 0: the layer sees only positions in (p - swa, p] (gemma3's local layers) */
 } kv_att_batch;
 
 /* Runs the batch on the thread pool (kv_attention_reserve must cover every n_read and position + 1). */

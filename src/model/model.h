@@ -10,13 +10,13 @@
 #include "tokenizer/vocab.h"
 
 typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158,
-               KV_ARCH_QWEN3 } kv_arch;
+               KV_ARCH_QWEN3, KV_ARCH_GEMMA3 } kv_arch;
 #include "core/rope.h"
 
 typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
 /* <arch>.rope.scaling.type (absent: linear, as llama.cpp reads it) */
 typedef enum kv_rope_scaling { KV_ROPE_SCALING_NONE = 0, KV_ROPE_SCALING_LINEAR, KV_ROPE_SCALING_YARN } kv_rope_scaling;
-typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
+typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1, KV_FFN_GELU = 2 /* tanh form (gemma3) */ } kv_ffn_act;
 
 struct kv_quant_gemm;
 
@@ -45,6 +45,7 @@ typedef struct kv_layer {
     kv_vec bq, bk, bv;
     kv_weight w_gate, w_up, w_down;
     kv_vec attn_q_norm, attn_k_norm; /* qwen3: RMSNorm weights (head_dim) of each head of q and k, before RoPE */
+    kv_vec attn_post_norm, ffn_post_norm; /* gemma3: RMSNorm of the attention and FFN outputs before their residual adds */
 } kv_layer;
 
 typedef struct kv_hparams {
@@ -57,7 +58,17 @@ typedef struct kv_hparams {
     float rope_attn_factor;  /* rope.scaling.attn_factor (1 if absent) */
     int32_t n_ctx_orig;      /* rope.scaling.original_context_length (n_ctx_train if absent) */
     kv_ffn_act ffn_act;
+    /* gemma3 */
+    float embd_scale;          /* token embeddings multiplied by it (sqrt(n_embd) for gemma3; 1 otherwise) */
+    int32_t n_swa;             /* attention.sliding_window: local layers see the last n_swa positions (0: none) */
+    int32_t swa_pattern;       /* layer l is global when (l + 1) % swa_pattern == 0, local otherwise */
+    float rope_freq_base_swa;  /* the local layers' RoPE base (their scale is 1) */
 } kv_hparams;
+
+/* Whether layer l attends over a sliding window (gemma3's local layers). */
+static inline bool kv_layer_is_swa(const kv_hparams *hp, int l) {
+    return hp->n_swa > 0 && (l + 1) % hp->swa_pattern != 0;
+}
 
 struct kvlm_model {
     gguf_ctx *gguf;
@@ -102,5 +113,7 @@ void kv_model_release_interleaved(kvlm_model *m);
 /* The RoPE a session of n_ctx tokens uses (scaling, YaRN terms, frequency
  * factors), as llama.cpp derives it from the model's metadata and tensors. */
 void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *out);
+/* The RoPE of the sliding-window layers (gemma3: base rope_freq_base_swa, scale 1, no factors). */
+void kv_model_rope_swa(const kvlm_model *m, int32_t n_ctx, kv_rope *out);
 
 #endif

@@ -5,7 +5,8 @@
  * architectures get ternary matrices ({-1, 0, +1} times a per-tensor scale
  * sqrt(1.5 / fan_in), so the variance is 1/fan_in as well) and norms 1 +/- 0.1;
  * qwen2 gets N(0, 0.02) q/k/v biases; qwen3 q/k norms 1 +/- 0.1 (so that a
- * norm weight left out changes the logits). Each tensor is generated and quantized
+ * norm weight left out changes the logits), gemma3 also its post-attention and
+ * post-FFN norms 1 +/- 0.1. Each tensor is generated and quantized
  * when the writer reaches it, so only one f32 tensor is held at a time. */
 #include <errno.h>
 #include <math.h>
@@ -254,6 +255,7 @@ typedef struct synth_cfg {
     long long rope_orig_ctx;                               /* rope.scaling.original_context_length (0: none) */
     bool rope_freqs;                                       /* write rope_freqs.weight (Llama 3.x) */
     double l3_factor, l3_low, l3_high, l3_orig;            /* its parameters */
+    long long swa;                                         /* gemma3: attention.sliding_window (0: 512) */
 } synth_cfg;
 
 /* --rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX] (defaults 32:1:4:8192, Llama 3.2's). */
@@ -336,6 +338,13 @@ static int rope_opts(const char *a, const char *v, synth_cfg *c) {
         }
     } else if (strcmp(a, "--rope-freqs") == 0) {
         return parse_rope_freqs(v, c) ? 1 : -1;
+    } else if (strcmp(a, "--sliding-window") == 0) {
+        errno = 0;
+        c->swa = strtoll(v, &end, 10);
+        if (errno || end == v || *end || c->swa < 1 || c->swa > (1 << 30)) {
+            fprintf(stderr, "error: --sliding-window expects a positive integer, got '%s'\n", v);
+            return -1;
+        }
     } else {
         return 0;
     }
@@ -344,13 +353,14 @@ static int rope_opts(const char *a, const char *v, synth_cfg *c) {
 
 static void synth_usage(FILE *fp) {
     fprintf(fp,
-            "usage: kvlm synth OUT.gguf --arch llama|qwen2|qwen3|bitnet|bitnet-b1.58\n"
+            "usage: kvlm synth OUT.gguf --arch llama|qwen2|qwen3|gemma3|bitnet|bitnet-b1.58\n"
             "                  --dim D --layers L --heads H [--kv-heads N] --ff F --vocab V [--ctx 2048]\n"
             "                  --type T [--seed S]\n"
             "                  [--vocab-from FILE.gguf] [--embd-type T] [--output-type T] [--tied|--untied]\n"
             "                  [--rope-base F] [--eps E] [--name NAME] [-t THREADS]\n"
             "                  [--head-dim N] [--rope-scaling none|linear|yarn] [--rope-factor F]\n"
             "                  [--rope-orig-ctx N] [--rope-freqs llama3[:FACTOR:LOW:HIGH:ORIG_CTX]]\n"
+            "                  [--sliding-window N]\n"
             "  Writes a model with random weights (deterministic from --seed, default 1): token\n"
             "  embedding N(0,0.02), matrices N(0,1/sqrt(fan_in)) (bitnet archs: ternary x scale), norms 1.\n"
             "  --type T        weight type: %s\n"
@@ -359,7 +369,8 @@ static void synth_usage(FILE *fp) {
             "  --vocab-from F  copy the tokenizer (every tokenizer.* key) of a GGUF; its size sets --vocab.\n"
             "                  Without it: a generated SentencePiece vocabulary of --vocab tokens.\n"
             "  --tied/--untied output.weight shares the embedding (default: tied for bitnet archs)\n"
-            "  --rope-base F   default 10000 (qwen2, qwen3: 1000000); --eps default 1e-5 (qwen2, qwen3: 1e-6)\n"
+            "  --rope-base F   default 10000 (qwen2, qwen3, gemma3: 1000000); --eps default 1e-5 (those: 1e-6)\n"
+            "  --sliding-window N  gemma3: attention.sliding_window of the local layers (default 512)\n"
             "  --head-dim N    attention.key_length/value_length (default dim / heads; q is heads x N)\n"
             "  --rope-scaling T, --rope-factor F, --rope-orig-ctx N: rope.scaling.type, .factor,\n"
             "                  .original_context_length\n"
@@ -498,8 +509,9 @@ int cmd_synth(int argc, char **argv) {
     const bool bitnet = strcmp(c.arch, "bitnet") == 0 || strcmp(c.arch, "bitnet-b1.58") == 0;
     const bool qwen2 = strcmp(c.arch, "qwen2") == 0;
     const bool qwen3 = strcmp(c.arch, "qwen3") == 0;
-    if (!bitnet && !qwen2 && !qwen3 && strcmp(c.arch, "llama") != 0) {
-        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, qwen3, bitnet, bitnet-b1.58\n", c.arch);
+    const bool gemma3 = strcmp(c.arch, "gemma3") == 0;
+    if (!bitnet && !qwen2 && !qwen3 && !gemma3 && strcmp(c.arch, "llama") != 0) {
+        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, qwen3, gemma3, bitnet, bitnet-b1.58\n", c.arch);
         return 2;
     }
     if (c.kv_heads < 0) c.kv_heads = c.heads;
@@ -516,8 +528,13 @@ int cmd_synth(int argc, char **argv) {
         return 2;
     }
     if (c.tied < 0) c.tied = bitnet ? 1 : 0;
-    if (c.rope_base == 0.0f) c.rope_base = qwen2 || qwen3 ? 1000000.0f : 10000.0f;
-    if (c.eps == 0.0f) c.eps = qwen2 || qwen3 ? 1e-6f : 1e-5f;
+    if (c.swa && !gemma3) {
+        fprintf(stderr, "error: --sliding-window is for --arch gemma3\n");
+        return 2;
+    }
+    if (gemma3 && !c.swa) c.swa = 512;
+    if (c.rope_base == 0.0f) c.rope_base = qwen2 || qwen3 || gemma3 ? 1000000.0f : 10000.0f;
+    if (c.eps == 0.0f) c.eps = qwen2 || qwen3 || gemma3 ? 1e-6f : 1e-5f;
 
     const double t0 = cli_now_s();
     int rc = 1;
@@ -600,6 +617,7 @@ int cmd_synth(int argc, char **argv) {
     if (c.rope_scaling) kv_gguf_writer_set_str(w, AK("rope.scaling.type"), c.rope_scaling, NULL);
     if (c.rope_factor > 0.0f) kv_gguf_writer_set_f32(w, AK("rope.scaling.factor"), c.rope_factor, NULL);
     if (c.rope_orig_ctx) kv_gguf_writer_set_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)c.rope_orig_ctx, NULL);
+    if (c.swa) kv_gguf_writer_set_u32(w, AK("attention.sliding_window"), (uint32_t)c.swa, NULL);
 #undef AK
     kv_gguf_writer_set_u32(w, "general.file_type", (uint32_t)qz_ftype(c.type), NULL);
     kv_gguf_writer_set_u32(w, "general.quantization_version", 2, NULL);
@@ -669,17 +687,19 @@ int cmd_synth(int argc, char **argv) {
             T(K_BIAS, KV, 1, "blk.%llu.attn_k.bias", li);
             T(K_BIAS, KV, 1, "blk.%llu.attn_v.bias", li);
         }
-        if (qwen3) {
+        if (qwen3 || gemma3) {
             T(K_NORM_JITTER, HD, 1, "blk.%llu.attn_q_norm.weight", li);
             T(K_NORM_JITTER, HD, 1, "blk.%llu.attn_k_norm.weight", li);
         }
         if (bitnet) T(K_NORM_JITTER, Q, 1, "blk.%llu.attn_sub_norm.weight", li);
         T(MAT, Q, E, "blk.%llu.attn_output.weight", li);
+        if (gemma3) T(K_NORM_JITTER, E, 1, "blk.%llu.post_attention_norm.weight", li);
         T(NORM, E, 1, "blk.%llu.ffn_norm.weight", li);
         T(MAT, E, F, "blk.%llu.ffn_gate.weight", li);
         T(MAT, E, F, "blk.%llu.ffn_up.weight", li);
         if (bitnet) T(K_NORM_JITTER, F, 1, "blk.%llu.ffn_sub_norm.weight", li);
         T(MAT, F, E, "blk.%llu.ffn_down.weight", li);
+        if (gemma3) T(K_NORM_JITTER, E, 1, "blk.%llu.post_ffw_norm.weight", li);
     }
 #undef T
     if (n_fallback)
