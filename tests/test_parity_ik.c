@@ -1,14 +1,17 @@
-/* Parity with ik_llama.cpp on qwen3 models (per-head RMSNorm of q and k before
- * NEOX RoPE, GQA, no biases, tied or separate output; a head wider than
- * n_embd / n_head). mainline llama.cpp's snapshot (Feb 2025) predates qwen3, so
- * the reference is ik_llama.cpp 8337e4cd3. The models are made at test time by
+/* Parity with ik_llama.cpp on the architectures mainline llama.cpp's snapshot
+ * (Feb 2025) predates: qwen3 (per-head RMSNorm of q and k before NEOX RoPE,
+ * GQA, no biases, tied or separate output, a head wider than n_embd / n_head)
+ * and gemma3 (embeddings x sqrt(n_embd), GELU(tanh) gated FFN, post-attention
+ * and post-FFN norms, q/k norms, 5 sliding-window layers with RoPE base 10000
+ * then a global one, linear RoPE scaling on the global layers only). The
+ * reference is ik_llama.cpp 8337e4cd3. The models are made at test time by
  * `kvlm synth` (deterministic; each file's sha256 is checked, so the goldens are
- * known to belong to it); the goldens under tests/goldens/qwen3/ were dumped
- * from ik_llama.cpp's library (their .txt says how). Each golden's tokens are
- * teacher-forced (prompt as one batch, then one token per eval) in a plain
+ * known to belong to it); the goldens under tests/goldens/{qwen3,gemma3}/ were
+ * dumped from ik_llama.cpp's library (their .txt says how). Each golden's tokens
+ * are teacher-forced (prompt as one batch, then one token per eval) in a plain
  * session, in sessions whose context overflows (shift, ring: the reference was
- * driven through the same evictions with llama_kv_cache_seq_rm/seq_add), and
- * in sessions saved and restored midway; every stored row must match. Greedy
+ * driven through the same evictions with llama_kv_cache_seq_rm/seq_add), and in
+ * sessions saved and restored midway; every stored row must match. Greedy
  * generation must give the reference's tokens while its top-2 gap is clear. */
 #include <math.h>
 #include <setjmp.h>
@@ -24,21 +27,32 @@
 #include "golden.h"
 #include "kvlm.h"
 
-#define GOLDENS KVLM_SOURCE_DIR "/tests/goldens/qwen3/"
+#define GOLDENS KVLM_SOURCE_DIR "/tests/goldens/"
 
 typedef struct model_spec {
+    const char *arch; /* also the goldens' folder */
+    int head_dim;
     const char *file;
     const char *synth; /* kvlm synth arguments after OUT */
     const char *sha256;
 } model_spec;
 
-#define SHAPE "--arch qwen3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512"
+#define Q3 "--arch qwen3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512"
+#define G3 "--arch gemma3 --dim 256 --layers 6 --heads 4 --ff 512 --vocab 512"
 static const model_spec k_models[] = {
-    {"q3-f16.gguf", SHAPE " --head-dim 48 --type f16", "3df948570004b97ae8ef7c56d1a15b36284b00dc5169a7f594bf68db7edf11de"},
-    {"q3-q8_0.gguf", SHAPE " --head-dim 48 --type q8_0", "d8064b7348797485de674ce504aa5ac7fec54dc87963d90d6d5d7c97b2b87db5"},
-    {"q3t-f16.gguf", SHAPE " --type f16 --tied", "f0d7c50b3dec09dfcc51d8140e72aafb3d7a2365fdc7f17094c42b56cbb37b37"},
+    {"qwen3", 48, "q3-f16.gguf", Q3 " --head-dim 48 --type f16",
+     "3df948570004b97ae8ef7c56d1a15b36284b00dc5169a7f594bf68db7edf11de"},
+    {"qwen3", 48, "q3-q8_0.gguf", Q3 " --head-dim 48 --type q8_0",
+     "d8064b7348797485de674ce504aa5ac7fec54dc87963d90d6d5d7c97b2b87db5"},
+    {"qwen3", 32, "q3t-f16.gguf", Q3 " --type f16 --tied",
+     "f0d7c50b3dec09dfcc51d8140e72aafb3d7a2365fdc7f17094c42b56cbb37b37"},
+    {"gemma3", 64, "g3-f16.gguf",
+     G3 " --kv-heads 2 --head-dim 64 --type f16 --tied --sliding-window 8 --rope-scaling linear --rope-factor 8",
+     "896875a00612d122e63b9b911ed71274a919621c7d1cc6717e982ce353ae24b0"},
+    {"gemma3", 64, "g3-q8_0.gguf", G3 " --kv-heads 1 --type q8_0 --sliding-window 5",
+     "7826d61c19d3fdee9dc26c34c6b40c0f06a591fcaf4bce545c9cc3588c61daa5"},
 };
-enum { Q3_F16, Q3_Q8, Q3T_F16, N_MODELS };
+enum { Q3_F16, Q3_Q8, Q3T_F16, G3_F16, G3_Q8, N_MODELS };
 
 typedef enum { M_PLAIN, M_SHIFT, M_SLIDING, M_RING } run_mode;
 
@@ -65,6 +79,11 @@ static const parity_case k_cases[] = {
     {Q3_Q8, "q3-q8_0.shift24k4", M_SHIFT, 24, 4, 0, TOL_Q8},
     {Q3T_F16, "q3t-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
     {Q3T_F16, "q3t-f16.batch", M_PLAIN, 0, 0, 20, TOL_F16},
+    {G3_F16, "g3-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
+    {G3_F16, "g3-f16.batch", M_PLAIN, 0, 0, 26, TOL_F16},
+    {G3_F16, "g3-f16.ring20", M_RING, 20, 0, 0, TOL_F16},
+    {G3_F16, "g3-f16.ring20", M_RING, 20, 0, 27, TOL_F16},
+    {G3_Q8, "g3-q8_0.batch", M_PLAIN, 0, 0, 0, TOL_Q8},
 };
 
 static char g_dir[64];
@@ -73,7 +92,7 @@ static char g_path[N_MODELS][256];
 /* Makes each model with kvlm synth and checks its sha256. */
 static int setup(void **state) {
     (void)state;
-    strcpy(g_dir, "/tmp/kvlm-qwen3-XXXXXX");
+    strcpy(g_dir, "/tmp/kvlm-parity-ik-XXXXXX");
     if (!mkdtemp(g_dir)) return -1;
     for (int i = 0; i < N_MODELS; i++) {
         snprintf(g_path[i], sizeof g_path[i], "%s/%s", g_dir, k_models[i].file);
@@ -157,8 +176,8 @@ static float *teacher_force(kvlm_model *m, const parity_case *c, const int32_t *
 static void run_case(void **state) {
     const parity_case *c = *state;
     char txt[512], lg[512];
-    snprintf(txt, sizeof txt, GOLDENS "%s.txt", c->golden);
-    snprintf(lg, sizeof lg, GOLDENS "%s.lgts", c->golden);
+    snprintf(txt, sizeof txt, GOLDENS "%s/%s.txt", k_models[c->model].arch, c->golden);
+    snprintf(lg, sizeof lg, GOLDENS "%s/%s.lgts", k_models[c->model].arch, c->golden);
     lgts gold;
     if (!lgts_load(lg, &gold)) fail_msg("golden %s is missing or malformed", lg);
     int32_t toks[256];
@@ -174,9 +193,9 @@ static void run_case(void **state) {
     assert_int_equal(V, gold.n_vocab);
     kvlm_model_info mi;
     kvlm_model_get_info(m, &mi);
-    /* --head-dim 48 sets attention.key_length 48 (q is 8 x 48 = 384 wide); else n_embd / n_head = 256 / 8 */
-    assert_int_equal(mi.head_dim, strstr(k_models[c->model].synth, "--head-dim 48") ? 48 : 32);
-    assert_string_equal(mi.arch, "qwen3");
+    /* --head-dim sets attention.key_length (q3: 8 x 48 = 384 wide); else n_embd / n_head */
+    assert_int_equal(mi.head_dim, k_models[c->model].head_dim);
+    assert_string_equal(mi.arch, k_models[c->model].arch);
     float *ours = teacher_force(m, c, toks, n, n_prompt);
 
     float worst = 0.0f;
@@ -226,11 +245,14 @@ static void test_greedy(void **state) {
     static const parity_case plain[] = {{Q3_F16, "q3-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
                                         {Q3_Q8, "q3-q8_0.batch", M_PLAIN, 0, 0, 0, TOL_Q8},
                                         {Q3_F16, "q3-f16.shift24k4", M_SHIFT, 24, 4, 0, TOL_F16},
-                                        {Q3T_F16, "q3t-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16}};
+                                        {Q3T_F16, "q3t-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
+                                        {G3_F16, "g3-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
+                                        {G3_F16, "g3-f16.ring20", M_RING, 20, 0, 0, TOL_F16},
+                                        {G3_Q8, "g3-q8_0.batch", M_PLAIN, 0, 0, 0, TOL_Q8}};
     for (size_t k = 0; k < sizeof plain / sizeof plain[0]; k++) {
         const parity_case *c = &plain[k];
         char txt[512];
-        snprintf(txt, sizeof txt, GOLDENS "%s.txt", c->golden);
+        snprintf(txt, sizeof txt, GOLDENS "%s/%s.txt", k_models[c->model].arch, c->golden);
         int32_t seq[256], want[256];
         float gaps[256];
         const int np = golden_ids(txt, "# prompt tokens:", seq, 256);
@@ -288,5 +310,5 @@ int main(void) {
     }
     struct CMUnitTest g = cmocka_unit_test(test_greedy);
     tests[n++] = g;
-    return _cmocka_run_group_tests("parity_qwen3", tests, n, setup, teardown);
+    return _cmocka_run_group_tests("parity_ik", tests, n, setup, teardown);
 }
