@@ -65,9 +65,19 @@ typedef struct parity_case {
     float tol;
 } parity_case;
 
-/* Bounds (docs/PARITY.md): BOUNDS_TBD */
+/* Bounds (docs/PARITY.md). ik_llama.cpp's own batch and sequential runs agree bit for bit on these
+ * models (0 over all 48 rows of every batch golden), so what remains is the two engines' rounding.
+ * F16: both round activations to F16 before the F16 weights and the F16 cache; kvlm differs by at
+ * most 4.8e-3 (qwen3) and 1.4e-3 (gemma3), the size of the llama3 goldens' f16 flips against
+ * mainline (2.3e-3); the F16 bound of the other goldens, 1e-2, holds them with room, and the
+ * mistakes it is there for move the first row out of bound by 0.08 (q/k norm weights ignored) to
+ * 0.2 (no sliding window, or the global RoPE base on local layers). Q8_0: on AVX2, ik_llama.cpp
+ * quantizes the activations of Q8_0 matmuls to its Q8_2_X4 blocks, whose scale is rounded to bf16
+ * (quantize_row_q8_2_x4), where kvlm (like ggml mainline) uses Q8_0 blocks with an f16 scale: the
+ * int8 activations differ in many blocks, not in a rare flip, and kvlm differs by up to 0.12
+ * (mean 0.023); the bound is twice that, 2.5e-1. */
 #define TOL_F16 1e-2f
-#define TOL_Q8 8e-2f
+#define TOL_Q8 2.5e-1f
 static const parity_case k_cases[] = {
     {Q3_F16, "q3-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
     {Q3_F16, "q3-f16.batch", M_PLAIN, 0, 0, 26, TOL_F16},
@@ -238,8 +248,10 @@ static void run_case(void **state) {
     kvlm_model_free(m);
 }
 
-/* Free-running greedy generation gives the reference's tokens as long as its top-2 gap at each step
- * exceeds the bound (the goldens record every step's gap). */
+/* Greedy decoding gives the reference's token at every step where the reference's top-2 gap exceeds
+ * twice the bound (the goldens record every step's gap). The reference's own tokens are fed back, so a
+ * near tie early on (these random models have many) does not end the comparison: every later step
+ * with a clear gap is checked too. */
 static void test_greedy(void **state) {
     (void)state;
     static const parity_case plain[] = {{Q3_F16, "q3-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16},
@@ -285,13 +297,15 @@ static void test_greedy(void **state) {
             int32_t b;
             float gap;
             top2(logits, V, &b, &gap);
-            if (!(gaps[np - 1 + i] > 2 * c->tol)) break; /* a near tie: the paths may part here */
-            if (b != want[i]) fail_msg("%s: greedy step %d gives %d, ik_llama.cpp %d", c->golden, i, b, want[i]);
-            matched++;
-            seq[np + i] = b;
+            if (gaps[np - 1 + i] > 2 * c->tol) { /* else a near tie: either token is right */
+                if (b != want[i]) fail_msg("%s: greedy step %d gives %d, ik_llama.cpp %d", c->golden, i, b, want[i]);
+                matched++;
+            }
+            seq[np + i] = want[i];
             if (i + 1 < ng) assert_int_equal(kvlm_eval(s, seq, np + i + 1, np + i, logits, false, &err), KVLM_OK);
         }
-        printf("# %-24s greedy: %d of %d tokens equal ik_llama.cpp's\n", c->golden, matched, ng);
+        printf("# %-24s greedy: %d of %d steps have a clear gap; kvlm's argmax is ik_llama.cpp's token on each\n",
+               c->golden, matched, ng);
         assert_true(matched > 0);
         free(logits);
         kvlm_session_free(s);
