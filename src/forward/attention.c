@@ -14,6 +14,8 @@
 /* Tokens of one sequence an item walks the pages with (prefill): their
    query rows meet a page while it is in cache. */
 #define ATT_TB 8
+/* Key rows per gemm call (see att_tokens) */
+#define ATT_RB 8
 /* The vec_dot types q is converted to for the K types the cache stores:
    F32 (q itself), F16, Q8_0 (for Q8_0 and Q4_0 keys). */
 enum { VD_F16, VD_Q8_0, VD_N };
@@ -176,6 +178,27 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                                    qc + ((uint64_t)vd * (uint64_t)TH + (uint64_t)(i * a->n_head + h)) * a->qrow, hd);
             conv[vd] = true;
         }
+        /* the page's key rows in runs of ATT_RB tokens, every kv head of a run
+           before the next run: the rows' bytes are read in the order they are
+           stored (a kv head's keys alone are a stride of short pieces, which
+           the prefetchers of some cores follow badly); each score is still
+           one vec_dot's bits */
+        if (gemm)
+            for (int32_t o0 = 0; o0 < cnt; o0 += ATT_RB)
+                for (int kvh = h0; kvh < h1; kvh++) {
+                    const int hq = kvh * gqa;
+                    for (int32_t i = 0; i < nt; i++) {
+                        const int32_t c = ring ? cnt : (n_read[i] - start < cnt ? n_read[i] - start : cnt);
+                        const int32_t nrow = c - o0 < ATT_RB ? c - o0 : ATT_RB;
+                        if (nrow <= 0) continue;
+                        const float *q32 = b->q + (t0 + i) * Q + (int64_t)hq * hd;
+                        const void *x = vd < 0 ? (const void *)q32
+                                               : qc + ((uint64_t)vd * (uint64_t)TH + (uint64_t)(i * a->n_head + hq)) * a->qrow;
+                        const uint64_t xs = vd < 0 ? (uint64_t)hd * 4 : a->qrow;
+                        gemm(hd, kv_rows_k(&r, o0) + (uint64_t)kvh * khoff, r.k_stride, nrow, x, xs, gqa,
+                             SC(i, hq) + start + o0, most);
+                    }
+                }
         for (int kvh = h0; kvh < h1; kvh++) {
             const int hq = kvh * gqa; /* the first query head of kvh */
             for (int32_t i = 0; i < nt; i++) {
@@ -183,17 +206,11 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                 if (c <= 0) continue;
                 float *s = SC(i, hq) + start;
                 const float *q32 = b->q + (t0 + i) * Q + (int64_t)hq * hd;
-                if (gemm) {
-                    const void *x = vd < 0 ? (const void *)q32
-                                           : qc + ((uint64_t)vd * (uint64_t)TH + (uint64_t)(i * a->n_head + hq)) * a->qrow;
-                    const uint64_t xs = vd < 0 ? (uint64_t)hd * 4 : a->qrow;
-                    gemm(hd, r.k + (uint64_t)kvh * khoff, r.k_stride, c, x, xs, gqa, s, most);
-                } else {
+                if (!gemm) /* keys decoded one at a time (no kernel for their type) */
                     for (int32_t o = 0; o < c; o++) {
                         const float *kf = kv_codec_head(&r.layout->k, kv_rows_k(&r, o), kvh, hd, kv_dim, tmp);
                         for (int g = 0; g < gqa; g++) fn->t32->vec_dot(hd, &s[g * most + o], kf, q32 + (int64_t)g * hd);
                     }
-                }
                 for (int g = 0; g < gqa; g++)
                     for (int32_t o = 0; o < c; o++) s[g * most + o] *= scale;
                 if (ring) /* a ring's slots hold positions out of order: those outside (p - win, p] masked */
@@ -231,34 +248,53 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                                       : NULL;
         uint64_t vhoff = 0;
         if (mr) kv_dtype_row_bytes(tv, (uint64_t)hd, &vhoff);
-        for (int kvh = h0; kvh < h1; kvh++)
-            for (int32_t i = 0; i < nt; i++) {
+        if (tv == KV_F16)
+            for (int kvh = h0; kvh < h1; kvh++)
+                for (int32_t i = 0; i < nt; i++) {
+                    const int32_t c = ring ? cnt : (n_read[i] - start < cnt ? n_read[i] - start : cnt);
+                    for (int g = 0; c > 0 && g < gqa; g++) {
+                        float *pw = SC(i, kvh * gqa + g) + start;
+                        kv_f16 wh[KV_PAGE_TOKENS_MAX];
+                        fn->t16->from_float(pw, wh, c);
+                        fn->t16->to_float(wh, pw, c);
+                    }
+                }
+        /* rows read in place from the page in runs of ATT_RB tokens, every kv
+           head of a run before the next (stored order, as for the keys); each
+           output element still meets its slots in order */
+        if (mr)
+            for (int32_t o0 = 0; o0 < cnt; o0 += ATT_RB)
+                for (int kvh = h0; kvh < h1; kvh++)
+                    for (int32_t i = 0; i < nt; i++) {
+                        const int32_t c = ring ? cnt : (n_read[i] - start < cnt ? n_read[i] - start : cnt);
+                        const int32_t o1 = c < o0 + ATT_RB ? c : o0 + ATT_RB;
+                        for (int g = 0; o1 > o0 && g < gqa; g++) {
+                            const int h = kvh * gqa + g;
+                            const float *pw = SC(i, h) + start;
+                            float w[ATT_RB];
+                            const void *rows[ATT_RB];
+                            int nr = 0;
+                            for (int32_t o = o0; o < o1; o++) {
+                                if (pw[o] == 0.0f) continue;
+                                w[nr] = pw[o];
+                                rows[nr++] = kv_rows_v(&r, o) + (uint64_t)kvh * vhoff;
+                            }
+                            if (nr) mr(hd, nr, w, rows, b->out + (t0 + i) * Q + (int64_t)h * hd);
+                        }
+                    }
+        if (!mr)
+            for (int kvh = h0; kvh < h1; kvh++)
+                for (int32_t i = 0; i < nt; i++) {
                 const int32_t c = ring ? cnt : (n_read[i] - start < cnt ? n_read[i] - start : cnt);
                 for (int g = 0; c > 0 && g < gqa; g++) {
                     const int h = kvh * gqa + g;
                     float *pw = SC(i, h) + start;
                     float *out = b->out + (t0 + i) * Q + (int64_t)h * hd;
-                    if (tv == KV_F16) {
-                        kv_f16 wh[KV_PAGE_TOKENS_MAX];
-                        fn->t16->from_float(pw, wh, c);
-                        fn->t16->to_float(wh, pw, c);
-                    }
-                    if (mr) { /* rows read in place from the page, summed in one call */
-                        float w[KV_PAGE_TOKENS_MAX];
-                        const void *rows[KV_PAGE_TOKENS_MAX];
-                        int nr = 0;
-                        for (int32_t o = 0; o < c; o++) {
-                            if (pw[o] == 0.0f) continue;
-                            w[nr] = pw[o];
-                            rows[nr++] = kv_rows_v(&r, o) + (uint64_t)kvh * vhoff;
-                        }
-                        if (nr) mr(hd, nr, w, rows, out);
-                    } else { /* other types: the head dequantized, one row at a time */
-                        for (int32_t o = 0; o < c; o++)
-                            if (pw[o] != 0.0f)
-                                fn->mad32(hd, pw[o], kv_codec_head(&r.layout->v, kv_rows_v(&r, o), kvh, hd, kv_dim, tmp),
-                                          out);
-                    }
+                    /* other types: the head dequantized, one row at a time */
+                    for (int32_t o = 0; o < c; o++)
+                        if (pw[o] != 0.0f)
+                            fn->mad32(hd, pw[o], kv_codec_head(&r.layout->v, kv_rows_v(&r, o), kvh, hd, kv_dim, tmp),
+                                      out);
                 }
             }
     }

@@ -277,9 +277,124 @@ INL void fgemm_il(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx
     }
 }
 
-#define FLOAT_GEMMS(T, E)                                                                            \
-    TGT KV_AVX2_GEMM_PROTO(T) { fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E); }                         \
-    TGT KV_AVX2_GEMM_IL_PROTO(T) { fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E); }
+/* ---- several columns (batched decode, prefill): the activations are
+ * converted to f32 once per call (chunk-major: unit k of column c, 16
+ * floats, at xa + (k * nc + c) * 16), then each weight row is read unit by
+ * unit, each unit converted once for up to FMB_COLS columns (2 x FMB_COLS
+ * accumulators in registers). A tile of the interleaved layout (or 4
+ * rows of the file layout) is done a span of FMB_SPAN units at a time, and
+ * in a span group of columns after group, row after row: the tile's bytes
+ * come from memory once (the first group's passes, which also ask for a
+ * share of the next tile) and a group's activations for the span stay in
+ * L1 for the tile's rows; the accumulators wait in the scratch between
+ * spans. Lanes j and j + 8 of a column are its two accumulators, each an
+ * fma in increasing i whatever the spans, and hsum8(lo + hi) is the
+ * reference's tree. */
+#define FMB_COLS 4
+#define FMB_MIN_COLS 2
+#ifndef FMB_SPAN
+#define FMB_SPAN 16 /* units of K per span */
+#endif
+
+/* units [k0, k1) of one weight row (unit k at wr + k * ust) x columns c0 .. c0 + NC - 1; the
+ * accumulators come from and go back to sv (2 x NC vectors); last: store the outputs */
+INL void fmb_row(const uint8_t *wr, uint64_t ust, int64_t k0, int64_t k1, const float *xa, int nc, int c0,
+                 __m256 *sv, int last, float *y, int64_t ldy, const uint8_t *pfp, size_t pfl, const int e,
+                 const int NC) {
+    __m256 a0[FMB_COLS], a1[FMB_COLS];
+    UNR
+    for (int c = 0; c < NC; c++) {
+        a0[c] = sv[2 * c];
+        a1[c] = sv[2 * c + 1];
+    }
+    const size_t xstep = (size_t)nc * 16;
+    const float *xk = xa + (size_t)k0 * xstep + (size_t)c0 * 16;
+    for (int64_t k = k0; k < k1; k++, xk += xstep) {
+        const uint8_t *u = wr + (uint64_t)k * ust;
+        if (pfp) {
+            const uintptr_t a = (uintptr_t)pfp + (size_t)k * pfl, end = a + pfl;
+            for (uintptr_t q = a & ~(uintptr_t)63; q < end; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
+        }
+        const __m256 wl = ld8(u, 0, e), wh = ld8(u, 8, e);
+        UNR
+        for (int c = 0; c < NC; c++) {
+            a0[c] = _mm256_fmadd_ps(wl, _mm256_load_ps(xk + 16 * c), a0[c]);
+            a1[c] = _mm256_fmadd_ps(wh, _mm256_load_ps(xk + 16 * c + 8), a1[c]);
+        }
+    }
+    UNR
+    for (int c = 0; c < NC; c++) {
+        sv[2 * c] = a0[c];
+        sv[2 * c + 1] = a1[c];
+        if (last) y[(int64_t)(c0 + c) * ldy] = hsum8(_mm256_add_ps(a0[c], a1[c]));
+    }
+}
+
+/* nc >= 1, n % 16 == 0; il: w in the interleaved layout of 4 rows. Returns
+ * 0 (nothing done) when the scratch cannot be had. */
+INL int fmb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                 int64_t ldy, const int e, const int il) {
+    const int64_t nu = n / 16;
+    const size_t U = 16 * (e == E_F32 ? 4 : 2);
+    enum { R = KV_AVX2_IL_ROWS };
+    /* the activations, then the accumulators of a tile (R rows x nc columns x 2 vectors) */
+    float *xa = aligned_alloc(32, (size_t)nu * (size_t)nc * 64 + (size_t)R * (size_t)nc * 64);
+    if (!xa) return 0;
+    __m256 *sv = (__m256 *)(xa + (size_t)nu * (size_t)nc * 16);
+    const uint8_t *w = vw, *x = vx;
+    const int pf = kv_quant_prefetch_on() && (il || ws == (uint64_t)nu * U);
+    if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
+    for (int c = 0; c < nc; c++) {
+        const uint8_t *xc = x + (uint64_t)c * xs;
+        for (int64_t k = 0; k < nu; k++) {
+            float *d = xa + ((size_t)k * (size_t)nc + (size_t)c) * 16;
+            _mm256_store_ps(d, ld8(xc, 16 * k, e));
+            _mm256_store_ps(d + 8, ld8(xc, 16 * k + 8, e));
+        }
+    }
+    for (int r0 = 0; r0 < nr; r0 += R) {
+        const int rr = nr - r0 < R ? nr - r0 : R;
+        const int rn = nr - r0 - rr < R ? nr - r0 - rr : R;
+        const size_t pfl = ((size_t)rn * (size_t)nu * U + (size_t)rr * (size_t)nu - 1) / ((size_t)rr * (size_t)nu);
+        const uint8_t *next = w + (uint64_t)(r0 + rr) * ws;
+        /* K in spans of FMB_SPAN units, then column groups, then the tile's rows: a group's
+           activations over one span (FMB_SPAN * 256 bytes) stay in L1 for the tile's rows; the
+           accumulators wait in sv between spans (each lane still adds in increasing i) */
+        for (int c = 0; c < R * 2 * nc; c++) sv[c] = _mm256_setzero_ps();
+        for (int64_t k0 = 0; k0 < nu; k0 += FMB_SPAN) {
+            const int64_t k1 = nu - k0 < FMB_SPAN ? nu : k0 + FMB_SPAN;
+            for (int c0 = 0; c0 < nc; c0 += FMB_COLS)
+                for (int r = 0; r < rr; r++) {
+                    const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * U : w + (uint64_t)(r0 + r) * ws;
+                    const uint64_t ust = il ? (uint64_t)rr * U : U;
+                    /* the first group's passes ask for the next tile (pfp + k * pfl for unit k) */
+                    const uint8_t *p = pf && rn > 0 && c0 == 0 ? next + (size_t)r * (size_t)nu * pfl : NULL;
+                    float *yr = y + r0 + r;
+                    __m256 *a = sv + (size_t)r * 2 * (size_t)nc + 2 * (size_t)c0;
+                    const int last = k1 == nu;
+                    switch (nc - c0 < FMB_COLS ? nc - c0 : FMB_COLS) {
+                    case 1: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 1); break;
+                    case 2: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 2); break;
+                    case 3: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 3); break;
+                    default: fmb_row(wr, ust, k0, k1, xa, nc, c0, a, last, yr, ldy, p, pfl, e, 4); break;
+                    }
+                }
+        }
+    }
+    free(xa);
+    return 1;
+}
+
+#define FLOAT_GEMMS(T, E)                                                                                    \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                                                              \
+        if (nc >= FMB_MIN_COLS && nr > 0 && n > 0 && n % 16 == 0 && fmb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 0)) \
+            return;                                                                                          \
+        fgemm(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                           \
+    }                                                                                                        \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) {                                                                           \
+        if (nc >= FMB_MIN_COLS && nr > 0 && n > 0 && fmb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, E, 1)) return; \
+        fgemm_il(n, w, ws, nr, x, xs, nc, y, ldy, E);                                                        \
+    }
 FLOAT_GEMMS(f32, E_F32)
 FLOAT_GEMMS(f16, E_F16)
 FLOAT_GEMMS(bf16, E_BF16)
@@ -612,6 +727,19 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
 #define DEF_GEMM_IL_NC4(T, TILE, NR) \
     DEF_GEMM_NC4(T, TILE, NR)        \
     TGT KV_AVX2_GEMM_IL_PROTO(T) { BODY_NC4(TILE, NR, 1) }
+/* the same as static functions tiles_gemm_T / tiles_gemm_il_T (and the
+ * public vec_dot), for types whose public entry points first try the
+ * batched kernels */
+#define DEF_TILES_IL_NC2(T, TILE, NR)                                                                      \
+    static TGT void tiles_gemm_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, \
+                                   int nc, float *y, int64_t ldy) {                                        \
+        BODY_NC2(TILE, NR, 0)                                                                              \
+    }                                                                                                      \
+    static TGT void tiles_gemm_il_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x,         \
+                                      uint64_t xs, int nc, float *y, int64_t ldy) {                        \
+        BODY_NC2(TILE, NR, 1)                                                                              \
+    }                                                                                                      \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
 _Static_assert(KV_AVX2_NR_B32 == KV_AVX2_IL_ROWS && KV_AVX2_NR_K == KV_AVX2_IL_ROWS && KV_AVX2_NR_I2S == KV_AVX2_IL_ROWS,
                "the decode tiles are the interleaved layout's tiles");
 
@@ -730,7 +858,7 @@ INL void tile_q8_1(int64_t n, const void *w, uint64_t ws, int nr, const void *x,
     tile_q8x(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, sizeof(kv_block_q8_1), offsetof(kv_block_q8_1, qs),
              kv_traits_q8_1.vec_dot);
 }
-DEF_GEMM_IL_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
+DEF_TILES_IL_NC2(q8_0, tile_q8_0, KV_AVX2_NR_B32)
 DEF_GEMM_NC2(q8_1, tile_q8_1, KV_AVX2_NR_B32)
 
 /* ------------------------------------------------------------ Q4_0, Q4_1, Q5_0, Q5_1 */
@@ -816,10 +944,202 @@ INL void tile_b32(int64_t n, const void *w, uint64_t ws, int nr, const void *x, 
         tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                             \
     }                                                                                                          \
     DEF_GEMM_IL_NC2(T, tile_##T, KV_AVX2_NR_B32)
-B32_TILE(q4_0, T_Q4_0)
+#define B32_TILE_MC(T, ID)                                                                                      \
+    INL void tile_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y,       \
+                      int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                  \
+        tile_b32(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                             \
+    }                                                                                                          \
+    DEF_TILES_IL_NC2(T, tile_##T, KV_AVX2_NR_B32)
+B32_TILE_MC(q4_0, T_Q4_0)
 B32_TILE(q4_1, T_Q4_1)
-B32_TILE(q5_0, T_Q5_0)
+B32_TILE_MC(q5_0, T_Q5_0)
 B32_TILE(q5_1, T_Q5_1)
+
+
+/* ------------------------------------------------------------ Q8_0, Q4_0, Q5_0 with several columns
+ *
+ * Several sessions decoded together (kvlm_decode_batch) call gemm with one
+ * column per session, and prefill with one per token. The register tiles
+ * above (4 rows x 2 columns) redo a weight block's unpacking, its scale's
+ * conversion and an activation block's checks for every column tile, and
+ * their 8 accumulators with the operands do not fit the 16 ymm registers.
+ * Here the work is laid out so that each (row, column, block) costs the
+ * reference's arithmetic and little else:
+ *   - the activations are converted once per call into a block-major
+ *     scratch: block i of column c's 32 int8 values at qa + (i * nc + c) *
+ *     32 (aligned), for Q4_0/Q5_0 next to them the offset term
+ *     maddubs(off, q) as int16 pairs, and the scales as floats, eight
+ *     columns to a row (dy[i * ncp + c], zero beyond nc); for Q8_0 an
+ *     activation holding -128 (which the sign trick cannot take, and our
+ *     quantizers never write) sends the whole call to the tiles above;
+ *   - a weight row is read one block at a time, unpacked once (Q8_0: |q|
+ *     and q for the signs; Q4_0/Q5_0: the unsigned codes) and its scale
+ *     converted once, for up to MB_COLS columns at a time; dx * dy for
+ *     those columns is one multiply, stored, and each column's product is
+ *     broadcast from memory (a load, no shuffle);
+ *   - per column and block: (sign,) maddubs, (offset,) madd, convert, fma
+ *     into that column's accumulator, MB_COLS of them in registers.
+ * A tile of the interleaved layout (or 4 rows of the file layout) is done
+ * row after row, so its bytes come from memory once (the first row's pass)
+ * and from L1 for the other rows; each pass asks for a quarter of the next
+ * tile (the layout's ascending stream one tile ahead). Lane l of a column's
+ * accumulator does the reference's fma(dx * dy, (float)isum_l, acc) block
+ * after block and hsum8 is its tree, so every output has vec_dot's bits
+ * whatever nc or the grouping of the columns. */
+
+enum { MB_Q8, MB_Q4, MB_Q5 };
+#ifndef MB_DSTORE
+#define MB_DSTORE 1
+#endif
+#define MB_COLS 8 /* columns per pass over a row (accumulators in registers) */
+#define MB_ROWS 4 /* rows per tile: the interleaved layout's */
+_Static_assert(MB_ROWS == KV_AVX2_IL_ROWS, "the batched kernel walks the interleaved layout's tiles");
+#define MB_BYTES(t) \
+    ((t) == MB_Q4 ? sizeof(kv_block_q4_0) : (t) == MB_Q5 ? sizeof(kv_block_q5_0) : sizeof(kv_block_q8_0))
+
+/* a float from memory into every lane: one load-port uop (written as asm so
+ * that the compiler does not forward a just-stored value through shuffles) */
+INL __m256 bcast_mem(const float *p) {
+    __m256 r;
+    __asm__("vbroadcastss %1, %0" : "=x"(r) : "m"(*p));
+    return r;
+}
+
+/* one weight row (block i at wr + i * bst) x columns c0 .. c0 + NC - 1 */
+INL void mb_row(const uint8_t *wr, uint64_t bst, int64_t nb, const uint8_t *qa, const uint8_t *qo, const float *dy,
+                int nc, int ncp, int c0, float *y, int64_t ldy, const uint8_t *pfp, size_t pfl, const int t,
+                const int NC) {
+    __m256 acc[MB_COLS];
+    UNR
+    for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+#if MB_DSTORE
+    _Alignas(32) float D[MB_COLS];
+#endif
+    const size_t qstep = (size_t)nc * 32;
+    const uint8_t *qi = qa + (size_t)c0 * 32, *oi = qo ? qo + (size_t)c0 * 32 : NULL;
+    const float *di = dy + c0;
+    for (int64_t i = 0; i < nb; i++, qi += qstep, oi = oi ? oi + qstep : NULL, di += ncp) {
+        const uint8_t *b = wr + (uint64_t)i * bst;
+        if (pfp) {
+            const uintptr_t a = (uintptr_t)pfp + (size_t)i * pfl, e = a + pfl;
+            for (uintptr_t q = a & ~(uintptr_t)63; q < e; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
+        }
+        __m256i u, sx = _mm256_setzero_si256();
+        if (t == MB_Q8) {
+            sx = ld256(b + offsetof(kv_block_q8_0, qs));
+            u = _mm256_sign_epi8(sx, sx);
+        } else {
+            u = unpack_b32(b, t == MB_Q4 ? T_Q4_0 : T_Q5_0);
+        }
+        const __m256 dx = _mm256_set1_ps(h2f(b));
+#if MB_DSTORE
+        if (NC > 4) _mm256_store_ps(D, _mm256_mul_ps(dx, _mm256_load_ps(di)));
+        else _mm_store_ps(D, _mm_mul_ps(_mm256_castps256_ps128(dx), _mm_load_ps(di)));
+#endif
+        UNR
+        for (int c = 0; c < NC; c++) {
+            const __m256i q = _mm256_load_si256((const __m256i *)(qi + 32 * c));
+            __m256i p;
+            if (t == MB_Q8) p = _mm256_maddubs_epi16(u, _mm256_sign_epi8(q, sx));
+            else p = _mm256_sub_epi16(_mm256_maddubs_epi16(u, q), _mm256_load_si256((const __m256i *)(oi + 32 * c)));
+#if MB_DSTORE
+            acc[c] = _mm256_fmadd_ps(bcast_mem(&D[c]), _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), acc[c]);
+#else
+            acc[c] = _mm256_fmadd_ps(_mm256_mul_ps(dx, bcast_mem(di + c)), _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), acc[c]);
+#endif
+        }
+    }
+    UNR
+    for (int c = 0; c < NC; c++) y[(int64_t)(c0 + c) * ldy] = hsum8(acc[c]);
+}
+
+/* any nr, nc >= 1; il: w is in the interleaved layout of MB_ROWS rows.
+ * Returns 0 (nothing done) when the scratch cannot be had or a Q8_0
+ * activation holds -128. */
+INL int mb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                int64_t ldy, const int t, const int il) {
+    const int64_t nb = n / 32;
+    const size_t BW = MB_BYTES(t);
+    const int ncp = (nc + MB_COLS - 1) / MB_COLS * MB_COLS;
+    const size_t s_q = (size_t)nb * (size_t)nc * 32, s_o = t == MB_Q8 ? 0 : s_q, s_d = (size_t)nb * (size_t)ncp * 4;
+    uint8_t *buf = aligned_alloc(32, (s_q + s_o + s_d + 31) & ~(size_t)31);
+    if (!buf) return 0;
+    uint8_t *qa = buf, *qo = t == MB_Q8 ? NULL : buf + s_q;
+    float *dy = (float *)(buf + s_q + s_o);
+    const uint8_t *w = vw, *x = vx;
+    const int pfo = kv_quant_prefetch_on();
+    /* file layout: the stream prefetch needs contiguous rows */
+    const int pf = pfo && (il || ws == (uint64_t)nb * BW);
+    if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
+    const __m256i m128 = _mm256_set1_epi8(-128), offv = _mm256_set1_epi8(t == MB_Q4 ? 8 : 16);
+    __m256i bad = _mm256_setzero_si256();
+    for (int64_t i = 0; i < nb; i++) {
+        for (int c = 0; c < nc; c++) {
+            const uint8_t *b = x + (uint64_t)c * xs + (uint64_t)i * sizeof(kv_block_q8_0);
+            const __m256i q = ld256(b + offsetof(kv_block_q8_0, qs));
+            const size_t o = ((size_t)i * (size_t)nc + (size_t)c) * 32;
+            _mm256_store_si256((__m256i *)(qa + o), q);
+            if (t == MB_Q8) bad = _mm256_or_si256(bad, _mm256_cmpeq_epi8(q, m128));
+            else _mm256_store_si256((__m256i *)(qo + o), _mm256_maddubs_epi16(offv, q));
+            dy[i * ncp + c] = h2f(b);
+        }
+        for (int c = nc; c < ncp; c++) dy[i * ncp + c] = 0.0f;
+    }
+    if (!_mm256_testz_si256(bad, bad)) {
+        free(buf);
+        return 0;
+    }
+    for (int r0 = 0; r0 < nr; r0 += MB_ROWS) {
+        const int rr = nr - r0 < MB_ROWS ? nr - r0 : MB_ROWS;
+        /* the next tile (rn rows), a share of it per pass: rr passes of nb steps of pfl bytes */
+        const int rn = nr - r0 - rr < MB_ROWS ? nr - r0 - rr : MB_ROWS;
+        const size_t pfl = ((size_t)rn * (size_t)nb * BW + (size_t)rr * (size_t)nb - 1) / ((size_t)rr * (size_t)nb);
+        const uint8_t *next = w + (uint64_t)(r0 + rr) * ws;
+        for (int r = 0; r < rr; r++) {
+            const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * BW : w + (uint64_t)(r0 + r) * ws;
+            const uint64_t bst = il ? (uint64_t)rr * BW : BW;
+            const uint8_t *pfp = pf && rn > 0 ? next + (size_t)r * (size_t)nb * pfl : NULL;
+            for (int c0 = 0; c0 < nc; c0 += MB_COLS) {
+                float *yr = y + r0 + r;
+#define MB_CASE(NC) \
+    case NC: mb_row(wr, bst, nb, qa, qo, dy, nc, ncp, c0, yr, ldy, c0 ? NULL : pfp, pfl, t, NC); break;
+                switch (nc - c0 < MB_COLS ? nc - c0 : MB_COLS) {
+                    MB_CASE(1)
+                    MB_CASE(2)
+                    MB_CASE(3)
+                    MB_CASE(4)
+                    MB_CASE(5)
+                    MB_CASE(6)
+                    MB_CASE(7)
+                    MB_CASE(8)
+                default: break;
+                }
+#undef MB_CASE
+            }
+        }
+    }
+    free(buf);
+    return 1;
+}
+
+/* the public gemm entry points of the three types: the batched kernel from
+ * MB_MIN_COLS columns, the register tiles below that (decode) */
+#ifndef MB_MIN_COLS
+#define MB_MIN_COLS 2
+#endif
+#define MB_GEMMS(T, ID)                                                                                    \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                                                            \
+        if (nc >= MB_MIN_COLS && nr > 0 && n > 0 && mb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 0)) return; \
+        tiles_gemm_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                                   \
+    }                                                                                                      \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) {                                                                         \
+        if (nc >= MB_MIN_COLS && nr > 0 && n > 0 && mb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 1)) return; \
+        tiles_gemm_il_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                                \
+    }
+MB_GEMMS(q8_0, MB_Q8)
+MB_GEMMS(q4_0, MB_Q4)
+MB_GEMMS(q5_0, MB_Q5)
 
 /* ------------------------------------------------------------ K-quants */
 
@@ -843,22 +1163,40 @@ INL __m256i k4_scales(const uint8_t *q) {
     return _mm256_cvtepu8_epi16(v);
 }
 
-/* from int16 [s0..s15] (both 128-bit lanes may differ): the vector with
- * s[2c] in its low lane and s[2c+1] in its high lane (one scale per
- * 16-element sub-block, as a chunk's lanes 0..3 and 4..7 need) */
-INL __m256i sc_pair(__m256i s16, int c) {
-    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(c));
-    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3,
-                                                   2, 3, 2, 3, 2, 3, 2, 3, 2, 3));
+/* Sub-block scales are spread over a chunk's lanes with in-lane byte
+ * shuffles only: a lane-crossing permute per chunk (vpermd) costs several
+ * uops on some cores (3 on Zen 1), far more than the multiplies it feeds.
+ * The sources are the scales with a 128-bit half copied into both lanes,
+ * made once per super-block. */
+typedef struct {
+    __m256i lo, hi; /* [s0..s7 | s0..s7], [s8..s15 | s8..s15] */
+} sc16;
+
+INL sc16 sc_src(__m256i s16) {
+    sc16 v;
+    v.lo = _mm256_permute2x128_si256(s16, s16, 0x00);
+    v.hi = _mm256_permute2x128_si256(s16, s16, 0x11);
+    return v;
 }
 
-/* from int16 [s0..s7 | ...]: s[j] in every element */
-INL __m256i sc_bcast(__m256i s16, int j) {
-    const __m256i d = _mm256_permutevar8x32_epi32(s16, _mm256_set1_epi32(j >> 1));
-    const int b = 2 * (j & 1);
-    return _mm256_shuffle_epi8(d, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                                   b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
-                                                   b + 1, b, b + 1, b, b + 1));
+/* from int16 [s0..s15]: the vector with s[2c] in its low lane and s[2c+1]
+ * in its high lane (one scale per 16-element sub-block, as a chunk's lanes
+ * 0..3 and 4..7 need) */
+INL __m256i sc_pair(const sc16 *s, int c) {
+    const int a = 2 * ((2 * c) & 7), b = a + 2;
+    return _mm256_shuffle_epi8(c < 4 ? s->lo : s->hi,
+                               _mm256_setr_epi8(a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a, a + 1, a,
+                                                a + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                b + 1, b, b + 1));
+}
+
+/* from int16 [s0..s7 | ...] with the low half in both lanes (sc16.lo):
+ * s[j] in every element */
+INL __m256i sc_bcast(__m256i lo, int j) {
+    const int b = 2 * j;
+    return _mm256_shuffle_epi8(lo, _mm256_setr_epi8(b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                    b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b, b + 1, b,
+                                                    b + 1, b, b + 1, b, b + 1));
 }
 
 /* [m0, m0, m1, m1, .., m7, m7] from [sc | mn] */
@@ -877,9 +1215,9 @@ INL void prep_q2_K(const kv_block_q2_K *b, krow *k) {
         for (int j = 0; j < 4; j++) k->U[4 * h + j] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * j), m3);
     }
     const __m128i sb = ld128(b->scales);
-    const __m256i s16 = _mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f)));
+    const sc16 s16 = sc_src(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f))));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
     k->dx = h2f(&b->d);
     k->dmx = h2f(&b->dmin);
@@ -906,22 +1244,23 @@ INL void prep_q3_K(const kv_block_q3_K *b, krow *k) {
     const __m128i lo = _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
     const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2), (int)((u[2] >> 6) & m2));
     const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
-    const __m256i s16 = _mm256_cvtepi8_epi16(s8);
+    const sc16 s16 = sc_src(_mm256_cvtepi8_epi16(s8));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->dx = h2f(&b->d);
 }
 
 INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i v16 = k4_scales(b->scales);
+    const __m256i scl = _mm256_permute2x128_si256(v16, v16, 0x00);
     UNR
     for (int c = 0; c < 4; c++) {
         const __m256i q = ld256(b->qs + 32 * c);
         k->U[2 * c] = _mm256_and_si256(q, m4);
         k->U[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-        k->SC[2 * c] = sc_bcast(v16, 2 * c);
-        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
+        k->SC[2 * c] = sc_bcast(scl, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(scl, 2 * c + 1);
     }
     k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
@@ -931,6 +1270,7 @@ INL void prep_q4_K(const kv_block_q4_K *b, krow *k) {
 INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
     const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
     const __m256i v16 = k4_scales(b->scales);
+    const __m256i scl = _mm256_permute2x128_si256(v16, v16, 0x00);
     const __m256i hb = ld256(b->qh);
     UNR
     for (int c = 0; c < 4; c++) {
@@ -939,8 +1279,8 @@ INL void prep_q5_K(const kv_block_q5_K *b, krow *k) {
         const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(hb, 2 * c + 1), one);
         k->U[2 * c] = _mm256_or_si256(_mm256_and_si256(q, m4), _mm256_slli_epi16(h0, 4));
         k->U[2 * c + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), _mm256_slli_epi16(h1, 4));
-        k->SC[2 * c] = sc_bcast(v16, 2 * c);
-        k->SC[2 * c + 1] = sc_bcast(v16, 2 * c + 1);
+        k->SC[2 * c] = sc_bcast(scl, 2 * c);
+        k->SC[2 * c + 1] = sc_bcast(scl, 2 * c + 1);
     }
     k->MX = mins_pairs(v16);
     k->dx = h2f(&b->d);
@@ -961,9 +1301,9 @@ INL void prep_q6_K(const kv_block_q6_K *b, krow *k) {
         k->U[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h2);
         k->U[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h3);
     }
-    const __m256i s16 = _mm256_cvtepi8_epi16(ld128(b->scales));
+    const sc16 s16 = sc_src(_mm256_cvtepi8_epi16(ld128(b->scales)));
     UNR
-    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(s16, c);
+    for (int c = 0; c < 8; c++) k->SC[c] = sc_pair(&s16, c);
     k->dx = h2f(&b->d);
 }
 
@@ -981,6 +1321,121 @@ INL __m256i k_isum(const krow *k, const int8_t *qy, const __m256i *yo, const int
 }
 
 enum { K_Q2, K_Q3, K_Q4, K_Q5, K_Q6 };
+
+/* One column (decode): the same lane sums as k_isum, each chunk's codes and
+ * scales made right where they are multiplied, so nothing of a super-block
+ * is held but its scale sources (an unpacked krow of 17 vectors spills on
+ * 16 registers, and GCC keeps source order on x86). */
+typedef struct {
+    sc16 s;      /* Q2/Q3/Q6: the 16 sub-block scales */
+    __m256i scl; /* Q4/Q5: [sc0..sc7 | sc0..sc7] */
+    __m256i MX;
+    float dx, dmx;
+} khead;
+
+INL void k_head(const int t, const uint8_t *blk, khead *h) {
+    if (t == K_Q2) {
+        const kv_block_q2_K *b = (const kv_block_q2_K *)blk;
+        const __m128i sb = ld128(b->scales);
+        h->s = sc_src(_mm256_cvtepu8_epi16(_mm_and_si128(sb, _mm_set1_epi8(0x0f))));
+        h->MX = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sb, 4), _mm_set1_epi8(0x0f)));
+        h->dx = h2f(&b->d);
+        h->dmx = h2f(&b->dmin);
+    } else if (t == K_Q3) {
+        const kv_block_q3_K *b = (const kv_block_q3_K *)blk;
+        uint32_t u[3];
+        memcpy(u, b->scales, 12);
+        const uint32_t m4 = 0x0f0f0f0fu, m2 = 0x03030303u;
+        const __m128i lo =
+            _mm_setr_epi32((int)(u[0] & m4), (int)(u[1] & m4), (int)((u[0] >> 4) & m4), (int)((u[1] >> 4) & m4));
+        const __m128i hi = _mm_setr_epi32((int)(u[2] & m2), (int)((u[2] >> 2) & m2), (int)((u[2] >> 4) & m2),
+                                          (int)((u[2] >> 6) & m2));
+        const __m128i s8 = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+        h->s = sc_src(_mm256_cvtepi8_epi16(s8));
+        h->dx = h2f(&b->d);
+    } else if (t == K_Q4 || t == K_Q5) {
+        const uint8_t *sc = t == K_Q4 ? ((const kv_block_q4_K *)blk)->scales : ((const kv_block_q5_K *)blk)->scales;
+        const __m256i v16 = k4_scales(sc);
+        h->scl = _mm256_permute2x128_si256(v16, v16, 0x00);
+        h->MX = mins_pairs(v16);
+        if (t == K_Q4) {
+            h->dx = h2f(&((const kv_block_q4_K *)blk)->d);
+            h->dmx = h2f(&((const kv_block_q4_K *)blk)->dmin);
+        } else {
+            h->dx = h2f(&((const kv_block_q5_K *)blk)->d);
+            h->dmx = h2f(&((const kv_block_q5_K *)blk)->dmin);
+        }
+    } else {
+        const kv_block_q6_K *b = (const kv_block_q6_K *)blk;
+        h->s = sc_src(_mm256_cvtepi8_epi16(ld128(b->scales)));
+        h->dx = h2f(&b->d);
+    }
+}
+
+/* the unsigned codes of chunk c (elements 32c..32c+31), as prep_* makes them */
+INL __m256i k_codes(const int t, const uint8_t *blk, const int c) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f), m3 = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    if (t == K_Q2) {
+        const __m256i q = ld256(((const kv_block_q2_K *)blk)->qs + 32 * (c >> 2));
+        return _mm256_and_si256(_mm256_srli_epi16(q, 2 * (c & 3)), m3);
+    }
+    if (t == K_Q3) {
+        const kv_block_q3_K *b = (const kv_block_q3_K *)blk;
+        const __m256i q = ld256(b->qs + 32 * (c >> 2));
+        const __m256i hb = _mm256_and_si256(_mm256_srli_epi16(ld256(b->hmask), c), one);
+        return _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 2 * (c & 3)), m3), _mm256_slli_epi16(hb, 2));
+    }
+    if (t == K_Q4) {
+        const __m256i q = ld256(((const kv_block_q4_K *)blk)->qs + 32 * (c >> 1));
+        return _mm256_and_si256(c & 1 ? _mm256_srli_epi16(q, 4) : q, m4);
+    }
+    if (t == K_Q5) {
+        const kv_block_q5_K *b = (const kv_block_q5_K *)blk;
+        const __m256i q = ld256(b->qs + 32 * (c >> 1));
+        const __m256i h = _mm256_and_si256(_mm256_srli_epi16(ld256(b->qh), c), one);
+        return _mm256_or_si256(_mm256_and_si256(c & 1 ? _mm256_srli_epi16(q, 4) : q, m4), _mm256_slli_epi16(h, 4));
+    }
+    const kv_block_q6_K *b = (const kv_block_q6_K *)blk;
+    const int hh = c >> 2, j = c & 3;
+    const __m256i l = ld256(b->ql + 64 * hh + 32 * (j & 1)), qh = ld256(b->qh + 32 * hh);
+    const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * j), m3), 4);
+    return _mm256_or_si256(_mm256_and_si256(j & 2 ? _mm256_srli_epi16(l, 4) : l, m4), hi);
+}
+
+INL __m256i k_isum1(const int t, const uint8_t *blk, const khead *h, const int8_t *qy, const __m256i *yo,
+                    const int has_off) {
+    __m256i is = _mm256_setzero_si256();
+    UNR
+    for (int c = 0; c < 8; c++) {
+        __m256i p = _mm256_maddubs_epi16(k_codes(t, blk, c), ld256(qy + 32 * c));
+        if (has_off) p = _mm256_sub_epi16(p, yo[c]);
+        const __m256i sc = t == K_Q4 || t == K_Q5 ? sc_bcast(h->scl, c) : sc_pair(&h->s, c);
+        is = _mm256_add_epi32(is, _mm256_madd_epi16(p, sc));
+    }
+    return is;
+}
+
+/* row r, column c's float steps for one super-block (k: its krow or khead,
+ * a: the activation block, is: the lane sums) */
+#define K_ACC(r, c)                                                                                              \
+    do {                                                                                                         \
+        const float d_ = a->d * k.dx;                                                                            \
+        if (t == K_Q2) {                                                                                         \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);                                         \
+            acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);                  \
+        } else if (t == K_Q4) {                                                                                  \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);                                        \
+            const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));    \
+            accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);                       \
+        } else if (t == K_Q5) {                                                                                  \
+            const float nd = -(a->d * k.dmx);                                                                    \
+            const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));                             \
+            accm[r][c] = fma1(nd, (float)summ, accm[r][c]);                                                      \
+        }                                                                                                        \
+        acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d_), _mm256_cvtepi32_ps(is), acc[r][c]);                      \
+    } while (0)
 
 INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
                 const int NR, const int NC, const int il, const int pfo, const int t) {
@@ -1015,6 +1470,18 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
                 for (int k = 0; k < 8; k++)
                     yo[c][k] = _mm256_maddubs_epi16(_mm256_set1_epi8((char)off), ld256(X[c][i].qs + 32 * k));
             }
+        if (NC == 1) {
+            const kv_block_q8_K *a = &X[0][i];
+            _Pragma("GCC unroll 1")
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *blk = W[r] + i * bst;
+                khead k;
+                k_head(t, blk, &k);
+                const __m256i is = k_isum1(t, blk, &k, a->qs, yo[0], off != 0);
+                K_ACC(r, 0);
+            }
+            continue;
+        }
         UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * bst;
@@ -1028,22 +1495,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
             for (int c = 0; c < NC; c++) {
                 const kv_block_q8_K *a = &X[c][i];
                 const __m256i is = k_isum(&k, a->qs, yo[c], off != 0);
-                const float d = a->d * k.dx;
-                if (t == K_Q2) {
-                    const float nd = -(a->d * k.dmx);
-                    const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);
-                    acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[r][c]);
-                } else if (t == K_Q4) {
-                    const float nd = -(a->d * k.dmx);
-                    const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);
-                    const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));
-                    accm4[r][c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[r][c]);
-                } else if (t == K_Q5) {
-                    const float nd = -(a->d * k.dmx);
-                    const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));
-                    accm[r][c] = fma1(nd, (float)summ, accm[r][c]);
-                }
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(is), acc[r][c]);
+                K_ACC(r, c);
             }
         }
     }
@@ -1181,6 +1633,43 @@ INL void prep_tq2_0(const kv_block_tq2_0 *b, __m256i U[8]) {
     }
 }
 
+/* One column (decode): the int16 pair sums of a block against qy, each
+ * chunk's trits made where they are multiplied (as prep_*, in order) */
+INL __m256i tq_s16_1(const int tq1, const uint8_t *blk, const int8_t *qy) {
+    if (!tq1) {
+        const kv_block_tq2_0 *b = (const kv_block_tq2_0 *)blk;
+        const __m256i m3 = _mm256_set1_epi8(3);
+        __m256i s16 = _mm256_setzero_si256();
+        UNR
+        for (int h = 0; h < 2; h++) {
+            const __m256i q = ld256(b->qs + 32 * h);
+            UNR
+            for (int l = 0; l < 4; l++)
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 2 * l), m3),
+                                                                 ld256(qy + 32 * (4 * h + l))));
+        }
+        return s16;
+    }
+    const kv_block_tq1_0 *b = (const kv_block_tq1_0 *)blk;
+    __m256i p = ld256(b->qs);
+    __m256i s16 = _mm256_maddubs_epi16(trit8(p), ld256(qy));
+    UNR
+    for (int k = 1; k < 5; k++) {
+        p = mul3(p);
+        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(p), ld256(qy + 32 * k)));
+    }
+    const __m128i c = ld128(b->qs + 32);
+    const __m256i cc = _mm256_set_m128i(c, c);
+    const __m256i c01 = _mm256_blend_epi32(cc, mul3(cc), 0xf0);
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(c01), ld256(qy + 160)));
+    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(trit8(mul9(c01)), ld256(qy + 192)));
+    uint32_t qh;
+    memcpy(&qh, b->qh, 4);
+    const __m256i x = _mm256_set_m128i(_mm_set1_epi32((int)qh), c);
+    const __m256i u7 = trit8(mul8(x, _mm256_setr_epi32(W2(81), W2(81), W2(81), W2(81), W2(1), W2(3), W2(9), W2(27))));
+    return _mm256_add_epi16(s16, _mm256_maddubs_epi16(u7, ld256(qy + 224)));
+}
+
 /* isum[l] = sum t * q over the lane - (bsums[2l] + bsums[2l+1]); the int16
  * sum of the 8 chunks' pairs stays below 8 * 3 * 128 * 2 in magnitude */
 INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, float *y, int64_t ldy,
@@ -1200,6 +1689,17 @@ INL void tile_tq(int64_t n, const void *w, uint64_t ws, int nr, const void *x, u
         __m256i bs[MC];
         UNR
         for (int c = 0; c < NC; c++) bs[c] = sum4(ld256(X[c][i].bsums)); /* bsums[2l] + bsums[2l+1] */
+        if (NC == 1) {
+            const kv_block_q8_K *a = &X[0][i];
+            _Pragma("GCC unroll 1")
+            for (int r = 0; r < NR; r++) {
+                const uint8_t *blk = W[r] + i * bst;
+                const float dx = tq1 ? h2f(&((const kv_block_tq1_0 *)blk)->d) : h2f(&((const kv_block_tq2_0 *)blk)->d);
+                const __m256i is = _mm256_sub_epi32(sum4(tq_s16_1(tq1, blk, a->qs)), bs[0]);
+                acc[r][0] = _mm256_fmadd_ps(_mm256_set1_ps(a->d * dx), _mm256_cvtepi32_ps(is), acc[r][0]);
+            }
+            continue;
+        }
         UNR
         for (int r = 0; r < NR; r++) {
             const uint8_t *blk = W[r] + i * bst;
