@@ -2,9 +2,9 @@
  * The reference path (kvlm_eval_full), one batch, one token at a time, chunks
  * of 3, 7 and 64, 1 and 2 threads, and rollback + re-evaluation must all give
  * memcmp-equal logits, on every llama model in the shared models folder, with
- * F32 and with Q8_0 KV storage; and on phi3 models made by kvlm synth at test
- * time (fused qkv and gate/up, partial rotary, LongRoPE long factors), where
- * sessions decoded together (kvlm_decode_batch) must give each one's rows too. */
+ * F32 and with Q8_0 KV storage. The architectures with no shared model
+ * (qwen3, gemma3, phi3) run on small models made by `kvlm synth` at test time, and also
+ * check batched decoding (kvlm_decode_batch) against each session alone. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +22,54 @@ static const char *k_models[] = {
     "llama-2-tiny-random.gguf", "synth15M-f16.gguf", "synth15M-q8_0.gguf", "synth15M-gqa-q8_0.gguf",
     "synth15M-q4_0.gguf", "synth15M-q4_k_m.gguf", "synth15M-tq1_0.gguf", "synth15M-tq2_0.gguf",
 };
+
+/* Synthetic models (made in setup_synth), by the architecture paths they cover. */
+typedef struct synth_model {
+    const char *file, *args;
+} synth_model;
+static const synth_model k_synth[] = {
+    /* qwen3: q/k norms, GQA 8/2, a head (48) wider than n_embd / n_head, separate output */
+    {"qwen3-hd48-f16.gguf", "--arch qwen3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --head-dim 48 --ff 512 "
+                            "--vocab 512 --type f16"},
+    {"qwen3-q8_0.gguf", "--arch qwen3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512 --type q8_0 "
+                        "--tied"},
+    /* gemma3: 6 layers = 5 local (window 8, their own RoPE base) + 1 global, post norms, GELU, scaled embedding */
+    {"gemma3-f16.gguf", "--arch gemma3 --dim 256 --layers 6 --heads 4 --kv-heads 2 --head-dim 64 --ff 512 --vocab 512 "
+                        "--type f16 --tied --sliding-window 8"},
+    {"gemma3-q8_0.gguf", "--arch gemma3 --dim 256 --layers 6 --heads 4 --kv-heads 1 --ff 512 --vocab 512 --type q8_0 "
+                         "--sliding-window 5"},
+    /* phi3: fused qkv and gate/up, partial rotary, LongRoPE long factors (ctx 512 > original 64) */
+    {"phi3-lr-f16.gguf", "--arch phi3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512 --ctx 512 "
+                         "--rope-orig-ctx 64 --rope-scaling longrope --rope-dims 24 --type f16"},
+    {"phi3-lr-q8_0.gguf", "--arch phi3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512 --ctx 512 "
+                          "--rope-orig-ctx 64 --rope-scaling longrope --rope-dims 24 --type q8_0"},
+};
+enum { N_SYNTH = sizeof k_synth / sizeof k_synth[0] };
+static char g_synth_dir[64];
+static char g_synth_path[N_SYNTH][256];
+
+static int setup_synth(void **state) {
+    (void)state;
+    strcpy(g_synth_dir, "/tmp/kvlm-exact-XXXXXX");
+    if (!mkdtemp(g_synth_dir)) return -1;
+    for (int i = 0; i < N_SYNTH; i++) {
+        snprintf(g_synth_path[i], sizeof g_synth_path[i], "%s/%s", g_synth_dir, k_synth[i].file);
+        char cmd[2048];
+        snprintf(cmd, sizeof cmd, "%s/kvlm synth %s %s >/dev/null", KVLM_BIN_DIR, g_synth_path[i], k_synth[i].args);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "synth failed: %s\n", cmd);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int teardown_synth(void **state) {
+    (void)state;
+    for (int i = 0; i < N_SYNTH; i++) unlink(g_synth_path[i]);
+    rmdir(g_synth_dir);
+    return 0;
+}
 
 typedef struct fixture {
     kvlm_model *m;
@@ -61,70 +109,51 @@ static void expect_same(const fixture *fx, const float *got, const char *what, c
             fail_msg("%s (%s KV %d): row %d differs from the reference", model, what, fx->kv, r);
 }
 
-/* Three sessions holding different prefixes of the sequence decode their next tokens together: each row
- * must be the reference row of its prefix. */
-static void expect_batched(fixture *fx, const char *model) {
-    enum { B = 3 };
-    const int lens[B] = {fx->n / 4, fx->n / 2, fx->n - 1};
-    kvlm_session *ss[B];
-    kvlm_token next[B];
+/* kvlm_decode_batch over 3 sessions with different histories (and lengths) gives each the bits
+ * kvlm_eval gives it alone. */
+static void check_batched(fixture *fx, const char *name) {
+    enum { NS = 3 };
+    kvlm_session *bs[NS], *ref[NS];
+    kvlm_token hist[NS][80];
+    int pos[NS];
     kvlm_error err;
-    float *rows = malloc((size_t)B * (size_t)fx->V * sizeof(float));
-    assert_non_null(rows);
-    for (int i = 0; i < B; i++) {
-        ss[i] = new_session(fx, 2);
-        assert_int_equal(kvlm_eval(ss[i], fx->toks, lens[i], 0, NULL, false, &err), KVLM_OK);
-        next[i] = fx->toks[lens[i]];
+    float *lb = malloc((size_t)NS * (size_t)fx->V * sizeof(float)), *lr = malloc((size_t)fx->V * sizeof(float));
+    assert_non_null(lb);
+    assert_non_null(lr);
+    for (int i = 0; i < NS; i++) {
+        for (int t = 0; t < fx->n; t++) hist[i][t] = (kvlm_token)((fx->toks[t] + 11 * i) % fx->V);
+        hist[i][0] = 1;
+        pos[i] = 5 + 7 * i; /* prompt lengths 5, 12, 19 */
+        bs[i] = new_session(fx, 2);
+        ref[i] = new_session(fx, 1);
+        assert_int_equal(kvlm_eval(bs[i], hist[i], pos[i], 0, NULL, false, &err), KVLM_OK);
+        assert_int_equal(kvlm_eval(ref[i], hist[i], pos[i], 0, NULL, false, &err), KVLM_OK);
     }
-    assert_int_equal(kvlm_decode_batch(ss, next, B, rows, &err), KVLM_OK);
-    for (int i = 0; i < B; i++) {
-        if (memcmp(rows + (size_t)i * fx->V, fx->ref + (size_t)lens[i] * fx->V, (size_t)fx->V * sizeof(float)) != 0)
-            fail_msg("%s (batched decode, KV %d): session %d's row %d differs from the reference", model, fx->kv, i,
-                     lens[i]);
-        kvlm_session_free(ss[i]);
+    for (int step = 0; step < 12; step++) {
+        kvlm_token t[NS];
+        for (int i = 0; i < NS; i++) t[i] = hist[i][pos[i]];
+        assert_int_equal(kvlm_decode_batch(bs, t, NS, lb, &err), KVLM_OK);
+        for (int i = 0; i < NS; i++) {
+            assert_int_equal(kvlm_eval(ref[i], hist[i], pos[i] + 1, pos[i], lr, false, &err), KVLM_OK);
+            if (memcmp(lb + (size_t)i * fx->V, lr, (size_t)fx->V * sizeof(float)) != 0)
+                fail_msg("%s (KV %d): batched decode of session %d at %d differs from its own eval", name, fx->kv, i,
+                         pos[i]);
+            pos[i]++;
+        }
     }
-    free(rows);
-}
-
-static void run_model(const char *name, kvlm_kv_type kv);
-
-/* phi3 models, made by kvlm synth in setup_phi3 */
-static char g_phi3_dir[64];
-static const char *k_phi3[] = {"phi3-lr-f16.gguf", "phi3-lr-q8_0.gguf"};
-static const char *k_phi3_synth[] = {
-    "--type f16", "--type q8_0",
-};
-
-static int setup_phi3(void **state) {
-    (void)state;
-    strcpy(g_phi3_dir, "/tmp/kvlm-exact-XXXXXX");
-    if (!mkdtemp(g_phi3_dir)) return -1;
-    for (size_t i = 0; i < sizeof k_phi3 / sizeof k_phi3[0]; i++) {
-        char cmd[1024];
-        snprintf(cmd, sizeof cmd,
-                 "%s/kvlm synth %s/%s --arch phi3 --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512 "
-                 "--ctx 512 --rope-orig-ctx 64 --rope-scaling longrope --rope-dims 24 %s >/dev/null",
-                 KVLM_BIN_DIR, g_phi3_dir, k_phi3[i], k_phi3_synth[i]);
-        if (system(cmd) != 0) return -1;
+    for (int i = 0; i < NS; i++) {
+        kvlm_session_free(bs[i]);
+        kvlm_session_free(ref[i]);
     }
-    return 0;
-}
-
-static int teardown_phi3(void **state) {
-    (void)state;
-    for (size_t i = 0; i < sizeof k_phi3 / sizeof k_phi3[0]; i++) {
-        char path[256];
-        snprintf(path, sizeof path, "%s/%s", g_phi3_dir, k_phi3[i]);
-        unlink(path);
-    }
-    rmdir(g_phi3_dir);
-    return 0;
+    free(lb);
+    free(lr);
 }
 
 static void run_model(const char *name, kvlm_kv_type kv) {
     char path[512];
-    const bool phi3 = strncmp(name, "phi3-", 5) == 0;
-    if (phi3) snprintf(path, sizeof path, "%s/%s", g_phi3_dir, name);
+    /* an absolute path: a synthetic model (batched decoding is checked too) */
+    const bool synth = name[0] == '/';
+    if (synth) snprintf(path, sizeof path, "%s", name);
     else snprintf(path, sizeof path, "%s/llama/%s", KVLM_MODELS_DIR, name);
     fixture fx = {.kv = kv};
     kvlm_error err;
@@ -151,7 +180,7 @@ static void run_model(const char *name, kvlm_kv_type kv) {
     kvlm_status st = kvlm_session_new(fx.m, &p, &probe, &err);
     kvlm_model_info mi;
     kvlm_model_get_info(fx.m, &mi);
-    const int kv_dim = mi.n_head_kv * (mi.n_embd / mi.n_head);
+    const int kv_dim = mi.n_head_kv * mi.head_dim;
     if (kv == KVLM_KV_Q8_0 && kv_dim % 32 != 0) {
         assert_int_equal(st, KVLM_ERR_UNSUPPORTED);
         printf("# %-36s Q8_0 KV: kv_dim %d is not a multiple of 32, refused as expected\n", name, kv_dim);
@@ -210,14 +239,36 @@ static void run_model(const char *name, kvlm_kv_type kv) {
         free(tmp);
         kvlm_session_free(s);
     }
-    if (phi3) expect_batched(&fx, name);
+    if (synth) check_batched(&fx, name);
     printf("# %-36s %s KV: %d rows memcmp-equal over 5 chunkings x 2 thread counts, rollback, n_past rollback%s\n",
-           name, kv == KVLM_KV_F32 ? "F32" : (kv == KVLM_KV_F16 ? "F16" : "Q8_0"), fx.n,
-           phi3 ? ", batched decode" : "");
+           synth ? strrchr(name, '/') + 1 : name, kv == KVLM_KV_F32 ? "F32" : (kv == KVLM_KV_F16 ? "F16" : "Q8_0"), fx.n,
+           synth ? ", batched decode" : "");
 out:
     free(fx.ref);
     free(got);
     kvlm_model_free(fx.m);
+}
+
+/* gemma3: the overflow policies that re-rotate keys (one RoPE for all layers) are refused; ring holds. */
+static void test_gemma3_policies(void **state) {
+    (void)state;
+    kvlm_model *m = NULL;
+    kvlm_error err;
+    assert_int_equal(kvlm_model_load(g_synth_path[2], NULL, &m, &err), KVLM_OK);
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 32;
+    kvlm_session *s = NULL;
+    p.overflow = KVLM_OVERFLOW_SHIFT;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "shift overflow policy is not supported for gemma3"));
+    p.overflow = KVLM_OVERFLOW_SLIDING;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_ERR_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "sliding overflow policy is not supported for gemma3"));
+    p.overflow = KVLM_OVERFLOW_RING;
+    p.window = 16;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+    kvlm_session_free(s);
+    kvlm_model_free(m);
 }
 
 static void test_f32(void **state) { run_model((const char *)*state, KVLM_KV_F32); }
@@ -247,7 +298,7 @@ int main(void) {
     enum { N = sizeof k_models / sizeof k_models[0] };
     const char *const *models = k_models;
 #endif
-    struct CMUnitTest tests[2 * N + 2 + 3 * (sizeof k_phi3 / sizeof k_phi3[0])];
+    struct CMUnitTest tests[2 * N + 2 + 3 * N_SYNTH + 1];
     int n = 0;
     for (int i = 0; i < N; i++) {
         struct CMUnitTest a = {models[i], test_f32, NULL, NULL, (void *)(uintptr_t)models[i]};
@@ -260,13 +311,23 @@ int main(void) {
     struct CMUnitTest d = {f16_second, test_f16, NULL, NULL, (void *)(uintptr_t)f16_second};
     tests[n++] = c;
     tests[n++] = d;
-    for (size_t i = 0; i < sizeof k_phi3 / sizeof k_phi3[0]; i++) {
-        struct CMUnitTest a = {k_phi3[i], test_f32, NULL, NULL, (void *)(uintptr_t)k_phi3[i]};
-        struct CMUnitTest b = {k_phi3[i], test_q8_0, NULL, NULL, (void *)(uintptr_t)k_phi3[i]};
-        struct CMUnitTest e = {k_phi3[i], test_f16, NULL, NULL, (void *)(uintptr_t)k_phi3[i]};
+    /* the synthetic models: every KV storage type (under the sanitizers, F16 only: the paths are the same) */
+#if defined(KVLM_TSAN_BUILD) || defined(KVLM_SANITIZE_BUILD)
+    for (int i = 0; i < N_SYNTH; i++) {
+        struct CMUnitTest e = {k_synth[i].file, test_f16, NULL, NULL, (void *)(uintptr_t)g_synth_path[i]};
+        tests[n++] = e;
+    }
+#else
+    for (int i = 0; i < N_SYNTH; i++) {
+        struct CMUnitTest a = {k_synth[i].file, test_f32, NULL, NULL, (void *)(uintptr_t)g_synth_path[i]};
+        struct CMUnitTest b = {k_synth[i].file, test_q8_0, NULL, NULL, (void *)(uintptr_t)g_synth_path[i]};
+        struct CMUnitTest e = {k_synth[i].file, test_f16, NULL, NULL, (void *)(uintptr_t)g_synth_path[i]};
         tests[n++] = a;
         tests[n++] = b;
         tests[n++] = e;
     }
-    return _cmocka_run_group_tests("exactness", tests, (size_t)n, setup_phi3, teardown_phi3);
+#endif
+    struct CMUnitTest gp = cmocka_unit_test(test_gemma3_policies);
+    tests[n++] = gp;
+    return _cmocka_run_group_tests("exactness", tests, (size_t)n, setup_synth, teardown_synth);
 }

@@ -216,6 +216,12 @@ static void test_refused_not_ignored(void **state) {
     br.extra_tensor = "blk.0.attn_sub_norm.weight"; /* a bitnet tensor in a llama file */
     expect_load(&br, KVLM_ERR_UNSUPPORTED, "'blk.0.attn_sub_norm.weight' is not part of the llama architecture");
     br = defaults();
+    br.extra_tensor = "blk.0.attn_q_norm.weight"; /* a qwen3 tensor in a llama file */
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "'blk.0.attn_q_norm.weight' is not part of the llama architecture");
+    br = defaults();
+    br.arch = "qwen3"; /* the same layers, without the q/k norms qwen3 requires */
+    expect_load(&br, KVLM_ERR_FORMAT, "missing tensor 'blk.0.attn_q_norm.weight'");
+    br = defaults();
     br.extra_tensor = "rope_freqs.weight"; /* llama reads it: n_rot / 2 = 4 positive factors */
     br.extra_n = E / 4 / 2;
     expect_load(&br, KVLM_OK, "");
@@ -226,8 +232,11 @@ static void test_refused_not_ignored(void **state) {
     expect_load(&br, KVLM_ERR_FORMAT, "'rope_freqs.weight': factor 0 is -2");
     /* architectures and RoPE scaling types kvlm does not know */
     br = defaults();
-    br.arch = "gemma3";
-    expect_load(&br, KVLM_ERR_UNSUPPORTED, "unsupported architecture 'gemma3'");
+    br.arch = "falcon";
+    expect_load(&br, KVLM_ERR_UNSUPPORTED, "unsupported architecture 'falcon'");
+    br = defaults();
+    br.arch = "gemma3"; /* no attention.sliding_window (checked before its tensors) */
+    expect_load(&br, KVLM_ERR_FORMAT, "missing metadata key 'gemma3.attention.sliding_window'");
     br = defaults();
     br.str_key = "llama.rope.scaling.type";
     br.str_val = "dynamic-ntk";

@@ -59,6 +59,15 @@ kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params 
         .max_batch = ubatch < 32 ? ubatch : 32,
     };
     kv_model_rope(model, n_ctx, &sc.rope);
+    /* shift and sliding re-rotate the kept keys with the session's one RoPE; gemma3's local layers rotate
+       with another base: refused rather than computed wrong */
+    if (hp->n_swa > 0 && hp->swa_pattern > 0 && (p.overflow == KVLM_OVERFLOW_SHIFT || p.overflow == KVLM_OVERFLOW_SLIDING)) {
+        free(s);
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "session_new: the %s overflow policy is not supported for %s (its sliding-window layers use "
+                       "their own RoPE); use error or ring",
+                       p.overflow == KVLM_OVERFLOW_SHIFT ? "shift" : "sliding", hp->arch_name);
+    }
     if (p.cache) {
         s->cache = p.cache;
     } else if (cp.page_tokens < 1 || cp.page_tokens > (1 << 20)) {

@@ -137,6 +137,8 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
     const int32_t P = kv_seq_page_tokens(sq);
     const bool ring = kv_seq_is_ring(sq);
     const int32_t window = ring ? kv_seq_window(sq) : 0;
+    /* the positions a query at p sees: (p - win, p]; win 0: all up to p (a sliding-window layer narrows it) */
+    const int32_t win = b->swa > 0 && (!ring || b->swa < window) ? b->swa : window;
     const int32_t nt = t1 - t0;
     int32_t pos[ATT_TB], n_read[ATT_TB];
     int32_t most = 0;
@@ -211,12 +213,15 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                     }
                 for (int g = 0; g < gqa; g++)
                     for (int32_t o = 0; o < c; o++) s[g * most + o] *= scale;
-                if (ring) /* a ring's slots hold positions out of order: those outside (p - window, p] masked */
+                if (ring) /* a ring's slots hold positions out of order: those outside (p - win, p] masked */
                     for (int32_t o = 0; o < c; o++) {
                         const int32_t ps = kv_seq_pos(sq, start + o);
-                        if (ps > pos[i] || ps <= pos[i] - window)
+                        if (ps > pos[i] || ps <= pos[i] - win)
                             for (int g = 0; g < gqa; g++) s[g * most + o] = -INFINITY;
                     }
+                else if (win > 0) /* slot o holds position o: those up to p - win masked (exp gives 0) */
+                    for (int32_t o = 0; o < c && start + o <= pos[i] - win; o++)
+                        for (int g = 0; g < gqa; g++) s[g * most + o] = -INFINITY;
             }
         }
     }

@@ -50,6 +50,7 @@ typedef struct kv_att_batch {
     const int32_t *slots;   /* per token: the slot it was written to */
     const int32_t *n_read;  /* per token: the slots a ring sequence may read (unused otherwise) */
     bool q_scaled;          /* q already carries 1/sqrt(head_dim) (phi3): scores are not scaled again */
+    int32_t swa;            /* > 0: the layer sees only positions in (p - swa, p] (gemma3's local layers) */
 } kv_att_batch;
 
 /* Runs the batch on the thread pool (kv_attention_reserve must cover every n_read and position + 1). */

@@ -25,6 +25,7 @@ struct kv_forward {
     int32_t *slots;    /* the slot of each token of the current pass */
     kv_seq **seqs;     /* the sequence of each token (one, or several when batching sessions) */
     int32_t *n_read;   /* ring sequences: slots attention may read, per token */
+    kv_rope rope_swa;  /* the sliding-window layers' RoPE (gemma3) */
 };
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
@@ -69,6 +70,7 @@ kvlm_status kv_forward_new(const kvlm_model *m, kv_seq *seq, kv_tpool *pool, int
         kv_forward_free(f);
         return kv_fail(err, KVLM_ERR_NOMEM, "forward: out of memory for activations");
     }
+    kv_model_rope_swa(m, hp->n_ctx_train, &f->rope_swa);
     kvlm_status st = kv_attention_new(f->nth, hp->n_head, hp->n_head_kv, hp->head_dim, prefetch, &f->attn, err);
     if (st) {
         kv_forward_free(f);
@@ -226,6 +228,17 @@ static void rmsnorm(float *y, const float *x, const float *w, int64_t n, float e
     for (int64_t i = 0; i < n; i++) y[i] = (x[i] * scale) * w[i];
 }
 
+/* GELU, tanh form (ggml_gelu's formula; gemma3) */
+static float gelu_tanh(float x) {
+    const float c = 0.79788456080286535587989211986876f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(c * x * (1.0f + 0.044715f * x * x)));
+}
+
+/* Each of n_heads rows of head_dim floats, in place: rmsnorm(row) * w (the q/k norms of qwen3). */
+static void qk_norm(float *x, int32_t n_heads, int32_t head_dim, const float *w, float eps) {
+    for (int32_t h = 0; h < n_heads; h++) rmsnorm(x + (int64_t)h * head_dim, x + (int64_t)h * head_dim, w, head_dim, eps);
+}
+
 /* ------------------------------------------------------------ row stages
  *
  * The per-token work between two matmuls, fused into one pass over the
@@ -264,7 +277,9 @@ static void stage_rows(const stage *s, int32_t t0, int32_t t1) {
         if (s->g) {
             float *g = s->g + (int64_t)t * s->n_g;
             const float *u = s->u + (int64_t)t * s->n_g;
-            if (hp->ffn_act == KV_FFN_RELU2) {
+            if (hp->ffn_act == KV_FFN_GELU) {
+                for (int64_t i = 0; i < s->n_g; i++) g[i] = gelu_tanh(g[i]) * u[i];
+            } else if (hp->ffn_act == KV_FFN_RELU2) {
                 for (int64_t i = 0; i < s->n_g; i++) {
                     const float v = g[i] > 0.0f ? g[i] : 0.0f;
                     g[i] = (v * v) * u[i];
@@ -309,12 +324,16 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
     const int64_t F = hp->n_ff;
     const kv_quant_traits *te = kv_quant_get(m->tok_embd.type);
 
-    for (int32_t t = 0; t < T; t++)
+    for (int32_t t = 0; t < T; t++) {
         te->to_float((const uint8_t *)m->tok_embd.data + (uint64_t)tokens[t] * m->tok_embd.row_bytes, f->x + t * E, E);
+        if (hp->embd_scale != 1.0f) /* gemma3: x * sqrt(n_embd), as ggml_scale */
+            for (int64_t i = 0; i < E; i++) f->x[t * E + i] *= hp->embd_scale;
+    }
 
     bool pending = false; /* x still lacks the last FFN output (xb), added by the next stage */
     for (int l = 0; l < hp->n_layer; l++) {
         const kv_layer *L = &m->layers[l];
+        const bool swa = kv_layer_is_swa(hp, l); /* gemma3's local layers: their RoPE and window */
         /* (x += FFN output), xb = attn_norm(x), converted for wq */
         stage sa = {.T = T, .x = pending ? f->x : NULL, .add = f->xb, .n_add = E, .in = f->x, .out = f->xb,
                     .nw = L->attn_norm.data, .n = E, .conv = act_type(f, &L->wq)};
@@ -326,9 +345,12 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             if (L->bq.data) for (int64_t i = 0; i < Q; i++) f->q[t * Q + i] += L->bq.data[i];
             if (L->bk.data) for (int64_t i = 0; i < KV; i++) f->k[t * KV + i] += L->bk.data[i];
             if (L->bv.data) for (int64_t i = 0; i < KV; i++) f->v[t * KV + i] += L->bv.data[i];
+            if (L->attn_q_norm.data) /* qwen3: RMSNorm of each head of q and k, before RoPE */
+                qk_norm(f->q + t * Q, hp->n_head, hp->head_dim, L->attn_q_norm.data, hp->norm_eps);
+            if (L->attn_k_norm.data) qk_norm(f->k + t * KV, hp->n_head_kv, hp->head_dim, L->attn_k_norm.data, hp->norm_eps);
             kv_seq *s = f->seqs[t];
             const int32_t pos = kv_seq_pos(s, f->slots[t]);
-            const kv_rope *rope = kv_seq_rope(s);
+            const kv_rope *rope = swa ? &f->rope_swa : kv_seq_rope(s);
             kv_rope_apply(rope, f->q + t * Q, hp->n_head, hp->head_dim, pos);
             if (hp->q_prescaled) { /* phi3: Qcur = ggml_scale(rope(Qcur), 1/sqrt(head_dim)), then kq unscaled */
                 const float qs = 1.0f / sqrtf((float)hp->head_dim);
@@ -339,12 +361,16 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
             kv_seq_write(s, l, f->slots[t], f->k + t * KV, f->v + t * KV);
         }
         const kv_att_batch ab = {.layer = l, .T = T, .q = f->q, .out = f->att, .seqs = f->seqs, .slots = f->slots,
-                                 .n_read = f->n_read, .q_scaled = hp->q_prescaled};
+                                 .n_read = f->n_read, .q_scaled = hp->q_prescaled, .swa = swa ? hp->n_swa : 0};
         kv_attention_run(f->attn, f->pool, &ab);
         /* (bitnet: att = sub_norm(att)), converted for wo */
         stage sb = {.T = T, .in = f->att, .out = f->att, .nw = L->attn_sub_norm.data, .n = Q, .conv = act_type(f, &L->wo)};
         pre = stage_run(f, &sb);
         matmul(f, &L->wo, f->att, T, f->xb, pre);
+        if (L->attn_post_norm.data) { /* gemma3: xb = post_attention_norm(xb) */
+            stage sp = {.T = T, .in = f->xb, .out = f->xb, .nw = L->attn_post_norm.data, .n = E, .conv = UINT32_MAX};
+            stage_run(f, &sp);
+        }
 
         /* x += attention output, xb = ffn_norm(x), converted for gate/up */
         stage sc = {.T = T, .x = f->x, .add = f->xb, .n_add = E, .in = f->x, .out = f->xb, .nw = L->ffn_norm.data,
@@ -358,6 +384,10 @@ static void eval_pass(kv_forward *f, const int32_t *tokens, int32_t T, float *lo
                     .n = F, .conv = act_type(f, &L->w_down)};
         pre = stage_run(f, &sd);
         matmul(f, &L->w_down, f->hb, T, f->xb, pre);
+        if (L->ffn_post_norm.data) { /* gemma3: xb = post_ffw_norm(xb) */
+            stage sp = {.T = T, .in = f->xb, .out = f->xb, .nw = L->ffn_post_norm.data, .n = E, .conv = UINT32_MAX};
+            stage_run(f, &sp);
+        }
         pending = true;
     }
 

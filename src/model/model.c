@@ -26,16 +26,23 @@ typedef struct arch_desc {
     uint8_t sub_norms;  /* blk.N.attn_sub_norm, blk.N.ffn_sub_norm (bitnet) */
     bool weight_scales; /* blk.N.<matrix>.scale: one f32 multiplying the matrix (bitnet) */
     bool rope_freqs;    /* rope_freqs.weight: per-pair divisors of the RoPE angle (Llama 3.x) */
+    uint8_t qk_norm;    /* blk.N.attn_{q,k}_norm.weight: per-head RMSNorm of q and k before RoPE (qwen3) */
+    uint8_t post_norms; /* blk.N.post_attention_norm, blk.N.post_ffw_norm (gemma3) */
 } arch_desc;
 
 static const arch_desc k_archs[] = {
-    {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU, T_OPTIONAL, T_NO, false, true},
-    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU, T_REQUIRED, T_NO, false, false},
-    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_REQUIRED, true, false},
-    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2, T_NO, T_REQUIRED, true, false},
+    {"llama", KV_ARCH_LLAMA, KV_ROPE_NORM, KV_FFN_SILU, T_OPTIONAL, T_NO, false, true, T_NO, T_NO},
+    {"qwen2", KV_ARCH_QWEN2, KV_ROPE_NEOX, KV_FFN_SILU, T_REQUIRED, T_NO, false, false, T_NO, T_NO},
+    {"bitnet", KV_ARCH_BITNET, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_REQUIRED, true, false, T_NO, T_NO},
+    {"bitnet-b1.58", KV_ARCH_BITNET_B158, KV_ROPE_NEOX, KV_FFN_RELU2, T_NO, T_REQUIRED, true, false, T_NO, T_NO},
+    /* qwen3: NEOX RoPE (llama_rope_type), no biases, q/k norms */
+    {"qwen3", KV_ARCH_QWEN3, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_NO, false, false, T_REQUIRED, T_NO},
+    /* gemma3: NEOX RoPE, GELU(tanh) gated FFN, q/k norms, post-attention and post-FFN norms (hyperparameters
+       in read_gemma3) */
+    {"gemma3", KV_ARCH_GEMMA3, KV_ROPE_NEOX, KV_FFN_GELU, T_NO, T_NO, false, false, T_REQUIRED, T_REQUIRED},
     /* phi3 binds its own layout (bind_phi3): fused blk.N.attn_qkv (q, k, v rows) and blk.N.ffn_up (gate
        rows, then up rows), output.weight required, rope_factors_long/short (LongRoPE); read_phi3 */
-    {"phi3", KV_ARCH_PHI3, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_NO, false, false},
+    {"phi3", KV_ARCH_PHI3, KV_ROPE_NEOX, KV_FFN_SILU, T_NO, T_NO, false, false, T_NO, T_NO},
 };
 
 static const arch_desc *arch_of(const kv_hparams *hp) {
@@ -200,6 +207,21 @@ static kvlm_status read_phi3(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err)
     return KVLM_OK;
 }
 
+/* gemma3's keys, as ik_llama.cpp reads them: attention.sliding_window is required; the pattern (5 local
+ * layers, then a global one), the local RoPE base (10000, scale 1) and the embedding scale (sqrt(n_embd))
+ * are fixed by the architecture. The query scale 1/sqrt(attention.key_length) is the head size's. */
+static kvlm_status read_gemma3(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err) {
+    kvlm_status st;
+    char k[128];
+    if (!kv_gguf_find(g, akey(hp, "attention.sliding_window", k, sizeof k)))
+        return kv_fail(err, KVLM_ERR_FORMAT, "model: missing metadata key '%s'", k);
+    if ((st = get_u32_req(g, hp, "attention.sliding_window", &hp->n_swa, err))) return st;
+    hp->swa_pattern = 6;
+    hp->rope_freq_base_swa = 10000.0f;
+    hp->embd_scale = sqrtf((float)hp->n_embd);
+    return KVLM_OK;
+}
+
 static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *err) {
     gguf_str arch;
     if (!kv_gguf_get_str(g, "general.architecture", &arch))
@@ -209,7 +231,7 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
         if (kv_gguf_str_eq(arch, k_archs[i].name)) ad = &k_archs[i];
     if (!ad)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, bitnet, bitnet-b1.58, phi3)",
+                       "model: unsupported architecture '%.*s' (kvlm runs llama, qwen2, qwen3, gemma3, phi3, bitnet, bitnet-b1.58)",
                        (int)(arch.len > 40 ? 40 : arch.len), arch.data);
     memset(hp, 0, sizeof *hp);
     hp->arch = ad->arch;
@@ -268,13 +290,19 @@ static kvlm_status read_hparams(const gguf_ctx *g, kv_hparams *hp, kvlm_error *e
     if (hp->n_rot <= 0 || hp->n_rot > hp->head_dim || hp->n_rot % 2 != 0)
         return kv_fail(err, KVLM_ERR_FORMAT, "model: rope.dimension_count %d must be even and in 2..%d", hp->n_rot,
                        hp->head_dim);
+    if (hp->arch == KV_ARCH_QWEN3 && hp->n_rot != hp->head_dim)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "model: qwen3 rotates the whole head: rope.dimension_count %d must equal the head size %d",
+                       hp->n_rot, hp->head_dim);
     if ((st = read_rope(g, hp, err))) return st;
     hp->norm_eps = -1.0f;
     char k[128];
     if (!kv_gguf_find(g, akey(hp, "attention.layer_norm_rms_epsilon", k, sizeof k)))
         return kv_fail(err, KVLM_ERR_FORMAT, "model: missing %s", k);
     if ((st = get_f32_range(g, hp, "attention.layer_norm_rms_epsilon", &hp->norm_eps, 0.0f, 1.0f, err))) return st;
+    hp->embd_scale = 1.0f;
     if (ad->arch == KV_ARCH_PHI3 && (st = read_phi3(g, hp, err))) return st;
+    if (hp->arch == KV_ARCH_GEMMA3 && (st = read_gemma3(g, hp, err))) return st;
     return KVLM_OK;
 }
 
@@ -410,6 +438,16 @@ static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvl
             if ((st = bind_vec(b, NM("attn_k.bias"), KV, req, &L->bk, err))) return st;
             if ((st = bind_vec(b, NM("attn_v.bias"), KV, req, &L->bv, err))) return st;
         }
+        if (ad->qk_norm != T_NO) {
+            const bool req = ad->qk_norm == T_REQUIRED;
+            if ((st = bind_vec(b, NM("attn_q_norm.weight"), hp->head_dim, req, &L->attn_q_norm, err))) return st;
+            if ((st = bind_vec(b, NM("attn_k_norm.weight"), hp->head_dim, req, &L->attn_k_norm, err))) return st;
+        }
+        if (ad->post_norms != T_NO) {
+            const bool req = ad->post_norms == T_REQUIRED;
+            if ((st = bind_vec(b, NM("post_attention_norm.weight"), E, req, &L->attn_post_norm, err))) return st;
+            if ((st = bind_vec(b, NM("post_ffw_norm.weight"), E, req, &L->ffn_post_norm, err))) return st;
+        }
         if (ad->sub_norms != T_NO) {
             const bool req = ad->sub_norms == T_REQUIRED;
             if ((st = bind_vec(b, NM("attn_sub_norm.weight"), Q, req, &L->attn_sub_norm, err))) return st;
@@ -428,6 +466,8 @@ static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvl
         const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);
         m->n_params += (uint64_t)(2 * E);
+        if (L->attn_q_norm.data) m->n_params += (uint64_t)(2 * hp->head_dim);
+        if (L->attn_post_norm.data) m->n_params += (uint64_t)(2 * E);
     }
     return KVLM_OK;
 }
@@ -542,7 +582,8 @@ void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *r) {
 
 kvlm_status kv_model_check_session(const kvlm_model *m, int32_t n_ctx, int overflow, int32_t window, kvlm_error *err) {
     const kv_hparams *hp = &m->hp;
-    if (hp->n_swa <= 0) return KVLM_OK;
+    /* no window, or gemma3's: its local layers mask in attention (kv_layer_is_swa) */
+    if (hp->n_swa <= 0 || hp->swa_pattern > 0) return KVLM_OK;
     if (overflow == KVLM_OVERFLOW_RING) {
         const int32_t w = window > 0 ? window : n_ctx;
         if (w <= hp->n_swa) return KVLM_OK; /* the ring hides at least what the model's window does */
@@ -557,6 +598,15 @@ kvlm_status kv_model_check_session(const kvlm_model *m, int32_t n_ctx, int overf
                    "runs that window as the ring policy: use a context of at most %d, or the ring policy with a "
                    "window of %d (-c %d, or --overflow ring --window %d)",
                    hp->arch_name, hp->n_swa, hp->n_swa, hp->n_swa, hp->n_swa, hp->n_swa);
+}
+
+void kv_model_rope_swa(const kvlm_model *m, int32_t n_ctx, kv_rope *r) {
+    kv_model_rope(m, n_ctx, r);
+    /* ik_llama.cpp's gemma3 graph: freq_base 10000 and freq_scale 1 on local layers, the rest as global */
+    r->base = m->hp.rope_freq_base_swa;
+    r->freq_scale = 1.0f;
+    r->freq_factors = NULL;
+    kv_rope_init(r);
 }
 
 kvlm_status kv_model_from_gguf(gguf_ctx *g, bool vocab_only, kvlm_model **out, kvlm_error *err) {

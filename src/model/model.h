@@ -9,7 +9,8 @@
 #include "kvlm.h"
 #include "tokenizer/vocab.h"
 
-typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158, KV_ARCH_PHI3 = 32 } kv_arch;
+typedef enum kv_arch { KV_ARCH_LLAMA = 1, KV_ARCH_QWEN2, KV_ARCH_BITNET, KV_ARCH_BITNET_B158,
+               KV_ARCH_QWEN3, KV_ARCH_GEMMA3, KV_ARCH_PHI3 = 32 } kv_arch;
 #include "core/rope.h"
 
 typedef int kv_rope_type; /* KV_ROPE_NORM or KV_ROPE_NEOX (core/rope.h) */
@@ -20,7 +21,7 @@ typedef enum kv_rope_scaling {
     KV_ROPE_SCALING_YARN,
     KV_ROPE_SCALING_LONGROPE = 16 /* phi3: rope_factors_long/short chosen by the context (kv_model_rope) */
 } kv_rope_scaling;
-typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1 } kv_ffn_act;
+typedef enum kv_ffn_act { KV_FFN_SILU = 0, KV_FFN_RELU2 = 1, KV_FFN_GELU = 2 /* tanh form (gemma3) */ } kv_ffn_act;
 
 struct kv_quant_gemm;
 
@@ -48,6 +49,8 @@ typedef struct kv_layer {
     kv_weight wq, wk, wv, wo;
     kv_vec bq, bk, bv;
     kv_weight w_gate, w_up, w_down;
+    kv_vec attn_q_norm, attn_k_norm; /* qwen3: RMSNorm weights (head_dim) of each head of q and k, before RoPE */
+    kv_vec attn_post_norm, ffn_post_norm; /* gemma3: RMSNorm of the attention and FFN outputs before their residual adds */
 } kv_layer;
 
 typedef struct kv_hparams {
@@ -61,9 +64,20 @@ typedef struct kv_hparams {
     int32_t n_ctx_orig;      /* rope.scaling.original_context_length (n_ctx_train if absent) */
     kv_ffn_act ffn_act;
     /* phi3 */
-    int32_t n_swa;           /* attention.sliding_window: a query sees the last n_swa positions (0: all) */
     bool q_prescaled;        /* q is multiplied by 1/sqrt(head_dim) after RoPE, before the cache (phi3's graph) */
+    /* phi3 and gemma3: attention.sliding_window. phi3: every layer sees the last n_swa positions
+       (swa_pattern 0; run as the ring policy, kv_model_check_session); gemma3: the local layers do */
+    int32_t n_swa;             /* 0: none */
+    /* gemma3 */
+    float embd_scale;          /* token embeddings multiplied by it (sqrt(n_embd) for gemma3; 1 otherwise) */
+    int32_t swa_pattern;       /* layer l is global when (l + 1) % swa_pattern == 0, local otherwise */
+    float rope_freq_base_swa;  /* the local layers' RoPE base (their scale is 1) */
 } kv_hparams;
+
+/* Whether layer l attends over a sliding window (gemma3's local layers). */
+static inline bool kv_layer_is_swa(const kv_hparams *hp, int l) {
+    return hp->n_swa > 0 && hp->swa_pattern > 0 && (l + 1) % hp->swa_pattern != 0;
+}
 
 struct kvlm_model {
     gguf_ctx *gguf;
@@ -114,5 +128,7 @@ void kv_model_rope(const kvlm_model *m, int32_t n_ctx, kv_rope *out);
  * kvlm's attention does only as the ring policy's window; any other session
  * must have n_ctx <= n_swa (then no key is ever that far back). */
 kvlm_status kv_model_check_session(const kvlm_model *m, int32_t n_ctx, int overflow, int32_t window, kvlm_error *err);
+/* The RoPE of the sliding-window layers (gemma3: base rope_freq_base_swa, scale 1, no factors). */
+void kv_model_rope_swa(const kvlm_model *m, int32_t n_ctx, kv_rope *out);
 
 #endif

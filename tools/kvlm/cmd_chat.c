@@ -353,9 +353,10 @@ int cmd_chat(int argc, char **argv) {
     }
     const char *tmpl = a.chat_template;
     /* a chat keeps going at a full context: shift, keeping the system prompt (at most half the context) */
-    if (!a.overflow_set) sp.overflow = KVLM_OVERFLOW_SHIFT;
     kvlm_model_info mi;
     kvlm_model_get_info(m, &mi);
+    /* (gemma3 refuses shift: its sliding-window layers rotate with their own RoPE; it stops at a full context) */
+    if (!a.overflow_set) sp.overflow = strcmp(mi.arch, "gemma3") == 0 ? KVLM_OVERFLOW_ERROR : KVLM_OVERFLOW_SHIFT;
     if (a.n_ctx > mi.n_ctx_train)
         fprintf(stderr, "warning: -c %d is more than the %d tokens the model was trained on; past them the text may degrade\n",
                 a.n_ctx, mi.n_ctx_train);

@@ -4,7 +4,9 @@
  * embedding N(0, 0.02), matrices N(0, 1/sqrt(fan_in)), norms 1.0; the bitnet
  * architectures get ternary matrices ({-1, 0, +1} times a per-tensor scale
  * sqrt(1.5 / fan_in), so the variance is 1/fan_in as well) and norms 1 +/- 0.1;
- * qwen2 gets N(0, 0.02) q/k/v biases. Each tensor is generated and quantized
+ * qwen2 gets N(0, 0.02) q/k/v biases; qwen3 q/k norms 1 +/- 0.1 (so that a
+ * norm weight left out changes the logits), gemma3 also its post-attention and
+ * post-FFN norms 1 +/- 0.1. Each tensor is generated and quantized
  * when the writer reaches it, so only one f32 tensor is held at a time. */
 #include <errno.h>
 #include <math.h>
@@ -269,7 +271,7 @@ typedef struct synth_cfg {
     double l3_factor, l3_low, l3_high, l3_orig;            /* its parameters */
     /* phi3 (phi3_opts) */
     long long rope_dims;                                   /* rope.dimension_count (0: the head size) */
-    long long swa;                                         /* attention.sliding_window (phi3: written, 0 = none) */
+    long long swa;                                         /* attention.sliding_window (phi3: written, 0 = none; gemma3: 0 = 512) */
     bool longrope;                                         /* rope_factors_long/short + rope.scaling.attn_factor */
 } synth_cfg;
 
@@ -392,8 +394,9 @@ static int rope_opts(const char *a, const char *v, synth_cfg *c) {
 
 static void synth_usage(FILE *fp) {
     fprintf(fp,
-            "usage: kvlm synth OUT.gguf --arch llama|qwen2|bitnet|bitnet-b1.58|phi3 --dim D --layers L --heads H\n"
-            "                  [--kv-heads N] --ff F --vocab V [--ctx 2048] --type T [--seed S]\n"
+            "usage: kvlm synth OUT.gguf --arch llama|qwen2|qwen3|gemma3|phi3|bitnet|bitnet-b1.58\n"
+            "                  --dim D --layers L --heads H [--kv-heads N] --ff F --vocab V [--ctx 2048]\n"
+            "                  --type T [--seed S]\n"
             "                  [--vocab-from FILE.gguf] [--embd-type T] [--output-type T] [--tied|--untied]\n"
             "                  [--rope-base F] [--eps E] [--name NAME] [-t THREADS]\n"
             "                  [--head-dim N] [--rope-scaling none|linear|yarn] [--rope-factor F]\n"
@@ -409,7 +412,8 @@ static void synth_usage(FILE *fp) {
             "  --vocab-from F  copy the tokenizer (every tokenizer.* key) of a GGUF; its size sets --vocab.\n"
             "                  Without it: a generated SentencePiece vocabulary of --vocab tokens.\n"
             "  --tied/--untied output.weight shares the embedding (default: tied for bitnet archs)\n"
-            "  --rope-base F   default 10000 (qwen2: 1000000); --eps default 1e-5 (qwen2: 1e-6)\n"
+            "  --rope-base F   default 10000 (qwen2, qwen3, gemma3: 1000000); --eps default 1e-5 (those: 1e-6)\n"
+            "  --sliding-window N  gemma3: attention.sliding_window of the local layers (default 512)\n"
             "  --head-dim N    attention.key_length/value_length (default dim / heads; q is heads x N)\n"
             "  --rope-scaling T, --rope-factor F, --rope-orig-ctx N: rope.scaling.type, .factor,\n"
             "                  .original_context_length\n"
@@ -553,12 +557,14 @@ int cmd_synth(int argc, char **argv) {
     const bool bitnet = strcmp(c.arch, "bitnet") == 0 || strcmp(c.arch, "bitnet-b1.58") == 0;
     const bool qwen2 = strcmp(c.arch, "qwen2") == 0;
     const bool phi3 = strcmp(c.arch, "phi3") == 0;
-    if (!bitnet && !qwen2 && !phi3 && strcmp(c.arch, "llama") != 0) {
-        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, bitnet, bitnet-b1.58, phi3\n", c.arch);
+    const bool qwen3 = strcmp(c.arch, "qwen3") == 0;
+    const bool gemma3 = strcmp(c.arch, "gemma3") == 0;
+    if (!bitnet && !qwen2 && !qwen3 && !gemma3 && !phi3 && strcmp(c.arch, "llama") != 0) {
+        fprintf(stderr, "error: --arch '%s' is not one of llama, qwen2, qwen3, gemma3, phi3, bitnet, bitnet-b1.58\n", c.arch);
         return 2;
     }
-    if (!phi3 && (c.longrope || c.swa || c.rope_dims)) {
-        fprintf(stderr, "error: --rope-scaling longrope, --sliding-window and --rope-dims are for --arch phi3\n");
+    if (!phi3 && (c.longrope || c.rope_dims)) {
+        fprintf(stderr, "error: --rope-scaling longrope and --rope-dims are for --arch phi3\n");
         return 2;
     }
     if (phi3) {
@@ -594,8 +600,13 @@ int cmd_synth(int argc, char **argv) {
        keeps the token embedding in F16 beside the I2_S matrices and writes no quantization version */
     const bool b158_i2s = strcmp(c.arch, "bitnet-b1.58") == 0 && c.type == KV_I2_S;
     if (b158_i2s && c.embd_type < 0) c.embd_type = KV_F16;
-    if (c.rope_base == 0.0f) c.rope_base = qwen2 ? 1000000.0f : 10000.0f;
-    if (c.eps == 0.0f) c.eps = qwen2 ? 1e-6f : 1e-5f;
+    if (c.swa && !gemma3 && !phi3) {
+        fprintf(stderr, "error: --sliding-window is for --arch phi3 and gemma3\n");
+        return 2;
+    }
+    if (gemma3 && !c.swa) c.swa = 512;
+    if (c.rope_base == 0.0f) c.rope_base = qwen2 || qwen3 || gemma3 ? 1000000.0f : 10000.0f;
+    if (c.eps == 0.0f) c.eps = qwen2 || qwen3 || gemma3 ? 1e-6f : 1e-5f;
 
     const double t0 = cli_now_s();
     int rc = 1;
@@ -678,7 +689,7 @@ int cmd_synth(int argc, char **argv) {
     if (c.rope_scaling) kv_gguf_writer_set_str(w, AK("rope.scaling.type"), c.rope_scaling, NULL);
     if (c.rope_factor > 0.0f) kv_gguf_writer_set_f32(w, AK("rope.scaling.factor"), c.rope_factor, NULL);
     if (c.rope_orig_ctx) kv_gguf_writer_set_u32(w, AK("rope.scaling.original_context_length"), (uint32_t)c.rope_orig_ctx, NULL);
-    if (phi3) kv_gguf_writer_set_u32(w, AK("attention.sliding_window"), (uint32_t)c.swa, NULL);
+    if (phi3 || gemma3) kv_gguf_writer_set_u32(w, AK("attention.sliding_window"), (uint32_t)c.swa, NULL);
     if (c.longrope) { /* convert_hf_to_gguf.py's Phi3MiniModel: sqrt(1 + ln(scale) / ln(orig)) for scale > 1 */
         const double scale = (double)c.ctx / (double)c.rope_orig_ctx;
         const double af = scale > 1.0 ? sqrt(1.0 + log(scale) / log((double)c.rope_orig_ctx)) : 1.0;
@@ -776,13 +787,19 @@ int cmd_synth(int argc, char **argv) {
             T(K_BIAS, KV, 1, "blk.%llu.attn_k.bias", li);
             T(K_BIAS, KV, 1, "blk.%llu.attn_v.bias", li);
         }
+        if (qwen3 || gemma3) {
+            T(K_NORM_JITTER, HD, 1, "blk.%llu.attn_q_norm.weight", li);
+            T(K_NORM_JITTER, HD, 1, "blk.%llu.attn_k_norm.weight", li);
+        }
         if (bitnet) T(K_NORM_JITTER, Q, 1, "blk.%llu.attn_sub_norm.weight", li);
         T(MAT, Q, E, "blk.%llu.attn_output.weight", li);
+        if (gemma3) T(K_NORM_JITTER, E, 1, "blk.%llu.post_attention_norm.weight", li);
         T(NORM, E, 1, "blk.%llu.ffn_norm.weight", li);
         T(MAT, E, F, "blk.%llu.ffn_gate.weight", li);
         T(MAT, E, F, "blk.%llu.ffn_up.weight", li);
         if (bitnet) T(K_NORM_JITTER, F, 1, "blk.%llu.ffn_sub_norm.weight", li);
         T(MAT, F, E, "blk.%llu.ffn_down.weight", li);
+        if (gemma3) T(K_NORM_JITTER, E, 1, "blk.%llu.post_ffw_norm.weight", li);
     }
 #undef T
     if (n_fallback)
