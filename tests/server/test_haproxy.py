@@ -103,6 +103,14 @@ def cluster():
     c.stop()
 
 
+def settle():
+    """Bounded-load hashing (hash-balance-factor) counts a request until HAProxy has closed its
+    stream, which can be just after the client has the whole response; a request sent at that
+    instant may be spilled to the other replica by design. Sequential affinity checks wait that
+    moment out."""
+    time.sleep(0.05)
+
+
 def chat(url, system, user, headers=None, max_tokens=4):
     body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
             "max_tokens": max_tokens, "temperature": 0}
@@ -115,7 +123,10 @@ def test_shared_prefix_stays_on_one_replica(cluster):
     users = ["When do you open on Sunday?", "Is the rye bread vegan?", "Do you sell gluten-free cake?",
              "Can I order a birthday cake?", "What is the bread of the day?", "Are you open at Christmas?"]
     system = "LB. " + SYSTEM
-    routed = [chat(cluster.lb.url, system, u) for u in users]
+    routed = []
+    for u in users:
+        routed.append(chat(cluster.lb.url, system, u))
+        settle()
     replicas = {rid for rid, _ in routed}
     assert len(replicas) == 1, replicas
     lb_cached = [j["usage"]["prompt_tokens_details"]["cached_tokens"] for _, j in routed]
@@ -136,7 +147,10 @@ def test_session_header_and_different_prefixes_spread(cluster):
     assert seen == {"r1", "r2"}, seen
     # X-Session-Id wins over the body: one session id, one replica, whatever the prompts
     for sid in ("alice", "bob", "carol"):
-        got = {chat(cluster.lb.url, "Prompt %d." % i, "Hi", headers={"X-Session-Id": sid})[0] for i in range(6)}
+        got = set()
+        for i in range(6):
+            got.add(chat(cluster.lb.url, "Prompt %d." % i, "Hi", headers={"X-Session-Id": sid})[0])
+            settle()
         assert len(got) == 1, (sid, got)
 
 
