@@ -160,9 +160,9 @@ static const flag_spec k_flags[] = {
     {NULL, "--n-probs", "N", C_RUN, F_NPROBS, V_INT, 0, CLI_MAX_PROBS,
      "after the text, each generated token's probability and the N most probable tokens (default: 0)"},
     {"-md", "--model-draft", "FILE", C_RUN, F_MODEL_DRAFT, V_STR, 0, 0,
-     "speculative decoding: a small model with the same vocabulary drafts tokens the model verifies"},
+     "speculative decoding: a small model with the same vocabulary drafts tokens the model verifies (default: none)"},
     {NULL, "--draft-ngram", "N", C_RUN, F_DRAFT_NGRAM, V_INT, 1, 64,
-     "speculative decoding by prompt lookup: drafts what followed the last N (down to 1) tokens earlier"},
+     "speculative decoding by prompt lookup: drafts what followed the last N (down to 1) tokens earlier (default: off)"},
     {NULL, "--draft-max", "N", C_RUN, F_DRAFT_MAX, V_INT, 1, 64,
      "tokens drafted per step, with -md or --draft-ngram (default: 8); the text is the same as without"},
     {NULL, "--timeout", "SEC", C_GEN | C_SERVE, F_TIMEOUT, V_FLOAT, 0, 0, "stop generating after SEC seconds (default: 0, none)"},
@@ -582,7 +582,7 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
     a->keep_set = a->sp.n_keep >= 0;
     if (!a->keep_set) a->sp.n_keep = 0;
     if (!a->threads_set) a->n_threads = cli_default_threads();
-    if (a->draft_max && !a->model_draft && !a->draft_ngram) {
+    if (a->draft_max && !a->model_draft && !a->draft_ngram && !a->help) {
         fprintf(stderr, "error: --draft-max needs a draft source: -md FILE or --draft-ngram N\n");
         return false;
     }
