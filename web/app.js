@@ -44,6 +44,7 @@
           error: typeof m.error === 'string' ? m.error : undefined,
           stopped: m.stopped === true || undefined,
           tps: typeof m.tps === 'number' ? m.tps : undefined,
+          ttft: typeof m.ttft === 'number' ? m.ttft : undefined,
         })),
     };
   }
@@ -198,6 +199,7 @@
       const cached = u.prompt_tokens_details ? u.prompt_tokens_details.cached_tokens : 0;
       parts.push('prompt ' + u.prompt_tokens + ' (' + cached + ' cached), completion ' + u.completion_tokens);
     }
+    if (m.ttft) parts.push('first token ' + m.ttft.toFixed(0) + ' ms');
     if (m.tps) parts.push(m.tps.toFixed(1) + ' tokens/s');
     if (m.stopped) parts.push('stopped');
     else if (m.finish && m.finish !== 'stop') parts.push('finish: ' + m.finish);
@@ -316,7 +318,10 @@
     const ch = j.choices && j.choices[0];
     if (!ch) return;
     if (ch.delta && typeof ch.delta.content === 'string' && ch.delta.content) {
-      if (!st.tFirst) st.tFirst = performance.now();
+      if (!st.tFirst) {
+        st.tFirst = performance.now();
+        m.ttft = st.tFirst - st.t0;
+      }
       st.nDeltas++;
       m.content += ch.delta.content;
       if (st.bodyEl) st.bodyEl.replaceChildren(renderMarkdown(m.content));
@@ -331,7 +336,7 @@
     const msg = { role: 'assistant', content: '' };
     c.messages.push(msg);
     const controller = new AbortController();
-    const st = { controller, conv: c, msg, bodyEl: null, tFirst: 0, nDeltas: 0 };
+    const st = { controller, conv: c, msg, bodyEl: null, t0: performance.now(), tFirst: 0, nDeltas: 0 };
     busy = st;
     persist();
     renderAll();
@@ -419,6 +424,7 @@
     setStat('kv-requests', k.requests_running + ' / ' + k.requests_waiting, k.requests_running);
     setStat('kv-tps', k.tokens_per_second.toFixed(1), k.tokens_per_second);
     setStat('kv-cancelled', String(k.cancelled), k.cancelled);
+    setStat('kv-ttft', k.ttft_requests ? (1000 * k.ttft_mean_s).toFixed(1) + ' ms' : '–', k.ttft_mean_s);
     drawChart();
   }
   function drawChart() {
@@ -467,6 +473,8 @@
       if (r.ok) {
         updatePanel(await r.json());
         $('status').textContent = 'ready';
+        const rep = r.headers.get('X-Kvlm-Replica'); // behind a balancer: whose cache the panel shows
+        $('replica').textContent = rep ? 'replica ' + rep : '';
       } else if (r.status === 401) {
         if (!pollAsked) {
           pollAsked = true;

@@ -236,8 +236,9 @@ def test_second_conversation_same_system_prompt_hits_the_cache(env):
 def test_regenerate(env):
     srv, b = env
     first = stored(b)[0]["messages"]
+    n0 = kv(srv)["ttft_requests"]
     b.click("#regenerate")
-    b.wait("return document.getElementById('stop').disabled === false", "the regeneration to start", 10)
+    wait_for(lambda: kv(srv)["ttft_requests"] == n0 + 1, "the regenerated request", 60)
     b.wait(idle(b), "the regeneration to finish", 60)
     again = stored(b)[0]["messages"]
     assert len(again) == len(first) == 2

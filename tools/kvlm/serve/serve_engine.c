@@ -875,7 +875,8 @@ char *srv_kv_json(srv_engine *e) {
               (long long)k->compressions, (long long)k->bytes_saved, (long long)k->growth_events);
     sb_printf(&b,
               "\"requests_running\":%d,\"requests_prefilling\":%d,\"requests_waiting\":%d,"
-              "\"cancelled\":%llu,\"tokens_per_second\":%.6g}",
-              running, prefilling, waiting, (unsigned long long)m.cancelled, rate_per_s(&m, srv_now()));
+              "\"cancelled\":%llu,\"tokens_per_second\":%.6g,\"ttft_mean_s\":%.6g,\"ttft_requests\":%llu}",
+              running, prefilling, waiting, (unsigned long long)m.cancelled, rate_per_s(&m, srv_now()),
+              m.ttft.n ? m.ttft.sum / (double)m.ttft.n : 0.0, (unsigned long long)m.ttft.n);
     return b.p;
 }
