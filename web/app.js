@@ -213,7 +213,7 @@
     if (m.role === 'assistant') body.appendChild(renderMarkdown(m.content));
     else {
       body.textContent = m.content;
-      body.style.whiteSpace = 'pre-wrap';
+      body.classList.add('plain');
     }
     d.appendChild(body);
     d.appendChild(el('div', 'meta', metaText(m)));
