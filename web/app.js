@@ -446,7 +446,7 @@
       g.lineTo(w, h - f * h + 0.5);
       g.stroke();
     }
-    const n = 120, dx = w / (n - 1), x0 = w - (history.length - 1) * dx;
+    const n = Math.max(30, history.length), dx = w / (n - 1), x0 = w - (history.length - 1) * dx;
     g.fillStyle = accent;
     g.globalAlpha = 0.3;
     history.forEach((p, i) => {

@@ -57,7 +57,7 @@ class Browser:
             "browserName": "chrome",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,860", "--no-first-run", "--disable-extensions",
+                "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
                 "--user-data-dir=" + self.profile]},
             "goog:loggingPrefs": {"browser": "ALL"}}}}
         r = requests.post(self.base + "/session", json=caps, timeout=60)
