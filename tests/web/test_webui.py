@@ -27,6 +27,8 @@ CHROMEDRIVER = os.environ.get("KVLM_CHROMEDRIVER", "/usr/bin/chromedriver")
 OUT = os.environ.get("KVLM_WEBUI_OUT", os.path.join(tempfile.gettempdir(), "kvlm-webui"))
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 KEY = "webui-test-key"
+SHORT = 24     # max_tokens of the short answers
+SLOW = 240     # seconds an answer may take (an ASan build on a busy machine is slow)
 # long enough for several full KV pages (32 tokens each) shared by every conversation that starts with it
 SYSTEM = ("You are a patient storyteller. You tell short, gentle stories about animals who live in the forest, "
           "the river and the mountains: foxes, owls, otters, bears and small birds. Every story has a beginning, "
@@ -182,7 +184,7 @@ def test_asks_for_the_api_key(env):
 def test_streamed_answer_appears_incrementally(env):
     srv, b = env
     b.type("#system", SYSTEM)
-    set_settings(b, 0, 48)
+    set_settings(b, 0, SHORT)
     # record the answer's length at every change of the page (a MutationObserver on the messages)
     b.js("""window.__lens = [];
             const box = document.getElementById('messages');
@@ -191,7 +193,7 @@ def test_streamed_answer_appears_incrementally(env):
               if (m.length) window.__lens.push(m[m.length - 1].textContent.length);
             }).observe(box, {childList: true, subtree: true, characterData: true});""")
     send(b, "Tell me about a fox.")
-    b.wait(idle(b), "the answer to finish", 60)
+    b.wait(idle(b), "the answer to finish", SLOW)
     lens = b.js("return window.__lens")
     growing = sorted(set(x for x in lens if x > 0))
     assert len(growing) >= 3, "the text did not arrive in several steps: %s" % lens
@@ -206,7 +208,7 @@ def test_streamed_answer_appears_incrementally(env):
     # the same request outside the browser gives the same text (temperature 0)
     r = srv.post("/v1/chat/completions", {
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about a fox."}],
-        "temperature": 0, "max_tokens": 48, "top_p": 0.95}, headers=auth())
+        "temperature": 0, "max_tokens": SHORT, "top_p": 0.95}, headers=auth())
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == answer
     b.screenshot("02-streamed")
 
@@ -219,7 +221,7 @@ def test_second_conversation_same_system_prompt_hits_the_cache(env):
     b.click("#new-chat")
     assert b.js("return document.getElementById('system').value") == SYSTEM  # a new one keeps the system prompt
     send(b, "And an owl?")
-    b.wait(idle(b), "the answer to finish", 60)
+    b.wait(idle(b), "the answer to finish", SLOW)
     after = kv(srv)
     last = b.js("const e = document.getElementById('last-cached'); return [e.dataset.cached, e.dataset.prompt]")
     cached, prompt = int(last[0]), int(last[1])
@@ -228,7 +230,7 @@ def test_second_conversation_same_system_prompt_hits_the_cache(env):
     assert after["prefix_lookups"] - before["prefix_lookups"] == prompt
     # the panel (polled every second) shows the hit rate rising
     b.wait("return parseFloat(document.getElementById('kv-hit-rate').dataset.value) > %r" % rate0,
-           "the panel's hit rate to rise", 10)
+           "the panel's hit rate to rise", 30)
     assert len(stored(b)) == 2
     b.screenshot("03-second-conversation")
 
@@ -238,8 +240,8 @@ def test_regenerate(env):
     first = stored(b)[0]["messages"]
     n0 = kv(srv)["ttft_requests"]
     b.click("#regenerate")
-    wait_for(lambda: kv(srv)["ttft_requests"] == n0 + 1, "the regenerated request", 60)
-    b.wait(idle(b), "the regeneration to finish", 60)
+    wait_for(lambda: kv(srv)["ttft_requests"] == n0 + 1, "the regenerated request", SLOW)
+    b.wait(idle(b), "the regeneration to finish", SLOW)
     again = stored(b)[0]["messages"]
     assert len(again) == len(first) == 2
     assert again[1]["content"] == first[1]["content"]  # temperature 0: the same answer
@@ -251,22 +253,22 @@ def test_stop_a_long_answer(env):
     set_settings(b, 0, 1500)
     send(b, "Now tell me a very long story about the river.")
     b.wait("const m = document.querySelectorAll('.msg.assistant .body');"
-           "return m.length >= 2 && m[m.length - 1].textContent.length > 40", "the answer to start", 30)
+           "return m.length >= 2 && m[m.length - 1].textContent.length > 40", "the answer to start", SLOW)
     b.click("#stop")
-    b.wait(idle(b), "the page to stop", 10)
+    b.wait(idle(b), "the page to stop", 30)
     wait_for(lambda: srv.metrics(headers=auth())["kvlm:cancelled_total"] == cancelled0 + 1,
-             "the server to cancel the request", 10)
+             "the server to cancel the request", 30)
     m = srv.metrics(headers=auth())
     assert m["kvlm:requests_running"] == 0
     msg = stored(b)[0]["messages"][-1]
     assert msg["stopped"] is True and 0 < len(msg["content"])
     assert "usage" not in msg  # it ended before the usage chunk
     b.wait("return document.getElementById('kv-cancelled').dataset.value === '%d'" % (cancelled0 + 1),
-           "the panel's cancelled count", 10)
+           "the panel's cancelled count", 30)
     assert "stopped" in b.js("const m = document.querySelectorAll('.msg.assistant .meta');"
                              "return m[m.length - 1].textContent")
     b.screenshot("04-stopped")
-    set_settings(b, 0, 48)
+    set_settings(b, 0, SHORT)
 
 
 def test_reload_keeps_the_conversations(env):
