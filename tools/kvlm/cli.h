@@ -68,6 +68,10 @@ typedef struct cli_args {
     /* speculative decoding (run): -md, --draft-max, --draft-ngram */
     const char *model_draft;
     int draft_max, draft_ngram;
+    /* beam search (run): --beams, --length-penalty, --beams-all */
+    int beams;
+    float length_penalty;
+    bool length_penalty_set, beams_all;
     /* kv cache */
     kvlm_session_params sp;
     int n_pos;

@@ -133,6 +133,9 @@ int cmd_run(int argc, char **argv) {
     gp.draft_max = a.draft_max;
     if (a.draft_ngram) gp.draft_ngram = a.draft_ngram;
     gp.draft = ds;
+    gp.n_beams = a.beams > 1 ? a.beams : 0;
+    gp.length_penalty = a.length_penalty;
+    gp.all_beams = a.beams_all;
     gp.sampling = a.sampling;
     gp.max_tokens = a.n_predict;
     gp.stop = a.stop;
@@ -176,6 +179,15 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "draft: %d tokens drafted, %d accepted (%.1f%%); %d forward passes for %d tokens (%.2f per pass)\n",
                 r.n_drafted, r.n_accepted, r.n_drafted ? 100.0 * r.n_accepted / r.n_drafted : 0.0, r.n_passes, steps,
                 r.n_passes ? (double)steps / r.n_passes : 0.0);
+    if (gp.n_beams) {
+        fprintf(stderr, "beams: %d, logprob %.4f, score %.4f; %d batched passes; K/V %.1f KiB at the widest step (%.1f KiB "
+                        "without sharing)\n",
+                gp.n_beams, r.logprob, r.score, r.n_passes, r.beam_kv_bytes_peak / 1024.0,
+                r.beam_kv_bytes_unshared / 1024.0);
+        for (int32_t i = 0; i < r.n_beams; i++)
+            fprintf(stderr, "beam %d: score %.4f, logprob %.4f, %d tokens, finish %s: %s\n", i + 1, r.beams[i].score,
+                    r.beams[i].logprob, r.beams[i].n_tokens, kvlm_finish_reason_name(r.beams[i].finish), r.beams[i].text);
+    }
     if (a.sampling.temperature > 0) fprintf(stderr, "seed: %llu\n", (unsigned long long)a.sampling.seed);
     kvlm_generate_result_free(&r);
     if (a.session && kvlm_session_save(s, a.session, &err) != KVLM_OK) {
