@@ -3,7 +3,7 @@
  * cache, no forks, no batching. kvlm's logits do not depend on how a sequence was evaluated, so
  * tokens, log-probabilities and scores must agree bit for bit, for every final hypothesis. Also: an
  * exhaustive search over two tokens, what the session holds afterwards, the memory the shared
- * pages save, a shared cache, stop strings, cancellation-free refusals, and the CLI. */
+ * pages save, a shared cache, stop strings, the end of the context, refusals, and the CLI. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -519,7 +519,7 @@ static void test_cli(void **state) {
     kvlm_generate_result r;
     kvlm_error err;
     assert_int_equal(kvlm_generate(s, k_prompts[0], &gp, NULL, NULL, &r, &err), KVLM_OK);
-    assert_int_equal(run_into(out, sizeof out, "%s run -m %s -p '%s' -n 16 --beams 3 --beams-all -t 1 2>&1", KVLM,
+    assert_int_equal(run_into(out, sizeof out, "%s run -m %s -p '%s' -n 16 --beams 3 --beams-all --kv-stats -t 1 2>&1", KVLM,
                               AIDREAMS, k_prompts[0]),
                      0);
     char want[512];
@@ -528,6 +528,10 @@ static void test_cli(void **state) {
     assert_non_null(strstr(out, "beams: 3, logprob "));
     assert_non_null(strstr(out, "beam 1: score "));
     assert_non_null(strstr(out, "beam 3: score "));
+    /* --kv-stats: the beams' bytes with and without sharing, as the API reports them */
+    snprintf(want, sizeof want, "\"beam_kv_bytes_peak\":%lld,\"beam_kv_bytes_unshared\":%lld}",
+             (long long)r.beam_kv_bytes_peak, (long long)r.beam_kv_bytes_unshared);
+    if (!strstr(out, want)) fail_msg("no '%s' in %s", want, out);
     assert_int_equal(run_into(out, sizeof out, "%s run -m %s -p hi --beams 2 --draft-ngram 2 2>&1", KVLM, AIDREAMS), 2);
     assert_non_null(strstr(out, "do not combine"));
     assert_int_equal(run_into(out, sizeof out, "%s run -m %s -p hi --length-penalty 2 2>&1", KVLM, AIDREAMS), 2);

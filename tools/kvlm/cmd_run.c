@@ -179,6 +179,10 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "draft: %d tokens drafted, %d accepted (%.1f%%); %d forward passes for %d tokens (%.2f per pass)\n",
                 r.n_drafted, r.n_accepted, r.n_drafted ? 100.0 * r.n_accepted / r.n_drafted : 0.0, r.n_passes, steps,
                 r.n_passes ? (double)steps / r.n_passes : 0.0);
+    char beam_json[128] = "";
+    if (gp.n_beams)
+        snprintf(beam_json, sizeof beam_json, "\"beam_kv_bytes_peak\":%lld,\"beam_kv_bytes_unshared\":%lld",
+                 (long long)r.beam_kv_bytes_peak, (long long)r.beam_kv_bytes_unshared);
     if (gp.n_beams) {
         fprintf(stderr, "beams: %d, logprob %.4f, score %.4f; %d batched passes; K/V %.1f KiB at the widest step (%.1f KiB "
                         "without sharing)\n",
@@ -196,7 +200,7 @@ int cmd_run(int argc, char **argv) {
     }
     rc = 0;
     fprintf(stderr, "total time: %.2f ms\n", (cli_now_s() - t_start) * 1e3);
-    if (a.kv_stats) cli_print_kv_stats(s); /* the last line: one JSON object */
+    if (a.kv_stats) cli_print_kv_stats_with(s, beam_json[0] ? beam_json : NULL); /* the last line: one JSON object */
 out:
     free(text);
     kvlm_session_free(s);
