@@ -77,7 +77,7 @@ typedef struct ref_out {
 static void row_of(kvlm_model *m, const kvlm_token *prompt, int np, const kvlm_token *toks, int n, float *row) {
     kvlm_token all[MAXP + MAXG];
     memcpy(all, prompt, (size_t)np * sizeof *all);
-    memcpy(all + np, toks, (size_t)n * sizeof *all);
+    if (n) memcpy(all + np, toks, (size_t)n * sizeof *all);
     kvlm_error err;
     if (kvlm_eval_full(m, all, np + n, row, false, &err) != KVLM_OK) fail_msg("eval_full: %s", err.msg);
 }
