@@ -201,6 +201,9 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             kvlm_token t;
             if ((st = kv_sampler_sample(smp, row, &t, err))) goto fail;
             kv_sampler_accept(smp, t, NULL);
+            /* the sampled token is one the grammar allows (or an end-of-generation token where it is
+               complete, which changes nothing) */
+            if ((st = kv_sampler_accept_grammar(smp, t, err))) goto fail;
             if (!gp->ignore_eos && kv_vocab_is_eog(v, t)) {
                 fin = KVLM_FINISH_STOP;
                 break;
@@ -221,6 +224,10 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             if (r == 1) {
                 fin = KVLM_FINISH_STOP;
                 str.pending.n = 0;
+                break;
+            }
+            if (!kv_sampler_grammar_can_continue(smp)) { /* the grammar is finished */
+                fin = KVLM_FINISH_STOP;
                 break;
             }
             if (n_gen == max_gen) break;
