@@ -68,7 +68,8 @@ static const struct {
      "  -t, -d, -ctk and -ctv take comma-separated lists (or repeat) and every combination is run.\n"
      "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
      "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
-     "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"},
+     "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"
+     "       kvlm bench -m MODEL --grammar FILE [-n STEPS] [-r WALKS]   token-mask time of a GBNF grammar\n"},
     {"serve", C_SERVE,
      "usage: kvlm serve -m MODEL [options]\n"
      "  An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models, /health,\n"
@@ -83,7 +84,7 @@ enum {
     F_NO_BOS, F_NO_PARSE_SPECIAL, F_IDS, F_SHOW_COUNT, F_OUTPUT, F_JSON, F_REPS, F_DEPTH, F_INCREMENTAL,
     F_BATCH, F_TOKENIZE, F_CPU_TIME, F_KV_STATS, F_VERBOSE, F_CTK, F_CTV, F_OVERFLOW, F_KEEP, F_SINK,
     F_WINDOW, F_COMPRESS_AFTER, F_COMPRESS_TYPE, F_PAGE_TOKENS, F_GROWTH, F_GROWTH_FACTOR, F_KV_INITIAL,
-    F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM,
+    F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM, F_GRAMMAR, F_GRAMMAR_FILE,
 };
 
 /* kinds of value */
@@ -157,6 +158,11 @@ static const flag_spec k_flags[] = {
      "add BIAS to TOKEN's logit: 15043+1, 15043-1, 2-inf bans token 2 (repeatable)"},
     {NULL, "--stop", "STR", C_GEN, F_STOP, V_STR, 0, 0, "stop when STR is generated; it is not printed (repeatable)"},
     {NULL, "--ignore-eos", NULL, C_GEN, F_IGNORE_EOS, V_NONE, 0, 0, "go on past end-of-generation tokens"},
+    {NULL, "--grammar", "TEXT", C_GEN, F_GRAMMAR, V_STR, 0, 0,
+     "constrain the output to a GBNF grammar (llama.cpp's syntax, start rule root; docs/GRAMMAR.md)"},
+    {NULL, "--grammar-file", "FILE", C_GEN, F_GRAMMAR_FILE, V_STR, 0, 0, "the same, the grammar read from FILE"},
+    {NULL, "--grammar", "FILE", C_BENCH, F_GRAMMAR_FILE, V_STR, 0, 0,
+     "token-mask time of the GBNF grammar in FILE on -m's vocabulary (a vocab-only GGUF will do)"},
     {NULL, "--n-probs", "N", C_RUN, F_NPROBS, V_INT, 0, CLI_MAX_PROBS,
      "after the text, each generated token's probability and the N most probable tokens (default: 0)"},
     {"-md", "--model-draft", "FILE", C_RUN, F_MODEL_DRAFT, V_STR, 0, 0,
@@ -503,6 +509,8 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
             esc[n_esc++] = v;
             break;
         case F_IGNORE_EOS: a->ignore_eos = true; break;
+        case F_GRAMMAR: a->grammar = v; break;
+        case F_GRAMMAR_FILE: a->grammar_file = v; break;
         case F_NPROBS: a->n_probs = (int)iv; break;
         case F_TIMEOUT: a->timeout_s = fv; break;
         case F_NO_BOS: a->no_bos = true; break;
@@ -584,6 +592,10 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
     if (!a->threads_set) a->n_threads = cli_default_threads();
     if (a->draft_max && !a->model_draft && !a->draft_ngram && !a->help) {
         fprintf(stderr, "error: --draft-max needs a draft source: -md FILE or --draft-ngram N\n");
+        return false;
+    }
+    if (a->grammar && a->grammar_file) {
+        fprintf(stderr, "error: --grammar and --grammar-file are two grammars; give one\n");
         return false;
     }
     if (a->model_draft && a->draft_ngram) {
