@@ -539,8 +539,8 @@ static void test_generate_under_grammars(void **state) {
     kvlm_model_free(m);
 }
 
-/* Same seed, same constrained text: twice alone, and batched with kvlm_decode_batch and one
- * sampler per sequence. */
+/* Same seed, same constrained text: twice alone, with drafts, and batched with kvlm_decode_batch
+ * and one sampler per sequence. */
 static void test_generate_reproducible_batched(void **state) {
     (void)state;
     kvlm_model *m = load(SYNTH);
@@ -550,9 +550,10 @@ static void test_generate_reproducible_batched(void **state) {
     int32_t n_alone[B];
     kvlm_session *s = session(m, 256);
     for (int b = 0; b < B; b++) {
-        for (int rep = 0; rep < 2; rep++) {
+        for (int rep = 0; rep < 3; rep++) {
             kvlm_generate_params gp = kvlm_generate_default_params();
             gp.sampling.grammar = h;
+            if (rep == 2) gp.draft_max = 4; /* speculative decoding (prompt lookup): the same text */
             gp.sampling.seed = 100 + (uint64_t)b;
             gp.sampling.temperature = 1.0f;
             gp.max_tokens = MAXT;

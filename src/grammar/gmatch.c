@@ -22,7 +22,7 @@
  *
  * Masks: the trie lists the vocabulary's pieces in byte order, in preorder
  * with each node's subtree end, so a dead transition skips the whole subtree.
- * The mask of a state is kept (up to KV_MASKS_MAX states): a state the
+ * The mask of a state is kept (up to KV_MASKS_MAX states, slots allocated 16 at a time): a state the
  * generation comes back to (inside a JSON string, between list items) costs a
  * lookup. End-of-generation tokens are set when the state is complete.
  *
@@ -44,14 +44,18 @@
 
 /* ------------------------------------------------------------ vocabulary trie */
 
+/* One trie node, 12 bytes, read in order by the walk. */
+typedef struct tnode {
+    uint32_t skip;     /* the node after this node's subtree */
+    uint32_t tok_byte; /* tokens' offset into sorted (<< 8) | the node's byte */
+    uint16_t depth;    /* 1-based (the root, the state itself, is not a node) */
+    uint16_t tok_n;    /* tokens whose piece ends here */
+} tnode;
+
 struct kv_gvocab {
     int32_t n_vocab;
     uint32_t n_nodes, max_depth;
-    uint8_t *byte;
-    uint16_t *depth;   /* 1-based (the root, the state itself, is not a node) */
-    uint32_t *skip;    /* the node after this node's subtree */
-    uint32_t *tok_off; /* into sorted */
-    uint32_t *tok_n;
+    tnode *node;
     int32_t *sorted;   /* token ids in trie order */
     char *pool;        /* pieces */
     uint64_t *poff;
@@ -77,11 +81,7 @@ static int cmp_piece(const void *a, const void *b) {
 
 void kv_gvocab_free(kv_gvocab *v) {
     if (!v) return;
-    free(v->byte);
-    free(v->depth);
-    free(v->skip);
-    free(v->tok_off);
-    free(v->tok_n);
+    free(v->node);
     free(v->sorted);
     free(v->pool);
     free(v->poff);
@@ -119,14 +119,10 @@ kvlm_status kv_gvocab_new(int32_t n_vocab, const char *const *piece, const uint3
     v->eog = calloc(nv, sizeof *v->eog);
     v->eog_list = malloc(nv * sizeof *v->eog_list);
     v->sorted = malloc((size_t)(n_tok ? n_tok : 1) * sizeof *v->sorted);
-    v->byte = malloc((size_t)(n_nodes_max ? n_nodes_max : 1));
-    v->depth = malloc((size_t)(n_nodes_max ? n_nodes_max : 1) * sizeof *v->depth);
-    v->skip = malloc((size_t)(n_nodes_max ? n_nodes_max : 1) * sizeof *v->skip);
-    v->tok_off = malloc((size_t)(n_nodes_max ? n_nodes_max : 1) * sizeof *v->tok_off);
-    v->tok_n = calloc((size_t)(n_nodes_max ? n_nodes_max : 1), sizeof *v->tok_n);
+    v->node = calloc((size_t)(n_nodes_max ? n_nodes_max : 1), sizeof *v->node);
     uint32_t *open = malloc((65536 + 1) * sizeof *open);
-    if (!v->pool || !v->poff || !v->plen || !v->eog || !v->eog_list || !v->sorted || !v->byte || !v->depth ||
-        !v->skip || !v->tok_off || !v->tok_n || !open) {
+    if (!v->pool || !v->poff || !v->plen || !v->eog || !v->eog_list || !v->sorted || !v->node || !open ||
+        n_tok >= (1 << 24)) {
         free(open);
         kv_gvocab_free(v);
         return kv_fail(err, KVLM_ERR_NOMEM, "grammar: out of memory (vocabulary trie)");
@@ -165,26 +161,25 @@ kvlm_status kv_gvocab_new(int32_t n_vocab, const char *const *piece, const uint3
         const uint32_t l = len[t];
         uint32_t c = 0;
         while (prev && c < l && c < prev_len && p[c] == prev[c]) c++;
-        if (prev && c == l && l == prev_len) { /* same piece: the same node */
-            v->tok_n[open[n_open - 1]]++;
+        if (prev && c == l && l == prev_len && v->node[open[n_open - 1]].tok_n < UINT16_MAX) {
+            v->node[open[n_open - 1]].tok_n++; /* same piece: the same node */
             continue;
         }
-        while (n_open > c) v->skip[open[--n_open]] = nn; /* close nodes deeper than the common prefix */
+        if (prev && c == l && l == prev_len) c--; /* 65535 tokens with one piece: a sibling node */
+        while (n_open > c) v->node[open[--n_open]].skip = nn; /* close nodes deeper than the common prefix */
         for (uint32_t d = c; d < l; d++) {
-            v->byte[nn] = (uint8_t)p[d];
-            v->depth[nn] = (uint16_t)(d + 1);
-            v->tok_off[nn] = (uint32_t)i;
-            v->tok_n[nn] = 0;
+            v->node[nn].tok_byte = (uint32_t)i << 8 | (uint8_t)p[d];
+            v->node[nn].depth = (uint16_t)(d + 1);
+            v->node[nn].tok_n = 0;
             open[n_open++] = nn;
             nn++;
         }
-        v->tok_off[open[n_open - 1]] = (uint32_t)i;
-        v->tok_n[open[n_open - 1]] = 1;
+        v->node[open[n_open - 1]].tok_n = 1;
         if (l > maxd) maxd = l;
         prev = p;
         prev_len = l;
     }
-    while (n_open) v->skip[open[--n_open]] = nn;
+    while (n_open) v->node[open[--n_open]].skip = nn;
     free(open);
     v->n_nodes = nn;
     v->max_depth = maxd;
@@ -234,7 +229,9 @@ struct kv_gstate {
     uint32_t *vis_stamp;
     uint32_t vis_mask, vis_n, stamp;
     uint32_t start, cur;
+    uint32_t cap_masks; /* mask slots allocated */
     bool oom;
+    bool broken; /* a collection ran out of memory: the position is lost, every call fails */
 };
 
 static inline uint32_t mix32(uint64_t x) {
@@ -647,7 +644,7 @@ kvlm_status kv_gstate_new(const kv_grammar *g, const kv_gvocab *v, kv_gstate **o
 }
 
 void kv_gstate_reset(kv_gstate *s) {
-    if (s) s->cur = s->start;
+    if (s && !s->broken) s->cur = s->start;
 }
 
 kvlm_status kv_gstate_flush(kv_gstate *s, kvlm_error *err) {
@@ -659,6 +656,7 @@ kvlm_status kv_gstate_flush(kv_gstate *s, kvlm_error *err) {
         for (uint32_t f = s->sets[cur.off + i]; f; f = s->fr[f].parent) total++;
     uint32_t *pos = malloc(((size_t)total + 1) * sizeof *pos);
     uint32_t *cnt = malloc(((size_t)cur.n + 1) * sizeof *cnt);
+    if (s->broken) return kv_fail(err, KVLM_ERR_NOMEM, "grammar: the state was lost (out of memory)");
     if (!pos || !cnt) {
         free(pos);
         free(cnt);
@@ -696,6 +694,7 @@ kvlm_status kv_gstate_flush(kv_gstate *s, kvlm_error *err) {
     const int32_t c = ds_intern(s, cur.cp, cur.remain, cur.len);
     if (s->oom || st < 0 || c < 0) {
         s->oom = false;
+        s->broken = true;
         return kv_fail(err, KVLM_ERR_NOMEM, "grammar: out of memory");
     }
     s->start = (uint32_t)st;
@@ -710,14 +709,14 @@ static void maybe_collect(kv_gstate *s) {
 /* ------------------------------------------------ queries */
 
 bool kv_gstate_allows_bytes(kv_gstate *s, const char *bytes, size_t n) {
-    if (!s || (!bytes && n)) return false;
+    if (!s || s->broken || (!bytes && n)) return false;
     const int32_t r = walk_bytes(s, s->cur, bytes, n);
     s->oom = false;
     return r >= 0;
 }
 
 bool kv_gstate_accept_bytes(kv_gstate *s, const char *bytes, size_t n) {
-    if (!s || (!bytes && n)) return false;
+    if (!s || s->broken || (!bytes && n)) return false;
     const int32_t r = walk_bytes(s, s->cur, bytes, n);
     s->oom = false;
     if (r < 0) return false;
@@ -726,11 +725,11 @@ bool kv_gstate_accept_bytes(kv_gstate *s, const char *bytes, size_t n) {
     return true;
 }
 
-bool kv_gstate_complete(const kv_gstate *s) { return s && s->ds[s->cur].complete; }
-bool kv_gstate_can_continue(const kv_gstate *s) { return s && s->ds[s->cur].more; }
+bool kv_gstate_complete(const kv_gstate *s) { return s && !s->broken && s->ds[s->cur].complete; }
+bool kv_gstate_can_continue(const kv_gstate *s) { return s && !s->broken && s->ds[s->cur].more; }
 
 bool kv_gstate_allows_token(kv_gstate *s, int32_t t) {
-    if (!s || !s->v || t < 0 || t >= s->v->n_vocab) return false;
+    if (!s || !s->v || s->broken || t < 0 || t >= s->v->n_vocab) return false;
     const kv_gvocab *v = s->v;
     if (v->eog[t]) return s->ds[s->cur].complete;
     if (!v->plen[t]) return false;
@@ -739,6 +738,7 @@ bool kv_gstate_allows_token(kv_gstate *s, int32_t t) {
 
 kvlm_status kv_gstate_accept_token(kv_gstate *s, int32_t t, kvlm_error *err) {
     if (!s || !s->v) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar: no vocabulary");
+    if (s->broken) return kv_fail(err, KVLM_ERR_NOMEM, "grammar: the state was lost (out of memory)");
     const kv_gvocab *v = s->v;
     if (t < 0 || t >= v->n_vocab) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar: token %d outside the vocabulary", t);
     if (v->eog[t]) {
@@ -762,6 +762,10 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
         kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar: no vocabulary");
         return NULL;
     }
+    if (s->broken) {
+        kv_fail(err, KVLM_ERR_NOMEM, "grammar: the state was lost (out of memory)");
+        return NULL;
+    }
     const kv_gvocab *v = s->v;
     const uint32_t d0 = s->cur;
     if (cached && s->ds[d0].mask_slot >= 0) {
@@ -773,30 +777,30 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
     uint32_t *stk = s->walk;
     stk[0] = d0;
     const uint32_t nn = v->n_nodes;
-    const uint8_t *byte = v->byte;
-    const uint16_t *depth = v->depth;
-    const uint32_t *skip = v->skip, *tok_n = v->tok_n, *tok_off = v->tok_off;
+    const tnode *node = v->node;
     const int32_t *sorted = v->sorted;
     int32_t count = 0;
+    const int32_t *trans = s->trans;
     for (uint32_t i = 0; i < nn;) {
-        const uint32_t dep = depth[i];
-        const uint32_t from = stk[dep - 1];
-        int32_t t = s->trans[(size_t)from * 256 + byte[i]];
+        const tnode nd = node[i];
+        const uint32_t from = stk[nd.depth - 1];
+        const uint8_t b = (uint8_t)nd.tok_byte;
+        int32_t t = trans[(size_t)from * 256 + b];
         if (t == T_UNKNOWN) {
-            t = compute_trans(s, from, byte[i]);
+            t = compute_trans(s, from, b);
+            trans = s->trans; /* may have moved */
             if (s->oom) break;
         }
         if (t < 0) {
-            i = skip[i];
+            i = nd.skip;
             continue;
         }
-        stk[dep] = (uint32_t)t;
-        const uint32_t nt = tok_n[i];
-        for (uint32_t j = 0; j < nt; j++) {
-            const int32_t id = sorted[tok_off[i] + j];
-            m[id >> 6] |= 1ull << (id & 63);
+        stk[nd.depth] = (uint32_t)t;
+        if (nd.tok_n) {
+            const int32_t *tk = sorted + (nd.tok_byte >> 8);
+            for (uint32_t j = 0; j < nd.tok_n; j++) m[tk[j] >> 6] |= 1ull << (tk[j] & 63);
+            count += (int32_t)nd.tok_n;
         }
-        count += (int32_t)nt;
         i++;
     }
     if (s->oom) {
@@ -813,13 +817,23 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
     s->ds[d0].n_allowed = count;
     if (n_allowed) *n_allowed = count;
     if (!cached) return m;
-    if (!s->masks) s->masks = malloc((size_t)KV_MASKS_MAX * s->words * sizeof *s->masks);
-    if (!s->masks || s->n_masks >= KV_MASKS_MAX) return m;
+    if (s->n_masks >= KV_MASKS_MAX) return m;
+    if (s->n_masks == s->cap_masks) { /* slots in steps of 16 */
+        uint64_t *nm = realloc(s->masks, (size_t)(s->cap_masks + 16) * s->words * sizeof *nm);
+        if (!nm) return m;
+        s->masks = nm;
+        s->cap_masks += 16;
+    }
     const uint32_t slot = s->n_masks++;
     uint64_t *dst = s->masks + (size_t)slot * s->words;
     memcpy(dst, m, (size_t)s->words * sizeof *m);
     s->ds[d0].mask_slot = (int32_t)slot;
     return dst;
+}
+
+const uint64_t *kv_gstate_cached_mask(const kv_gstate *s) {
+    if (!s || !s->v || s->broken || s->ds[s->cur].mask_slot < 0) return NULL;
+    return s->masks + (size_t)s->ds[s->cur].mask_slot * s->words;
 }
 
 const uint64_t *kv_gstate_mask(kv_gstate *s, int32_t *n_allowed, kvlm_error *err) {

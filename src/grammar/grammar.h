@@ -75,6 +75,8 @@ kvlm_status kv_gstate_accept_token(kv_gstate *s, int32_t t, kvlm_error *err);
  * when token t is allowed. Valid until the next call on s; NULL (err set)
  * when out of memory. *n_allowed (may be NULL) gets the count. */
 const uint64_t *kv_gstate_mask(kv_gstate *s, int32_t *n_allowed, kvlm_error *err);
+/* The current state's mask when it is in the cache (no work), else NULL. */
+const uint64_t *kv_gstate_cached_mask(const kv_gstate *s);
 /* The same mask computed without the per-state mask cache (benchmarks). */
 const uint64_t *kv_gstate_mask_uncached(kv_gstate *s, int32_t *n_allowed, kvlm_error *err);
 /* Drops every cache (transitions, masks), as the state's garbage collection

@@ -727,11 +727,14 @@ no_token:
  * too). Without top-k every token's weight counts: no shortcut. */
 static bool lazy_ok(kv_sampler *s) {
     const kvlm_sampling_params *p = &s->params;
-    if (p->temperature <= 0.0f || p->top_k == 1) return s->n_cand == 1 && kv_gstate_allows_token(s->gram, s->cand[0].id);
+    const uint64_t *m = kv_gstate_cached_mask(s->gram); /* a state seen before: bit tests */
+#define KV_ALLOWED(t) (m ? (m[(t) >> 6] >> ((t) & 63)) & 1 : kv_gstate_allows_token(s->gram, (t)))
+    if (p->temperature <= 0.0f || p->top_k == 1) return s->n_cand == 1 && KV_ALLOWED(s->cand[0].id);
     if (s->n_topk < 0) return false;
     for (int32_t i = 0; i < s->n_topk; i++)
-        if (!kv_gstate_allows_token(s->gram, s->cand[i].id)) return false;
+        if (!KV_ALLOWED(s->cand[i].id)) return false;
     return true;
+#undef KV_ALLOWED
 }
 
 /* Stages 1..7 (with a grammar, its mask between 2 and 3). */

@@ -69,7 +69,7 @@ static const struct {
      "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
      "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
      "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"
-     "       kvlm bench -m MODEL --grammar FILE [-n STEPS] [-r WALKS]   token-mask time of a GBNF grammar\n"},
+     "       kvlm bench -m MODEL --grammar FILE [-f TEXT] [-n STEPS] [-r WALKS]   token-mask time of a GBNF grammar\n"},
     {"serve", C_SERVE,
      "usage: kvlm serve -m MODEL [options]\n"
      "  An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models, /health,\n"
@@ -109,7 +109,9 @@ static const flag_spec k_flags[] = {
     {"-f", "--file", "FILE", C_RUN | C_EVAL | C_TOKENIZE, F_FILE, V_STR, 0, 0,
      "read the prompt from FILE, as it is ('-': standard input)"},
     {"-f", "--file", "FILE", C_PPL, F_FILE, V_STR, 0, 0, "the text to score (required; '-': standard input)"},
-    {"-f", "--file", "FILE", C_BENCH, F_FILE, V_STR, 0, 0, "--tokenize: the text sample (default: a built-in mix)"},
+    {"-f", "--file", "FILE", C_BENCH, F_FILE, V_STR, 0, 0,
+     "--tokenize: the text sample (default: a built-in mix); --grammar: a text of the grammar, whose tokens are "
+     "walked (default: random allowed tokens)"},
     {NULL, "--stdin", NULL, C_TOKENIZE, F_STDIN, V_NONE, 0, 0, "read the prompt from standard input"},
     {NULL, "--no-escape", NULL, C_RUN | C_CHAT | C_EVAL | C_TOKENIZE, F_NO_ESCAPE, V_NONE, 0, 0,
      "take -p, --system and --stop literally (no \\n, \\t, ... processing)"},

@@ -490,8 +490,8 @@ int cmd_bench(int argc, char **argv) {
                         "one -n (--batch, --grammar) and one -ctk/-ctv, not -p, -d, lists or -o (--cpu-time: --batch only)\n");
         return 2;
     }
-    if (a.file && !a.tokenize) {
-        fprintf(stderr, "error: -f is for --tokenize (the prompts of pp tests are random tokens)\n");
+    if (a.file && !a.tokenize && !grammar) {
+        fprintf(stderr, "error: -f is for --tokenize and --grammar (the prompts of pp tests are random tokens)\n");
         return 2;
     }
     if (a.b_type_k.n == 1) a.sp.cache_params.type_k = (kvlm_kv_type)a.b_type_k.v[0];

@@ -42,7 +42,26 @@ int cli_grammar_bench(kvlm_model *m, const cli_args *a) {
         fprintf(stderr, "error: --grammar %s: %s\n", a->grammar_file, err.msg);
         return 1;
     }
-    const int steps = a->b_gen.n && a->b_gen.v[0] > 0 ? (int)a->b_gen.v[0] : 256;
+    /* -f TEXT: its tokens are the walk (repeated -r times) */
+    kvlm_token *sample = NULL;
+    int32_t n_sample = 0;
+    if (a->file) {
+        size_t sl = 0;
+        char *st_text = cli_read_file(a->file, &sl);
+        if (!st_text) {
+            kvlm_grammar_free(h);
+            return 1;
+        }
+        sample = cli_tokenize(m, st_text, sl, false, false, &n_sample);
+        free(st_text);
+        if (!sample || n_sample == 0) {
+            fprintf(stderr, "error: -f %s: no tokens\n", a->file);
+            free(sample);
+            kvlm_grammar_free(h);
+            return 1;
+        }
+    }
+    const int steps = sample ? n_sample : a->b_gen.n && a->b_gen.v[0] > 0 ? (int)a->b_gen.v[0] : 256;
     const int walks = a->reps > 0 ? a->reps : 5;
     const int n = steps * walks;
     double *t_gen = malloc((size_t)n * sizeof *t_gen), *t_warm = malloc((size_t)n * sizeof *t_warm);
@@ -70,21 +89,26 @@ int cli_grammar_bench(kvlm_model *m, const cli_args *a) {
                 fprintf(stderr, "error: %s\n", err.msg);
                 goto out;
             }
-            /* the next token: uniform among the allowed ones that are not end-of-generation */
-            int32_t nc = 0;
-            for (int32_t t = 0; t < nv; t++)
-                if ((mg[t >> 6] >> (t & 63)) & 1 && !kvlm_token_is_eog(m, t)) allowed[nc++] = t;
-            if (nc == 0) { /* finished (or only the end is allowed): start again */
-                kv_gstate_reset(gen);
-                kv_gstate_reset(cold);
-                resets++;
-                i--;
-                continue;
+            int32_t tok;
+            if (sample) {
+                tok = sample[i];
+            } else {
+                /* the next token: uniform among the allowed ones that are not end-of-generation */
+                int32_t nc = 0;
+                for (int32_t t = 0; t < nv; t++)
+                    if ((mg[t >> 6] >> (t & 63)) & 1 && !kvlm_token_is_eog(m, t)) allowed[nc++] = t;
+                if (nc == 0) { /* finished (or only the end is allowed): start again */
+                    kv_gstate_reset(gen);
+                    kv_gstate_reset(cold);
+                    resets++;
+                    i--;
+                    continue;
+                }
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                tok = allowed[rng % (uint64_t)nc];
             }
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            const int32_t tok = allowed[rng % (uint64_t)nc];
             kv_gstate_flush(cold, NULL);
             double c2 = cli_now_s();
             kv_gstate_mask_uncached(cold, NULL, NULL);
@@ -94,7 +118,8 @@ int cli_grammar_bench(kvlm_model *m, const cli_args *a) {
             bool ok = kv_gstate_allows_token(gen, tok);
             double c5 = cli_now_s();
             if (!ok || kv_gstate_accept_token(gen, tok, &err) != KVLM_OK || kv_gstate_accept_token(cold, tok, &err) != KVLM_OK) {
-                fprintf(stderr, "error: token %d from the mask was refused: %s\n", tok, err.msg);
+                fprintf(stderr, "error: token %d (step %d) %s: %s\n", tok, i,
+                        sample ? "of -f's text does not continue the grammar" : "from the mask was refused", err.msg);
                 goto out;
             }
             t_gen[k] = (c1 - c0) * 1e6;
@@ -108,7 +133,8 @@ int cli_grammar_bench(kvlm_model *m, const cli_args *a) {
     double med, p99;
     printf("grammar %s on %s: %d tokens, trie of %d nodes; compile (grammar and trie) %.2f ms\n", base(a->grammar_file),
            base(a->model), nv, kv_gvocab_n_nodes(h->v), compile_ms);
-    printf("%d walks of %d random allowed tokens (%d restarts at the end of the grammar)\n", walks, steps, resets);
+    if (sample) printf("%d walks of the %d tokens of %s\n", walks, steps, base(a->file));
+    else printf("%d walks of %d random allowed tokens (%d restarts at the end of the grammar)\n", walks, steps, resets);
     printf("| per token                                  | median us |    p99 us |\n");
     printf("|--------------------------------------------|----------:|----------:|\n");
     pct(t_gen, k, &med, &p99);
@@ -131,6 +157,7 @@ out:
     free(t_check);
     free(n_ok);
     free(allowed);
+    free(sample);
     kvlm_grammar_free(h);
     return rc;
 }
