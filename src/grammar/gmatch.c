@@ -44,18 +44,23 @@
 
 /* ------------------------------------------------------------ vocabulary trie */
 
-/* One trie node, 12 bytes, read in order by the walk. */
+/* One trie node, 12 bytes, read in order by the walk. A node without a
+ * token names the spare bit past the vocabulary (the mask's extra word), so
+ * setting a node's bit needs no branch. */
 typedef struct tnode {
-    uint32_t skip;     /* the node after this node's subtree */
-    uint32_t tok_byte; /* tokens' offset into sorted (<< 8) | the node's byte */
-    uint16_t depth;    /* 1-based (the root, the state itself, is not a node) */
-    uint16_t tok_n;    /* tokens whose piece ends here */
+    uint32_t skip;  /* the node after this node's subtree */
+    uint32_t tok;   /* the first token whose piece ends here, or the spare bit */
+    uint16_t depth; /* 1-based (the root, the state itself, is not a node) */
+    uint8_t byte;
+    uint8_t more;   /* more tokens end here: tok_off[node] .. + tok_n[node] in sorted */
 } tnode;
 
 struct kv_gvocab {
     int32_t n_vocab;
-    uint32_t n_nodes, max_depth;
+    uint32_t n_nodes, max_depth, spare;
     tnode *node;
+    uint32_t *tok_off; /* per node: its tokens in sorted (read when `more`) */
+    uint16_t *tok_n;
     int32_t *sorted;   /* token ids in trie order */
     char *pool;        /* pieces */
     uint64_t *poff;
@@ -82,6 +87,8 @@ static int cmp_piece(const void *a, const void *b) {
 void kv_gvocab_free(kv_gvocab *v) {
     if (!v) return;
     free(v->node);
+    free(v->tok_off);
+    free(v->tok_n);
     free(v->sorted);
     free(v->pool);
     free(v->poff);
@@ -120,9 +127,12 @@ kvlm_status kv_gvocab_new(int32_t n_vocab, const char *const *piece, const uint3
     v->eog_list = malloc(nv * sizeof *v->eog_list);
     v->sorted = malloc((size_t)(n_tok ? n_tok : 1) * sizeof *v->sorted);
     v->node = calloc((size_t)(n_nodes_max ? n_nodes_max : 1), sizeof *v->node);
+    v->tok_off = calloc((size_t)(n_nodes_max ? n_nodes_max : 1), sizeof *v->tok_off);
+    v->tok_n = calloc((size_t)(n_nodes_max ? n_nodes_max : 1), sizeof *v->tok_n);
+    v->spare = ((uint32_t)n_vocab + 63) / 64 * 64; /* the first bit of the mask's extra word */
     uint32_t *open = malloc((65536 + 1) * sizeof *open);
-    if (!v->pool || !v->poff || !v->plen || !v->eog || !v->eog_list || !v->sorted || !v->node || !open ||
-        n_tok >= (1 << 24)) {
+    if (!v->pool || !v->poff || !v->plen || !v->eog || !v->eog_list || !v->sorted || !v->node || !v->tok_off ||
+        !v->tok_n || !open) {
         free(open);
         kv_gvocab_free(v);
         return kv_fail(err, KVLM_ERR_NOMEM, "grammar: out of memory (vocabulary trie)");
@@ -161,20 +171,26 @@ kvlm_status kv_gvocab_new(int32_t n_vocab, const char *const *piece, const uint3
         const uint32_t l = len[t];
         uint32_t c = 0;
         while (prev && c < l && c < prev_len && p[c] == prev[c]) c++;
-        if (prev && c == l && l == prev_len && v->node[open[n_open - 1]].tok_n < UINT16_MAX) {
-            v->node[open[n_open - 1]].tok_n++; /* same piece: the same node */
+        if (prev && c == l && l == prev_len && v->tok_n[open[n_open - 1]] < UINT16_MAX) {
+            const uint32_t o = open[n_open - 1]; /* same piece: the same node */
+            v->tok_n[o]++;
+            v->node[o].more = 1;
             continue;
         }
         if (prev && c == l && l == prev_len) c--; /* 65535 tokens with one piece: a sibling node */
         while (n_open > c) v->node[open[--n_open]].skip = nn; /* close nodes deeper than the common prefix */
         for (uint32_t d = c; d < l; d++) {
-            v->node[nn].tok_byte = (uint32_t)i << 8 | (uint8_t)p[d];
+            v->node[nn].byte = (uint8_t)p[d];
             v->node[nn].depth = (uint16_t)(d + 1);
-            v->node[nn].tok_n = 0;
+            v->node[nn].tok = v->spare;
+            v->node[nn].more = 0;
+            v->tok_off[nn] = (uint32_t)i;
+            v->tok_n[nn] = 0;
             open[n_open++] = nn;
             nn++;
         }
-        v->node[open[n_open - 1]].tok_n = 1;
+        v->node[open[n_open - 1]].tok = (uint32_t)t;
+        v->tok_n[open[n_open - 1]] = 1;
         if (l > maxd) maxd = l;
         prev = p;
         prev_len = l;
@@ -624,7 +640,7 @@ kvlm_status kv_gstate_new(const kv_grammar *g, const kv_gvocab *v, kv_gstate **o
               grow((void **)&s->fr, &s->cap_fr, 1, sizeof *s->fr);
     if (ok && v) {
         s->words = ((uint32_t)v->n_vocab + 63) / 64;
-        s->mask_out = malloc((size_t)s->words * sizeof *s->mask_out);
+        s->mask_out = malloc((size_t)(s->words + 1) * sizeof *s->mask_out); /* + the spare word */
         s->walk = malloc(((size_t)v->max_depth + 1) * sizeof *s->walk);
         ok = s->mask_out && s->walk;
     }
@@ -773,7 +789,7 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
         return s->masks + (size_t)s->ds[d0].mask_slot * s->words;
     }
     uint64_t *m = s->mask_out;
-    memset(m, 0, (size_t)s->words * sizeof *m);
+    memset(m, 0, (size_t)(s->words + 1) * sizeof *m);
     uint32_t *stk = s->walk;
     stk[0] = d0;
     const uint32_t nn = v->n_nodes;
@@ -784,10 +800,9 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
     for (uint32_t i = 0; i < nn;) {
         const tnode nd = node[i];
         const uint32_t from = stk[nd.depth - 1];
-        const uint8_t b = (uint8_t)nd.tok_byte;
-        int32_t t = trans[(size_t)from * 256 + b];
-        if (t == T_UNKNOWN) {
-            t = compute_trans(s, from, b);
+        int32_t t = trans[(size_t)from * 256 + nd.byte];
+        if (__builtin_expect(t == T_UNKNOWN, 0)) {
+            t = compute_trans(s, from, nd.byte);
             trans = s->trans; /* may have moved */
             if (s->oom) break;
         }
@@ -796,13 +811,15 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
             continue;
         }
         stk[nd.depth] = (uint32_t)t;
-        if (nd.tok_n) {
-            const int32_t *tk = sorted + (nd.tok_byte >> 8);
-            for (uint32_t j = 0; j < nd.tok_n; j++) m[tk[j] >> 6] |= 1ull << (tk[j] & 63);
-            count += (int32_t)nd.tok_n;
+        m[nd.tok >> 6] |= 1ull << (nd.tok & 63); /* the spare bit when no token ends here */
+        if (__builtin_expect(nd.more, 0)) {
+            const int32_t *tk = sorted + v->tok_off[i];
+            for (uint32_t j = 1; j < v->tok_n[i]; j++) m[tk[j] >> 6] |= 1ull << (tk[j] & 63);
         }
         i++;
     }
+    m[s->words] = 0; /* the spare word */
+    for (uint32_t w = 0; w < s->words; w++) count += __builtin_popcountll(m[w]);
     if (s->oom) {
         s->oom = false;
         kv_fail(err, KVLM_ERR_NOMEM, "grammar: out of memory");
@@ -811,8 +828,8 @@ static const uint64_t *compute_mask(kv_gstate *s, bool cached, int32_t *n_allowe
     if (s->ds[d0].complete)
         for (int32_t j = 0; j < v->n_eog; j++) {
             const int32_t id = v->eog_list[j];
+            count += !((m[id >> 6] >> (id & 63)) & 1);
             m[id >> 6] |= 1ull << (id & 63);
-            count++;
         }
     s->ds[d0].n_allowed = count;
     if (n_allowed) *n_allowed = count;
