@@ -417,7 +417,7 @@ static void check_masks_along(kvlm_model *m, const char *gtext, const char *text
     const int32_t nv = kvlm_n_vocab(m);
     const size_t tl = strlen(text);
     char *buf = malloc(tl + 256);
-    for (size_t pos = 0; pos <= tl; pos += 3) {
+    for (size_t pos = 0; pos <= tl; pos += 4) {
         kv_gstate_reset(s);
         assert_true(kv_gstate_accept_bytes(s, text, pos));
         int32_t n_allowed = 0;
@@ -496,13 +496,16 @@ static void test_generate_under_grammars(void **state) {
         kvlm_grammar *h = grammar_for(m, *k->text, k->root);
         kv_grammar *g = compile(*k->text, k->root);
         int n_stop = 0;
-        for (int seed = 1; seed <= 12; seed++) {
+        /* the finite languages get room to finish; the others are checked on a prefix */
+        const bool finite = !strcmp(k->name, "json-small") || !strcmp(k->name, "chess");
+        const int32_t max_tokens = finite ? 96 : 40;
+        for (int seed = 1; seed <= 8; seed++) {
             kvlm_generate_params gp = kvlm_generate_default_params();
             gp.sampling.grammar = h;
             gp.sampling.seed = (uint64_t)seed * 7919u;
             gp.sampling.temperature = seed % 3 == 0 ? 0.0f : 1.0f;
             if (seed % 4 == 1) gp.sampling.top_k = 0; /* no top-k: the full mask every step */
-            gp.max_tokens = 96;
+            gp.max_tokens = max_tokens;
             kvlm_generate_result r;
             kvlm_error err;
             if (kvlm_generate(s, "Once upon a time", &gp, NULL, NULL, &r, &err) != KVLM_OK)
@@ -524,17 +527,17 @@ static void test_generate_under_grammars(void **state) {
                 }
             } else {
                 assert_int_equal(r.finish, KVLM_FINISH_LENGTH);
-                assert_int_equal(r.n_completion, 96);
+                assert_int_equal(r.n_completion, max_tokens);
             }
             kv_gstate_free(st);
             kvlm_generate_result_free(&r);
         }
         /* the finite languages always finish */
-        if (!strcmp(k->name, "json-small") || !strcmp(k->name, "chess")) assert_int_equal(n_stop, 12);
+        if (finite) assert_int_equal(n_stop, 8);
         kv_grammar_free(g);
         kvlm_grammar_free(h);
     }
-    assert_true(n_complete_json >= 12);
+    assert_true(n_complete_json >= 8);
     kvlm_session_free(s);
     kvlm_model_free(m);
 }
