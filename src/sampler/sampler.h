@@ -6,6 +6,9 @@
  *                        l = l <= 0 ? l * repeat : l / repeat;
  *                        l -= c * frequency + presence;
  *                      (in double, rounded to float once; see below)
+ *   2b. grammar        with params.grammar: tokens it does not allow -> -inf
+ *                      (computed only when the unmasked chain would see one;
+ *                      the result is that of masking always)
  *   3. temperature <= 0: greedy -- the largest logit, ties to the lowest id.
  *      Otherwise:
  *   4. top-k           keep the k largest logits
