@@ -349,6 +349,9 @@ typedef struct kvlm_logit_bias {
     float bias; /* added to the logit; -INFINITY bans the token */
 } kvlm_logit_bias;
 
+/* A compiled grammar (see "grammars" below). */
+typedef struct kvlm_grammar kvlm_grammar;
+
 typedef struct kvlm_sampling_params {
     float temperature;       /* <= 0: greedy */
     int32_t top_k;           /* <= 0: off */
@@ -361,6 +364,13 @@ typedef struct kvlm_sampling_params {
     uint64_t seed;           /* seeded multinomial: same seed, same tokens, any platform */
     const kvlm_logit_bias *logit_bias;
     int32_t n_logit_bias;
+    /* Constrained decoding: NULL (the default) or a grammar made for the model whose logits
+       are sampled. Only tokens that continue the grammar can be drawn; the mask is applied
+       after bias and penalties and before top-k/top-p/min-p/temperature, so the draw is that
+       of the chain on the masked logits (same seed, same tokens). Control and unknown tokens
+       are never allowed, end-of-generation tokens only where the grammar is complete. The
+       grammar must outlive every sampler and generation that uses it. */
+    const kvlm_grammar *grammar;
 } kvlm_sampling_params;
 
 /* llama.cpp's defaults: temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
@@ -374,14 +384,36 @@ KVLM_API kvlm_status kvlm_sampler_new(const kvlm_sampling_params *params, int32_
 KVLM_API void kvlm_sampler_free(kvlm_sampler *s);
 /* Picks a token from one row of logits (does not accept it). */
 KVLM_API kvlm_status kvlm_sampler_sample(kvlm_sampler *s, const float *logits, kvlm_token *out, kvlm_error *err);
-/* Adds a token to the penalty history. */
+/* A generated token: adds it to the penalty history and, with a grammar, advances the
+ * grammar by it (KVLM_ERR_INVALID_ARG, nothing changed, when the grammar does not allow it). */
 KVLM_API kvlm_status kvlm_sampler_accept(kvlm_sampler *s, kvlm_token t, kvlm_error *err);
-/* Clears the history and reseeds. */
+/* Adds a token to the penalty history only (prompt tokens; the grammar is not advanced). */
+KVLM_API kvlm_status kvlm_sampler_accept_history(kvlm_sampler *s, kvlm_token t, kvlm_error *err);
+/* With a grammar: the text accepted so far is complete (end-of-generation is allowed), and
+ * whether more can follow (false: the grammar is finished). Without one: true, true. */
+KVLM_API bool kvlm_sampler_grammar_complete(const kvlm_sampler *s);
+KVLM_API bool kvlm_sampler_grammar_can_continue(const kvlm_sampler *s);
+/* Clears the history, reseeds, and puts the grammar back at its start. */
 KVLM_API void kvlm_sampler_reset(kvlm_sampler *s);
+
+/* ------------------------------------------------------------ grammars
+ * GBNF in llama.cpp's syntax (docs/GRAMMAR.md): rules `name ::= ...`, alternation `|`,
+ * grouping, `* + ? {m} {m,} {m,n}`, "literals" and [classes] ([^negated], ranges) with the
+ * escapes \n \r \t \\ \" \[ \] \xHH \uHHHH \UHHHHHHHH, `.`, comments from `#`. A grammar is
+ * compiled once for a model's vocabulary; it is read-only afterwards (any number of threads
+ * and samplers may use it at once). */
+
+/* Compiles text (NUL-terminated) with start rule root (NULL: "root") for model's vocabulary
+ * (a vocab_only model will do). A malformed grammar, an undefined rule, left recursion or a
+ * missing start rule: KVLM_ERR_INVALID_ARG with the line and column in err. */
+KVLM_API kvlm_status kvlm_grammar_new_gbnf(const kvlm_model *model, const char *text, const char *root,
+                                          kvlm_grammar **out, kvlm_error *err);
+KVLM_API void kvlm_grammar_free(kvlm_grammar *g);
 
 /* ------------------------------------------------------------ generation */
 typedef enum kvlm_finish_reason {
-    KVLM_FINISH_STOP = 0,      /* end-of-generation token, stop string, or the callback asked */
+    KVLM_FINISH_STOP = 0,      /* end-of-generation token, stop string, the callback asked, or the
+                                  grammar (sampling.grammar) is finished: complete, nothing can follow */
     KVLM_FINISH_LENGTH = 1,    /* max_tokens or the context is full */
     KVLM_FINISH_CANCELLED = 2, /* kvlm_session_cancel */
     KVLM_FINISH_DEADLINE = 3,  /* timeout_s passed */
@@ -428,7 +460,8 @@ typedef struct kvlm_generate_params {
        transformers' early_stopping=False), or at max_tokens / a full context (the live beams count
        then). The best hypothesis is the result, and the session then holds it as plain decoding
        would have left it. The sampling parameters (temperature, penalties, logit bias, seed) do not
-       apply; the callback sees the result's text once the search is over. Not with draft_max. */
+       apply; the callback sees the result's text once the search is over. Not with draft_max, nor
+       with a grammar (sampling.grammar: KVLM_ERR_UNSUPPORTED). */
     int32_t n_beams;          /* 0 or 1: off; at most 64 */
     float length_penalty;     /* default 1.0; 0: plain summed log-probability */
     bool all_beams;           /* also return every final hypothesis in result->beams, best first */

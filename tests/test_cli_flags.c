@@ -513,6 +513,54 @@ static void test_chat_line_editing(void **state) {
     unlink(path);
 }
 
+/* ------------------------------------------------------------ grammars */
+
+/* run --grammar TEXT and --grammar-file FILE constrain the output and end with "stop" when the
+ * grammar is finished; chat takes them too; a malformed grammar is an error with its position;
+ * bench --grammar FILE times masks on a vocabulary. */
+static void test_grammar_flags(void **state) {
+    (void)state;
+    static const char *g = "root ::= (\"yes\" | \"no\") \"!\"";
+    for (int seed = 1; seed <= 4; seed++) {
+        assert_int_equal(run("%s run -m %s -p Hi -n 20 --temp 1 --seed %d --grammar '%s'", KVLM, AID, seed, g), 0);
+        if (!strstr(g_out, "Hiyes!\n") && !strstr(g_out, "Hino!\n")) fail_msg("seed %d: %s", seed, g_out);
+        assert_non_null(strstr(g_out, "finish: stop"));
+    }
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/kvlm-grammar-%d.gbnf", (int)getpid());
+    static const char file[] = "# digits, then a dot\nroot ::= [0-9]{3} \".\"\n";
+    write_file(path, file, sizeof file - 1);
+    assert_int_equal(run("%s run -m %s -p Hi -n 20 --grammar-file %s", KVLM, AID, path), 0);
+    const char *o = strstr(g_out, "Hi");
+    assert_non_null(o);
+    for (int i = 0; i < 3; i++) assert_true(o[2 + i] >= '0' && o[2 + i] <= '9');
+    assert_int_equal(o[5], '.');
+    assert_int_equal(o[6], '\n');
+    assert_non_null(strstr(g_out, "finish: stop"));
+    /* chat: the answer is a string of the grammar */
+    assert_int_equal(run("printf 'Hello\\n' | %s chat -m %s -n 20 --grammar-file %s 2>&1", KVLM, AID, path), 0);
+    const char *ans = strstr(g_out, "> ");
+    assert_non_null(ans);
+    for (int i = 0; i < 3; i++) assert_true(ans[2 + i] >= '0' && ans[2 + i] <= '9');
+    assert_int_equal(ans[5], '.');
+    /* bench --grammar on a vocabulary */
+    assert_int_equal(run("%s bench -m %s/vocab/ggml-vocab-llama-spm.gguf --grammar %s -n 8 -r 1", KVLM, MODELS, path), 0);
+    assert_non_null(strstr(g_out, "| mask, as generation computes it (cached)"));
+    assert_non_null(strstr(g_out, "32000 tokens"));
+    /* errors */
+    assert_int_equal(run("%s run -m %s -p Hi --grammar 'root ::= [a-'", KVLM, AID), 1);
+    assert_non_null(strstr(g_out, "error: --grammar: grammar: line 1, column"));
+    write_file(path, "root ::= \"a\"\nroot ::= x\n", 23);
+    assert_int_equal(run("%s run -m %s -p Hi --grammar-file %s", KVLM, AID, path), 1);
+    assert_non_null(strstr(g_out, "line 2, column 1: rule 'root' is defined twice"));
+    assert_int_equal(run("%s run -m %s -p Hi --grammar x --grammar-file %s", KVLM, AID, path), 2);
+    assert_non_null(strstr(g_out, "two grammars"));
+    assert_int_equal(run("%s bench -m %s --grammar %s --batch", KVLM, AID, path), 2);
+    unlink(path);
+    assert_int_equal(run("%s run -m %s -p Hi --grammar-file %s", KVLM, AID, path), 1);
+    assert_non_null(strstr(g_out, path));
+}
+
 /* ------------------------------------------------------------ progress */
 
 static void test_perplexity_progress(void **state) {
@@ -575,6 +623,7 @@ int main(void) {
         cmocka_unit_test(test_tokenize_output),
         cmocka_unit_test(test_run_timings_and_context),
         cmocka_unit_test(test_chat_line_editing),
+        cmocka_unit_test(test_grammar_flags),
         cmocka_unit_test(test_perplexity_progress),
         cmocka_unit_test(test_synth_progress),
     };

@@ -161,6 +161,8 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: n_beams %d is outside 0..%d", gp->n_beams, KV_BEAM_MAX);
     const bool beams = gp->n_beams > 1;
     if (beams && K) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: beam search and drafting do not combine");
+    if (beams && gp->sampling.grammar)
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED, "generate: beam search does not take a grammar (yet)");
     if (beams && !(gp->length_penalty >= -16.0f && gp->length_penalty <= 16.0f))
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: length_penalty %g is outside -16..16",
                        (double)gp->length_penalty);
@@ -292,6 +294,9 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             kvlm_token t;
             if ((st = kv_sampler_sample(smp, row, &t, err))) goto fail;
             kv_sampler_accept(smp, t, NULL);
+            /* the sampled token is one the grammar allows (or an end-of-generation token where it is
+               complete, which changes nothing) */
+            if ((st = kv_sampler_accept_grammar(smp, t, err))) goto fail;
             if (!gp->ignore_eos && kv_vocab_is_eog(v, t)) {
                 fin = KVLM_FINISH_STOP;
                 break;
@@ -303,6 +308,10 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                 goto fail;
             }
             if (r) {
+                fin = KVLM_FINISH_STOP;
+                break;
+            }
+            if (!kv_sampler_grammar_can_continue(smp)) { /* the grammar is finished */
                 fin = KVLM_FINISH_STOP;
                 break;
             }

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "grammar/grammar.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -55,6 +56,9 @@ struct kv_sampler {
     int32_t n_seen;
 
     uint64_t rng[4]; /* xoshiro256** */
+
+    kv_gstate *gram;   /* params.grammar's state, or NULL */
+    int32_t n_topk;    /* candidates top-k kept (cand[0..n_topk)), before top-p and min-p */
 };
 
 /* ------------------------------------------------------------------ PRNG */
@@ -177,6 +181,19 @@ kvlm_status kv_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab,
         return kv_fail(err, KVLM_ERR_NOMEM, "sampler: out of memory (n_vocab %d, penalty_last_n %d)",
                        (int)n_vocab, (int)last_n);
     }
+    if (params->grammar) {
+        const kvlm_grammar *g = params->grammar;
+        if (!g->g || !g->v || kv_gvocab_n_vocab(g->v) != n_vocab) {
+            kv_sampler_free(s);
+            return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: the grammar was made for a vocabulary of %d tokens, not %d",
+                           g->v ? (int)kv_gvocab_n_vocab(g->v) : 0, (int)n_vocab);
+        }
+        st = kv_gstate_new(g->g, g->v, &s->gram, err);
+        if (st != KVLM_OK) {
+            kv_sampler_free(s);
+            return st;
+        }
+    }
     rng_seed(s->rng, params->seed);
     *out = s;
     return KVLM_OK;
@@ -184,6 +201,7 @@ kvlm_status kv_sampler_new(const kvlm_sampling_params *params, int32_t n_vocab,
 
 void kv_sampler_free(kv_sampler *s) {
     if (!s) return;
+    kv_gstate_free(s->gram);
     free(s->bias);
     free(s->work);
     free(s->cand);
@@ -218,7 +236,20 @@ void kv_sampler_reset(kv_sampler *s) {
     s->n_seen = 0;
     s->ring_head = s->ring_len = 0;
     rng_seed(s->rng, s->params.seed);
+    kv_gstate_reset(s->gram);
 }
+
+kvlm_status kv_sampler_accept_grammar(kv_sampler *s, kvlm_token token, kvlm_error *err) {
+    if (!s) return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: NULL argument");
+    if (!s->gram) return KVLM_OK;
+    return kv_gstate_accept_token(s->gram, token, err);
+}
+
+bool kv_sampler_grammar_complete(const kv_sampler *s) { return !s || !s->gram || kv_gstate_complete(s->gram); }
+bool kv_sampler_grammar_can_continue(const kv_sampler *s) {
+    return !s || !s->gram || kv_gstate_can_continue(s->gram);
+}
+bool kv_sampler_has_grammar(const kv_sampler *s) { return s && s->gram; }
 
 /* ------------------------------------------------------------ penalties */
 
@@ -602,13 +633,13 @@ static int32_t cut_min_p(const kv_cand *c, int32_t n, double thr) {
     return i;
 }
 
-/* Runs stages 1..7: fills cand[0..n_cand), w, wsum. Greedy leaves one
- * candidate with weight 1. */
-static kvlm_status run_chain(kv_sampler *s, const float *logits, kvlm_error *err) {
+/* Runs stages 3..7 on work and bmax: fills cand[0..n_cand), w, wsum. Greedy
+ * leaves one candidate with weight 1. */
+static kvlm_status chain_on_work(kv_sampler *s, kvlm_error *err) {
     const kvlm_sampling_params *p = &s->params;
     const int32_t nv = s->n_vocab;
-    prepare_logits(s, logits);
     const float *work = s->work;
+    s->n_topk = -1;
     kv_cand *c = s->cand;
     int32_t n;
 
@@ -641,6 +672,7 @@ static kvlm_status run_chain(kv_sampler *s, const float *logits, kvlm_error *err
     if (k < nv) {
         n = select_top_k(s, k);
         if (n == 0) goto no_token;
+        s->n_topk = n;
         if (use_top_p) n = cut_top_p(c, n, p->top_p, sum_weights_sorted(c, n));
         if (use_min_p) n = cut_min_p(c, n, min_p_thr);
     } else {
@@ -686,6 +718,54 @@ static kvlm_status run_chain(kv_sampler *s, const float *logits, kvlm_error *err
 no_token:
     s->n_cand = 0;
     return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: every logit is -inf or NaN after bias and penalties");
+}
+
+/* The grammar's mask can be skipped when the chain on the unmasked logits
+ * already saw only allowed tokens: greedy, the chosen token (the masked
+ * maximum is the same token, ties included); with top-k, every top-k survivor
+ * (the masked top-k is then the same set, so top-p, min-p and the weights are
+ * too). Without top-k every token's weight counts: no shortcut. */
+static bool lazy_ok(kv_sampler *s) {
+    const kvlm_sampling_params *p = &s->params;
+    const uint64_t *m = kv_gstate_cached_mask(s->gram); /* a state seen before: bit tests */
+#define KV_ALLOWED(t) (m ? (m[(t) >> 6] >> ((t) & 63)) & 1 : kv_gstate_allows_token(s->gram, (t)))
+    if (p->temperature <= 0.0f || p->top_k == 1) return s->n_cand == 1 && KV_ALLOWED(s->cand[0].id);
+    if (s->n_topk < 0) return false;
+    for (int32_t i = 0; i < s->n_topk; i++)
+        if (!KV_ALLOWED(s->cand[i].id)) return false;
+    return true;
+#undef KV_ALLOWED
+}
+
+/* Stages 1..7 (with a grammar, its mask between 2 and 3). */
+static kvlm_status run_chain(kv_sampler *s, const float *logits, kvlm_error *err) {
+    prepare_logits(s, logits);
+    if (!s->gram) return chain_on_work(s, err);
+    if (chain_on_work(s, NULL) == KVLM_OK && lazy_ok(s)) return KVLM_OK;
+    int32_t n_allowed = 0;
+    const uint64_t *m = kv_gstate_mask(s->gram, &n_allowed, err);
+    if (!m) return err ? err->code : KVLM_ERR_NOMEM;
+    if (n_allowed == 0) {
+        s->n_cand = 0;
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "sampler: the grammar allows no token here");
+    }
+    const int32_t nv = s->n_vocab, nb = (nv + KV_BLOCK - 1) / KV_BLOCK;
+    float *work = s->work;
+    for (int32_t w = 0; w < (nv + 63) / 64; w++) {
+        const uint64_t bits = m[w];
+        if (bits == ~0ull) continue;
+        const int32_t end = (w + 1) * 64 < nv ? (w + 1) * 64 : nv;
+        for (int32_t t = w * 64; t < end; t++)
+            if (!((bits >> (t & 63)) & 1)) work[t] = -INFINITY;
+    }
+    for (int32_t b = 0; b < nb; b++) s->bmax[b] = block_max(work + (size_t)b * KV_BLOCK, block_len(nv, b));
+    kvlm_status st = chain_on_work(s, err);
+    if (st != KVLM_OK) {
+        s->n_cand = 0;
+        return kv_fail(err, KVLM_ERR_INVALID_ARG,
+                       "sampler: every token the grammar allows is at -inf after bias and penalties");
+    }
+    return KVLM_OK;
 }
 
 kvlm_status kv_sampler_sample(kv_sampler *s, const float *logits, kvlm_token *out,

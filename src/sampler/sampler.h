@@ -6,6 +6,9 @@
  *                        l = l <= 0 ? l * repeat : l / repeat;
  *                        l -= c * frequency + presence;
  *                      (in double, rounded to float once; see below)
+ *   2b. grammar        with params.grammar: tokens it does not allow -> -inf
+ *                      (computed only when the unmasked chain would see one;
+ *                      the result is that of masking always)
  *   3. temperature <= 0: greedy -- the largest logit, ties to the lowest id.
  *      Otherwise:
  *   4. top-k           keep the k largest logits
@@ -60,6 +63,7 @@
 #ifndef KV_SAMPLER_SAMPLER_H
 #define KV_SAMPLER_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "kvlm.h"
@@ -93,7 +97,19 @@ void kv_sampler_set_seed(kv_sampler *s, uint64_t seed);
  * penalized too). Fails only on a token outside [0, n_vocab). */
 kvlm_status kv_sampler_accept(kv_sampler *s, kvlm_token token, kvlm_error *err);
 
-/* Runs the chain on logits[0..n_vocab) and draws a token. */
+/* With params.grammar: advances the sampler's grammar state by a generated
+ * token (KVLM_ERR_INVALID_ARG, nothing changed, when not allowed); without
+ * one, nothing. kv_sampler_accept does not touch the grammar. */
+kvlm_status kv_sampler_accept_grammar(kv_sampler *s, kvlm_token token, kvlm_error *err);
+bool kv_sampler_has_grammar(const kv_sampler *s);
+/* The grammar is complete / can take more (true without a grammar). */
+bool kv_sampler_grammar_complete(const kv_sampler *s);
+bool kv_sampler_grammar_can_continue(const kv_sampler *s);
+
+/* Runs the chain on logits[0..n_vocab) and draws a token. With a grammar,
+ * the tokens it does not allow are set to -inf after bias and penalties
+ * (computing the mask only when the unmasked chain would have seen a
+ * disallowed token: the result is the same either way). */
 kvlm_status kv_sampler_sample(kv_sampler *s, const float *logits, kvlm_token *out,
                               kvlm_error *err);
 

@@ -271,6 +271,26 @@ void cli_cancel_on_sigint(kvlm_session *s) {
     signal(SIGINT, s ? on_sigint : SIG_DFL);
 }
 
+bool cli_grammar(const cli_args *a, const kvlm_model *m, kvlm_grammar **out) {
+    *out = NULL;
+    if (!a->grammar && !a->grammar_file) return true;
+    size_t len = 0;
+    char *text = a->grammar_file ? cli_read_file(a->grammar_file, &len) : NULL;
+    if (a->grammar_file && !text) return false; /* cli_read_file said why */
+    if (text && strlen(text) != len) {
+        fprintf(stderr, "error: --grammar-file %s: the file holds a NUL byte\n", a->grammar_file);
+        free(text);
+        return false;
+    }
+    kvlm_error err;
+    kvlm_status st = kvlm_grammar_new_gbnf(m, text ? text : a->grammar, NULL, out, &err);
+    if (st != KVLM_OK)
+        fprintf(stderr, "error: %s%s: %s\n", a->grammar_file ? "--grammar-file " : "--grammar",
+                a->grammar_file ? a->grammar_file : "", err.msg);
+    free(text);
+    return st == KVLM_OK;
+}
+
 bool cli_check_bias(const cli_args *a, const kvlm_model *m) {
     const int32_t nv = kvlm_n_vocab(m);
     for (int i = 0; i < a->n_bias; i++)

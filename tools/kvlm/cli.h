@@ -62,6 +62,8 @@ typedef struct cli_args {
     bool seed_set, temp_set, seed_random, temp_defaulted;
     kvlm_logit_bias bias[CLI_MAX_BIAS];
     int n_bias;
+    const char *grammar;      /* --grammar TEXT */
+    const char *grammar_file; /* --grammar-file FILE (bench: --grammar FILE) */
     const char *stop[CLI_MAX_STOP];
     int n_stop;
     double timeout_s;
@@ -127,6 +129,9 @@ void cli_print_kv_stats(const kvlm_session *s);
 void cli_print_kv_stats_with(const kvlm_session *s, const char *extra);
 /* Checks that logit-bias tokens are in the model's vocabulary. */
 bool cli_check_bias(const cli_args *a, const kvlm_model *m);
+/* --grammar TEXT / --grammar-file FILE compiled for m into *out (NULL when neither is given).
+ * false, after printing the error (with its line and column), when it does not compile. */
+bool cli_grammar(const cli_args *a, const kvlm_model *m, kvlm_grammar **out);
 
 /* A progress line on stderr for long work, redrawn at most ~10 times a
  * second, with the elapsed time and an estimate of the time left; nothing at

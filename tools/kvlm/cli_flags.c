@@ -68,7 +68,8 @@ static const struct {
      "  -t, -d, -ctk and -ctv take comma-separated lists (or repeat) and every combination is run.\n"
      "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
      "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
-     "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"},
+     "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"
+     "       kvlm bench -m MODEL --grammar FILE [-f TEXT] [-n STEPS] [-r WALKS]   token-mask time of a GBNF grammar\n"},
     {"serve", C_SERVE,
      "usage: kvlm serve -m MODEL [options]\n"
      "  An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models, /health,\n"
@@ -84,6 +85,7 @@ enum {
     F_BATCH, F_TOKENIZE, F_CPU_TIME, F_KV_STATS, F_VERBOSE, F_CTK, F_CTV, F_OVERFLOW, F_KEEP, F_SINK,
     F_WINDOW, F_COMPRESS_AFTER, F_COMPRESS_TYPE, F_PAGE_TOKENS, F_GROWTH, F_GROWTH_FACTOR, F_KV_INITIAL,
     F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM, F_BEAMS, F_LENGTH_PENALTY, F_BEAMS_ALL,
+    F_GRAMMAR, F_GRAMMAR_FILE,
 };
 
 /* kinds of value */
@@ -108,7 +110,9 @@ static const flag_spec k_flags[] = {
     {"-f", "--file", "FILE", C_RUN | C_EVAL | C_TOKENIZE, F_FILE, V_STR, 0, 0,
      "read the prompt from FILE, as it is ('-': standard input)"},
     {"-f", "--file", "FILE", C_PPL, F_FILE, V_STR, 0, 0, "the text to score (required; '-': standard input)"},
-    {"-f", "--file", "FILE", C_BENCH, F_FILE, V_STR, 0, 0, "--tokenize: the text sample (default: a built-in mix)"},
+    {"-f", "--file", "FILE", C_BENCH, F_FILE, V_STR, 0, 0,
+     "--tokenize: the text sample (default: a built-in mix); --grammar: a text of the grammar, whose tokens are "
+     "walked (default: random allowed tokens)"},
     {NULL, "--stdin", NULL, C_TOKENIZE, F_STDIN, V_NONE, 0, 0, "read the prompt from standard input"},
     {NULL, "--no-escape", NULL, C_RUN | C_CHAT | C_EVAL | C_TOKENIZE, F_NO_ESCAPE, V_NONE, 0, 0,
      "take -p, --system and --stop literally (no \\n, \\t, ... processing)"},
@@ -157,6 +161,11 @@ static const flag_spec k_flags[] = {
      "add BIAS to TOKEN's logit: 15043+1, 15043-1, 2-inf bans token 2 (repeatable)"},
     {NULL, "--stop", "STR", C_GEN, F_STOP, V_STR, 0, 0, "stop when STR is generated; it is not printed (repeatable)"},
     {NULL, "--ignore-eos", NULL, C_GEN, F_IGNORE_EOS, V_NONE, 0, 0, "go on past end-of-generation tokens"},
+    {NULL, "--grammar", "TEXT", C_GEN, F_GRAMMAR, V_STR, 0, 0,
+     "constrain the output to a GBNF grammar (llama.cpp's syntax, start rule root; docs/GRAMMAR.md)"},
+    {NULL, "--grammar-file", "FILE", C_GEN, F_GRAMMAR_FILE, V_STR, 0, 0, "the same, the grammar read from FILE"},
+    {NULL, "--grammar", "FILE", C_BENCH, F_GRAMMAR_FILE, V_STR, 0, 0,
+     "token-mask time of the GBNF grammar in FILE on -m's vocabulary (a vocab-only GGUF will do)"},
     {NULL, "--n-probs", "N", C_RUN, F_NPROBS, V_INT, 0, CLI_MAX_PROBS,
      "after the text, each generated token's probability and the N most probable tokens (default: 0)"},
     {"-md", "--model-draft", "FILE", C_RUN, F_MODEL_DRAFT, V_STR, 0, 0,
@@ -509,6 +518,8 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
             esc[n_esc++] = v;
             break;
         case F_IGNORE_EOS: a->ignore_eos = true; break;
+        case F_GRAMMAR: a->grammar = v; break;
+        case F_GRAMMAR_FILE: a->grammar_file = v; break;
         case F_NPROBS: a->n_probs = (int)iv; break;
         case F_TIMEOUT: a->timeout_s = fv; break;
         case F_NO_BOS: a->no_bos = true; break;
@@ -602,6 +613,10 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         fprintf(stderr, "error: --draft-max needs a draft source: -md FILE or --draft-ngram N\n");
         return false;
     }
+    if (a->grammar && a->grammar_file) {
+        fprintf(stderr, "error: --grammar and --grammar-file are two grammars; give one\n");
+        return false;
+    }
     if (a->model_draft && a->draft_ngram) {
         fprintf(stderr, "error: -md and --draft-ngram are two draft sources; give one\n");
         return false;
@@ -613,6 +628,10 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
     }
     if ((a->length_penalty_set || a->beams_all) && a->beams < 2 && !a->help) {
         fprintf(stderr, "error: %s needs --beams N (N >= 2)\n", a->beams_all ? "--beams-all" : "--length-penalty");
+        return false;
+    }
+    if (a->beams > 1 && (a->grammar || a->grammar_file) && !a->help) {
+        fprintf(stderr, "error: --beams does not take a grammar (--grammar, --grammar-file) yet\n");
         return false;
     }
     if (a->beams > 1 && sampling_flag && !a->help) {

@@ -10,6 +10,7 @@
 
 #include "cli.h"
 #include "gguf/gguf.h"
+#include "grammar_bench.h"
 #include "qz.h"
 #include "sampler_bench.h"
 
@@ -477,29 +478,33 @@ int cmd_bench(int argc, char **argv) {
         cli_usage("bench", stdout);
         return 0;
     }
-    const bool special = a.tokenize || a.incremental || a.batch;
-    if ((int)a.tokenize + (int)a.incremental + (int)a.batch > 1) {
-        fprintf(stderr, "error: give one of --incremental, --batch and --tokenize\n");
+    const bool grammar = a.grammar_file != NULL;
+    const bool special = a.tokenize || a.incremental || a.batch || grammar;
+    if ((int)a.tokenize + (int)a.incremental + (int)a.batch + (int)grammar > 1) {
+        fprintf(stderr, "error: give one of --incremental, --batch, --tokenize and --grammar\n");
         return 2;
     }
     if (special && (a.output != CLI_OUT_MD || a.b_prompt.n || a.b_depth.n || a.b_threads.n > 1 || a.b_gen.n > 1 ||
                     a.b_type_k.n > 1 || a.b_type_v.n > 1 || (a.cpu_time && !a.batch))) {
-        fprintf(stderr, "error: --incremental, --batch and --tokenize print their own table: they take -r, -t N, one -n "
-                        "(--batch) and one -ctk/-ctv, not -p, -d, lists or -o (--cpu-time: --batch only)\n");
+        fprintf(stderr, "error: --incremental, --batch, --tokenize and --grammar print their own table: they take -r, -t N, "
+                        "one -n (--batch, --grammar) and one -ctk/-ctv, not -p, -d, lists or -o (--cpu-time: --batch only)\n");
         return 2;
     }
-    if (a.file && !a.tokenize) {
-        fprintf(stderr, "error: -f is for --tokenize (the prompts of pp tests are random tokens)\n");
+    if (a.file && !a.tokenize && !grammar) {
+        fprintf(stderr, "error: -f is for --tokenize and --grammar (the prompts of pp tests are random tokens)\n");
         return 2;
     }
     if (a.b_type_k.n == 1) a.sp.cache_params.type_k = (kvlm_kv_type)a.b_type_k.v[0];
     if (a.b_type_v.n == 1) a.sp.cache_params.type_v = (kvlm_kv_type)a.b_type_v.v[0];
-    kvlm_model *m = a.tokenize ? cli_load_vocab(&a) : cli_load_model(&a);
+    kvlm_model *m = a.tokenize || grammar ? cli_load_vocab(&a) : cli_load_model(&a);
     if (!m) return 1;
     int rc = 0;
     g_cpu_time = a.cpu_time;
     if (special) {
-        rc = a.tokenize ? bench_tokenize(m, &a) : a.batch ? bench_batch(m, &a) : bench_incremental(m, &a);
+        rc = grammar      ? cli_grammar_bench(m, &a)
+             : a.tokenize ? bench_tokenize(m, &a)
+             : a.batch    ? bench_batch(m, &a)
+                          : bench_incremental(m, &a);
         kvlm_model_free(m);
         return rc;
     }

@@ -372,8 +372,10 @@ int cmd_chat(int argc, char **argv) {
         return 1;
     }
     cli_note_threads(&a, s);
-    if (!cli_check_bias(&a, m)) {
+    kvlm_grammar *grammar = NULL;
+    if (!cli_check_bias(&a, m) || !cli_grammar(&a, m, &grammar)) {
         kvlm_session_free(s);
+        kvlm_grammar_free(grammar);
         kvlm_model_free(m);
         saved_free(&saved);
         free(side);
@@ -386,6 +388,7 @@ int cmd_chat(int argc, char **argv) {
                     "--session-overwrite to start over (both files are replaced at the end)\n",
                     err.msg, a.session);
             kvlm_session_free(s);
+            kvlm_grammar_free(grammar);
             kvlm_model_free(m);
             saved_free(&saved);
             free(side);
@@ -412,6 +415,7 @@ int cmd_chat(int argc, char **argv) {
     for (int i = 0; i < saved.conv.n; i++) add(&h, saved.conv.msgs[i].role, saved.conv.msgs[i].content);
     kvlm_generate_params gp = kvlm_generate_default_params();
     gp.sampling = a.sampling;
+    gp.sampling.grammar = grammar; /* each answer is a string of the grammar */
     /* until the end of the turn (at most a context's worth), as llama.cpp's chat; -n N caps it */
     gp.max_tokens = a.n_predict_set ? a.n_predict : -1;
     gp.ignore_eos = a.ignore_eos;
@@ -549,6 +553,7 @@ int cmd_chat(int argc, char **argv) {
     free(h.msgs);
     free(h.owned);
     kvlm_session_free(s);
+    kvlm_grammar_free(grammar);
     kvlm_model_free(m);
     return rc;
 }

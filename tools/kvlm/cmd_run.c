@@ -99,10 +99,12 @@ int cmd_run(int argc, char **argv) {
     int rc = 1;
     kvlm_session *s = NULL, *ds = NULL;
     kvlm_model *md = NULL;
+    kvlm_grammar *grammar = NULL;
     kvlm_error err;
     kvlm_model_info mi;
     kvlm_model_get_info(m, &mi);
     if (!cli_check_bias(&a, m)) goto out;
+    if (!cli_grammar(&a, m, &grammar)) goto out;
     if (a.n_ctx > mi.n_ctx_train)
         fprintf(stderr, "warning: -c %d is more than the %d tokens the model was trained on; past them the text may degrade\n",
                 a.n_ctx, mi.n_ctx_train);
@@ -137,6 +139,7 @@ int cmd_run(int argc, char **argv) {
     gp.length_penalty = a.length_penalty;
     gp.all_beams = a.beams_all;
     gp.sampling = a.sampling;
+    gp.sampling.grammar = grammar;
     gp.max_tokens = a.n_predict;
     gp.stop = a.stop;
     gp.n_stop = a.n_stop;
@@ -206,6 +209,7 @@ out:
     kvlm_session_free(s);
     kvlm_session_free(ds);
     kvlm_model_free(md);
+    kvlm_grammar_free(grammar);
     kvlm_model_free(m);
     return rc;
 }
