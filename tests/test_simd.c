@@ -613,7 +613,8 @@ static void test_gemm_tiled(void **state) {
  * nothing written outside. */
 static void test_gemm_packed(void **state) {
     (void)state;
-    static const uint32_t tt[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0, KV_Q5_0, KV_TQ1_0};
+    static const uint32_t tt[] = {KV_F32,  KV_F16,  KV_BF16, KV_Q8_0, KV_Q4_0,  KV_Q5_0, KV_Q2_K,
+                                  KV_Q3_K, KV_Q4_K, KV_Q5_K, KV_Q6_K, KV_TQ1_0, KV_TQ2_0};
     static const int64_t n32[] = {32, 288, 800}, n256[] = {256, 768, 2560}, nf[] = {5, 16, 17, 300, 513, 1040};
     static const int nrs[] = {1, 3, 4, 5, 7, 8, 9, 16, 19}, ncs[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
     enum { R = 19, C = 13 };

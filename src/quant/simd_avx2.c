@@ -740,6 +740,16 @@ TGT void kv_avx2_from_float_i8_s(const float *src, void *dst, int64_t n) {
         BODY_NC2(TILE, NR, 1)                                                                              \
     }                                                                                                      \
     TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
+#define DEF_TILES_IL_NC4(T, TILE, NR)                                                                      \
+    static TGT void tiles_gemm_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, uint64_t xs, \
+                                   int nc, float *y, int64_t ldy) {                                        \
+        BODY_NC4(TILE, NR, 0)                                                                              \
+    }                                                                                                      \
+    static TGT void tiles_gemm_il_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x,         \
+                                      uint64_t xs, int nc, float *y, int64_t ldy) {                        \
+        BODY_NC4(TILE, NR, 1)                                                                              \
+    }                                                                                                      \
+    TGT KV_AVX2_DOT_PROTO(T) { TILE(n, x, 0, 1, y, 0, s, 1, 1, 1, 0, 0); }
 _Static_assert(KV_AVX2_NR_B32 == KV_AVX2_IL_ROWS && KV_AVX2_NR_K == KV_AVX2_IL_ROWS && KV_AVX2_NR_I2S == KV_AVX2_IL_ROWS,
                "the decode tiles are the interleaved layout's tiles");
 
@@ -1515,7 +1525,7 @@ INL void tile_k(int64_t n, const void *w, uint64_t ws, int nr, const void *x, ui
                       int64_t ldy, const int NR, const int NC, const int il, const int pfo) {                  \
         tile_k(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, ID);                                               \
     }                                                                                                          \
-    DEF_GEMM_IL_NC4(T, tile_##T, KV_AVX2_NR_K)
+    DEF_TILES_IL_NC4(T, tile_##T, KV_AVX2_NR_K)
 K_TILE(q2_K, K_Q2)
 K_TILE(q3_K, K_Q3)
 K_TILE(q4_K, K_Q4)
@@ -1737,8 +1747,209 @@ INL void tile_tq2_0(int64_t n, const void *w, uint64_t ws, int nr, const void *x
                     int64_t ldy, const int NR, const int NC, const int il, const int pfo) {
     tile_tq(n, w, ws, nr, x, xs, y, ldy, NR, NC, il, pfo, 0);
 }
-DEF_GEMM_IL_NC4(tq1_0, tile_tq1_0, KV_AVX2_NR_K)
-DEF_GEMM_IL_NC4(tq2_0, tile_tq2_0, KV_AVX2_NR_K)
+DEF_TILES_IL_NC4(tq1_0, tile_tq1_0, KV_AVX2_NR_K)
+DEF_TILES_IL_NC4(tq2_0, tile_tq2_0, KV_AVX2_NR_K)
+
+/* ------------------------------------------------------------ K-quants and TQ with several columns
+ *
+ * The register tiles above (4 rows x 4 columns) hold 16 accumulators and an
+ * unpacked super-block of 17 vectors, far beyond the 16 ymm registers, so
+ * their inner loops run out of the stack. With two or more columns the work
+ * is laid out as mb_gemm's instead: a weight row is walked super-block by
+ * super-block, each unpacked once (prep_*: the codes and the sub-block
+ * scales of its 8 chunks, kept in L1) for up to KB_COLS columns, and chunk
+ * by chunk every column's int32 lane sums (TQ: int16 pair sums) stay in
+ * registers: per (row, column, chunk) one vpmaddubsw (from the activation
+ * in place), for Q3_K/Q6_K the offset term (maddubs(off, q), made once per
+ * call in a scratch) subtracted in int16, and one vpmaddwd by the scales
+ * (TQ: an int16 add). The float steps per super-block are K_ACC's / the
+ * TQ tile's, with the accumulators beside (they are touched once per 256
+ * elements). A tile of the interleaved layout (or 4 rows of the file
+ * layout) is done column group after group, its rows inside, so a group's
+ * activations and the tile stay in L1; the first group's passes ask for a
+ * share of the next tile each. The integers are the reference's lane sums
+ * and the float steps its own, in its order, so every output has vec_dot's
+ * bits whatever nc. */
+enum { K_TQ1 = K_Q6 + 1, K_TQ2 };
+#define KB_COLS 8
+#define KB_BYTES(t)                                                                                           \
+    ((t) == K_Q2 ? sizeof(kv_block_q2_K) : (t) == K_Q3 ? sizeof(kv_block_q3_K) : (t) == K_Q4 ? sizeof(kv_block_q4_K) \
+     : (t) == K_Q5 ? sizeof(kv_block_q5_K) : (t) == K_Q6 ? sizeof(kv_block_q6_K) : (t) == K_TQ1 ? sizeof(kv_block_tq1_0) \
+     : sizeof(kv_block_tq2_0))
+
+INL void kb_row(const uint8_t *wr, uint64_t bst, int64_t nb, const uint8_t *x, uint64_t xs, const __m256i *yo,
+                int nc, int c0, float *y, int64_t ldy, const uint8_t *pfp, size_t pfl, const int t, const int NC) {
+    const int off = t == K_Q3 ? 4 : t == K_Q6 ? 32 : 0;
+    const int tq = t == K_TQ1 || t == K_TQ2;
+    __m256 acc[KB_COLS];
+    __m128 accm4[KB_COLS];
+    float accm[KB_COLS];
+    UNR
+    for (int c = 0; c < NC; c++) {
+        acc[c] = _mm256_setzero_ps();
+        accm4[c] = _mm_setzero_ps();
+        accm[c] = 0.0f;
+    }
+    const uint8_t *xc = x + (uint64_t)c0 * xs;
+    for (int64_t i = 0; i < nb; i++) {
+        const uint8_t *blk = wr + (uint64_t)i * bst;
+        if (pfp) {
+            const uintptr_t a = (uintptr_t)pfp + (size_t)i * pfl, e = a + pfl;
+            for (uintptr_t q = a & ~(uintptr_t)63; q < e; q += 64) __builtin_prefetch((const void *)q, 0, KV_PF_IL_LOC);
+        }
+        khead k;
+        float dx = 0.0f;
+        __m256i U1[8]; /* TQ1_0: its chunks' trits, made in one chain */
+        const __m256i *u1 = U1;
+        if (!tq) k_head(t, blk, &k);
+        if (t == K_TQ1) {
+            prep_tq1_0((const kv_block_tq1_0 *)blk, U1);
+            dx = h2f(&((const kv_block_tq1_0 *)blk)->d);
+        }
+        if (t == K_TQ2) dx = h2f(&((const kv_block_tq2_0 *)blk)->d);
+        const kv_block_q8_K *X[KB_COLS];
+        UNR
+        for (int c = 0; c < NC; c++) X[c] = (const kv_block_q8_K *)(xc + (uint64_t)c * xs) + i;
+        const __m256i *yoi = off ? yo + ((size_t)i * (size_t)nc + (size_t)c0) * 8 : NULL;
+        __m256i is[KB_COLS];
+        UNR
+        for (int c = 0; c < NC; c++) is[c] = _mm256_setzero_si256();
+        UNR
+        for (int ch = 0; ch < 8; ch++) {
+            /* a chunk's codes and scales are made at its turn (from the block in L1 and the
+               scale sources): GCC would otherwise hoist all 8 chunks' and spill the sums */
+            __asm__("" : "+r"(blk), "+r"(u1));
+            if (t == K_Q4 || t == K_Q5) __asm__("" : "+x"(k.scl));
+            else if (!tq) __asm__("" : "+x"(k.s.lo), "+x"(k.s.hi));
+            __m256i u, sc = _mm256_setzero_si256();
+            if (t == K_TQ1) u = u1[ch];
+            else if (t == K_TQ2)
+                u = _mm256_and_si256(_mm256_srli_epi16(ld256(((const kv_block_tq2_0 *)blk)->qs + 32 * (ch >> 2)), 2 * (ch & 3)),
+                                     _mm256_set1_epi8(3));
+            else u = k_codes(t, blk, ch);
+            if (!tq) sc = t == K_Q4 || t == K_Q5 ? sc_bcast(k.scl, ch) : sc_pair(&k.s, ch);
+            UNR
+            for (int c = 0; c < NC; c++) {
+                __m256i p = _mm256_maddubs_epi16(u, ld256(X[c]->qs + 32 * ch));
+                if (off) p = _mm256_sub_epi16(p, _mm256_load_si256(yoi + 8 * c + ch));
+                if (tq) is[c] = _mm256_add_epi16(is[c], p);
+                else is[c] = _mm256_add_epi32(is[c], _mm256_madd_epi16(p, sc));
+            }
+            /* the sums in registers, chunk after chunk: without this GCC reassociates
+               the integer adds into a tree of all 8 x NC products, spilled */
+            UNR
+            for (int c = 0; c < NC; c++) __asm__("" : "+x"(is[c]));
+        }
+        UNR
+        for (int c = 0; c < NC; c++) {
+            const kv_block_q8_K *a = X[c];
+            if (tq) {
+                const __m256i v = _mm256_sub_epi32(sum4(is[c]), sum4(ld256(a->bsums)));
+                acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(a->d * dx), _mm256_cvtepi32_ps(v), acc[c]);
+                continue;
+            }
+            const float d_ = a->d * k.dx;
+            if (t == K_Q2) {
+                const float nd = -(a->d * k.dmx);
+                const __m256i pm = _mm256_madd_epi16(ld256(a->bsums), k.MX);
+                acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(nd), _mm256_cvtepi32_ps(pm), acc[c]);
+            } else if (t == K_Q4) {
+                const float nd = -(a->d * k.dmx);
+                const __m256i pm8 = _mm256_madd_epi16(ld256(a->bsums), k.MX);
+                const __m128i pm = _mm_hadd_epi32(_mm256_castsi256_si128(pm8), _mm256_extracti128_si256(pm8, 1));
+                accm4[c] = _mm_fmadd_ps(_mm_set1_ps(nd), _mm_cvtepi32_ps(pm), accm4[c]);
+            } else if (t == K_Q5) {
+                const float nd = -(a->d * k.dmx);
+                const int32_t summ = hsum_i32(_mm256_madd_epi16(ld256(a->bsums), k.MX));
+                accm[c] = fma1(nd, (float)summ, accm[c]);
+            }
+            acc[c] = _mm256_fmadd_ps(_mm256_set1_ps(d_), _mm256_cvtepi32_ps(is[c]), acc[c]);
+        }
+    }
+    UNR
+    for (int c = 0; c < NC; c++) {
+        float v = hsum8(acc[c]);
+        if (t == K_Q4) v += hsum4(accm4[c]);
+        if (t == K_Q5) v += accm[c];
+        y[(int64_t)(c0 + c) * ldy] = v;
+    }
+}
+
+/* any nr, nc >= 1; il: w is in the interleaved layout of KV_AVX2_IL_ROWS
+ * rows. Returns 0 (nothing done) when the scratch cannot be had. */
+INL int kb_gemm(int64_t n, const void *vw, uint64_t ws, int nr, const void *vx, uint64_t xs, int nc, float *y,
+                int64_t ldy, const int t, const int il) {
+    enum { R = KV_AVX2_IL_ROWS };
+    const int64_t nb = n / KV_QK_K;
+    const size_t BW = KB_BYTES(t);
+    const int off = t == K_Q3 ? 4 : t == K_Q6 ? 32 : 0;
+    const uint8_t *w = vw, *x = vx;
+    __m256i *yo = NULL;
+    if (off) {
+        yo = aligned_alloc(32, (size_t)nb * (size_t)nc * 8 * sizeof(__m256i));
+        if (!yo) return 0;
+        const __m256i ov = _mm256_set1_epi8((char)off);
+        for (int64_t i = 0; i < nb; i++)
+            for (int c = 0; c < nc; c++) {
+                const kv_block_q8_K *a = (const kv_block_q8_K *)(x + (uint64_t)c * xs) + i;
+                for (int ch = 0; ch < 8; ch++)
+                    _mm256_store_si256(yo + ((size_t)i * (size_t)nc + (size_t)c) * 8 + ch,
+                                       _mm256_maddubs_epi16(ov, ld256(a->qs + 32 * ch)));
+            }
+    }
+    const int pf = kv_quant_prefetch_on() && (il || ws == (uint64_t)nb * BW);
+    if (pf) kv_pf_il_head(w, (uint64_t)nr * ws);
+    for (int r0 = 0; r0 < nr; r0 += R) {
+        const int rr = nr - r0 < R ? nr - r0 : R;
+        /* the next tile (rn rows), a share of it per pass of the first column group */
+        const int rn = nr - r0 - rr < R ? nr - r0 - rr : R;
+        const size_t pfl = ((size_t)rn * (size_t)nb * BW + (size_t)rr * (size_t)nb - 1) / ((size_t)rr * (size_t)nb);
+        const uint8_t *next = w + (uint64_t)(r0 + rr) * ws;
+        const uint64_t bst = il ? (uint64_t)rr * BW : BW;
+        for (int c0 = 0; c0 < nc; c0 += KB_COLS)
+            for (int r = 0; r < rr; r++) {
+                const uint8_t *wr = il ? w + (uint64_t)r0 * ws + (uint64_t)r * BW : w + (uint64_t)(r0 + r) * ws;
+                const uint8_t *pfp = pf && rn > 0 && c0 == 0 ? next + (size_t)r * (size_t)nb * pfl : NULL;
+                float *yr = y + r0 + r;
+#define KB_CASE(NC) \
+    case NC: kb_row(wr, bst, nb, x, xs, yo, nc, c0, yr, ldy, pfp, pfl, t, NC); break;
+                switch (nc - c0 < KB_COLS ? nc - c0 : KB_COLS) {
+                    KB_CASE(1)
+                    KB_CASE(2)
+                    KB_CASE(3)
+                    KB_CASE(4)
+                    KB_CASE(5)
+                    KB_CASE(6)
+                    KB_CASE(7)
+                    KB_CASE(8)
+                default: break;
+                }
+#undef KB_CASE
+            }
+    }
+    free(yo);
+    return 1;
+}
+
+#ifndef KB_MIN_COLS
+#define KB_MIN_COLS 2
+#endif
+#define KB_GEMMS(T, ID)                                                                                    \
+    TGT KV_AVX2_GEMM_PROTO(T) {                                                                            \
+        if (nc >= KB_MIN_COLS && nr > 0 && n > 0 && kb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 0)) return; \
+        tiles_gemm_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                                   \
+    }                                                                                                      \
+    TGT KV_AVX2_GEMM_IL_PROTO(T) {                                                                         \
+        if (nc >= KB_MIN_COLS && nr > 0 && n > 0 && kb_gemm(n, w, ws, nr, x, xs, nc, y, ldy, ID, 1)) return; \
+        tiles_gemm_il_##T(n, w, ws, nr, x, xs, nc, y, ldy);                                                \
+    }
+KB_GEMMS(q2_K, K_Q2)
+KB_GEMMS(q3_K, K_Q3)
+KB_GEMMS(q4_K, K_Q4)
+KB_GEMMS(q5_K, K_Q5)
+KB_GEMMS(q6_K, K_Q6)
+KB_GEMMS(tq1_0, K_TQ1)
+KB_GEMMS(tq2_0, K_TQ2)
 
 /* ------------------------------------------------------------ I2_S x I8_S */
 
