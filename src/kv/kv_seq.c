@@ -90,31 +90,11 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
     if (c->compress_after < 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: compress_after is negative");
     if (c->overflow == KVLM_OVERFLOW_RING && c->window > (1 << 24))
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: ring window %d is too large", c->window);
+    /* gemma3's sliding-window layers apart, when their ring holds less than the context: the pages then
+       hold the other layers (layouts of fewer layers) */
     int32_t n_local = 0;
     const int32_t swa_cap = swa_plan(c, s->P, &n_local);
     s->n_glayer = c->n_layer - n_local;
-    if (swa_cap) {
-        s->swa = c->swa;
-        s->swa_cap = swa_cap;
-        s->layer_at = malloc((size_t)c->n_layer * sizeof *s->layer_at);
-        s->swa_pages = calloc((size_t)(swa_cap / s->P), sizeof *s->swa_pages);
-        if (!s->layer_at || !s->swa_pages) {
-            kv_seq_destroy(s);
-            return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
-        }
-        for (int32_t l = 0, g = 0, r = 0; l < c->n_layer; l++) s->layer_at[l] = c->swa_layer[l] ? ~r++ : g++;
-        s->swa_layout = kv_pool_layout_layers(pool, c->type_k, c->type_v, n_local);
-        if (!s->swa_layout || !s->swa_layout->k.encode || !s->swa_layout->v.encode) {
-            kv_seq_destroy(s);
-            return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
-                           kv_dtype_name(c->type_k), kv_dtype_name(c->type_v), s->kv_dim);
-        }
-        for (int32_t j = 0; j < swa_cap / s->P; j++)
-            if (!(s->swa_pages[j] = kv_pool_alloc(pool, s->swa_layout))) {
-                kv_seq_destroy(s);
-                return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool cannot hold a ring of %d tokens", swa_cap);
-            }
-    }
     s->layout = kv_pool_layout_layers(pool, c->type_k, c->type_v, s->n_glayer);
     if (!s->layout)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
@@ -126,6 +106,25 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
         if (!s->compress_layout || !s->compress_layout->k.encode)
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
+    }
+    if (swa_cap) {
+        s->swa_layout = kv_pool_layout_layers(pool, c->type_k, c->type_v, n_local);
+        if (!s->swa_layout)
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: too many page layouts in the pool");
+        s->swa = c->swa;
+        s->swa_cap = swa_cap;
+        s->layer_at = malloc((size_t)c->n_layer * sizeof *s->layer_at);
+        s->swa_pages = calloc((size_t)(swa_cap / s->P), sizeof *s->swa_pages);
+        if (!s->layer_at || !s->swa_pages) {
+            kv_seq_destroy(s);
+            return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        }
+        for (int32_t l = 0, g = 0, r = 0; l < c->n_layer; l++) s->layer_at[l] = c->swa_layer[l] ? ~r++ : g++;
+        for (int32_t j = 0; j < swa_cap / s->P; j++)
+            if (!(s->swa_pages[j] = kv_pool_alloc(pool, s->swa_layout))) {
+                kv_seq_destroy(s);
+                return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool cannot hold a ring of %d tokens", swa_cap);
+            }
     }
     /* the prefix index holds pages of every layer: not a ring's, nor those beside a sliding-window ring */
     s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && !s->swa && kv_pool_params(pool)->prefix_sharing;
