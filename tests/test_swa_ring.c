@@ -226,6 +226,16 @@ static void test_rollback(void **state) {
     assert_non_null(strstr(err.msg, "sliding-window layers"));
     assert_int_equal(kvlm_session_n_past(s), 200);
     assert_int_equal(kvlm_session_truncate(s, lo + W - 1, &err), KVLM_OK);
+    /* saved there (the ring holds exactly the window before the cut) and restored, it goes on too */
+    char path[256];
+    tmp_path(path, sizeof path, "swa-cut", ".kvs");
+    assert_int_equal(kvlm_session_save(s, path, &err), KVLM_OK);
+    kvlm_session *r = ring_session(&fx);
+    if (kvlm_session_load(r, path, &err) != KVLM_OK) fail_msg("load after a cut: %s", err.msg);
+    unlink(path);
+    feed(&fx, r, lo + W - 1, N_TOK, 13, got);
+    expect_rows(&fx, got, lo + W - 1, N_TOK, "restored after a truncation");
+    kvlm_session_free(r);
     feed(&fx, s, lo + W - 1, N_TOK, 5, got);
     expect_rows(&fx, got, lo + W - 1, N_TOK, "after a truncation");
     /* a request differing before what the ring can go back to: recomputed from 0 */
@@ -272,12 +282,14 @@ static void test_save_fork(void **state) {
         kvlm_session *r = ring_session(&fx);
         if (kvlm_session_load(r, path, &err) != KVLM_OK) fail_msg("load: %s", err.msg);
         assert_int_equal(kvlm_session_n_past(r), at[k]);
+        /* the loaded session saves the same bytes (a file is a function of the state) */
+        assert_int_equal(kvlm_session_save(r, path2, &err), KVLM_OK);
+        assert_true(files_equal(path, path2));
         feed(&fx, r, at[k], N_TOK, 3, got);
         expect_rows(&fx, got, at[k], N_TOK, "restored");
         memset(got, 0, (size_t)N_TOK * (size_t)V * sizeof(float));
         feed(&fx, f, at[k], N_TOK, 11, got);
         expect_rows(&fx, got, at[k], N_TOK, "forked");
-        /* saving again after the load writes the same file as the live session would have */
         kvlm_session_free(r);
         kvlm_session_free(f);
         /* a session keeping full K/V refuses the ring's file, and the ring session a full one */
