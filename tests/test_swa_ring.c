@@ -17,7 +17,11 @@
 
 #include <cmocka.h>
 
+#include <math.h>
+
 #include "api/session_impl.h"
+#include "core/rope.h"
+#include "kv/kv_cache.h"
 #include "kvlm.h"
 #include "test_util.h"
 
@@ -386,12 +390,135 @@ static void test_crafted(void **state) {
     fixture_free(&fx);
 }
 
+/* ------------------------------------------------------------ shift and sliding (full K/V) */
+
+/* The cache alone: 3 layers, 0 and 1 local (their own RoPE: base 10000, scale 1), 2 global (base 1e6,
+ * linear factor 8), F32 rows. After shifts, every held key equals the key rotated directly to its new
+ * position with its layer's RoPE (the "from-scratch" rows of the kept tokens); one RoPE for all layers
+ * would fail this on the local ones. */
+enum { S_NL = 3, S_HD = 16, S_NKV = 2, S_KVD = S_HD * S_NKV };
+static const bool k_swa_layers[S_NL] = {true, true, false};
+
+static kv_rope rope_of(float base, float scale) {
+    kv_rope r = {.type = KV_ROPE_NEOX, .n_rot = S_HD, .base = base, .freq_scale = scale, .attn_factor = 1.0f,
+                 .beta_fast = 32.0f, .beta_slow = 1.0f, .n_ctx_orig = 4096};
+    kv_rope_init(&r);
+    return r;
+}
+
+static void key_row(int32_t token, int32_t pos, int layer, float *k, float *v) {
+    for (int i = 0; i < S_KVD; i++) {
+        k[i] = sinf(0.37f * (float)token + 0.11f * (float)i + (float)layer);
+        v[i] = cosf(0.23f * (float)token - 0.07f * (float)i + 0.5f * (float)layer);
+    }
+    const kv_rope r = k_swa_layers[layer] ? rope_of(10000.0f, 1.0f) : rope_of(1e6f, 0.125f);
+    kv_rope_apply(&r, k, S_NKV, S_HD, pos);
+}
+
+static void check_policy(kvlm_overflow pol) {
+    kvlm_cache_params pp = kvlm_cache_default_params();
+    pp.type_k = pp.type_v = KVLM_KV_F32;
+    pp.page_tokens = 16;
+    kv_page_pool *pool;
+    kvlm_error err;
+    assert_int_equal(kv_pool_create(S_NL, S_KVD, &pp, &pool, &err), KVLM_OK);
+    kv_seq_config c = {.n_ctx = 64, .n_layer = S_NL, .n_head_kv = S_NKV, .head_dim = S_HD, .type_k = KV_F32,
+                       .type_v = KV_F32, .overflow = pol, .n_keep = 4, .n_sink = 4, .rope = rope_of(1e6f, 0.125f),
+                       .max_batch = 32, .swa_layer = k_swa_layers, .swa = 8, .rope_swa = rope_of(10000.0f, 1.0f)};
+    kv_seq s;
+    assert_int_equal(kv_seq_init(&s, pool, &c, &err), KVLM_OK);
+    assert_int_equal(s.swa, 0); /* a policy that shifts keeps every layer in its pages */
+    float k[S_KVD], v[S_KVD], kr[S_KVD], vr[S_KVD];
+    for (int32_t i = 0; i < 300; i++) {
+        const int32_t tok = i * 7 + 1;
+        assert_int_equal(kv_seq_prepare(&s, 1, &err), KVLM_OK);
+        assert_int_equal(kv_seq_reserve(&s, &tok, 1, &err), KVLM_OK);
+        const int32_t slot = kv_seq_slot(&s, 0);
+        for (int l = 0; l < S_NL; l++) {
+            key_row(tok, s.pos[slot], l, k, v);
+            kv_seq_write(&s, l, slot, k, v);
+        }
+        kv_seq_commit(&s, 1);
+    }
+    kvlm_kv_stats st;
+    kv_pool_stats(pool, &st);
+    assert_true(st.shifts > 3);
+    for (int32_t sl = 0; sl < s.n; sl++)
+        for (int l = 0; l < S_NL; l++) {
+            key_row(s.tokens[sl], s.pos[sl], l, k, v);
+            const kv_row r = kv_seq_row(&s, l, sl);
+            memcpy(kr, r.k, sizeof kr);
+            memcpy(vr, r.v, sizeof vr);
+            for (int i = 0; i < S_KVD; i++)
+                if (!(fabsf(kr[i] - k[i]) <= 1e-4f && vr[i] == v[i]))
+                    fail_msg("policy %d slot %d layer %d elem %d: k %g, rotated directly %g", (int)pol, sl, l, i,
+                             kr[i], k[i]);
+        }
+    kv_seq_destroy(&s);
+    kv_pool_destroy(pool);
+}
+
+static void test_shift_rope_per_layer(void **state) {
+    (void)state;
+    check_policy(KVLM_OVERFLOW_SHIFT);
+    check_policy(KVLM_OVERFLOW_SLIDING);
+}
+
+/* Through the model: a gemma3 session shifting (or sliding) its context gives the same bits whether a
+ * long sequence is fed in one call (the session cuts it into passes where the shifts fall) or one token
+ * at a time, saved and restored midway too. */
+static void test_shift_sessions(void **state) {
+    (void)state;
+    kvlm_model *m = load(g_path[0]);
+    const int32_t V = kvlm_n_vocab(m);
+    enum { N = 150 };
+    kvlm_token toks[N];
+    seq(toks, N, V, 5);
+    float *a = malloc((size_t)V * sizeof(float)), *b = malloc((size_t)V * sizeof(float));
+    kvlm_error err;
+    char path[256];
+    tmp_path(path, sizeof path, "swa-shift", ".kvs");
+    for (int k = 0; k < 2; k++) {
+        kvlm_session_params p = kvlm_session_default_params();
+        p.n_threads = 1;
+        p.n_ctx = 48;
+        p.cache_params.page_tokens = 16;
+        p.overflow = k == 0 ? KVLM_OVERFLOW_SHIFT : KVLM_OVERFLOW_SLIDING;
+        p.n_keep = 4;
+        p.n_sink = 4;
+        kvlm_session *one = session_with(m, &p), *tbt = session_with(m, &p);
+        if (kvlm_eval(one, toks, N, 0, a, false, &err) != KVLM_OK) fail_msg("one call: %s", err.msg);
+        for (int i = 0; i < N; i++) {
+            if (i == 90) {
+                assert_int_equal(kvlm_session_save(tbt, path, &err), KVLM_OK);
+                kvlm_session_free(tbt);
+                tbt = session_with(m, &p);
+                if (kvlm_session_load(tbt, path, &err) != KVLM_OK) fail_msg("load: %s", err.msg);
+            }
+            if (kvlm_session_n_past(tbt) != i) fail_msg("n_past %d at %d", kvlm_session_n_past(tbt), i);
+            if (kvlm_eval(tbt, toks, i + 1, i, b, false, &err) != KVLM_OK) fail_msg("token %d: %s", i, err.msg);
+        }
+        kvlm_kv_stats st;
+        kvlm_session_get_stats(one, &st);
+        assert_true(st.shifts > 2);
+        if (memcmp(a, b, (size_t)V * sizeof(float)) != 0) fail_msg("policy %d: one call and token by token differ", k);
+        kvlm_session_free(one);
+        kvlm_session_free(tbt);
+    }
+    unlink(path);
+    free(a);
+    free(b);
+    kvlm_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bits_and_memory),
         cmocka_unit_test(test_rollback),
         cmocka_unit_test(test_save_fork),
         cmocka_unit_test(test_crafted),
+        cmocka_unit_test(test_shift_rope_per_layer),
+        cmocka_unit_test(test_shift_sessions),
     };
     return cmocka_run_group_tests_name("swa_ring", tests, setup, teardown);
 }

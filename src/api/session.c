@@ -71,16 +71,7 @@ kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params 
         sc.swa_layer = s->swa_layer;
         sc.swa = hp->n_swa;
         sc.swa_full = p.cache && kv_pool_params(p.cache->pool)->prefix_sharing;
-    }
-    /* shift and sliding re-rotate the kept keys with the session's one RoPE; gemma3's local layers rotate
-       with another base: refused rather than computed wrong */
-    if (hp->n_swa > 0 && hp->swa_pattern > 0 && (p.overflow == KVLM_OVERFLOW_SHIFT || p.overflow == KVLM_OVERFLOW_SLIDING)) {
-        free(s->swa_layer);
-        free(s);
-        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                       "session_new: the %s overflow policy is not supported for %s (its sliding-window layers use "
-                       "their own RoPE); use error or ring",
-                       p.overflow == KVLM_OVERFLOW_SHIFT ? "shift" : "sliding", hp->arch_name);
+        kv_model_rope_swa(model, hp->n_ctx_train, &sc.rope_swa); /* as the forward pass rotates them */
     }
     if (p.cache) {
         s->cache = p.cache;

@@ -220,6 +220,10 @@ typedef struct kv_seq {
        pages of every layer). */
     int32_t n_glayer;
     int32_t *layer_at;
+    /* the sliding-window layers' own rotation (gemma3's local layers: another base), for re-rotating
+       their keys in a shift, and which layers they are (NULL: none) */
+    kv_rope rope_swa;
+    bool *swa_layer;
     int32_t swa, swa_cap, swa_lo;
     const kv_layout *swa_layout;
     kv_page **swa_pages;     /* swa_cap / P */
@@ -235,10 +239,12 @@ typedef struct kv_seq_config {
     int32_t max_batch; /* most tokens written in one pass (ring sizing) */
     /* sliding-window layers (gemma3's local ones): swa_layer[l] for each layer (NULL: none), their
        window swa. Unless swa_full, a sequence of another policy than ring keeps them in a ring of
-       their own when that holds fewer pages than the context (kv_seq.swa) */
+       their own when that holds fewer pages than the context (kv_seq.swa); shift and sliding keep them
+       whole (a shift would renumber the ring) */
     const bool *swa_layer;
     int32_t swa;
     bool swa_full;
+    kv_rope rope_swa; /* their rotation (swa_layer set), which a shift re-rotates their keys with */
 } kv_seq_config;
 
 kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err);

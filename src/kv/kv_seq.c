@@ -22,11 +22,12 @@ static int32_t ring_capacity(int32_t window, int32_t max_batch, int32_t P) {
 }
 
 /* The sliding-window ring a sequence of configuration c keeps (kv_seq.swa): its slots, 0 for none
- * (no such layers, a ring policy, swa_full, every layer local, or a ring no smaller than the context);
+ * (no such layers, another policy than error, swa_full, every layer local, or a ring no smaller than the
+ * context);
  * *n_local: the layers it holds. */
 static int32_t swa_plan(const kv_seq_config *c, int32_t P, int32_t *n_local) {
     *n_local = 0;
-    if (!c->swa_layer || c->swa <= 0 || c->swa > (1 << 24) || c->swa_full || c->overflow == KVLM_OVERFLOW_RING)
+    if (!c->swa_layer || c->swa <= 0 || c->swa > (1 << 24) || c->swa_full || c->overflow != KVLM_OVERFLOW_ERROR)
         return 0;
     int32_t nl = 0;
     for (int32_t l = 0; l < c->n_layer; l++) nl += c->swa_layer[l] ? 1 : 0;
@@ -107,10 +108,18 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
     }
+    if (c->swa_layer) { /* which layers a shift re-rotates with their own RoPE */
+        s->rope_swa = c->rope_swa;
+        s->swa_layer = malloc((size_t)c->n_layer * sizeof *s->swa_layer);
+        if (!s->swa_layer) return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        memcpy(s->swa_layer, c->swa_layer, (size_t)c->n_layer * sizeof *s->swa_layer);
+    }
     if (swa_cap) {
         s->swa_layout = kv_pool_layout_layers(pool, c->type_k, c->type_v, n_local);
-        if (!s->swa_layout)
+        if (!s->swa_layout) {
+            kv_seq_destroy(s);
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: too many page layouts in the pool");
+        }
         s->swa = c->swa;
         s->swa_cap = swa_cap;
         s->layer_at = malloc((size_t)c->n_layer * sizeof *s->layer_at);
@@ -154,6 +163,7 @@ void kv_seq_destroy(kv_seq *s) {
     for (int32_t j = 0; s->swa_pages && j < s->swa_cap / s->P; j++) kv_pool_release(s->pool, s->swa_pages[j]);
     free(s->swa_pages);
     free(s->layer_at);
+    free(s->swa_layer);
     if (s->pool) kv_pool_count(s->pool, KV_STAT_TOKENS, -s->n);
     free(s->pages);
     free(s->keys);
@@ -183,7 +193,8 @@ static void convert_row(const uint8_t *src, const kv_codec *sc, uint32_t st, uin
 }
 
 /* Copies slot `from` of page a into slot `to` of page b for every layer,
- * re-rotating K by `delta` positions when it is not 0. */
+ * re-rotating K by `delta` positions when it is not 0, with the layer's RoPE (a sliding-window layer's
+ * own, else the sequence's; a sequence that shifts keeps every layer in its pages, in order). */
 static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *b, int32_t to, int32_t delta,
                       float *tmp) {
     const kv_layout *la = a->layout, *lb = b->layout;
@@ -191,8 +202,9 @@ static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *
         const uint8_t *ka = kv_page_k_row(a, l, from), *va = kv_page_v_row(a, l, from);
         uint8_t *kb = kv_page_k_row(b, l, to), *vb = kv_page_v_row(b, l, to);
         if (delta != 0) {
+            const kv_rope *r = !s->layer_at && s->swa_layer && s->swa_layer[l] ? &s->rope_swa : &s->rope;
             la->k.decode(ka, tmp, s->kv_dim);
-            kv_rope_shift(&s->rope, tmp, s->n_head_kv, s->head_dim, delta);
+            kv_rope_shift(r, tmp, s->n_head_kv, s->head_dim, delta);
             lb->k.encode(tmp, kb, s->kv_dim);
         } else {
             convert_row(ka, &la->k, la->type_k, kb, &lb->k, lb->type_k, s->kv_dim, la->k_row, tmp);
