@@ -19,8 +19,9 @@ synth llama-q4_0-untied --arch llama --dim 32 --layers 2 --heads 2 --ff 32 --typ
 synth qwen2-q8_0-gqa --arch qwen2 --dim 32 --layers 1 --heads 4 --kv-heads 2 --ff 32 --type q8_0
 synth bitnet-b158-i2_s --arch bitnet-b1.58 --dim 128 --layers 1 --heads 2 --ff 128 --type i2_s
 
-# session: files saved by the model fuzz_session loads, one per policy and K/V type (format v2: the
-# shifted, sliding and ring ones carry a dropped-token record)
+# session: files saved by the model fuzz_session loads, one per policy and K/V type (format v3: the
+# shifted, sliding and ring ones carry a dropped-token record; the model has no sliding-window layers,
+# so the local-ring fields are 0)
 m=$models/llama/aidreams260K-f32.gguf
 ses() {
   local name=$1; shift

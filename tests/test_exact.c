@@ -249,7 +249,8 @@ out:
     kvlm_model_free(fx.m);
 }
 
-/* gemma3: the overflow policies that re-rotate keys (one RoPE for all layers) are refused; ring holds. */
+/* gemma3: every overflow policy is accepted (shift and sliding re-rotate each layer's keys with its own
+   RoPE: tests/test_swa_ring.c); ring holds. */
 static void test_gemma3_policies(void **state) {
     (void)state;
     kvlm_model *m = NULL;
@@ -259,11 +260,12 @@ static void test_gemma3_policies(void **state) {
     p.n_ctx = 32;
     kvlm_session *s = NULL;
     p.overflow = KVLM_OVERFLOW_SHIFT;
-    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "shift overflow policy is not supported for gemma3"));
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+    kvlm_session_free(s);
     p.overflow = KVLM_OVERFLOW_SLIDING;
-    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_ERR_UNSUPPORTED);
-    assert_non_null(strstr(err.msg, "sliding overflow policy is not supported for gemma3"));
+    p.cache_params.page_tokens = 16;
+    assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);
+    kvlm_session_free(s);
     p.overflow = KVLM_OVERFLOW_RING;
     p.window = 16;
     assert_int_equal(kvlm_session_new(m, &p, &s, &err), KVLM_OK);

@@ -19,16 +19,12 @@
 
 #include <cmocka.h>
 
-#include "golden.h"
+#include "parity_util.h"
 #include "kvlm.h"
 
 #define GOLDENS KVLM_SOURCE_DIR "/tests/goldens/llama3/"
 
-typedef struct model_spec {
-    const char *file;
-    const char *synth; /* kvlm synth arguments after OUT */
-    const char *sha256;
-} model_spec;
+typedef parity_model model_spec;
 
 #define SHAPE "--arch llama --dim 256 --layers 2 --heads 8 --kv-heads 2 --ff 512 --vocab 512"
 static const model_spec k_models[] = {
@@ -85,34 +81,12 @@ static char g_path[N_MODELS][256];
 /* Makes each model with kvlm synth and checks its sha256. */
 static int setup(void **state) {
     (void)state;
-    strcpy(g_dir, "/tmp/kvlm-llama3-XXXXXX");
-    if (!mkdtemp(g_dir)) return -1;
-    for (int i = 0; i < N_MODELS; i++) {
-        snprintf(g_path[i], sizeof g_path[i], "%s/%s", g_dir, k_models[i].file);
-        char cmd[2048];
-        snprintf(cmd, sizeof cmd, "%s/kvlm synth %s %s >/dev/null", KVLM_BIN_DIR, g_path[i], k_models[i].synth);
-        if (system(cmd) != 0) {
-            fprintf(stderr, "synth failed: %s\n", cmd);
-            return -1;
-        }
-        snprintf(cmd, sizeof cmd, "sha256sum %s", g_path[i]);
-        FILE *fp = popen(cmd, "r");
-        char sum[65] = "";
-        if (!fp || fscanf(fp, "%64s", sum) != 1) sum[0] = '\0';
-        if (fp) pclose(fp);
-        if (strcmp(sum, k_models[i].sha256) != 0) {
-            fprintf(stderr, "%s: sha256 %s, the goldens were made from %s (kvlm synth changed its output)\n",
-                    k_models[i].file, sum, k_models[i].sha256);
-            return -1;
-        }
-    }
-    return 0;
+    return parity_make_models("/tmp/kvlm-llama3-XXXXXX", g_dir, k_models, N_MODELS, g_path);
 }
 
 static int teardown(void **state) {
     (void)state;
-    for (int i = 0; i < N_MODELS; i++) unlink(g_path[i]);
-    rmdir(g_dir);
+    parity_remove_models(g_dir, g_path, N_MODELS);
     return 0;
 }
 
@@ -137,96 +111,24 @@ static kvlm_session_params session_params(const parity_case *c, int32_t n) {
     return sp;
 }
 
-/* Teacher-forces toks (prompt as one batch, then one token per eval); returns all rows of logits. */
-static float *teacher_force(kvlm_model *m, const parity_case *c, const int32_t *toks, int n, int n_prompt) {
-    const int32_t V = kvlm_n_vocab(m);
-    const kvlm_session_params sp = session_params(c, n);
-    kvlm_session *s = NULL;
-    kvlm_error err;
-    if (kvlm_session_new(m, &sp, &s, &err) != KVLM_OK) fail_msg("session: %s", err.msg);
-    float *out = malloc((size_t)n * (size_t)V * sizeof(float));
-    assert_non_null(out);
-    if (kvlm_eval(s, toks, n_prompt, 0, out, true, &err) != KVLM_OK) fail_msg("prompt: %s", err.msg);
-    for (int i = n_prompt; i < n; i++) {
-        if (i == c->save_at) {
-            char path[128];
-            snprintf(path, sizeof path, "%s/session.kvs", g_dir);
-            if (kvlm_session_save(s, path, &err) != KVLM_OK) fail_msg("save: %s", err.msg);
-            const int32_t held = kvlm_session_n_past(s);
-            kvlm_session_free(s);
-            assert_int_equal(kvlm_session_new(m, &sp, &s, &err), KVLM_OK);
-            if (kvlm_session_load(s, path, &err) != KVLM_OK) fail_msg("load: %s", err.msg);
-            unlink(path);
-            assert_int_equal(kvlm_session_n_past(s), held);
-        }
-        if (kvlm_eval(s, toks, i + 1, i, out + (size_t)i * (size_t)V, false, &err) != KVLM_OK)
-            fail_msg("token %d: %s", i, err.msg);
-    }
-    kvlm_session_free(s);
-    return out;
-}
-
 static void run_case(void **state) {
     const parity_case *c = *state;
-    char txt[512], lg[512];
-    snprintf(txt, sizeof txt, GOLDENS "%s.txt", c->golden);
-    snprintf(lg, sizeof lg, GOLDENS "%s.lgts", c->golden);
-    lgts gold;
-    if (!lgts_load(lg, &gold)) fail_msg("golden %s is missing or malformed", lg);
-    int32_t toks[256];
-    const int n_prompt = golden_ids(txt, "# prompt tokens:", toks, 256);
-    const int n_gen = golden_ids(txt, "# generated tokens:", toks + n_prompt, 256 - n_prompt);
-    assert_true(n_prompt > 0 && n_gen > 0);
-    const int n = n_prompt + n_gen;
-
+    parity_golden g;
+    parity_load_golden(GOLDENS, c->golden, &g);
+    const int n = g.n_prompt + g.n_gen;
     kvlm_model *m = NULL;
     kvlm_error err;
     if (kvlm_model_load(g_path[c->model], NULL, &m, &err) != KVLM_OK) fail_msg("%s: %s", g_path[c->model], err.msg);
-    const int32_t V = kvlm_n_vocab(m);
-    assert_int_equal(V, gold.n_vocab);
     kvlm_model_info mi;
     kvlm_model_get_info(m, &mi);
     /* hd48 sets attention.key_length 48; the others' head is n_embd / n_head = 256 / 8 */
     assert_int_equal(mi.head_dim, strstr(k_models[c->model].synth, "--head-dim 48") ? 48 : 32);
-    float *ours = teacher_force(m, c, toks, n, n_prompt);
-
-    float worst = 0.0f;
-    double sum = 0.0;
-    int checked = 0;
-    for (int32_t r = 0; r < gold.n_rows; r++) {
-        const lgts_row *row = &gold.rows[r];
-        assert_true(row->pos >= 0 && row->pos < n);
-        assert_int_equal(row->token, toks[row->pos]);
-        const float *o = ours + (size_t)row->pos * (size_t)V;
-        if (getenv("KVLM_PARITY_ROWS")) {
-            float rw = 0.0f;
-            for (int32_t i = 0; i < V; i++) rw = fmaxf(rw, fabsf(o[i] - row->logits[i]));
-            printf("#   pos %2d max|diff| %.3g\n", row->pos, rw);
-        }
-        for (int32_t i = 0; i < V; i++) {
-            const float d = fabsf(o[i] - row->logits[i]);
-            if (!(d <= c->tol))
-                fail_msg("%s pos %d token %d: |%g - %g| = %g > %g", c->golden, row->pos, i, o[i], row->logits[i], d,
-                         c->tol);
-            worst = d > worst ? d : worst;
-            sum += d;
-        }
-        int32_t gb, ob;
-        float gg, og;
-        top2(row->logits, V, &gb, &gg);
-        top2(o, V, &ob, &og);
-        if (gg > c->tol) {
-            checked++;
-            if (gb != ob) fail_msg("%s pos %d: argmax %d, llama.cpp %d (gap %g)", c->golden, row->pos, ob, gb, gg);
-        }
-    }
-    const double mean = sum / ((double)gold.n_rows * V);
-    printf("# %-24s %-8s save@%-3d rows %2d  max|diff| %.3g (tol %.0e)  mean|diff| %.2g  argmax on %d rows\n",
-           c->golden, c->mode == M_PLAIN ? "plain" : c->mode == M_SHIFT ? "shift" : c->mode == M_SLIDING ? "sliding" : "ring",
-           c->save_at, gold.n_rows, worst, c->tol, mean, checked);
-    assert_true(mean <= c->tol / 10);
+    const kvlm_session_params sp = session_params(c, n);
+    float *ours = parity_teacher_force(m, &sp, g.toks, n, g.n_prompt, c->save_at, g_dir);
+    static const char *const modes[] = {"plain", "shift", "sliding", "ring"};
+    parity_check_rows(&g, ours, kvlm_n_vocab(m), 0, c->tol, c->golden, modes[c->mode], c->save_at, "llama.cpp");
     free(ours);
-    lgts_free(&gold);
+    parity_golden_free(&g);
     kvlm_model_free(m);
 }
 
@@ -241,26 +143,14 @@ static void test_greedy(void **state) {
                                         {HD48_F16, "hd48-f16.batch", M_PLAIN, 0, 0, 0, TOL_F16}};
     for (size_t k = 0; k < sizeof plain / sizeof plain[0]; k++) {
         const parity_case *c = &plain[k];
-        char txt[512];
-        snprintf(txt, sizeof txt, GOLDENS "%s.txt", c->golden);
-        int32_t seq[256], want[256];
-        float gaps[256];
-        const int np = golden_ids(txt, "# prompt tokens:", seq, 256);
-        const int ng = golden_ids(txt, "# generated tokens:", want, 256);
-        /* gaps: floats on the "# top2 gaps:" line, one per row (row np - 1 + i chooses generated token i) */
-        FILE *fp = fopen(txt, "r");
-        assert_non_null(fp);
-        char line[1 << 14];
-        int n_gaps = 0;
-        while (fgets(line, sizeof line, fp))
-            if (strncmp(line, "# top2 gaps:", 12) == 0)
-                for (char *p = line + 12, *e;; p = e) {
-                    const float v = strtof(p, &e);
-                    if (e == p || n_gaps >= 256) break;
-                    gaps[n_gaps++] = v;
-                }
-        fclose(fp);
-        assert_true(np > 0 && ng > 0 && n_gaps == np + ng);
+        parity_golden g;
+        parity_load_golden(GOLDENS, c->golden, &g);
+        const int np = g.n_prompt, ng = g.n_gen;
+        int32_t seq[256];
+        const int32_t *want = g.toks + np;
+        const float *gaps = g.gaps;
+        memcpy(seq, g.toks, (size_t)np * sizeof *seq);
+        assert_true(g.n_gaps == np + ng);
         kvlm_model *m = NULL;
         kvlm_error err;
         assert_int_equal(kvlm_model_load(g_path[c->model], NULL, &m, &err), KVLM_OK);
@@ -286,6 +176,7 @@ static void test_greedy(void **state) {
         free(logits);
         kvlm_session_free(s);
         kvlm_model_free(m);
+        parity_golden_free(&g);
     }
 }
 

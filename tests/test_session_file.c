@@ -627,6 +627,19 @@ static img to_v1(const img *m) {
     return c;
 }
 
+/* A version 2 image of a version 3 file: the header without the sliding-window ring's first position. */
+static img to_v2(const img *m) {
+    const size_t extra = sizeof(kv_ses_header) - KV_SES_V2_HEADER;
+    img c = {malloc(m->n), m->n - extra};
+    memcpy(c.p, m->p, KV_SES_V2_HEADER);
+    memcpy(c.p + KV_SES_V2_HEADER, m->p + sizeof(kv_ses_header), m->n - sizeof(kv_ses_header));
+    kv_ses_header *h = (kv_ses_header *)c.p;
+    h->version = 2;
+    h->header_bytes = KV_SES_V2_HEADER;
+    seal(&c);
+    return c;
+}
+
 /* A shifted (shift, sliding) or wrapped (ring) session saved and loaded checks a request against its
  * whole history as the live session does: the whole history reuses the held tail, a difference
  * inside the dropped part goes back to the kept head. Crafted records are refused. */
@@ -656,7 +669,7 @@ static void test_shifted_history(void **state) {
         assert_int_equal(kvlm_session_save(a, path, &err), KVLM_OK);
         img good = slurp(path);
         const kv_ses_header *h = hdr(&good);
-        assert_int_equal(h->version, 2);
+        assert_int_equal(h->version, KV_SES_VERSION);
         assert_int_equal(h->n_head, head);
         assert_true(h->n_dropped > 3);
         if (ring) {
@@ -701,6 +714,7 @@ static void test_shifted_history(void **state) {
             {offsetof(kv_ses_header, n_head), ring ? 1 : head - 1, 4, "head"},
             {offsetof(kv_ses_header, n_head), -1, 4, "head"},
             {offsetof(kv_ses_header, reserved), 1, 4, "reserved"},
+            {offsetof(kv_ses_header, swa_lo), 1, 4, "sliding-window ring position"},
             {offsetof(kv_ses_header, n_consumed), ring ? np + 1 : L + 1, 4, NULL},
         };
         char label[32];
@@ -788,9 +802,20 @@ static void test_version1(void **state) {
         assert_int_equal(kvlm_eval(a, t, 45, KVLM_AUTO, la, false, &err), KVLM_OK);
         assert_int_equal(kvlm_eval(b, t, 45, KVLM_AUTO, lb, false, &err), KVLM_OK);
         assert_memory_equal(la, lb, (size_t)V * 4);
-        /* a v1 version with a v2 header size, a v2 with a v1 size, version 3 */
-        const uint32_t bad[3][2] = {{1, sizeof(kv_ses_header)}, {2, KV_SES_V1_HEADER}, {3, sizeof(kv_ses_header)}};
-        for (int i = 0; i < 3; i++) {
+        /* a version 2 image (no sliding-window ring record) loads as it is; with its reserved word set
+           (the ring's slots in version 3) it is refused */
+        img v2 = to_v2(&good);
+        spit(bad_path, &v2);
+        if (kvlm_session_load(b, bad_path, &err) != KVLM_OK) fail_msg("v2 load: %s", err.msg);
+        assert_int_equal(kvlm_session_n_past(b), 40);
+        hdr(&v2)->swa_cap = 64;
+        seal(&v2);
+        expect_refused(b, &v2, KVLM_ERR_FORMAT, "reserved", "v2 reserved");
+        free(v2.p);
+        /* a v1 version with a later header size, a v2 with a v1 or v3 size, a v3 with a v2 size, version 4 */
+        const uint32_t bad[6][2] = {{1, sizeof(kv_ses_header)}, {2, KV_SES_V1_HEADER}, {4, sizeof(kv_ses_header)},
+                                    {2, sizeof(kv_ses_header)}, {3, KV_SES_V2_HEADER}, {1, KV_SES_V2_HEADER}};
+        for (int i = 0; i < 6; i++) {
             img e = copy(i == 1 ? &v1 : &good);
             hdr(&e)->version = bad[i][0];
             hdr(&e)->header_bytes = bad[i][1];

@@ -4,7 +4,9 @@
  * Version 2 files also hold the dropped-token record of a shifted or wrapped
  * cache (kept head, count, hash), so a loaded session checks a request
  * against its whole history as the live one did; version 1 files load only
- * when nothing was dropped.
+ * when nothing was dropped. Version 3 adds the sliding-window ring of gemma3's
+ * local layers (its slots and first position held; its pages after the
+ * others); version 2 files, which have none, load as they are.
  *
  * Loading trusts nothing the checksum covers (anyone can recompute it): every
  * count, position, type and size is checked against what the loading
@@ -242,6 +244,8 @@ static kvlm_status save_locked(kvlm_session *s, const char *path, kvlm_error *er
     h.n_head = d.n_head;
     h.n_dropped = d.n_dropped;
     h.drop_hash = d.drop_hash;
+    h.swa_cap = d.swa_cap;
+    h.swa_lo = d.swa_lo;
     kv_buf b = {0};
     kv_buf_add(&b, &h, sizeof h);
     kv_buf_add(&b, d.tokens, (size_t)d.n * sizeof *d.tokens);
@@ -368,6 +372,7 @@ static kv_seq_desc desc_of(const ses_header *h) {
         .type_v = h->type_v, .overflow = h->overflow, .shareable = h->shareable, .n_pages = h->n_pages,
         .n = h->n, .next_pos = h->next_pos, .n_hist = h->n_consumed, .n_ctx = h->n_ctx,
         .n_head = h->n_head, .n_dropped = h->n_dropped, .drop_hash = h->drop_hash,
+        .swa_cap = h->swa_cap, .swa_lo = h->swa_lo,
     };
     return d;
 }
@@ -388,12 +393,13 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
         goto out;
     }
     const bool v1 = h.version == KV_SES_VERSION_V1 && h.header_bytes == KV_SES_V1_HEADER;
-    if (!v1 && (h.version != KV_SES_VERSION || h.header_bytes != sizeof h)) {
-        st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u and %u)", path,
+    const bool v2 = h.version == KV_SES_VERSION_V2 && h.header_bytes == KV_SES_V2_HEADER;
+    if (!v1 && !v2 && (h.version != KV_SES_VERSION || h.header_bytes != sizeof h)) {
+        st = kv_fail(err, KVLM_ERR_UNSUPPORTED, "session_load: '%s' has version %u (this build reads %u to %u)", path,
                      h.version, KV_SES_VERSION_V1, KV_SES_VERSION);
         goto out;
     }
-    if (!v1 && (size < sizeof h + 8 || !take(&c, (uint8_t *)&h + KV_SES_V1_HEADER, sizeof h - KV_SES_V1_HEADER))) {
+    if (!v1 && (size < h.header_bytes + 8 || !take(&c, (uint8_t *)&h + KV_SES_V1_HEADER, h.header_bytes - KV_SES_V1_HEADER))) {
         st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' is truncated", path);
         goto out;
     }
@@ -404,6 +410,10 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
         goto out;
     }
     c.n = size - 8;
+    if ((v2 && h.swa_cap != 0) || h.reserved != 0) { /* version 2 reserved the ring's field as 0 */
+        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' has a non-zero reserved header field", path);
+        goto out;
+    }
     uint64_t fp[2];
     const uint32_t variant = kv_seq_rope(&s->seq)->variant;
     session_fingerprint(s->model, variant, fp);
@@ -438,9 +448,6 @@ static kvlm_status load_bytes_locked(kvlm_session *s, const uint8_t *buf, size_t
             goto out;
         }
         d.n_head = h.overflow == KVLM_OVERFLOW_RING || h.overflow == KVLM_OVERFLOW_ERROR ? 0 : kv_seq_head(&s->seq);
-    } else if (h.reserved != 0) {
-        st = kv_fail(err, KVLM_ERR_FORMAT, "session_load: '%s' has a non-zero reserved header field", path);
-        goto out;
     }
     /* the counts, against a sequence with the session's settings (a ring's capacity comes from them) */
     st = kv_seq_init(&fresh, s->cache->pool, &s->seq_config, err);

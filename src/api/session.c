@@ -59,14 +59,19 @@ kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params 
         .max_batch = ubatch < 32 ? ubatch : 32,
     };
     kv_model_rope(model, n_ctx, &sc.rope);
-    /* shift and sliding re-rotate the kept keys with the session's one RoPE; gemma3's local layers rotate
-       with another base: refused rather than computed wrong */
-    if (hp->n_swa > 0 && hp->swa_pattern > 0 && (p.overflow == KVLM_OVERFLOW_SHIFT || p.overflow == KVLM_OVERFLOW_SLIDING)) {
-        free(s);
-        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
-                       "session_new: the %s overflow policy is not supported for %s (its sliding-window layers use "
-                       "their own RoPE); use error or ring",
-                       p.overflow == KVLM_OVERFLOW_SHIFT ? "shift" : "sliding", hp->arch_name);
+    /* gemma3's sliding-window layers: a ring of their own (kv_seq.swa), except on a shared cache with
+       prefix sharing, whose index holds pages of every layer */
+    if (hp->n_swa > 0 && hp->swa_pattern > 0) {
+        s->swa_layer = malloc((size_t)hp->n_layer * sizeof *s->swa_layer);
+        if (!s->swa_layer) {
+            free(s);
+            return kv_fail(err, KVLM_ERR_NOMEM, "session_new: out of memory");
+        }
+        for (int32_t l = 0; l < hp->n_layer; l++) s->swa_layer[l] = kv_layer_is_swa(hp, l);
+        sc.swa_layer = s->swa_layer;
+        sc.swa = hp->n_swa;
+        sc.swa_full = p.cache && kv_pool_params(p.cache->pool)->prefix_sharing;
+        kv_model_rope_swa(model, hp->n_ctx_train, &sc.rope_swa); /* as the forward pass rotates them */
     }
     if (p.cache) {
         s->cache = p.cache;
@@ -123,6 +128,7 @@ void kvlm_session_free(kvlm_session *s) {
     kv_tpool_free(s->tpool);
     kv_seq_destroy(&s->seq);
     if (s->own_cache) kvlm_cache_free(s->cache);
+    free(s->swa_layer);
     free(s);
 }
 

@@ -24,6 +24,7 @@ struct kvlm_session {
     bool own_cache;
     kv_seq seq;
     kv_seq_config seq_config;
+    bool *swa_layer;    /* per layer: a sliding-window one (seq_config.swa_layer; NULL: none) */
     kvlm_session_params params; /* as created (kvlm_session_fork makes another with them) */
     kv_tpool *tpool;
     kv_forward *fwd;
@@ -46,10 +47,12 @@ bool kv_session_rewindable(const kvlm_session *s);
 /* ------------------------------------------------------------ session files (persist.c) */
 
 #define KV_SES_MAGIC "KVLMSES1"
-#define KV_SES_VERSION 2u
+#define KV_SES_VERSION 3u
 /* Version 1 files (no dropped-token record; header_bytes KV_SES_V1_HEADER) still load when their
- * cache was never shifted (see persist.c). */
+ * cache was never shifted (see persist.c); version 2 files (no sliding-window ring;
+ * KV_SES_V2_HEADER) load as they are. */
 #define KV_SES_VERSION_V1 1u
+#define KV_SES_VERSION_V2 2u
 
 /* The fixed part of a session file's header (little-endian, no padding).
  * After it: n token ids, n positions (int32), then each page as
@@ -57,7 +60,9 @@ bool kv_session_rewindable(const kvlm_session *s);
  * then the checksum (kv_session_checksum of everything before it).
  * Version 2 adds the record a shifted or wrapped cache needs to check a request against its whole
  * history: the kept head (n_keep for shift, n_sink for sliding, else 0), how many history tokens
- * were dropped and their chained hash (kv_seq's n_dropped / drop_hash). */
+ * were dropped and their chained hash (kv_seq's n_dropped / drop_hash). Version 3 records the
+ * sliding-window ring (kv_seq.swa: gemma3's local layers kept apart, their pages after the others):
+ * its slots (0: none; the field version 2 reserved as 0) and the first position it holds. */
 typedef struct kv_ses_header {
     char magic[8];
     uint32_t version;
@@ -68,12 +73,16 @@ typedef struct kv_ses_header {
     int32_t n, next_pos, n_consumed, n_ctx;
     /* version 2 */
     int32_t n_head;   /* the kept head of the history */
-    uint32_t reserved; /* 0 */
+    uint32_t swa_cap; /* the sliding-window ring's slots (version 2: reserved, 0) */
     int64_t n_dropped;
     uint64_t drop_hash;
+    /* version 3 */
+    int32_t swa_lo;    /* the first position the ring holds (0 without one) */
+    uint32_t reserved; /* 0 */
 } kv_ses_header;
-/* The size of a version 1 header: the fields before n_head. */
+/* The size of a version 1 header: the fields before n_head; of a version 2 header: those before swa_lo. */
 #define KV_SES_V1_HEADER 80u
+#define KV_SES_V2_HEADER 104u
 
 /* The checksum the loader verifies: XXH3-64 of the file's bytes before the
  * last 8 (which hold it). A plain hash, not a MAC: it catches corruption;

@@ -93,9 +93,9 @@ typedef struct att_job {
 
 /* Prefetches heads [h0, h1) of the K and V rows of page j, if it exists. */
 static void prefetch_page(const kv_seq *sq, int layer, int32_t j, int h0, int h1, int n_head_kv) {
-    if (j >= kv_seq_n_pages(sq)) return;
+    if (!kv_seq_layer_in_ring(sq, layer) && j >= kv_seq_n_pages(sq)) return;
     const int32_t P = kv_seq_page_tokens(sq);
-    const kv_rows r = kv_page_rows(kv_seq_page(sq, j), layer);
+    const kv_rows r = kv_seq_rows(sq, layer, j);
     const uint64_t kh = r.k_stride / (uint64_t)n_head_kv, vh = r.v_stride / (uint64_t)n_head_kv;
     for (int32_t t = 0; t < P; t++)
         for (uint64_t o = (uint64_t)h0 * kh; o < (uint64_t)h1 * kh; o += 64) __builtin_prefetch(kv_rows_k(&r, t) + o, 0, 1);
@@ -141,13 +141,31 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
     const int32_t win = b->swa > 0 && (!ring || b->swa < window) ? b->swa : window;
     const int32_t nt = t1 - t0;
     int32_t pos[ATT_TB], n_read[ATT_TB];
+    for (int32_t i = 0; i < nt; i++) pos[i] = kv_seq_pos(sq, b->slots[t0 + i]);
+    /* score 0 is position lo's: 0, or for a layer kept in the sequence's sliding-window ring (which holds
+       only the last positions) the first visible one rounded down to a page, and to 8 so that every
+       position keeps the softmax lane (i mod 8) and page run it has in a full cache: the slots before lo
+       are masked there (exp gives 0, their values are skipped), so the results are the same bits */
+    int32_t lo = 0;
+    if (!ring && win > 0 && kv_seq_layer_in_ring(sq, layer)) {
+        int32_t first = pos[0] - win + 1;
+        for (int32_t i = 1; i < nt; i++) first = pos[i] - win + 1 < first ? pos[i] - win + 1 : first;
+        int32_t g = P, m8 = 8; /* lcm(P, 8) = P / gcd(P, 8) * 8 */
+        while (m8) {
+            const int32_t t = g % m8;
+            g = m8;
+            m8 = t;
+        }
+        const int32_t L = P / g * 8;
+        lo = first > 0 ? first / L * L : 0;
+    }
     int32_t most = 0;
     for (int32_t i = 0; i < nt; i++) {
-        pos[i] = kv_seq_pos(sq, b->slots[t0 + i]);
-        /* non-ring slots hold positions 0..n in order: read those up to p */
-        n_read[i] = ring ? b->n_read[t0 + i] : pos[i] + 1;
+        /* non-ring slots hold positions 0..n in order: read those from lo up to p */
+        n_read[i] = ring ? b->n_read[t0 + i] : pos[i] + 1 - lo;
         most = n_read[i] > most ? n_read[i] : most;
     }
+    const int32_t j0 = lo / P; /* the page of position lo */
     /* the scores of (token t0 + i, head h) at sc + (i * n_head + h) * most */
     float *sc = a->sc + (int64_t)ith * a->sc_cap;
 #define SC(i, h) (sc + ((int64_t)(i) * a->n_head + (h)) * most)
@@ -155,8 +173,8 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
 
     for (int32_t start = 0, j = 0; start < most; start += P, j++) {
         const int32_t cnt = most - start < P ? most - start : P;
-        if (a->prefetch) prefetch_page(sq, layer, j + 1, h0, h1, a->n_head_kv);
-        const kv_rows r = kv_page_rows(kv_seq_page(sq, j), layer);
+        if (a->prefetch) prefetch_page(sq, layer, j0 + j + 1, h0, h1, a->n_head_kv);
+        const kv_rows r = kv_seq_rows(sq, layer, j0 + j);
         const uint32_t tk = r.layout->type_k;
         /* how this page's keys meet q: a gemm against q converted to their vec_dot type, or (heads not whole
            blocks, no kernel) each key's head dequantized and dotted in f32 */
@@ -219,8 +237,8 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                         if (ps > pos[i] || ps <= pos[i] - win)
                             for (int g = 0; g < gqa; g++) s[g * most + o] = -INFINITY;
                     }
-                else if (win > 0) /* slot o holds position o: those up to p - win masked (exp gives 0) */
-                    for (int32_t o = 0; o < c && start + o <= pos[i] - win; o++)
+                else if (win > 0) /* score o is position lo + o: those up to p - win masked (exp gives 0) */
+                    for (int32_t o = 0; o < c && lo + start + o <= pos[i] - win; o++)
                         for (int g = 0; g < gqa; g++) s[g * most + o] = -INFINITY;
             }
         }
@@ -240,7 +258,7 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
 
     for (int32_t start = 0, j = 0; start < most; start += P, j++) {
         const int32_t cnt = most - start < P ? most - start : P;
-        const kv_rows r = kv_page_rows(kv_seq_page(sq, j), layer);
+        const kv_rows r = kv_seq_rows(sq, layer, j0 + j);
         const uint32_t tv = r.layout->type_v;
         const kv_vec_mad_rows_fn mr = tv == KV_F16 ? fn->madr16
                                       : tv == KV_F32 ? fn->madr32

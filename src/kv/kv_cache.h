@@ -59,9 +59,12 @@ typedef struct kv_codec {
     uint32_t block_bytes;
 } kv_codec;
 
-/* Byte geometry of a page for one (type_k, type_v) pair, and its codecs. */
+/* Byte geometry of a page for one (type_k, type_v) pair and layer count, and its codecs. A page
+ * holds every layer of the model, except in a sequence that keeps its sliding-window layers in a
+ * ring of their own (kv_seq.swa): its pages hold the other layers, its ring's pages those. */
 struct kv_layout {
     uint32_t type_k, type_v;
+    int32_t n_layers;        /* layers a page holds */
     uint64_t k_row, v_row;   /* bytes of one token's K / V row (the row strides in a page) */
     uint64_t v_offset;       /* P * k_row: where a layer's V rows start after its K rows */
     uint64_t layer_bytes;    /* P * (k_row + v_row) */
@@ -133,6 +136,9 @@ void kv_pool_destroy(kv_page_pool *p);
 /* The class of (type_k, type_v), registering it if new; NULL if the types do
  * not divide kv_dim into whole blocks. */
 const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_v);
+/* The same for pages of n_layers (1..the pool's layer count) layers (a sliding-window ring's pages
+   and the pages beside it); only pages of every layer enter the prefix index. */
+const kv_layout *kv_pool_layout_layers(kv_page_pool *p, uint32_t type_k, uint32_t type_v, int32_t n_layers);
 /* A private page of that layout (refs = 1), growing the pool or evicting a
  * cached page when needed; NULL when the pool is at its maximum. */
 kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l);
@@ -207,6 +213,24 @@ typedef struct kv_seq {
     int64_t n_dropped;
     uint64_t drop_hash;
     int64_t hits, misses, recomputed;
+    /* Sliding-window layers in a ring of their own (gemma3's local layers; swa > 0): they only ever
+       read the last swa positions, so they are not kept for the whole history. The model's layers
+       split into those `pages` hold (the others, n_glayer of them, for every slot) and those the
+       ring holds: swa_cap slots (a multiple of P: swa plus one pass of slack), position p's rows at
+       ring slot p % swa_cap, in swa_pages. Positions [swa_lo, next_pos) are held there; a query
+       at p reads (p - swa, p], so the sequence can go back to h only while max(0, h - swa + 1) >=
+       swa_lo. layer_at[l]: layer l's index in its pages (>= 0: `pages`, ~i: the ring's layer i);
+       NULL without a ring (every layer in `pages`, in order). Not shareable (the prefix index holds
+       pages of every layer). */
+    int32_t n_glayer;
+    int32_t *layer_at;
+    /* the sliding-window layers' own rotation (gemma3's local layers: another base), for re-rotating
+       their keys in a shift, and which layers they are (NULL: none) */
+    kv_rope rope_swa;
+    bool *swa_layer;
+    int32_t swa, swa_cap, swa_lo;
+    const kv_layout *swa_layout;
+    kv_page **swa_pages;     /* swa_cap / P */
 } kv_seq;
 
 typedef struct kv_seq_config {
@@ -217,6 +241,14 @@ typedef struct kv_seq_config {
     uint32_t compress_type;
     kv_rope rope;
     int32_t max_batch; /* most tokens written in one pass (ring sizing) */
+    /* sliding-window layers (gemma3's local ones): swa_layer[l] for each layer (NULL: none), their
+       window swa. Unless swa_full, a sequence of another policy than ring keeps them in a ring of
+       their own when that holds fewer pages than the context (kv_seq.swa); shift and sliding keep them
+       whole (a shift would renumber the ring) */
+    const bool *swa_layer;
+    int32_t swa;
+    bool swa_full;
+    kv_rope rope_swa; /* their rotation (swa_layer set), which a shift re-rotates their keys with */
 } kv_seq_config;
 
 kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, kvlm_error *err);
@@ -327,6 +359,25 @@ static inline bool kv_seq_is_ring(const kv_seq *s) { return s->overflow == KVLM_
 /* A ring's attention window (positions (p - window, p] are visible from p). */
 static inline int32_t kv_seq_window(const kv_seq *s) { return s->window; }
 
+/* Whether layer `layer` is kept in the sequence's sliding-window ring (kv_seq.swa), and its index in
+   the pages that hold it. */
+static inline bool kv_seq_layer_in_ring(const kv_seq *s, int layer) { return s->layer_at && s->layer_at[layer] < 0; }
+static inline int kv_seq_layer_index(const kv_seq *s, int layer) {
+    return !s->layer_at ? layer : s->layer_at[layer] >= 0 ? s->layer_at[layer] : ~s->layer_at[layer];
+}
+/* The page holding page j's slots of a layer: pages[j] (slots [j * P, (j + 1) * P)), or for a layer in the
+   sliding-window ring the ring page holding positions [j * P, (j + 1) * P) (slots hold positions in order
+   outside a ring policy, so j counts positions either way). */
+static inline const kv_page *kv_seq_layer_page(const kv_seq *s, int layer, int32_t j) {
+    return kv_seq_layer_in_ring(s, layer) ? s->swa_pages[j % (s->swa_cap / s->P)] : s->pages[j];
+}
+/* A layer's rows of page j (kv_seq_layer_page), for attention's walk over the pages. */
+static inline kv_rows kv_seq_rows(const kv_seq *s, int layer, int32_t j) {
+    return kv_page_rows(kv_seq_layer_page(s, layer, j), kv_seq_layer_index(s, layer));
+}
+/* The first position a sliding-window layer's ring still holds (0 without one). */
+static inline int32_t kv_seq_swa_low(const kv_seq *s) { return s->swa ? s->swa_lo : 0; }
+
 /* Row pointers for one slot, in the page's types. */
 typedef struct kv_row {
     const uint8_t *k, *v;
@@ -334,9 +385,11 @@ typedef struct kv_row {
 } kv_row;
 
 static inline kv_row kv_seq_row(const kv_seq *s, int layer, int32_t slot) {
-    const kv_page *pg = s->pages[slot / s->P];
-    const int32_t i = slot % s->P;
-    kv_row r = {kv_page_k_row(pg, layer, i), kv_page_v_row(pg, layer, i), pg->layout};
+    const bool ring = kv_seq_layer_in_ring(s, layer);
+    const int32_t at = ring ? s->pos[slot] % s->swa_cap : slot;
+    const kv_page *pg = ring ? s->swa_pages[at / s->P] : s->pages[at / s->P];
+    const int32_t i = at % s->P, li = kv_seq_layer_index(s, layer);
+    kv_row r = {kv_page_k_row(pg, li, i), kv_page_v_row(pg, li, i), pg->layout};
     return r;
 }
 /* Quantizes one token's K and V (f32, kv_dim each) into a slot (the page's types). */
@@ -364,6 +417,10 @@ typedef struct kv_seq_desc {
     int32_t n_head;
     int64_t n_dropped;
     uint64_t drop_hash;
+    /* the sliding-window ring (kv_seq.swa): its slots (0: none) and the first position it holds; its
+       swa_cap / P pages follow the others (n_pages counts both) */
+    uint32_t swa_cap;
+    int32_t swa_lo;
     const int32_t *tokens, *pos; /* n each; NULL while an import has not read them yet */
 } kv_seq_desc;
 

@@ -50,7 +50,8 @@ int32_t kv_seq_state_pos(const kv_seq *s, int32_t next_pos, int32_t slot) {
 
 int64_t kv_seq_state_pages(const kv_seq *s, int32_t n) {
     if (s->overflow == KVLM_OVERFLOW_RING) return s->n_ctx / s->P;
-    return ((int64_t)n + s->P - 1) / s->P;
+    /* then a sliding-window ring's pages (kv_seq.swa) */
+    return ((int64_t)n + s->P - 1) / s->P + (s->swa ? s->swa_cap / s->P : 0);
 }
 
 /* n slots, the next position and the per-slot positions (or NULL); a ring's dropped count (checked
@@ -103,6 +104,12 @@ kvlm_status kv_seq_check_settings(const kv_seq *s, const kv_seq_desc *d, kvlm_er
                        "(page %d, K %s, V %s, overflow %d)",
                        d->page_tokens, kv_dtype_name(d->type_k), kv_dtype_name(d->type_v), d->overflow, s->P,
                        kv_dtype_name(l->type_k), kv_dtype_name(l->type_v), (int)s->overflow);
+    if (d->swa_cap != (uint32_t)s->swa_cap)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG,
+                       "keeps the sliding-window layers %s%u%s, this session %s%d%s (the ring is used when it holds "
+                       "less than the context, and not on a shared cache with prefix sharing)",
+                       d->swa_cap ? "in a ring of " : "whole", d->swa_cap ? d->swa_cap : 0u, d->swa_cap ? " tokens" : "",
+                       s->swa_cap ? "in a ring of " : "whole", s->swa_cap, s->swa_cap ? " tokens" : "");
     return KVLM_OK;
 }
 
@@ -138,6 +145,19 @@ kvlm_status kv_seq_check_desc(const kv_seq *s, const kv_seq_desc *d, kvlm_error 
         return kv_fail(err, KVLM_ERR_FORMAT, "has a dropped-token hash but no dropped tokens");
     kvlm_status st = check_state(s, n, next_pos, dropped, d->pos, err);
     if (st) return st;
+    if (s->swa) {
+        /* the ring holds [swa_lo, next_pos): no more than its slots, and (once it dropped something) at
+           least the window a query at next_pos reads; 0 only while nothing was overwritten */
+        const int64_t low = (int64_t)next_pos - s->swa_cap;
+        if (d->swa_lo < (low > 0 ? low : 0) || d->swa_lo > next_pos ||
+            (d->swa_lo > 0 && (int64_t)d->swa_lo + s->swa - 1 > next_pos))
+            return kv_fail(err, KVLM_ERR_FORMAT,
+                           "keeps its sliding-window layers from position %d at position %d (a ring of %d slots "
+                           "holds %lld.. and a window of %d back)",
+                           d->swa_lo, next_pos, s->swa_cap, (long long)(low > 0 ? low : 0), s->swa);
+    } else if (d->swa_lo != 0) {
+        return kv_fail(err, KVLM_ERR_FORMAT, "records a sliding-window ring position %d without a ring", d->swa_lo);
+    }
     bool ok;
     switch (s->overflow) {
     case KVLM_OVERFLOW_RING: ok = n_hist == next_pos; break;               /* every token passes through */

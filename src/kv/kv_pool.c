@@ -12,7 +12,7 @@
 #include "core/error.h"
 #include "kv_cache.h"
 
-#define KV_MAX_CLASSES 8
+#define KV_MAX_CLASSES 12
 
 struct kv_page_pool {
     pthread_mutex_t mu;
@@ -137,17 +137,23 @@ static kv_codec codec_of(uint32_t type) {
 }
 
 const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_v) {
+    return kv_pool_layout_layers(p, type_k, type_v, p->n_layer);
+}
+
+const kv_layout *kv_pool_layout_layers(kv_page_pool *p, uint32_t type_k, uint32_t type_v, int32_t n_layers) {
+    if (n_layers < 1 || n_layers > p->n_layer) return NULL;
     pthread_mutex_lock(&p->mu);
     const kv_layout *found = NULL;
     for (int c = 0; c < p->n_classes && !found; c++)
-        if (p->classes[c].type_k == type_k && p->classes[c].type_v == type_v) found = &p->classes[c];
+        if (p->classes[c].type_k == type_k && p->classes[c].type_v == type_v && p->classes[c].n_layers == n_layers)
+            found = &p->classes[c];
     if (!found && p->n_classes < KV_MAX_CLASSES) {
-        kv_layout l = {.type_k = type_k, .type_v = type_v, .index = p->n_classes};
+        kv_layout l = {.type_k = type_k, .type_v = type_v, .n_layers = n_layers, .index = p->n_classes};
         if (kv_dtype_row_bytes(type_k, (uint64_t)p->kv_dim, &l.k_row) &&
             kv_dtype_row_bytes(type_v, (uint64_t)p->kv_dim, &l.v_row)) {
             l.v_offset = (uint64_t)p->P * l.k_row;
             l.layer_bytes = (uint64_t)p->P * (l.k_row + l.v_row);
-            l.page_bytes = l.layer_bytes * (uint64_t)p->n_layer;
+            l.page_bytes = l.layer_bytes * (uint64_t)n_layers;
             l.k = codec_of(type_k);
             l.v = codec_of(type_v);
             p->classes[p->n_classes] = l;
@@ -399,7 +405,7 @@ kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, cons
     pthread_mutex_lock(&p->mu);
     kv_page *pg = p->buckets[key & (p->n_buckets - 1)];
     while (pg && !(pg->key == key && pg->parent_key == parent_key && pg->layout->type_k == type_k &&
-                   pg->layout->type_v == type_v && memcmp(pg->tokens, tokens, (size_t)p->P * sizeof *tokens) == 0))
+                   pg->layout->type_v == type_v && pg->layout->n_layers == p->n_layer && memcmp(pg->tokens, tokens, (size_t)p->P * sizeof *tokens) == 0))
         pg = pg->hnext;
     if (pg) {
         if (pg->refs == 0) lru_remove(p, pg);

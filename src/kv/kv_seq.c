@@ -21,6 +21,29 @@ static int32_t ring_capacity(int32_t window, int32_t max_batch, int32_t P) {
     return (int32_t)((c + P - 1) / P * P);
 }
 
+/* The sliding-window ring a sequence of configuration c keeps (kv_seq.swa): its slots, 0 for none
+ * (no such layers, another policy than error, swa_full, every layer local, or a ring no smaller than the
+ * context);
+ * *n_local: the layers it holds. */
+static int32_t swa_plan(const kv_seq_config *c, int32_t P, int32_t *n_local) {
+    *n_local = 0;
+    if (!c->swa_layer || c->swa <= 0 || c->swa > (1 << 24) || c->swa_full || c->overflow != KVLM_OVERFLOW_ERROR)
+        return 0;
+    int32_t nl = 0;
+    for (int32_t l = 0; l < c->n_layer; l++) nl += c->swa_layer[l] ? 1 : 0;
+    const int32_t cap = ring_capacity(c->swa, c->max_batch, P);
+    if (nl == 0 || nl == c->n_layer || cap / P >= ((int64_t)c->n_ctx + P - 1) / P) return 0;
+    *n_local = nl;
+    return cap;
+}
+
+/* Whether the sliding-window ring still holds what a query at position h reads (the positions (h - swa,
+ * h)), so that the sequence can be cut back to h. */
+static bool swa_can_cut(const kv_seq *s, int64_t h) {
+    if (!s->swa || s->swa_lo == 0 || h == 0) return true;
+    return h - s->swa + 1 >= s->swa_lo;
+}
+
 /* Grows the per-slot arrays to hold at least n slots. */
 static bool ensure_slots(kv_seq *s, int32_t n) {
     int32_t need_pages = (n + s->P - 1) / s->P;
@@ -68,19 +91,52 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
     if (c->compress_after < 0) return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: compress_after is negative");
     if (c->overflow == KVLM_OVERFLOW_RING && c->window > (1 << 24))
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: ring window %d is too large", c->window);
-    s->layout = kv_pool_layout(pool, c->type_k, c->type_v);
+    /* gemma3's sliding-window layers apart, when their ring holds less than the context: the pages then
+       hold the other layers (layouts of fewer layers) */
+    int32_t n_local = 0;
+    const int32_t swa_cap = swa_plan(c, s->P, &n_local);
+    s->n_glayer = c->n_layer - n_local;
+    s->layout = kv_pool_layout_layers(pool, c->type_k, c->type_v, s->n_glayer);
     if (!s->layout)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: K/V types %s/%s do not fit rows of %d values",
                        kv_dtype_name(c->type_k), kv_dtype_name(c->type_v), s->kv_dim);
     if (!s->layout->k.encode || !s->layout->v.encode)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: unsupported storage type");
     if (c->compress_after > 0) {
-        s->compress_layout = kv_pool_layout(pool, c->compress_type, c->compress_type);
+        s->compress_layout = kv_pool_layout_layers(pool, c->compress_type, c->compress_type, s->n_glayer);
         if (!s->compress_layout || !s->compress_layout->k.encode)
             return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: compression type %s does not fit rows of %d values",
                            kv_dtype_name(c->compress_type), s->kv_dim);
     }
-    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && kv_pool_params(pool)->prefix_sharing;
+    if (c->swa_layer) { /* which layers a shift re-rotates with their own RoPE */
+        s->rope_swa = c->rope_swa;
+        s->swa_layer = malloc((size_t)c->n_layer * sizeof *s->swa_layer);
+        if (!s->swa_layer) return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        memcpy(s->swa_layer, c->swa_layer, (size_t)c->n_layer * sizeof *s->swa_layer);
+    }
+    if (swa_cap) {
+        s->swa_layout = kv_pool_layout_layers(pool, c->type_k, c->type_v, n_local);
+        if (!s->swa_layout) {
+            kv_seq_destroy(s);
+            return kv_fail(err, KVLM_ERR_UNSUPPORTED, "kv cache: too many page layouts in the pool");
+        }
+        s->swa = c->swa;
+        s->swa_cap = swa_cap;
+        s->layer_at = malloc((size_t)c->n_layer * sizeof *s->layer_at);
+        s->swa_pages = calloc((size_t)(swa_cap / s->P), sizeof *s->swa_pages);
+        if (!s->layer_at || !s->swa_pages) {
+            kv_seq_destroy(s);
+            return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        }
+        for (int32_t l = 0, g = 0, r = 0; l < c->n_layer; l++) s->layer_at[l] = c->swa_layer[l] ? ~r++ : g++;
+        for (int32_t j = 0; j < swa_cap / s->P; j++)
+            if (!(s->swa_pages[j] = kv_pool_alloc(pool, s->swa_layout))) {
+                kv_seq_destroy(s);
+                return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool cannot hold a ring of %d tokens", swa_cap);
+            }
+    }
+    /* the prefix index holds pages of every layer: not a ring's, nor those beside a sliding-window ring */
+    s->shareable = s->share_base = c->overflow != KVLM_OVERFLOW_RING && !s->swa && kv_pool_params(pool)->prefix_sharing;
     if (c->overflow == KVLM_OVERFLOW_RING) {
         s->n_ctx = ring_capacity(s->window, c->max_batch, s->P);
         if (!ensure_slots(s, s->n_ctx)) {
@@ -104,6 +160,10 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
 
 void kv_seq_destroy(kv_seq *s) {
     for (int32_t j = 0; j < s->n_pages; j++) kv_pool_release(s->pool, s->pages[j]);
+    for (int32_t j = 0; s->swa_pages && j < s->swa_cap / s->P; j++) kv_pool_release(s->pool, s->swa_pages[j]);
+    free(s->swa_pages);
+    free(s->layer_at);
+    free(s->swa_layer);
     if (s->pool) kv_pool_count(s->pool, KV_STAT_TOKENS, -s->n);
     free(s->pages);
     free(s->keys);
@@ -115,6 +175,7 @@ void kv_seq_destroy(kv_seq *s) {
 uint64_t kv_seq_bytes(const kv_seq *s) {
     uint64_t b = 0;
     for (int32_t j = 0; j < s->n_pages; j++) b += s->pages[j]->layout->page_bytes;
+    if (s->swa) b += (uint64_t)(s->swa_cap / s->P) * s->swa_layout->page_bytes;
     return b;
 }
 
@@ -132,16 +193,18 @@ static void convert_row(const uint8_t *src, const kv_codec *sc, uint32_t st, uin
 }
 
 /* Copies slot `from` of page a into slot `to` of page b for every layer,
- * re-rotating K by `delta` positions when it is not 0. */
+ * re-rotating K by `delta` positions when it is not 0, with the layer's RoPE (a sliding-window layer's
+ * own, else the sequence's; a sequence that shifts keeps every layer in its pages, in order). */
 static void copy_slot(const kv_seq *s, const kv_page *a, int32_t from, kv_page *b, int32_t to, int32_t delta,
                       float *tmp) {
     const kv_layout *la = a->layout, *lb = b->layout;
-    for (int l = 0; l < s->n_layer; l++) {
+    for (int l = 0; l < la->n_layers; l++) {
         const uint8_t *ka = kv_page_k_row(a, l, from), *va = kv_page_v_row(a, l, from);
         uint8_t *kb = kv_page_k_row(b, l, to), *vb = kv_page_v_row(b, l, to);
         if (delta != 0) {
+            const kv_rope *r = !s->layer_at && s->swa_layer && s->swa_layer[l] ? &s->rope_swa : &s->rope;
             la->k.decode(ka, tmp, s->kv_dim);
-            kv_rope_shift(&s->rope, tmp, s->n_head_kv, s->head_dim, delta);
+            kv_rope_shift(r, tmp, s->n_head_kv, s->head_dim, delta);
             lb->k.encode(tmp, kb, s->kv_dim);
         } else {
             convert_row(ka, &la->k, la->type_k, kb, &lb->k, lb->type_k, s->kv_dim, la->k_row, tmp);
@@ -235,6 +298,10 @@ int32_t kv_seq_max_pass(const kv_seq *s) {
 }
 
 int64_t kv_seq_pages_needed(const kv_seq_config *c, int32_t P) {
+    int32_t n_local;
+    const int32_t swa_cap = swa_plan(c, P, &n_local);
+    if (swa_cap) /* the sliding-window ring's pages (of fewer layers) and those of the context */
+        return swa_cap / P + ((int64_t)c->n_ctx + P - 1) / P;
     if (c->overflow == KVLM_OVERFLOW_RING) {
         const int64_t w = c->window > 0 && c->window <= (1 << 24) ? c->window : c->n_ctx;
         return (w + c->max_batch + P - 1) / P;
@@ -263,7 +330,7 @@ static bool drop_known(const kv_seq *s, int64_t h_len) {
 bool kv_seq_can_rewind(const kv_seq *s, int64_t h_len, int64_t h) {
     if (h < 0 || h > h_len) return false;
     if (h == 0 || h == h_len) return true;
-    if (!drop_known(s, h_len)) return false;
+    if (!drop_known(s, h_len) || !swa_can_cut(s, h)) return false;
     if (s->n_dropped == 0) return true; /* everything is held */
     if (s->overflow == KVLM_OVERFLOW_RING) return h >= s->n_dropped + s->window - 1; /* the window before h is held */
     const int32_t head = kv_seq_head(s);
@@ -311,7 +378,7 @@ int32_t kv_seq_reuse_point(const kv_seq *s, int64_t h_len, const int32_t *ctx, i
     if (s->n_dropped == 0) { /* everything is held, in order */
         int32_t i = 0;
         while (i < limit && s->tokens[i] == ctx[i]) i++;
-        return i;
+        return i == h_len || swa_can_cut(s, i) ? i : 0;
     }
     if (ring) {
         const int64_t low = s->n_dropped + s->window - 1; /* the first point a query's window is held from */
@@ -347,6 +414,9 @@ kvlm_status kv_seq_prepare(kv_seq *s, int32_t n_new, kvlm_error *err) {
             return kv_fail(err, KVLM_ERR_INTERNAL, "kv cache: a ring pass of %d tokens exceeds its slack", n_new);
         return KVLM_OK;
     }
+    if (s->swa && n_new > s->swa_cap - s->swa)
+        return kv_fail(err, KVLM_ERR_INTERNAL, "kv cache: a pass of %d tokens exceeds the sliding-window ring's slack",
+                       n_new);
     if ((int64_t)s->n + n_new <= s->n_ctx) return KVLM_OK;
     switch (s->overflow) {
     case KVLM_OVERFLOW_SHIFT:
@@ -381,7 +451,8 @@ int32_t kv_seq_slot(const kv_seq *s, int32_t i) {
 }
 
 int32_t kv_seq_pass_cap(const kv_seq *s) {
-    return s->overflow == KVLM_OVERFLOW_RING ? s->n_ctx - s->window : INT32_MAX;
+    if (s->overflow == KVLM_OVERFLOW_RING) return s->n_ctx - s->window;
+    return s->swa ? s->swa_cap - s->swa : INT32_MAX;
 }
 
 int32_t kv_seq_span(const kv_seq *s, int32_t n_new) {
@@ -419,14 +490,20 @@ kvlm_status kv_seq_reserve(kv_seq *s, const int32_t *tokens, int32_t n_new, kvlm
         s->tokens[slot] = tokens[i];
         s->pos[slot] = s->next_pos + i;
     }
+    if (s->swa) { /* the ring slots these positions take were held by positions a lap back */
+        const int64_t lo = (int64_t)s->next_pos + n_new - s->swa_cap;
+        if (lo > s->swa_lo) s->swa_lo = (int32_t)lo;
+    }
     return KVLM_OK;
 }
 
 void kv_seq_write(kv_seq *s, int layer, int32_t slot, const float *k, const float *v) {
-    kv_page *pg = s->pages[slot / s->P];
-    const int32_t i = slot % s->P;
-    pg->layout->k.encode(k, kv_page_k_row(pg, layer, i), s->kv_dim);
-    pg->layout->v.encode(v, kv_page_v_row(pg, layer, i), s->kv_dim);
+    const bool ring = kv_seq_layer_in_ring(s, layer);
+    const int32_t at = ring ? s->pos[slot] % s->swa_cap : slot, li = kv_seq_layer_index(s, layer);
+    kv_page *pg = ring ? s->swa_pages[at / s->P] : s->pages[at / s->P];
+    const int32_t i = at % s->P;
+    pg->layout->k.encode(k, kv_page_k_row(pg, li, i), s->kv_dim);
+    pg->layout->v.encode(v, kv_page_v_row(pg, li, i), s->kv_dim);
 }
 
 /* Re-quantizes pages older than compress_after into the compression type. The compressed page
@@ -504,6 +581,11 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     if (n == s->n) return KVLM_OK;
     if (s->overflow == KVLM_OVERFLOW_RING)
         return kv_fail(err, KVLM_ERR_UNSUPPORTED, "truncate: a ring cache cannot roll back");
+    if (!swa_can_cut(s, n))
+        return kv_fail(err, KVLM_ERR_UNSUPPORTED,
+                       "truncate: cannot go back to %d of %d tokens: the sliding-window layers keep only the "
+                       "positions from %d (a window of %d back from the cut is needed)",
+                       n, s->n, s->swa_lo, s->swa);
     const int32_t keep = (n + s->P - 1) / s->P;
     if (n % s->P != 0) {
         /* the kept part of a shared or indexed page is copied, not written over */
@@ -513,7 +595,7 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
             if (!cp) return kv_fail(err, KVLM_ERR_NOMEM, "truncate: the pool has no room to copy a shared page");
             const kv_layout *l = pg->layout;
             const uint64_t m = (uint64_t)(n % s->P);
-            for (int li = 0; li < s->n_layer; li++) {
+            for (int li = 0; li < l->n_layers; li++) {
                 memcpy(kv_page_k(cp, li), kv_page_k(pg, li), m * l->k_row);
                 memcpy(kv_page_v(cp, li), kv_page_v(pg, li), m * l->v_row);
             }
@@ -526,6 +608,7 @@ kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err) {
     kv_pool_count(s->pool, KV_STAT_TOKENS, -(int64_t)(s->n - n));
     s->n = n;
     s->next_pos = n;
+    if (n == 0) s->swa_lo = 0; /* a reset: nothing is read before it is written again */
     return KVLM_OK;
 }
 
@@ -576,7 +659,8 @@ int32_t kv_seq_common_prefix(const kv_seq *s, const int32_t *tokens, int32_t lim
     if (limit > s->n) limit = s->n;
     int32_t i = 0;
     while (i < limit && s->tokens[i] == tokens[i]) i++;
-    return i;
+    /* a sliding-window ring may no longer hold the window before i: then only a reset is possible */
+    return i == s->n || swa_can_cut(s, i) ? i : 0;
 }
 
 kvlm_status kv_seq_sync(kv_seq *s, int64_t h_len, const int32_t *tokens, int32_t n, int32_t n_past, bool attach,
@@ -685,15 +769,18 @@ kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_
     d->n_head = kv_seq_head(s);
     d->n_dropped = s->n_dropped;
     d->drop_hash = s->drop_hash;
+    d->swa_cap = (uint32_t)s->swa_cap;
+    d->swa_lo = s->swa_lo;
     /* slots in use: [0, n) (a ring fills its slots in order before wrapping) */
     d->tokens = s->tokens;
     d->pos = s->pos;
     /* only contents an import accepts are described */
     kvlm_error why;
     if (kv_seq_check_desc(s, d, &why) != KVLM_OK) return kv_fail(err, KVLM_ERR_INTERNAL, "%s", why.msg);
-    if (n_pages > s->n_pages)
+    const int64_t n_glob = n_pages - (s->swa ? s->swa_cap / s->P : 0);
+    if (n_glob > s->n_pages)
         return kv_fail(err, KVLM_ERR_INTERNAL, "holds %d pages for %d tokens", s->n_pages, s->n);
-    for (int64_t j = 0; j < n_pages; j++) {
+    for (int64_t j = 0; j < n_glob; j++) {
         const kv_layout *l = s->pages[j]->layout;
         if (kv_seq_page_layout(s, l->type_k, l->type_v) != l)
             return kv_fail(err, KVLM_ERR_INTERNAL, "has page %lld in types %s/%s it does not use", (long long)j,
@@ -702,17 +789,38 @@ kvlm_status kv_seq_export(const kv_seq *s, int32_t n_hist, kv_seq_desc *d, kvlm_
     return KVLM_OK;
 }
 
+/* Pages of the description of n slots before the sliding-window ring's (all of them without one). */
+static int32_t pages_before_ring(const kv_seq *s, int32_t n) {
+    return (int32_t)(kv_seq_state_pages(s, n) - (s->swa ? s->swa_cap / s->P : 0));
+}
+
 kv_page_desc kv_seq_export_page(const kv_seq *s, int32_t j, uint8_t *dst) {
-    const kv_page *pg = s->pages[j];
+    const int32_t n_glob = pages_before_ring(s, s->n);
+    const kv_page *pg = j < n_glob ? s->pages[j] : s->swa_pages[j - n_glob];
     const kv_layout *l = pg->layout;
     const kv_page_desc pd = {l->type_k, l->type_v, l->page_bytes};
     if (!dst) return pd;
     memcpy(dst, pg->data, l->page_bytes);
+    if (j >= n_glob) {
+        /* a ring slot not holding one of the positions [swa_lo, next_pos) (stale after a cut, or never
+           written) is zeroed */
+        const int64_t C = s->swa_cap, lo = s->swa_lo;
+        for (int32_t i = 0; i < s->P; i++) {
+            const int64_t slot = (int64_t)(j - n_glob) * s->P + i;
+            const int64_t q = lo + ((slot - lo) % C + C) % C; /* the one position of [lo, lo + C) at that slot */
+            if (q < s->next_pos) continue;
+            for (int li = 0; li < l->n_layers; li++) {
+                memset(dst + kv_layout_k_off(l, li, i), 0, l->k_row);
+                memset(dst + kv_layout_v_off(l, li, i), 0, l->v_row);
+            }
+        }
+        return pd;
+    }
     /* rows past the last stored token are unwritten: zero them so files are deterministic */
     const int32_t used = s->n - j * s->P;
     if (used < s->P) {
         const int32_t m = used > 0 ? used : 0;
-        for (int li = 0; li < s->n_layer; li++) {
+        for (int li = 0; li < l->n_layers; li++) {
             memset(dst + kv_layout_k_off(l, li, m), 0, (uint64_t)(s->P - m) * l->k_row);
             memset(dst + kv_layout_v_off(l, li, m), 0, (uint64_t)(s->P - m) * l->v_row);
         }
@@ -722,7 +830,7 @@ kv_page_desc kv_seq_export_page(const kv_seq *s, int32_t j, uint8_t *dst) {
 
 kvlm_status kv_seq_import(kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
     /* slot arrays for every page (a ring has them already) */
-    if (!ensure_slots(s, (int32_t)d->n_pages * s->P)) return kv_fail(err, KVLM_ERR_NOMEM, "out of memory");
+    if (!ensure_slots(s, pages_before_ring(s, d->n) * s->P)) return kv_fail(err, KVLM_ERR_NOMEM, "out of memory");
     if (d->n > 0) {
         memcpy(s->tokens, d->tokens, (size_t)d->n * sizeof *s->tokens);
         memcpy(s->pos, d->pos, (size_t)d->n * sizeof *s->pos);
@@ -731,6 +839,24 @@ kvlm_status kv_seq_import(kv_seq *s, const kv_seq_desc *d, kvlm_error *err) {
 }
 
 uint8_t *kv_seq_import_page(kv_seq *s, const kv_seq_desc *d, uint32_t j, const kv_page_desc *pd, kvlm_error *err) {
+    const int32_t n_glob = pages_before_ring(s, d->n);
+    if (s->swa && (int64_t)j >= n_glob && j < d->n_pages) {
+        /* the sliding-window ring's own pages, in its one layout */
+        const kv_layout *rl = s->swa_layout;
+        if (pd->type_k != rl->type_k || pd->type_v != rl->type_v || pd->bytes != rl->page_bytes) {
+            kv_fail(err, KVLM_ERR_FORMAT,
+                    "page %u (of the sliding-window ring) is stored as %s/%s in %llu bytes (the ring's pages are "
+                    "%s/%s in %llu)",
+                    j, kv_dtype_name(pd->type_k), kv_dtype_name(pd->type_v), (unsigned long long)pd->bytes,
+                    kv_dtype_name(rl->type_k), kv_dtype_name(rl->type_v), (unsigned long long)rl->page_bytes);
+            return NULL;
+        }
+        if (s->n_pages < n_glob) {
+            kv_fail(err, KVLM_ERR_INTERNAL, "page %u imported out of order", j);
+            return NULL;
+        }
+        return s->swa_pages[j - (uint32_t)n_glob]->data;
+    }
     /* only the layouts this sequence writes (its types, or its compression type) */
     const kv_layout *l = kv_seq_page_layout(s, pd->type_k, pd->type_v);
     const bool ring = s->overflow == KVLM_OVERFLOW_RING;
@@ -747,7 +873,7 @@ uint8_t *kv_seq_import_page(kv_seq *s, const kv_seq_desc *d, uint32_t j, const k
                 (unsigned long long)l->page_bytes);
         return NULL;
     }
-    if (j >= d->n_pages || (int64_t)j > s->n_pages) {
+    if ((int64_t)j >= n_glob || (int64_t)j > s->n_pages) {
         kv_fail(err, KVLM_ERR_INTERNAL, "page %u imported out of order", j);
         return NULL;
     }
@@ -770,6 +896,7 @@ void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d) {
     s->shareable = s->shareable && d->shareable;
     s->n_dropped = d->n_dropped;
     s->drop_hash = d->drop_hash;
+    s->swa_lo = d->swa_lo;
     kv_pool_count(s->pool, KV_STAT_TOKENS, d->n);
     /* the old contents go; whoever points at dst (the forward pass) now sees the new ones */
     kv_seq_destroy(dst);
@@ -782,7 +909,8 @@ kvlm_status kv_seq_fork(kv_seq *dst, const kv_seq *src, kvlm_error *err) {
     const bool ring = src->overflow == KVLM_OVERFLOW_RING;
     if (dst->n || dst->overflow != src->overflow || dst->P != src->P || dst->n_ctx != src->n_ctx ||
         dst->layout->type_k != src->layout->type_k || dst->layout->type_v != src->layout->type_v ||
-        (!ring && dst->n_pages > 1) || (ring && dst->n_pages != src->n_pages))
+        (!ring && dst->n_pages > 1) || (ring && dst->n_pages != src->n_pages) || dst->swa_cap != src->swa_cap ||
+        dst->n_glayer != src->n_glayer)
         return kv_fail(err, KVLM_ERR_INTERNAL, "fork: the sequences differ in configuration");
     if (!ensure_slots(dst, src->n_pages * src->P)) return kv_fail(err, KVLM_ERR_NOMEM, "fork: out of memory");
     const bool share = dst->pool == src->pool && !ring;
@@ -827,6 +955,10 @@ kvlm_status kv_seq_fork(kv_seq *dst, const kv_seq *src, kvlm_error *err) {
     dst->shareable = src->shareable;
     dst->n_dropped = src->n_dropped;
     dst->drop_hash = src->drop_hash;
+    /* a sliding-window ring is overwritten in place: copied */
+    for (int32_t j = 0; src->swa && j < src->swa_cap / src->P; j++)
+        memcpy(dst->swa_pages[j]->data, src->swa_pages[j]->data, src->swa_layout->page_bytes);
+    dst->swa_lo = src->swa_lo;
     kv_pool_count(dst->pool, KV_STAT_TOKENS, dst->n);
     if (!share && !ring) kv_seq_reindex(dst); /* copies on another pool: indexed there */
     return KVLM_OK;

@@ -404,19 +404,36 @@ static kvlm_status bind_rope_freqs(binder *b, kvlm_model *m, kvlm_error *err) {
     return KVLM_OK;
 }
 
-static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvlm_error *err) {
-    const kv_hparams *hp = &m->hp;
-    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
-    const int64_t F = hp->n_ff, V = hp->n_vocab;
+/* What every architecture binds around its layers: the token embedding, the output norm and the output
+ * matrix (optional: without it the output is tied to the embedding, as llama.cpp does; phi3 requires
+ * it), counted in n_params. */
+static kvlm_status bind_ends(binder *b, kvlm_model *m, bool output_required, kvlm_error *err) {
+    const int64_t E = m->hp.n_embd, V = m->hp.n_vocab;
     kvlm_status st;
     if ((st = bind_weight(b, "token_embd.weight", E, V, true, &m->tok_embd, err))) return st;
     if ((st = bind_vec(b, "output_norm.weight", E, true, &m->output_norm, err))) return st;
-    if ((st = bind_weight(b, "output.weight", E, V, false, &m->output, err))) return st;
+    if ((st = bind_weight(b, "output.weight", E, V, output_required, &m->output, err))) return st;
     m->tied_output = m->output.data == NULL;
     if (m->tied_output) m->output = m->tok_embd;
     count(m, &m->tok_embd);
     if (!m->tied_output) count(m, &m->output);
     m->n_params += (uint64_t)E;
+    return KVLM_OK;
+}
+
+/* Counts a bound layer's matrices and its two norms in n_params. */
+static void count_layer(kvlm_model *m, const kv_layer *L) {
+    const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);
+    m->n_params += (uint64_t)(2 * m->hp.n_embd);
+}
+
+static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvlm_error *err) {
+    const kv_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t F = hp->n_ff;
+    kvlm_status st;
+    if ((st = bind_ends(b, m, false, err))) return st;
     if (ad->rope_freqs && (st = bind_rope_freqs(b, m, err))) return st;
 
     for (int l = 0; l < hp->n_layer; l++) {
@@ -463,9 +480,7 @@ static kvlm_status bind_llama(binder *b, kvlm_model *m, const arch_desc *ad, kvl
             }
         }
 #undef NM
-        const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);
-        m->n_params += (uint64_t)(2 * E);
+        count_layer(m, L);
         if (L->attn_q_norm.data) m->n_params += (uint64_t)(2 * hp->head_dim);
         if (L->attn_post_norm.data) m->n_params += (uint64_t)(2 * E);
     }
@@ -498,15 +513,9 @@ static kvlm_status bind_rope_factors(binder *b, const char *name, int64_t n, kv_
 static kvlm_status bind_phi3(binder *b, kvlm_model *m, kvlm_error *err) {
     const kv_hparams *hp = &m->hp;
     const int64_t E = hp->n_embd, Q = (int64_t)hp->n_head * hp->head_dim, KV = (int64_t)hp->n_head_kv * hp->head_dim;
-    const int64_t F = hp->n_ff, V = hp->n_vocab;
+    const int64_t F = hp->n_ff;
     kvlm_status st;
-    if ((st = bind_weight(b, "token_embd.weight", E, V, true, &m->tok_embd, err))) return st;
-    if ((st = bind_vec(b, "output_norm.weight", E, true, &m->output_norm, err))) return st;
-    if ((st = bind_weight(b, "output.weight", E, V, true, &m->output, err))) return st;
-    m->tied_output = false;
-    count(m, &m->tok_embd);
-    count(m, &m->output);
-    m->n_params += (uint64_t)E;
+    if ((st = bind_ends(b, m, true, err))) return st;
     if ((st = bind_rope_factors(b, "rope_factors_long.weight", hp->head_dim / 2, &m->rope_long, err))) return st;
     if ((st = bind_rope_factors(b, "rope_factors_short.weight", hp->head_dim / 2, &m->rope_short, err))) return st;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -526,9 +535,7 @@ static kvlm_status bind_phi3(binder *b, kvlm_model *m, kvlm_error *err) {
         L->wv = weight_rows(&qkv, Q + KV, KV);
         L->w_gate = weight_rows(&gate_up, 0, F);
         L->w_up = weight_rows(&gate_up, F, F);
-        const kv_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
-        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) count(m, ws[i]);
-        m->n_params += (uint64_t)(2 * E);
+        count_layer(m, L);
     }
     return KVLM_OK;
 }
