@@ -157,6 +157,10 @@ TGT2 static void mad_rows_q8_0_avx2(int64_t n, int nrows, const float *a, const 
 static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, mad_rows_f32_avx2, mad_rows_f32_avx512};
 static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, mad_rows_f16_avx2, mad_rows_f16_avx512};
 static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, mad_rows_q8_0_avx2, mad_rows_q8_0_avx512};
+#elif KV_ARM_SIMD /* every level runs the scalar loops (compiled for NEON) */
+static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, mad_rows_f32_scalar, mad_rows_f32_scalar};
+static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, mad_rows_f16_scalar, mad_rows_f16_scalar};
+static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, mad_rows_q8_0_scalar, mad_rows_q8_0_scalar};
 #else
 static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, NULL, NULL};
 static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, NULL, NULL};
@@ -164,7 +168,7 @@ static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, NULL, NULL};
 #endif
 
 kv_vec_mad_rows_fn kv_quant_get_mad_rows_isa(uint32_t type, int isa) {
-    if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
+    if (isa < KV_ISA_SCALAR || isa > KV_ISA_MAX || isa > kv_quant_best_isa()) return NULL;
     if (type == KV_F32) return t_f32[isa];
     if (type == KV_F16) return t_f16[isa];
     if (type == KV_Q8_0) return t_q8_0[isa];
