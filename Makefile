@@ -84,23 +84,31 @@ exports: build
 	@bash scripts/check_exports.sh $(BUILD)/libkvlm.so include/kvlm.h
 
 # ARM64: cross-compiled (cmake/aarch64.cmake: Debian's gcc-aarch64-linux-gnu and the arm64 multiarch
-# libraries, scripts/deps.sh arm64) into build-arm64: the library, the CLI and ARM_TARGETS; test-arm64
-# runs ARM_TESTS under qemu-aarch64 once per emulated CPU of ARM_CPUS, one per kernel level the dispatch
-# picks (cortex-a53: NEON; neoverse-n1: + dotprod; max: everything qemu emulates, i8mm included).
+# libraries, scripts/deps.sh arm64) into build-arm64: the library, the CLI and the tests below.
+# test-arm64 runs ARM_TESTS under qemu-aarch64 once per emulated CPU of ARM_CPUS, one per kernel
+# level the dispatch picks (cortex-a53: NEON; neoverse-n1: + dotprod; max: everything qemu emulates,
+# i8mm included, which runs the dotprod level), and ARM_E2E_TESTS (end to end: test_exact on the
+# small models, a parity test) once per CPU of ARM_E2E_CPUS.
 ARM_BUILD ?= build-arm64
-ARM_TESTS ?= test_simd|test_quant|test_vmath|test_exact|test_parity
-ARM_TARGETS ?= kvlm_cli test_simd test_quant test_vmath test_exact test_parity
+ARM_TESTS ?= test_simd|test_quant|test_vmath
 ARM_CPUS ?= cortex-a53 neoverse-n1 max
+ARM_E2E_TESTS ?= test_exact|test_parity
+ARM_E2E_CPUS ?= cortex-a53 max
+ARM_TARGETS ?= kvlm_cli test_simd test_quant test_vmath test_exact test_parity
 cross-arm64:
 	@bash scripts/deps.sh arm64
 	@cmake -S . -B $(ARM_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64.cmake -DCMAKE_BUILD_TYPE=Release \
 		-DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) -DKVLM_REQUIRE_TESTS=ON --log-level=WARNING
-	@cmake --build $(ARM_BUILD) -j $(JOBS) --target $(ARM_TARGETS)
+	@cmake --build $(ARM_BUILD) -j $(JOBS) --target $(ARM_TARGETS) -- --no-print-directory
 
 test-arm64: cross-arm64
 	@for cpu in $(ARM_CPUS); do \
-		echo "== qemu-aarch64 -cpu $$cpu"; \
+		echo "== qemu-aarch64 -cpu $$cpu: $(ARM_TESTS)"; \
 		(cd $(ARM_BUILD) && KVLM_QEMU_CPU=$$cpu ctest --output-on-failure -j $(JOBS) -R '^($(ARM_TESTS))$$') || exit 1; \
+	done
+	@for cpu in $(ARM_E2E_CPUS); do \
+		echo "== qemu-aarch64 -cpu $$cpu: $(ARM_E2E_TESTS)"; \
+		(cd $(ARM_BUILD) && KVLM_QEMU_CPU=$$cpu ctest --output-on-failure -j $(JOBS) -R '^($(ARM_E2E_TESTS))$$') || exit 1; \
 	done
 
 clean:
