@@ -8,7 +8,8 @@ N ?= 48
 # ON: compiler warnings are errors (KVLM_FATAL_WARNINGS; .ci/run builds that way)
 FATAL_WARNINGS ?= OFF
 
-.PHONY: all deps test-deps build test demo install sanitize tsan fuzz fuzz-build fuzz-corpus exports clean
+.PHONY: all deps test-deps build test demo install sanitize tsan fuzz fuzz-build fuzz-corpus exports clean \
+	cross-arm64 test-arm64
 
 all: build
 
@@ -82,5 +83,33 @@ exports: build
 	@bash scripts/check_exports.sh $(BUILD)/libkvlm.a include/kvlm.h
 	@bash scripts/check_exports.sh $(BUILD)/libkvlm.so include/kvlm.h
 
+# ARM64: cross-compiled (cmake/aarch64.cmake: Debian's gcc-aarch64-linux-gnu and the arm64 multiarch
+# libraries, scripts/deps.sh arm64) into build-arm64: the library, the CLI and the tests below.
+# test-arm64 runs ARM_TESTS under qemu-aarch64 once per emulated CPU of ARM_CPUS, one per kernel
+# level the dispatch picks (cortex-a53: NEON; neoverse-n1: + dotprod; max: everything qemu emulates,
+# i8mm included, which runs the dotprod level), and ARM_E2E_TESTS (end to end: test_exact on the
+# small models, a parity test) once per CPU of ARM_E2E_CPUS.
+ARM_BUILD ?= build-arm64
+ARM_TESTS ?= test_simd|test_quant|test_vmath
+ARM_CPUS ?= cortex-a53 neoverse-n1 max
+ARM_E2E_TESTS ?= test_exact|test_parity
+ARM_E2E_CPUS ?= cortex-a53 max
+ARM_TARGETS ?= kvlm_cli test_simd test_quant test_vmath test_exact test_parity
+cross-arm64:
+	@bash scripts/deps.sh arm64
+	@cmake -S . -B $(ARM_BUILD) -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64.cmake -DCMAKE_BUILD_TYPE=Release \
+		-DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) -DKVLM_REQUIRE_TESTS=ON --log-level=WARNING
+	@cmake --build $(ARM_BUILD) -j $(JOBS) --target $(ARM_TARGETS) -- --no-print-directory
+
+test-arm64: cross-arm64
+	@for cpu in $(ARM_CPUS); do \
+		echo "== qemu-aarch64 -cpu $$cpu: $(ARM_TESTS)"; \
+		(cd $(ARM_BUILD) && KVLM_QEMU_CPU=$$cpu ctest --output-on-failure -j $(JOBS) -R '^($(ARM_TESTS))$$') || exit 1; \
+	done
+	@for cpu in $(ARM_E2E_CPUS); do \
+		echo "== qemu-aarch64 -cpu $$cpu: $(ARM_E2E_TESTS)"; \
+		(cd $(ARM_BUILD) && KVLM_QEMU_CPU=$$cpu ctest --output-on-failure -j $(JOBS) -R '^($(ARM_E2E_TESTS))$$') || exit 1; \
+	done
+
 clean:
-	rm -rf $(BUILD) build-san build-tsan build-fuzz
+	rm -rf $(BUILD) build-san build-tsan build-fuzz $(ARM_BUILD)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
-# Usage: scripts/deps.sh [build|test|webtest|tsan|fuzz]   (--list MODE: print the packages, install nothing)
+# Usage: scripts/deps.sh [build|test|webtest|tsan|fuzz|arm64]   (--list MODE: print the packages, install nothing)
 #   test adds the test-only packages (and nodejs / npm if there is no node / npm); tsan the ThreadSanitizer runtime (gcc);
 #   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev); webtest what the web page's
-#   browser test needs besides test's (headless chromium and chromedriver: tests/web, ctest webui).
+#   browser test needs besides test's (headless chromium and chromedriver: tests/web, ctest webui);
+#   arm64 the aarch64 cross compiler, qemu-user and the arm64 multiarch -dev packages of the libraries
+#   (make cross-arm64, make test-arm64; Debian only: it adds the arm64 architecture to dpkg).
 # Without apt-get (another distribution, macOS) nothing is installed: each
 # package is looked for directly (its command, pkg-config module or Python
 # module); when all are there the build goes on, otherwise the missing ones
@@ -23,7 +25,11 @@ case "${1:-build}" in
   webtest) want="$want python3-pytest python3-requests chromium chromium-driver" ;;
   tsan) want="$want libcmocka-dev libtsan2" ;;
   fuzz) want="$want clang libclang-rt-14-dev" ;;
-  *) echo "usage: scripts/deps.sh [build|test|webtest|tsan|fuzz]" >&2; exit 2 ;;
+  arm64) want="cmake make pkg-config gcc-aarch64-linux-gnu qemu-user"
+    for p in libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev libcmocka-dev; do
+      want="$want $p:arm64"
+    done ;;
+  *) echo "usage: scripts/deps.sh [build|test|webtest|tsan|fuzz|arm64]" >&2; exit 2 ;;
 esac
 if [ $list = 1 ]; then echo "$want" | tr ' ' '\n'; exit 0; fi
 
@@ -80,6 +86,12 @@ present() { # Debian package name -> status 0 when what it provides is found
 }
 
 if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
+  if [ "${1:-build}" = arm64 ]; then
+    for c in aarch64-linux-gnu-gcc qemu-aarch64; do
+      command -v $c >/dev/null 2>&1 || { echo "scripts/deps.sh arm64: no apt-get here and no $c: install an aarch64 cross toolchain, qemu-user and the arm64 libraries (pcre2 zstd cjson libmicrohttpd libedit cmocka) under /usr/aarch64-linux-gnu" >&2; exit 1; }
+    done
+    exit 0
+  fi
   missing=""
   for p in $want; do
     [ "$p" = haproxy ] && continue # optional here: the HAProxy test skips, saying so, without it
@@ -109,5 +121,8 @@ echo "installing:$missing" >&2
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
+case "$missing" in
+  *:arm64*) dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64 ;;
+esac
 $SUDO apt-get update -qq >/dev/null
 $SUDO apt-get install -y -qq $missing >/dev/null

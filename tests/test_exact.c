@@ -279,10 +279,11 @@ static void test_f16(void **state) { run_model((const char *)*state, KVLM_KV_F16
 
 int main(void) {
     const char *f16_second = k_models[6];
-#if defined(KVLM_TSAN_BUILD)
+#if defined(KVLM_TSAN_BUILD) || defined(KVLM_EMULATED_BUILD)
     /* Under ThreadSanitizer (5-15x slower) what is hunted is the threads: every chunking at 1 and 2
      * threads on the small models (F32, F16 and Q8_0 weights, tiny heads) gives the pool, the stages
-     * and attention all their splits. */
+     * and attention all their splits. A cross build runs under qemu (make test-arm64, about as slow):
+     * the same models put the F32, F16 and Q8_0 kernels of each dispatch level through every chunking. */
     enum { N = 3 };
     static const char *subset[N] = {"aidreams260K-f32.gguf", "aidreams260K-q8_0-ffndown-f16.gguf",
                                     "llama-2-tiny-random.gguf"};
@@ -314,7 +315,7 @@ int main(void) {
     tests[n++] = c;
     tests[n++] = d;
     /* the synthetic models: every KV storage type (under the sanitizers, F16 only: the paths are the same) */
-#if defined(KVLM_TSAN_BUILD) || defined(KVLM_SANITIZE_BUILD)
+#if defined(KVLM_TSAN_BUILD) || defined(KVLM_SANITIZE_BUILD) || defined(KVLM_EMULATED_BUILD)
     for (int i = 0; i < N_SYNTH; i++) {
         struct CMUnitTest e = {k_synth[i].file, test_f16, NULL, NULL, (void *)(uintptr_t)g_synth_path[i]};
         tests[n++] = e;

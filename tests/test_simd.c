@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include <cmocka.h>
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 #include "core/dtype.h"
 #include "quant/fp16.h"
@@ -135,6 +138,10 @@ static int cpu_isa(void) {
         __builtin_cpu_supports("avx512vnni"))
         return 2;
     return 1;
+#elif defined(__aarch64__) && defined(__linux__) && !defined(__clang__)
+    const unsigned long hw = getauxval(AT_HWCAP);
+    if (!(hw & (1UL << 1))) return 0; /* HWCAP_ASIMD */
+    return (hw & (1UL << 20)) ? 2 : 1; /* HWCAP_ASIMDDP */
 #else
     return 0;
 #endif
@@ -189,9 +196,17 @@ static void test_dispatch(void **state) {
     assert_ptr_equal(kv_quant_get_isa(KV_Q4_0, 0), &kv_traits_q4_0);
     assert_ptr_equal(kv_quant_get_isa(KV_I2_S, 0), &kv_traits_i2_s);
     /* on a SIMD machine the main types run SIMD kernels */
+#if defined(__aarch64__)
+    /* NEON: the float types and the integer types with kernels at both levels */
+    static const uint32_t main_types[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0, KV_Q4_K, KV_Q6_K, KV_TQ2_0, KV_Q8_K};
+    static const uint32_t main512[] = {KV_Q8_0, KV_Q4_0, KV_Q4_K, KV_Q6_K, KV_TQ2_0, KV_Q8_K};
+#else
+    static const uint32_t main_types[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0, KV_Q4_K,
+                                          KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S, KV_Q8_K, KV_I8_S};
+    static const uint32_t main512[] = {KV_F16,  KV_Q8_0,  KV_Q4_0,  KV_Q5_0, KV_Q4_K,
+                                       KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S};
+#endif
     if (best >= 1) {
-        static const uint32_t main_types[] = {KV_F32, KV_F16, KV_BF16, KV_Q8_0, KV_Q4_0, KV_Q4_K,
-                                              KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S, KV_Q8_K, KV_I8_S};
         for (size_t k = 0; k < sizeof main_types / sizeof main_types[0]; k++) {
             const uint32_t t = main_types[k];
             assert_ptr_not_equal(kv_quant_get(t)->vec_dot, kv_quant_get_isa(t, 0)->vec_dot);
@@ -202,8 +217,6 @@ static void test_dispatch(void **state) {
         assert_ptr_not_equal(kv_quant_get(KV_F16)->to_float, kv_quant_get_isa(KV_F16, 0)->to_float);
     }
     if (best >= 2) {
-        static const uint32_t main512[] = {KV_F16,  KV_Q8_0,  KV_Q4_0,  KV_Q5_0, KV_Q4_K,
-                                           KV_Q6_K, KV_TQ1_0, KV_TQ2_0, KV_I2_S};
         for (size_t k = 0; k < sizeof main512 / sizeof main512[0]; k++)
             assert_int_equal(kv_quant_get_gemm(main512[k])->isa, 2);
     }

@@ -198,16 +198,88 @@ TGT2 static void silu_mul_avx2(int64_t n, float *g, const float *u) {
 
 static const kv_softmax_fn t_softmax[3] = {softmax_scalar, softmax_avx2, softmax_avx512};
 static const kv_silu_mul_fn t_silu[3] = {silu_mul_scalar, silu_mul_avx2, silu_mul_avx512};
+#elif KV_ARM_SIMD
+#include <arm_neon.h>
+
+#define INLN static inline __attribute__((always_inline))
+
+/* kv_expf_ref on 4 lanes, operation for operation (vfmaq_f32(c, a, b) is fmaf(a, b, c)) */
+INLN float32x4_t exp4(float32x4_t x) {
+    const float32x4_t magic = vdupq_n_f32(MAGIC);
+    const float32x4_t kf = vsubq_f32(vfmaq_f32(magic, x, vdupq_n_f32(LOG2E)), magic);
+    float32x4_t r = vfmaq_f32(x, kf, vdupq_n_f32(-LN2_HI));
+    r = vfmaq_f32(r, kf, vdupq_n_f32(-LN2_LO));
+    float32x4_t p = vdupq_n_f32(C7);
+    p = vfmaq_f32(vdupq_n_f32(C6), p, r);
+    p = vfmaq_f32(vdupq_n_f32(C5), p, r);
+    p = vfmaq_f32(vdupq_n_f32(C4), p, r);
+    p = vfmaq_f32(vdupq_n_f32(C3), p, r);
+    p = vfmaq_f32(vdupq_n_f32(0.5f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    p = vfmaq_f32(vdupq_n_f32(1.0f), p, r);
+    const uint32x4_t in = vandq_u32(vcgtq_f32(x, vdupq_n_f32(EXP_LO)), vcleq_f32(x, vdupq_n_f32(EXP_HI)));
+    /* in range kf is an integer of at most 150 in magnitude, so the conversion is exact */
+    const int32x4_t k = vcvtq_s32_f32(vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(kf), in)));
+    const int32x4_t k1 = vshrq_n_s32(k, 1), k2 = vsubq_s32(k, k1), b = vdupq_n_s32(127);
+    const float32x4_t s1 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(k1, b), 23));
+    const float32x4_t s2 = vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(k2, b), 23));
+    uint32x4_t e = vandq_u32(vreinterpretq_u32_f32(vmulq_f32(vmulq_f32(p, s1), s2)), in);
+    e = vbslq_u32(vcgtq_f32(x, vdupq_n_f32(EXP_HI)), vreinterpretq_u32_f32(vdupq_n_f32(INFINITY)), e);
+    return vbslq_f32(vceqq_f32(x, x), vreinterpretq_f32_u32(e), x);
+}
+
+static double softmax_neon(int64_t n, float *x, float mx) {
+    float64x2_t a0 = vdupq_n_f64(0.0), a1 = a0, a2 = a0, a3 = a0; /* lanes 0-1, 2-3, 4-5, 6-7 */
+    const float32x4_t m = vdupq_n_f32(mx);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const float32x4_t e0 = exp4(vsubq_f32(vld1q_f32(x + i), m));
+        const float32x4_t e1 = exp4(vsubq_f32(vld1q_f32(x + i + 4), m));
+        vst1q_f32(x + i, e0);
+        vst1q_f32(x + i + 4, e1);
+        a0 = vaddq_f64(a0, vcvt_f64_f32(vget_low_f32(e0)));
+        a1 = vaddq_f64(a1, vcvt_high_f64_f32(e0));
+        a2 = vaddq_f64(a2, vcvt_f64_f32(vget_low_f32(e1)));
+        a3 = vaddq_f64(a3, vcvt_high_f64_f32(e1));
+    }
+    double acc[8];
+    vst1q_f64(acc, a0);
+    vst1q_f64(acc + 2, a1);
+    vst1q_f64(acc + 4, a2);
+    vst1q_f64(acc + 6, a3);
+    for (int l = 0; i < n; i++, l++) {
+        x[i] = kv_expf_ref(x[i] - mx);
+        acc[l] += (double)x[i];
+    }
+    for (int l = 0; l < 4; l++) acc[l] += acc[l + 4];
+    acc[0] += acc[2];
+    acc[1] += acc[3];
+    return acc[0] + acc[1];
+}
+
+static void silu_mul_neon(int64_t n, float *g, const float *u) {
+    const float32x4_t one = vdupq_n_f32(1.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t gv = vld1q_f32(g + i);
+        const float32x4_t e = exp4(vnegq_f32(gv));
+        vst1q_f32(g + i, vmulq_f32(vdivq_f32(gv, vaddq_f32(one, e)), vld1q_f32(u + i)));
+    }
+    silu_mul_scalar(n - i, g + i, u + i);
+}
+
+static const kv_softmax_fn t_softmax[3] = {softmax_scalar, softmax_neon, softmax_neon};
+static const kv_silu_mul_fn t_silu[3] = {silu_mul_scalar, silu_mul_neon, silu_mul_neon};
 #else
 static const kv_softmax_fn t_softmax[3] = {softmax_scalar, NULL, NULL};
 static const kv_silu_mul_fn t_silu[3] = {silu_mul_scalar, NULL, NULL};
 #endif
 
 kv_softmax_fn kv_quant_get_softmax_isa(int isa) {
-    return isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa() ? NULL : t_softmax[isa];
+    return isa < KV_ISA_SCALAR || isa > KV_ISA_MAX || isa > kv_quant_best_isa() ? NULL : t_softmax[isa];
 }
 kv_silu_mul_fn kv_quant_get_silu_mul_isa(int isa) {
-    return isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa() ? NULL : t_silu[isa];
+    return isa < KV_ISA_SCALAR || isa > KV_ISA_MAX || isa > kv_quant_best_isa() ? NULL : t_silu[isa];
 }
 kv_softmax_fn kv_quant_get_softmax(void) { return t_softmax[kv_quant_best_isa()]; }
 kv_silu_mul_fn kv_quant_get_silu_mul(void) { return t_silu[kv_quant_best_isa()]; }

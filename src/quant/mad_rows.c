@@ -157,6 +157,56 @@ TGT2 static void mad_rows_q8_0_avx2(int64_t n, int nrows, const float *a, const 
 static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, mad_rows_f32_avx2, mad_rows_f32_avx512};
 static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, mad_rows_f16_avx2, mad_rows_f16_avx512};
 static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, mad_rows_q8_0_avx2, mad_rows_q8_0_avx512};
+#elif KV_ARM_SIMD
+#include <arm_neon.h>
+
+/* 16 elements of y in 4 registers per pass over the rows (vfmaq_n_f32(y, x, a) is
+   fmaf(a, x, y)); the tail element by element, rows in order as well */
+#define MADN(NAME, LOAD, SCALAR)                                                                       \
+    static void NAME(int64_t n, int nrows, const float *a, const void *const *x, float *y) {         \
+        int64_t i0 = 0;                                                                              \
+        for (; i0 + 16 <= n; i0 += 16) {                                                             \
+            float32x4_t acc[4];                                                                      \
+            for (int k = 0; k < 4; k++) acc[k] = vld1q_f32(y + i0 + 4 * k);                          \
+            for (int r = 0; r < nrows; r++)                                                          \
+                for (int k = 0; k < 4; k++) acc[k] = vfmaq_n_f32(acc[k], LOAD(x[r], i0 + 4 * k), a[r]); \
+            for (int k = 0; k < 4; k++) vst1q_f32(y + i0 + 4 * k, acc[k]);                           \
+        }                                                                                            \
+        for (int r = 0; r < nrows; r++)                                                              \
+            for (int64_t i = i0; i < n; i++) y[i] = fmaf(a[r], SCALAR(x[r], i), y[i]);               \
+    }
+#define LD_F32N(p, i) vld1q_f32((const float *)(p) + (i))
+#define LD_F32N_1(p, i) ((const float *)(p))[i]
+#define LD_F16N(p, i) vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)(p) + (i))))
+#define LD_F16N_1(p, i) kv_f16_to_f32(((const kv_f16 *)(p))[i])
+MADN(mad_rows_f32_neon, LD_F32N, LD_F32N_1)
+MADN(mad_rows_f16_neon, LD_F16N, LD_F16N_1)
+
+/* a block of 32 per pass: x = d * q (exact), then the fma of each row */
+static void mad_rows_q8_0_neon(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
+    for (int64_t ib = 0; ib < n / KV_QK8_0; ib++) {
+        float32x4_t acc[8];
+        float *yb = y + ib * KV_QK8_0;
+        for (int k = 0; k < 8; k++) acc[k] = vld1q_f32(yb + 4 * k);
+        for (int r = 0; r < nrows; r++) {
+            const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
+            const float d = kv_f16_to_f32(b->d);
+            for (int h = 0; h < 2; h++) {
+                const int8x16_t q = vld1q_s8(b->qs + 16 * h);
+                const int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_s8(vget_high_s8(q));
+                const int32x4_t v[4] = {vmovl_s16(vget_low_s16(lo)), vmovl_s16(vget_high_s16(lo)),
+                                        vmovl_s16(vget_low_s16(hi)), vmovl_s16(vget_high_s16(hi))};
+                for (int k = 0; k < 4; k++)
+                    acc[4 * h + k] = vfmaq_n_f32(acc[4 * h + k], vmulq_n_f32(vcvtq_f32_s32(v[k]), d), a[r]);
+            }
+        }
+        for (int k = 0; k < 8; k++) vst1q_f32(yb + 4 * k, acc[k]);
+    }
+}
+
+static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, mad_rows_f32_neon, mad_rows_f32_neon};
+static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, mad_rows_f16_neon, mad_rows_f16_neon};
+static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, mad_rows_q8_0_neon, mad_rows_q8_0_neon};
 #else
 static const kv_vec_mad_rows_fn t_f32[3] = {mad_rows_f32_scalar, NULL, NULL};
 static const kv_vec_mad_rows_fn t_f16[3] = {mad_rows_f16_scalar, NULL, NULL};
@@ -164,7 +214,7 @@ static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, NULL, NULL};
 #endif
 
 kv_vec_mad_rows_fn kv_quant_get_mad_rows_isa(uint32_t type, int isa) {
-    if (isa < KV_ISA_SCALAR || isa > KV_ISA_AVX512 || isa > kv_quant_best_isa()) return NULL;
+    if (isa < KV_ISA_SCALAR || isa > KV_ISA_MAX || isa > kv_quant_best_isa()) return NULL;
     if (type == KV_F32) return t_f32[isa];
     if (type == KV_F16) return t_f16[isa];
     if (type == KV_Q8_0) return t_q8_0[isa];

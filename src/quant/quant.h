@@ -45,16 +45,23 @@ const kv_quant_traits *kv_quant_get(uint32_t type);
 
 /* ---- instruction-set dispatch (src/quant/quant_dispatch.c) */
 
+/* Levels 1 and 2 are the x86 ISAs on x86-64 builds and the ARM ones on
+ * aarch64 builds (a build has one or the other, so they share the slots). */
 enum {
-    KV_ISA_SCALAR = 0, /* the scalar references (any CPU) */
-    KV_ISA_AVX2 = 1,   /* x86-64 with AVX2, FMA and F16C */
-    KV_ISA_AVX512 = 2, /* + AVX-512 F/BW/DQ/VL/VNNI */
+    KV_ISA_SCALAR = 0,   /* the scalar references (any CPU) */
+    KV_ISA_AVX2 = 1,     /* x86-64 with AVX2, FMA and F16C */
+    KV_ISA_AVX512 = 2,   /* + AVX-512 F/BW/DQ/VL/VNNI */
+    KV_ISA_NEON = 1,     /* aarch64 with Advanced SIMD (every ARMv8-A CPU) */
+    KV_ISA_NEON_DOT = 2, /* + the dot product instructions (hwcap asimddp: sdot) */
+    KV_ISA_MAX = 2,      /* the highest level */
 };
 
-/* The best ISA this CPU (and OS) supports; KV_ISA_SCALAR on non-x86 builds.
- * Cheap (a few loads): it is evaluated on every call, nothing is cached. */
+/* The best ISA this CPU (and OS) supports; KV_ISA_SCALAR on builds for
+ * other architectures (or -DKV_NO_SIMD). Cheap (a few loads, no system
+ * call): it is evaluated on every call, nothing is cached. */
 int kv_quant_best_isa(void);
-const char *kv_quant_isa_name(int isa); /* "scalar", "avx2", "avx512" or "?" */
+/* "scalar", "avx2", "avx512" (x86-64), "neon", "neon-dotprod" (aarch64) or "?" */
+const char *kv_quant_isa_name(int isa);
 
 /* The traits of one ISA, for tests and benchmarks: NULL when the type has no
  * compute support or the CPU cannot run that ISA. Kernels an ISA has no

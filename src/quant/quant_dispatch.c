@@ -1,6 +1,7 @@
 /* Per-ISA kernel tables. Everything here is const: the running CPU is asked
- * (__builtin_cpu_supports, a few loads from libgcc's cpu model) on every
- * lookup, and the answer only selects one of these tables.
+ * (__builtin_cpu_supports, a few loads from libgcc's cpu model; on aarch64
+ * getauxval(AT_HWCAP), a load from the loader's copy of the auxiliary
+ * vector) on every lookup, and the answer only selects one of these tables.
  *
  * The scalar column is the reference traits of quant_basic.c,
  * quant_q4_5.c, quant_kquants.c and quant_ternary.c themselves. The SIMD
@@ -15,6 +16,16 @@
 #include "quant.h"
 #include "quant_types.h"
 #include "simd.h"
+
+#if KV_ARM_SIMD
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1UL << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#endif
 
 int kv_quant_best_isa(void) {
 #if KV_X86_SIMD
@@ -32,18 +43,32 @@ int kv_quant_best_isa(void) {
         __builtin_cpu_supports("avx512vnni"))
         return KV_ISA_AVX512;
     return KV_ISA_AVX2;
+#elif KV_ARM_SIMD
+    /* Advanced SIMD is part of every ARMv8-A Linux system, but the kernel says so */
+    const unsigned long hw = getauxval(AT_HWCAP);
+    if (!(hw & HWCAP_ASIMD)) return KV_ISA_SCALAR;
+    return (hw & HWCAP_ASIMDDP) ? KV_ISA_NEON_DOT : KV_ISA_NEON;
 #else
     return KV_ISA_SCALAR;
 #endif
 }
 
 const char *kv_quant_isa_name(int isa) {
+#if defined(__aarch64__)
+    switch (isa) {
+    case KV_ISA_SCALAR: return "scalar";
+    case KV_ISA_NEON: return "neon";
+    case KV_ISA_NEON_DOT: return "neon-dotprod";
+    default: return "?";
+    }
+#else
     switch (isa) {
     case KV_ISA_SCALAR: return "scalar";
     case KV_ISA_AVX2: return "avx2";
     case KV_ISA_AVX512: return "avx512";
     default: return "?";
     }
+#endif
 }
 
 static atomic_int g_prefetch = 1;
@@ -70,6 +95,9 @@ static void mad_f16_scalar(int64_t n, float a, const void *vx, float *y) {
 #if KV_X86_SIMD
 const kv_vec_mad_fn kv_quant_mad_f32[3] = {mad_f32_scalar, kv_avx2_mad_f32, kv_avx2_mad_f32};
 const kv_vec_mad_fn kv_quant_mad_f16[3] = {mad_f16_scalar, kv_avx2_mad_f16, kv_avx2_mad_f16};
+#elif KV_ARM_SIMD
+const kv_vec_mad_fn kv_quant_mad_f32[3] = {mad_f32_scalar, kv_neon_mad_f32, kv_neon_mad_f32};
+const kv_vec_mad_fn kv_quant_mad_f16[3] = {mad_f16_scalar, kv_neon_mad_f16, kv_neon_mad_f16};
 #else
 const kv_vec_mad_fn kv_quant_mad_f32[3] = {mad_f32_scalar, NULL, NULL};
 const kv_vec_mad_fn kv_quant_mad_f16[3] = {mad_f16_scalar, NULL, NULL};
@@ -202,6 +230,71 @@ W_AVX512(i2_s, KV_I2_S, KV_I8_S, KV_AVX512_NR_I2S, KV_AVX512_NC_I2S)
 #define T3_2(T) {&kv_traits_##T, &avx2_##T, &avx2_##T} /* AVX-512 runs the AVX2 kernels */
 #define G3_2(T) {&g0_##T, &g_avx2_##T, &g_avx2_##T}
 
+#elif KV_ARM_SIMD
+
+/* TRAITS(isa, T, id, vec_dot_type, to_float, from_float, from_float_ref, vec_dot) */
+#define TRAITS(P, T, ID, VT, TO, FROM, REF, DOT) \
+    static const kv_quant_traits P##_##T = {     \
+        .type = ID, .to_float = TO, .from_float = FROM, .from_float_ref = REF, .vec_dot_type = VT, .vec_dot = DOT};
+/* The NEON gemms read the file's layout. Their interleaved layout is the one
+ * of 1 row, the same bytes (a tile of one row holds its units in order), so
+ * gemm_il is gemm and the model does not repack (it only does for 2 rows or
+ * more). */
+#define GEMM(P, T, ID, ISA, FN) static const kv_quant_gemm g_##P##_##T = {ID, ISA, FN, KV_NEON_NR, KV_NEON_NC, 1, FN};
+#define GEMM_SCALAR_IL(T, ID) static const kv_quant_gemm g1_##T = {ID, KV_ISA_SCALAR, gemm_scalar_##T, 4, 4, 1, gemm_scalar_##T};
+/* a type whose conversions stay scalar, with NEON dots at both levels */
+#define W_NEON(T, ID, VT)                                                                                       \
+    TRAITS(neon, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T, kv_neon_vec_dot_##T)   \
+    TRAITS(neondp, T, ID, VT, fwd_to_float_##T, fwd_from_float_##T, fwd_from_float_ref_##T,                      \
+           kv_neondp_vec_dot_##T)                                                                               \
+    GEMM(neon, T, ID, KV_ISA_NEON, kv_neon_gemm_##T)                                                           \
+    GEMM(neondp, T, ID, KV_ISA_NEON_DOT, kv_neondp_gemm_##T)
+
+/* ---- NEON (the float types have one version, which the dotprod level runs too) */
+TRAITS(neon, f32, KV_F32, KV_F32, fwd_to_float_f32, fwd_from_float_f32, fwd_from_float_ref_f32, kv_neon_vec_dot_f32)
+TRAITS(neon, f16, KV_F16, KV_F16, kv_neon_to_float_f16, kv_neon_from_float_f16, kv_neon_from_float_f16,
+       kv_neon_vec_dot_f16)
+TRAITS(neon, bf16, KV_BF16, KV_BF16, kv_neon_to_float_bf16, kv_neon_from_float_bf16, kv_neon_from_float_bf16,
+       kv_neon_vec_dot_bf16)
+GEMM(neon, f32, KV_F32, KV_ISA_NEON, kv_neon_gemm_f32)
+GEMM(neon, f16, KV_F16, KV_ISA_NEON, kv_neon_gemm_f16)
+GEMM(neon, bf16, KV_BF16, KV_ISA_NEON, kv_neon_gemm_bf16)
+/* Q8_0 and Q8_K: NEON quantizers (activations), dots at both levels */
+TRAITS(neon, q8_0, KV_Q8_0, KV_Q8_0, kv_neon_to_float_q8_0, kv_neon_from_float_q8_0, fwd_from_float_ref_q8_0,
+       kv_neon_vec_dot_q8_0)
+TRAITS(neondp, q8_0, KV_Q8_0, KV_Q8_0, kv_neon_to_float_q8_0, kv_neon_from_float_q8_0, fwd_from_float_ref_q8_0,
+       kv_neondp_vec_dot_q8_0)
+GEMM(neon, q8_0, KV_Q8_0, KV_ISA_NEON, kv_neon_gemm_q8_0)
+GEMM(neondp, q8_0, KV_Q8_0, KV_ISA_NEON_DOT, kv_neondp_gemm_q8_0)
+TRAITS(neon, q8_K, KV_Q8_K, KV_Q8_K, fwd_to_float_q8_K, kv_neon_from_float_q8_K, kv_neon_from_float_q8_K,
+       kv_neon_vec_dot_q8_K)
+TRAITS(neondp, q8_K, KV_Q8_K, KV_Q8_K, fwd_to_float_q8_K, kv_neon_from_float_q8_K, kv_neon_from_float_q8_K,
+       kv_neondp_vec_dot_q8_K)
+GEMM(neon, q8_K, KV_Q8_K, KV_ISA_NEON, kv_neon_gemm_q8_K)
+GEMM(neondp, q8_K, KV_Q8_K, KV_ISA_NEON_DOT, kv_neondp_gemm_q8_K)
+W_NEON(q4_0, KV_Q4_0, KV_Q8_0)
+W_NEON(q4_K, KV_Q4_K, KV_Q8_K)
+W_NEON(q6_K, KV_Q6_K, KV_Q8_K)
+W_NEON(tq2_0, KV_TQ2_0, KV_Q8_K)
+
+#define T3(T) {&kv_traits_##T, &neon_##T, &neondp_##T}
+#define G3(T) {&g0_##T, &g_neon_##T, &g_neondp_##T}
+#define T3_1(T) {&kv_traits_##T, &neon_##T, &neon_##T} /* the dotprod level runs the NEON kernels */
+#define G3_1(T) {&g0_##T, &g_neon_##T, &g_neon_##T}
+/* no NEON kernels yet: every level runs the scalar reference (with the 1-row layout) */
+#define T3_0(T) {&kv_traits_##T, &kv_traits_##T, &kv_traits_##T}
+#define G3_0(T) {&g0_##T, &g1_##T, &g1_##T}
+GEMM_SCALAR_IL(q4_1, KV_Q4_1)
+GEMM_SCALAR_IL(q5_0, KV_Q5_0)
+GEMM_SCALAR_IL(q5_1, KV_Q5_1)
+GEMM_SCALAR_IL(q8_1, KV_Q8_1)
+GEMM_SCALAR_IL(q2_K, KV_Q2_K)
+GEMM_SCALAR_IL(q3_K, KV_Q3_K)
+GEMM_SCALAR_IL(q5_K, KV_Q5_K)
+GEMM_SCALAR_IL(tq1_0, KV_TQ1_0)
+GEMM_SCALAR_IL(i2_s, KV_I2_S)
+GEMM_SCALAR_IL(i8_s, KV_I8_S)
+
 #else /* no SIMD on this architecture: the scalar column only */
 
 #define T3(T) {&kv_traits_##T, NULL, NULL}
@@ -212,6 +305,20 @@ W_AVX512(i2_s, KV_I2_S, KV_I8_S, KV_AVX512_NR_I2S, KV_AVX512_NC_I2S)
 #endif
 
 /* The registry of types with compute support, one row per type. */
+#if KV_ARM_SIMD
+const kv_quant_entry kv_quant_entries[] = {
+    {KV_F32, T3_1(f32), G3_1(f32)},       {KV_F16, T3_1(f16), G3_1(f16)},
+    {KV_BF16, T3_1(bf16), G3_1(bf16)},    {KV_Q8_0, T3(q8_0), G3(q8_0)},
+    {KV_Q4_0, T3(q4_0), G3(q4_0)},        {KV_Q4_1, T3_0(q4_1), G3_0(q4_1)},
+    {KV_Q5_0, T3_0(q5_0), G3_0(q5_0)},    {KV_Q5_1, T3_0(q5_1), G3_0(q5_1)},
+    {KV_Q8_1, T3_0(q8_1), G3_0(q8_1)},    {KV_Q2_K, T3_0(q2_K), G3_0(q2_K)},
+    {KV_Q3_K, T3_0(q3_K), G3_0(q3_K)},    {KV_Q4_K, T3(q4_K), G3(q4_K)},
+    {KV_Q5_K, T3_0(q5_K), G3_0(q5_K)},    {KV_Q6_K, T3(q6_K), G3(q6_K)},
+    {KV_Q8_K, T3(q8_K), G3(q8_K)},        {KV_TQ1_0, T3_0(tq1_0), G3_0(tq1_0)},
+    {KV_TQ2_0, T3(tq2_0), G3(tq2_0)},     {KV_I2_S, T3_0(i2_s), G3_0(i2_s)},
+    {KV_I8_S, T3_0(i8_s), G3_0(i8_s)},
+};
+#else
 const kv_quant_entry kv_quant_entries[] = {
     {KV_F32, T3(f32), G3(f32)},          {KV_F16, T3(f16), G3(f16)},
     {KV_BF16, T3(bf16), G3(bf16)},       {KV_Q8_0, T3(q8_0), G3(q8_0)},
@@ -224,4 +331,5 @@ const kv_quant_entry kv_quant_entries[] = {
     {KV_TQ2_0, T3(tq2_0), G3(tq2_0)},    {KV_I2_S, T3(i2_s), G3(i2_s)},
     {KV_I8_S, T3_2(i8_s), G3_2(i8_s)},
 };
+#endif
 const size_t kv_quant_n_entries = sizeof kv_quant_entries / sizeof kv_quant_entries[0];

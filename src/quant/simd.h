@@ -1,8 +1,10 @@
 /* SIMD kernels (src/quant only): AVX2 + FMA + F16C in simd_avx2.c, AVX-512
- * (F/BW/DQ/VL/VNNI) in simd_avx512.c, the per-ISA tables in
- * quant_dispatch.c. Each file compiles its functions with a target
- * attribute, so the library is built for baseline x86-64 and picks a
- * kernel at run time; on other architectures only the scalar code exists.
+ * (F/BW/DQ/VL/VNNI) in simd_avx512.c, ARM64 NEON in simd_neon.c (its integer
+ * kernels twice, from simd_neon_int.h: plain ARMv8.0 NEON and with the dot
+ * product instructions), the per-ISA tables in quant_dispatch.c. Each file
+ * compiles its functions with a target attribute (pragma), so the library
+ * is built for baseline x86-64 / ARMv8.0-A and picks a kernel at run time;
+ * on other architectures only the scalar code exists.
  *
  * Every kernel reproduces the canonical reduction order of its scalar
  * reference (quant.h and the top of each quant_*.c): the same per-lane
@@ -24,6 +26,14 @@
 #define KV_X86_SIMD 1
 #else
 #define KV_X86_SIMD 0
+#endif
+/* aarch64 Linux with GCC: the dispatch reads getauxval(AT_HWCAP), and the
+ * dotprod copy is compiled under GCC's target pragma (clang and macOS get
+ * the scalar code for now) */
+#if defined(__aarch64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && !defined(KV_NO_SIMD)
+#define KV_ARM_SIMD 1
+#else
+#define KV_ARM_SIMD 0
 #endif
 
 /* One row of the registry (quant_dispatch.c): the traits and gemm of each
@@ -248,5 +258,42 @@ void kv_avx512_to_float_f16(const void *src, float *dst, int64_t n);
 void kv_avx512_from_float_f16(const float *src, void *dst, int64_t n);
 
 #endif /* KV_X86_SIMD */
+
+#if KV_ARM_SIMD
+
+/* ---- simd_neon.c: kv_neon_* (ARMv8.0 NEON) and kv_neondp_* (+ dotprod) */
+#define KV_NEON_PROTOS(P, T)                                                           \
+    void kv_##P##_vec_dot_##T(int64_t n, float *s, const void *x, const void *y);      \
+    void kv_##P##_gemm_##T(int64_t n, const void *w, uint64_t ws, int nr, const void *x, \
+                           uint64_t xs, int nc, float *y, int64_t ldy)
+/* float types: one version (no integer dot products in them) */
+KV_NEON_PROTOS(neon, f32);
+KV_NEON_PROTOS(neon, f16);
+KV_NEON_PROTOS(neon, bf16);
+/* integer types: both levels */
+#define KV_NEON_INT(T)         \
+    KV_NEON_PROTOS(neon, T);   \
+    KV_NEON_PROTOS(neondp, T)
+KV_NEON_INT(q8_0);
+KV_NEON_INT(q4_0);
+KV_NEON_INT(q8_K);
+KV_NEON_INT(q4_K);
+KV_NEON_INT(q6_K);
+KV_NEON_INT(tq2_0);
+/* register tile of the gemm kernels (rows x columns) */
+#define KV_NEON_NR 4
+#define KV_NEON_NC 1
+
+void kv_neon_to_float_f16(const void *src, float *dst, int64_t n);
+void kv_neon_to_float_bf16(const void *src, float *dst, int64_t n);
+void kv_neon_to_float_q8_0(const void *src, float *dst, int64_t n);
+void kv_neon_from_float_f16(const float *src, void *dst, int64_t n);
+void kv_neon_from_float_bf16(const float *src, void *dst, int64_t n);
+void kv_neon_from_float_q8_0(const float *src, void *dst, int64_t n);
+void kv_neon_from_float_q8_K(const float *src, void *dst, int64_t n);
+void kv_neon_mad_f32(int64_t n, float a, const void *x, float *y);
+void kv_neon_mad_f16(int64_t n, float a, const void *x, float *y);
+
+#endif /* KV_ARM_SIMD */
 
 #endif
