@@ -433,6 +433,21 @@ typedef struct kvlm_generate_params {
     int32_t draft_max;        /* 0: off */
     int32_t draft_ngram;      /* prompt lookup: the longest n-gram matched (default 3) */
     kvlm_session *draft;      /* a draft model's session, or NULL for prompt lookup */
+    /* Beam search. n_beams > 1: n_beams hypotheses are decoded together (one batched pass per
+       step), each in its own copy-on-write fork of the session's cache, so they share the prompt's
+       pages. Each step takes the 2 * n_beams best continuations by summed log-probability (ties: the
+       earlier beam, then the lower token); one that ends (an end-of-generation token, a stop string)
+       is kept as a finished hypothesis if it ranks among the first n_beams, the others go on until
+       n_beams beams are live. Finished hypotheses are ranked by
+       score = logprob / n_tokens^length_penalty (the end token counted); the search ends when
+       n_beams are finished and the best live beam's score is no better than the worst of them (as
+       transformers' early_stopping=False), or at max_tokens / a full context (the live beams count
+       then). The best hypothesis is the result, and the session then holds it as plain decoding
+       would have left it. The sampling parameters (temperature, penalties, logit bias, seed) do not
+       apply; the callback sees the result's text once the search is over. Not with draft_max. */
+    int32_t n_beams;          /* 0 or 1: off; at most 64 */
+    float length_penalty;     /* default 1.0; 0: plain summed log-probability */
+    bool all_beams;           /* also return every final hypothesis in result->beams, best first */
 } kvlm_generate_params;
 
 KVLM_API kvlm_generate_params kvlm_generate_default_params(void);
@@ -455,8 +470,26 @@ typedef struct kvlm_generate_result {
     int32_t n_drafted;        /* tokens drafted */
     int32_t n_accepted;       /* of those, generated as drafted */
     int32_t n_passes;         /* the model's forward passes while generating (n_completion - 1
-                                 without drafts; fewer the more drafts are accepted) */
+                                 without drafts; fewer the more drafts are accepted; with beams,
+                                 one batched pass per step) */
+    /* beam search (n_beams > 1) */
+    double logprob;           /* the result's summed log-probability (natural log) */
+    double score;             /* its score (see length_penalty) */
+    int32_t n_beams;          /* hypotheses in beams (all_beams), best first */
+    struct kvlm_beam *beams;
+    int64_t beam_kv_bytes_peak;     /* K/V bytes the cache held at the search's widest step */
+    int64_t beam_kv_bytes_unshared; /* what the beams' pages would have taken without sharing */
 } kvlm_generate_result;
+
+/* One final hypothesis of a beam search. */
+typedef struct kvlm_beam {
+    char *text;               /* as result->text would be for it */
+    size_t text_len;
+    kvlm_token *tokens;
+    int32_t n_tokens;
+    double logprob, score;
+    kvlm_finish_reason finish;
+} kvlm_beam;
 
 KVLM_API void kvlm_generate_result_free(kvlm_generate_result *r);
 

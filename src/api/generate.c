@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/clock.h"
+#include "beam.h"
 #include "core/error.h"
 #include "draft.h"
 #include "sampler/sampler.h"
@@ -33,6 +34,7 @@ kvlm_generate_params kvlm_generate_default_params(void) {
     p.max_tokens = 128;
     p.parse_special = true;
     p.draft_ngram = 3;
+    p.length_penalty = 1.0f;
     return p;
 }
 
@@ -42,6 +44,13 @@ void kvlm_generate_result_free(kvlm_generate_result *r) {
     free(r->tokens);
     r->text = NULL;
     r->tokens = NULL;
+    for (int32_t i = 0; r->beams && i < r->n_beams; i++) {
+        free(r->beams[i].text);
+        free(r->beams[i].tokens);
+    }
+    free(r->beams);
+    r->beams = NULL;
+    r->n_beams = 0;
 }
 
 void kvlm_session_cancel(kvlm_session *s) {
@@ -71,6 +80,49 @@ static kvlm_status drop_drafts(kvlm_session *s, int32_t n_unverified, kvlm_error
     kvlm_status st = kv_seq_rollback(&s->seq, s->n_consumed, n, err);
     if (st == KVLM_OK) s->n_consumed = n;
     return st;
+}
+
+/* Streams one generated token's text: 0 go on, 1 a stop string was completed (nothing pending is
+   kept), 2 the callback asked to stop, -1 out of memory. */
+static int emit(kv_stream *str, const kv_vocab *v, kvlm_token t, kvlm_token_callback cb, void *ud) {
+    char piece[256];
+    int32_t pl = kv_vocab_token_to_piece(v, t, piece, sizeof piece, false);
+    if (pl < 0) pl = 0;
+    int r = kv_stream_push(str, piece, (size_t)pl, false);
+    if (r < 0) return -1;
+    if (cb && cb(str->chunk.data ? str->chunk.data : "", str->chunk.n, t, ud)) return 2;
+    if (r == 1) {
+        str->pending.n = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* What generating toks would have emitted: the text as a result holds it. */
+static kvlm_status beam_text(const kvlm_generate_params *gp, const kv_vocab *v, const kv_hyp *h, kvlm_beam *out,
+                             kvlm_error *err) {
+    kv_stream str = {.stop = gp->stop, .n_stop = gp->n_stop};
+    int r = 0;
+    for (int32_t i = 0; i < h->n && r == 0; i++) r = emit(&str, v, h->tokens[i], NULL, NULL);
+    if (r >= 0 && str.pending.n && kv_stream_push(&str, "", 0, true) < 0) r = -1;
+    if (r >= 0 && !str.emitted.data && !kv_buf_add_z(&str.emitted, "", 0)) r = -1;
+    free(str.pending.data);
+    free(str.chunk.data);
+    out->tokens = malloc(((size_t)h->n + 1) * sizeof *out->tokens);
+    if (r < 0 || !out->tokens) {
+        free(str.emitted.data);
+        free(out->tokens);
+        out->tokens = NULL;
+        return kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+    }
+    if (h->n) memcpy(out->tokens, h->tokens, (size_t)h->n * sizeof *h->tokens);
+    out->n_tokens = h->n;
+    out->text = str.emitted.data;
+    out->text_len = str.emitted.n;
+    out->logprob = h->logprob;
+    out->score = h->score;
+    out->finish = r == 1 ? KVLM_FINISH_STOP : h->finish;
+    return KVLM_OK;
 }
 
 static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kvlm_generate_params *gp,
@@ -105,6 +157,13 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     if (K && gp->draft == s)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: the draft session is the session itself");
     if (K && gp->draft && (st = kv_draft_check_vocab(m, gp->draft->model, err))) return st;
+    if (gp->n_beams < 0 || gp->n_beams > KV_BEAM_MAX)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: n_beams %d is outside 0..%d", gp->n_beams, KV_BEAM_MAX);
+    const bool beams = gp->n_beams > 1;
+    if (beams && K) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: beam search and drafting do not combine");
+    if (beams && !(gp->length_penalty >= -16.0f && gp->length_penalty <= 16.0f))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: length_penalty %g is outside -16..16",
+                       (double)gp->length_penalty);
     int32_t cap = n_hist + (int32_t)plen + 8;
     int32_t max_gen = gp->max_tokens < 0 ? n_ctx : gp->max_tokens;
     ctx = malloc(((size_t)cap + (size_t)max_gen + 1) * sizeof *ctx);
@@ -188,7 +247,39 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     kvlm_token draft[KV_DRAFT_MAX + 1];
     int32_t n_draft = 0, next_draft = 0, k_cur = K;
     const float *row = logits;
-    if (done == n && fin == KVLM_FINISH_LENGTH) {
+    if (beams && done == n && fin == KVLM_FINISH_LENGTH && max_gen > 0) {
+        kv_hyp *hy = NULL;
+        int32_t nh = 0;
+        kvlm_finish_reason bf;
+        st = kv_beam_search(s, logits, max_gen, deadline, gp, res, &hy, &nh, &bf, err);
+        if (!st && nh) st = kv_beam_adopt(s, &hy[0], err);
+        if (!st && nh && gp->all_beams) {
+            res->beams = calloc((size_t)nh, sizeof *res->beams);
+            if (!res->beams) st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+            for (int32_t i = 0; !st && i < nh; i++) {
+                st = beam_text(gp, v, &hy[i], &res->beams[i], err);
+                if (!st) res->n_beams++;
+            }
+        }
+        if (!st && nh) {
+            res->logprob = hy[0].logprob;
+            res->score = hy[0].score;
+            fin = hy[0].finish;
+            for (int32_t i = 0; i < hy[0].n; i++) {
+                const int r = emit(&str, v, hy[0].tokens[i], cb, ud);
+                gen[n_gen++] = hy[0].tokens[i];
+                if (r < 0) st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
+                if (r) {
+                    if (r > 0) fin = KVLM_FINISH_STOP;
+                    break;
+                }
+            }
+        }
+        if (bf != KVLM_FINISH_LENGTH) fin = bf;
+        kv_hyps_free(hy, nh);
+        free(hy);
+        if (st) goto fail;
+    } else if (done == n && fin == KVLM_FINISH_LENGTH) {
         while (n_gen < max_gen) {
             if (atomic_load(&s->cancel)) {
                 fin = KVLM_FINISH_CANCELLED;
@@ -206,21 +297,13 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                 break;
             }
             gen[n_gen++] = t;
-            char piece[256];
-            int32_t pl = kv_vocab_token_to_piece(v, t, piece, sizeof piece, false);
-            if (pl < 0) pl = 0;
-            int r = kv_stream_push(&str, piece, (size_t)pl, false);
+            const int r = emit(&str, v, t, cb, ud);
             if (r < 0) {
                 st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
                 goto fail;
             }
-            if (cb && cb(str.chunk.data ? str.chunk.data : "", str.chunk.n, t, ud)) {
+            if (r) {
                 fin = KVLM_FINISH_STOP;
-                break;
-            }
-            if (r == 1) {
-                fin = KVLM_FINISH_STOP;
-                str.pending.n = 0;
                 break;
             }
             if (n_gen == max_gen) break;
@@ -286,7 +369,10 @@ fail:
     free(str.pending.data);
     free(str.emitted.data);
     free(str.chunk.data);
-    if (st) res->finish = KVLM_FINISH_ERROR;
+    if (st) {
+        kvlm_generate_result_free(res); /* the beams, if any: nothing is left to free after an error */
+        res->finish = KVLM_FINISH_ERROR;
+    }
     return st;
 }
 

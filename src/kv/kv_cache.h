@@ -159,6 +159,10 @@ void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st);
    released (a session with a fixed context owning its pool holds no more than its context and
    policy need). */
 void kv_pool_set_target(kv_page_pool *p, int64_t pages);
+/* Raises (pages > 0) or lowers again (pages < 0, once what was added is released) the most pages
+   the pool may hold, and its target if it has one: room for a transient need of the owner, such as
+   the beams of a beam search in a session's own pool. */
+void kv_pool_widen(kv_page_pool *p, int64_t pages);
 /* Whether pg is held by its caller alone and may be written in place; an indexed page is taken out of the
    index first when unindex is true, else refused. */
 bool kv_pool_claim(kv_page_pool *p, kv_page *pg, bool unindex);

@@ -411,6 +411,16 @@ void kv_pool_set_target(kv_page_pool *p, int64_t pages) {
     pthread_mutex_unlock(&p->mu);
 }
 
+void kv_pool_widen(kv_page_pool *p, int64_t pages) {
+    pthread_mutex_lock(&p->mu);
+    p->max_pages += pages;
+    if (p->target_pages > 0) p->target_pages += pages;
+    if (p->capacity_pages > p->max_pages)
+        p->capacity_pages = p->pages_allocated > p->max_pages ? p->pages_allocated : p->max_pages;
+    trim_to_target(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
 bool kv_pool_claim(kv_page_pool *p, kv_page *pg, bool unindex) {
     pthread_mutex_lock(&p->mu);
     bool ok = pg->refs == 1 && (!pg->indexed || unindex);

@@ -236,11 +236,16 @@ int32_t cli_argmax(const float *logits, int32_t n) {
 
 double cli_now_s(void) { return kv_now_s(); }
 
-void cli_print_kv_stats(const kvlm_session *s) {
+void cli_print_kv_stats(const kvlm_session *s) { cli_print_kv_stats_with(s, NULL); }
+
+void cli_print_kv_stats_with(const kvlm_session *s, const char *extra) {
     kvlm_kv_stats st;
     kvlm_session_get_stats(s, &st);
     char buf[2048];
-    if (kvlm_kv_stats_json(&st, buf, sizeof buf) > 0) fprintf(stderr, "%s\n", buf);
+    int32_t n = kvlm_kv_stats_json(&st, buf, sizeof buf);
+    if (n <= 0) return;
+    if (extra && n > 1 && buf[n - 1] == '}') fprintf(stderr, "%.*s,%s}\n", (int)(n - 1), buf, extra);
+    else fprintf(stderr, "%s\n", buf);
 }
 
 int cli_print_token(const char *text, size_t len, kvlm_token tok, void *user_data) {

@@ -68,6 +68,10 @@ typedef struct cli_args {
     /* speculative decoding (run): -md, --draft-max, --draft-ngram */
     const char *model_draft;
     int draft_max, draft_ngram;
+    /* beam search (run): --beams, --length-penalty, --beams-all */
+    int beams;
+    float length_penalty;
+    bool length_penalty_set, beams_all;
     /* kv cache */
     kvlm_session_params sp;
     int n_pos;
@@ -119,6 +123,8 @@ void cli_cancel_on_sigint(kvlm_session *s);
 bool cli_use_session_file(kvlm_session *s, const cli_args *a);
 /* Prints the session's KV statistics as one JSON line on stderr. */
 void cli_print_kv_stats(const kvlm_session *s);
+/* The same with more "key":value members (JSON text) before the closing brace. */
+void cli_print_kv_stats_with(const kvlm_session *s, const char *extra);
 /* Checks that logit-bias tokens are in the model's vocabulary. */
 bool cli_check_bias(const cli_args *a, const kvlm_model *m);
 

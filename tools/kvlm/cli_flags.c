@@ -83,7 +83,8 @@ enum {
     F_NO_BOS, F_NO_PARSE_SPECIAL, F_IDS, F_SHOW_COUNT, F_OUTPUT, F_JSON, F_REPS, F_DEPTH, F_INCREMENTAL,
     F_BATCH, F_TOKENIZE, F_CPU_TIME, F_KV_STATS, F_VERBOSE, F_CTK, F_CTV, F_OVERFLOW, F_KEEP, F_SINK,
     F_WINDOW, F_COMPRESS_AFTER, F_COMPRESS_TYPE, F_PAGE_TOKENS, F_GROWTH, F_GROWTH_FACTOR, F_KV_INITIAL,
-    F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM, F_KV_DISK, F_KV_DISK_BUDGET,
+    F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM, F_BEAMS, F_LENGTH_PENALTY, F_BEAMS_ALL,
+    F_KV_DISK, F_KV_DISK_BUDGET,
 };
 
 /* kinds of value */
@@ -165,6 +166,12 @@ static const flag_spec k_flags[] = {
      "speculative decoding by prompt lookup: drafts what followed the last N (down to 1) tokens earlier (default: off)"},
     {NULL, "--draft-max", "N", C_RUN, F_DRAFT_MAX, V_INT, 1, 64,
      "tokens drafted per step, with -md or --draft-ngram (default: 8); the text is the same as without"},
+    {NULL, "--beams", "N", C_RUN, F_BEAMS, V_INT, 1, 64,
+     "beam search: N hypotheses decoded together on copy-on-write forks, the most probable wins (default: 1, off)"},
+    {NULL, "--length-penalty", "F", C_RUN, F_LENGTH_PENALTY, V_FLOAT, 0, 0,
+     "with --beams: a hypothesis scores logprob / tokens^F (default: 1; 0: summed log-probability)"},
+    {NULL, "--beams-all", NULL, C_RUN, F_BEAMS_ALL, V_NONE, 0, 0,
+     "with --beams: print every final hypothesis with its scores to stderr (default: off, the best only)"},
     {NULL, "--timeout", "SEC", C_GEN | C_SERVE, F_TIMEOUT, V_FLOAT, 0, 0, "stop generating after SEC seconds (default: 0, none)"},
     {NULL, "--no-bos", NULL, C_EVAL | C_TOKENIZE, F_NO_BOS, V_NONE, 0, 0, "do not add BOS"},
     {NULL, "--no-parse-special", NULL, C_RUN | C_EVAL | C_TOKENIZE, F_NO_PARSE_SPECIAL, V_NONE, 0, 0,
@@ -582,6 +589,16 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         case F_MODEL_DRAFT: a->model_draft = v; break;
         case F_DRAFT_MAX: a->draft_max = (int)iv; break;
         case F_DRAFT_NGRAM: a->draft_ngram = (int)iv; break;
+        case F_BEAMS: a->beams = (int)iv; break;
+        case F_LENGTH_PENALTY:
+            if (!(fv >= -16.0f && fv <= 16.0f)) {
+                fprintf(stderr, "error: --length-penalty must be between -16 and 16\n");
+                return false;
+            }
+            a->length_penalty = fv;
+            a->length_penalty_set = true;
+            break;
+        case F_BEAMS_ALL: a->beams_all = true; break;
         }
     }
     a->n_predict_set = a->n_predict != INT32_MIN;
@@ -600,6 +617,19 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         return false;
     }
     if ((a->model_draft || a->draft_ngram) && !a->draft_max) a->draft_max = 8;
+    if (a->beams > 1 && a->draft_max && !a->help) {
+        fprintf(stderr, "error: --beams and speculative decoding (-md, --draft-ngram) do not combine\n");
+        return false;
+    }
+    if ((a->length_penalty_set || a->beams_all) && a->beams < 2 && !a->help) {
+        fprintf(stderr, "error: %s needs --beams N (N >= 2)\n", a->beams_all ? "--beams-all" : "--length-penalty");
+        return false;
+    }
+    if (a->beams > 1 && sampling_flag && !a->help) {
+        fprintf(stderr, "error: --beams searches by log-probability; sampling flags (--temp, --top-k, ...) do not apply\n");
+        return false;
+    }
+    if (!a->length_penalty_set) a->length_penalty = 1.0f;
     if (!a->no_escape)
         for (int i = 0; i < n_esc; i++) cli_process_escapes(esc[i]);
     for (int i = 0; i < a->n_stop; i++)

@@ -136,6 +136,9 @@ int cmd_run(int argc, char **argv) {
     gp.draft_max = a.draft_max;
     if (a.draft_ngram) gp.draft_ngram = a.draft_ngram;
     gp.draft = ds;
+    gp.n_beams = a.beams > 1 ? a.beams : 0;
+    gp.length_penalty = a.length_penalty;
+    gp.all_beams = a.beams_all;
     gp.sampling = a.sampling;
     gp.max_tokens = a.n_predict;
     gp.stop = a.stop;
@@ -179,6 +182,19 @@ int cmd_run(int argc, char **argv) {
         fprintf(stderr, "draft: %d tokens drafted, %d accepted (%.1f%%); %d forward passes for %d tokens (%.2f per pass)\n",
                 r.n_drafted, r.n_accepted, r.n_drafted ? 100.0 * r.n_accepted / r.n_drafted : 0.0, r.n_passes, steps,
                 r.n_passes ? (double)steps / r.n_passes : 0.0);
+    char beam_json[128] = "";
+    if (gp.n_beams)
+        snprintf(beam_json, sizeof beam_json, "\"beam_kv_bytes_peak\":%lld,\"beam_kv_bytes_unshared\":%lld",
+                 (long long)r.beam_kv_bytes_peak, (long long)r.beam_kv_bytes_unshared);
+    if (gp.n_beams) {
+        fprintf(stderr, "beams: %d, logprob %.4f, score %.4f; %d batched passes; K/V %.1f KiB at the widest step (%.1f KiB "
+                        "without sharing)\n",
+                gp.n_beams, r.logprob, r.score, r.n_passes, r.beam_kv_bytes_peak / 1024.0,
+                r.beam_kv_bytes_unshared / 1024.0);
+        for (int32_t i = 0; i < r.n_beams; i++)
+            fprintf(stderr, "beam %d: score %.4f, logprob %.4f, %d tokens, finish %s: %s\n", i + 1, r.beams[i].score,
+                    r.beams[i].logprob, r.beams[i].n_tokens, kvlm_finish_reason_name(r.beams[i].finish), r.beams[i].text);
+    }
     if (a.sampling.temperature > 0) fprintf(stderr, "seed: %llu\n", (unsigned long long)a.sampling.seed);
     kvlm_generate_result_free(&r);
     if (a.session && kvlm_session_save(s, a.session, &err) != KVLM_OK) {
@@ -187,7 +203,7 @@ int cmd_run(int argc, char **argv) {
     }
     rc = 0;
     fprintf(stderr, "total time: %.2f ms\n", (cli_now_s() - t_start) * 1e3);
-    if (a.kv_stats) cli_print_kv_stats(s); /* the last line: one JSON object */
+    if (a.kv_stats) cli_print_kv_stats_with(s, beam_json[0] ? beam_json : NULL); /* the last line: one JSON object */
 out:
     free(text);
     kvlm_session_free(s);
