@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
-# Usage: scripts/deps.sh [build|test|tsan|fuzz]   (--list MODE: print the packages, install nothing)
+# Usage: scripts/deps.sh [build|test|webtest|tsan|fuzz]   (--list MODE: print the packages, install nothing)
 #   test adds the test-only packages (and nodejs / npm if there is no node / npm); tsan the ThreadSanitizer runtime (gcc);
-#   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev).
+#   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev); webtest what the web page's
+#   browser test needs besides test's (headless chromium and chromedriver: tests/web, ctest webui).
 # Without apt-get (another distribution, macOS) nothing is installed: each
 # package is looked for directly (its command, pkg-config module or Python
 # module); when all are there the build goes on, otherwise the missing ones
@@ -19,9 +20,10 @@ case "${1:-build}" in
     # (Debian's packages where the machine has no node / npm of its own)
     command -v node >/dev/null 2>&1 || want="$want nodejs"
     command -v npm >/dev/null 2>&1 || want="$want npm" ;;
+  webtest) want="$want python3-pytest python3-requests chromium chromium-driver" ;;
   tsan) want="$want libcmocka-dev libtsan2" ;;
   fuzz) want="$want clang libclang-rt-14-dev" ;;
-  *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz]" >&2; exit 2 ;;
+  *) echo "usage: scripts/deps.sh [build|test|webtest|tsan|fuzz]" >&2; exit 2 ;;
 esac
 if [ $list = 1 ]; then echo "$want" | tr ' ' '\n'; exit 0; fi
 
@@ -46,6 +48,8 @@ probe() {
     nodejs) echo "cmd:node|nodejs|node" ;;
     npm) echo "cmd:npm|npm|node" ;;
     haproxy) echo "cmd:haproxy|haproxy|haproxy" ;;
+    chromium) echo "cmd:chromium|chromium|(brew install --cask chromium)" ;;
+    chromium-driver) echo "cmd:chromedriver|chromedriver|(brew install --cask chromedriver)" ;;
     libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
     clang) echo "cmd:clang|clang|llvm" ;;
     libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;

@@ -154,6 +154,18 @@ def test_session_header_and_different_prefixes_spread(cluster):
         assert len(got) == 1, (sid, got)
 
 
+def test_web_page_through_the_balancer(cluster):
+    """The page and what it polls pass through HAProxy unchanged (its URLs are relative); each answer
+    names its replica, which the KV panel shows."""
+    r = requests.get(cluster.lb.url + "/", timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert requests.get(cluster.lb.url + "/app.js", timeout=30).text == \
+        requests.get(cluster.replicas[0].url + "/app.js", timeout=30).text
+    k = requests.get(cluster.lb.url + "/v1/kv", timeout=30)
+    assert k.status_code == 200 and k.headers["X-Kvlm-Replica"] in ("r1", "r2") and "prefix_hits" in k.json()
+
+
 def test_sse_is_not_buffered(cluster):
     body = {"prompt": "Once upon a time", "max_tokens": 400, "temperature": 0, "stream": True,
             "logit_bias": {"2": -100}}

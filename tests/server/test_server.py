@@ -1041,6 +1041,81 @@ def test_metrics_names(srv):
     assert "total_ms=" in srv.stderr() and "POST /v1/completions 200 prompt=" in srv.stderr()
 
 
+def test_kv_endpoint_counts_known_actions():
+    """GET /v1/kv on a fresh two-slot server: a 100-token prompt with n = 2 (choice 1 takes choice 0's
+    three full pages from the pool, and both sessions then hold them), then a prompt sharing its first
+    64 tokens: every counter moves by exactly what these requests did."""
+    import random
+    rng = random.Random(23)
+    a = [1] + [rng.randrange(259, 512) for _ in range(99)]
+    s = Server("-c", "512", "--parallel", "2")
+    try:
+        k0 = s.get("/v1/kv").json()
+        assert k0["prefix_lookups"] == k0["prefix_hits"] == k0["generation_tokens"] == k0["tokens"] == 0
+        assert k0["page_tokens"] == 32 and k0["n_ctx"] == 512 and k0["parallel"] == 2
+        d = s.post("/v1/completions", {"prompt": a, "n": 2, "max_tokens": 4, "temperature": 0,
+                                       "logit_bias": NO_EOS}).json()
+        assert d["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+        k1 = s.get("/v1/kv").json()
+        assert k1["prefix_lookups"] == 200 and k1["prefix_hits"] == 96  # choice 1: pages 0..2 of choice 0
+        assert k1["prefix_hit_rate"] == pytest.approx(96 / 200)
+        assert k1["prompt_tokens"] == 100 and k1["prompt_tokens_cached"] == 0
+        assert k1["generation_tokens"] == 8
+        assert k1["pages_shared"] == 3  # both slots' sessions hold the three pages
+        assert 0 < k1["tokens"] <= k1["capacity"]
+        assert k1["bytes"] > 0 and k1["bytes"] == sum(k1["bytes_by_type"].values())
+        assert k1["bytes_by_type"]["f16"] == k1["bytes"]  # the default K/V type
+        assert k1["requests_running"] == k1["requests_waiting"] == k1["requests_prefilling"] == 0
+        assert k1["evictions"] == k1["compressions"] == k1["cancelled"] == 0
+        assert k1["growth_events"] >= 0 and k1["tokens_per_second"] >= 0
+        assert k1["ttft_requests"] == 1 and k1["ttft_mean_s"] > 0
+        b = a[:64] + [rng.randrange(259, 512) for _ in range(20)]
+        e = s.post("/v1/completions", {"prompt": b, "max_tokens": 2, "temperature": 0, "logit_bias": NO_EOS}).json()
+        assert e["usage"]["prompt_tokens_details"]["cached_tokens"] == 64
+        k2 = s.get("/v1/kv").json()
+        assert k2["prefix_lookups"] - k1["prefix_lookups"] == 84
+        assert k2["prefix_hits"] - k1["prefix_hits"] == 64
+        assert k2["prompt_tokens_cached"] - k1["prompt_tokens_cached"] == 64
+        assert k2["generation_tokens"] - k1["generation_tokens"] == 2
+        m = s.metrics()  # the same counters as /metrics
+        assert m["kvlm:prefix_cache_hits_total"] == k2["prefix_hits"]
+        assert m["kvlm:prefix_cache_queries_total"] == k2["prefix_lookups"]
+        assert m["kvlm:kv_cache_bytes"] == k2["bytes"]
+        assert "/v1/kv" not in s.stderr()  # polled every second by the page: not logged
+    finally:
+        assert s.stop() == 0
+
+
+def test_web_page():
+    s = Server("--api-key", "k1")
+    off = Server("--no-webui")
+    try:
+        r = s.get("/")
+        assert r.status_code == 200 and r.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert r.headers["Cache-Control"] == "no-cache" and r.headers["X-Content-Type-Options"] == "nosniff"
+        csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe" not in csp
+        assert '<script src="app.js"' in r.text and "<script>" not in r.text  # no inline script
+        with open(os.path.join(os.path.dirname(__file__), "..", "..", "web", "index.html"), "rb") as f:
+            assert r.content == f.read()  # the file as it is in web/
+        assert s.get("/index.html").content == r.content
+        js = s.get("/app.js")
+        assert js.status_code == 200 and js.headers["Content-Type"] == "text/javascript; charset=utf-8"
+        assert "Content-Security-Policy" in js.headers
+        css = s.get("/style.css")
+        assert css.status_code == 200 and css.headers["Content-Type"] == "text/css; charset=utf-8"
+        assert s.get("/nope.js").status_code == 404 and s.post("/", {}).status_code == 405
+        # the page is open; what it fetches asks for the key
+        assert s.get("/v1/kv").status_code == 401
+        assert s.get("/v1/kv", headers={"Authorization": "Bearer k1"}).status_code == 200
+        # --no-webui: the page's files are 404, the API unchanged
+        for path in ("/", "/index.html", "/app.js", "/style.css"):
+            assert off.get(path).status_code == 404, path
+        assert off.get("/v1/kv").status_code == 200 and off.get("/health").status_code == 200
+    finally:
+        assert s.stop() == 0 and off.stop() == 0
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:

@@ -30,6 +30,7 @@ static void serve_flags(FILE *fp) {
                    "on SIGTERM, first report 503 on /health for SEC s while still serving, so a load balancer "
                    "moves new work away (default: 0)", fp);
     cli_usage_line("--replica-id NAME", "sent as X-Kvlm-Replica on every response (default: HOST:PORT)", fp);
+    cli_usage_line("--no-webui", "do not serve the chat page on GET / (default: served)", fp);
 }
 
 static void serve_usage(FILE *fp) { cli_usage_with("serve", serve_flags, fp); }
@@ -116,6 +117,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(f, "--shutdown-grace")) { LONGV(0, 3600); cfg.shutdown_grace_s = (double)v; }
         else if (!strcmp(f, "--drain-delay")) { LONGV(0, 3600); cfg.drain_delay_s = (double)v; }
         else if (!strcmp(f, "--replica-id")) { NEEDV(); cfg.replica_id = argv[++i]; }
+        else if (!strcmp(f, "--no-webui")) cfg.no_webui = true;
         else rest[nrest++] = argv[i];
 #undef NEEDV
 #undef LONGV

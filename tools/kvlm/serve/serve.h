@@ -37,6 +37,7 @@ typedef struct srv_config {
     double drain_delay_s;   /* on SIGTERM: /health says 503 "draining" this long, still serving,
                                before the listening socket closes (a balancer's health checks
                                move new work away meanwhile) */
+    bool no_webui;          /* --no-webui: GET / and the page's files are 404 */
     kvlm_session_params sp; /* n_ctx, threads, KV settings */
     /* Embedded (fuzz/fuzz_http.c): no listening socket and no threads of the HTTP side's own; the
        caller hands it connections (MHD_add_connection on srv_http_daemon) and runs it (MHD_run,
@@ -110,6 +111,7 @@ typedef struct srv_job {
 
 /* Histogram with fixed buckets (seconds). */
 #define SRV_NBUCKETS 12
+#define SRV_RATE_SLOTS 8 /* 2 s of tokens/s history */
 typedef struct srv_hist {
     uint64_t count[SRV_NBUCKETS + 1]; /* the last: +Inf */
     double sum;
@@ -124,6 +126,9 @@ typedef struct srv_metrics {
     uint64_t decode_steps, decode_seqs;
     srv_hist ttft, duration;
     kvlm_kv_stats kv; /* snapshot after the last step */
+    /* generated tokens per quarter second, the last SRV_RATE_SLOTS quarters (tokens/s in /v1/kv) */
+    uint64_t rate_n[SRV_RATE_SLOTS];
+    int64_t rate_q[SRV_RATE_SLOTS]; /* which quarter second (floor(srv_now() * 4)) rate_n[i] counts */
 } srv_metrics;
 
 typedef struct srv_slot {
@@ -177,6 +182,18 @@ void srv_engine_drain(srv_engine *e, double grace_s);
 void srv_engine_stop(srv_engine *e);
 /* Prometheus text (malloc'd). */
 char *srv_metrics_text(srv_engine *e);
+/* GET /v1/kv: the KV cache and scheduler state as one JSON object (malloc'd). */
+char *srv_kv_json(srv_engine *e);
+
+/* The web page's files (generated at build time from web/ by cmake/embed_web.cmake). */
+typedef struct srv_asset {
+    const char *path;         /* "/index.html", "/app.js", ... */
+    const char *content_type;
+    const unsigned char *data;
+    size_t size;
+} srv_asset;
+extern const srv_asset srv_web_assets[];
+extern const size_t srv_n_web_assets;
 
 /* http */
 typedef struct srv_http srv_http;

@@ -270,6 +270,26 @@ static void sample_next(srv_engine *e, srv_slot *sl, const float *row, step_out 
     }
 }
 
+/* Counts a generated token in its quarter second (under mu). */
+static void rate_add(srv_metrics *m, double now) {
+    const int64_t q = (int64_t)floor(now * 4);
+    const int i = (int)(q % SRV_RATE_SLOTS);
+    if (m->rate_q[i] != q) {
+        m->rate_q[i] = q;
+        m->rate_n[i] = 0;
+    }
+    m->rate_n[i]++;
+}
+
+/* Tokens generated per second over the last 2 s. */
+static double rate_per_s(const srv_metrics *m, double now) {
+    const int64_t q = (int64_t)floor(now * 4);
+    uint64_t n = 0;
+    for (int i = 0; i < SRV_RATE_SLOTS; i++)
+        if (m->rate_q[i] > q - SRV_RATE_SLOTS && m->rate_q[i] <= q) n += m->rate_n[i];
+    return (double)n / (SRV_RATE_SLOTS / 4.0);
+}
+
 /* Publishes a step's result (under mu). */
 static void publish(srv_engine *e, srv_slot *sl, const step_out *o) {
     srv_job *j = sl->job;
@@ -277,6 +297,7 @@ static void publish(srv_engine *e, srv_slot *sl, const step_out *o) {
     if (o->have_tok) {
         c->n_gen++;
         e->m.gen_tokens++;
+        rate_add(&e->m, srv_now());
         if (!tok_append(c, &o->tok) || !text_append(c, o->text, o->text_len)) {
             job_fail(j, 500, "out of memory");
             slot_finish(e, sl, "error");
@@ -822,5 +843,46 @@ char *srv_metrics_text(srv_engine *e) {
     counter(&b, "cancelled_total", "Requests cancelled (client gone, or shutdown).", m.cancelled);
     counter(&b, "decode_steps_total", "Batched decode steps.", m.decode_steps);
     counter(&b, "decode_sequences_total", "Sequences decoded, summed over steps.", m.decode_seqs);
+    return b.p;
+}
+
+char *srv_kv_json(srv_engine *e) {
+    pthread_mutex_lock(&e->mu);
+    srv_metrics m = e->m;
+    int running = 0, prefilling = 0;
+    for (int i = 0; i < e->parallel; i++) {
+        running += e->slots[i].job != NULL;
+        prefilling += e->slots[i].job != NULL && e->slots[i].prefilling;
+    }
+    int waiting = e->n_waiting;
+    pthread_mutex_unlock(&e->mu);
+    const kvlm_kv_stats *k = &m.kv;
+    const double hit_rate = m.prefix_queries ? (double)m.prefix_hits / (double)m.prefix_queries : 0.0;
+    sbuf b = {0};
+    sb_printf(&b,
+              "{\"tokens\":%lld,\"capacity\":%lld,\"utilization\":%.6g,\"bytes\":%lld,"
+              "\"bytes_f32_equivalent\":%lld,"
+              "\"bytes_by_type\":{\"f32\":%lld,\"f16\":%lld,\"q8_0\":%lld,\"q4_0\":%lld},"
+              "\"page_tokens\":%d,\"n_ctx\":%d,\"parallel\":%d,",
+              (long long)k->tokens, (long long)k->capacity, k->utilization, (long long)k->bytes,
+              (long long)k->bytes_f32_equivalent, (long long)k->bytes_by_type[0], (long long)k->bytes_by_type[1],
+              (long long)k->bytes_by_type[2], (long long)k->bytes_by_type[3], (int)e->page_tokens, (int)e->n_ctx,
+              e->parallel);
+    sb_printf(&b,
+              "\"prefix_lookups\":%llu,\"prefix_hits\":%llu,\"prefix_hit_rate\":%.6g,"
+              "\"prompt_tokens\":%llu,\"prompt_tokens_cached\":%llu,\"generation_tokens\":%llu,",
+              (unsigned long long)m.prefix_queries, (unsigned long long)m.prefix_hits, hit_rate,
+              (unsigned long long)m.prompt_tokens, (unsigned long long)m.prompt_cached,
+              (unsigned long long)m.gen_tokens);
+    sb_printf(&b,
+              "\"pages_shared\":%lld,\"pages_cached\":%lld,\"evictions\":%lld,\"compressions\":%lld,"
+              "\"bytes_saved\":%lld,\"growth_events\":%lld,",
+              (long long)k->pages_shared, (long long)k->pages_cached, (long long)k->evictions,
+              (long long)k->compressions, (long long)k->bytes_saved, (long long)k->growth_events);
+    sb_printf(&b,
+              "\"requests_running\":%d,\"requests_prefilling\":%d,\"requests_waiting\":%d,"
+              "\"cancelled\":%llu,\"tokens_per_second\":%.6g,\"ttft_mean_s\":%.6g,\"ttft_requests\":%llu}",
+              running, prefilling, waiting, (unsigned long long)m.cancelled, rate_per_s(&m, srv_now()),
+              m.ttft.n ? m.ttft.sum / (double)m.ttft.n : 0.0, (unsigned long long)m.ttft.n);
     return b.p;
 }

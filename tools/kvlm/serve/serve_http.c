@@ -1206,7 +1206,39 @@ static bool auth_ok(const srv_http *h, struct MHD_Connection *c) {
     return diff == 0;
 }
 
-typedef enum route { R_NONE, R_HEALTH, R_MODELS, R_MODEL_ONE, R_METRICS, R_COMPLETIONS, R_CHAT, R_TOKENIZE, R_DETOKENIZE } route;
+typedef enum route {
+    R_NONE, R_HEALTH, R_MODELS, R_MODEL_ONE, R_METRICS, R_KV, R_WEB, R_COMPLETIONS, R_CHAT, R_TOKENIZE, R_DETOKENIZE
+} route;
+
+/* The web page's file for a path ("/" is the page), or NULL. */
+static const srv_asset *web_asset(const char *url) {
+    if (!strcmp(url, "/")) url = "/index.html";
+    for (size_t i = 0; i < srv_n_web_assets; i++)
+        if (!strcmp(url, srv_web_assets[i].path)) return &srv_web_assets[i];
+    return NULL;
+}
+
+/* The page and its files: open (the page holds no secrets; what it fetches asks for the key), never
+ * cached without asking again, and a Content-Security-Policy that allows nothing but this server:
+ * no inline script, no other origin (the page is its own files and fetches to its own server). */
+static enum MHD_Result send_asset(srv_http *h, struct MHD_Connection *c, req *rq, const srv_asset *a) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(a->size, (void *)(uintptr_t)a->data,
+                                                             MHD_RESPMEM_PERSISTENT); /* only read */
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", a->content_type);
+    MHD_add_response_header(r, "Cache-Control", "no-cache");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                            "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+                            "frame-ancestors 'none'");
+    MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+    if (h->replica[0]) MHD_add_response_header(r, "X-Kvlm-Replica", h->replica);
+    rq->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
 
 static route find_route(const char *url, bool *is_post) {
     *is_post = true;
@@ -1219,6 +1251,8 @@ static route find_route(const char *url, bool *is_post) {
     if (!strcmp(url, "/v1/models") || !strcmp(url, "/models")) return R_MODELS;
     if (!strncmp(url, "/v1/models/", 11)) return R_MODEL_ONE;
     if (!strcmp(url, "/metrics")) return R_METRICS;
+    if (!strcmp(url, "/v1/kv")) return R_KV;
+    if (web_asset(url)) return R_WEB;
     return R_NONE;
 }
 
@@ -1238,10 +1272,12 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
     }
     bool want_post;
     route rt = find_route(url, &want_post);
+    if (rt == R_WEB && h->cfg->no_webui) rt = R_NONE;
     if (rt == R_NONE) return send_error(h, c, rq, 404, NULL, "not_found", "no route %s %s", method, url);
     bool is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
     if ((want_post && strcmp(method, "POST")) || (!want_post && !is_get))
         return send_error(h, c, rq, 405, NULL, "method_not_allowed", "%s is not allowed on %s", method, url);
+    if (rt == R_WEB) return send_asset(h, c, rq, web_asset(url)); /* also while loading: the page says so */
     if (!atomic_load(&h->ready)) {
         /* the model is still loading: nothing but this answer (llama-server's behaviour) */
         if (rt == R_HEALTH) {
@@ -1276,6 +1312,11 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
         char *s = srv_metrics_text(h->e);
         if (!s) return send_error(h, c, rq, 500, NULL, NULL, "out of memory");
         return send_text(h, c, rq, 200, "text/plain; version=0.0.4", s, strlen(s), NULL, NULL);
+    }
+    if (rt == R_KV) {
+        char *s = srv_kv_json(h->e);
+        if (!s) return send_error(h, c, rq, 500, NULL, NULL, "out of memory");
+        return send_text(h, c, rq, 200, "application/json", s, strlen(s), "Cache-Control", "no-store");
     }
     /* POST with a JSON body */
     perr pe = {0};
@@ -1353,7 +1394,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     double ms = (srv_now() - rq->t0) * 1e3;
     int status = rq->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200 && rq->is_stream) status = 499;
-    if (strcmp(rq->path, "/health") && strcmp(rq->path, "/metrics") && !h->cfg->embedded) {
+    if (strcmp(rq->path, "/health") && strcmp(rq->path, "/metrics") && strcmp(rq->path, "/v1/kv") &&
+        !h->cfg->embedded) {
         char ttft[48] = "";
         if (rq->ttft_ms >= 0 && (rq->n_prompt || rq->n_completion)) snprintf(ttft, sizeof ttft, " ttft_ms=%.1f", rq->ttft_ms);
         fprintf(stderr, "%s %s %d prompt=%d cached=%d completion=%d%s total_ms=%.1f%s%s\n", rq->method, rq->path,
