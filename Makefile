@@ -52,8 +52,9 @@ sanitize: test-deps
 	@cd build-san && ctest --output-on-failure -j $(JOBS)
 
 # The tests that use threads (the pool, concurrent sessions on a shared cache,
-# cancellation, batched decode, 2-thread eval, concurrent tokenizing) under ThreadSanitizer.
-TSAN_TESTS ?= test_exact|test_session|test_generate|test_tokenizer|test_kv
+# cancellation, batched decode, 2-thread eval, concurrent tokenizing, the disk tier's spilling thread)
+# under ThreadSanitizer.
+TSAN_TESTS ?= test_exact|test_session|test_generate|test_tokenizer|test_kv|test_disk
 tsan: test-deps
 	@bash scripts/deps.sh tsan
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DKVLM_TSAN=ON -DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null

@@ -177,6 +177,14 @@ typedef struct kvlm_cache_params {
     int64_t cached_bytes_budget; /* most bytes kept in unreferenced cached pages; <0: no limit; default 256 MiB */
     bool prefix_sharing;         /* default true */
     bool prefetch;               /* software prefetch of the next page during attention */
+    /* Disk tier (docs/KV_CACHE.md): with disk_tier and a directory, full pages evicted from memory are
+       written there zstd-compressed by a background thread and read back on a later miss; the pages
+       still cached are written when the cache is freed, and a new cache on the directory finds them.
+       One cache (one process) uses a directory at a time: another gets KVLM_ERR_BUSY. */
+    bool disk_tier;              /* default false */
+    const char *disk_dir;        /* the directory (created if missing); copied by kvlm_cache_new */
+    int64_t disk_bytes_budget;   /* most bytes of page files kept there; default 1 GiB */
+    int32_t disk_zstd_level;     /* 1..19; default 1 */
 } kvlm_cache_params;
 
 KVLM_API kvlm_cache_params kvlm_cache_default_params(void);
@@ -204,6 +212,14 @@ typedef struct kvlm_kv_stats {
     int64_t shifts;               /* context shifts / sliding evictions */
     int64_t growth_events;
     double growth_ms_total, growth_ms_max;
+    /* the disk tier (0 without one) */
+    int64_t disk_hits;            /* pages read back from disk instead of computed */
+    int64_t disk_bytes;           /* bytes of page files on disk */
+    int64_t disk_pages;           /* page files on disk */
+    int64_t disk_writes;          /* pages written */
+    int64_t disk_evictions;       /* page files removed to stay within the disk budget */
+    int64_t disk_rejected;        /* page files that did not verify (removed, never used) */
+    int64_t disk_dropped;         /* evicted pages not written (the write queue was full, or an I/O error) */
 } kvlm_kv_stats;
 
 KVLM_API void kvlm_cache_get_stats(const kvlm_cache *cache, kvlm_kv_stats *stats);

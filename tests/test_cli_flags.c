@@ -105,7 +105,8 @@ static const char *value_for(const char *meta) {
         {"N", "32"},     {"K", "32"},   {"LIST", "32"}, {"T", "q8_0"}, {"TYPES", "f16,q8_0"},     {"TEMP", "0.5"}, {"F", "1.5"},
         {"P", "0.5"},    {"R", "1.1"},  {"SEC", "1"},   {"FILE", "/dev/null"}, {"TEXT", "x"}, {"IDS", "1"},
         {"OUT", "/dev/null"}, {"STR", "x"}, {"NAME", "chatml"}, {"TOKEN(+|-)BIAS", "1+1"},
-        {"ADDR", "127.0.0.1"}, {"KEY", "k"}, {"ORIGIN", "x"},
+        {"ADDR", "127.0.0.1"}, {"KEY", "k"}, {"ORIGIN", "x"}, {"DIR", "/tmp/kvlm-test-cli-flags-disk"},
+        {"BYTES", "1048576"},
     };
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         if (strcmp(meta, k[i][0]) == 0) return k[i][1];

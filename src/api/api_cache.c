@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_disk.h"
 #include "kvlm.h"
 #include "model/model.h"
 #include "session_impl.h"
@@ -21,6 +22,10 @@ kvlm_cache_params kvlm_cache_default_params(void) {
         .cached_bytes_budget = 256ll << 20,
         .prefix_sharing = true,
         .prefetch = false,
+        .disk_tier = false,
+        .disk_dir = NULL,
+        .disk_bytes_budget = 1ll << 30,
+        .disk_zstd_level = 1,
     };
     return p;
 }
@@ -39,6 +44,16 @@ kvlm_status kvlm_cache_new(const kvlm_model *model, const kvlm_cache_params *par
     if (st) {
         free(c);
         return st;
+    }
+    if (p.disk_tier) {
+        uint64_t fp[2];
+        kv_model_fingerprint(model, fp);
+        st = kv_pool_open_disk(c->pool, fp, err);
+        if (st) {
+            kv_pool_destroy(c->pool);
+            free(c);
+            return st;
+        }
     }
     *out = c;
     return KVLM_OK;

@@ -55,7 +55,7 @@
 typedef kv_ses_header ses_header;
 
 /* A 128-bit hash of the whole GGUF file: metadata, tensor infos and data. */
-static void model_fingerprint(const kvlm_model *m, uint64_t out[2]) {
+void kv_model_fingerprint(const kvlm_model *m, uint64_t out[2]) {
     XXH128_hash_t h = XXH3_128bits(m->gguf->base, m->gguf->size);
     out[0] = h.low64;
     out[1] = h.high64;
@@ -65,7 +65,7 @@ static void model_fingerprint(const kvlm_model *m, uint64_t out[2]) {
  * rotations (phi3's LongRoPE long factors: variant 1), so that keys rotated one way are never continued
  * by a session that rotates the other (variant 0 leaves it as it was). */
 static void session_fingerprint(const kvlm_model *m, uint32_t variant, uint64_t out[2]) {
-    model_fingerprint(m, out);
+    kv_model_fingerprint(m, out);
     out[0] ^= 0x4c6f6e67526f5045ull * variant;
 }
 

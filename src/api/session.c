@@ -110,7 +110,9 @@ kvlm_status kvlm_session_fork(kvlm_session *src, kvlm_session **out, kvlm_error 
     if (!kv_session_acquire(src)) return kv_fail(err, KVLM_ERR_BUSY, "fork: the session is in use by another call");
     /* the same settings; on a shared cache the same pool (pages shared), else a pool of its own */
     kvlm_session *d = NULL;
-    kvlm_status st = kvlm_session_new(src->model, &src->params, &d, err);
+    kvlm_session_params fp = src->params;
+    fp.cache_params.disk_tier = false; /* a pool of its own: the source's pool holds the disk directory */
+    kvlm_status st = kvlm_session_new(src->model, &fp, &d, err);
     if (!st) st = kv_seq_fork(&d->seq, &src->seq, err);
     if (!st) d->n_consumed = src->n_consumed;
     kv_session_release(src);
@@ -305,14 +307,17 @@ int32_t kvlm_kv_stats_json(const kvlm_kv_stats *st, char *buf, int32_t size) {
                      "\"bytes_q4_0\":%lld,\"hits\":%lld,\"misses\":%lld,\"hit_rate\":%.4f,\"recomputed\":%lld,"
                      "\"pages_shared\":%lld,\"pages_cached\":%lld,\"evictions\":%lld,\"compressions\":%lld,"
                      "\"bytes_saved\":%lld,\"shifts\":%lld,\"growth_events\":%lld,\"growth_ms_total\":%.3f,"
-                     "\"growth_ms_max\":%.3f}",
+                     "\"growth_ms_max\":%.3f,\"disk_hits\":%lld,\"disk_bytes\":%lld,\"disk_pages\":%lld,"
+                     "\"disk_writes\":%lld,\"disk_evictions\":%lld,\"disk_rejected\":%lld,\"disk_dropped\":%lld}",
                      (long long)st->tokens, (long long)st->capacity, st->utilization, (long long)st->bytes,
                      (long long)st->bytes_f32_equivalent, (long long)st->bytes_by_type[0],
                      (long long)st->bytes_by_type[1], (long long)st->bytes_by_type[2], (long long)st->bytes_by_type[3],
                      (long long)st->hits, (long long)st->misses, st->hit_rate, (long long)st->recomputed,
                      (long long)st->pages_shared, (long long)st->pages_cached, (long long)st->evictions,
                      (long long)st->compressions, (long long)st->bytes_saved, (long long)st->shifts,
-                     (long long)st->growth_events, st->growth_ms_total, st->growth_ms_max);
+                     (long long)st->growth_events, st->growth_ms_total, st->growth_ms_max, (long long)st->disk_hits,
+                     (long long)st->disk_bytes, (long long)st->disk_pages, (long long)st->disk_writes,
+                     (long long)st->disk_evictions, (long long)st->disk_rejected, (long long)st->disk_dropped);
     if (n < 0) return 0;
     return n < size ? n : -(n + 1);
 }

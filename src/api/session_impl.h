@@ -33,6 +33,9 @@ struct kvlm_session {
     atomic_int cancel;  /* set by kvlm_session_cancel */
 };
 
+/* A 128-bit hash of the model's whole GGUF file (session files and the disk tier carry it). */
+void kv_model_fingerprint(const kvlm_model *m, uint64_t out[2]);
+
 bool kv_session_acquire(kvlm_session *s);
 void kv_session_release(kvlm_session *s);
 /* kvlm_eval's body (the caller holds the session). */

@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "kv_cache.h"
+#include "kv_disk.h"
 
 #define KV_MAX_CLASSES 12
 
@@ -36,6 +37,9 @@ struct kv_page_pool {
        can be evicted instead, and pages past it are freed when released (a session with a fixed context
        owning its pool holds no more than its context and policy need). */
     int64_t target_pages;
+    /* the disk tier (NULL: none); params.disk_dir points to the pool's own copy */
+    kv_disk *disk;
+    char *disk_dir;
 };
 
 int kv_type_slot(uint32_t type) {
@@ -78,6 +82,13 @@ kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_par
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: linear growth needs growth_tokens > 0");
     if ((unsigned)cp->growth > KVLM_GROWTH_ADAPTIVE)
         return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: unknown growth policy %d", (int)cp->growth);
+    if (cp->disk_tier && (!cp->disk_dir || !cp->disk_dir[0]))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: the disk tier needs a directory (disk_dir)");
+    if (cp->disk_tier && cp->disk_bytes_budget <= 0)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: the disk budget must be > 0 bytes");
+    if (cp->disk_tier && (cp->disk_zstd_level < 0 || cp->disk_zstd_level > 19))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "kv cache: disk zstd level %d is outside 1..19 (0: 1)",
+                       (int)cp->disk_zstd_level);
     kv_page_pool *p = calloc(1, sizeof *p);
     if (!p) return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
     pthread_mutex_init(&p->mu, NULL);
@@ -85,6 +96,16 @@ kvlm_status kv_pool_create(int32_t n_layer, int32_t kv_dim, const kvlm_cache_par
     p->n_layer = n_layer;
     p->kv_dim = kv_dim;
     p->params = *cp;
+    p->params.disk_dir = NULL;
+    if (cp->disk_tier) {
+        p->disk_dir = strdup(cp->disk_dir);
+        if (!p->disk_dir) {
+            kv_pool_destroy(p);
+            return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: out of memory");
+        }
+        p->params.disk_dir = p->disk_dir;
+        if (p->params.disk_zstd_level == 0) p->params.disk_zstd_level = 1;
+    }
     p->max_pages = cp->max_tokens / cp->page_tokens;
     p->capacity_pages = (cp->initial_tokens + cp->page_tokens - 1) / cp->page_tokens;
     if (p->capacity_pages < 1) p->capacity_pages = 1;
@@ -111,6 +132,10 @@ static void page_free_memory(kv_page_pool *p, kv_page *pg) {
 
 void kv_pool_destroy(kv_page_pool *p) {
     if (!p) return;
+    if (p->disk) {
+        kv_pool_disk_flush(p); /* a clean end keeps what is cached */
+        kv_disk_close(p->disk);
+    }
     for (int c = 0; c < p->n_classes; c++)
         while (p->free_list[c]) {
             kv_page *pg = p->free_list[c];
@@ -125,6 +150,7 @@ void kv_pool_destroy(kv_page_pool *p) {
             page_free_memory(p, pg);
         }
     free(p->buckets);
+    free(p->disk_dir);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -216,10 +242,20 @@ static void index_remove(kv_page_pool *p, kv_page *pg) {
     p->n_indexed--;
 }
 
-/* mu held: removes the least recently used cached page from the index and LRU */
+/* mu held: hands a copy of an indexed page to the disk tier (queued; no I/O here) */
+static void spill(kv_page_pool *p, const kv_page *pg, bool wait) {
+    if (!p->disk || !pg->indexed) return;
+    const kv_disk_page dp = {pg->key, pg->parent_key, pg->layout->type_k, pg->layout->type_v, pg->tokens, pg->data,
+                             pg->layout->page_bytes};
+    kv_disk_spill(p->disk, &dp, wait);
+}
+
+/* mu held: removes the least recently used cached page from the index and LRU (spilling it to the disk
+   tier, if any) */
 static kv_page *evict_one(kv_page_pool *p) {
     kv_page *pg = p->lru_head;
     if (!pg) return NULL;
+    spill(p, pg, false);
     lru_remove(p, pg);
     index_remove(p, pg);
     atomic_fetch_add(&p->st_evictions, 1);
@@ -363,7 +399,10 @@ void kv_pool_release(kv_page_pool *p, kv_page *pg) {
                 to_free_list(p, v);
             }
         } else {
-            if (pg->indexed) index_remove(p, pg);
+            if (pg->indexed) {
+                spill(p, pg, false); /* no memory budget for cached pages: straight to the disk tier */
+                index_remove(p, pg);
+            }
             to_free_list(p, pg);
         }
         trim_to_target(p);
@@ -400,9 +439,11 @@ uint64_t kv_page_key(uint64_t parent_key, const int32_t *tokens, int32_t n) {
     return XXH3_64bits_withSeed(tokens, (size_t)n * sizeof *tokens, parent_key);
 }
 
-kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, const int32_t *tokens, uint32_t type_k,
-                        uint32_t type_v) {
-    pthread_mutex_lock(&p->mu);
+static void index_insert(kv_page_pool *p, kv_page *pg, uint64_t key, uint64_t parent_key, const int32_t *tokens);
+
+/* mu held: the indexed page with that key, parent, tokens and types, with a reference taken */
+static kv_page *find_take(kv_page_pool *p, uint64_t key, uint64_t parent_key, const int32_t *tokens, uint32_t type_k,
+                          uint32_t type_v) {
     kv_page *pg = p->buckets[key & (p->n_buckets - 1)];
     while (pg && !(pg->key == key && pg->parent_key == parent_key && pg->layout->type_k == type_k &&
                    pg->layout->type_v == type_v && pg->layout->n_layers == p->n_layer && memcmp(pg->tokens, tokens, (size_t)p->P * sizeof *tokens) == 0))
@@ -410,6 +451,32 @@ kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, cons
     if (pg) {
         if (pg->refs == 0) lru_remove(p, pg);
         pg->refs++;
+    }
+    return pg;
+}
+
+kv_page *kv_pool_lookup(kv_page_pool *p, uint64_t key, uint64_t parent_key, const int32_t *tokens, uint32_t type_k,
+                        uint32_t type_v) {
+    pthread_mutex_lock(&p->mu);
+    kv_page *pg = find_take(p, key, parent_key, tokens, type_k, type_v);
+    kv_disk *disk = p->disk;
+    pthread_mutex_unlock(&p->mu);
+    if (pg || !disk || !kv_disk_contains(disk, key, type_k, type_v)) return pg;
+    /* a memory miss the disk tier holds: read it back (in place of recomputing it) into a new page */
+    const kv_layout *l = kv_pool_layout(p, type_k, type_v);
+    if (!l || !(pg = kv_pool_alloc(p, l))) return NULL;
+    if (!kv_disk_load(disk, key, parent_key, tokens, type_k, type_v, pg->data, l->page_bytes)) {
+        kv_pool_release(p, pg);
+        return NULL;
+    }
+    pthread_mutex_lock(&p->mu);
+    kv_page *q = find_take(p, key, parent_key, tokens, type_k, type_v);
+    if (q) { /* another sequence read or computed it meanwhile: the same bytes, one copy kept */
+        to_free_list(p, pg);
+        trim_to_target(p);
+        pg = q;
+    } else {
+        index_insert(p, pg, key, parent_key, tokens);
     }
     pthread_mutex_unlock(&p->mu);
     return pg;
@@ -468,6 +535,37 @@ void kv_pool_supersede(kv_page_pool *p, kv_page *old, kv_page *cpg) {
     pthread_mutex_unlock(&p->mu);
 }
 
+kvlm_status kv_pool_open_disk(kv_page_pool *p, const uint64_t fingerprint[2], kvlm_error *err) {
+    if (!p->params.disk_tier || p->disk) return KVLM_OK;
+    const kv_disk_geom g = {{fingerprint[0], fingerprint[1]}, p->P, p->n_layer, p->kv_dim};
+    kv_disk *d = NULL;
+    kvlm_status st = kv_disk_open(p->disk_dir, p->params.disk_bytes_budget, p->params.disk_zstd_level, &g, &d, err);
+    if (st) return st;
+    pthread_mutex_lock(&p->mu);
+    p->disk = d;
+    pthread_mutex_unlock(&p->mu);
+    return KVLM_OK;
+}
+
+void kv_pool_disk_flush(kv_page_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    if (p->disk) {
+        for (kv_page *pg = p->lru_head; pg; pg = pg->lru_next) spill(p, pg, true); /* oldest first */
+        for (uint64_t b = 0; b < p->n_buckets; b++)
+            for (kv_page *pg = p->buckets[b]; pg; pg = pg->hnext) spill(p, pg, true);
+    }
+    kv_disk *d = p->disk;
+    pthread_mutex_unlock(&p->mu);
+    kv_disk_drain(d);
+}
+
+void kv_pool_disk_drain(kv_page_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    kv_disk *d = p->disk;
+    pthread_mutex_unlock(&p->mu);
+    kv_disk_drain(d);
+}
+
 void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st) {
     memset(st, 0, sizeof *st);
     pthread_mutex_lock(&p->mu);
@@ -495,4 +593,5 @@ void kv_pool_stats(kv_page_pool *p, kvlm_kv_stats *st) {
     st->bytes_saved = atomic_load(&p->counts[KV_STAT_BYTES_SAVED]);
     st->shifts = atomic_load(&p->counts[KV_STAT_SHIFTS]);
     st->growth_events = atomic_load(&p->st_growth_events);
+    kv_disk_stats(p->disk, st);
 }

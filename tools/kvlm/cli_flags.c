@@ -86,6 +86,7 @@ enum {
     F_WINDOW, F_COMPRESS_AFTER, F_COMPRESS_TYPE, F_PAGE_TOKENS, F_GROWTH, F_GROWTH_FACTOR, F_KV_INITIAL,
     F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM, F_BEAMS, F_LENGTH_PENALTY, F_BEAMS_ALL,
     F_GRAMMAR, F_GRAMMAR_FILE,
+    F_KV_DISK, F_KV_DISK_BUDGET,
 };
 
 /* kinds of value */
@@ -222,6 +223,10 @@ static const flag_spec k_flags[] = {
     {NULL, "--no-prefix-sharing", NULL, C_KV | C_BENCH, F_NO_PREFIX, V_NONE, 0, 0,
      "do not share full pages between sequences with a common prefix"},
     {NULL, "--kv-prefetch", NULL, C_KV | C_BENCH, F_PREFETCH, V_NONE, 0, 0, "prefetch the next page during attention"},
+    {NULL, "--kv-disk", "DIR", C_RUN | C_CHAT | C_SERVE, F_KV_DISK, V_STR, 0, 0,
+     "disk tier: evicted prefix pages go to DIR (zstd) and come back on a hit; kept across runs (default: none)"},
+    {NULL, "--kv-disk-budget", "BYTES", C_RUN | C_CHAT | C_SERVE, F_KV_DISK_BUDGET, V_INT, 1, 1LL << 50,
+     "most bytes of page files in the --kv-disk directory (default: 1073741824)"},
 };
 #define N_FLAGS (sizeof k_flags / sizeof k_flags[0])
 
@@ -587,6 +592,11 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         case F_KV_MAX: cp->max_tokens = iv; break;
         case F_NO_PREFIX: cp->prefix_sharing = false; break;
         case F_PREFETCH: cp->prefetch = true; break;
+        case F_KV_DISK:
+            cp->disk_tier = true;
+            cp->disk_dir = v;
+            break;
+        case F_KV_DISK_BUDGET: cp->disk_bytes_budget = iv; break;
         case F_MODEL_DRAFT: a->model_draft = v; break;
         case F_DRAFT_MAX: a->draft_max = (int)iv; break;
         case F_DRAFT_NGRAM: a->draft_ngram = (int)iv; break;

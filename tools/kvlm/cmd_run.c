@@ -42,7 +42,9 @@ static bool print_probs(kvlm_model *m, const kvlm_session_params *sp, const char
     float *top_lp = malloc((size_t)n * sizeof *top_lp);
     kvlm_session *s = NULL;
     kvlm_error err = {0};
-    bool ok = all && logits && top && top_lp && np == r->n_prompt && kvlm_session_new(m, sp, &s, &err) == KVLM_OK;
+    kvlm_session_params psp = *sp;
+    psp.cache_params.disk_tier = false; /* the main session's pool has the directory */
+    bool ok = all && logits && top && top_lp && np == r->n_prompt && kvlm_session_new(m, &psp, &s, &err) == KVLM_OK;
     if (ok) {
         memcpy(all, toks, (size_t)np * sizeof *all);
         memcpy(all + np, r->tokens, (size_t)r->n_completion * sizeof *all);
@@ -126,6 +128,7 @@ int cmd_run(int argc, char **argv) {
         dsp.n_ctx = kvlm_session_n_ctx(s);
         dsp.overflow = KVLM_OVERFLOW_ERROR;
         dsp.cache = NULL;
+        dsp.cache_params.disk_tier = false; /* the main session's pool has the directory */
         if (kvlm_session_new(md, &dsp, &ds, &err) != KVLM_OK) {
             fprintf(stderr, "error: -md: %s\n", err.msg);
             goto out;

@@ -832,6 +832,12 @@ char *srv_metrics_text(srv_engine *e) {
             m.prefix_queries);
     counter(&b, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache (every sequence).", m.prefix_hits);
     counter(&b, "kv_evictions_total", "Cached pages evicted.", (uint64_t)m.kv.evictions);
+    counter(&b, "kv_disk_hits_total", "Pages read back from the disk tier instead of computed.", (uint64_t)m.kv.disk_hits);
+    gauge(&b, "kv_disk_bytes", "Bytes of page files in the disk tier.", (double)m.kv.disk_bytes);
+    counter(&b, "kv_disk_writes_total", "Pages written to the disk tier.", (uint64_t)m.kv.disk_writes);
+    counter(&b, "kv_disk_evictions_total", "Page files removed to stay within the disk budget.",
+            (uint64_t)m.kv.disk_evictions);
+    counter(&b, "kv_disk_rejected_total", "Page files that did not verify (removed).", (uint64_t)m.kv.disk_rejected);
     counter(&b, "kv_compressions_total", "Pages re-quantized by tiered compression.", (uint64_t)m.kv.compressions);
     counter(&b, "kv_growth_events_total", "Times the page pool grew.", (uint64_t)m.kv.growth_events);
     counter(&b, "cancelled_total", "Requests cancelled (client gone, or shutdown).", m.cancelled);
