@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
-# Usage: scripts/deps.sh [build|test|tsan|fuzz]   (--list MODE: print the packages, install nothing)
+# Usage: scripts/deps.sh [build|test|tsan|fuzz|coverage]   (--list MODE: print the packages, install nothing)
 #   test adds the test-only packages (and nodejs / npm if there is no node / npm); tsan the ThreadSanitizer runtime (gcc);
-#   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev).
+#   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev); coverage what test needs and gcovr
+#   (make coverage's report).
 # Without apt-get (another distribution, macOS) nothing is installed: each
 # package is looked for directly (its command, pkg-config module or Python
 # module); when all are there the build goes on, otherwise the missing ones
@@ -11,16 +12,18 @@ set -eu
 list=0
 if [ "${1:-}" = --list ]; then list=1; shift; fi
 want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev"
-case "${1:-build}" in
+mode=${1:-build}
+case "$mode" in
   build) ;;
-  test) want="$want libcmocka-dev python3-pytest python3-requests" # tests/server runs Debian's /usr/bin/python3
+  test | coverage) want="$want libcmocka-dev python3-pytest python3-requests" # tests/server runs Debian's /usr/bin/python3
     # tests/server/test_openai_node.py: the official OpenAI client runs on Node.js, installed with npm
     # (Debian's packages where the machine has no node / npm of its own)
     command -v node >/dev/null 2>&1 || want="$want nodejs"
-    command -v npm >/dev/null 2>&1 || want="$want npm" ;;
+    command -v npm >/dev/null 2>&1 || want="$want npm"
+    if [ "$mode" = coverage ]; then want="$want gcovr"; fi ;;
   tsan) want="$want libcmocka-dev libtsan2" ;;
   fuzz) want="$want clang libclang-rt-14-dev" ;;
-  *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz]" >&2; exit 2 ;;
+  *) echo "usage: scripts/deps.sh [build|test|tsan|fuzz|coverage]" >&2; exit 2 ;;
 esac
 if [ $list = 1 ]; then echo "$want" | tr ' ' '\n'; exit 0; fi
 
@@ -47,6 +50,7 @@ probe() {
     libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
     clang) echo "cmd:clang|clang|llvm" ;;
     libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;
+    gcovr) echo "cmd:gcovr|gcovr|gcovr" ;;
   esac
 }
 
