@@ -395,6 +395,19 @@ typedef struct kvlm_generate_params {
                                  shift or in a ring: the longest it still holds, checked against
                                  the whole history) */
     bool parse_special;       /* special-token text in the prompt maps to the token (default true) */
+    /* Speculative decoding. draft_max > 0: each step drafts up to draft_max tokens, which the model
+       verifies in one forward pass; drafted tokens past the first mismatch are rolled back. The
+       output is exactly that of decoding without drafts, token for token (greedy, and seeded
+       sampling, since each position is still sampled from the model's own logits with the same
+       random draw; the logits are the same whatever the chunking). Drafts come from `draft` when it
+       is set — a session on a small model with the same vocabulary (checked), synced to the context
+       by this call, which must not be used by another call meanwhile — else from prompt lookup:
+       the latest earlier occurrence in the context of its last draft_ngram (down to 1) tokens, and
+       the tokens that followed it. Drafting pauses near the end of the context and stops once a
+       shift or a ring has dropped tokens (those cannot be rolled back); plain decoding goes on. */
+    int32_t draft_max;        /* 0: off */
+    int32_t draft_ngram;      /* prompt lookup: the longest n-gram matched (default 3) */
+    kvlm_session *draft;      /* a draft model's session, or NULL for prompt lookup */
 } kvlm_generate_params;
 
 KVLM_API kvlm_generate_params kvlm_generate_default_params(void);
@@ -413,6 +426,11 @@ typedef struct kvlm_generate_result {
     char *text;               /* the completion (valid UTF-8, NUL-terminated); free with kvlm_generate_result_free */
     size_t text_len;
     kvlm_token *tokens;       /* the completion's tokens */
+    /* speculative decoding (draft_max > 0) */
+    int32_t n_drafted;        /* tokens drafted */
+    int32_t n_accepted;       /* of those, generated as drafted */
+    int32_t n_passes;         /* the model's forward passes while generating (n_completion - 1
+                                 without drafts; fewer the more drafts are accepted) */
 } kvlm_generate_result;
 
 KVLM_API void kvlm_generate_result_free(kvlm_generate_result *r);

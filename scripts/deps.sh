@@ -15,7 +15,8 @@ want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-
 mode=${1:-build}
 case "$mode" in
   build) ;;
-  test | coverage) want="$want libcmocka-dev python3-pytest python3-requests" # tests/server runs Debian's /usr/bin/python3
+  test | coverage) want="$want libcmocka-dev python3-pytest python3-requests haproxy" # tests/server runs Debian's /usr/bin/python3
+    # haproxy: tests/server/test_haproxy.py (deploy/haproxy.cfg); optional without apt-get (that test skips)
     # tests/server/test_openai_node.py: the official OpenAI client runs on Node.js, installed with npm
     # (Debian's packages where the machine has no node / npm of its own)
     command -v node >/dev/null 2>&1 || want="$want nodejs"
@@ -47,6 +48,7 @@ probe() {
     python3-requests) echo "py:requests|python3-requests|(pip install requests)" ;;
     nodejs) echo "cmd:node|nodejs|node" ;;
     npm) echo "cmd:npm|npm|node" ;;
+    haproxy) echo "cmd:haproxy|haproxy|haproxy" ;;
     libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
     clang) echo "cmd:clang|clang|llvm" ;;
     libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;
@@ -79,7 +81,10 @@ present() { # Debian package name -> status 0 when what it provides is found
 
 if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-query >/dev/null 2>&1; then
   missing=""
-  for p in $want; do present "$p" || missing="$missing $p"; done
+  for p in $want; do
+    [ "$p" = haproxy ] && continue # optional here: the HAProxy test skips, saying so, without it
+    present "$p" || missing="$missing $p"
+  done
   [ -z "$missing" ] && exit 0
   echo "scripts/deps.sh: no apt-get here, so nothing was installed; these are missing:" >&2
   printf '  %-20s %-28s %-24s %s\n' "Debian" "looked for" "Fedora" "Homebrew" >&2

@@ -5,12 +5,15 @@
 
 #include "core/clock.h"
 #include "core/error.h"
+#include "draft.h"
 #include "sampler/sampler.h"
 #include "session_impl.h"
 #include "textstream.h"
 #include "tokenizer/vocab.h"
 
 #define PROMPT_CHUNK 256
+/* The most tokens drafted per step (and the longest prompt-lookup n-gram). */
+#define KV_DRAFT_MAX 64
 
 const char *kvlm_finish_reason_name(kvlm_finish_reason r) {
     switch (r) {
@@ -29,6 +32,7 @@ kvlm_generate_params kvlm_generate_default_params(void) {
     p.sampling = kvlm_sampling_default_params();
     p.max_tokens = 128;
     p.parse_special = true;
+    p.draft_ngram = 3;
     return p;
 }
 
@@ -61,6 +65,14 @@ static kvlm_status fill_result(kvlm_generate_result *r, kv_stream *st, kvlm_toke
     return KVLM_OK;
 }
 
+/* Rolls back the last n_unverified drafted tokens the session consumed. */
+static kvlm_status drop_drafts(kvlm_session *s, int32_t n_unverified, kvlm_error *err) {
+    const int32_t n = s->n_consumed - n_unverified;
+    kvlm_status st = kv_seq_rollback(&s->seq, s->n_consumed, n, err);
+    if (st == KVLM_OK) s->n_consumed = n;
+    return st;
+}
+
 static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kvlm_generate_params *gp,
                                    kvlm_token_callback cb, void *ud, kvlm_generate_result *res, kvlm_error *err) {
     const kvlm_model *m = s->model;
@@ -83,11 +95,21 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     int32_t n_hist = append ? kv_seq_n(&s->seq) : 0;
     if (append && !kv_session_rewindable(s)) n_hist = 0; /* shifted: continue from what it holds */
     if (plen > (size_t)INT32_MAX / 2) return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: the prompt is too long");
+    const int32_t K = gp->draft_max > 0 ? gp->draft_max : 0;
+    if (gp->draft_max < 0 || gp->draft_max > KV_DRAFT_MAX)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: draft_max %d is outside 0..%d", gp->draft_max,
+                       KV_DRAFT_MAX);
+    if (K && !gp->draft && (gp->draft_ngram < 1 || gp->draft_ngram > KV_DRAFT_MAX))
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: draft_ngram %d is outside 1..%d", gp->draft_ngram,
+                       KV_DRAFT_MAX);
+    if (K && gp->draft == s)
+        return kv_fail(err, KVLM_ERR_INVALID_ARG, "generate: the draft session is the session itself");
+    if (K && gp->draft && (st = kv_draft_check_vocab(m, gp->draft->model, err))) return st;
     int32_t cap = n_hist + (int32_t)plen + 8;
     int32_t max_gen = gp->max_tokens < 0 ? n_ctx : gp->max_tokens;
     ctx = malloc(((size_t)cap + (size_t)max_gen + 1) * sizeof *ctx);
     gen = malloc(((size_t)max_gen + 1) * sizeof *gen);
-    logits = malloc((size_t)n_vocab * sizeof *logits);
+    logits = malloc((size_t)n_vocab * (size_t)(K + 1) * sizeof *logits);
     if (!ctx || !gen || !logits) {
         st = kv_fail(err, KVLM_ERR_NOMEM, "generate: out of memory");
         goto fail;
@@ -161,6 +183,11 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
     res->prompt_ms = (kv_now_s() - t0) * 1e3;
     const double t1 = kv_now_s();
     int32_t n_gen = 0;
+    /* Speculative decoding: a pass over [t, d_1..d_k] leaves row i of `logits` predicting the token
+       after d_i; while the sampled tokens equal the drafts the next row is already there. */
+    kvlm_token draft[KV_DRAFT_MAX + 1];
+    int32_t n_draft = 0, next_draft = 0, k_cur = K;
+    const float *row = logits;
     if (done == n && fin == KVLM_FINISH_LENGTH) {
         while (n_gen < max_gen) {
             if (atomic_load(&s->cancel)) {
@@ -172,7 +199,7 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
                 break;
             }
             kvlm_token t;
-            if ((st = kv_sampler_sample(smp, logits, &t, err))) goto fail;
+            if ((st = kv_sampler_sample(smp, row, &t, err))) goto fail;
             kv_sampler_accept(smp, t, NULL);
             if (!gp->ignore_eos && kv_vocab_is_eog(v, t)) {
                 fin = KVLM_FINISH_STOP;
@@ -199,12 +226,45 @@ static kvlm_status generate_locked(kvlm_session *s, const char *prompt, const kv
             if (n_gen == max_gen) break;
             /* feed it back */
             ctx[n] = t;
+            if (next_draft < n_draft && draft[next_draft] == t) {
+                /* drafted and verified: the cache holds it and the next row is computed */
+                row = logits + (size_t)(++next_draft) * (size_t)n_vocab;
+                res->n_accepted++;
+                n++;
+                continue;
+            }
+            if (next_draft < n_draft && (st = drop_drafts(s, n_draft - next_draft, err))) goto fail;
+            /* the draft length follows how well drafts do: doubled after a step that kept them all,
+               halved after one that kept none (a rejected draft costs a wider pass for nothing) */
+            if (n_draft && next_draft == n_draft) k_cur = 2 * k_cur < K ? 2 * k_cur : K;
+            else if (n_draft && next_draft == 0) k_cur = k_cur > 1 ? k_cur / 2 : 1;
+            n_draft = next_draft = 0;
             if (!kv_seq_fits(&s->seq, (int64_t)kv_seq_n(&s->seq) + 1)) break; /* context full: length */
-            st = kv_session_append_locked(s, &t, 1, logits, false, err);
+            /* draft only while the drafts fit without a shift or a ring dropping anything (a dropped
+               token cannot be rolled back) */
+            int32_t room = kv_session_rewindable(s) ? n_ctx - kv_seq_n(&s->seq) - 1 : 0;
+            int32_t k = k_cur < room ? k_cur : room;
+            if (k > max_gen - n_gen - 1) k = max_gen - n_gen - 1; /* the last token generated is never fed */
+            if (k > 0) {
+                if (gp->draft)
+                    st = kv_draft_model(gp->draft, ctx, n + 1, draft + 1, k, &n_draft, err);
+                else
+                    n_draft = kv_draft_lookup(ctx, n + 1, gp->draft_ngram, draft + 1, k);
+                if (st) goto fail;
+            }
+            draft[0] = t;
+            st = kv_session_append_locked(s, draft, n_draft + 1, logits, n_draft > 0, err);
             if (st) goto fail;
+            res->n_passes++;
+            res->n_drafted += n_draft;
+            /* draft[1..n_draft] are checked against the next samples */
+            memmove(draft, draft + 1, (size_t)n_draft * sizeof *draft);
+            row = logits;
             n++;
         }
     }
+    /* the cache holds what plain decoding would have evaluated, no unverified drafts */
+    if (next_draft < n_draft && (st = drop_drafts(s, n_draft - next_draft, err))) goto fail;
     /* flush what was held back (an incomplete character becomes U+FFFD) */
     if (fin != KVLM_FINISH_STOP || str.pending.n) {
         if (str.pending.n) {

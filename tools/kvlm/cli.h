@@ -65,6 +65,9 @@ typedef struct cli_args {
     const char *stop[CLI_MAX_STOP];
     int n_stop;
     double timeout_s;
+    /* speculative decoding (run): -md, --draft-max, --draft-ngram */
+    const char *model_draft;
+    int draft_max, draft_ngram;
     /* kv cache */
     kvlm_session_params sp;
     int n_pos;

@@ -83,7 +83,7 @@ enum {
     F_NO_BOS, F_NO_PARSE_SPECIAL, F_IDS, F_SHOW_COUNT, F_OUTPUT, F_JSON, F_REPS, F_DEPTH, F_INCREMENTAL,
     F_BATCH, F_TOKENIZE, F_CPU_TIME, F_KV_STATS, F_VERBOSE, F_CTK, F_CTV, F_OVERFLOW, F_KEEP, F_SINK,
     F_WINDOW, F_COMPRESS_AFTER, F_COMPRESS_TYPE, F_PAGE_TOKENS, F_GROWTH, F_GROWTH_FACTOR, F_KV_INITIAL,
-    F_KV_MAX, F_NO_PREFIX, F_PREFETCH,
+    F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM,
 };
 
 /* kinds of value */
@@ -159,6 +159,12 @@ static const flag_spec k_flags[] = {
     {NULL, "--ignore-eos", NULL, C_GEN, F_IGNORE_EOS, V_NONE, 0, 0, "go on past end-of-generation tokens"},
     {NULL, "--n-probs", "N", C_RUN, F_NPROBS, V_INT, 0, CLI_MAX_PROBS,
      "after the text, each generated token's probability and the N most probable tokens (default: 0)"},
+    {"-md", "--model-draft", "FILE", C_RUN, F_MODEL_DRAFT, V_STR, 0, 0,
+     "speculative decoding: a small model with the same vocabulary drafts tokens the model verifies (default: none)"},
+    {NULL, "--draft-ngram", "N", C_RUN, F_DRAFT_NGRAM, V_INT, 1, 64,
+     "speculative decoding by prompt lookup: drafts what followed the last N (down to 1) tokens earlier (default: off)"},
+    {NULL, "--draft-max", "N", C_RUN, F_DRAFT_MAX, V_INT, 1, 64,
+     "tokens drafted per step, with -md or --draft-ngram (default: 8); the text is the same as without"},
     {NULL, "--timeout", "SEC", C_GEN | C_SERVE, F_TIMEOUT, V_FLOAT, 0, 0, "stop generating after SEC seconds (default: 0, none)"},
     {NULL, "--no-bos", NULL, C_EVAL | C_TOKENIZE, F_NO_BOS, V_NONE, 0, 0, "do not add BOS"},
     {NULL, "--no-parse-special", NULL, C_RUN | C_EVAL | C_TOKENIZE, F_NO_PARSE_SPECIAL, V_NONE, 0, 0,
@@ -564,6 +570,9 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         case F_KV_MAX: cp->max_tokens = iv; break;
         case F_NO_PREFIX: cp->prefix_sharing = false; break;
         case F_PREFETCH: cp->prefetch = true; break;
+        case F_MODEL_DRAFT: a->model_draft = v; break;
+        case F_DRAFT_MAX: a->draft_max = (int)iv; break;
+        case F_DRAFT_NGRAM: a->draft_ngram = (int)iv; break;
         }
     }
     a->n_predict_set = a->n_predict != INT32_MIN;
@@ -573,6 +582,15 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
     a->keep_set = a->sp.n_keep >= 0;
     if (!a->keep_set) a->sp.n_keep = 0;
     if (!a->threads_set) a->n_threads = cli_default_threads();
+    if (a->draft_max && !a->model_draft && !a->draft_ngram && !a->help) {
+        fprintf(stderr, "error: --draft-max needs a draft source: -md FILE or --draft-ngram N\n");
+        return false;
+    }
+    if (a->model_draft && a->draft_ngram) {
+        fprintf(stderr, "error: -md and --draft-ngram are two draft sources; give one\n");
+        return false;
+    }
+    if ((a->model_draft || a->draft_ngram) && !a->draft_max) a->draft_max = 8;
     if (!a->no_escape)
         for (int i = 0; i < n_esc; i++) cli_process_escapes(esc[i]);
     for (int i = 0; i < a->n_stop; i++)

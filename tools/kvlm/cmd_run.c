@@ -97,7 +97,8 @@ int cmd_run(int argc, char **argv) {
     }
     const double load_ms = (cli_now_s() - t_load) * 1e3;
     int rc = 1;
-    kvlm_session *s = NULL;
+    kvlm_session *s = NULL, *ds = NULL;
+    kvlm_model *md = NULL;
     kvlm_error err;
     kvlm_model_info mi;
     kvlm_model_get_info(m, &mi);
@@ -114,7 +115,24 @@ int cmd_run(int argc, char **argv) {
     if (a.session && !cli_use_session_file(s, &a)) goto out;
     if (a.temp_defaulted)
         fprintf(stderr, "note: sampling at temperature 0.8, llama.cpp's default with sampling flags (--temp 0: greedy)\n");
+    if (a.model_draft) {
+        /* the draft model: its own session over the same context, same threads */
+        cli_args da = a;
+        da.model = a.model_draft;
+        if (!(md = cli_load_model(&da))) goto out;
+        kvlm_session_params dsp = sp;
+        dsp.n_ctx = kvlm_session_n_ctx(s);
+        dsp.overflow = KVLM_OVERFLOW_ERROR;
+        dsp.cache = NULL;
+        if (kvlm_session_new(md, &dsp, &ds, &err) != KVLM_OK) {
+            fprintf(stderr, "error: -md: %s\n", err.msg);
+            goto out;
+        }
+    }
     kvlm_generate_params gp = kvlm_generate_default_params();
+    gp.draft_max = a.draft_max;
+    if (a.draft_ngram) gp.draft_ngram = a.draft_ngram;
+    gp.draft = ds;
     gp.sampling = a.sampling;
     gp.max_tokens = a.n_predict;
     gp.stop = a.stop;
@@ -154,6 +172,10 @@ int cmd_run(int argc, char **argv) {
     if (ctx_full)
         fprintf(stderr, "generation stopped because the context of %d tokens is full (-c N up to the model's %d, or "
                         "--overflow shift, goes on)\n", n_ctx, mi.n_ctx_train);
+    if (gp.draft_max)
+        fprintf(stderr, "draft: %d tokens drafted, %d accepted (%.1f%%); %d forward passes for %d tokens (%.2f per pass)\n",
+                r.n_drafted, r.n_accepted, r.n_drafted ? 100.0 * r.n_accepted / r.n_drafted : 0.0, r.n_passes, steps,
+                r.n_passes ? (double)steps / r.n_passes : 0.0);
     if (a.sampling.temperature > 0) fprintf(stderr, "seed: %llu\n", (unsigned long long)a.sampling.seed);
     kvlm_generate_result_free(&r);
     if (a.session && kvlm_session_save(s, a.session, &err) != KVLM_OK) {
@@ -166,6 +188,8 @@ int cmd_run(int argc, char **argv) {
 out:
     free(text);
     kvlm_session_free(s);
+    kvlm_session_free(ds);
+    kvlm_model_free(md);
     kvlm_model_free(m);
     return rc;
 }

@@ -26,6 +26,10 @@ static void serve_flags(FILE *fp) {
     cli_usage_line("--prefill-chunk N", "prompt tokens evaluated per scheduler step (default: 128)", fp);
     cli_usage_line("--max-conn-per-ip N", "concurrent connections per client address (default: 128)", fp);
     cli_usage_line("--shutdown-grace SEC", "on SIGINT/SIGTERM, time running requests get to finish (default: 3)", fp);
+    cli_usage_line("--drain-delay SEC",
+                   "on SIGTERM, first report 503 on /health for SEC s while still serving, so a load balancer "
+                   "moves new work away (default: 0)", fp);
+    cli_usage_line("--replica-id NAME", "sent as X-Kvlm-Replica on every response (default: HOST:PORT)", fp);
 }
 
 static void serve_usage(FILE *fp) { cli_usage_with("serve", serve_flags, fp); }
@@ -110,6 +114,8 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(f, "--prefill-chunk")) { LONGV(1, 1 << 20); cfg.prefill_chunk = (int)v; }
         else if (!strcmp(f, "--max-conn-per-ip")) { LONGV(1, 100000); cfg.max_conn_per_ip = (int)v; }
         else if (!strcmp(f, "--shutdown-grace")) { LONGV(0, 3600); cfg.shutdown_grace_s = (double)v; }
+        else if (!strcmp(f, "--drain-delay")) { LONGV(0, 3600); cfg.drain_delay_s = (double)v; }
+        else if (!strcmp(f, "--replica-id")) { NEEDV(); cfg.replica_id = argv[++i]; }
         else rest[nrest++] = argv[i];
 #undef NEEDV
 #undef LONGV
@@ -199,6 +205,15 @@ int cmd_serve(int argc, char **argv) {
     srv_http_set_ready(h);
     int sig = 0;
     sigwait(&sigs, &sig);
+    if (cfg.drain_delay_s > 0) {
+        /* a balancer's health checks see 503 and stop sending new work; what still arrives is served.
+           A second signal ends the delay. */
+        fprintf(stderr, "kvlm serve: %s: draining (/health 503) for %.0f s, still serving\n",
+                sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.drain_delay_s);
+        srv_http_set_draining(h);
+        struct timespec ts = {(time_t)cfg.drain_delay_s, 0};
+        if (sigtimedwait(&sigs, NULL, &ts) > 0) fprintf(stderr, "kvlm serve: second signal: not waiting longer\n");
+    }
     fprintf(stderr, "kvlm serve: %s: shutting down (no new connections; running requests get %.0f s)\n",
             sig == SIGINT ? "SIGINT" : "SIGTERM", cfg.shutdown_grace_s);
     srv_http_quiesce(h);

@@ -33,6 +33,10 @@ typedef struct srv_config {
     int max_conn_per_ip;
     double shutdown_grace_s;
     const char *chat_template;
+    const char *replica_id; /* X-Kvlm-Replica on every response (NULL: "HOST:PORT") */
+    double drain_delay_s;   /* on SIGTERM: /health says 503 "draining" this long, still serving,
+                               before the listening socket closes (a balancer's health checks
+                               move new work away meanwhile) */
     kvlm_session_params sp; /* n_ctx, threads, KV settings */
     /* Embedded (fuzz/fuzz_http.c): no listening socket and no threads of the HTTP side's own; the
        caller hands it connections (MHD_add_connection on srv_http_daemon) and runs it (MHD_run,
@@ -180,6 +184,9 @@ typedef struct srv_http srv_http;
 srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t msg_size);
 /* The model is loaded and the engine started: requests are served (before, 503 "loading"). */
 void srv_http_set_ready(srv_http *h);
+/* /health answers 503 "draining" from now on; requests are still served. */
+void srv_http_set_draining(srv_http *h);
+/* Stops accepting connections and new generation requests (503). */
 void srv_http_quiesce(srv_http *h);
 /* Waits (at most timeout_s) until every generation request has been answered. */
 void srv_http_wait_idle(srv_http *h, double timeout_s);

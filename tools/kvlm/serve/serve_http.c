@@ -26,7 +26,9 @@ struct srv_http {
     struct MHD_Daemon *d;
     srv_engine *e;
     const srv_config *cfg;
-    atomic_int draining;
+    atomic_int draining; /* quiesced: no new generation requests */
+    atomic_int unhealthy; /* /health says 503 "draining" (SIGTERM, before quiescing) */
+    char replica[128];   /* X-Kvlm-Replica */
     atomic_int ready; /* the model is loaded and the engine runs (set once) */
     int inflight; /* generation requests not yet answered (under e->mu) */
 };
@@ -84,11 +86,14 @@ typedef struct req {
     int n_prompt, n_cached, n_completion;
     double ttft_ms;
     bool is_stream;
+    char session[65]; /* X-Session-Id (the routing key a balancer hashes), for the log line */
 } req;
 
+/* The headers of every response: CORS, and which replica answered (behind a load balancer). */
 static void add_cors(const srv_http *h, struct MHD_Response *r) {
     MHD_add_response_header(r, "Access-Control-Allow-Origin", h->cfg->cors_origin);
     if (strcmp(h->cfg->cors_origin, "*") != 0) MHD_add_response_header(r, "Vary", "Origin");
+    if (h->replica[0]) MHD_add_response_header(r, "X-Kvlm-Replica", h->replica);
 }
 
 static enum MHD_Result send_text(srv_http *h, struct MHD_Connection *c, req *rq, int status, const char *ctype,
@@ -1010,6 +1015,13 @@ static void sse_free(void *cls) {
     free(st);
 }
 
+/* A header value for the log line: printable ASCII only (others become '?'), at most size - 1 bytes. */
+static void log_safe(char *out, size_t size, const char *v) {
+    size_t i = 0;
+    for (; v[i] && i + 1 < size; i++) out[i] = v[i] > 0x20 && v[i] < 0x7f ? v[i] : '?';
+    out[i] = '\0';
+}
+
 /* ------------------------------------------------------------ routes */
 
 static enum MHD_Result run_generation(srv_http *h, struct MHD_Connection *c, req *rq, const cJSON *root, bool chat) {
@@ -1216,7 +1228,8 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
         add_cors(h, r);
         MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
         const char *rh = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Access-Control-Request-Headers");
-        MHD_add_response_header(r, "Access-Control-Allow-Headers", rh ? rh : "Authorization, Content-Type");
+        MHD_add_response_header(r, "Access-Control-Allow-Headers", rh ? rh : "Authorization, Content-Type, X-Session-Id");
+        MHD_add_response_header(r, "Access-Control-Expose-Headers", "X-Kvlm-Replica");
         MHD_add_response_header(r, "Access-Control-Max-Age", "86400");
         rq->status = 204;
         enum MHD_Result ret = MHD_queue_response(c, 204, r);
@@ -1242,8 +1255,9 @@ static enum MHD_Result handle(srv_http *h, struct MHD_Connection *c, req *rq, co
     }
     if (rt == R_HEALTH) {
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "status", h->draining ? "shutting down" : "ok");
-        return send_json(h, c, rq, h->draining ? 503 : 200, o);
+        const bool down = h->draining || h->unhealthy;
+        cJSON_AddStringToObject(o, "status", h->draining ? "shutting down" : h->unhealthy ? "draining" : "ok");
+        return send_json(h, c, rq, down ? 503 : 200, o);
     }
     if (rt == R_MODELS) {
         cJSON *o = cJSON_CreateObject();
@@ -1290,6 +1304,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         snprintf(rq->method, sizeof rq->method, "%s", method);
         snprintf(rq->path, sizeof rq->path, "%s", url);
         *con_cls = rq;
+        const char *sid = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Session-Id");
+        if (sid) log_safe(rq->session, sizeof rq->session, sid);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl && strtoull(cl, NULL, 10) > h->cfg->max_body) {
             rq->too_big = true;
@@ -1338,12 +1354,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     int status = rq->status;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 200 && rq->is_stream) status = 499;
     if (strcmp(rq->path, "/health") && strcmp(rq->path, "/metrics") && !h->cfg->embedded) {
-        if (rq->ttft_ms >= 0 && (rq->n_prompt || rq->n_completion))
-            fprintf(stderr, "%s %s %d prompt=%d cached=%d completion=%d ttft_ms=%.1f total_ms=%.1f\n", rq->method,
-                    rq->path, status, rq->n_prompt, rq->n_cached, rq->n_completion, rq->ttft_ms, ms);
-        else
-            fprintf(stderr, "%s %s %d prompt=%d cached=%d completion=%d total_ms=%.1f\n", rq->method, rq->path,
-                    status, rq->n_prompt, rq->n_cached, rq->n_completion, ms);
+        char ttft[48] = "";
+        if (rq->ttft_ms >= 0 && (rq->n_prompt || rq->n_completion)) snprintf(ttft, sizeof ttft, " ttft_ms=%.1f", rq->ttft_ms);
+        fprintf(stderr, "%s %s %d prompt=%d cached=%d completion=%d%s total_ms=%.1f%s%s\n", rq->method, rq->path,
+                status, rq->n_prompt, rq->n_cached, rq->n_completion, ttft, ms, rq->session[0] ? " session=" : "",
+                rq->session);
     }
     free(rq->body);
     free(rq);
@@ -1393,8 +1408,11 @@ srv_http *srv_http_start(srv_engine *e, const srv_config *cfg, char *msg, size_t
         return NULL;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    fprintf(stderr, "kvlm serve: listening on http://%s:%u (loading model '%s')\n", host,
-            di ? (unsigned)di->port : (unsigned)cfg->port, cfg->alias);
+    const unsigned port = di ? (unsigned)di->port : (unsigned)cfg->port;
+    if (cfg->replica_id) log_safe(h->replica, sizeof h->replica, cfg->replica_id);
+    else snprintf(h->replica, sizeof h->replica, "%s:%u", host, port);
+    fprintf(stderr, "kvlm serve: listening on http://%s:%u (loading model '%s'; replica %s)\n", host, port, cfg->alias,
+            h->replica);
     return h;
 }
 
@@ -1404,6 +1422,8 @@ void srv_http_set_ready(srv_http *h) {
         fprintf(stderr, "kvlm serve: ready (model '%s', %d slots, context %d, %d thread%s)\n", h->cfg->alias,
                 h->cfg->parallel, (int)h->e->n_ctx, h->e->n_threads, h->e->n_threads == 1 ? "" : "s");
 }
+
+void srv_http_set_draining(srv_http *h) { atomic_store(&h->unhealthy, 1); }
 
 void srv_http_quiesce(srv_http *h) {
     atomic_store(&h->draining, 1);
