@@ -125,10 +125,72 @@ static void test_session_params(void **state) {
     session_ok(&p);
 }
 
+static void expect(kvlm_status got, kvlm_status want, const kvlm_error *err, const char *words) {
+    assert_int_equal(got, want);
+    if (!strstr(err->msg, words)) fail_msg("'%s' does not say '%s'", err->msg, words);
+}
+
+/* The n_past contract's and batched decode's refusals leave the session as it was. */
+static void test_eval_refusals(void **state) {
+    (void)state;
+    kvlm_error err;
+    kvlm_model *other = load(AIDREAMS); /* the same file, another model */
+    kvlm_cache *oc = NULL;
+    assert_int_equal(kvlm_cache_new(other, NULL, &oc, &err), KVLM_OK);
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 16;
+    p.n_threads = 1;
+    p.cache = oc;
+    session_refused(&p, KVLM_ERR_INVALID_ARG, "the cache belongs to another model");
+    p.cache = NULL;
+    p.cache_params.page_tokens = 8;
+    session_refused(&p, KVLM_ERR_INVALID_ARG, "page_tokens 8");
+    p.cache_params = kvlm_cache_default_params();
+    kvlm_session *s = session_with(g_model, &p), *t = session_with(g_model, &p);
+    const int32_t nv = kvlm_n_vocab(g_model);
+    kvlm_token tok[17];
+    seq(tok, 17, nv, 5);
+    assert_int_equal(kvlm_eval(s, tok, 8, 0, NULL, false, &err), KVLM_OK);
+    kvlm_token bad[9];
+    memcpy(bad, tok, sizeof bad);
+    bad[8] = nv;
+    expect(kvlm_eval(s, bad, 9, 8, NULL, false, &err), KVLM_ERR_INVALID_ARG, &err, "outside the vocabulary");
+    expect(kvlm_eval(s, tok, 17, 8, NULL, false, &err), KVLM_ERR_CONTEXT_FULL, &err, "exceed the context of 16");
+    expect(kvlm_eval(s, tok, 8, 8, NULL, false, &err), KVLM_ERR_INVALID_ARG, &err, "leaves no token");
+    expect(kvlm_session_truncate(s, 9, &err), KVLM_ERR_INVALID_ARG, &err, "9");
+    expect(kvlm_session_truncate(s, -1, &err), KVLM_ERR_INVALID_ARG, &err, "-1");
+    assert_int_equal(kvlm_session_n_past(s), 8);
+    kvlm_session *pair[2] = {s, NULL};
+    kvlm_token two[2] = {tok[8], tok[8]};
+    float *lg = malloc(2 * (size_t)nv * sizeof(float));
+    expect(kvlm_decode_batch(pair, two, 2, lg, &err), KVLM_ERR_INVALID_ARG, &err, "session 1 is NULL");
+    pair[1] = t;
+    two[1] = nv;
+    expect(kvlm_decode_batch(pair, two, 2, lg, &err), KVLM_ERR_INVALID_ARG, &err, "outside the vocabulary");
+    assert_int_equal(kvlm_eval(t, tok, 16, 0, NULL, false, &err), KVLM_OK);
+    two[1] = tok[8];
+    expect(kvlm_decode_batch(pair, two, 2, lg, &err), KVLM_ERR_CONTEXT_FULL, &err, "session 1's context of 16 is full");
+    assert_int_equal(kvlm_session_n_past(s), 8);
+    assert_int_equal(kvlm_session_n_past(t), 16);
+    /* after the refusals the session continues as if they had not happened */
+    float *want = malloc((size_t)nv * sizeof(float)), *got = malloc((size_t)nv * sizeof(float));
+    assert_int_equal(kvlm_eval_full(g_model, tok, 12, want, false, &err), KVLM_OK);
+    assert_int_equal(kvlm_eval(s, tok, 12, 8, got, false, &err), KVLM_OK);
+    assert_memory_equal(got, want, (size_t)nv * sizeof(float));
+    free(want);
+    free(got);
+    free(lg);
+    kvlm_session_free(s);
+    kvlm_session_free(t);
+    kvlm_cache_free(oc);
+    kvlm_model_free(other);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cache_params),
         cmocka_unit_test(test_session_params),
+        cmocka_unit_test(test_eval_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
