@@ -22,7 +22,7 @@ if [ $report_only = 0 ]; then
   set -e
   if [ $rc != 0 ]; then echo "coverage: the test suite failed" >&2; exit $rc; fi
 fi
-if ! find "$build" -name '*.gcda' | grep -q .; then
+if [ -z "$(find "$build" -name '*.gcda' -print -quit)" ]; then
   echo "coverage: no counters in $build (not a KVLM_COVERAGE build, or nothing ran)" >&2
   exit 1
 fi
