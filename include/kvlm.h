@@ -292,6 +292,15 @@ KVLM_API kvlm_status kvlm_eval_full(const kvlm_model *model, const kvlm_token *t
  * held tail, a ring's window; KVLM_ERR_UNSUPPORTED otherwise); 0 always resets. */
 KVLM_API kvlm_status kvlm_session_truncate(kvlm_session *s, int32_t n, kvlm_error *err);
 
+/* A new session holding what src holds (its history and K/V), with src's settings, that goes on
+ * independently: writes to one never show in the other, and both continue bit-identically to a
+ * session that computed the same history. On a shared cache (kvlm_cache_new) the two share src's
+ * full pages copy-on-write and only the last, partly filled page is copied, so a fork costs the page
+ * table and one page, whatever the length (beams, alternatives, "what if" branches); a session with
+ * a pool of its own gets a pool of its own too, with a copy of every page. src must be free (else
+ * KVLM_ERR_BUSY). Free the fork with kvlm_session_free, in any order. */
+KVLM_API kvlm_status kvlm_session_fork(kvlm_session *src, kvlm_session **out, kvlm_error *err);
+
 /* Saves the session (token history and K/V pages, zstd-compressed, with the
  * model's fingerprint and a checksum) to path, through a temporary file that
  * is flushed and renamed, so a crash never leaves a half-written file.

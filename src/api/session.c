@@ -85,6 +85,7 @@ kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params 
     }
     if (!st) {
         s->seq_config = sc;
+        s->params = p;
         st = kv_seq_init(&s->seq, s->cache->pool, &sc, err);
     }
     if (!st) st = kv_tpool_new(nth, &s->tpool, err);
@@ -94,6 +95,25 @@ kvlm_status kvlm_session_new(const kvlm_model *model, const kvlm_session_params 
         return st;
     }
     *out = s;
+    return KVLM_OK;
+}
+
+kvlm_status kvlm_session_fork(kvlm_session *src, kvlm_session **out, kvlm_error *err) {
+    kv_error_clear(err);
+    if (!src || !out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "fork: NULL argument");
+    *out = NULL;
+    if (!kv_session_acquire(src)) return kv_fail(err, KVLM_ERR_BUSY, "fork: the session is in use by another call");
+    /* the same settings; on a shared cache the same pool (pages shared), else a pool of its own */
+    kvlm_session *d = NULL;
+    kvlm_status st = kvlm_session_new(src->model, &src->params, &d, err);
+    if (!st) st = kv_seq_fork(&d->seq, &src->seq, err);
+    if (!st) d->n_consumed = src->n_consumed;
+    kv_session_release(src);
+    if (st) {
+        kvlm_session_free(d);
+        return st;
+    }
+    *out = d;
     return KVLM_OK;
 }
 

@@ -24,6 +24,7 @@ struct kvlm_session {
     bool own_cache;
     kv_seq seq;
     kv_seq_config seq_config;
+    kvlm_session_params params; /* as created (kvlm_session_fork makes another with them) */
     kv_tpool *tpool;
     kv_forward *fwd;
     int32_t n_consumed; /* tokens evaluated since the start (differs from seq.n after a shift) */

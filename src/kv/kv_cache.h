@@ -136,6 +136,8 @@ const kv_layout *kv_pool_layout(kv_page_pool *p, uint32_t type_k, uint32_t type_
 /* A private page of that layout (refs = 1), growing the pool or evicting a
  * cached page when needed; NULL when the pool is at its maximum. */
 kv_page *kv_pool_alloc(kv_page_pool *p, const kv_layout *l);
+/* Takes one more reference to a page the caller holds (a forked sequence shares it). */
+void kv_pool_retain(kv_page_pool *p, kv_page *pg);
 /* Drops one reference; an unreferenced indexed page is kept in the LRU,
  * anything else goes back to the free list. */
 void kv_pool_release(kv_page_pool *p, kv_page *pg);
@@ -256,6 +258,13 @@ void kv_seq_commit(kv_seq *s, int32_t n_new);
 void kv_seq_count_hits(kv_seq *s, int32_t n);
 /* Recomputes the hash chain of the full pages and indexes them (after a load). */
 void kv_seq_reindex(kv_seq *s);
+/* Makes dst (just initialized with src's configuration, empty) hold what src holds, token for token:
+   on the same pool the full pages are shared (a reference each: copy-on-write, since every write into
+   a held page — a rollback or a shift into it — first claims it, and a shared page is copied), and only
+   the partly filled last page is copied, so a fork costs the page table and one page; on another pool,
+   or for a ring (which overwrites its pages in place), every page is copied. On error dst is left
+   empty. */
+kvlm_status kv_seq_fork(kv_seq *dst, const kv_seq *src, kvlm_error *err);
 /* Drops slots past n (non-ring sequences). */
 kvlm_status kv_seq_truncate(kv_seq *s, int32_t n, kvlm_error *err);
 

@@ -336,6 +336,12 @@ static void free_superseded(kv_page_pool *p, kv_page *pg) {
     trim_to_target(p);
 }
 
+void kv_pool_retain(kv_page_pool *p, kv_page *pg) {
+    pthread_mutex_lock(&p->mu);
+    pg->refs++;
+    pthread_mutex_unlock(&p->mu);
+}
+
 void kv_pool_release(kv_page_pool *p, kv_page *pg) {
     if (!pg) return;
     pthread_mutex_lock(&p->mu);

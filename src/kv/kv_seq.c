@@ -777,3 +777,57 @@ void kv_seq_import_commit(kv_seq *dst, kv_seq *s, const kv_seq_desc *d) {
     memset(s, 0, sizeof *s);
     kv_seq_reindex(dst);
 }
+
+kvlm_status kv_seq_fork(kv_seq *dst, const kv_seq *src, kvlm_error *err) {
+    const bool ring = src->overflow == KVLM_OVERFLOW_RING;
+    if (dst->n || dst->overflow != src->overflow || dst->P != src->P || dst->n_ctx != src->n_ctx ||
+        dst->layout->type_k != src->layout->type_k || dst->layout->type_v != src->layout->type_v ||
+        (!ring && dst->n_pages > 1) || (ring && dst->n_pages != src->n_pages))
+        return kv_fail(err, KVLM_ERR_INTERNAL, "fork: the sequences differ in configuration");
+    if (!ensure_slots(dst, src->n_pages * src->P)) return kv_fail(err, KVLM_ERR_NOMEM, "fork: out of memory");
+    const bool share = dst->pool == src->pool && !ring;
+    const int32_t n_full = src->n / src->P, had = dst->n_pages;
+    kv_page **mine = ring ? NULL : calloc((size_t)(src->n_pages ? src->n_pages : 1), sizeof *mine);
+    if (!ring && !mine) return kv_fail(err, KVLM_ERR_NOMEM, "fork: out of memory");
+    for (int32_t j = 0; j < src->n_pages; j++) {
+        kv_page *sp = src->pages[j];
+        if (ring) { /* the ring's own pages exist already, in its one layout */
+            memcpy(dst->pages[j]->data, sp->data, sp->layout->page_bytes);
+            continue;
+        }
+        if (share && j < n_full) {
+            kv_pool_retain(src->pool, sp);
+            mine[j] = sp;
+            continue;
+        }
+        const kv_layout *l = kv_seq_page_layout(dst, sp->layout->type_k, sp->layout->type_v);
+        kv_page *pg = l ? kv_pool_alloc(dst->pool, l) : NULL;
+        if (!pg) {
+            for (int32_t i = 0; i < j; i++) kv_pool_release(dst->pool, mine[i]);
+            free(mine);
+            return kv_fail(err, KVLM_ERR_NOMEM, "fork: the page pool has no room for a copy of %d pages",
+                           src->n_pages - (share ? n_full : 0));
+        }
+        memcpy(pg->data, sp->data, l->page_bytes);
+        mine[j] = pg;
+    }
+    if (!ring) {
+        for (int32_t j = 0; j < had; j++) kv_pool_release(dst->pool, dst->pages[j]);
+        memcpy(dst->pages, mine, (size_t)src->n_pages * sizeof *mine);
+        dst->n_pages = src->n_pages;
+        free(mine);
+        if (n_full) memcpy(dst->keys, src->keys, (size_t)n_full * sizeof *dst->keys);
+    }
+    if (src->n) {
+        memcpy(dst->tokens, src->tokens, (size_t)src->n * sizeof *dst->tokens);
+        memcpy(dst->pos, src->pos, (size_t)src->n * sizeof *dst->pos);
+    }
+    dst->n = src->n;
+    dst->next_pos = src->next_pos;
+    dst->shareable = src->shareable;
+    dst->n_dropped = src->n_dropped;
+    dst->drop_hash = src->drop_hash;
+    kv_pool_count(dst->pool, KV_STAT_TOKENS, dst->n);
+    if (!share && !ring) kv_seq_reindex(dst); /* copies on another pool: indexed there */
+    return KVLM_OK;
+}
