@@ -8,8 +8,8 @@ N ?= 48
 # ON: compiler warnings are errors (KVLM_FATAL_WARNINGS; .ci/run builds that way)
 FATAL_WARNINGS ?= OFF
 
-.PHONY: all deps test-deps build test demo install sanitize tsan fuzz fuzz-build fuzz-corpus exports clean \
-	cross-arm64 test-arm64
+.PHONY: all deps test-deps build test demo install sanitize tsan coverage fuzz fuzz-build fuzz-corpus exports \
+	clean cross-arm64 test-arm64
 
 all: build
 
@@ -45,9 +45,13 @@ install: deps
 	@cmake --build $(BUILD) -j $(JOBS) --target kvlm kvlm_shared kvlm_cli -- --no-print-directory >/dev/null
 	@cmake --install $(BUILD) --prefix $(PREFIX)
 
-# The test suite under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The test suite under AddressSanitizer + UndefinedBehaviorSanitizer. COVERAGE=ON also instruments it
+# for gcov (what .ci/run does, then `scripts/coverage.sh --report build-san`: the coverage gate
+# without running the suite a second time; docs/TESTING.md).
+COVERAGE ?= OFF
 sanitize: test-deps
-	@cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DKVLM_SANITIZE=ON -DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
+	@cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DKVLM_SANITIZE=ON -DKVLM_COVERAGE=$(COVERAGE) \
+		-DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
 	@cmake --build build-san -j $(JOBS)
 	@cd build-san && ctest --output-on-failure -j $(JOBS)
 
@@ -61,6 +65,15 @@ tsan: test-deps
 	@cmake --build build-tsan -j $(JOBS)
 	@cd build-tsan && TSAN_OPTIONS="halt_on_error=1 abort_on_error=1 $(TSAN_OPTIONS)" \
 		ctest --output-on-failure -j $(JOBS) -R '^($(TSAN_TESTS))$$'
+
+# Line and branch coverage of the library (gcc --coverage, -O0, build-cov/): the suite, gcovr's
+# per-file report (build-cov/coverage/) and the gate of scripts/coverage_gate.txt (docs/TESTING.md).
+coverage:
+	@bash scripts/deps.sh coverage
+	@cmake -S . -B build-cov -DCMAKE_BUILD_TYPE=Debug -DKVLM_COVERAGE=ON -DKVLM_REQUIRE_TESTS=ON \
+		-DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
+	@cmake --build build-cov -j $(JOBS)
+	@bash scripts/coverage.sh build-cov $(JOBS)
 
 # libFuzzer targets (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs each for N seconds.
 FUZZ_SECONDS ?= 60
@@ -113,4 +126,4 @@ test-arm64: cross-arm64
 	done
 
 clean:
-	rm -rf $(BUILD) build-san build-tsan build-fuzz $(ARM_BUILD)
+	rm -rf $(BUILD) build-san build-tsan build-cov build-fuzz $(ARM_BUILD)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kvlm needs to build and test, if any are missing.
-# Usage: scripts/deps.sh [build|test|webtest|tsan|fuzz|arm64]   (--list MODE: print the packages, install nothing)
+# Usage: scripts/deps.sh [build|test|webtest|tsan|fuzz|coverage|arm64]   (--list MODE: print the packages, install nothing)
 #   test adds the test-only packages (and nodejs / npm if there is no node / npm); tsan the ThreadSanitizer runtime (gcc);
 #   fuzz clang and its libFuzzer/sanitizer runtimes (libclang-rt-14-dev); webtest what the web page's
 #   browser test needs besides test's (headless chromium and chromedriver: tests/web, ctest webui);
+#   coverage what test needs and gcovr (make coverage's report);
 #   arm64 the aarch64 cross compiler, qemu-user and the arm64 multiarch -dev packages of the libraries
 #   (make cross-arm64, make test-arm64; Debian only: it adds the arm64 architecture to dpkg).
 # Without apt-get (another distribution, macOS) nothing is installed: each
@@ -14,14 +15,16 @@ set -eu
 list=0
 if [ "${1:-}" = --list ]; then list=1; shift; fi
 want="cmake make gcc pkg-config libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev"
-case "${1:-build}" in
+mode=${1:-build}
+case "$mode" in
   build) ;;
-  test) want="$want libcmocka-dev python3-pytest python3-requests haproxy" # tests/server runs Debian's /usr/bin/python3
+  test | coverage) want="$want libcmocka-dev python3-pytest python3-requests haproxy" # tests/server runs Debian's /usr/bin/python3
     # haproxy: tests/server/test_haproxy.py (deploy/haproxy.cfg); optional without apt-get (that test skips)
     # tests/server/test_openai_node.py: the official OpenAI client runs on Node.js, installed with npm
     # (Debian's packages where the machine has no node / npm of its own)
     command -v node >/dev/null 2>&1 || want="$want nodejs"
-    command -v npm >/dev/null 2>&1 || want="$want npm" ;;
+    command -v npm >/dev/null 2>&1 || want="$want npm"
+    if [ "$mode" = coverage ]; then want="$want gcovr"; fi ;;
   webtest) want="$want python3-pytest python3-requests chromium chromium-driver" ;;
   tsan) want="$want libcmocka-dev libtsan2" ;;
   fuzz) want="$want clang libclang-rt-14-dev" ;;
@@ -29,7 +32,7 @@ case "${1:-build}" in
     for p in libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev libcmocka-dev; do
       want="$want $p:arm64"
     done ;;
-  *) echo "usage: scripts/deps.sh [build|test|webtest|tsan|fuzz|arm64]" >&2; exit 2 ;;
+  *) echo "usage: scripts/deps.sh [build|test|webtest|tsan|fuzz|coverage|arm64]" >&2; exit 2 ;;
 esac
 if [ $list = 1 ]; then echo "$want" | tr ' ' '\n'; exit 0; fi
 
@@ -59,6 +62,7 @@ probe() {
     libtsan2) echo "cc:-fsanitize=thread|libtsan|(Xcode's clang)" ;;
     clang) echo "cmd:clang|clang|llvm" ;;
     libclang-rt-14-dev) echo "cc:-fsanitize=fuzzer|compiler-rt|llvm" ;;
+    gcovr) echo "cmd:gcovr|gcovr|gcovr" ;;
   esac
 }
 
