@@ -800,16 +800,23 @@ static void gauge(sbuf *b, const char *name, const char *help, double v) {
     sb_printf(b, "# HELP kvlm:%s %s\n# TYPE kvlm:%s gauge\nkvlm:%s %.17g\n", name, help, name, name, v);
 }
 
-char *srv_metrics_text(srv_engine *e) {
+/* The counters and the slots' state at one moment (under the engine's lock). */
+static void snapshot(srv_engine *e, srv_metrics *m, int *running, int *prefilling, int *waiting) {
     pthread_mutex_lock(&e->mu);
-    srv_metrics m = e->m;
-    int running = 0, prefilling = 0;
+    *m = e->m;
+    *running = *prefilling = 0;
     for (int i = 0; i < e->parallel; i++) {
-        running += e->slots[i].job != NULL;
-        prefilling += e->slots[i].job != NULL && e->slots[i].prefilling;
+        *running += e->slots[i].job != NULL;
+        *prefilling += e->slots[i].job != NULL && e->slots[i].prefilling;
     }
-    int waiting = e->n_waiting;
+    *waiting = e->n_waiting;
     pthread_mutex_unlock(&e->mu);
+}
+
+char *srv_metrics_text(srv_engine *e) {
+    srv_metrics m;
+    int running, prefilling, waiting;
+    snapshot(e, &m, &running, &prefilling, &waiting);
     sbuf b = {0};
     gauge(&b, "requests_running", "Sequences in a slot (prefilling or decoding).", running);
     gauge(&b, "requests_prefilling", "Sequences of those still reading their prompt.", prefilling);
@@ -847,15 +854,9 @@ char *srv_metrics_text(srv_engine *e) {
 }
 
 char *srv_kv_json(srv_engine *e) {
-    pthread_mutex_lock(&e->mu);
-    srv_metrics m = e->m;
-    int running = 0, prefilling = 0;
-    for (int i = 0; i < e->parallel; i++) {
-        running += e->slots[i].job != NULL;
-        prefilling += e->slots[i].job != NULL && e->slots[i].prefilling;
-    }
-    int waiting = e->n_waiting;
-    pthread_mutex_unlock(&e->mu);
+    srv_metrics m;
+    int running, prefilling, waiting;
+    snapshot(e, &m, &running, &prefilling, &waiting);
     const kvlm_kv_stats *k = &m.kv;
     const double hit_rate = m.prefix_queries ? (double)m.prefix_hits / (double)m.prefix_queries : 0.0;
     sbuf b = {0};
