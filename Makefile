@@ -53,6 +53,7 @@ sanitize: test-deps
 	@cmake -S . -B build-san -DCMAKE_BUILD_TYPE=Debug -DKVLM_SANITIZE=ON -DKVLM_COVERAGE=$(COVERAGE) \
 		-DKVLM_FATAL_WARNINGS=$(FATAL_WARNINGS) >/dev/null
 	@cmake --build build-san -j $(JOBS)
+	@if [ "$(COVERAGE)" = ON ]; then find build-san -name '*.gcda' -delete; fi # counters of this run only
 	@cd build-san && ctest --output-on-failure -j $(JOBS)
 
 # The tests that use threads (the pool, concurrent sessions on a shared cache,

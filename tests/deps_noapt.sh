@@ -21,7 +21,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 nopath() { env PATH="$tmp/bin" "$@"; }
 nopath bash -c 'command -v apt-get' >/dev/null && fail "apt-get found"
 
-for mode in build test; do
+for mode in build test coverage; do
   out=$(nopath bash "$root/scripts/deps.sh" $mode 2>&1) || fail "deps.sh $mode without apt-get, all present: $out"
   [ -z "$out" ] || fail "deps.sh $mode printed: $out"
 done
