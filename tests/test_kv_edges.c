@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -58,6 +59,35 @@ void *__wrap_calloc(size_t n, size_t size) { return inject() ? NULL : __real_cal
 void *__wrap_realloc(void *p, size_t n) { return inject() ? NULL : __real_realloc(p, n); }
 void *__wrap_aligned_alloc(size_t align, size_t n) { return inject() ? NULL : __real_aligned_alloc(align, n); }
 char *__wrap_strdup(const char *s) { return inject() ? NULL : __real_strdup(s); }
+/* the disk tier's spilling thread: its start refused (once), its compression held back or failing */
+#include <pthread.h>
+#include <zstd.h>
+int __real_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
+size_t __real_ZSTD_compressCCtx(ZSTD_CCtx *c, void *dst, size_t cap, const void *src, size_t n, int level);
+size_t __wrap_ZSTD_compressCCtx(ZSTD_CCtx *c, void *dst, size_t cap, const void *src, size_t n, int level);
+static atomic_bool g_no_thread, g_zstd_fail;
+static pthread_mutex_t g_zmu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_zcv = PTHREAD_COND_INITIALIZER;
+static bool g_zstd_hold;
+int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg) {
+    if (atomic_exchange(&g_no_thread, false)) return 11; /* EAGAIN */
+    return __real_pthread_create(t, a, fn, arg);
+}
+size_t __wrap_ZSTD_compressCCtx(ZSTD_CCtx *c, void *dst, size_t cap, const void *src, size_t n, int level) {
+    pthread_mutex_lock(&g_zmu);
+    while (g_zstd_hold) pthread_cond_wait(&g_zcv, &g_zmu);
+    pthread_mutex_unlock(&g_zmu);
+    if (atomic_exchange(&g_zstd_fail, false)) return (size_t)-1; /* ZSTD_error_GENERIC */
+    return __real_ZSTD_compressCCtx(c, dst, cap, src, n, level);
+}
+static void zstd_hold(bool on) {
+    pthread_mutex_lock(&g_zmu);
+    g_zstd_hold = on;
+    pthread_cond_broadcast(&g_zcv);
+    pthread_mutex_unlock(&g_zmu);
+}
+
 static void arm(long k) {
     g_count = 0;
     g_fail_at = k;
@@ -621,9 +651,19 @@ static void test_disk_alloc_failures(void **state) {
         d = NULL;
         kvlm_status st = kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err);
         int hits = -1;
+        static dpage fresh; /* a page never spilled before: the queue's and the writer's allocations */
+        fresh = pg[1];
+        fresh.tokens[0] = 500000 + (int32_t)k;
+        fresh.key = kv_page_key(fresh.parent, fresh.tokens, DP);
         if (st == KVLM_OK) {
             hits = load_all(d, pg); /* what the re-index found */
             spill_all(d, pg);
+            const kv_disk_page fp = as_disk(&fresh);
+            kv_disk_spill(d, &fp, true);
+            kv_disk_drain(d);
+            static uint8_t back[DPAGE];
+            if (kv_disk_load(d, fresh.key, fresh.parent, fresh.tokens, KV_F32, KV_F32, back, DPAGE))
+                assert_memory_equal(back, fresh.data, DPAGE);
             kv_disk_close(d); /* writes the index */
         }
         atomic_store(&g_armed_all, false);
@@ -673,12 +713,168 @@ static void test_disk_alloc_failures(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* kv_disk_open's refusals: a zstd level outside 1..19, a directory that cannot be made, a lock file
+   that is not a regular file, a spilling thread that cannot start; each leaves nothing open (the
+   directory opens right after). */
+static void test_disk_refusals(void **state) {
+    (void)state;
+    char dir[96], path[128];
+    snprintf(dir, sizeof dir, "/tmp/kvlm-kvedges-dref-%ld", (long)getpid());
+    kv_disk *d = (kv_disk *)&d;
+    kvlm_error err;
+    expect(kv_disk_open(dir, 1 << 20, 20, &k_geom, &d, &err), KVLM_ERR_INVALID_ARG, &err, "zstd level 20 is outside 1..19");
+    assert_null(d);
+    /* under a regular file */
+    FILE *f = fopen(dir, "w");
+    assert_non_null(f);
+    fclose(f);
+    snprintf(path, sizeof path, "%s/tier", dir);
+    expect(kv_disk_open(path, 1 << 20, 1, &k_geom, &d, &err), KVLM_ERR_IO, &err, "cannot create");
+    assert_int_equal(unlink(dir), 0);
+    /* the lock file is a directory */
+    assert_int_equal(mkdir(dir, 0700), 0);
+    snprintf(path, sizeof path, "%s/lock", dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    expect(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_ERR_IO, &err, "cannot open the lock file");
+    assert_int_equal(rmdir(path), 0);
+    /* no thread */
+    atomic_store(&g_no_thread, true);
+    expect(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_ERR_INTERNAL, &err, "cannot start the spilling thread");
+    assert_null(d);
+    assert_int_equal(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_OK); /* the lock was released */
+    kv_disk_close(d);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Pages still queued (the spilling thread held back in zstd): a read back gets the queued copy (and
+   not for another prefix); enough queued pages grow the tier's table; a compression that fails drops
+   its page; a page whose types do not fit the tier's rows is not taken; a page file replaced by a FIFO,
+   or whose header names another version or geometry, is refused and removed. */
+static void test_disk_pending_and_bad(void **state) {
+    (void)state;
+    enum { MANY = 300 };
+    static dpage pg[DN];
+    make_pages(pg);
+    char dir[96];
+    snprintf(dir, sizeof dir, "/tmp/kvlm-kvedges-dpend-%ld", (long)getpid());
+    kv_disk *d = NULL;
+    kvlm_error err;
+    assert_int_equal(kv_disk_open(dir, 16 << 20, 1, &k_geom, &d, &err), KVLM_OK);
+    zstd_hold(true);
+    kv_disk_page dp = as_disk(&pg[0]);
+    kv_disk_spill(d, &dp, false);
+    uint8_t got[DPAGE];
+    assert_true(kv_disk_contains(d, pg[0].key, KV_F32, KV_F32));
+    assert_true(kv_disk_load(d, pg[0].key, pg[0].parent, pg[0].tokens, KV_F32, KV_F32, got, DPAGE));
+    assert_memory_equal(got, pg[0].data, DPAGE);
+    assert_false(kv_disk_load(d, pg[0].key, pg[0].parent ^ 1, pg[0].tokens, KV_F32, KV_F32, got, DPAGE));
+    /* many more queued pages: more entries than the table's first buckets */
+    static dpage extra;
+    extra = pg[1];
+    for (int i = 0; i < MANY; i++) {
+        extra.tokens[0] = 100000 + i;
+        extra.key = kv_page_key(extra.parent, extra.tokens, DP);
+        dp = as_disk(&extra);
+        kv_disk_spill(d, &dp, false);
+    }
+    zstd_hold(false);
+    kv_disk_drain(d);
+    kvlm_kv_stats st;
+    memset(&st, 0, sizeof st);
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_writes, MANY + 1);
+    assert_int_equal(st.disk_dropped, 0);
+    for (int i = 0; i < MANY; i += 37) {
+        extra.tokens[0] = 100000 + i;
+        extra.key = kv_page_key(extra.parent, extra.tokens, DP);
+        assert_true(kv_disk_load(d, extra.key, extra.parent, extra.tokens, KV_F32, KV_F32, got, DPAGE));
+        assert_memory_equal(got, extra.data, DPAGE);
+    }
+    /* a compression that fails: the page is dropped */
+    atomic_store(&g_zstd_fail, true);
+    dp = as_disk(&pg[1]);
+    kv_disk_spill(d, &dp, true);
+    kv_disk_drain(d);
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_dropped, 1);
+    assert_false(kv_disk_contains(d, pg[1].key, KV_F32, KV_F32));
+    /* Q8_0 rows of a page claiming the F32 size: not the tier's geometry, not taken */
+    kv_disk_page q8 = as_disk(&pg[2]);
+    q8.type_k = q8.type_v = KV_Q8_0;
+    kv_disk_spill(d, &q8, true);
+    kv_disk_drain(d);
+    assert_false(kv_disk_contains(d, pg[2].key, KV_Q8_0, KV_Q8_0));
+    /* on a tier of rows of 16 values Q8_0 rows (blocks of 32) do not exist: not taken */
+    char dir16[112];
+    snprintf(dir16, sizeof dir16, "%s-16", dir);
+    const kv_disk_geom g16 = {{0x1234, 0x5678}, DP, 1, 16};
+    kv_disk *d16 = NULL;
+    assert_int_equal(kv_disk_open(dir16, 16 << 20, 1, &g16, &d16, &err), KVLM_OK);
+    q8.bytes = DP * 16 * 4 * 2;
+    kv_disk_spill(d16, &q8, true);
+    kv_disk_drain(d16);
+    assert_false(kv_disk_contains(d16, pg[2].key, KV_Q8_0, KV_Q8_0));
+    kv_disk_close(d16);
+    char rm16[160];
+    snprintf(rm16, sizeof rm16, "rm -rf %s", dir16);
+    assert_int_equal(system(rm16), 0);
+    /* page 0's file replaced by a FIFO: the read back refuses it and forgets the page */
+    char name[160];
+    snprintf(name, sizeof name, "%s/%016llx-%02x%02x.kvpage", dir, (unsigned long long)pg[0].key, KV_F32, KV_F32);
+    assert_int_equal(unlink(name), 0);
+    assert_int_equal(mkfifo(name, 0600), 0);
+    assert_false(kv_disk_load(d, pg[0].key, pg[0].parent, pg[0].tokens, KV_F32, KV_F32, got, DPAGE));
+    const int64_t rejected = st.disk_rejected;
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_rejected, rejected + 1);
+    assert_false(kv_disk_contains(d, pg[0].key, KV_F32, KV_F32));
+    assert_int_equal(access(name, F_OK), -1); /* and removes what was at its name */
+    kv_disk_close(d);
+    /* two files edited: another version, another page size; the re-index removes both */
+    char f1[160], f2[160];
+    extra.tokens[0] = 100000;
+    extra.key = kv_page_key(extra.parent, extra.tokens, DP);
+    snprintf(f1, sizeof f1, "%s/%016llx-%02x%02x.kvpage", dir, (unsigned long long)extra.key, KV_F32, KV_F32);
+    extra.tokens[0] = 100001;
+    extra.key = kv_page_key(extra.parent, extra.tokens, DP);
+    snprintf(f2, sizeof f2, "%s/%016llx-%02x%02x.kvpage", dir, (unsigned long long)extra.key, KV_F32, KV_F32);
+    FILE *fp = fopen(f1, "r+b");
+    assert_non_null(fp);
+    kv_disk_header h;
+    assert_int_equal(fread(&h, sizeof h, 1, fp), 1);
+    h.version++;
+    rewind(fp);
+    assert_int_equal(fwrite(&h, sizeof h, 1, fp), 1);
+    fclose(fp);
+    fp = fopen(f2, "r+b");
+    assert_non_null(fp);
+    assert_int_equal(fread(&h, sizeof h, 1, fp), 1);
+    h.page_tokens *= 2;
+    rewind(fp);
+    assert_int_equal(fwrite(&h, sizeof h, 1, fp), 1);
+    fclose(fp);
+    assert_int_equal(kv_disk_open(dir, 16 << 20, 1, &k_geom, &d, &err), KVLM_OK);
+    memset(&st, 0, sizeof st);
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_rejected, 2);
+    assert_int_equal(st.disk_pages, MANY - 2);
+    assert_int_equal(access(f1, F_OK), -1);
+    assert_int_equal(access(f2, F_OK), -1);
+    kv_disk_close(d);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_refusals),  cmocka_unit_test(test_init_alloc_failures),
         cmocka_unit_test(test_pass_limits),    cmocka_unit_test(test_shift_runs_out),
         cmocka_unit_test(test_export_checks),  cmocka_unit_test(test_import_checks),
         cmocka_unit_test(test_codec_head),     cmocka_unit_test(test_disk_alloc_failures),
+        cmocka_unit_test(test_disk_refusals),  cmocka_unit_test(test_disk_pending_and_bad),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
