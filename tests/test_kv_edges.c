@@ -891,6 +891,69 @@ static void test_disk_pending_and_bad(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* A full write queue (at least 8 pages and 64 MiB waiting: the spilling thread held back): a spill
+   that may not wait is dropped, one that may waits for room and is then written. Pages of 8 MiB. */
+enum { BP = 256, BKVD = 4096 };
+static const kv_disk_geom k_big = {{0x1234, 0x5678}, BP, 1, BKVD};
+typedef struct big_spill {
+    kv_disk *d;
+    kv_disk_page pg;
+} big_spill;
+static void *spill_waiting(void *arg) {
+    big_spill *b = arg;
+    kv_disk_spill(b->d, &b->pg, true);
+    return NULL;
+}
+static void test_disk_queue_full(void **state) {
+    (void)state;
+    const uint64_t bytes = (uint64_t)BP * BKVD * 4 * 2;
+    uint8_t *data = malloc(bytes);
+    assert_non_null(data);
+    for (uint64_t i = 0; i < bytes; i++) data[i] = (uint8_t)(i * 13 + (i >> 12));
+    static int32_t toks[10][BP];
+    uint64_t keys[10];
+    for (int p = 0; p < 10; p++) {
+        for (int t = 0; t < BP; t++) toks[p][t] = p * 1000 + t;
+        keys[p] = kv_page_key(77, toks[p], BP);
+    }
+    char dir[96];
+    snprintf(dir, sizeof dir, "/tmp/kvlm-kvedges-dfull-%ld", (long)getpid());
+    kv_disk *d = NULL;
+    kvlm_error err;
+    assert_int_equal(kv_disk_open(dir, 1ll << 30, 1, &k_big, &d, &err), KVLM_OK);
+    zstd_hold(true);
+    for (int p = 0; p < 8; p++) {
+        const kv_disk_page pg = {keys[p], 77, KV_F32, KV_F32, toks[p], data, bytes};
+        kv_disk_spill(d, &pg, false);
+    }
+    kvlm_kv_stats st;
+    memset(&st, 0, sizeof st);
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_dropped, 0);
+    const kv_disk_page ninth = {keys[8], 77, KV_F32, KV_F32, toks[8], data, bytes};
+    kv_disk_spill(d, &ninth, false); /* the queue is full: dropped */
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_dropped, 1);
+    assert_false(kv_disk_contains(d, keys[8], KV_F32, KV_F32));
+    big_spill b = {d, {keys[9], 77, KV_F32, KV_F32, toks[9], data, bytes}};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, spill_waiting, &b), 0);
+    usleep(300 * 1000); /* it waits for room */
+    assert_false(kv_disk_contains(d, keys[9], KV_F32, KV_F32));
+    zstd_hold(false);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    kv_disk_drain(d);
+    kv_disk_stats(d, &st);
+    assert_int_equal(st.disk_writes, 9);
+    assert_int_equal(st.disk_dropped, 1);
+    assert_true(kv_disk_contains(d, keys[9], KV_F32, KV_F32));
+    kv_disk_close(d);
+    free(data);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_refusals),  cmocka_unit_test(test_init_alloc_failures),
@@ -898,6 +961,7 @@ int main(void) {
         cmocka_unit_test(test_export_checks),  cmocka_unit_test(test_import_checks),
         cmocka_unit_test(test_codec_head),     cmocka_unit_test(test_disk_alloc_failures),
         cmocka_unit_test(test_disk_refusals),  cmocka_unit_test(test_disk_pending_and_bad),
+        cmocka_unit_test(test_disk_queue_full),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
