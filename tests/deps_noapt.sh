@@ -55,7 +55,7 @@ if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/
 fi
 mkdir "$tmp/bin2"
 for f in "$tmp"/bin/*; do
-  case $(basename "$f") in aarch64-linux-gnu-gcc | qemu-aarch64) ;; *) ln -s "$(readlink "$f")" "$tmp/bin2/" ;; esac
+  case $(basename "$f") in aarch64-linux-gnu-gcc | qemu-aarch64) ;; *) cp -P "$f" "$tmp/bin2/" ;; esac
 done
 out=$(env PATH="$tmp/bin2" bash "$root/scripts/deps.sh" arm64 2>&1)
 rc=$?
