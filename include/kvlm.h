@@ -82,7 +82,7 @@ KVLM_API const char *kvlm_version(void);
  * found: "avx512 (...)", "avx2 (...)" or "scalar (...)"); a static string. */
 KVLM_API const char *kvlm_cpu_features(void);
 
-/* A short, static name for a status ("ok", "format", ...). */
+/* A short, static name for a status ("ok", "format error", ...; "unknown" for a value that is none). */
 KVLM_API const char *kvlm_status_name(kvlm_status s);
 
 typedef int32_t kvlm_token;

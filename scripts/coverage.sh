@@ -28,9 +28,11 @@ if [ -z "$(find "$build" -name '*.gcda' -print -quit)" ]; then
 fi
 out="$build/coverage"
 mkdir -p "$out"
-# one gcov pass into gcovr's JSON, then the reports from it (no -j: gcovr 5.2 hung with it here)
+# one gcov pass into gcovr's JSON, then the reports from it (no -j: gcovr 5.2 hung with it here); the
+# counters searched for in $build only (gcovr's default, the whole tree, would merge those of other
+# build directories, of other sources, and fail)
 gcovr -r "$root" --object-directory "$build" --filter 'src/' --gcov-ignore-parse-errors \
-  --json "$out/coverage.json" >/dev/null
+  --json "$out/coverage.json" "$build" >/dev/null
 gcovr -a "$out/coverage.json" -r "$root" --txt "$out/lines.txt" \
   --json-summary-pretty --json-summary "$out/summary.json"
 gcovr -a "$out/coverage.json" -r "$root" --branches --txt "$out/branches.txt"

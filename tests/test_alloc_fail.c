@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "test_util.h"
+#include "api/session_impl.h"
 
 #define AIDREAMS KVLM_MODELS_DIR "/llama/aidreams260K-f32.gguf"
 
@@ -275,6 +276,102 @@ static void policy_steps(long k, float *out) {
 }
 static void policy(long k) { policy_steps(k, g_policy_ref); }
 
+/* The n_past contract with all logits over a history that differs from tokens[0, n_past): the rows
+ * from the common prefix are computed into a temporary, the caller gets those from n_past on. */
+static kvlm_token g_alt[12];
+static float *g_alt_ref; /* kvlm_eval_full's rows of g_alt */
+static void recompute(long k) {
+    kvlm_session *s = session(g_model, 32);
+    kvlm_error err;
+    if (kvlm_eval(s, g_tok, 8, 0, NULL, false, &err) != KVLM_OK) fail_msg("eval: %s", err.msg);
+    float *rows = malloc(4 * (size_t)g_vocab * sizeof *rows);
+    arm(k);
+    const kvlm_status st = kvlm_eval(s, g_alt, 12, 8, rows, true, &err);
+    disarm();
+    if (ok_or_nomem(st, &err, "eval with all logits"))
+        assert_memory_equal(rows, g_alt_ref + 8 * (size_t)g_vocab, 4 * (size_t)g_vocab * sizeof *rows);
+    else
+        assert_true(kvlm_session_n_past(s) <= 12);
+    free(rows);
+    check_continues(s, 30, ref_row(29));
+    kvlm_session_free(s);
+}
+
+/* A text stream's stop strings are copied: each copy's allocation failing gives NOMEM and no stream. */
+static void text_stream(long k) {
+    static const char *const stops[3] = {"</s>", "\n\n", "User:"};
+    kvlm_text_stream *ts = (kvlm_text_stream *)&ts;
+    kvlm_error err;
+    arm(k);
+    const kvlm_status st = kvlm_text_stream_new(g_model, stops, 3, &ts, &err);
+    disarm();
+    if (!ok_or_nomem(st, &err, "text_stream_new")) {
+        assert_null(ts);
+        return;
+    }
+    const char *text;
+    size_t len;
+    bool stopped;
+    if (kvlm_text_stream_push(ts, g_tok[1], true, &text, &len, &stopped, &err) != KVLM_OK) fail_msg("push: %s", err.msg);
+    char piece[256];
+    const int32_t pl = kvlm_token_to_piece(g_model, g_tok[1], piece, (int32_t)sizeof piece, false);
+    assert_true(pl >= 0 && (size_t)pl == len);
+    assert_memory_equal(text, piece, len);
+    kvlm_text_stream_free(ts);
+}
+
+/* A gemma3 session (its sliding-window layers in a ring of their own: the per-layer flags, the ring's
+ * pages and tables) created with each allocation failing in turn: NOMEM and no session, or a session
+ * that evaluates to kvlm_eval_full's logits. The model comes from `kvlm synth`. */
+static char g_g3_dir[64], g_g3_path[128];
+static kvlm_model *g_g3;
+static float g_g3_ref[512];
+static kvlm_token g_g3_tok[20];
+static void gemma3_session(long k) {
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 256; /* a ring of 8 + a pass holds fewer pages than the context: the ring is used */
+    p.n_threads = 1;
+    kvlm_session *s = (kvlm_session *)&s;
+    kvlm_error err;
+    arm(k);
+    const kvlm_status st = kvlm_session_new(g_g3, &p, &s, &err);
+    disarm();
+    if (!ok_or_nomem(st, &err, "gemma3 session_new")) {
+        assert_null(s);
+        return;
+    }
+    assert_int_equal(s->seq.swa_cap, 64); /* the ring: 8 + 32 slots in pages of 32 */
+    float got[512];
+    if (kvlm_eval(s, g_g3_tok, 20, 0, got, false, &err) != KVLM_OK) fail_msg("gemma3 eval: %s", err.msg);
+    assert_memory_equal(got, g_g3_ref, sizeof got);
+    kvlm_session_free(s);
+}
+
+/* Loading a file of more pages than a fresh session's slot arrays hold (150 tokens in pages of 16:
+ * the arrays grow), with each allocation failing in turn: NOMEM, the session left empty, or loaded;
+ * then it continues to kvlm_eval_full's logits. */
+enum { NL_TOK = 151 };
+static kvlm_token g_long[NL_TOK];
+static float *g_long_ref; /* the last row of eval_full(g_long) */
+static const char *g_long_file;
+static void long_load(long k) {
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 192;
+    p.n_threads = 1;
+    p.cache_params.page_tokens = 16;
+    kvlm_session *t = session_with(g_model, &p);
+    kvlm_error err;
+    arm(k);
+    const kvlm_status st = kvlm_session_load(t, g_long_file, &err);
+    disarm();
+    assert_int_equal(kvlm_session_n_past(t), ok_or_nomem(st, &err, "load") ? NL_TOK - 1 : 0);
+    float *got = malloc((size_t)g_vocab * sizeof *got);
+    if (kvlm_eval(t, g_long, NL_TOK, KVLM_AUTO, got, false, &err) != KVLM_OK) fail_msg("continue: %s", err.msg);
+    assert_memory_equal(got, g_long_ref, (size_t)g_vocab * sizeof *got);
+    free(got);
+    kvlm_session_free(t);
+}
+
 static void test_plain(void **state) {
     (void)state;
     char path[256];
@@ -303,11 +400,74 @@ static void test_policies(void **state) {
     free(g_policy_ref);
 }
 
+static void test_recompute(void **state) {
+    (void)state;
+    memcpy(g_alt, g_tok, sizeof g_alt);
+    g_alt[3] = g_tok[3] == 5 ? 6 : 5;
+    g_alt_ref = malloc(12 * (size_t)g_vocab * sizeof(float));
+    kvlm_error err;
+    if (kvlm_eval_full(g_model, g_alt, 12, g_alt_ref, true, &err) != KVLM_OK) fail_msg("eval_full: %s", err.msg);
+    assert_true(every_allocation(recompute) > 1);
+    free(g_alt_ref);
+}
+
+static void test_text_stream(void **state) {
+    (void)state;
+    assert_true(every_allocation(text_stream) >= 4); /* the stream and its three stop strings */
+}
+
+static void test_gemma3_session(void **state) {
+    (void)state;
+    strcpy(g_g3_dir, "/tmp/kvlm-allocfail-XXXXXX");
+    assert_non_null(mkdtemp(g_g3_dir));
+    snprintf(g_g3_path, sizeof g_g3_path, "%s/g3.gguf", g_g3_dir);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "%s/kvlm synth %s --arch gemma3 --dim 128 --layers 6 --heads 2 --kv-heads 1 --head-dim 64 --ff 256 "
+             "--vocab 512 --type f32 --sliding-window 8 >/dev/null",
+             KVLM_BIN_DIR, g_g3_path);
+    assert_int_equal(system(cmd), 0);
+    g_g3 = load(g_g3_path);
+    assert_int_equal(kvlm_n_vocab(g_g3), 512);
+    seq(g_g3_tok, 20, 512, 5);
+    kvlm_error err;
+    if (kvlm_eval_full(g_g3, g_g3_tok, 20, g_g3_ref, false, &err) != KVLM_OK) fail_msg("eval_full: %s", err.msg);
+    assert_true(every_allocation(gemma3_session) > 5);
+    kvlm_model_free(g_g3);
+    unlink(g_g3_path);
+    rmdir(g_g3_dir);
+}
+
+static void test_long_load(void **state) {
+    (void)state;
+    char path[256];
+    g_long_file = tmp_path(path, sizeof path, "allocfail-long", ".kvs");
+    seq(g_long, NL_TOK, g_vocab, 77);
+    g_long_ref = malloc((size_t)g_vocab * sizeof(float));
+    kvlm_error err;
+    if (kvlm_eval_full(g_model, g_long, NL_TOK, g_long_ref, false, &err) != KVLM_OK) fail_msg("eval_full: %s", err.msg);
+    kvlm_session_params p = kvlm_session_default_params();
+    p.n_ctx = 192;
+    p.n_threads = 1;
+    p.cache_params.page_tokens = 16;
+    kvlm_session *s = session_with(g_model, &p);
+    if (kvlm_eval(s, g_long, NL_TOK - 1, 0, NULL, false, &err) != KVLM_OK) fail_msg("eval: %s", err.msg);
+    if (kvlm_session_save(s, g_long_file, &err) != KVLM_OK) fail_msg("save: %s", err.msg);
+    kvlm_session_free(s);
+    assert_true(every_allocation(long_load) > 3);
+    remove(g_long_file);
+    free(g_long_ref);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_plain),
         cmocka_unit_test(test_shared),
         cmocka_unit_test(test_policies),
+        cmocka_unit_test(test_recompute),
+        cmocka_unit_test(test_text_stream),
+        cmocka_unit_test(test_gemma3_session),
+        cmocka_unit_test(test_long_load),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

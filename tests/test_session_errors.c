@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -226,6 +228,111 @@ static void test_stats_json(void **state) {
     kvlm_session_free(s);
 }
 
+/* The n_past contract with all_logits when the history differs from tokens[0..n_past): the session
+ * recomputes from the common prefix, and logits gets exactly the rows n_past..n_tokens-1 (the buffer
+ * holds no more), equal to kvlm_eval_full's rows; the recomputed tokens are counted. */
+static void test_all_logits_recompute(void **state) {
+    (void)state;
+    kvlm_session *s = session(g_model, 32);
+    kvlm_token t[12];
+    seq(t, 12, g_vocab, 9);
+    kvlm_error err;
+    if (kvlm_eval(s, t, 8, 0, NULL, false, &err) != KVLM_OK) fail_msg("eval: %s", err.msg);
+    kvlm_token u[12];
+    memcpy(u, t, sizeof u);
+    u[3] = t[3] == 5 ? 6 : 5; /* differs from the history at 3 */
+    const size_t V = (size_t)g_vocab;
+    float *rows = malloc(4 * V * sizeof *rows), *ref = malloc(12 * V * sizeof *ref);
+    if (kvlm_eval(s, u, 12, 8, rows, true, &err) != KVLM_OK) fail_msg("eval: %s", err.msg);
+    if (kvlm_eval_full(g_model, u, 12, ref, true, &err) != KVLM_OK) fail_msg("eval_full: %s", err.msg);
+    assert_memory_equal(rows, ref + 8 * V, 4 * V * sizeof *rows);
+    kvlm_kv_stats st;
+    kvlm_session_get_stats(s, &st);
+    assert_int_equal(st.recomputed, 5); /* positions 3..7 */
+    assert_int_equal(kvlm_session_n_past(s), 12);
+    free(rows);
+    free(ref);
+    kvlm_session_free(s);
+}
+
+/* Files that are not regular files (a socket, a block device) are refused by name, and session files
+ * cut inside the header or right after it (resealed, so only the length is wrong) are truncated. */
+static void test_odd_files(void **state) {
+    (void)state;
+    kvlm_session *s = session(g_model, 32);
+    kvlm_token t[6];
+    seq(t, 6, g_vocab, 13);
+    kvlm_error err;
+    if (kvlm_eval(s, t, 5, 0, NULL, false, &err) != KVLM_OK) fail_msg("eval: %s", err.msg);
+
+    char path[128];
+    tmp_path(path, sizeof path, "seserr-sock", ".kvs");
+    unlink(path);
+    const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    assert_true(strlen(path) < sizeof a.sun_path);
+    strcpy(a.sun_path, path);
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    expect(kvlm_session_load(s, path, &err), KVLM_ERR_INVALID_ARG, &err, "is a socket; refused");
+    expect(kvlm_session_save(s, path, &err), KVLM_ERR_INVALID_ARG, &err, "is a socket; refused");
+    close(fd);
+    unlink(path);
+    /* a block device, where the machine has one (lstat: refused without being opened) */
+    static const char *const blk[] = {"/dev/loop0", "/dev/vda", "/dev/sda", "/dev/nvme0n1", "/dev/xvda"};
+    for (size_t i = 0; i < sizeof blk / sizeof *blk; i++) {
+        struct stat st;
+        if (lstat(blk[i], &st) != 0 || !S_ISBLK(st.st_mode)) continue;
+        expect(kvlm_session_load(s, blk[i], &err), KVLM_ERR_INVALID_ARG, &err, "is a block device; refused");
+        break;
+    }
+
+    /* cut in the header (its first 80 bytes are a version 1 header's length) and right after it */
+    char good[128];
+    tmp_path(good, sizeof good, "seserr-cut", ".kvs");
+    if (kvlm_session_save(s, good, &err) != KVLM_OK) fail_msg("save: %s", err.msg);
+    img m = slurp(good);
+    assert_true(m.n > sizeof(kv_ses_header) + 8);
+    const size_t cuts[2] = {KV_SES_V1_HEADER, sizeof(kv_ses_header)};
+    for (int i = 0; i < 2; i++) {
+        img c = {malloc(cuts[i] + 8), cuts[i] + 8};
+        memcpy(c.p, m.p, cuts[i]);
+        const uint64_t sum = kv_session_checksum(c.p, cuts[i]);
+        memcpy(c.p + cuts[i], &sum, 8);
+        spit(path, &c);
+        expect(kvlm_session_load(s, path, &err), KVLM_ERR_FORMAT, &err, "is truncated");
+        free(c.p);
+    }
+    unlink(path);
+    free(m.p);
+    unlink(good);
+    assert_continues(s, t, 5, t[5]);
+    kvlm_session_free(s);
+}
+
+/* kv_session_append_locked (the draft and beam sessions' feed, session_impl.h): tokens outside the
+ * vocabulary and a history past the context are refused before anything is computed; then it appends
+ * and the session continues as eval_full. */
+static void test_append_locked(void **state) {
+    (void)state;
+    kvlm_session *s = session(g_model, 8);
+    kvlm_token t[9];
+    seq(t, 9, g_vocab, 17);
+    kvlm_error err;
+    if (kvlm_eval(s, t, 4, 0, NULL, false, &err) != KVLM_OK) fail_msg("eval: %s", err.msg);
+    assert_true(kv_session_acquire(s));
+    const kvlm_token bad[2] = {t[4], (kvlm_token)g_vocab};
+    expect(kv_session_append_locked(s, bad, 2, NULL, false, &err), KVLM_ERR_INVALID_ARG, &err,
+           "is outside the vocabulary");
+    expect(kv_session_append_locked(s, t + 4, 5, NULL, false, &err), KVLM_ERR_CONTEXT_FULL, &err,
+           "9 tokens exceed the context of 8");
+    assert_int_equal(kvlm_session_n_past(s), 4);
+    assert_int_equal(kv_session_append_locked(s, t + 4, 2, NULL, false, &err), KVLM_OK);
+    kv_session_release(s);
+    assert_continues(s, t, 6, t[6]);
+    kvlm_session_free(s);
+}
+
 /* ------------------------------------------------------------ files */
 
 /* How many of the saver's temporaries ("<path>.tmp.*") sit beside path. */
@@ -316,7 +423,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_new_refusals), cmocka_unit_test(test_eval_refusals),
         cmocka_unit_test(test_decode_batch_refusals), cmocka_unit_test(test_stats_json),
-        cmocka_unit_test(test_save_io_failures),
+        cmocka_unit_test(test_save_io_failures), cmocka_unit_test(test_all_logits_recompute), cmocka_unit_test(test_odd_files), cmocka_unit_test(test_append_locked),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

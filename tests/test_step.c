@@ -155,6 +155,38 @@ static void test_stream_args(void **state) {
     kvlm_model_free(m);
 }
 
+/* A token whose text is longer than the stream's 256-byte buffer (gpt-neox's run of 512 spaces, token
+ * 19979): it comes through whole, the same bytes as kvlm_token_to_piece gives, around other tokens. */
+static void test_stream_long_piece(void **state) {
+    (void)state;
+    kvlm_model_params mp = kvlm_model_default_params();
+    mp.vocab_only = true;
+    kvlm_model *m = NULL;
+    kvlm_error err;
+    if (kvlm_model_load(KVLM_MODELS_DIR "/vocab/ggml-vocab-gpt-neox.gguf", &mp, &m, &err) != KVLM_OK)
+        fail_msg("load: %s", err.msg);
+    char want[2048];
+    const int32_t need = -kvlm_token_to_piece(m, 19979, want, 256, false);
+    assert_true(need > 256);
+    assert_int_equal(kvlm_token_to_piece(m, 19979, want, need, false), need);
+    const int32_t ha = kvlm_token_to_piece(m, 66, want + need, 64, false); /* a short one after it */
+    assert_true(ha > 0);
+    kvlm_text_stream *ts = NULL;
+    assert_int_equal(kvlm_text_stream_new(m, NULL, 0, &ts, &err), KVLM_OK);
+    const char *text;
+    size_t len;
+    bool stopped;
+    assert_int_equal(kvlm_text_stream_push(ts, 19979, false, &text, &len, &stopped, &err), KVLM_OK);
+    assert_int_equal(kvlm_text_stream_push(ts, 66, true, &text, &len, &stopped, &err), KVLM_OK);
+    assert_false(stopped);
+    size_t all_len;
+    const char *all = kvlm_text_stream_text(ts, &all_len);
+    assert_int_equal(all_len, (size_t)(need + ha));
+    assert_memory_equal(all, want, all_len);
+    kvlm_text_stream_free(ts);
+    kvlm_model_free(m);
+}
+
 static void test_logprobs_reference(void **state) {
     (void)state;
     enum { N = 1000, TOP = 5 };
@@ -213,6 +245,7 @@ int main(void) {
         cmocka_unit_test(test_stream_matches_generate),
         cmocka_unit_test(test_stream_utf8_tokens),
         cmocka_unit_test(test_stream_args),
+        cmocka_unit_test(test_stream_long_piece),
         cmocka_unit_test(test_logprobs_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -210,7 +210,8 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
     float *out = logits;
     float *tmp = NULL;
     if (logits && all_logits && first_row != start) {
-        /* rows before `start` were not computed this call (possible only in auto mode) */
+        /* the history differed from tokens[0, n_past): rows from `start` are computed, the caller's
+           buffer holds those from n_past on */
         tmp = malloc((size_t)(n_tokens - start) * (size_t)n_vocab * sizeof *tmp);
         if (!tmp) return kv_fail(err, KVLM_ERR_NOMEM, "eval: out of memory");
         out = tmp;
@@ -219,7 +220,9 @@ kvlm_status kv_session_eval_locked(kvlm_session *s, const kvlm_token *tokens, in
     st = forward_pieces(s, tokens + start, n_tokens - start, out, all_logits, &done, err);
     s->n_consumed = start + done;
     if (tmp) {
-        if (st == KVLM_OK) memcpy(logits, tmp, (size_t)(n_tokens - start) * (size_t)n_vocab * sizeof *tmp);
+        if (st == KVLM_OK)
+            memcpy(logits, tmp + (size_t)(first_row - start) * (size_t)n_vocab,
+                   (size_t)(n_tokens - first_row) * (size_t)n_vocab * sizeof *tmp);
         free(tmp);
     }
     return st;

@@ -73,8 +73,7 @@ kvlm_status kvlm_text_stream_push(kvlm_text_stream *ts, kvlm_token t, bool final
         if (pl < 0) {
             piece = malloc((size_t)-pl);
             if (!piece) return kv_fail(err, KVLM_ERR_NOMEM, "text stream: out of memory");
-            pl = kvlm_token_to_piece(ts->model, t, piece, -pl, false);
-            if (pl < 0) pl = 0;
+            pl = kvlm_token_to_piece(ts->model, t, piece, -pl, false); /* the size it asked for: fits */
         }
     }
     int r = kv_stream_push(&ts->st, piece, (size_t)pl, final);

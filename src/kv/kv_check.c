@@ -32,14 +32,11 @@
 #include "core/error.h"
 #include "kv_cache.h"
 
+/* o is one of the four (kv_seq_init refuses any other) */
 static const char *policy_name(kvlm_overflow o) {
-    switch (o) {
-    case KVLM_OVERFLOW_ERROR: return "error";
-    case KVLM_OVERFLOW_SHIFT: return "shift";
-    case KVLM_OVERFLOW_SLIDING: return "sliding";
-    case KVLM_OVERFLOW_RING: return "ring";
-    }
-    return "unknown";
+    static const char *const names[] = {[KVLM_OVERFLOW_ERROR] = "error", [KVLM_OVERFLOW_SHIFT] = "shift",
+                                        [KVLM_OVERFLOW_SLIDING] = "sliding", [KVLM_OVERFLOW_RING] = "ring"};
+    return names[o];
 }
 
 int32_t kv_seq_state_pos(const kv_seq *s, int32_t next_pos, int32_t slot) {

@@ -146,8 +146,9 @@ kvlm_status kv_seq_init(kv_seq *s, kv_page_pool *pool, const kv_seq_config *c, k
         for (int32_t j = 0; j < s->n_ctx / s->P; j++) {
             s->pages[j] = kv_pool_alloc(pool, s->layout);
             if (!s->pages[j]) {
+                const int32_t n_ctx = s->n_ctx; /* kv_seq_destroy clears s */
                 kv_seq_destroy(s);
-                return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool cannot hold a ring of %d tokens", s->n_ctx);
+                return kv_fail(err, KVLM_ERR_NOMEM, "kv cache: the pool cannot hold a ring of %d tokens", n_ctx);
             }
             s->n_pages = j + 1;
         }
