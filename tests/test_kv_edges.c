@@ -67,7 +67,18 @@ int __real_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(voi
 int __wrap_pthread_create(pthread_t *t, const pthread_attr_t *a, void *(*fn)(void *), void *arg);
 size_t __real_ZSTD_compressCCtx(ZSTD_CCtx *c, void *dst, size_t cap, const void *src, size_t n, int level);
 size_t __wrap_ZSTD_compressCCtx(ZSTD_CCtx *c, void *dst, size_t cap, const void *src, size_t n, int level);
-static atomic_bool g_no_thread, g_zstd_fail;
+/* the directory scan at open: dup of the directory's descriptor refused (once) */
+#include <unistd.h>
+int __real_dup(int fd);
+int __wrap_dup(int fd);
+static atomic_bool g_no_thread, g_zstd_fail, g_no_dup;
+int __wrap_dup(int fd) {
+    if (atomic_exchange(&g_no_dup, false)) {
+        errno = EMFILE;
+        return -1;
+    }
+    return __real_dup(fd);
+}
 static pthread_mutex_t g_zmu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t g_zcv = PTHREAD_COND_INITIALIZER;
 static bool g_zstd_hold;
@@ -765,6 +776,13 @@ static void test_disk_refusals(void **state) {
     expect(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_ERR_INTERNAL, &err, "cannot start the spilling thread");
     assert_null(d);
     assert_int_equal(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_OK); /* the lock was released */
+    kv_disk_close(d);
+    /* the directory cannot be scanned (no descriptor left for it) */
+    atomic_store(&g_no_dup, true);
+    expect(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_ERR_IO, &err, "cannot read the directory");
+    assert_null(d);
+    assert_false(atomic_load(&g_no_dup)); /* the scan asked for it */
+    assert_int_equal(kv_disk_open(dir, 1 << 20, 1, &k_geom, &d, &err), KVLM_OK); /* nothing was left held */
     kv_disk_close(d);
     char cmd[160];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
