@@ -128,5 +128,7 @@ export DEBIAN_FRONTEND=noninteractive
 case "$missing" in
   *:arm64*) dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64 ;;
 esac
-$SUDO apt-get update -qq >/dev/null
-$SUDO apt-get install -y -qq $missing >/dev/null
+# another install running (a second make, a test installing its browser) is waited for, not failed on
+lock="-o DPkg::Lock::Timeout=600"
+$SUDO apt-get $lock update -qq >/dev/null
+$SUDO apt-get $lock install -y -qq $missing >/dev/null

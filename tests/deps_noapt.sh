@@ -21,6 +21,13 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 nopath() { env PATH="$tmp/bin" "$@"; }
 nopath bash -c 'command -v apt-get' >/dev/null && fail "apt-get found"
 
+# make test installs the build and test groups, not the coverage one (gcovr): that group is checked
+# both ways, gcovr absent (it is listed) and present (a stand-in command on PATH)
+rm -f "$tmp/bin/gcovr"
+out=$(nopath bash "$root/scripts/deps.sh" coverage 2>&1) && fail "deps.sh coverage without gcovr succeeded: $out"
+grep -q "^  gcovr " <<<"$out" || fail "gcovr not listed: $out"
+printf '#!/bin/sh\necho "gcovr 5.2"\n' >"$tmp/bin/gcovr"
+chmod +x "$tmp/bin/gcovr"
 for mode in build test coverage; do
   out=$(nopath bash "$root/scripts/deps.sh" $mode 2>&1) || fail "deps.sh $mode without apt-get, all present: $out"
   [ -z "$out" ] || fail "deps.sh $mode printed: $out"
