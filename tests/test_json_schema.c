@@ -535,6 +535,9 @@ static void test_errors(void **state) {
         {"{'properties':{'a':false}}", KVLM_ERR_UNSUPPORTED, "at /properties/a: the schema false matches nothing"},
         {"[1]", KVLM_ERR_INVALID_ARG, "a schema must be an object or a boolean"},
         {"{'allOf':[{'type':'string'}]}", KVLM_ERR_UNSUPPORTED, "allOf: only object schemas"},
+        /* a property that fails before others (fuzz_json_schema found the half-built object rule) */
+        {"{'properties':{'x':{'type':'integer','minx':0},'y':{}}}", KVLM_ERR_UNSUPPORTED,
+         "at /properties/x: unsupported keyword \"minx\""},
         {"{'type':'array','prefixItems':[{}],'maxItems':1}", KVLM_ERR_UNSUPPORTED, "with \"prefixItems\""},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -566,6 +569,11 @@ static void test_errors(void **state) {
     kv_grammar *cg = compile_schema(q("{'const':[1.50,'\\u00e9\\n\\u0001',{}]}"));
     assert_true(accepts(cg, "[1.50,\"\xc3\xa9\\n\\u0001\",{}]"));
     assert_false(accepts(cg, "[1.5,\"\xc3\xa9\\n\\u0001\",{}]"));
+    kv_grammar_free(cg);
+    /* invalid UTF-8 in a pattern (bytes over U+10FFFF, overlong, a surrogate): each byte is U+FFFD,
+     * and the grammar compiles (fuzz_json_schema found one beyond U+10FFFF reaching the GBNF) */
+    cg = compile_schema("{\"type\":\"string\",\"pattern\":\"^\xf7\xbf\xbf\xbf\xc0\xaf\xed\xa0\x80$\"}");
+    assert_true(accepts(cg, "\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\""));
     kv_grammar_free(cg);
     /* NULL arguments */
     assert_int_equal(kvlm_json_schema_to_gbnf(NULL, &g, &err), KVLM_ERR_INVALID_ARG);

@@ -124,7 +124,9 @@ static void js_err(jconv *c, kvlm_status code, const char *path, const char *fmt
     c->st = kv_fail(c->err, code, "json schema: at %s: %s", *path ? path : "/", msg);
 }
 
-static void bputs(kv_buf *b, const char *s) { kv_buf_add(b, s, strlen(s)); }
+static void bputs(kv_buf *b, const char *s) {
+    if (s) kv_buf_add(b, s, strlen(s));
+}
 
 /* A code point of a GBNF literal or class: printable ASCII as itself (with \ " ] - ^ [ escaped
  * as \xHH), everything else as \xHH, \uHHHH or \UHHHHHHHH. */
@@ -143,7 +145,8 @@ static void gbnf_char(kv_buf *b, uint32_t cp) {
     bputs(b, t);
 }
 
-/* decodes one UTF-8 character of s[*i..n) (invalid bytes: taken one by one as U+FFFD) */
+/* decodes one UTF-8 character of s[*i..n) (invalid bytes, overlong forms, surrogates and code
+ * points over U+10FFFF: taken one byte at a time as U+FFFD) */
 static uint32_t utf8_next(const char *s, size_t n, size_t *i) {
     const unsigned char *u = (const unsigned char *)s;
     uint32_t c = u[*i];
@@ -163,6 +166,11 @@ static uint32_t utf8_next(const char *s, size_t n, size_t *i) {
             return 0xFFFD;
         }
         c = c << 6 | (u[*i + (size_t)k] & 0x3F);
+    }
+    static const uint32_t min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (c < min[len] || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF)) { /* overlong, too large, surrogate */
+        (*i)++;
+        return 0xFFFD;
     }
     *i += (size_t)len;
     return c;
@@ -1140,6 +1148,11 @@ static const char *object_rule(jconv *c, const prop *props, int np, const kv_jso
         }
         kv[np] = add_rule(c, js_fmt(c, "%s-kv", an), js_fmt(c, "%s \":\" space %s", key, vr));
         opt[n_opt++] = np; /* np: the additional ones */
+    }
+    if (c->st) { /* a property's schema failed: kv[] is not complete */
+        free(kv);
+        free(opt);
+        return "";
     }
     kv_buf b = {0};
     bputs(&b, "\"{\" space ");
