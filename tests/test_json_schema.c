@@ -61,7 +61,7 @@ static const cJSON *pointer(const cJSON *root, const char *ref) {
         size_t n = 0;
         while (*p && *p != '/' && n + 1 < sizeof tok) tok[n++] = *p++;
         tok[n] = 0;
-        t = cJSON_GetObjectItemCaseSensitive(t, tok);
+        t = cJSON_IsArray(t) ? cJSON_GetArrayItem(t, atoi(tok)) : cJSON_GetObjectItemCaseSensitive(t, tok);
         if (!t) return NULL;
     }
     return t;
@@ -76,7 +76,7 @@ static size_t utf8_len(const char *s) {
 static bool re_search(const char *pattern, const char *subject, bool anchored) {
     int ec;
     PCRE2_SIZE eo;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | (anchored ? PCRE2_ANCHORED : 0),
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_ALT_BSUX | (anchored ? PCRE2_ANCHORED : 0),
                                    &ec, &eo, NULL);
     if (!re) fail_msg("validator: pcre2 cannot compile %s", pattern);
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
@@ -340,6 +340,12 @@ static const scase k_cases[] = {
      {"'ac'", "'abx'", "''"}, {0}},
     {"pattern-utf8", "{'type':'string','pattern':'^[\\u03b1-\\u03c9]{2}\\u20ac?$'}", true,
      {"'\xce\xb1\xcf\x89'", "'\xce\xb2\xce\xb3\xe2\x82\xac'"}, {"'\xce\xb1'", "'ab'", "'\xce\xb1\xcf\x89\xcf\x89'"}, {0}},
+    {"pattern-misc", "{'type':'string','pattern':'^(?<y>\\\\x41|\\\\u00e9).{2,}?[\\\\d\\\\-]{1,}\\\\.\\\\t?$'}", false,
+     {"'A12-.'", "'\u00e9\u20ac\u20ac5.'", "'Axy9.\\t'", "'A\\\\\\\"-.'"}, {"'Ax-.'", "'B12-.'", "'A12-'", "'A1\\n2.'"}, {0}},
+    {"allOf-ref",
+     "{'$defs':{'base':{'type':'object','properties':{'id':{'type':'integer'}},'required':['id']},'list':[{'type':'null'},{'type':'boolean'}]},"
+     "'allOf':[{'$ref':'#/$defs/base'},{'properties':{'flag':{'$ref':'#/$defs/list/1'},'a~b/c':{'type':'null'}}}]}",
+     true, {"{'id':-12}", "{'id':0,'flag':true,'a~b/c':null}"}, {"{'flag':true}", "{'id':1,'flag':null}", "{'id':1.5}"}, {0}},
     {"format-date", "{'type':'string','format':'date'}", true, {"'2024-02-29'", "'1999-12-31'"},
      {"'2024-13-01'", "'2024-00-10'", "'2024-1-1'", "'2024-02-32'"}, {0}},
     {"format-time", "{'type':'string','format':'time'}", true, {"'23:59:59Z'", "'00:00:00.123+05:30'"},
@@ -535,6 +541,28 @@ static void test_errors(void **state) {
         {"{'properties':{'a':false}}", KVLM_ERR_UNSUPPORTED, "at /properties/a: the schema false matches nothing"},
         {"[1]", KVLM_ERR_INVALID_ARG, "a schema must be an object or a boolean"},
         {"{'allOf':[{'type':'string'}]}", KVLM_ERR_UNSUPPORTED, "allOf: only object schemas"},
+        {"{'allOf':[{'properties':{'a':{}},'minProperties':1}]}", KVLM_ERR_UNSUPPORTED, "allOf: keyword \"minProperties\""},
+        {"{'allOf':[{'properties':{'a':{}}},{'properties':{'a':{}}}]}", KVLM_ERR_UNSUPPORTED, "property \"a\" defined twice"},
+        {"{'allOf':{}}", KVLM_ERR_INVALID_ARG, "\"allOf\" must be a list"},
+        {"{'allOf':[{'$ref':'#/nothing'}]}", KVLM_ERR_INVALID_ARG, "\"nothing\" not found"},
+        {"{'properties':[]}", KVLM_ERR_INVALID_ARG, "\"properties\" must be an object"},
+        {"{'properties':{},'required':'a'}", KVLM_ERR_INVALID_ARG, "\"required\" must be a list"},
+        {"{'properties':{},'required':[1]}", KVLM_ERR_INVALID_ARG, "\"required\" must be a list"},
+        {"{'properties':{},'additionalProperties':1}", KVLM_ERR_INVALID_ARG, "\"additionalProperties\" must be"},
+        {"{'$ref':5}", KVLM_ERR_INVALID_ARG, "\"$ref\" must be a string"},
+        {"{'type':'array','prefixItems':{}}", KVLM_ERR_INVALID_ARG, "\"prefixItems\" must be a list"},
+        {"{'type':'string','pattern':5}", KVLM_ERR_INVALID_ARG, "\"pattern\" must be a string"},
+        {"{'type':'string','pattern':'^a$','maxLength':3}", KVLM_ERR_UNSUPPORTED, "\"pattern\" with"},
+        {"{'type':'string','format':'date','maxLength':3}", KVLM_ERR_UNSUPPORTED, "\"format\" with"},
+        {"{'type':'string','minLength':3,'maxLength':2}", KVLM_ERR_INVALID_ARG, "\"minLength\" over \"maxLength\""},
+        {"{'type':'integer','maximum':'3'}", KVLM_ERR_UNSUPPORTED, "\"maximum\" must be a number"},
+        {"{'type':'string','pattern':'^\\\\xZZ$'}", KVLM_ERR_UNSUPPORTED, "bad hexadecimal escape"},
+        {"{'type':'string','pattern':'^a\\\\'}", KVLM_ERR_UNSUPPORTED, "unterminated escape"},
+        {"{'type':'string','pattern':'^[a\\\\'}", KVLM_ERR_UNSUPPORTED, "unterminated escape"},
+        {"{'type':'string','pattern':'^(?<n'}", KVLM_ERR_UNSUPPORTED, "unterminated group name"},
+        {"{'type':'string','pattern':'^a{x}$'}", KVLM_ERR_UNSUPPORTED, "bad repetition"},
+        {"{'type':'string','pattern':'^a++$'}", KVLM_ERR_UNSUPPORTED, "possessive"},
+        {"{'type':'string','pattern':'^[\\\\x00-\\\\x07]$'}", KVLM_ERR_UNSUPPORTED, "no JSON string character"},
         /* a property that fails before others (fuzz_json_schema found the half-built object rule) */
         {"{'properties':{'x':{'type':'integer','minx':0},'y':{}}}", KVLM_ERR_UNSUPPORTED,
          "at /properties/x: unsupported keyword \"minx\""},
