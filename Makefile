@@ -9,7 +9,7 @@ N ?= 48
 FATAL_WARNINGS ?= OFF
 
 .PHONY: all deps test-deps build test demo install sanitize tsan coverage fuzz fuzz-build fuzz-corpus exports \
-	clean cross-arm64 test-arm64
+	clean cross-arm64 test-arm64 test-arm64-ci
 
 all: build
 
@@ -125,6 +125,12 @@ test-arm64: cross-arm64
 		echo "== qemu-aarch64 -cpu $$cpu: $(ARM_E2E_TESTS)"; \
 		(cd $(ARM_BUILD) && KVLM_QEMU_CPU=$$cpu ctest --output-on-failure -j $(JOBS) -R '^($(ARM_E2E_TESTS))$$') || exit 1; \
 	done
+
+# CI's subset (.ci/run): the arm64-ci tests of tests/CMakeLists.txt (test_simd at cortex-a53 and max;
+# test_quant, test_vmath and end to end the KVLM_ARM_CI_E2E cases of test_exact and test_parity at max),
+# JOBS at a time, about 4 minutes on 2 idle cores (docs/BENCHMARKS.md, "ARM64").
+test-arm64-ci: cross-arm64
+	@cd $(ARM_BUILD) && ctest --output-on-failure -j $(JOBS) -L arm64-ci
 
 clean:
 	rm -rf $(BUILD) build-san build-tsan build-cov build-fuzz $(ARM_BUILD)

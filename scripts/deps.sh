@@ -28,7 +28,7 @@ case "$mode" in
   webtest) want="$want python3-pytest python3-requests chromium chromium-driver" ;;
   tsan) want="$want libcmocka-dev libtsan2" ;;
   fuzz) want="$want clang libclang-rt-14-dev" ;;
-  arm64) want="cmake make pkg-config gcc-aarch64-linux-gnu qemu-user"
+  arm64) want="cmake make pkg-config gcc-aarch64-linux-gnu qemu-user libc6:arm64" # libc6:arm64: scripts/qemu-arm64.sh
     for p in libpcre2-dev libzstd-dev libxxhash-dev libcjson-dev libmicrohttpd-dev libedit-dev libcmocka-dev; do
       want="$want $p:arm64"
     done ;;

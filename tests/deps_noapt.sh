@@ -47,4 +47,18 @@ grep -q "libzstd-devel" <<<"$out" || fail "no Fedora name: $out"
 for p in cmake make gcc pkg-config; do
   grep -q "^  $p " <<<"$out" && fail "$p listed though present: $out"
 done
+# arm64 (make cross-arm64): the cross compiler and qemu-aarch64 are looked for as commands; with
+# both there it goes on silently, with either missing it fails and says what to install
+if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null; then
+  out=$(nopath bash "$root/scripts/deps.sh" arm64 2>&1) || fail "deps.sh arm64 without apt-get, all present: $out"
+  [ -z "$out" ] || fail "deps.sh arm64 printed: $out"
+fi
+mkdir "$tmp/bin2"
+for f in "$tmp"/bin/*; do
+  case $(basename "$f") in aarch64-linux-gnu-gcc | qemu-aarch64) ;; *) cp -P "$f" "$tmp/bin2/" ;; esac
+done
+out=$(env PATH="$tmp/bin2" bash "$root/scripts/deps.sh" arm64 2>&1)
+rc=$?
+[ $rc = 1 ] || fail "deps.sh arm64 without a cross compiler exited $rc: $out"
+grep -q "no aarch64-linux-gnu-gcc" <<<"$out" || fail "deps.sh arm64 did not name the cross compiler: $out"
 echo "deps.sh without apt-get: ok"

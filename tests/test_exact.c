@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "kvlm.h"
+#include "test_filter.h"
 
 static const char *k_models[] = {
     "aidreams260K-f32.gguf", "aidreams260K-f16.gguf", "aidreams260K-q8_0-ffndown-f16.gguf",
@@ -332,5 +333,15 @@ int main(void) {
 #endif
     struct CMUnitTest gp = cmocka_unit_test(test_gemma3_policies);
     tests[n++] = gp;
-    return _cmocka_run_group_tests("exactness", tests, (size_t)n, setup_synth, teardown_synth);
+    /* KVLM_TEST_FILTER (make test-arm64-ci): the synthetic models are made only if a kept test uses them */
+    const size_t kept = kv_test_filter(tests, (size_t)n);
+    if (kept == 0) return 1;
+    bool synth = false;
+    for (size_t i = 0; i < kept; i++) {
+        if (tests[i].test_func == test_gemma3_policies) synth = true;
+        for (int j = 0; j < N_SYNTH; j++)
+            if (tests[i].initial_state == (void *)g_synth_path[j]) synth = true;
+    }
+    return _cmocka_run_group_tests("exactness", tests, kept, synth ? setup_synth : NULL,
+                                   synth ? teardown_synth : NULL);
 }

@@ -3,6 +3,9 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,8 +17,9 @@
 /* Tokens of one sequence an item walks the pages with (prefill): their
    query rows meet a page while it is in cache. */
 #define ATT_TB 8
-/* Key rows per gemm call (see att_tokens) */
-#define ATT_RB 8
+/* Key and value rows per kernel call (see att_tokens): the most, and the
+   run length picked at run time (att_run_rows) */
+#define ATT_RB 32
 /* The vec_dot types q is converted to for the K types the cache stores:
    F32 (q itself), F16, Q8_0 (for Q8_0 and Q4_0 keys). */
 enum { VD_F16, VD_Q8_0, VD_N };
@@ -29,10 +33,33 @@ struct kv_attention {
     int64_t sc_cap;    /* at least n_head * (the longest span reserved) */
     uint8_t *qc;       /* VD_N * ATT_TB * n_head * qrow: q converted to each vec_dot type */
     float *rowtmp;     /* kv_dim: a dequantized K or V row (heads straddling blocks) */
+    int32_t rb;        /* rows per run, <= ATT_RB (att_run_rows) */
     uint64_t qrow;     /* bytes of one converted head (the largest of the types) */
 };
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
+
+/* The rows of a page one kernel call takes for a kv head. Every choice gives the same bits (each
+ * score is one vec_dot, each output element meets its slots in order); it is the memory order that
+ * differs. Runs of 8 tokens with every kv head of a run before the next keep reads close to the
+ * stored order, which Zen 1's prefetchers need (s110-q8_0 tg32 @ d2048: 24 -> 29 t/s there against
+ * whole pages per head); on Intel cores (Xeon family 6 model 207) whole pages per head are faster
+ * (35 -> 40-43 t/s: a quarter of the calls, each loading and storing the outputs once per page), so
+ * Intel gets ATT_RB and others 8. KVLM_ATT_RUN=N (1..ATT_RB) sets it, for measuring. */
+static int32_t att_run_rows(void) {
+    const char *v = getenv("KVLM_ATT_RUN");
+    if (v) {
+        char *e;
+        const long n = strtol(v, &e, 10);
+        if (e != v && !*e && n >= 1 && n <= ATT_RB) return (int32_t)n;
+    }
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned ra, rb, rc, rd;
+    if (__get_cpuid(0, &ra, &rb, &rc, &rd) && rb == 0x756e6547u && rd == 0x49656e69u && rc == 0x6c65746eu)
+        return ATT_RB; /* "GenuineIntel" */
+#endif
+    return 8;
+}
 
 kvlm_status kv_attention_new(int nth, int32_t n_head, int32_t n_head_kv, int32_t head_dim, bool prefetch,
                              kv_attention **out, kvlm_error *err) {
@@ -44,6 +71,7 @@ kvlm_status kv_attention_new(int nth, int32_t n_head, int32_t n_head_kv, int32_t
     a->n_head_kv = n_head_kv;
     a->head_dim = head_dim;
     a->prefetch = prefetch;
+    a->rb = att_run_rows();
     const size_t N = (size_t)nth, TH = (size_t)ATT_TB * (size_t)n_head, hd = (size_t)head_dim;
     uint64_t b16 = 0, b8 = 0;
     kv_dtype_row_bytes(KV_F16, (uint64_t)hd, &b16);
@@ -140,7 +168,7 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
     /* the positions a query at p sees: (p - win, p]; win 0: all up to p (a sliding-window layer narrows it) */
     const int32_t win = b->swa > 0 && (!ring || b->swa < window) ? b->swa : window;
     const int32_t nt = t1 - t0;
-    int32_t pos[ATT_TB], n_read[ATT_TB];
+    int32_t pos[ATT_TB] = {0}, n_read[ATT_TB] = {0};
     for (int32_t i = 0; i < nt; i++) pos[i] = kv_seq_pos(sq, b->slots[t0 + i]);
     /* score 0 is position lo's: 0, or for a layer kept in the sequence's sliding-window ring (which holds
        only the last positions) the first visible one rounded down to a page, and to 8 so that every
@@ -196,18 +224,18 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                                    qc + ((uint64_t)vd * (uint64_t)TH + (uint64_t)(i * a->n_head + h)) * a->qrow, hd);
             conv[vd] = true;
         }
-        /* the page's key rows in runs of ATT_RB tokens, every kv head of a run
+        /* the page's key rows in runs of a->rb tokens (att_run_rows), every kv head of a run
            before the next run: the rows' bytes are read in the order they are
            stored (a kv head's keys alone are a stride of short pieces, which
            the prefetchers of some cores follow badly); each score is still
            one vec_dot's bits */
         if (gemm)
-            for (int32_t o0 = 0; o0 < cnt; o0 += ATT_RB)
+            for (int32_t o0 = 0; o0 < cnt; o0 += a->rb)
                 for (int kvh = h0; kvh < h1; kvh++) {
                     const int hq = kvh * gqa;
                     for (int32_t i = 0; i < nt; i++) {
                         const int32_t c = ring ? cnt : (n_read[i] - start < cnt ? n_read[i] - start : cnt);
-                        const int32_t nrow = c - o0 < ATT_RB ? c - o0 : ATT_RB;
+                        const int32_t nrow = c - o0 < a->rb ? c - o0 : a->rb;
                         if (nrow <= 0) continue;
                         const float *q32 = b->q + (t0 + i) * Q + (int64_t)hq * hd;
                         const void *x = vd < 0 ? (const void *)q32
@@ -277,15 +305,15 @@ static void att_tokens(const kv_attention *a, const kv_att_batch *b, const att_f
                         fn->t16->to_float(wh, pw, c);
                     }
                 }
-        /* rows read in place from the page in runs of ATT_RB tokens, every kv
+        /* rows read in place from the page in runs of a->rb tokens, every kv
            head of a run before the next (stored order, as for the keys); each
            output element still meets its slots in order */
         if (mr)
-            for (int32_t o0 = 0; o0 < cnt; o0 += ATT_RB)
+            for (int32_t o0 = 0; o0 < cnt; o0 += a->rb)
                 for (int kvh = h0; kvh < h1; kvh++)
                     for (int32_t i = 0; i < nt; i++) {
                         const int32_t c = ring ? cnt : (n_read[i] - start < cnt ? n_read[i] - start : cnt);
-                        const int32_t o1 = c < o0 + ATT_RB ? c : o0 + ATT_RB;
+                        const int32_t o1 = c < o0 + a->rb ? c : o0 + a->rb;
                         for (int g = 0; o1 > o0 && g < gqa; g++) {
                             const int h = kvh * gqa + g;
                             const float *pw = SC(i, h) + start;

@@ -46,15 +46,54 @@ static void mad_rows_q8_0_scalar(int64_t n, int nrows, const float *a, const voi
 #define TGT512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 #define TGT2 __attribute__((target("avx2,fma,f16c")))
 
-/* up to 4 zmm of y (64 elements) per pass over the rows; the tail masked */
+/* 8 zmm of y (128 elements), then 4 (64), per pass over the rows, named registers (an array indexed by
+ * a run-time count is kept on the stack: every fma a load and a store); the tail up to 4 zmm, masked */
 #define MAD512(NAME, LOAD)                                                                                        \
     TGT512 static void NAME(int64_t n, int nrows, const float *a, const void *const *x, float *y) {               \
-        for (int64_t i0 = 0; i0 < n; i0 += 64) {                                                                  \
+        const __mmask16 mf = (__mmask16)0xffff;                                                                   \
+        int64_t i0 = 0;                                                                                           \
+        for (; i0 + 128 <= n; i0 += 128) {                                                                        \
+            __m512 c0 = _mm512_loadu_ps(y + i0), c1 = _mm512_loadu_ps(y + i0 + 16);                               \
+            __m512 c2 = _mm512_loadu_ps(y + i0 + 32), c3 = _mm512_loadu_ps(y + i0 + 48);                          \
+            __m512 c4 = _mm512_loadu_ps(y + i0 + 64), c5 = _mm512_loadu_ps(y + i0 + 80);                          \
+            __m512 c6 = _mm512_loadu_ps(y + i0 + 96), c7 = _mm512_loadu_ps(y + i0 + 112);                         \
+            for (int r = 0; r < nrows; r++) {                                                                     \
+                const __m512 av = _mm512_set1_ps(a[r]);                                                           \
+                const void *xr = x[r];                                                                            \
+                c0 = _mm512_fmadd_ps(av, LOAD(xr, i0, mf), c0);                                                   \
+                c1 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 16, mf), c1);                                              \
+                c2 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 32, mf), c2);                                              \
+                c3 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 48, mf), c3);                                              \
+                c4 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 64, mf), c4);                                              \
+                c5 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 80, mf), c5);                                              \
+                c6 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 96, mf), c6);                                              \
+                c7 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 112, mf), c7);                                             \
+            }                                                                                                     \
+            _mm512_storeu_ps(y + i0, c0), _mm512_storeu_ps(y + i0 + 16, c1);                                      \
+            _mm512_storeu_ps(y + i0 + 32, c2), _mm512_storeu_ps(y + i0 + 48, c3);                                 \
+            _mm512_storeu_ps(y + i0 + 64, c4), _mm512_storeu_ps(y + i0 + 80, c5);                                 \
+            _mm512_storeu_ps(y + i0 + 96, c6), _mm512_storeu_ps(y + i0 + 112, c7);                                \
+        }                                                                                                         \
+        for (; i0 + 64 <= n; i0 += 64) {                                                                          \
+            __m512 c0 = _mm512_loadu_ps(y + i0), c1 = _mm512_loadu_ps(y + i0 + 16);                               \
+            __m512 c2 = _mm512_loadu_ps(y + i0 + 32), c3 = _mm512_loadu_ps(y + i0 + 48);                          \
+            for (int r = 0; r < nrows; r++) {                                                                     \
+                const __m512 av = _mm512_set1_ps(a[r]);                                                           \
+                const void *xr = x[r];                                                                            \
+                c0 = _mm512_fmadd_ps(av, LOAD(xr, i0, mf), c0);                                                   \
+                c1 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 16, mf), c1);                                              \
+                c2 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 32, mf), c2);                                              \
+                c3 = _mm512_fmadd_ps(av, LOAD(xr, i0 + 48, mf), c3);                                              \
+            }                                                                                                     \
+            _mm512_storeu_ps(y + i0, c0), _mm512_storeu_ps(y + i0 + 16, c1);                                      \
+            _mm512_storeu_ps(y + i0 + 32, c2), _mm512_storeu_ps(y + i0 + 48, c3);                                 \
+        }                                                                                                         \
+        for (; i0 < n; i0 += 64) {                                                                                \
             const int64_t len = n - i0 < 64 ? n - i0 : 64;                                                        \
             const int nv = (int)((len + 15) / 16);                                                                \
             __mmask16 m[4];                                                                                       \
             __m512 acc[4];                                                                                        \
-            for (int k = 0; k < 4; k++) {                                                                         \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {                                                                         \
                 const int64_t left = len - 16 * k;                                                                \
                 m[k] = left >= 16 ? (__mmask16)0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;             \
                 acc[k] = _mm512_maskz_loadu_ps(m[k], y + i0 + 16 * k);                                            \
@@ -79,12 +118,12 @@ MAD512(mad_rows_f16_avx512, LD_F16_512)
         int64_t i0 = 0;                                                                                  \
         for (; i0 + 32 <= n; i0 += 32) {                                                                 \
             __m256 acc[4];                                                                               \
-            for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + i0 + 8 * k);                       \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + i0 + 8 * k);                       \
             for (int r = 0; r < nrows; r++) {                                                            \
                 const __m256 av = _mm256_set1_ps(a[r]);                                                  \
-                for (int k = 0; k < 4; k++) acc[k] = _mm256_fmadd_ps(av, LOAD(x[r], i0 + 8 * k), acc[k]); \
+                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[k] = _mm256_fmadd_ps(av, LOAD(x[r], i0 + 8 * k), acc[k]); \
             }                                                                                            \
-            for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + i0 + 8 * k, acc[k]);                        \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + i0 + 8 * k, acc[k]);                        \
         }                                                                                                \
         for (; i0 + 8 <= n; i0 += 8) {                                                                   \
             __m256 acc = _mm256_loadu_ps(y + i0);                                                        \
@@ -109,11 +148,11 @@ TGT512 static void mad_rows_q8_0_avx512(int64_t n, int nrows, const float *a, co
     int64_t ib = 0;
     for (; ib + 2 <= nb; ib += 2) {
         __m512 acc[4];
-        for (int k = 0; k < 4; k++) acc[k] = _mm512_loadu_ps(y + ib * KV_QK8_0 + 16 * k);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[k] = _mm512_loadu_ps(y + ib * KV_QK8_0 + 16 * k);
         for (int r = 0; r < nrows; r++) {
             const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
             const __m512 av = _mm512_set1_ps(a[r]);
-            for (int k = 0; k < 4; k++) {
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
                 const kv_block_q8_0 *bk = b + k / 2;
                 const __m512 d = _mm512_set1_ps(kv_f16_to_f32(bk->d));
                 const __m128i q8 = _mm_loadu_si128((const __m128i *)(bk->qs + 16 * (k % 2)));
@@ -121,36 +160,36 @@ TGT512 static void mad_rows_q8_0_avx512(int64_t n, int nrows, const float *a, co
                 acc[k] = _mm512_fmadd_ps(av, v, acc[k]);
             }
         }
-        for (int k = 0; k < 4; k++) _mm512_storeu_ps(y + ib * KV_QK8_0 + 16 * k, acc[k]);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) _mm512_storeu_ps(y + ib * KV_QK8_0 + 16 * k, acc[k]);
     }
     for (; ib < nb; ib++) {
         __m512 acc[2];
-        for (int k = 0; k < 2; k++) acc[k] = _mm512_loadu_ps(y + ib * KV_QK8_0 + 16 * k);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 2; k++) acc[k] = _mm512_loadu_ps(y + ib * KV_QK8_0 + 16 * k);
         for (int r = 0; r < nrows; r++) {
             const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
             const __m512 av = _mm512_set1_ps(a[r]), d = _mm512_set1_ps(kv_f16_to_f32(b->d));
-            for (int k = 0; k < 2; k++) {
+            _Pragma("GCC unroll 4") for (int k = 0; k < 2; k++) {
                 const __m128i q8 = _mm_loadu_si128((const __m128i *)(b->qs + 16 * k));
                 acc[k] = _mm512_fmadd_ps(av, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8))), acc[k]);
             }
         }
-        for (int k = 0; k < 2; k++) _mm512_storeu_ps(y + ib * KV_QK8_0 + 16 * k, acc[k]);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 2; k++) _mm512_storeu_ps(y + ib * KV_QK8_0 + 16 * k, acc[k]);
     }
 }
 
 TGT2 static void mad_rows_q8_0_avx2(int64_t n, int nrows, const float *a, const void *const *x, float *y) {
     for (int64_t ib = 0; ib < n / KV_QK8_0; ib++) {
         __m256 acc[4];
-        for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + ib * KV_QK8_0 + 8 * k);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[k] = _mm256_loadu_ps(y + ib * KV_QK8_0 + 8 * k);
         for (int r = 0; r < nrows; r++) {
             const kv_block_q8_0 *b = (const kv_block_q8_0 *)x[r] + ib;
             const __m256 av = _mm256_set1_ps(a[r]), d = _mm256_set1_ps(kv_f16_to_f32(b->d));
-            for (int k = 0; k < 4; k++) {
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) {
                 const __m128i q8 = _mm_loadl_epi64((const __m128i *)(b->qs + 8 * k));
                 acc[k] = _mm256_fmadd_ps(av, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8))), acc[k]);
             }
         }
-        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + ib * KV_QK8_0 + 8 * k, acc[k]);
+        _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + ib * KV_QK8_0 + 8 * k, acc[k]);
     }
 }
 
@@ -167,10 +206,10 @@ static const kv_vec_mad_rows_fn t_q8_0[3] = {mad_rows_q8_0_scalar, mad_rows_q8_0
         int64_t i0 = 0;                                                                              \
         for (; i0 + 16 <= n; i0 += 16) {                                                             \
             float32x4_t acc[4];                                                                      \
-            for (int k = 0; k < 4; k++) acc[k] = vld1q_f32(y + i0 + 4 * k);                          \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[k] = vld1q_f32(y + i0 + 4 * k);                          \
             for (int r = 0; r < nrows; r++)                                                          \
-                for (int k = 0; k < 4; k++) acc[k] = vfmaq_n_f32(acc[k], LOAD(x[r], i0 + 4 * k), a[r]); \
-            for (int k = 0; k < 4; k++) vst1q_f32(y + i0 + 4 * k, acc[k]);                           \
+                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) acc[k] = vfmaq_n_f32(acc[k], LOAD(x[r], i0 + 4 * k), a[r]); \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++) vst1q_f32(y + i0 + 4 * k, acc[k]);                           \
         }                                                                                            \
         for (int r = 0; r < nrows; r++)                                                              \
             for (int64_t i = i0; i < n; i++) y[i] = fmaf(a[r], SCALAR(x[r], i), y[i]);               \
@@ -196,7 +235,7 @@ static void mad_rows_q8_0_neon(int64_t n, int nrows, const float *a, const void 
                 const int16x8_t lo = vmovl_s8(vget_low_s8(q)), hi = vmovl_s8(vget_high_s8(q));
                 const int32x4_t v[4] = {vmovl_s16(vget_low_s16(lo)), vmovl_s16(vget_high_s16(lo)),
                                         vmovl_s16(vget_low_s16(hi)), vmovl_s16(vget_high_s16(hi))};
-                for (int k = 0; k < 4; k++)
+                _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)
                     acc[4 * h + k] = vfmaq_n_f32(acc[4 * h + k], vmulq_n_f32(vcvtq_f32_s32(v[k]), d), a[r]);
             }
         }

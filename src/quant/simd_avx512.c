@@ -139,6 +139,8 @@ TGT void kv_avx512_vec_dot_bf16(int64_t n, float *s, const void *x, const void *
 
 #define FCH 256
 
+INL __m512 f_reduce16(const __m512 *v); /* below, with the packed gemm */
+
 /* NR rows (nr valid) x NC columns. Row r starts at W[r] = w + r * rs, and
  * its elements i .. i+15 (i a multiple of 16) are at element i * sm from
  * there: rs the row bytes and sm 1 in the file layout, rs one unit and sm
@@ -194,6 +196,13 @@ INL void ftile(int64_t n, const uint8_t *w, uint64_t rs, int64_t sm, int nr, con
                     a[r][c] = _mm512_mask3_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, xp[c] + full), a[r][c], m);
             }
         }
+    }
+    if (NC == 1 && NR == 8) { /* the eight trees at once (attention's short rows: the tree is most of the work) */
+        __m512 v[16];
+        UNR
+        for (int r = 0; r < 8; r++) v[r] = v[r + 8] = a[r][0];
+        _mm512_mask_storeu_ps(y, (__mmask16)((1u << nr) - 1), f_reduce16(v));
+        return;
     }
     for (int r = 0; r < NR && r < nr; r++) {
         UNR
