@@ -78,7 +78,7 @@ coverage:
 
 # libFuzzer targets (clang, ASan+UBSan): `make fuzz FUZZ_SECONDS=N` runs each for N seconds.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= gguf tokenizer session chat server http
+FUZZ_TARGETS ?= gguf tokenizer session chat json_schema server http
 fuzz-build:
 	@bash scripts/deps.sh fuzz
 	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Release -DKVLM_FUZZ=ON \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs each libFuzzer target for SECONDS seconds (default 60) on its seed corpus.
-# Usage: fuzz/run.sh BUILD_DIR [SECONDS] [TARGET...]   (targets: gguf tokenizer session chat server http)
+# Usage: fuzz/run.sh BUILD_DIR [SECONDS] [TARGET...]   (targets: gguf tokenizer session chat json_schema server http)
 # New inputs go to BUILD_DIR/corpus/<target>, crashes to BUILD_DIR/artifacts/.
 # Exits non-zero when a target crashes or breaks its contract.
 set -u
@@ -8,13 +8,14 @@ cd "$(dirname "$0")/.."
 build=${1:?build directory}
 secs=${2:-60}
 shift 2 2>/dev/null || shift $#
-targets=${*:-gguf tokenizer session chat server http}
+targets=${*:-gguf tokenizer session chat json_schema server http}
 max_len() {
   case $1 in
     gguf) echo 131072 ;;
     session) echo 65536 ;;
     tokenizer) echo 4097 ;;
     chat) echo 8192 ;;
+    json_schema) echo 8192 ;;
     server) echo 65536 ;;
     http) echo 65537 ;;
   esac

@@ -424,6 +424,19 @@ KVLM_API void kvlm_sampler_reset(kvlm_sampler *s);
  * missing start rule: KVLM_ERR_INVALID_ARG with the line and column in err. */
 KVLM_API kvlm_status kvlm_grammar_new_gbnf(const kvlm_model *model, const char *text, const char *root,
                                           kvlm_grammar **out, kvlm_error *err);
+/* Compiles a JSON Schema (NUL-terminated JSON text) for model's vocabulary: the grammar of the
+ * JSON texts valid against it, as llama.cpp's json-schema-to-grammar builds it (docs/GRAMMAR.md,
+ * "JSON Schema": type and type lists, properties/required/additionalProperties, items,
+ * prefixItems, minItems/maxItems, enum, const, anyOf/oneOf, allOf of objects, local $ref,
+ * pattern, minLength/maxLength, integer bounds, format date/time/date-time/uuid; {} is any
+ * value). Malformed JSON: KVLM_ERR_INVALID_ARG with the line and column; a keyword or form that
+ * is not supported: KVLM_ERR_UNSUPPORTED naming it and where it is (a JSON pointer). */
+KVLM_API kvlm_status kvlm_grammar_new_json_schema(const kvlm_model *model, const char *schema, kvlm_grammar **out,
+                                                  kvlm_error *err);
+/* The GBNF text kvlm_grammar_new_json_schema compiles (start rule root), in *gbnf, to be freed
+ * with kvlm_string_free; the same errors. */
+KVLM_API kvlm_status kvlm_json_schema_to_gbnf(const char *schema, char **gbnf, kvlm_error *err);
+KVLM_API void kvlm_string_free(char *s);
 KVLM_API void kvlm_grammar_free(kvlm_grammar *g);
 
 /* ------------------------------------------------------------ generation */

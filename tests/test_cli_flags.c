@@ -13,8 +13,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <cmocka.h>
 
+#include "grammar/grammar.h"
 #include "test_util.h"
 
 #include "kvlm.h"
@@ -562,6 +564,89 @@ static void test_grammar_flags(void **state) {
     assert_non_null(strstr(g_out, path));
 }
 
+/* run/chat --json-schema TEXT, --json-schema-file FILE and -j constrain the output to JSON of the
+ * schema (checked with cJSON here), -j to any object (a prefix the object grammar allows, and the
+ * same text as --json-schema '{"type":"object"}'); bench --json-schema FILE; the errors. */
+static void test_json_schema_flags(void **state) {
+    (void)state;
+    static const char *schema =
+        "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":99},"
+        "\"c\":{\"enum\":[\"x\",\"y\"]}},\"required\":[\"n\",\"c\"],\"additionalProperties\":false}";
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/kvlm-schema-%d.json", (int)getpid());
+    write_file(path, schema, strlen(schema));
+    for (int seed = 1; seed <= 4; seed++) {
+        assert_int_equal(run("%s run -m %s -p Hi -n 120 --temp 1 --seed %d --json-schema '%s' 2>/dev/null", KVLM, AID, seed, schema), 0);
+        char first[4096];
+        assert_true(strlen(g_out) < sizeof first);
+        memcpy(first, g_out, strlen(g_out) + 1);
+        assert_int_equal(strncmp(first, "Hi", 2), 0);
+        cJSON *j = cJSON_Parse(first + 2);
+        if (!j) fail_msg("seed %d: not JSON: %s", seed, first);
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, "n"), *c = cJSON_GetObjectItemCaseSensitive(j, "c");
+        assert_true(cJSON_IsNumber(n) && n->valuedouble >= 0 && n->valuedouble <= 99 && n->valuedouble == (int)n->valuedouble);
+        assert_true(cJSON_IsString(c) && (!strcmp(c->valuestring, "x") || !strcmp(c->valuestring, "y")));
+        assert_int_equal(cJSON_GetArraySize(j), 2);
+        cJSON_Delete(j);
+        /* the file gives the same text; the run ends with stop */
+        assert_int_equal(run("%s run -m %s -p Hi -n 120 --temp 1 --seed %d --json-schema-file %s 2>&1", KVLM, AID, seed, path), 0);
+        assert_int_equal(strncmp(g_out, first, strlen(first)), 0);
+        assert_non_null(strstr(g_out, "finish: stop"));
+    }
+    /* -j: any object; the same text as the schema {"type":"object"} */
+    char *gbnf = NULL;
+    assert_int_equal(kvlm_json_schema_to_gbnf("{\"type\":\"object\"}", &gbnf, NULL), KVLM_OK);
+    kv_grammar *g = NULL;
+    assert_int_equal(kv_grammar_parse(gbnf, strlen(gbnf), NULL, &g, NULL), KVLM_OK);
+    kvlm_string_free(gbnf);
+    for (int seed = 1; seed <= 3; seed++) {
+        assert_int_equal(run("%s run -m %s -p Hi -n 40 --temp 1 --seed %d -j 2>/dev/null", KVLM, AID, seed), 0);
+        char first[4096];
+        assert_true(strlen(g_out) < sizeof first);
+        memcpy(first, g_out, strlen(g_out) + 1);
+        assert_int_equal(strncmp(first, "Hi{", 3), 0);
+        size_t len = strlen(first);
+        assert_true(len > 3 && first[len - 1] == '\n');
+        kv_gstate *st = NULL;
+        assert_int_equal(kv_gstate_new(g, NULL, &st, NULL), KVLM_OK);
+        if (!kv_gstate_accept_bytes(st, first + 2, len - 3)) fail_msg("seed %d: not an object's prefix: %s", seed, first);
+        kv_gstate_free(st);
+        assert_int_equal(run("%s run -m %s -p Hi -n 40 --temp 1 --seed %d --json-schema '{\"type\":\"object\"}' 2>/dev/null",
+                             KVLM, AID, seed), 0);
+        assert_string_equal(g_out, first);
+    }
+    kv_grammar_free(g);
+    /* chat: the answer is JSON of the schema */
+    assert_int_equal(run("printf 'Hello\\n' | %s chat -m %s -n 120 --temp 1 --seed 5 --json-schema-file %s 2>/dev/null", KVLM, AID, path), 0);
+    cJSON *j = cJSON_Parse(g_out);
+    if (!j) fail_msg("chat: not JSON: %s", g_out);
+    assert_true(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "c")));
+    cJSON_Delete(j);
+    /* bench --json-schema FILE on a vocabulary */
+    assert_int_equal(run("%s bench -m %s/vocab/ggml-vocab-llama-spm.gguf --json-schema %s -n 8 -r 1", KVLM, MODELS, path), 0);
+    assert_non_null(strstr(g_out, "| mask, as generation computes it (cached)"));
+    assert_non_null(strstr(g_out, "kvlm-schema-"));
+    /* errors */
+    assert_int_equal(run("%s run -m %s -p Hi --json-schema '{\"type\": \"object\",}'", KVLM, AID), 1);
+    assert_non_null(strstr(g_out, "error: --json-schema: json schema: malformed JSON at line 1, column 19 (byte 18)"));
+    assert_int_equal(run("%s run -m %s -p Hi --json-schema '{\"type\":\"string\",\"format\":\"email\"}'", KVLM, AID), 1);
+    assert_non_null(strstr(g_out, "unsupported \"format\" \"email\""));
+    write_file(path, "{\"properties\": {\"a\": {\"not\": {}}}}", 34);
+    assert_int_equal(run("%s run -m %s -p Hi --json-schema-file %s", KVLM, AID, path), 1);
+    assert_non_null(strstr(g_out, "at /properties/a: unsupported keyword \"not\""));
+    assert_int_equal(run("%s bench -m %s --json-schema %s -n 4 -r 1", KVLM, AID, path), 1);
+    assert_non_null(strstr(g_out, "error: --json-schema"));
+    assert_int_equal(run("%s run -m %s -p Hi -j --grammar-file %s", KVLM, AID, path), 2);
+    assert_non_null(strstr(g_out, "two grammars"));
+    assert_int_equal(run("%s run -m %s -p Hi --json-schema '{}' --json-schema-file %s", KVLM, AID, path), 2);
+    assert_int_equal(run("%s run -m %s -p Hi -j --beams 2", KVLM, AID), 2);
+    assert_non_null(strstr(g_out, "--beams does not take a grammar"));
+    unlink(path);
+    assert_int_equal(run("%s run -m %s -p Hi --json-schema-file %s", KVLM, AID, path), 1);
+    assert_non_null(strstr(g_out, path));
+    assert_int_equal(run("%s eval -m %s -p Hi -j", KVLM, AID), 2); /* not eval's */
+}
+
 /* ------------------------------------------------------------ progress */
 
 static void test_perplexity_progress(void **state) {
@@ -625,6 +710,7 @@ int main(void) {
         cmocka_unit_test(test_run_timings_and_context),
         cmocka_unit_test(test_chat_line_editing),
         cmocka_unit_test(test_grammar_flags),
+        cmocka_unit_test(test_json_schema_flags),
         cmocka_unit_test(test_perplexity_progress),
         cmocka_unit_test(test_synth_progress),
     };

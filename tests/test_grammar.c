@@ -221,6 +221,22 @@ static void test_prefixes_and_utf8(void **state) {
     kv_grammar_free(g);
 }
 
+/* an empty class matches nothing, its negation any character (fuzz_server reached the parser's
+ * sort of no ranges through the server's grammar field) */
+static void test_empty_class(void **state) {
+    (void)state;
+    kv_grammar *g = compile("root ::= \"a\" | []\n", NULL);
+    assert_true(accepts(g, "a"));
+    assert_false(accepts(g, "b"));
+    assert_false(accepts(g, ""));
+    kv_grammar_free(g);
+    g = compile("root ::= [^] \"!\"\n", NULL);
+    assert_true(accepts(g, "x!"));
+    assert_true(accepts(g, "\xc3\xa9!"));
+    assert_false(accepts(g, "!"));
+    kv_grammar_free(g);
+}
+
 /* right recursion does not grow the stacks; deep nesting (1000 levels) works */
 static void test_recursion(void **state) {
     (void)state;
@@ -724,6 +740,7 @@ int main(void) {
         cmocka_unit_test(test_byte_level),
         cmocka_unit_test(test_prefixes_and_utf8),
         cmocka_unit_test(test_recursion),
+        cmocka_unit_test(test_empty_class),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_mask_small_vocab),
         cmocka_unit_test(test_mask_32k),

@@ -3,6 +3,7 @@
  * without special rendering: control and unknown tokens have none, so they are
  * never allowed; end-of-generation tokens are allowed where the grammar is
  * complete). Samplers made with it in their parameters each keep a state. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,15 +13,9 @@
 #include "model/model.h"
 #include "tokenizer/vocab.h"
 
-kvlm_status kvlm_grammar_new_gbnf(const kvlm_model *model, const char *text, const char *root, kvlm_grammar **out,
-                                  kvlm_error *err) {
-    kv_error_clear(err);
-    if (!out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar_new_gbnf: NULL argument");
-    *out = NULL;
-    if (!model || !text) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar_new_gbnf: NULL argument");
-    kv_grammar *g = NULL;
-    kvlm_status st = kv_grammar_parse(text, strlen(text), root, &g, err);
-    if (st) return st;
+/* binds a compiled grammar to model's vocabulary (g is taken, freed on failure) */
+static kvlm_status bind_vocab(const kvlm_model *model, kv_grammar *g, kvlm_grammar **out, kvlm_error *err) {
+    kvlm_status st = KVLM_OK;
     const kv_vocab *v = model->vocab;
     const int32_t nv = kvlm_n_vocab(model), nt = kv_vocab_n_tokens(v);
     const char **piece = calloc((size_t)nv, sizeof *piece);
@@ -64,6 +59,48 @@ kvlm_status kvlm_grammar_new_gbnf(const kvlm_model *model, const char *text, con
     h->v = gv;
     *out = h;
     return KVLM_OK;
+}
+
+kvlm_status kvlm_grammar_new_gbnf(const kvlm_model *model, const char *text, const char *root, kvlm_grammar **out,
+                                  kvlm_error *err) {
+    kv_error_clear(err);
+    if (!out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar_new_gbnf: NULL argument");
+    *out = NULL;
+    if (!model || !text) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar_new_gbnf: NULL argument");
+    kv_grammar *g = NULL;
+    kvlm_status st = kv_grammar_parse(text, strlen(text), root, &g, err);
+    if (st) return st;
+    return bind_vocab(model, g, out, err);
+}
+
+kvlm_status kvlm_json_schema_to_gbnf(const char *schema, char **gbnf, kvlm_error *err) {
+    kv_error_clear(err);
+    if (!gbnf) return kv_fail(err, KVLM_ERR_INVALID_ARG, "json_schema_to_gbnf: NULL argument");
+    *gbnf = NULL;
+    if (!schema) return kv_fail(err, KVLM_ERR_INVALID_ARG, "json_schema_to_gbnf: NULL argument");
+    return kv_json_schema_to_gbnf(schema, strlen(schema), gbnf, err);
+}
+
+void kvlm_string_free(char *s) { free(s); }
+
+kvlm_status kvlm_grammar_new_json_schema(const kvlm_model *model, const char *schema, kvlm_grammar **out,
+                                         kvlm_error *err) {
+    kv_error_clear(err);
+    if (!out) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar_new_json_schema: NULL argument");
+    *out = NULL;
+    if (!model || !schema) return kv_fail(err, KVLM_ERR_INVALID_ARG, "grammar_new_json_schema: NULL argument");
+    char *text = NULL;
+    kvlm_status st = kv_json_schema_to_gbnf(schema, strlen(schema), &text, err);
+    if (st) return st;
+    kv_grammar *g = NULL;
+    st = kv_grammar_parse(text, strlen(text), NULL, &g, err);
+    free(text);
+    if (st) { /* a schema whose grammar does not compile (left recursion through $ref) */
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
+        return kv_fail(err, st, "json schema: its grammar does not compile: %s", msg);
+    }
+    return bind_vocab(model, g, out, err);
 }
 
 void kvlm_grammar_free(kvlm_grammar *g) {

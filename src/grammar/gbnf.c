@@ -227,7 +227,7 @@ static int cmp_pair(const void *a, const void *b) {
 /* Makes a class of the raw ranges in P->tmp (pairs); returns its id. */
 static bool make_class(parser *P, bool negate, uint32_t *id) {
     uint32_t n = P->tmp.n / 2;
-    qsort(P->tmp.a, n, 2 * sizeof(uint32_t), cmp_pair);
+    if (n) qsort(P->tmp.a, n, 2 * sizeof(uint32_t), cmp_pair); /* [] has no ranges (and tmp may have no array) */
     /* merge into tmp itself */
     uint32_t m = 0;
     for (uint32_t i = 0; i < n; i++) {

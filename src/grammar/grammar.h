@@ -26,6 +26,11 @@ typedef struct kv_gstate kv_gstate;
  * KVLM_ERR_INVALID_ARG with "line L, column C" in the message. */
 kvlm_status kv_grammar_parse(const char *text, size_t len, const char *root, kv_grammar **out, kvlm_error *err);
 void kv_grammar_free(kv_grammar *g);
+/* JSON Schema text[0..len) to GBNF (start rule root), as llama.cpp's json-schema-to-grammar
+ * converts (docs/GRAMMAR.md, "JSON Schema"). *out is malloc'd, NUL-terminated. Malformed JSON:
+ * KVLM_ERR_INVALID_ARG with its line and column; a keyword or form not supported:
+ * KVLM_ERR_UNSUPPORTED naming it, with the JSON pointer of the schema it is in. Uses cJSON. */
+kvlm_status kv_json_schema_to_gbnf(const char *text, size_t len, char **out, kvlm_error *err);
 /* Rules after compilation (generated rules of groups and repetitions included). */
 int32_t kv_grammar_n_rules(const kv_grammar *g);
 

@@ -46,6 +46,6 @@ def test_official_openai_node_client():
         out = r.stdout + r.stderr
         assert r.returncode == 0, "the OpenAI client test failed:\n" + out
         # every test of the file ran and passed (node's runner prints the counts)
-        assert "\u2139 tests 5" in out and "\u2139 pass 5" in out and "\u2139 fail 0" in out, out
+        assert "\u2139 tests 6" in out and "\u2139 pass 6" in out and "\u2139 fail 0" in out, out
     finally:
         assert s.stop() == 0

@@ -273,20 +273,24 @@ void cli_cancel_on_sigint(kvlm_session *s) {
 
 bool cli_grammar(const cli_args *a, const kvlm_model *m, kvlm_grammar **out) {
     *out = NULL;
-    if (!a->grammar && !a->grammar_file) return true;
+    const bool schema = a->json_schema || a->json_schema_file || a->json_object;
+    const char *file = schema ? a->json_schema_file : a->grammar_file;
+    const char *inline_text = schema ? (a->json_object ? "{\"type\": \"object\"}" : a->json_schema) : a->grammar;
+    const char *flag = schema ? (file ? "--json-schema-file " : a->json_object ? "-j" : "--json-schema")
+                              : (file ? "--grammar-file " : "--grammar");
+    if (!file && !inline_text) return true;
     size_t len = 0;
-    char *text = a->grammar_file ? cli_read_file(a->grammar_file, &len) : NULL;
-    if (a->grammar_file && !text) return false; /* cli_read_file said why */
+    char *text = file ? cli_read_file(file, &len) : NULL;
+    if (file && !text) return false; /* cli_read_file said why */
     if (text && strlen(text) != len) {
-        fprintf(stderr, "error: --grammar-file %s: the file holds a NUL byte\n", a->grammar_file);
+        fprintf(stderr, "error: %s%s: the file holds a NUL byte\n", flag, file);
         free(text);
         return false;
     }
     kvlm_error err;
-    kvlm_status st = kvlm_grammar_new_gbnf(m, text ? text : a->grammar, NULL, out, &err);
-    if (st != KVLM_OK)
-        fprintf(stderr, "error: %s%s: %s\n", a->grammar_file ? "--grammar-file " : "--grammar",
-                a->grammar_file ? a->grammar_file : "", err.msg);
+    kvlm_status st = schema ? kvlm_grammar_new_json_schema(m, text ? text : inline_text, out, &err)
+                            : kvlm_grammar_new_gbnf(m, text ? text : inline_text, NULL, out, &err);
+    if (st != KVLM_OK) fprintf(stderr, "error: %s%s: %s\n", flag, file ? file : "", err.msg);
     free(text);
     return st == KVLM_OK;
 }

@@ -64,6 +64,9 @@ typedef struct cli_args {
     int n_bias;
     const char *grammar;      /* --grammar TEXT */
     const char *grammar_file; /* --grammar-file FILE (bench: --grammar FILE) */
+    const char *json_schema;      /* --json-schema TEXT */
+    const char *json_schema_file; /* --json-schema-file FILE (bench: --json-schema FILE) */
+    bool json_object;             /* -j: any JSON object */
     const char *stop[CLI_MAX_STOP];
     int n_stop;
     double timeout_s;
@@ -129,7 +132,8 @@ void cli_print_kv_stats(const kvlm_session *s);
 void cli_print_kv_stats_with(const kvlm_session *s, const char *extra);
 /* Checks that logit-bias tokens are in the model's vocabulary. */
 bool cli_check_bias(const cli_args *a, const kvlm_model *m);
-/* --grammar TEXT / --grammar-file FILE compiled for m into *out (NULL when neither is given).
+/* --grammar TEXT / --grammar-file FILE, or --json-schema TEXT / --json-schema-file FILE / -j (a JSON
+ * Schema; -j: {"type": "object"}), compiled for m into *out (NULL when none is given).
  * false, after printing the error (with its line and column), when it does not compile. */
 bool cli_grammar(const cli_args *a, const kvlm_model *m, kvlm_grammar **out);
 

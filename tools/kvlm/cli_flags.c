@@ -69,7 +69,8 @@ static const struct {
      "       kvlm bench -m MODEL --incremental [-r REPS]   one new token with the cache vs recompute\n"
      "       kvlm bench -m MODEL --batch [-n STEPS] [-r REPS]   decode throughput for 1, 2, 4, 8 sessions\n"
      "       kvlm bench -m MODEL --tokenize [-f FILE] [-r REPS]   tokenization MB/s on 1 MiB of text\n"
-     "       kvlm bench -m MODEL --grammar FILE [-f TEXT] [-n STEPS] [-r WALKS]   token-mask time of a GBNF grammar\n"},
+     "       kvlm bench -m MODEL --grammar FILE [-f TEXT] [-n STEPS] [-r WALKS]   token-mask time of a GBNF grammar\n"
+     "       kvlm bench -m MODEL --json-schema FILE [-f TEXT] [-n STEPS] [-r WALKS]   the same for a JSON Schema\n"},
     {"serve", C_SERVE,
      "usage: kvlm serve -m MODEL [options]\n"
      "  An OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models, /health,\n"
@@ -85,7 +86,7 @@ enum {
     F_BATCH, F_TOKENIZE, F_CPU_TIME, F_KV_STATS, F_VERBOSE, F_CTK, F_CTV, F_OVERFLOW, F_KEEP, F_SINK,
     F_WINDOW, F_COMPRESS_AFTER, F_COMPRESS_TYPE, F_PAGE_TOKENS, F_GROWTH, F_GROWTH_FACTOR, F_KV_INITIAL,
     F_KV_MAX, F_NO_PREFIX, F_PREFETCH, F_MODEL_DRAFT, F_DRAFT_MAX, F_DRAFT_NGRAM, F_BEAMS, F_LENGTH_PENALTY, F_BEAMS_ALL,
-    F_GRAMMAR, F_GRAMMAR_FILE,
+    F_GRAMMAR, F_GRAMMAR_FILE, F_JSON_SCHEMA, F_JSON_SCHEMA_FILE, F_JSON_OBJECT,
     F_KV_DISK, F_KV_DISK_BUDGET,
 };
 
@@ -165,8 +166,15 @@ static const flag_spec k_flags[] = {
     {NULL, "--grammar", "TEXT", C_GEN, F_GRAMMAR, V_STR, 0, 0,
      "constrain the output to a GBNF grammar (llama.cpp's syntax, start rule root; docs/GRAMMAR.md)"},
     {NULL, "--grammar-file", "FILE", C_GEN, F_GRAMMAR_FILE, V_STR, 0, 0, "the same, the grammar read from FILE"},
+    {NULL, "--json-schema", "TEXT", C_GEN, F_JSON_SCHEMA, V_STR, 0, 0,
+     "constrain the output to JSON valid against a JSON Schema (docs/GRAMMAR.md, \"JSON Schema\")"},
+    {NULL, "--json-schema-file", "FILE", C_GEN, F_JSON_SCHEMA_FILE, V_STR, 0, 0, "the same, the schema read from FILE"},
+    {"-j", "--json-object", NULL, C_GEN, F_JSON_OBJECT, V_NONE, 0, 0,
+     "constrain the output to a JSON object (the schema {\"type\": \"object\"})"},
     {NULL, "--grammar", "FILE", C_BENCH, F_GRAMMAR_FILE, V_STR, 0, 0,
      "token-mask time of the GBNF grammar in FILE on -m's vocabulary (a vocab-only GGUF will do)"},
+    {NULL, "--json-schema", "FILE", C_BENCH, F_JSON_SCHEMA_FILE, V_STR, 0, 0,
+     "the same for the grammar of the JSON Schema in FILE"},
     {NULL, "--n-probs", "N", C_RUN, F_NPROBS, V_INT, 0, CLI_MAX_PROBS,
      "after the text, each generated token's probability and the N most probable tokens (default: 0)"},
     {"-md", "--model-draft", "FILE", C_RUN, F_MODEL_DRAFT, V_STR, 0, 0,
@@ -525,6 +533,9 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         case F_IGNORE_EOS: a->ignore_eos = true; break;
         case F_GRAMMAR: a->grammar = v; break;
         case F_GRAMMAR_FILE: a->grammar_file = v; break;
+        case F_JSON_SCHEMA: a->json_schema = v; break;
+        case F_JSON_SCHEMA_FILE: a->json_schema_file = v; break;
+        case F_JSON_OBJECT: a->json_object = true; break;
         case F_NPROBS: a->n_probs = (int)iv; break;
         case F_TIMEOUT: a->timeout_s = fv; break;
         case F_NO_BOS: a->no_bos = true; break;
@@ -623,8 +634,10 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         fprintf(stderr, "error: --draft-max needs a draft source: -md FILE or --draft-ngram N\n");
         return false;
     }
-    if (a->grammar && a->grammar_file) {
-        fprintf(stderr, "error: --grammar and --grammar-file are two grammars; give one\n");
+    if ((a->grammar != NULL) + (a->grammar_file != NULL) + (a->json_schema != NULL) + (a->json_schema_file != NULL) +
+            a->json_object > 1) {
+        fprintf(stderr, "error: --grammar, --grammar-file, --json-schema, --json-schema-file and -j are each a "
+                        "grammar; give one (two grammars were given)\n");
         return false;
     }
     if (a->model_draft && a->draft_ngram) {
@@ -640,8 +653,10 @@ bool cli_parse(int argc, char **argv, int first, cli_args *a) {
         fprintf(stderr, "error: %s needs --beams N (N >= 2)\n", a->beams_all ? "--beams-all" : "--length-penalty");
         return false;
     }
-    if (a->beams > 1 && (a->grammar || a->grammar_file) && !a->help) {
-        fprintf(stderr, "error: --beams does not take a grammar (--grammar, --grammar-file) yet\n");
+    if (a->beams > 1 && (a->grammar || a->grammar_file || a->json_schema || a->json_schema_file || a->json_object) &&
+        !a->help) {
+        fprintf(stderr, "error: --beams does not take a grammar (--grammar, --grammar-file, --json-schema, "
+                        "--json-schema-file, -j) yet\n");
         return false;
     }
     if (a->beams > 1 && sampling_flag && !a->help) {

@@ -478,7 +478,7 @@ int cmd_bench(int argc, char **argv) {
         cli_usage("bench", stdout);
         return 0;
     }
-    const bool grammar = a.grammar_file != NULL;
+    const bool grammar = a.grammar_file != NULL || a.json_schema_file != NULL;
     const bool special = a.tokenize || a.incremental || a.batch || grammar;
     if ((int)a.tokenize + (int)a.incremental + (int)a.batch + (int)grammar > 1) {
         fprintf(stderr, "error: give one of --incremental, --batch, --tokenize and --grammar\n");

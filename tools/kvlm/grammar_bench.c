@@ -30,16 +30,18 @@ static const char *base(const char *p) {
 
 int cli_grammar_bench(kvlm_model *m, const cli_args *a) {
     size_t len = 0;
-    char *text = cli_read_file(a->grammar_file, &len);
+    const bool schema = a->json_schema_file != NULL;
+    const char *path = schema ? a->json_schema_file : a->grammar_file;
+    char *text = cli_read_file(path, &len);
     if (!text) return 1;
     kvlm_grammar *h = NULL;
     kvlm_error err;
     const double t0 = cli_now_s();
-    kvlm_status st = kvlm_grammar_new_gbnf(m, text, NULL, &h, &err);
+    kvlm_status st = schema ? kvlm_grammar_new_json_schema(m, text, &h, &err) : kvlm_grammar_new_gbnf(m, text, NULL, &h, &err);
     const double compile_ms = (cli_now_s() - t0) * 1e3;
     free(text);
     if (st != KVLM_OK) {
-        fprintf(stderr, "error: --grammar %s: %s\n", a->grammar_file, err.msg);
+        fprintf(stderr, "error: %s %s: %s\n", schema ? "--json-schema" : "--grammar", path, err.msg);
         return 1;
     }
     /* -f TEXT: its tokens are the walk (repeated -r times) */
@@ -131,7 +133,7 @@ int cli_grammar_bench(kvlm_model *m, const cli_args *a) {
         }
     }
     double med, p99;
-    printf("grammar %s on %s: %d tokens, trie of %d nodes; compile (grammar and trie) %.2f ms\n", base(a->grammar_file),
+    printf("grammar %s on %s: %d tokens, trie of %d nodes; compile (grammar and trie) %.2f ms\n", base(path),
            base(a->model), nv, kv_gvocab_n_nodes(h->v), compile_ms);
     if (sample) printf("%d walks of the %d tokens of %s\n", walks, steps, base(a->file));
     else printf("%d walks of %d random allowed tokens (%d restarts at the end of the grammar)\n", walks, steps, resets);

@@ -108,6 +108,25 @@ test('completions, and the same text streamed', async () => {
   assert.equal(a.choices[0].text, b.choices[0].text);
 });
 
+test('structured output: response_format json_schema', async () => {
+  const schema = {
+    type: 'object',
+    properties: { city: { type: 'string', maxLength: 10 }, unit: { enum: ['c', 'f'] } },
+    required: ['city', 'unit'],
+    additionalProperties: false,
+  };
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages: [{ role: 'user', content: 'Weather?' }], max_tokens: 300, temperature: 1, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'weather', schema, strict: true } },
+    });
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    const v = JSON.parse(r.choices[0].message.content);
+    assert.deepEqual(Object.keys(v), ['city', 'unit']);
+    assert.ok(typeof v.city === 'string' && [...v.city].length <= 10 && ['c', 'f'].includes(v.unit));
+  }
+});
+
 test('errors arrive as the SDK error classes', async () => {
   await assert.rejects(
     client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }], temperature: 'hot' }),
@@ -120,8 +139,9 @@ test('errors arrive as the SDK error classes', async () => {
   );
   await assert.rejects(
     client.chat.completions.create({ model, messages: [{ role: 'user', content: 'x' }],
-      response_format: { type: 'json_object' } }),
-    (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format' && /not supported/.test(e.message),
+      response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'strin' } } } }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.json_schema.schema' &&
+      e.code === 'invalid_json_schema',
   );
   const wrong = new OpenAI({ baseURL, apiKey: 'not-the-key', maxRetries: 0 });
   await assert.rejects(

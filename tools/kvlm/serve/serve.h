@@ -17,6 +17,21 @@
 #define SRV_MAX_TOP 20    /* top_logprobs */
 #define SRV_ATTACH_CHUNKS 8 /* prompt chunks taken from the shared pool per scheduler step */
 #define SRV_LP_CHUNK 32   /* prompt tokens per step when their logprobs are wanted (echo) */
+#define SRV_GRAMMAR_CACHE 32 /* compiled grammars kept (LRU) */
+
+/* The cache of compiled grammars (serve_grammar.c; thread-safe): an entry per kind (GBNF or JSON
+ * Schema) and text, the SRV_GRAMMAR_CACHE most recently used kept. */
+typedef struct srv_gcache srv_gcache;
+typedef struct srv_gentry srv_gentry;
+srv_gcache *srv_gcache_new(int cap);
+/* Entries still held by jobs live until they are released. */
+void srv_gcache_free(srv_gcache *c);
+/* The compiled grammar of text (schema: a JSON Schema, else GBNF) for m, held until
+ * srv_gentry_release; NULL with err set when it does not compile. c NULL: compiled, not cached. */
+srv_gentry *srv_gcache_get(srv_gcache *c, const kvlm_model *m, bool schema, const char *text, kvlm_error *err);
+const kvlm_grammar *srv_gentry_grammar(const srv_gentry *x);
+void srv_gentry_release(srv_gentry *x);
+void srv_gcache_stats(srv_gcache *c, int *n, uint64_t *hits, uint64_t *misses);
 
 typedef struct srv_config {
     const char *model_path;
@@ -83,7 +98,8 @@ typedef struct srv_job {
     bool chat, stream, include_usage;
     kvlm_token *prompt;
     int32_t n_prompt;
-    kvlm_sampling_params sampling;
+    kvlm_sampling_params sampling; /* sampling.grammar: grammar's, or NULL */
+    srv_gentry *grammar;           /* response_format json_object/json_schema, json_schema, grammar */
     bool seed_set;
     kvlm_logit_bias *bias;
     int n_bias;
@@ -167,6 +183,7 @@ typedef struct srv_engine {
     double drain_deadline;
     uint64_t next_id, next_order, seed_counter;
     srv_metrics m;
+    srv_gcache *gcache; /* NULL: grammars are compiled per request */
 } srv_engine;
 
 double srv_now(void);

@@ -50,6 +50,7 @@ void srv_job_free(srv_job *j) {
     free(j->bias);
     free(j->echo_text);
     free(j->plp);
+    srv_gentry_release(j->grammar);
     free(j);
 }
 
@@ -180,7 +181,7 @@ static bool job_setup(srv_engine *e, srv_job *j) {
             return false;
         }
         /* the penalties see the prompt, as kvlm_generate does */
-        for (int32_t k = 0; k < j->n_prompt; k++) kvlm_sampler_accept(c->smp, j->prompt[k], NULL);
+        for (int32_t k = 0; k < j->n_prompt; k++) kvlm_sampler_accept_history(c->smp, j->prompt[k], NULL);
     }
     return true;
 }
@@ -258,6 +259,10 @@ static void sample_next(srv_engine *e, srv_slot *sl, const float *row, step_out 
         return;
     }
     if (stopped) {
+        o->finish = "stop";
+        return;
+    }
+    if (j->sampling.grammar && !kvlm_sampler_grammar_can_continue(c->smp)) { /* the grammar is finished */
         o->finish = "stop";
         return;
     }
@@ -641,6 +646,10 @@ int srv_engine_start(srv_engine *e, const srv_config *cfg, kvlm_model *model, ch
     e->n_vocab = kvlm_n_vocab(model);
     e->next_id = 1;
     e->seed_counter = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+    if (!(e->gcache = srv_gcache_new(SRV_GRAMMAR_CACHE))) {
+        snprintf(msg, msg_size, "out of memory");
+        return -1;
+    }
     kvlm_error err;
     kvlm_session_params sp = cfg->sp;
     if (kvlm_cache_new(model, &sp.cache_params, &e->cache, &err) != KVLM_OK) {
@@ -741,6 +750,8 @@ void srv_engine_stop(srv_engine *e) {
     free(e->rows);
     free(e->scratch);
     kvlm_cache_free(e->cache);
+    srv_gcache_free(e->gcache);
+    e->gcache = NULL;
     memset(e, 0, sizeof *e);
 }
 
@@ -850,6 +861,12 @@ char *srv_metrics_text(srv_engine *e) {
     counter(&b, "cancelled_total", "Requests cancelled (client gone, or shutdown).", m.cancelled);
     counter(&b, "decode_steps_total", "Batched decode steps.", m.decode_steps);
     counter(&b, "decode_sequences_total", "Sequences decoded, summed over steps.", m.decode_seqs);
+    int gn = 0;
+    uint64_t gh = 0, gm = 0;
+    srv_gcache_stats(e->gcache, &gn, &gh, &gm);
+    gauge(&b, "grammar_cache_entries", "Compiled grammars kept (response_format, json_schema, grammar).", (double)gn);
+    counter(&b, "grammar_cache_hits_total", "Requests whose grammar was already compiled.", gh);
+    counter(&b, "grammar_cache_misses_total", "Requests whose grammar was compiled for them.", gm);
     return b.p;
 }
 

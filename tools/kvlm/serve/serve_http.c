@@ -266,19 +266,6 @@ static char *detokenize(const kvlm_model *m, const kvlm_token *t, int32_t n) {
 /* Fields of OpenAI's API that kvlm cannot honour: a clear 400 instead of an
  * answer that silently ignores them. Their neutral values are accepted. */
 static bool check_unsupported(const cJSON *root, bool chat, perr *pe) {
-    cJSON *rf = field(root, "response_format");
-    if (rf) {
-        cJSON *ty = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
-        if (!ty || !cJSON_IsString(ty))
-            return fail(pe, 400, "response_format", "'response_format' must be an object with a string 'type'");
-        if (strcmp(ty->valuestring, "json_object") == 0 || strcmp(ty->valuestring, "json_schema") == 0)
-            return fail(pe, 400, "response_format",
-                        "'response_format' type '%s' is not supported yet (constrained decoding is not "
-                        "implemented); use \"text\"", ty->valuestring);
-        if (strcmp(ty->valuestring, "text") != 0)
-            return fail(pe, 400, "response_format", "'response_format' type must be \"text\" (got '%.64s')",
-                        ty->valuestring);
-    }
     static const char *const lists[] = {"tools", "functions"};
     for (int i = 0; i < 2; i++) {
         cJSON *v = field(root, lists[i]);
@@ -316,6 +303,87 @@ static bool check_unsupported(const cJSON *root, bool chat, perr *pe) {
 }
 
 /* Parses and validates a completion or chat request into a job (serve.h). */
+/* Constrained output: response_format {"type": "json_object"} (any object; llama.cpp's "schema" in
+ * it a schema), {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}, and
+ * llama.cpp's fields json_schema (a schema) and grammar (GBNF text). At most one. The grammar comes
+ * from the engine's cache. */
+static bool parse_constraint(const srv_engine *e, const cJSON *root, srv_job *j, perr *pe) {
+    const char *param = NULL, *gbnf = NULL;
+    const cJSON *schema = NULL;
+    char *owned = NULL;
+    int n = 0;
+    cJSON *rf = field(root, "response_format");
+    if (rf) {
+        cJSON *ty = cJSON_IsObject(rf) ? field(rf, "type") : NULL;
+        if (!ty || !cJSON_IsString(ty))
+            return fail(pe, 400, "response_format", "'response_format' must be an object with a string 'type'");
+        if (strcmp(ty->valuestring, "json_object") == 0) {
+            param = "response_format";
+            schema = field(rf, "schema"); /* llama.cpp's extension */
+            if (!schema) gbnf = "";         /* any object */
+            n++;
+        } else if (strcmp(ty->valuestring, "json_schema") == 0) {
+            cJSON *js = field(rf, "json_schema");
+            if (!js || !cJSON_IsObject(js))
+                return fail(pe, 400, "response_format",
+                            "'response_format' of type json_schema needs 'json_schema': {\"name\": ..., \"schema\": {...}}");
+            cJSON *name = field(js, "name"), *strict = field(js, "strict");
+            if (name && !cJSON_IsString(name))
+                return fail(pe, 400, "response_format.json_schema.name", "'response_format.json_schema.name' must be a string");
+            if (strict && !cJSON_IsBool(strict))
+                return fail(pe, 400, "response_format.json_schema.strict",
+                            "'response_format.json_schema.strict' must be a boolean");
+            schema = field(js, "schema");
+            if (!schema)
+                return fail(pe, 400, "response_format.json_schema.schema", "'response_format.json_schema.schema' is required");
+            param = "response_format.json_schema.schema";
+            n++;
+        } else if (strcmp(ty->valuestring, "text") != 0) {
+            return fail(pe, 400, "response_format",
+                        "'response_format' type must be \"text\", \"json_object\" or \"json_schema\" (got '%.64s')",
+                        ty->valuestring);
+        }
+    }
+    cJSON *js = field(root, "json_schema");
+    if (js) {
+        if (!param) param = "json_schema";
+        schema = js;
+        n++;
+    }
+    cJSON *gr = field(root, "grammar");
+    if (gr) {
+        if (!cJSON_IsString(gr)) return fail(pe, 400, "grammar", "'grammar' must be a string (GBNF)");
+        if (!param) param = "grammar";
+        gbnf = gr->valuestring;
+        n++;
+    }
+    if (n > 1)
+        return fail(pe, 400, param, "'%s': give one of 'response_format' (json_object, json_schema), 'json_schema' and "
+                    "'grammar'", param);
+    if (!n) return true;
+    const bool is_schema = !gbnf;
+    const char *text = gbnf;
+    if (is_schema) {
+        if (!cJSON_IsObject(schema) && !cJSON_IsBool(schema))
+            return fail(pe, 400, param, "'%s' must be a JSON Schema (an object)", param);
+        if (!(owned = cJSON_PrintUnformatted(schema))) return fail(pe, 500, NULL, "out of memory");
+        text = owned;
+    } else if (!*gbnf) { /* json_object */
+        text = "{\"type\":\"object\"}";
+    }
+    kvlm_error err = {0};
+    j->grammar = srv_gcache_get(e->gcache, e->model, is_schema || !*gbnf, text, &err);
+    free(owned);
+    if (!j->grammar) {
+        if (err.code == KVLM_ERR_NOMEM) return fail(pe, 500, NULL, "out of memory");
+        fail(pe, 400, param, "'%s': %s", param, err.msg);
+        pe->code = is_schema || !*gbnf ? "invalid_json_schema" : "invalid_grammar";
+        return false;
+    }
+    j->sampling.grammar = srv_gentry_grammar(j->grammar);
+    return true;
+}
+
 srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const cJSON *root, bool chat, perr *pe) {
     srv_job *j = calloc(1, sizeof *j);
     if (!j) {
@@ -613,6 +681,7 @@ srv_job *srv_parse_generation(const srv_engine *e, const srv_config *cfg, const 
         if (!get_num(root, "logprobs", 0, SRV_MAX_TOP, true, &lp, pe)) goto bad;
         j->logprobs = (int)lp;
     }
+    if (!parse_constraint(e, root, j, pe)) goto bad;
     /* streaming */
     if (!get_bool(root, "stream", &j->stream, pe)) goto bad;
     cJSON *so = field(root, "stream_options");
