@@ -3,9 +3,6 @@
 
 #include <math.h>
 #include <stdatomic.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,12 +37,12 @@ struct kv_attention {
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) & ~(size_t)63); }
 
 /* The rows of a page one kernel call takes for a kv head. Every choice gives the same bits (each
- * score is one vec_dot, each output element meets its slots in order); it is the memory order that
+ * score is one vec_dot, each output element meets its slots in order); only the memory order
  * differs. Runs of 8 tokens with every kv head of a run before the next keep reads close to the
  * stored order, which Zen 1's prefetchers need (s110-q8_0 tg32 @ d2048: 24 -> 29 t/s there against
- * whole pages per head); on Intel cores (Xeon family 6 model 207) whole pages per head are faster
- * (35 -> 40-43 t/s: a quarter of the calls, each loading and storing the outputs once per page), so
- * Intel gets ATT_RB and others 8. KVLM_ATT_RUN=N (1..ATT_RB) sets it, for measuring. */
+ * whole pages per head). On a Xeon (family 6 model 207) whole pages per head looked 17% faster by
+ * CPU time on a loaded machine, but on the quiet machine (wall time, 3 interleaved rounds) neither
+ * was ahead, so 8 is the default everywhere. KVLM_ATT_RUN=N (1..ATT_RB) sets it, for measuring. */
 static int32_t att_run_rows(void) {
     const char *v = getenv("KVLM_ATT_RUN");
     if (v) {
@@ -53,11 +50,6 @@ static int32_t att_run_rows(void) {
         const long n = strtol(v, &e, 10);
         if (e != v && !*e && n >= 1 && n <= ATT_RB) return (int32_t)n;
     }
-#if defined(__x86_64__) || defined(__i386__)
-    unsigned ra, rb, rc, rd;
-    if (__get_cpuid(0, &ra, &rb, &rc, &rd) && rb == 0x756e6547u && rd == 0x49656e69u && rc == 0x6c65746eu)
-        return ATT_RB; /* "GenuineIntel" */
-#endif
     return 8;
 }
 
